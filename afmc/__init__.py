@@ -1,0 +1,1 @@
+"""afmc: the Analog Foundation Model Compiler."""

@@ -1,0 +1,137 @@
+"""The one validated configuration object of afmc.
+
+Every knob of the analog forward path (shared/HARDWARE.md, `afm` profile), the
+calibration and the programming-noise model is a field here. Configurations
+load from YAML or JSON and take CLI overrides of the form ``section.field=value``;
+unknown or invalid values are rejected with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from afmc.runtime.noise import NoiseConfig
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HardwareConfig(_Section):
+    """The analog crossbar forward path of one linear layer (HARDWARE.md steps 1-7)."""
+
+    max_in: int = Field(
+        512, description="Crossbar rows: the input dimension is split into slices of at most "
+        "this size; -1 disables splitting."
+    )
+    inp_res: float = Field(254.0, gt=1, description="DAC steps over [-r, r] (254: 8 bit).")
+    out_res: float = Field(254.0, gt=1, description="ADC steps over [-b, b] (254: 8 bit).")
+    out_bound: float = Field(14.0, gt=0, description="ADC bound b = out_bound * r * w_max.")
+    out_noise: float = Field(
+        0.0, ge=0, description="Read noise std on the output, relative to r * w_max / sqrt(n)."
+    )
+    tile_rows: int = Field(512, gt=0, description="Rows of one physical crossbar tile.")
+    tile_cols: int = Field(512, gt=0, description="Columns of one physical crossbar tile.")
+
+    @field_validator("max_in")
+    @classmethod
+    def _max_in_positive_or_off(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError("max_in must be a positive row count, or -1 for no split")
+        return value
+
+    @field_validator("inp_res", "out_res")
+    @classmethod
+    def _even_resolution(cls, value: float) -> float:
+        if value != int(value) or int(value) % 2:
+            raise ValueError("resolution must be an even number of steps (254 for 8 bit)")
+        return value
+
+
+class CalibrationConfig(_Section):
+    """How static input ranges are initialised from sample data."""
+
+    method: Literal["max", "percentile", "kappa-std"] = "percentile"
+    percentile: float = Field(99.995, gt=0, le=100)
+    kappa: float = Field(18.0, gt=0, description="kappa-std: r = running mean of kappa*std(x).")
+    max_tokens: int = Field(8192, gt=0, description="Tokens of calibration text to run.")
+    seq_len: int = Field(256, gt=1)
+    batch_size: int = Field(8, gt=0)
+
+
+class PlacementConfig(_Section):
+    """Which static-weight linear layers stay digital (regular expressions on layer names)."""
+
+    digital: tuple[str, ...] = ()
+
+
+class AfmcConfig(_Section):
+    """The whole configuration: hardware, calibration, programming noise, placement."""
+
+    hardware: HardwareConfig = HardwareConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    noise: NoiseConfig = NoiseConfig()
+    placement: PlacementConfig = PlacementConfig()
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "<root>"
+    return f"{field}: {first['msg']}"
+
+
+def config_from_dict(data: dict[str, Any], source: str = "configuration") -> AfmcConfig:
+    """Validate a nested dict into an AfmcConfig; errors name the source and field."""
+    try:
+        return AfmcConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {_describe(error)}") from None
+
+
+def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) -> AfmcConfig:
+    """Load a YAML/JSON file (or the defaults) and apply ``section.field=value`` overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: configuration file not found")
+        try:
+            text = path.read_text()
+            loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as error:
+            raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: "
+                              f"{str(error).splitlines()[0]}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = loaded
+    for override in overrides:
+        _apply_override(data, override)
+    return config_from_dict(data, source)
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    key, sep, raw = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set {override!r}: expected section.field=value")
+    section, field = parts
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    data.setdefault(section, {})
+    if not isinstance(data[section], dict):
+        raise ConfigError(f"--set {override!r}: {section} is not a section")
+    data[section][field] = value

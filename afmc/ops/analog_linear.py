@@ -1,0 +1,296 @@
+"""afmc analog linear: y = ADC(sum over input slices of DAC(x_s) @ W_s^T) (HARDWARE.md 1-7).
+
+One op, three forms that compute the same numbers:
+
+- torch: ``torch.ops.afmc.analog_linear(x, weight, input_range, slice_sizes,
+  inp_res, out_res, out_bound, out_noise)`` with straight-through gradients;
+- ONNX: ``afmc.AnalogLinear(X, W, input_range)`` (and ``afmc.NoisyAnalogLinear``
+  with read noise), preceded by ``afmc.SliceInput`` on X and W when the input
+  slices are of unequal size, each a model-local function of standard ops;
+- the translation between them, for torch.onnx's custom_translation_table.
+
+Per slice s with static input range r_s (x_s is the slice of the last dim):
+  DAC   x_q = round(clamp(x_s, -r_s, r_s) / (2 r_s / inp_res)) * (2 r_s / inp_res)
+  MVM   y_s = x_q @ W_s^T    (+ out_noise * r_s * w_max / sqrt(n) * N(0, 1) when on)
+  ADC   b = out_bound * r_s * w_max[s, j],  w_max[s, j] = max |W[j, slice s]|
+        y_s = clamp(round(y_s / (2 b / out_res)) * (2 b / out_res), -b, b)
+  y = sum_s y_s   (the bias is added digitally, outside the op)
+
+The ONNX body computes the same in integer-level units: with h_i = inp_res / 2
+and h_o = out_res / 2, q = round(clip(x h_i / r, -h_i, h_i)) is the DAC level and
+z = q @ (W^T h_o / (h_i out_bound w_max)) the ADC level before rounding, so every
+weight-only factor folds into a constant when onnxruntime loads the model and
+the per-inference cost is a few element-wise ops around the plain MatMul.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from onnx import FunctionProto, helper
+from onnxscript import values as onnxscript_values
+
+from afmc.ops import onnx_domain
+from afmc.ops.onnx_domain import attribute_constant, ints_constant, make_function
+
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def slice_sizes(in_features: int, max_in: int) -> list[int]:
+    """Split K inputs into n = ceil(K / max_in) nearly equal slices (max_in -1: one slice)."""
+    if in_features <= 0:
+        raise ValueError(f"in_features must be positive, got {in_features}")
+    if max_in == -1 or max_in >= in_features:
+        return [in_features]
+    count = -(-in_features // max_in)
+    base, extra = divmod(in_features, count)
+    return [base + (i < extra) for i in range(count)]
+
+
+def _slices(tensor: torch.Tensor, sizes: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    return torch.split(tensor, list(sizes), dim=-1)
+
+
+def _slice_forward(
+    x_s: torch.Tensor,
+    w_s: torch.Tensor,
+    r: torch.Tensor,
+    count: int,
+    inp_res: float,
+    out_res: float,
+    out_bound: float,
+    out_noise: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One slice: returns (ADC output, quantized input, pre-ADC output)."""
+    r = r.clamp_min(_TINY)
+    in_step = 2 * r / inp_res
+    x_q = torch.round(x_s.clamp(-r, r) / in_step) * in_step
+    y = x_q @ w_s.T
+    w_max = w_s.abs().amax(dim=1).clamp_min(_TINY)
+    if out_noise > 0:
+        y = y + (out_noise * r / math.sqrt(count)) * w_max * torch.randn_like(y)
+    bound = out_bound * r * w_max
+    out_step = 2 * bound / out_res
+    return torch.clamp(torch.round(y / out_step) * out_step, -bound, bound), x_q, y
+
+
+@torch.library.custom_op("afmc::analog_linear", mutates_args=())
+def analog_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    input_range: torch.Tensor,
+    slice_sizes: Sequence[int],
+    inp_res: float,
+    out_res: float,
+    out_bound: float,
+    out_noise: float,
+) -> torch.Tensor:
+    """Analog crossbar linear layer without bias; see the module docstring."""
+    w_slices = _slices(weight, slice_sizes)
+    out = torch.zeros(*x.shape[:-1], weight.shape[0], dtype=x.dtype, device=x.device)
+    for index, (x_s, w_s) in enumerate(zip(_slices(x, slice_sizes), w_slices, strict=True)):
+        y_s, _, _ = _slice_forward(
+            x_s, w_s, input_range[index], len(slice_sizes), inp_res, out_res, out_bound,
+            out_noise,
+        )
+        out = out + y_s
+    return out
+
+
+@analog_linear.register_fake
+def _analog_linear_fake(x, weight, input_range, slice_sizes, inp_res, out_res, out_bound,
+                        out_noise):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, input_range, sizes, inp_res, out_res, out_bound, _ = inputs
+    ctx.save_for_backward(x, weight, input_range)
+    ctx.hyper = (list(sizes), inp_res, out_res, out_bound)
+
+
+def _backward(ctx, grad_output: torch.Tensor):
+    """Straight-through estimator.
+
+    DAC and ADC rounding pass gradients through unchanged; the ADC clamp and the
+    input clamp block them where they clip. The input range receives the AFM /
+    aihwkit-lightning rule: r times (sum of the negative upstream gradients of
+    inputs clipped at +r, minus the sum of the positive ones clipped at -r).
+    """
+    x, weight, input_range = ctx.saved_tensors
+    sizes, inp_res, out_res, out_bound = ctx.hyper
+    grad_x, grad_w = [], []
+    grad_r = torch.zeros_like(input_range)
+    for index, (x_s, w_s) in enumerate(zip(_slices(x, sizes), _slices(weight, sizes),
+                                           strict=True)):
+        r = input_range[index]
+        _, x_q, y = _slice_forward(x_s, w_s, r, len(sizes), inp_res, out_res, out_bound, 0.0)
+        bound = out_bound * r.clamp_min(_TINY) * w_s.abs().amax(dim=1).clamp_min(_TINY)
+        g_y = grad_output * (y.abs() <= bound)
+        g_clamped = g_y @ w_s
+        upper, lower = x_s >= r, x_s <= -r
+        grad_x.append(g_clamped * ~(upper | lower))
+        grad_w.append(g_y.reshape(-1, g_y.shape[-1]).T @ x_q.reshape(-1, x_q.shape[-1]))
+        grad_r[index] = r * (g_clamped[upper].clamp(max=0).sum()
+                             - g_clamped[lower].clamp(min=0).sum())
+    return torch.cat(grad_x, dim=-1), torch.cat(grad_w, dim=-1), grad_r, None, None, None, \
+        None, None
+
+
+analog_linear.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------- ONNX form
+
+
+def _analog_linear_body(opset: int, noisy: bool) -> FunctionProto:
+    nodes = [
+        attribute_constant("inp_res", "inp_res"),
+        attribute_constant("out_res", "out_res"),
+        attribute_constant("out_bound", "out_bound"),
+        helper.make_node("Constant", [], ["two"], value_float=2.0),
+        helper.make_node("Constant", [], ["tiny"], value_float=_TINY),
+        helper.make_node("Div", ["inp_res", "two"], ["h_in"]),
+        helper.make_node("Div", ["out_res", "two"], ["h_out"]),
+        helper.make_node("Neg", ["h_in"], ["neg_h_in"]),
+        helper.make_node("Neg", ["h_out"], ["neg_h_out"]),
+        ints_constant("minus_one", [-1]),
+        ints_constant("axis0", [0]),
+        ints_constant("axis1", [1]),
+        ints_constant("r_shape", [-1, 1, 1]),
+        # Shapes: n slices of k inputs, M rows of X.
+        helper.make_node("Shape", ["input_range"], ["n"]),
+        helper.make_node("Shape", ["X"], ["k_total"], start=-1),
+        helper.make_node("Div", ["k_total", "n"], ["k"]),
+        helper.make_node("Shape", ["X"], ["lead"], end=-1),
+        # Weight-only constants (folded by the runtime): W as [n, k, N], w_max [n, 1, N].
+        helper.make_node("Concat", ["minus_one", "n", "k"], ["w_shape"], axis=0),
+        helper.make_node("Reshape", ["W", "w_shape"], ["w3"]),
+        helper.make_node("Transpose", ["w3"], ["w_t"], perm=[1, 2, 0]),
+        helper.make_node("Abs", ["w_t"], ["w_abs"]),
+        helper.make_node("ReduceMax", ["w_abs", "axis1"], ["w_max_raw"], keepdims=1),
+        helper.make_node("Max", ["w_max_raw", "tiny"], ["w_max"]),
+        helper.make_node("Reshape", ["input_range", "r_shape"], ["r_raw"]),
+        helper.make_node("Max", ["r_raw", "tiny"], ["r"]),
+        helper.make_node("Div", ["h_in", "r"], ["in_scale"]),
+        helper.make_node("Div", ["h_out", "h_in"], ["level_ratio"]),
+        helper.make_node("Mul", ["out_bound", "w_max"], ["bound_per_r"]),
+        helper.make_node("Div", ["level_ratio", "bound_per_r"], ["w_scale"]),
+        helper.make_node("Mul", ["w_t", "w_scale"], ["w_eff"]),
+        helper.make_node("Mul", ["r", "bound_per_r"], ["bound"]),
+        helper.make_node("Div", ["bound", "h_out"], ["out_step"]),
+        # DAC levels of X as [n, M, k].
+        helper.make_node("Concat", ["minus_one", "n", "k"], ["x_shape"], axis=0),
+        helper.make_node("Reshape", ["X", "x_shape"], ["x3"]),
+        helper.make_node("Transpose", ["x3"], ["x_t"], perm=[1, 0, 2]),
+        helper.make_node("Mul", ["x_t", "in_scale"], ["x_scaled"]),
+        helper.make_node("Clip", ["x_scaled", "neg_h_in", "h_in"], ["x_clipped"]),
+        helper.make_node("Round", ["x_clipped"], ["q"]),
+        # Crossbar MVM in ADC-level units.
+        helper.make_node("MatMul", ["q", "w_eff"], ["z"]),
+    ]
+    level = "z"
+    if noisy:
+        nodes += [
+            attribute_constant("out_noise", "out_noise"),
+            helper.make_node("Cast", ["n"], ["n_float"], to=1),
+            helper.make_node("Sqrt", ["n_float"], ["sqrt_n"]),
+            helper.make_node("Mul", ["out_noise", "level_ratio"], ["noise_a"]),
+            helper.make_node("Mul", ["out_bound", "sqrt_n"], ["noise_b"]),
+            helper.make_node("Div", ["noise_a", "noise_b"], ["noise_std"]),
+            helper.make_node("RandomNormalLike", ["z"], ["unit_noise"], mean=0.0, scale=1.0),
+            helper.make_node("Mul", ["unit_noise", "noise_std"], ["noise"]),
+            helper.make_node("Add", ["z", "noise"], ["z_noisy"]),
+        ]
+        level = "z_noisy"
+    nodes += [
+        helper.make_node("Round", [level], ["z_round"]),
+        helper.make_node("Clip", ["z_round", "neg_h_out", "h_out"], ["z_q"]),
+        helper.make_node("Mul", ["z_q", "out_step"], ["y_slices"]),
+        helper.make_node("ReduceSum", ["y_slices", "axis0"], ["y2"], keepdims=0),
+        helper.make_node("Concat", ["lead", "minus_one"], ["y_shape"], axis=0),
+        helper.make_node("Reshape", ["y2", "y_shape"], ["Y"]),
+    ]
+    defaults: dict[str, float | list[int]] = {
+        "inp_res": 254.0, "out_res": 254.0, "out_bound": 14.0,
+    }
+    if noisy:
+        defaults["out_noise"] = 0.04
+    doc = ("Analog crossbar MVM over equal input slices (one per input_range entry): "
+           "8-bit DAC, MVM, " + ("read noise, " if noisy else "") + "8-bit ADC, digital sum.")
+    return make_function(
+        "NoisyAnalogLinear" if noisy else "AnalogLinear",
+        ["X", "W", "input_range"], ["Y"], nodes, opset, defaults, doc,
+    )
+
+
+@onnx_domain.register_function("AnalogLinear")
+def analog_linear_function(opset: int) -> FunctionProto:
+    """ONNX body of afmc.AnalogLinear (deterministic)."""
+    return _analog_linear_body(opset, noisy=False)
+
+
+@onnx_domain.register_function("NoisyAnalogLinear")
+def noisy_analog_linear_function(opset: int) -> FunctionProto:
+    """ONNX body of afmc.NoisyAnalogLinear (fresh read noise on every run)."""
+    return _analog_linear_body(opset, noisy=True)
+
+
+@onnx_domain.register_function("SliceInput")
+def slice_input_function(opset: int) -> FunctionProto:
+    """ONNX body of afmc.SliceInput: lay unequal slices out as equal, zero-padded ones.
+
+    Slice i of sizes (attribute slice_sizes) moves to positions [i * k_max, i * k_max
+    + size_i) of the last axis; the remaining positions hold 0, which adds nothing to
+    a product and leaves max |W| unchanged.
+    """
+    nodes = [
+        attribute_constant("sizes", "slice_sizes", kind="ints"),
+        ints_constant("axis0", [0]),
+        ints_constant("axis1", [1]),
+        ints_constant("minus_one", [-1]),
+        ints_constant("pads", [0, 1]),
+        helper.make_node("Constant", [], ["zero"], value_int=0),
+        helper.make_node("Constant", [], ["one"], value_int=1),
+        helper.make_node("ReduceMax", ["sizes"], ["k_max"], keepdims=0),
+        helper.make_node("ReduceSum", ["sizes"], ["k_total"], keepdims=0),
+        helper.make_node("CumSum", ["sizes", "zero"], ["starts"], exclusive=1),
+        helper.make_node("Range", ["zero", "k_max", "one"], ["offsets"]),
+        helper.make_node("Unsqueeze", ["starts", "axis1"], ["starts_col"]),
+        helper.make_node("Unsqueeze", ["sizes", "axis1"], ["sizes_col"]),
+        helper.make_node("Unsqueeze", ["offsets", "axis0"], ["offsets_row"]),
+        helper.make_node("Add", ["starts_col", "offsets_row"], ["source"]),
+        helper.make_node("Less", ["offsets_row", "sizes_col"], ["valid"]),
+        helper.make_node("Where", ["valid", "source", "k_total"], ["index2"]),
+        helper.make_node("Reshape", ["index2", "minus_one"], ["index"]),
+        helper.make_node("Pad", ["X", "pads", "", "minus_one"], ["x_padded"]),
+        helper.make_node("Gather", ["x_padded", "index"], ["Y"], axis=-1),
+    ]
+    return make_function(
+        "SliceInput", ["X"], ["Y"], nodes, opset, {"slice_sizes": [1]},
+        "Zero-pad unequal input slices (attribute slice_sizes) to equal ones on the last axis.",
+    )
+
+
+_AFMC_OPSET = onnxscript_values.Opset(onnx_domain.DOMAIN, onnx_domain.VERSION)
+
+
+def translate_analog_linear(
+    x, weight, input_range, slice_sizes, inp_res, out_res, out_bound, out_noise
+):
+    """torch.onnx custom translation: afmc::analog_linear -> afmc ONNX nodes."""
+    sizes = [int(size) for size in slice_sizes]
+    if len(set(sizes)) > 1:
+        x = _AFMC_OPSET.SliceInput(x, slice_sizes=sizes)
+        weight = _AFMC_OPSET.SliceInput(weight, slice_sizes=sizes)
+    attributes = {"inp_res": float(inp_res), "out_res": float(out_res),
+                  "out_bound": float(out_bound)}
+    if out_noise > 0:
+        return _AFMC_OPSET.NoisyAnalogLinear(x, weight, input_range, out_noise=float(out_noise),
+                                             **attributes)
+    return _AFMC_OPSET.AnalogLinear(x, weight, input_range, **attributes)
+
+
+TRANSLATIONS = {torch.ops.afmc.analog_linear.default: translate_analog_linear}
