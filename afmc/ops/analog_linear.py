@@ -140,6 +140,7 @@ def _backward(ctx, grad_output: torch.Tensor):
 
 
 analog_linear.register_autograd(_backward, setup_context=_setup_context)
+ANALOG_LINEAR = torch.ops.afmc.analog_linear.default
 
 
 # ---------------------------------------------------------------- ONNX form
@@ -226,19 +227,42 @@ def _analog_linear_body(opset: int, noisy: bool) -> FunctionProto:
     )
 
 
-@onnx_domain.register_function("AnalogLinear")
+_INPUTS = [
+    ("X", "activations [..., K] (K = n * k, equal slices; see SliceInput)"),
+    ("W", "crossbar weights [N, K], the programmed conductances in weight units"),
+    ("input_range", "static DAC range r per input slice [n]"),
+]
+_ATTRIBUTES: dict[str, tuple[float | list[int], str]] = {
+    "inp_res": (254.0, "DAC steps over [-r, r] (254: 8 bit)"),
+    "out_res": (254.0, "ADC steps over [-b, b] (254: 8 bit)"),
+    "out_bound": (14.0, "ADC bound b = out_bound * r * max|W row slice|"),
+}
+
+
+@onnx_domain.register_function(
+    "AnalogLinear", _INPUTS, _ATTRIBUTES,
+    "Analog crossbar MVM: 8-bit DAC per input slice, MVM, 8-bit ADC per slice, digital sum.",
+)
 def analog_linear_function(opset: int) -> FunctionProto:
     """ONNX body of afmc.AnalogLinear (deterministic)."""
     return _analog_linear_body(opset, noisy=False)
 
 
-@onnx_domain.register_function("NoisyAnalogLinear")
+@onnx_domain.register_function(
+    "NoisyAnalogLinear", _INPUTS,
+    {**_ATTRIBUTES, "out_noise": (0.04, "read noise std relative to r * w_max / sqrt(n)")},
+    "AnalogLinear with fresh Gaussian read noise on every slice output before the ADC.",
+)
 def noisy_analog_linear_function(opset: int) -> FunctionProto:
     """ONNX body of afmc.NoisyAnalogLinear (fresh read noise on every run)."""
     return _analog_linear_body(opset, noisy=True)
 
 
-@onnx_domain.register_function("SliceInput")
+@onnx_domain.register_function(
+    "SliceInput", [("X", "tensor [..., K] to lay out as equal slices")],
+    {"slice_sizes": ([1], "the unequal slice sizes, summing to K")},
+    "Zero-pad unequal input slices to equal ones on the last axis.",
+)
 def slice_input_function(opset: int) -> FunctionProto:
     """ONNX body of afmc.SliceInput: lay unequal slices out as equal, zero-padded ones.
 
@@ -293,4 +317,4 @@ def translate_analog_linear(
     return _AFMC_OPSET.AnalogLinear(x, weight, input_range, **attributes)
 
 
-TRANSLATIONS = {torch.ops.afmc.analog_linear.default: translate_analog_linear}
+TRANSLATIONS = {ANALOG_LINEAR: translate_analog_linear}

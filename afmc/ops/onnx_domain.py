@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import onnx
 from onnx import AttributeProto, FunctionProto, NodeProto, helper
+from onnx.defs import OpSchema
 
 DOMAIN = "afmc"
 VERSION = 1
@@ -21,8 +22,27 @@ FunctionBuilder = Callable[[int], FunctionProto]
 _FUNCTIONS: dict[str, FunctionBuilder] = {}
 
 
-def register_function(op_type: str) -> Callable[[FunctionBuilder], FunctionBuilder]:
-    """Register the builder of an afmc op's function body (called with the model opset)."""
+def register_function(
+    op_type: str,
+    inputs: list[tuple[str, str]],
+    attributes: dict[str, tuple[float | list[int], str]],
+    doc: str,
+) -> Callable[[FunctionBuilder], FunctionBuilder]:
+    """Register an afmc op: its ONNX schema (inputs, one output Y, attributes with defaults)
+    and the builder of its function body (called with the model's opset)."""
+    schema = OpSchema(
+        op_type,
+        DOMAIN,
+        VERSION,
+        doc,
+        inputs=[OpSchema.FormalParameter(name, "T", text) for name, text in inputs],
+        outputs=[OpSchema.FormalParameter("Y", "T", "result")],
+        type_constraints=[("T", ["tensor(float)"], "float32 tensors")],
+        attributes=[OpSchema.Attribute(name, helper.make_attribute(name, default), text)
+                    for name, (default, text) in attributes.items()],
+    )
+    if not onnx.defs.has(op_type, DOMAIN):
+        onnx.defs.register_schema(schema)
 
     def decorate(builder: FunctionBuilder) -> FunctionBuilder:
         _FUNCTIONS[op_type] = builder

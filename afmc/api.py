@@ -1,0 +1,223 @@
+"""The Python API: afmc.compile() and afmc.load().
+
+compile() captures a model (built-in name, Hugging Face directory, or nn.Module
+with example inputs), runs the target's FX passes in order (timing each), lowers
+the program to ONNX with afmc ops, and, given an output directory, writes
+OUT/model.onnx and OUT/afmc.json atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+import torch
+from torch import fx, nn
+
+import afmc.passes  # noqa: F401  (registers the passes)
+from afmc import lowering
+from afmc.capture import CapturedModel, capture_causal_lm, capture_module
+from afmc.config import AfmcConfig, CalibrationConfig
+from afmc.data.text_source import read_text
+from afmc.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
+from afmc.eval.perplexity import token_windows
+from afmc.models import BUILTIN_MODELS, resolve_model_path
+from afmc.passes.layers import LayerRecord, layer_records
+from afmc.passes.registry import get_pass
+from afmc.runtime.chip import MODEL_FILE, RECORD_FILE
+from afmc.targets import get_target
+
+Progress = Callable[[str], None]
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass
+class CompileResult:
+    """What compile() returns: the torch-level program, the lowered model, the record."""
+
+    program: fx.GraphModule
+    model: ir.Model
+    record: dict[str, Any]
+    output: Path | None = None
+    tokenizer: Tokenizer | None = field(default=None, repr=False)
+
+    @property
+    def layers(self) -> list[LayerRecord]:
+        return layer_records(self.program)
+
+
+def text_batches(tokenizer: Tokenizer, text: str, source: str,
+                 calibration: CalibrationConfig) -> list[tuple[torch.Tensor]]:
+    """Calibration batches of token windows from `text` (at most calibration.max_tokens)."""
+    ids = tokenizer.encode(text)
+    if ids.size < 2:
+        raise ValueError(f"{source}: calibration text is empty (needs at least 2 tokens)")
+    windows = token_windows(ids, min(calibration.seq_len, int(ids.size)), calibration.max_tokens)
+    size = calibration.batch_size
+    return [(torch.from_numpy(windows[i:i + size]),) for i in range(0, len(windows), size)]
+
+
+def _default_calibration_text(model: str) -> tuple[str, str]:
+    if model in BUILTIN_MODELS:
+        from afmc.data.corpus import stdlib_text
+
+        return stdlib_text("train"), "afmc-tiny training text (Python standard library)"
+    raise ValueError(f"{model}: no calibration data; pass --calib FILE (text the model reads)")
+
+
+def _capture(model: Any, example_inputs: tuple | None) -> tuple[CapturedModel, Path | None]:
+    if isinstance(model, CapturedModel):
+        return model, None
+    if isinstance(model, nn.Module):
+        if example_inputs is None:
+            raise ValueError("compile(nn.Module) needs example_inputs")
+        return capture_module(model, example_inputs), None
+    path = resolve_model_path(str(model))
+    return capture_causal_lm(path), path
+
+
+def _calibration_batches(model: Any, model_dir: Path | None, tokenizer: Tokenizer | None,
+                         calibration: Any, config: AfmcConfig) -> tuple[Iterable[tuple], str]:
+    if calibration is not None and not isinstance(calibration, (str, Path)):
+        return calibration, "user batches"
+    if tokenizer is None:
+        raise ValueError("calibration data for a module must be an iterable of input tuples")
+    if calibration is None:
+        text, source = _default_calibration_text(str(model))
+    else:
+        text, source = read_text(calibration), str(calibration)
+    return text_batches(tokenizer, text, source, config.calibration), source
+
+
+def compile(  # noqa: A001  (the verb users expect: afmc.compile)
+    model: Any,
+    target: str = "aimc",
+    config: AfmcConfig | None = None,
+    *,
+    calibration: Any = None,
+    example_inputs: tuple | None = None,
+    output: Path | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> CompileResult:
+    """Compile `model` for `target`; write OUT/model.onnx and OUT/afmc.json if `output`."""
+    config = config or AfmcConfig()
+    chosen = get_target(target)
+    say = progress or (lambda message: None)
+    staged = lowering.stage_directory(Path(output), force) if output is not None else None
+    try:
+        say("capture")
+        started = time.perf_counter()
+        captured, model_dir = _capture(model, example_inputs)
+        timings = [{"name": "capture", "seconds": round(time.perf_counter() - started, 3)}]
+        tokenizer = load_tokenizer(model_dir) if model_dir is not None else None
+        program = captured.graph_module
+        calibration_source = None
+        for name in chosen.fx_passes:
+            say(name)
+            arguments: dict[str, Any] = {}
+            if name == "calibrate":
+                batches, calibration_source = _calibration_batches(
+                    model, model_dir, tokenizer, calibration, config)
+                arguments["batches"] = batches
+            started = time.perf_counter()
+            result = get_pass(name).factory(config, **arguments)(program)
+            program = result.graph_module
+            timings.append({"name": name, "seconds": round(time.perf_counter() - started, 3),
+                            "modified": bool(result.modified)})
+        say("lower to ONNX")
+        started = time.perf_counter()
+        lowered = lowering.export_program(program, captured.example_inputs,
+                                          captured.dynamic_shapes, captured.input_names,
+                                          captured.output_names)
+        timings.append({"name": "lower", "seconds": round(time.perf_counter() - started, 3)})
+        record = _record(chosen.name, captured, program, lowered, config, timings,
+                         calibration_source, tokenizer)
+        lowering.set_metadata(lowered, {k: v for k, v in record.items() if k != "passes"})
+        result = CompileResult(program, lowered, record, None, tokenizer)
+        if staged is not None:
+            say("write")
+            _write(staged, result)
+            lowering.publish_directory(staged, Path(output))
+            result.output = Path(output)
+        return result
+    except BaseException:
+        if staged is not None:
+            import shutil
+
+            shutil.rmtree(staged, ignore_errors=True)
+        raise
+
+
+def _onnx_names(program: fx.GraphModule, lowered: ir.Model) -> None:
+    """Fill each analog record with the ONNX initializer names of its weight and ranges."""
+    by_range = {}
+    for node in lowering.analog_nodes(lowered):
+        weight = lowering.source_initializer(node.inputs[1])
+        by_range[node.inputs[2].name] = weight.name
+    for record in layer_records(program):
+        if record.placement == "analog":
+            record.onnx_input_range = record.input_range
+            record.onnx_weight = by_range.get(record.input_range, "")
+            if not record.onnx_weight:
+                raise RuntimeError(f"lowering lost the analog layer {record.name}")
+
+
+def _record(target: str, captured: CapturedModel, program: fx.GraphModule, lowered: ir.Model,
+            config: AfmcConfig, timings: list[dict], calibration_source: str | None,
+            tokenizer: Tokenizer | None) -> dict[str, Any]:
+    _onnx_names(program, lowered)
+    layers = layer_records(program)
+    analog = [layer for layer in layers if layer.placement == "analog"]
+    return {
+        "afmc_version": "0.1.0",
+        "target": target,
+        "source": captured.source,
+        "inputs": list(captured.input_names),
+        "outputs": list(captured.output_names),
+        "tokenizer": _tokenizer_kind(tokenizer),
+        "calibration": calibration_source,
+        "config": config.model_dump(mode="json"),
+        "summary": {
+            "analog_layers": len(analog),
+            "digital_layers": len(layers) - len(analog),
+            "tiles": sum(layer.tiles for layer in analog),
+            "analog_weights": sum(layer.in_features * layer.out_features for layer in analog),
+        },
+        "layers": [layer.to_json() for layer in layers],
+        "passes": timings,
+    }
+
+
+def _tokenizer_kind(tokenizer: Tokenizer | None) -> str | None:
+    if isinstance(tokenizer, ByteTokenizer):
+        return "bytes"
+    if isinstance(tokenizer, HFTokenizer):
+        return TOKENIZER_DIR
+    return None
+
+
+def _write(staged: Path, result: CompileResult) -> None:
+    lowering.save_model(result.model, staged / MODEL_FILE)
+    (staged / RECORD_FILE).write_text(json.dumps(result.record, indent=2) + "\n")
+    if isinstance(result.tokenizer, HFTokenizer):
+        result.tokenizer.tokenizer.save_pretrained(staged / TOKENIZER_DIR)
+
+
+def load_tokenizer_for(out_dir: Path) -> Tokenizer:
+    """The tokenizer a compiled language model was compiled with."""
+    record = json.loads((out_dir / RECORD_FILE).read_text())
+    kind = record.get("tokenizer")
+    if kind == "bytes":
+        return ByteTokenizer()
+    if kind == TOKENIZER_DIR:
+        from transformers import AutoTokenizer
+
+        return HFTokenizer(AutoTokenizer.from_pretrained(out_dir / TOKENIZER_DIR,
+                                                         local_files_only=True))
+    raise ValueError(f"{out_dir}: compiled model has no tokenizer (not a language model)")

@@ -1,0 +1,133 @@
+"""Hugging Face causal LM front end: load a local model directory and capture it.
+
+The model is wrapped in `CausalLMLogits`, whose forward takes only `input_ids`
+and returns only the logits with `use_cache=False`: no KV cache object and no
+attention mask (every position attends causally to the ones before it). The
+wrapper keeps the model under the attribute `lm`, so graph and ONNX names read
+`lm.model.layers.0.self_attn.q_proj.weight` (Llama, Phi-3, Qwen2) or
+`lm.transformer.h.0.attn.c_attn.weight` (GPT-2).
+
+Findings (transformers 5.x, torch 2.13):
+
+- torch.fx.symbolic_trace fails on current transformers; torch.export
+  (non-strict) traces Llama, Phi-3, Qwen2 and GPT-2 without patches, with both
+  the "eager" and the "sdpa" attention implementations. afmc loads "sdpa"
+  (transformers' default): attention is one `aten.scaled_dot_product_attention`
+  node in the graph, while "eager" adds matmul/softmax/dropout nodes.
+- HF's causal-mask code traces fine under export when no attention mask is
+  passed; no mask input is needed.
+- Dynamic shapes: named dims `Dim("batch", min=1)` and
+  `Dim("seq", min=1, max=max_position_embeddings)` export cleanly, even though
+  the example has batch 2 and a longer sequence (min=1 is accepted: the
+  traced graph has no branch that specialises on size 1). `Dim.AUTO` works
+  too but yields a range starting at 2 and unnamed ONNX axes. The example must
+  not use size 1 on a dynamic dim, or torch specialises it.
+- The max on "seq" makes the graph module reject a too-long input up front
+  (GPT-2's learned positions would otherwise fail inside the embedding).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.export import Dim
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from afmc.capture.errors import CaptureError, first_line
+from afmc.capture.torch_module import CapturedModel, capture_module
+
+SUPPORTED_MODEL_TYPES = {"llama": "Llama", "phi3": "Phi-3", "qwen2": "Qwen2", "gpt2": "GPT-2"}
+ATTENTION_IMPLEMENTATION = "sdpa"
+EXAMPLE_BATCH = 2
+
+
+def load_causal_lm(model_dir: Path) -> PreTrainedModel:
+    """Load a local Hugging Face causal LM in float32, eval mode, SDPA attention.
+
+    Raises:
+        CaptureError: the directory or config.json is missing or unreadable, the
+            architecture is not supported, or the weights cannot be loaded.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise CaptureError(f"model directory not found: {model_dir}")
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise CaptureError(f"{config_path}: file not found (not a Hugging Face model directory)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CaptureError(f"{config_path}: not a valid JSON file ({first_line(exc)})") from exc
+    if not isinstance(config, dict):
+        raise CaptureError(f"{config_path}: expected a JSON object")
+    _check_supported(config.get("model_type"), config.get("architectures"), str(config_path))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir,
+            local_files_only=True,
+            dtype=torch.float32,
+            attn_implementation=ATTENTION_IMPLEMENTATION,
+        )
+    except Exception as exc:
+        raise CaptureError(f"{model_dir}: cannot load the model ({first_line(exc)})") from exc
+    return model.eval()
+
+
+def _check_supported(model_type: object, architectures: object, where: str) -> None:
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        named = f" ({', '.join(map(str, architectures))})" if architectures else ""
+        supported = ", ".join(SUPPORTED_MODEL_TYPES.values())
+        raise CaptureError(
+            f"{where}: unsupported architecture {model_type!r}{named}; supported: {supported}"
+        )
+
+
+class CausalLMLogits(nn.Module):
+    """forward(input_ids) -> logits of a causal LM, without KV cache or attention mask."""
+
+    def __init__(self, lm: PreTrainedModel) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids=input_ids, use_cache=False).logits
+
+
+def capture_causal_lm(
+    model_dir_or_model: str | os.PathLike | PreTrainedModel, example_seq_len: int = 16
+) -> CapturedModel:
+    """Capture a causal LM (a local directory or a loaded model) as a CapturedModel.
+
+    The graph takes "input_ids" (int64 [batch, seq], both dynamic) and returns
+    "logits" (float32 [batch, seq, vocab]). A loaded model is switched to eval
+    mode and used as it is (dtype and attention implementation unchanged).
+    fp_module is the CausalLMLogits wrapper, so it is called like the graph.
+    """
+    if isinstance(model_dir_or_model, (str, os.PathLike)):
+        model = load_causal_lm(Path(model_dir_or_model))
+        source = f"hf:{model_dir_or_model}"
+    else:
+        model = model_dir_or_model.eval()
+        _check_supported(model.config.model_type, model.config.architectures, "model")
+        source = f"hf:{model.config.name_or_path or model.config.model_type}"
+    max_len = getattr(model.config, "max_position_embeddings", None)
+    if example_seq_len < 2 or (max_len is not None and example_seq_len > max_len):
+        raise ValueError(f"example_seq_len must be in [2, {max_len}], got {example_seq_len}")
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randint(
+        model.config.vocab_size, (EXAMPLE_BATCH, example_seq_len), generator=generator
+    )
+    dynamic_shapes = {"input_ids": {0: Dim("batch", min=1), 1: Dim("seq", min=1, max=max_len)}}
+    captured = capture_module(
+        CausalLMLogits(model),
+        (example,),
+        dynamic_shapes=dynamic_shapes,
+        input_names=["input_ids"],
+        output_names=["logits"],
+    )
+    return replace(captured, source=source)

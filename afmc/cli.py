@@ -1,0 +1,196 @@
+"""The afmc command line: compile, run, eval, passes, targets.
+
+Errors a user can cause (missing model, corrupt config, unknown target, empty
+calibration file, existing output) print one line on stderr and exit 1, and
+leave no output directory behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from afmc.data.text_source import read_text
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="afmc: compile neural networks for analog in-memory computing.")
+passes_app = typer.Typer(help="Inspect the registered passes.", no_args_is_help=True)
+app.add_typer(passes_app, name="passes")
+console = Console(stderr=True)
+out = Console()
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    from afmc.capture import CaptureError
+    from afmc.config import ConfigError
+
+    try:
+        yield
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, KeyError,
+            CaptureError, ConfigError) as error:
+        message = error.args[0] if error.args else str(error)
+        console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def compile(  # noqa: A001
+    model: Annotated[str, typer.Argument(help="afmc-tiny, or a Hugging Face model directory")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory")],
+    target: Annotated[str, typer.Option(help="aimc or fp")] = "aimc",
+    config: Annotated[Path | None, typer.Option(help="YAML/JSON configuration file")] = None,
+    calib: Annotated[str | None, typer.Option(
+        help="Calibration text file (default for afmc-tiny: its training text)")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a field: section.field=value (repeatable)")] = None,
+    digital: Annotated[list[str] | None, typer.Option(
+        help="Keep layers matching this regex digital (repeatable)")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite OUTPUT")] = False,
+) -> None:
+    """Compile MODEL for a target: writes OUTPUT/model.onnx and OUTPUT/afmc.json."""
+    with _user_errors():
+        from afmc.config import load_config
+
+        overrides = list(set_ or [])
+        if digital:
+            overrides.append(f"placement.digital={json.dumps(list(digital))}")
+        cfg = load_config(config, overrides)
+        from afmc.api import compile as compile_model
+        from afmc.targets import get_target
+
+        get_target(target)
+        if output.exists() and not force:
+            raise FileExistsError(f"{output}: output exists (use --force to overwrite)")
+        with console.status("compiling") as status:
+            result = compile_model(
+                model, target, cfg, calibration=calib, output=output, force=force,
+                progress=lambda step: status.update(f"compiling: {step}"),
+            )
+        _print_compile_summary(result.record, output)
+
+
+def _print_compile_summary(record: dict, output: Path) -> None:
+    summary = record["summary"]
+    table = Table(title=f"afmc compile -> {output}", show_edge=False)
+    for column in ("step", "seconds"):
+        table.add_column(column)
+    for step in record["passes"]:
+        table.add_row(step["name"], f"{step['seconds']:.2f}")
+    out.print(table)
+    out.print(f"target {record['target']}: {summary['analog_layers']} analog layers, "
+              f"{summary['digital_layers']} digital, {summary['tiles']} tiles "
+              f"({record['config']['hardware']['tile_rows']}x"
+              f"{record['config']['hardware']['tile_cols']}), "
+              f"{summary['analog_weights']:,} analog weights")
+
+
+def _progress() -> Progress:
+    return Progress("[progress.description]{task.description}", BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
+
+
+@app.command()
+def run(
+    compiled: Annotated[Path, typer.Argument(help="Output directory of afmc compile")],
+    text: Annotated[str, typer.Option(help="Text file (or stdlib:heldout)")],
+    seed: Annotated[int, typer.Option(help="Chip instance (programming-noise seed)")] = 0,
+    read_noise: Annotated[float, typer.Option(help="Per-inference read noise (0: off)")] = 0.0,
+    max_tokens: Annotated[int, typer.Option(help="Tokens of the text to run")] = 256,
+    top_k: Annotated[int, typer.Option(help="Predictions to show")] = 5,
+) -> None:
+    """Run the text through one chip instance: next-token predictions and a logits summary."""
+    with _user_errors():
+        from afmc.api import load_tokenizer_for
+        from afmc.runtime.chip import open_chip
+
+        tokenizer = load_tokenizer_for(compiled)
+        ids = tokenizer.encode(read_text(text))[:max_tokens]
+        if ids.size == 0:
+            raise ValueError(f"{text}: no tokens")
+        chip = open_chip(compiled, seed, read_noise=read_noise)
+        logits = chip.run(ids[None, :])[0].astype(np.float64)
+        log_probs = logits - logits.max(-1, keepdims=True)
+        log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+        nll = -log_probs[:-1][np.arange(ids.size - 1), ids[1:]]
+        out.print(f"chip seed {seed}: {ids.size} tokens, logits {list(logits.shape)}, "
+                  f"mean {logits.mean():.4f}, std {logits.std():.4f}")
+        if nll.size:
+            out.print(f"next-token accuracy {np.mean(log_probs[:-1].argmax(-1) == ids[1:]):.3f}, "
+                      f"perplexity {np.exp(nll.mean()):.3f}")
+        best = np.argsort(log_probs[-1])[::-1][:top_k]
+        table = Table(title="next token after the text", show_edge=False)
+        table.add_column("token")
+        table.add_column("probability")
+        for token in best:
+            table.add_row(repr(tokenizer.decode([int(token)])), f"{np.exp(log_probs[-1, token]):.3f}")
+        out.print(table)
+
+
+@app.command("eval")
+def eval_(
+    compiled: Annotated[Path, typer.Argument(help="Output directory of afmc compile")],
+    text: Annotated[str, typer.Option(help="Text file (or stdlib:heldout)")],
+    seeds: Annotated[int, typer.Option(help="Chip instances (seeds 0..N-1)")] = 5,
+    max_tokens: Annotated[int, typer.Option(help="Tokens of the text to score")] = 16384,
+    seq_len: Annotated[int, typer.Option(help="Window length")] = 256,
+    read_noise: Annotated[float, typer.Option(help="Per-inference read noise (0: off)")] = 0.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results here")] = None,
+) -> None:
+    """Perplexity per chip instance and mean +- std over seeds, next to the FP perplexity."""
+    with _user_errors():
+        from afmc.api import load_tokenizer_for
+        from afmc.eval.evaluate import evaluate
+
+        tokenizer = load_tokenizer_for(compiled)
+        ids = tokenizer.encode(read_text(text))
+        if seeds < 1:
+            raise ValueError("--seeds must be at least 1")
+        with _progress() as bar:
+            task = bar.add_task("fp", total=None)
+
+            def on_result(name: str, value: float) -> None:
+                out.print(f"{name:>8}: perplexity {value:.4f}")
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            report = evaluate(compiled, ids, list(range(seeds)), seq_len=seq_len,
+                              max_tokens=max_tokens, read_noise=read_noise,
+                              on_result=on_result, progress=progress)
+        out.print(f"FP perplexity {report.fp:.4f}; analog over {seeds} chip(s): "
+                  f"{report.mean:.4f} +- {report.std:.4f} ({report.tokens} tokens)")
+        if json_out:
+            json_out.write_text(json.dumps({"tokens": report.tokens, "fp": report.fp,
+                                            "chips": report.chips, "mean": report.mean,
+                                            "std": report.std}, indent=2))
+
+
+@passes_app.command("list")
+def passes_list() -> None:
+    """Name, level and purpose of every registered pass."""
+    from afmc.passes import PASSES
+
+    table = Table(show_edge=False)
+    for column in ("pass", "level", "what it does"):
+        table.add_column(column)
+    for info in PASSES.values():
+        table.add_row(info.name, info.level, info.summary)
+    out.print(table)
+
+
+@app.command()
+def targets() -> None:
+    """The compile targets."""
+    from afmc.targets import TARGETS
+
+    for target in TARGETS.values():
+        out.print(f"{target.name:6} {target.description}")

@@ -1,0 +1,88 @@
+"""Tokenizers behind one small interface: ``encode``, ``decode``, ``vocab_size``.
+
+A model directory without tokenizer files whose ``config.json`` says
+``vocab_size: 256`` (such as the built-in ``afmc-tiny``) reads raw UTF-8
+bytes; any other directory must hold files that
+``transformers.AutoTokenizer`` can load offline.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+)
+
+
+class Tokenizer(Protocol):
+    """What afmc needs from a tokenizer."""
+
+    vocab_size: int
+
+    def encode(self, text: str) -> np.ndarray: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids 0-255; no special tokens."""
+
+    vocab_size = 256
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids (int64) of the UTF-8 bytes of ``text``."""
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of byte ids; invalid UTF-8 sequences become U+FFFD."""
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+
+class HFTokenizer:
+    """A ``transformers`` tokenizer behind the afmc interface (no special tokens added)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = len(tokenizer)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids (int64) of ``text``."""
+        return np.asarray(self.tokenizer.encode(text, add_special_tokens=False), dtype=np.int64)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of token ids."""
+        return self.tokenizer.decode([int(i) for i in ids])
+
+
+def load_tokenizer(model_dir: Path) -> Tokenizer:
+    """The tokenizer of the Hugging Face model directory ``model_dir``.
+
+    Raises ``ValueError`` when the directory has neither tokenizer files nor a
+    byte-level ``config.json`` (``vocab_size`` 256).
+    """
+    model_dir = Path(model_dir)
+    if any((model_dir / name).is_file() for name in _TOKENIZER_FILES):
+        from transformers import AutoTokenizer
+
+        return HFTokenizer(AutoTokenizer.from_pretrained(model_dir, local_files_only=True))
+    config_path = model_dir / "config.json"
+    vocab_size = None
+    if config_path.is_file():
+        vocab_size = json.loads(config_path.read_text(encoding="utf-8")).get("vocab_size")
+    if vocab_size == ByteTokenizer.vocab_size:
+        return ByteTokenizer()
+    raise ValueError(
+        f"no tokenizer for {model_dir}: it has no tokenizer files "
+        f"({', '.join(_TOKENIZER_FILES)}) and config.json vocab_size is {vocab_size}, not 256"
+    )

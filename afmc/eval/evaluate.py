@@ -1,0 +1,57 @@
+"""Perplexity of a compiled language model per chip instance, next to its FP view.
+
+Each seed is one chip instance (one programming-noise draw); the report holds
+the FP perplexity of the same file (analog nodes computed in floating point),
+the perplexity per chip, and their mean and standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from afmc.eval.perplexity import perplexity, token_windows
+from afmc.runtime.chip import Chip, open_chip
+
+
+@dataclass
+class EvalReport:
+    """FP perplexity, perplexity per seed, and their mean / std over seeds."""
+
+    tokens: int
+    fp: float
+    chips: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(list(self.chips.values()))) if self.chips else float("nan")
+
+    @property
+    def std(self) -> float:
+        return float(np.std(list(self.chips.values()))) if self.chips else float("nan")
+
+
+def chip_perplexity(chip: Chip, windows: np.ndarray, batch_size: int,
+                    progress: Callable[[int, int], None] | None = None) -> float:
+    return perplexity(chip.run, windows, batch_size=batch_size, progress=progress)
+
+
+def evaluate(out_dir: Path, ids: np.ndarray, seeds: list[int], *, seq_len: int = 256,
+             max_tokens: int | None = 16384, batch_size: int = 8, read_noise: float = 0.0,
+             on_result: Callable[[str, float], None] | None = None,
+             progress: Callable[[int, int], None] | None = None) -> EvalReport:
+    """Perplexity of the FP view and of each chip `seed` on the token ids `ids`."""
+    windows = token_windows(ids, min(seq_len, len(ids)), max_tokens)
+    fp = chip_perplexity(open_chip(out_dir, fp=True), windows, batch_size, progress)
+    if on_result:
+        on_result("fp", fp)
+    report = EvalReport(int(windows.size), fp)
+    for seed in seeds:
+        chip = open_chip(out_dir, seed, read_noise=read_noise)
+        report.chips[seed] = chip_perplexity(chip, windows, batch_size, progress)
+        if on_result:
+            on_result(f"seed {seed}", report.chips[seed])
+    return report

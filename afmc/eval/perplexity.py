@@ -1,0 +1,86 @@
+"""Perplexity of a causal language model over fixed token windows.
+
+The model is seen only through ``logits_fn``: int64 token ids ``[b, T]`` in,
+float logits ``[b, T, V]`` out, so the same code scores a PyTorch module, an
+ONNX Runtime session or an analog chip instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+LogitsFn = Callable[[np.ndarray], np.ndarray]
+
+
+def token_windows(ids: np.ndarray, seq_len: int, max_tokens: int | None = None) -> np.ndarray:
+    """Non-overlapping windows ``[B, seq_len]`` over the first ``max_tokens`` ids.
+
+    The ragged tail is dropped; ``ValueError`` if not even one full window fits.
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    n_windows = len(ids) // seq_len
+    if n_windows == 0:
+        raise ValueError(f"{len(ids)} tokens do not fill one window of seq_len {seq_len}")
+    return ids[: n_windows * seq_len].reshape(n_windows, seq_len)
+
+
+def _window_nll(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Next-token negative log-likelihoods ``[b, T-1]`` (float64, stable log-softmax)."""
+    logits = np.asarray(logits, dtype=np.float64)[:, :-1]
+    targets = ids[:, 1:]
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=-1))
+    target_logit = np.take_along_axis(shifted, targets[..., None], axis=-1)[..., 0]
+    return log_norm - target_logit
+
+
+def perplexity(
+    logits_fn: LogitsFn,
+    windows: np.ndarray,
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> float:
+    """exp of the mean next-token NLL over every predicted position of ``windows``.
+
+    ``progress(done, total)`` is called after each batch with window counts.
+    """
+    windows = np.asarray(windows, dtype=np.int64)
+    if windows.ndim != 2 or windows.shape[1] < 2 or windows.shape[0] == 0:
+        raise ValueError(f"windows must be [B>=1, T>=2] token ids, got shape {windows.shape}")
+    total_nll = 0.0
+    count = 0
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start : start + batch_size]
+        logits = logits_fn(batch)
+        if logits.shape[:2] != batch.shape:
+            raise ValueError(f"logits_fn returned shape {logits.shape} for ids {batch.shape}")
+        nll = _window_nll(logits, batch)
+        total_nll += float(nll.sum())
+        count += nll.size
+        if progress is not None:
+            progress(min(start + batch_size, len(windows)), len(windows))
+    return float(np.exp(total_nll / count))
+
+
+def torch_logits_fn(model) -> LogitsFn:
+    """A ``logits_fn`` for a Hugging Face causal LM (no grad, no KV cache).
+
+    The model is used as it is; put it in ``eval()`` mode first.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+
+    def logits_fn(ids: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            input_ids = torch.from_numpy(np.ascontiguousarray(ids)).to(device)
+            logits = model(input_ids=input_ids, use_cache=False).logits
+        return logits.float().cpu().numpy()
+
+    return logits_fn

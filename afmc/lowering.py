@@ -1,0 +1,128 @@
+"""Lowering: torch-level program -> ONNX file with afmc ops.
+
+The program (an FX GraphModule after the passes) is exported again with
+torch.export and converted by torch.onnx (dynamo) with afmc's
+custom_translation_table, so each afmc torch op becomes one node of the ONNX
+domain `afmc`. The afmc function bodies are then attached as model-local
+functions, the afmc record goes into the metadata, and the file is written
+atomically (external data above 1 GiB of weights).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+import torch
+from torch import fx
+
+from afmc import ops
+from afmc.ops import onnx_domain
+
+METADATA_KEY = "afmc"
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+
+
+def export_program(
+    gm: fx.GraphModule,
+    example_inputs: tuple,
+    dynamic_shapes: Any,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+) -> ir.Model:
+    """torch.export + torch.onnx (dynamo) with the afmc translations; returns the IR model."""
+    exported = torch.export.export(gm, example_inputs, dynamic_shapes=dynamic_shapes)
+    program = torch.onnx.export(
+        exported,
+        dynamo=True,
+        input_names=list(input_names),
+        output_names=list(output_names),
+        custom_translation_table=ops.TRANSLATIONS,
+        optimize=False,
+        verbose=False,
+    )
+    model = program.model
+    attach_afmc_functions(model)
+    return model
+
+
+def attach_afmc_functions(model: ir.Model) -> None:
+    """Add the model-local function of every afmc op type the graph uses."""
+    used = {node.op_type for node in model.graph.all_nodes() if node.domain == ops.DOMAIN}
+    if not used:
+        return
+    opset = model.opset_imports.get("", onnx_domain.MIN_OPSET)
+    model.opset_imports[ops.DOMAIN] = ops.VERSION
+    for proto in ops.function_protos(used, opset):
+        function = ir.serde.deserialize_function(proto)
+        model.functions[function.identifier()] = function
+
+
+def set_metadata(model: ir.Model, record: dict[str, Any]) -> None:
+    """Store the afmc record (configuration, placement, tiles) in the file's metadata."""
+    model.metadata_props[METADATA_KEY] = json.dumps(record, sort_keys=True)
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The afmc record stored in an ONNX file's metadata (without loading weights)."""
+    model = onnx.load(str(path), load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            return json.loads(prop.value)
+    raise ValueError(f"{path}: no afmc metadata")
+
+
+def analog_nodes(model: ir.Model) -> list[ir.Node]:
+    """The afmc analog linear nodes, in graph order."""
+    return [node for node in model.graph if node.domain == ops.DOMAIN
+            and node.op_type in ("AnalogLinear", "NoisyAnalogLinear")]
+
+
+def source_initializer(value: ir.Value) -> ir.Value:
+    """The initializer behind an analog node input (through afmc.SliceInput)."""
+    producer = value.producer()
+    if producer is not None and producer.domain == ops.DOMAIN and producer.op_type == "SliceInput":
+        return producer.inputs[0]
+    return value
+
+
+def save_model(model: ir.Model, path: Path) -> None:
+    """Write `model` to `path` atomically; weights over 1 GiB go to `<name>.data` beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = sum(value.const_value.nbytes for value in model.graph.initializers.values()
+               if value.const_value is not None)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".afmc-") as tmp:
+        staged = Path(tmp) / path.name
+        external = f"{path.name}.data" if size > EXTERNAL_DATA_THRESHOLD else None
+        ir.save(model, staged, external_data=external)
+        if external:
+            os.replace(Path(tmp) / external, path.parent / external)
+        os.replace(staged, path)
+
+
+def stage_directory(target: Path, force: bool) -> Path:
+    """A fresh temporary directory beside `target`, to be published with publish_directory."""
+    if target.exists() and not force:
+        raise FileExistsError(f"{target}: output exists (use --force to overwrite)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    staged.chmod(0o755)
+    return staged
+
+
+def publish_directory(staged: Path, target: Path) -> None:
+    """Replace `target` by the fully written `staged` directory."""
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        os.replace(target, old / "previous")
+        os.replace(staged, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, target)

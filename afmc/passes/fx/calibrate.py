@@ -1,0 +1,121 @@
+"""Calibration: initialise each analog layer's static input ranges from sample data.
+
+Rule: run the program on the calibration batches with every afmc.analog_linear
+computed in floating point (x @ W^T, so each layer sees the activations of the
+FP model), observe |x| per input slice, and set r_s by the configured method:
+
+- ``max``: the largest |x_s| seen;
+- ``percentile``: that percentile of |x_s| (default 99.995), over a uniform
+  random sample of at most 2^20 values per slice and batch (fixed seed);
+- ``kappa-std``: the running mean over batches of kappa * std(x_s)
+  (HARDWARE.md, AFM kappa = 18).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import fx
+from torch.fx.passes.infra.pass_base import PassBase, PassResult
+
+from afmc.config import AfmcConfig, CalibrationConfig
+from afmc.ops.analog_linear import ANALOG_LINEAR
+from afmc.passes.layers import META_KEY
+from afmc.passes.registry import register_pass
+
+_SAMPLE = 1 << 20
+_FLOOR = 1e-6
+
+
+class SliceObserver:
+    """Statistics of one input slice across calibration batches."""
+
+    def __init__(self, config: CalibrationConfig, generator: torch.Generator) -> None:
+        self.config = config
+        self.generator = generator
+        self.maximum = 0.0
+        self.stds: list[float] = []
+        self.samples: list[np.ndarray] = []
+
+    def update(self, values: torch.Tensor) -> None:
+        flat = values.detach().reshape(-1).abs().float()
+        method = self.config.method
+        if method == "max":
+            self.maximum = max(self.maximum, float(flat.max()))
+        elif method == "kappa-std":
+            self.stds.append(float(values.detach().float().std()))
+        else:
+            if flat.numel() > _SAMPLE:
+                index = torch.randint(flat.numel(), (_SAMPLE,), generator=self.generator)
+                flat = flat[index]
+            self.samples.append(flat.numpy())
+
+    def input_range(self) -> float:
+        method = self.config.method
+        if method == "max":
+            value = self.maximum
+        elif method == "kappa-std":
+            value = self.config.kappa * float(np.mean(self.stds))
+        else:
+            value = float(np.percentile(np.concatenate(self.samples), self.config.percentile))
+        return max(value, _FLOOR)
+
+
+class _ObservingInterpreter(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, observe: Callable[[fx.Node, torch.Tensor], None]):
+        super().__init__(gm)
+        self.observe = observe
+
+    def call_function(self, target, args, kwargs):
+        if target is ANALOG_LINEAR:
+            x, weight, _, sizes = args[:4]
+            self.observe(self.current_node, x, sizes)
+            return torch.nn.functional.linear(x, weight)
+        return super().call_function(target, args, kwargs)
+
+    def run_node(self, node: fx.Node):
+        self.current_node = node
+        return super().run_node(node)
+
+
+@register_pass("calibrate", "fx")
+class CalibrateInputRanges(PassBase):
+    """Set static input ranges of analog layers from sample data (max / percentile / kappa-std)."""
+
+    def __init__(self, config: AfmcConfig, batches: Iterable[tuple] | None = None,
+                 progress: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self.config = config.calibration
+        self.batches = batches
+        self.progress = progress
+
+    def call(self, graph_module: fx.GraphModule) -> PassResult:
+        if self.batches is None:
+            raise ValueError("calibrate: no calibration data given")
+        generator = torch.Generator().manual_seed(0)
+        observers: dict[fx.Node, list[SliceObserver]] = {}
+
+        def observe(node: fx.Node, x: torch.Tensor, sizes: list[int]) -> None:
+            slots = observers.setdefault(
+                node, [SliceObserver(self.config, generator) for _ in sizes])
+            for slot, part in zip(slots, torch.split(x, list(sizes), dim=-1), strict=True):
+                slot.update(part)
+
+        interpreter = _ObservingInterpreter(graph_module, observe)
+        count = 0
+        with torch.no_grad():
+            for batch in self.batches:
+                interpreter.run(*batch)
+                count += 1
+                if self.progress:
+                    self.progress(count)
+        if count == 0:
+            raise ValueError("calibrate: the calibration data holds no batch")
+        for node, slots in observers.items():
+            target = node.args[2].target
+            ranges = torch.tensor([slot.input_range() for slot in slots])
+            graph_module.get_parameter(target).data.copy_(ranges)
+            node.meta[META_KEY].calibrated = self.config.method
+        return PassResult(graph_module, bool(observers))

@@ -1,0 +1,96 @@
+"""A chip instance: one programming of a compiled aimc model's weights on ONNX Runtime.
+
+Programming noise is sampled once per chip (seed) for every analog layer from
+the weights stored in the file, and swapped into the session with
+SessionOptions.add_initializer, so the file is never rewritten and each
+inference costs the same as with the stored weights. Same seed, same chip.
+Optional read noise draws fresh output noise on every inference.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
+from afmc.runtime.views import fp_reference, with_read_noise
+
+MODEL_FILE = "model.onnx"
+RECORD_FILE = "afmc.json"
+
+
+def load_record(out_dir: Path) -> dict[str, Any]:
+    """OUT/afmc.json of a compiled model; a clear error if OUT is not one."""
+    path = out_dir / RECORD_FILE
+    if not path.is_file() or not (out_dir / MODEL_FILE).is_file():
+        raise FileNotFoundError(f"{out_dir}: not a compiled afmc model (no {RECORD_FILE} "
+                                f"and {MODEL_FILE}; run 'afmc compile' first)")
+    return json.loads(path.read_text())
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+@dataclass
+class Chip:
+    """One ONNX Runtime session of a compiled model: an analog chip instance or the FP view."""
+
+    session: ort.InferenceSession
+    seed: int | None
+    input_name: str
+    output_name: str
+    _keep_alive: list[ort.OrtValue]
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: inputs})[0]
+
+
+def programmed_weights(model: onnx.ModelProto, record: dict[str, Any], noise: NoiseConfig,
+                       seed: int) -> dict[str, np.ndarray]:
+    """Sample the programmed weights of every analog layer for chip `seed`."""
+    initializers = {init.name: init for init in model.graph.initializer}
+    programmed = {}
+    for index, layer in enumerate(l for l in record["layers"] if l["placement"] == "analog"):
+        name = layer["onnx_weight"]
+        weight = numpy_helper.to_array(initializers[name]).astype(np.float32)
+        programmed[name] = program_weights(weight, layer["slice_sizes"], noise,
+                                           layer_rng(seed, index))
+    return programmed
+
+
+def open_chip(out_dir: Path, seed: int | None = 0, *, read_noise: float = 0.0,
+              fp: bool = False, threads: int | None = None) -> Chip:
+    """A session for chip `seed` (None: the stored weights, no programming noise).
+
+    fp=True gives the floating-point reference view of the same file instead.
+    """
+    record = load_record(out_dir)
+    model = onnx.load(str(out_dir / MODEL_FILE))
+    options = session_options(threads)
+    keep: list[ort.OrtValue] = []
+    noise = NoiseConfig.model_validate(record["config"]["noise"])
+    if fp:
+        model = fp_reference(model)
+        seed = None
+    elif seed is not None and noise.model != "none":
+        for name, array in programmed_weights(model, record, noise, seed).items():
+            value = ort.OrtValue.ortvalue_from_numpy(array)
+            keep.append(value)
+            options.add_initializer(name, value)
+    if read_noise > 0 and not fp:
+        model = with_read_noise(model, read_noise)
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    return Chip(session, seed, record["inputs"][0], record["outputs"][0], keep)

@@ -1,0 +1,268 @@
+"""Programming-noise models of the analog runtime (shared/HARDWARE.md, "Evaluation noise models").
+
+A chip instance is one programming of the weights: :func:`program_weights` is called
+once per layer and chip seed (with the stream of :func:`layer_rng`), and the returned
+weights are then used for any number of inputs.
+
+Every model scales each output row -- or, with ``per_slice``, each row of each input
+slice of the layer -- by its own max |w| before adding noise, and scales back after.
+A row (slice) that is all zero has max |w| = 0 and stays exactly zero.
+
+- ``none``: the weights unchanged (a copy).
+- ``pcm`` (AFM evaluation): scale so max |w| = ``pcm_gmax`` (180); add
+  N(0, sigma(|g|)^2) with sigma the cubic of :func:`pcm_sigma`; set to 0 every
+  weight whose *target* |g| < ``pcm_zero_threshold`` (0.6); scale back.
+- ``additive``: add N(0, (``additive_std`` (0.05) * max |w|)^2).
+- ``pcm-drift``: aihwkit 1.2.0 ``PCMLikeNoiseModel`` (max |w| = 25 uS on a g+/g- pair,
+  programming noise, drift to ``drift_time_s`` with t0 = 20 s, 1/f read noise) and, with
+  ``drift_compensation``, aihwkit's ``GlobalDriftCompensation``: one scalar per layer
+  read out on the one-hot input vectors; see :func:`_pcm_drift_block` and
+  :func:`_program_pcm_drift`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+# AFM evaluation cubic for the programming-noise std, highest power first (numpy.polyval).
+PCM_SIGMA_OD = (
+    2.939751381126213e-05,
+    -0.00371581208142707,
+    0.22419685954327148,
+    2.5797410660159494,
+)
+PCM_SIGMA_TD = (
+    1.2329755395573392e-05,
+    -0.003054993405157235,
+    0.2453487119885723,
+    2.110295720240385,
+)
+PCM_SIGMA_BRANCH = 52.5  # |g| <= 52.5 uses the OD cubic, above it the TD cubic
+
+# aihwkit PCMLikeNoiseModel constants (conductances in uS).
+DRIFT_G_MAX = 25.0
+DRIFT_PROG_COEFF = (0.26348, 1.9650, -1.1731)  # c0 + c1 x + c2 x^2, x = g / g_max
+DRIFT_T0 = 20.0
+DRIFT_T_READ = 250e-9
+_ZERO_CLIP = 1e-7
+
+NoiseModel = Literal["none", "pcm", "additive", "pcm-drift"]
+
+
+class NoiseConfig(BaseModel):
+    """Which programming-noise model a chip instance samples, and its parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: NoiseModel = Field("pcm", description="Programming-noise model.")
+    per_slice: bool = Field(
+        True,
+        description="Scale per output row and per input slice of the layer, "
+        "rather than per whole output row.",
+    )
+    additive_std: float = Field(
+        0.05, ge=0, allow_inf_nan=False, description="additive: std relative to max |w|."
+    )
+    pcm_gmax: float = Field(
+        180.0, gt=0, allow_inf_nan=False, description="pcm: conductance of max |w|."
+    )
+    pcm_zero_threshold: float = Field(
+        0.6, ge=0, allow_inf_nan=False, description="pcm: target |g| below this is set to 0."
+    )
+    drift_time_s: float = Field(
+        3600.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="pcm-drift: inference time in seconds after programming completed.",
+    )
+    drift_compensation: bool = Field(
+        True, description="pcm-drift: apply global drift compensation (one scalar per layer)."
+    )
+
+
+def pcm_sigma(g_abs: np.ndarray) -> np.ndarray:
+    """Programming-noise std of the ``pcm`` model at conductance |g| (GMAX = 180 units).
+
+    numpy.polyval of ``PCM_SIGMA_OD`` for |g| <= 52.5 and of ``PCM_SIGMA_TD`` above;
+    about 2.58 at 0, 8.4 at 52.5, 8.9 at 120 and 19.2 at 180. A float32 input is
+    evaluated in float32 (in-place Horner, for speed), anything else in float64.
+    """
+    g = np.asarray(g_abs)
+    if g.dtype != np.float32:
+        g = g.astype(np.float64)
+    return np.where(g <= PCM_SIGMA_BRANCH, _horner(PCM_SIGMA_OD, g), _horner(PCM_SIGMA_TD, g))
+
+
+def _horner(coeffs: tuple[float, ...], x: np.ndarray) -> np.ndarray:
+    """numpy.polyval(coeffs, x) in x's dtype, in place on one buffer."""
+    out = np.full_like(x, coeffs[0])
+    for c in coeffs[1:]:
+        out *= x
+        out += c
+    return out
+
+
+def layer_rng(seed: int, layer_index: int) -> np.random.Generator:
+    """The random stream of one layer of one chip instance.
+
+    ``SeedSequence(seed, spawn_key=(layer_index,))`` is the ``layer_index``-th child
+    that ``SeedSequence(seed).spawn`` would give: the same (seed, layer) reproduces the
+    same stream, and streams of different layers or seeds are independent.
+    """
+    if seed < 0 or layer_index < 0:
+        raise ValueError(
+            f"seed and layer_index must be >= 0, got seed={seed}, layer_index={layer_index}"
+        )
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(layer_index,)))
+
+
+def program_weights(
+    weight: np.ndarray,
+    slice_sizes: Sequence[int],
+    config: NoiseConfig,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Sample the programmed weights of one layer on one chip instance.
+
+    Args:
+        weight: [N, K] weights (N output rows, K inputs); not modified.
+        slice_sizes: sizes of the layer's input slices, summing to K (e.g. [512, 512, 488]).
+        config: the noise model and its parameters.
+        rng: the layer's random stream (see :func:`layer_rng`).
+
+    Returns:
+        The programmed weights, float32 [N, K].
+    """
+    w = np.asarray(weight)
+    if w.ndim != 2:
+        raise ValueError(f"weight must be 2-D [N, K], got shape {w.shape}")
+    sizes = [int(s) for s in slice_sizes]
+    if any(s <= 0 for s in sizes):
+        raise ValueError(f"slice_sizes must all be positive, got {sizes}")
+    if sum(sizes) != w.shape[1]:
+        raise ValueError(
+            f"slice_sizes {sizes} sum to {sum(sizes)} but weight has K = {w.shape[1]} inputs"
+        )
+    if config.model == "none":
+        return w.astype(np.float32, copy=True)
+    if config.model == "pcm-drift":
+        return _program_pcm_drift(w, sizes, config, rng)
+    noisy = _pcm_block if config.model == "pcm" else _additive_block
+    out = np.empty(w.shape, dtype=np.float32)
+    for cols, block, wmax in _blocks(w, sizes, config.per_slice):
+        out[:, cols] = noisy(block, wmax, config, rng)
+    return out
+
+
+def _blocks(
+    w: np.ndarray, sizes: list[int], per_slice: bool
+) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """Yield (columns, float32 block, max |w| of each block row [N, 1]) per scaling block.
+
+    A block is one input slice with ``per_slice``, else the whole row.
+    """
+    bounds = np.cumsum([0, *sizes]) if per_slice else np.array([0, w.shape[1]])
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        block = w[:, start:stop].astype(np.float32, copy=False)
+        wmax = np.abs(block).max(axis=1, keepdims=True)
+        yield slice(start, stop), block, wmax
+
+
+def _unit(block: np.ndarray, wmax: np.ndarray) -> np.ndarray:
+    """The block scaled to max |w| = 1 per row; an all-zero row (max 0) stays zero, and
+    multiplying the result back by its max 0 keeps it exactly zero."""
+    return block / np.where(wmax > 0, wmax, np.float32(1.0))
+
+
+def _pcm_block(
+    block: np.ndarray, wmax: np.ndarray, config: NoiseConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """``pcm``: g = w / max|w| * gmax; g + sigma(|g|) N(0, 1); 0 where the target
+    |g| < zero_threshold; back to weights by * max|w| / gmax."""
+    g = _unit(block, wmax) * np.float32(config.pcm_gmax)
+    g_abs = np.abs(g)
+    noise = rng.standard_normal(g.shape, dtype=np.float32)
+    noise *= pcm_sigma(g_abs)
+    g += noise
+    g[g_abs < config.pcm_zero_threshold] = 0.0
+    g *= wmax / np.float32(config.pcm_gmax)
+    return g
+
+
+def _additive_block(
+    block: np.ndarray, wmax: np.ndarray, config: NoiseConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """``additive``: w + additive_std * max|w| * N(0, 1)."""
+    noise = rng.standard_normal(block.shape, dtype=np.float32)
+    noise *= np.float32(config.additive_std) * wmax
+    noise += block
+    return noise
+
+
+def _pcm_drift_block(
+    wn: np.ndarray, t_inference: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """aihwkit 1.2.0 ``PCMLikeNoiseModel`` on a block normalised to max |w| = 1.
+
+    Returns the weights (units of max |w|) at t = 0 (programmed) and at ``t_inference``.
+
+    - Each weight is a pair of devices, target g+ = 25 uS * max(w, 0) and
+      g- = 25 uS * max(-w, 0); w = (g+ - g-) / 25 uS.
+    - Programming: g_prog = max(g + sigma N(0, 1), 0), sigma = 0.26348 + 1.9650 x
+      - 1.1731 x^2 uS with x = g / 25 uS (both devices of the pair).
+    - Drift: nu = |mu + s N(0, 1)| per device from its target x (clamped >= 1e-7),
+      mu = clip(-0.0155 ln x + 0.0244, 0.049, 0.1),
+      s = clip(-0.0125 ln x - 0.0059, 0.008, 0.045); g_drift = g_prog (t / t0)^-nu
+      with t0 = 20 s and, as in aihwkit, t = t0 + t_inference (time from the start
+      of programming; t_inference counts from its completion).
+    - 1/f read noise: g = max(g_drift + |g_drift| q_s sqrt(ln((t + t_read) / (2 t_read)))
+      N(0, 1), 0), q_s = min(0.0088 / max((g_prog / 25 uS)^0.65, 1e-3), 0.2),
+      t_read = 250 ns. (Placing the 1e-3 floor before or after the power gives the same
+      q_s: both hit the 0.2 cap first.)
+    """
+    x = np.stack([np.maximum(wn, 0.0), np.maximum(-wn, 0.0)])  # g / g_max of g+, g-
+    c0, c1, c2 = DRIFT_PROG_COEFF
+    sigma_prog = c0 + c1 * x + c2 * x**2  # uS, fitted at g_max = 25 uS
+    g_prog = np.maximum(
+        x * DRIFT_G_MAX + sigma_prog * rng.standard_normal(x.shape, dtype=np.float32), 0.0
+    )
+
+    log_x = np.log(np.maximum(x, _ZERO_CLIP))
+    mu = np.clip(-0.0155 * log_x + 0.0244, 0.049, 0.1)
+    s = np.clip(-0.0125 * log_x - 0.0059, 0.008, 0.045)
+    nu = np.abs(mu + s * rng.standard_normal(x.shape, dtype=np.float32))
+
+    t = t_inference + DRIFT_T0
+    g_drift = g_prog * np.exp(-np.log(t / DRIFT_T0) * nu)  # g_prog (t / t0)^-nu
+    q_s = np.minimum(0.0088 / np.maximum((g_prog / DRIFT_G_MAX) ** 0.65, 1e-3), 0.2)
+    sig_read = q_s * np.sqrt(np.log((t + DRIFT_T_READ) / (2 * DRIFT_T_READ)))
+    g_t = np.maximum(
+        g_drift + np.abs(g_drift) * sig_read * rng.standard_normal(x.shape, dtype=np.float32), 0.0
+    )
+    return (g_prog[0] - g_prog[1]) / DRIFT_G_MAX, (g_t[0] - g_t[1]) / DRIFT_G_MAX
+
+
+def _program_pcm_drift(
+    w: np.ndarray, sizes: list[int], config: NoiseConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """``pcm-drift`` on a whole layer, with optional global drift compensation.
+
+    Compensation is aihwkit's ``GlobalDriftCompensation``: one scalar per layer,
+    alpha = mean |output at t = 0| / mean |output at t|, read out once on the fixed
+    input of the K one-hot vectors (identity), where the output is exactly the weights,
+    so alpha = mean |W_programmed| / mean |W_t| over the layer. alpha multiplies W_t.
+    """
+    w0 = np.empty(w.shape, dtype=np.float32)
+    wt = np.empty(w.shape, dtype=np.float32)
+    for cols, block, wmax in _blocks(w, sizes, config.per_slice):
+        b0, bt = _pcm_drift_block(_unit(block, wmax), config.drift_time_s, rng)
+        w0[:, cols], wt[:, cols] = b0 * wmax, bt * wmax
+    if config.drift_compensation:
+        readout_t = np.abs(wt).mean(dtype=np.float64)
+        if readout_t > 0:
+            wt *= np.float32(np.abs(w0).mean(dtype=np.float64) / readout_t)
+    return wt

@@ -1,0 +1,58 @@
+"""In-memory views of a compiled aimc model, made without rewriting the file.
+
+- fp_reference: every afmc analog linear node becomes MatMul(X, Transpose(W)), the
+  floating-point model the analog one was compiled from (SliceInput pads X and W
+  alike with zeros, so the product is unchanged).
+- with_read_noise: every AnalogLinear becomes NoisyAnalogLinear with the given
+  out_noise (a fresh draw on each run); out_noise must be > 0, since a noise node
+  with a standard deviation of 0 is never emitted.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+from afmc import ops
+
+_ANALOG = ("AnalogLinear", "NoisyAnalogLinear")
+
+
+def fp_reference(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` with every analog linear node computed in floating point."""
+    fp = onnx.ModelProto()
+    fp.CopyFrom(model)
+    nodes = []
+    for node in fp.graph.node:
+        if node.domain == ops.DOMAIN and node.op_type in _ANALOG:
+            x, w = node.input[0], node.input[1]
+            transposed = f"{node.output[0]}__fp_weight_t"
+            nodes.append(helper.make_node("Transpose", [w], [transposed], perm=[1, 0],
+                                          name=f"{node.name}__fp_t"))
+            nodes.append(helper.make_node("MatMul", [x, transposed], [node.output[0]],
+                                          name=f"{node.name}__fp_matmul"))
+        else:
+            nodes.append(node)
+    del fp.graph.node[:]
+    fp.graph.node.extend(nodes)
+    return fp
+
+
+def with_read_noise(model: onnx.ModelProto, out_noise: float) -> onnx.ModelProto:
+    """A copy of `model` whose analog nodes add read noise of relative std `out_noise`."""
+    if not out_noise > 0:
+        raise ValueError(f"read noise must be > 0, got {out_noise}")
+    noisy = onnx.ModelProto()
+    noisy.CopyFrom(model)
+    for node in noisy.graph.node:
+        if node.domain == ops.DOMAIN and node.op_type in _ANALOG:
+            node.op_type = "NoisyAnalogLinear"
+            kept = [a for a in node.attribute if a.name != "out_noise"]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+            node.attribute.append(helper.make_attribute("out_noise", float(out_noise)))
+    present = {(f.domain, f.name) for f in noisy.functions}
+    if (ops.DOMAIN, "NoisyAnalogLinear") not in present:
+        opset = next(o.version for o in noisy.opset_import if o.domain in ("", "ai.onnx"))
+        noisy.functions.extend(ops.function_protos({"NoisyAnalogLinear"}, opset))
+    return noisy
