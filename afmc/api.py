@@ -22,6 +22,7 @@ from torch import fx, nn
 import afmc.passes  # noqa: F401  (registers the passes)
 from afmc import lowering
 from afmc.capture import CapturedModel, capture_causal_lm, capture_module
+from afmc.capture.onnx_export import save_model
 from afmc.config import AfmcConfig, CalibrationConfig
 from afmc.data.text_source import read_text
 from afmc.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
@@ -203,7 +204,7 @@ def _tokenizer_kind(tokenizer: Tokenizer | None) -> str | None:
 
 
 def _write(staged: Path, result: CompileResult) -> None:
-    lowering.save_model(result.model, staged / MODEL_FILE)
+    save_model(result.model, staged / MODEL_FILE)
     (staged / RECORD_FILE).write_text(json.dumps(result.record, indent=2) + "\n")
     if isinstance(result.tokenizer, HFTokenizer):
         result.tokenizer.tokenizer.save_pretrained(staged / TOKENIZER_DIR)

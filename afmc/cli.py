@@ -131,7 +131,8 @@ def run(
         table.add_column("token")
         table.add_column("probability")
         for token in best:
-            table.add_row(repr(tokenizer.decode([int(token)])), f"{np.exp(log_probs[-1, token]):.3f}")
+            probability = np.exp(log_probs[-1, token])
+            table.add_row(repr(tokenizer.decode([int(token)])), f"{probability:.3f}")
         out.print(table)
 
 

@@ -5,7 +5,7 @@ torch.export and converted by torch.onnx (dynamo) with afmc's
 custom_translation_table, so each afmc torch op becomes one node of the ONNX
 domain `afmc`. The afmc function bodies are then attached as model-local
 functions, the afmc record goes into the metadata, and the file is written
-atomically (external data above 1 GiB of weights).
+atomically (capture.onnx_export.save_model: external data above 1 GiB).
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from typing import Any
 
 import onnx
 import onnx_ir as ir
-import torch
 from torch import fx
 
 from afmc import ops
+from afmc.capture.onnx_export import to_onnx_model
 from afmc.ops import onnx_domain
 
 METADATA_KEY = "afmc"
-EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 
 def export_program(
@@ -37,18 +36,9 @@ def export_program(
     input_names: Sequence[str],
     output_names: Sequence[str],
 ) -> ir.Model:
-    """torch.export + torch.onnx (dynamo) with the afmc translations; returns the IR model."""
-    exported = torch.export.export(gm, example_inputs, dynamic_shapes=dynamic_shapes)
-    program = torch.onnx.export(
-        exported,
-        dynamo=True,
-        input_names=list(input_names),
-        output_names=list(output_names),
-        custom_translation_table=ops.TRANSLATIONS,
-        optimize=False,
-        verbose=False,
-    )
-    model = program.model
+    """Lower the program with the afmc translations and attach the afmc functions."""
+    model = to_onnx_model(gm, example_inputs, dynamic_shapes, list(input_names),
+                          list(output_names), ops.TRANSLATIONS, optimize=False)
     attach_afmc_functions(model)
     return model
 
@@ -91,20 +81,6 @@ def source_initializer(value: ir.Value) -> ir.Value:
     if producer is not None and producer.domain == ops.DOMAIN and producer.op_type == "SliceInput":
         return producer.inputs[0]
     return value
-
-
-def save_model(model: ir.Model, path: Path) -> None:
-    """Write `model` to `path` atomically; weights over 1 GiB go to `<name>.data` beside it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    size = sum(value.const_value.nbytes for value in model.graph.initializers.values()
-               if value.const_value is not None)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".afmc-") as tmp:
-        staged = Path(tmp) / path.name
-        external = f"{path.name}.data" if size > EXTERNAL_DATA_THRESHOLD else None
-        ir.save(model, staged, external_data=external)
-        if external:
-            os.replace(Path(tmp) / external, path.parent / external)
-        os.replace(staged, path)
 
 
 def stage_directory(target: Path, force: bool) -> Path:

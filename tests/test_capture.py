@@ -17,6 +17,8 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     Phi3Config,
     Phi3ForCausalLM,
     PreTrainedModel,
@@ -25,14 +27,14 @@ from transformers import (
 )
 
 from afmc.capture import (
-    CaptureError,
     CapturedModel,
+    CaptureError,
     capture_causal_lm,
     capture_module,
     export_onnx,
     load_causal_lm,
+    onnx_export,
 )
-from afmc.capture import onnx_export
 
 VOCAB = 300
 TOKENS = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
@@ -116,6 +118,23 @@ def test_causal_lm_lowers_to_onnx(captured_lm, tmp_path):
             expected = captured.graph_module(ids).numpy()
         (got,) = session.run(["logits"], {"input_ids": ids.numpy()})
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_capture_from_loaded_model():
+    torch.manual_seed(0)
+    model = ARCHITECTURES["llama"]().eval()
+    captured = capture_causal_lm(model, example_seq_len=8)
+    assert captured.source.startswith("hf:")
+    ids = _tokens(1, 1)
+    with torch.no_grad():
+        expected = model(input_ids=ids, use_cache=False).logits
+        torch.testing.assert_close(captured.graph_module(ids), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_loaded_model_of_unsupported_architecture():
+    model = MistralForCausalLM(MistralConfig(**DECODER))
+    with pytest.raises(CaptureError, match="unsupported architecture 'mistral'"):
+        capture_causal_lm(model)
 
 
 def test_missing_model_directory(tmp_path):

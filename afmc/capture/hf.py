@@ -18,8 +18,8 @@ Findings (transformers 5.x, torch 2.13):
   passed; no mask input is needed.
 - Dynamic shapes: named dims `Dim("batch", min=1)` and
   `Dim("seq", min=1, max=max_position_embeddings)` export cleanly, even though
-  the example has batch 2 and a longer sequence (min=1 is accepted: the
-  traced graph has no branch that specialises on size 1). `Dim.AUTO` works
+  the example has batch 2 and a longer sequence (min=1 is accepted, and the
+  graph and the ONNX file run batch 1, sequence 1). `Dim.AUTO` works
   too but yields a range starting at 2 and unnamed ONNX axes. The example must
   not use size 1 on a dynamic dim, or torch specialises it.
 - The max on "seq" makes the graph module reject a too-long input up front

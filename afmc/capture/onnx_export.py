@@ -67,6 +67,25 @@ def export_onnx(
             raise TypeError("export_onnx needs example_inputs for a bare GraphModule")
         graph_module = captured_or_graph_module
         input_names = output_names = None
+    model = to_onnx_model(graph_module, example_inputs, dynamic_shapes, input_names,
+                          output_names, custom_translation_table)
+    save_model(model, Path(path))
+
+
+def to_onnx_model(
+    graph_module: torch.fx.GraphModule,
+    example_inputs: tuple,
+    dynamic_shapes: dict[str, Any] | tuple[Any, ...] | list[Any] | None,
+    input_names: list[str] | None,
+    output_names: list[str] | None,
+    custom_translation_table: dict[Callable, Callable] | None = None,
+    optimize: bool = True,
+) -> ir.Model:
+    """Re-export `graph_module` and convert it to an in-memory ONNX IR model.
+
+    optimize=False skips onnxscript's optimizer, which merges initializers of equal
+    value; afmc's analog lowering needs every layer's weights and ranges kept apart.
+    """
     program = torch.export.export(graph_module, example_inputs, dynamic_shapes=dynamic_shapes)
     onnx_program = torch.onnx.export(
         program,
@@ -74,11 +93,11 @@ def export_onnx(
         custom_translation_table=custom_translation_table,
         input_names=input_names,
         output_names=output_names,
-        optimize=True,
+        optimize=optimize,
         verbose=False,
     )
     onnx_program.rename_axes(_axis_names(onnx_program.model, dynamic_shapes))
-    save_model(onnx_program.model, Path(path))
+    return onnx_program.model
 
 
 def _axis_names(
@@ -91,11 +110,12 @@ def _axis_names(
     if len(specs) != len(model.graph.inputs):
         return {}
     mapping: dict[str, str] = {}
-    for value, spec in zip(model.graph.inputs, specs):
+    for value, spec in zip(model.graph.inputs, specs, strict=True):
         axes = spec.items() if isinstance(spec, dict) else enumerate(spec or ())
         for axis, dim in axes:
             symbol = value.shape[axis] if value.shape is not None else None
-            if isinstance(dim, torch.export.Dim) and isinstance(symbol, ir.SymbolicDim) and symbol.value:
+            named = isinstance(dim, torch.export.Dim) and isinstance(symbol, ir.SymbolicDim)
+            if named and symbol.value:
                 mapping.setdefault(symbol.value, dim.__name__)
     return mapping
 

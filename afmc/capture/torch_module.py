@@ -33,6 +33,7 @@ Findings (torch 2.13) that the rest of afmc relies on:
 from __future__ import annotations
 
 import linecache
+import os
 import sysconfig
 import traceback
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 from afmc.capture.errors import CaptureError, first_line
 
 _LIBRARY_DIRS = tuple(
-    str(Path(p).resolve())
+    str(Path(p).resolve()) + os.sep
     for p in (
         Path(torch.__file__).parent,
         Path(numpy.__file__).parent,

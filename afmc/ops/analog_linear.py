@@ -178,8 +178,11 @@ def _analog_linear_body(opset: int, noisy: bool) -> FunctionProto:
         helper.make_node("Div", ["h_in", "r"], ["in_scale"]),
         helper.make_node("Div", ["h_out", "h_in"], ["level_ratio"]),
         helper.make_node("Mul", ["out_bound", "w_max"], ["bound_per_r"]),
-        helper.make_node("Div", ["level_ratio", "bound_per_r"], ["w_scale"]),
-        helper.make_node("Mul", ["w_t", "w_scale"], ["w_eff"]),
+        # W / w_max first: |W / w_max| <= 1 even for an all-zero row (w_max = tiny), where
+        # level_ratio / (out_bound * tiny) overflows to inf and 0 * inf is NaN.
+        helper.make_node("Div", ["w_t", "w_max"], ["w_unit"]),
+        helper.make_node("Div", ["level_ratio", "out_bound"], ["w_scale"]),
+        helper.make_node("Mul", ["w_unit", "w_scale"], ["w_eff"]),
         helper.make_node("Mul", ["r", "bound_per_r"], ["bound"]),
         helper.make_node("Div", ["bound", "h_out"], ["out_step"]),
         # DAC levels of X as [n, M, k].
@@ -198,7 +201,7 @@ def _analog_linear_body(opset: int, noisy: bool) -> FunctionProto:
             attribute_constant("out_noise", "out_noise"),
             helper.make_node("Cast", ["n"], ["n_float"], to=1),
             helper.make_node("Sqrt", ["n_float"], ["sqrt_n"]),
-            helper.make_node("Mul", ["out_noise", "level_ratio"], ["noise_a"]),
+            helper.make_node("Mul", ["out_noise", "h_out"], ["noise_a"]),
             helper.make_node("Mul", ["out_bound", "sqrt_n"], ["noise_b"]),
             helper.make_node("Div", ["noise_a", "noise_b"], ["noise_std"]),
             helper.make_node("RandomNormalLike", ["z"], ["unit_noise"], mean=0.0, scale=1.0),

@@ -62,7 +62,8 @@ def programmed_weights(model: onnx.ModelProto, record: dict[str, Any], noise: No
     """Sample the programmed weights of every analog layer for chip `seed`."""
     initializers = {init.name: init for init in model.graph.initializer}
     programmed = {}
-    for index, layer in enumerate(l for l in record["layers"] if l["placement"] == "analog"):
+    analog = [layer for layer in record["layers"] if layer["placement"] == "analog"]
+    for index, layer in enumerate(analog):
         name = layer["onnx_weight"]
         weight = numpy_helper.to_array(initializers[name]).astype(np.float32)
         programmed[name] = program_weights(weight, layer["slice_sizes"], noise,
@@ -76,6 +77,8 @@ def open_chip(out_dir: Path, seed: int | None = 0, *, read_noise: float = 0.0,
 
     fp=True gives the floating-point reference view of the same file instead.
     """
+    if read_noise < 0:
+        raise ValueError(f"read noise must be >= 0, got {read_noise}")
     record = load_record(out_dir)
     model = onnx.load(str(out_dir / MODEL_FILE))
     options = session_options(threads)

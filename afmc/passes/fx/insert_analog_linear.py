@@ -22,7 +22,6 @@ from afmc.passes.layers import META_KEY, LayerRecord, tile_count
 from afmc.passes.registry import register_pass
 
 
-
 def _owner(gm: fx.GraphModule, target: str) -> tuple[nn.Module, str]:
     path = target.rsplit(".", 1)[0] if "." in target else ""
     return gm.get_submodule(path), path

@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny random Hugging Face causal LMs built in the tests (no hub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+VOCAB = 256  # byte-level: the byte tokenizer applies, no tokenizer files needed
+
+
+def tiny_model(architecture: str) -> torch.nn.Module:
+    """A seeded random 2-layer model of `architecture` (hidden 64, byte vocabulary)."""
+    torch.manual_seed(0)
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=100, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=256, tie_word_embeddings=False)
+    if architecture == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common, num_key_value_heads=2))
+    if architecture == "phi3":
+        return Phi3ForCausalLM(Phi3Config(**common, num_key_value_heads=4, pad_token_id=0,
+                                          bos_token_id=1, eos_token_id=2))
+    if architecture == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**common, num_key_value_heads=2))
+    if architecture == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4,
+                                          n_positions=256, bos_token_id=0, eos_token_id=0))
+    raise ValueError(architecture)
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Saved directories of the four tiny architectures."""
+    root = tmp_path_factory.mktemp("hf")
+    dirs = {}
+    for architecture in ("llama", "phi3", "qwen2", "gpt2"):
+        dirs[architecture] = root / architecture
+        tiny_model(architecture).eval().save_pretrained(dirs[architecture])
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def calibration_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A calibration text file (this repository's own source, a few KB)."""
+    path = tmp_path_factory.mktemp("calib") / "calib.txt"
+    source = Path(__file__).resolve().parents[1] / "afmc" / "ops" / "analog_linear.py"
+    path.write_text(source.read_text()[:4000])
+    return path

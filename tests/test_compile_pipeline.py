@@ -1,0 +1,141 @@
+"""End to end: compile tiny models of every supported architecture for aimc and run them.
+
+Proves: (1) with noise and quantization off (the FP view of the compiled file, and
+the fp target) ONNX Runtime's logits equal PyTorch's FP logits; (2) with
+quantization on and noise off, the torch-level analog program and the ONNX
+Runtime session agree within one ADC step of the output layer; (3) the file
+passes the ONNX checker, holds one afmc node per analog layer and the placement
+in its metadata; (4) chips are reproducible per seed and differ across seeds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from afmc.api import compile as afmc_compile
+from afmc.config import load_config
+from afmc.lowering import read_metadata
+from afmc.runtime.chip import open_chip
+
+ARCHITECTURES = ["llama", "phi3", "qwen2", "gpt2"]
+
+
+@pytest.fixture(scope="module")
+def compiled(model_dirs, calibration_text, tmp_path_factory) -> dict[str, tuple]:
+    """aimc compiles (max_in 48, so layers are split into unequal slices) of each model."""
+    config = load_config(None, ["hardware.max_in=40", "noise.model=pcm"])
+    results = {}
+    for architecture in ARCHITECTURES:
+        out = tmp_path_factory.mktemp("out") / architecture
+        result = afmc_compile(str(model_dirs[architecture]), "aimc", config,
+                              calibration=calibration_text, output=out)
+        results[architecture] = (out, result)
+    return results
+
+
+def _ids(batch: int = 3, seq: int = 21) -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, (batch, seq), dtype=np.int64)
+
+
+def _hf_logits(model_dir: Path, ids: np.ndarray) -> np.ndarray:
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        return model(input_ids=torch.from_numpy(ids), use_cache=False).logits.numpy()
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_fp_view_equals_pytorch(architecture, compiled, model_dirs):
+    out, _ = compiled[architecture]
+    ids = _ids()
+    expected = _hf_logits(model_dirs[architecture], ids)
+    got = open_chip(out, fp=True).run(ids)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_fp_target_equals_pytorch(model_dirs, tmp_path):
+    result = afmc_compile(str(model_dirs["llama"]), "fp", output=tmp_path / "fp")
+    assert result.record["summary"]["analog_layers"] == 0
+    ids = _ids(2, 9)
+    got = open_chip(tmp_path / "fp", seed=None).run(ids)
+    np.testing.assert_allclose(got, _hf_logits(model_dirs["llama"], ids), rtol=1e-4, atol=1e-5)
+
+
+def _output_adc_step(result) -> float:
+    """One ADC step of the output layer (largest row), summed over its slices."""
+    program, hardware = result.program, result.record["config"]["hardware"]
+    layer = [rec for rec in result.layers if rec.placement == "analog"][-1]
+    weight = program.get_parameter(layer.weight).detach()
+    ranges = program.get_parameter(layer.input_range).detach()
+    steps = []
+    for index, part in enumerate(torch.split(weight, layer.slice_sizes, dim=1)):
+        bound = hardware["out_bound"] * ranges[index] * part.abs().amax(dim=1).max()
+        steps.append(float(2 * bound / hardware["out_res"]))
+    return sum(steps)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_quantized_torch_program_matches_onnxruntime(architecture, compiled):
+    out, result = compiled[architecture]
+    ids = _ids()
+    with torch.no_grad():
+        torch_logits = result.program(torch.from_numpy(ids)).numpy()
+    ort_logits = open_chip(out, seed=None).run(ids)
+    fp_logits = open_chip(out, fp=True).run(ids)
+    assert np.abs(torch_logits - fp_logits).max() > 1e-3, "quantization had no effect"
+    assert np.abs(torch_logits - ort_logits).max() <= _output_adc_step(result)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_file_structure_and_metadata(architecture, compiled):
+    out, result = compiled[architecture]
+    model = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    analog = [n for n in model.graph.node if n.domain == "afmc" and n.op_type == "AnalogLinear"]
+    records = [r for r in result.layers if r.placement == "analog"]
+    assert len(analog) == len(records) > 0
+    assert {f.name for f in model.functions} >= {"AnalogLinear", "SliceInput"}
+    assert not any(n.op_type == "RandomNormalLike" for f in model.functions for n in f.node
+                   if f.name == "AnalogLinear")
+    metadata = read_metadata(out / "model.onnx")
+    assert [layer["name"] for layer in metadata["layers"]] == [r.name for r in result.layers]
+    assert metadata["config"]["hardware"]["max_in"] == 40
+    record = json.loads((out / "afmc.json").read_text())
+    assert record["summary"]["analog_layers"] == len(records)
+    assert all(layer["tiles"] >= 1 and sum(layer["slice_sizes"]) == layer["in_features"]
+               for layer in record["layers"])
+    assert any(len(set(layer["slice_sizes"])) > 1 for layer in record["layers"])
+
+
+def test_chips_reproduce_per_seed(compiled):
+    out, _ = compiled["llama"]
+    ids = _ids(2, 12)
+    first = open_chip(out, seed=3).run(ids)
+    again = open_chip(out, seed=3).run(ids)
+    other = open_chip(out, seed=4).run(ids)
+    clean = open_chip(out, seed=None).run(ids)
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first - other).max() > 1e-3
+    assert np.abs(first - clean).max() > 1e-3
+
+
+def test_read_noise_is_fresh_per_inference(compiled):
+    out, _ = compiled["llama"]
+    ids = _ids(2, 12)
+    chip = open_chip(out, seed=3, read_noise=0.1)
+    assert np.abs(chip.run(ids) - chip.run(ids)).max() > 0
+    with pytest.raises(ValueError, match="read noise"):
+        open_chip(out, seed=3, read_noise=-1.0)
+
+
+def test_calibrated_ranges_follow_the_data(compiled):
+    _, result = compiled["llama"]
+    ranges = [result.program.get_parameter(r.input_range) for r in result.layers]
+    assert all(bool((r > 0).all()) for r in ranges)
+    assert len({round(float(r[0]), 5) for r in ranges}) > 3, "ranges were not calibrated"
