@@ -30,7 +30,7 @@ from afmc.eval.perplexity import token_windows
 from afmc.models import BUILTIN_MODELS, resolve_model_path
 from afmc.passes.layers import LayerRecord, layer_records
 from afmc.passes.registry import get_pass
-from afmc.runtime.chip import MODEL_FILE, RECORD_FILE
+from afmc.runtime.chip import MODEL_FILE, RECORD_FILE, load_record
 from afmc.targets import get_target
 
 Progress = Callable[[str], None]
@@ -212,8 +212,7 @@ def _write(staged: Path, result: CompileResult) -> None:
 
 def load_tokenizer_for(out_dir: Path) -> Tokenizer:
     """The tokenizer a compiled language model was compiled with."""
-    record = json.loads((out_dir / RECORD_FILE).read_text())
-    kind = record.get("tokenizer")
+    kind = load_record(out_dir).get("tokenizer")
     if kind == "bytes":
         return ByteTokenizer()
     if kind == TOKENIZER_DIR:

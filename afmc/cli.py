@@ -38,8 +38,23 @@ def _user_errors() -> Iterator[None]:
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, KeyError,
             CaptureError, ConfigError) as error:
         message = error.args[0] if error.args else str(error)
-        console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+        typer.echo(f"error: {message}", err=True)
         raise typer.Exit(1) from None
+
+
+@app.callback()
+def _quiet_libraries() -> None:
+    """Keep library progress bars and deprecation chatter out of afmc's output."""
+    import logging
+    import warnings
+
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
 
 
 @app.command()

@@ -1,0 +1,24 @@
+# The two commands of the README. Both install what they need first.
+PIP ?= python -m pip
+OUT ?= out/afmc-tiny
+SEEDS ?= 5
+
+.PHONY: demo test install install-test lint bench
+
+install:
+	$(PIP) install -q -e .
+
+install-test:
+	$(PIP) install -q -e '.[test]'
+
+# Compile the built-in afmc-tiny for analog hardware, then evaluate FP vs analog.
+demo: install
+	afmc compile afmc-tiny --target aimc -o $(OUT) --force
+	afmc eval $(OUT) --text stdlib:heldout --seeds $(SEEDS)
+
+test: install-test
+	ruff check afmc tests benchmarks scripts
+	python -m pytest -q
+
+bench: install-test
+	python benchmarks/sim_overhead.py
