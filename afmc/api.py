@@ -9,8 +9,9 @@ OUT/model.onnx and OUT/afmc.json atomically.
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from afmc.models import BUILTIN_MODELS, resolve_model_path
 from afmc.passes.layers import LayerRecord, layer_records
 from afmc.passes.registry import get_pass
 from afmc.runtime.chip import MODEL_FILE, RECORD_FILE, load_record
-from afmc.targets import get_target
+from afmc.targets import LowerContext, get_target
 
 Progress = Callable[[str], None]
 TOKENIZER_DIR = "tokenizer"
@@ -82,10 +83,10 @@ def _capture(model: Any, example_inputs: tuple | None) -> tuple[CapturedModel, P
     return capture_causal_lm(path), path
 
 
-def _calibration_batches(model: Any, model_dir: Path | None, tokenizer: Tokenizer | None,
-                         calibration: Any, config: AfmcConfig) -> tuple[Iterable[tuple], str]:
+def _calibration_batches(model: Any, tokenizer: Tokenizer | None, calibration: Any,
+                         config: AfmcConfig) -> tuple[list[tuple], str]:
     if calibration is not None and not isinstance(calibration, (str, Path)):
-        return calibration, "user batches"
+        return list(calibration), "user batches"
     if tokenizer is None:
         raise ValueError("calibration data for a module must be an iterable of input tuples")
     if calibration is None:
@@ -106,37 +107,46 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     force: bool = False,
     progress: Progress | None = None,
 ) -> CompileResult:
-    """Compile `model` for `target`; write OUT/model.onnx and OUT/afmc.json if `output`."""
+    """Compile `model` for `target`; write OUT/model.onnx and OUT/afmc.json if `output`.
+
+    `model`: a built-in name (afmc-tiny), a Hugging Face causal-LM directory, an
+    nn.Module (with `example_inputs`) or a CapturedModel. `calibration`: a text
+    file (language models; default for afmc-tiny: its training text) or an
+    iterable of input tuples.
+    """
     config = config or AfmcConfig()
     chosen = get_target(target)
     say = progress or (lambda message: None)
     staged = lowering.stage_directory(Path(output), force) if output is not None else None
     try:
-        say("capture")
-        started = time.perf_counter()
-        captured, model_dir = _capture(model, example_inputs)
-        timings = [{"name": "capture", "seconds": round(time.perf_counter() - started, 3)}]
-        tokenizer = load_tokenizer(model_dir) if model_dir is not None else None
-        program = captured.graph_module
-        calibration_source = None
-        for name in chosen.fx_passes:
+        timings: list[dict[str, Any]] = []
+
+        def timed(name: str, step: Callable[[], Any]) -> Any:
             say(name)
-            arguments: dict[str, Any] = {}
-            if name == "calibrate":
-                batches, calibration_source = _calibration_batches(
-                    model, model_dir, tokenizer, calibration, config)
-                arguments["batches"] = batches
             started = time.perf_counter()
-            result = get_pass(name).factory(config, **arguments)(program)
+            value = step()
+            timings.append({"name": name, "seconds": round(time.perf_counter() - started, 3)})
+            return value
+
+        captured, model_dir = timed("capture", lambda: _capture(model, example_inputs))
+        tokenizer = load_tokenizer(model_dir) if model_dir is not None else None
+        batches, calibration_source = None, None
+        if chosen.needs_calibration:
+            batches, calibration_source = _calibration_batches(
+                model, tokenizer, calibration, config)
+        program = captured.graph_module
+        for name in chosen.fx_passes:
+            arguments = {"batches": batches} if name == "calibrate" else {}
+            step = get_pass(name).factory(config, **arguments)
+            result = timed(name, lambda step=step, program=program: step(program))
             program = result.graph_module
-            timings.append({"name": name, "seconds": round(time.perf_counter() - started, 3),
-                            "modified": bool(result.modified)})
-        say("lower to ONNX")
-        started = time.perf_counter()
-        lowered = lowering.export_program(program, captured.example_inputs,
-                                          captured.dynamic_shapes, captured.input_names,
-                                          captured.output_names)
-        timings.append({"name": "lower", "seconds": round(time.perf_counter() - started, 3)})
+            timings[-1]["modified"] = bool(result.modified)
+        lowered = timed("lower", lambda: lowering.export_program(
+            program, captured.example_inputs, captured.dynamic_shapes, captured.input_names,
+            captured.output_names))
+        if chosen.post_lower is not None:
+            context = LowerContext(lowered, config, layer_records(program), batches, captured)
+            lowered = timed(f"lower-{chosen.name}", lambda: chosen.post_lower(context))
         record = _record(chosen.name, captured, program, lowered, config, timings,
                          calibration_source, tokenizer)
         lowering.set_metadata(lowered, {k: v for k, v in record.items() if k != "passes"})
@@ -149,8 +159,6 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
         return result
     except BaseException:
         if staged is not None:
-            import shutil
-
             shutil.rmtree(staged, ignore_errors=True)
         raise
 
@@ -162,7 +170,7 @@ def _onnx_names(program: fx.GraphModule, lowered: ir.Model) -> None:
         weight = lowering.source_initializer(node.inputs[1])
         by_range[node.inputs[2].name] = weight.name
     for record in layer_records(program):
-        if record.placement == "analog":
+        if record.placement == "analog" and record.input_range:
             record.onnx_input_range = record.input_range
             record.onnx_weight = by_range.get(record.input_range, "")
             if not record.onnx_weight:

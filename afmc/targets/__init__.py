@@ -7,7 +7,25 @@ per chip instance). fp: the captured floating-point model, lowered unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import onnx_ir as ir
+
+from afmc.config import AfmcConfig
+from afmc.passes.layers import LayerRecord
+
+
+@dataclass
+class LowerContext:
+    """What a target's post-lowering step sees: the lowered FP/analog model and its inputs."""
+
+    model: ir.Model
+    config: AfmcConfig
+    layers: list[LayerRecord]
+    calibration: list[tuple] | None
+    captured: Any
 
 
 @dataclass(frozen=True)
@@ -18,6 +36,7 @@ class Target:
     description: str
     fx_passes: tuple[str, ...]
     needs_calibration: bool
+    post_lower: Callable[[LowerContext], ir.Model] | None = None
 
 
 TARGETS: dict[str, Target] = {
