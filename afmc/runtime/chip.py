@@ -62,7 +62,7 @@ def programmed_weights(model: onnx.ModelProto, record: dict[str, Any], noise: No
     """Sample the programmed weights of every analog layer for chip `seed`."""
     initializers = {init.name: init for init in model.graph.initializer}
     programmed = {}
-    analog = [layer for layer in record["layers"] if layer["placement"] == "analog"]
+    analog = [layer for layer in record["layers"] if layer.get("onnx_weight")]
     for index, layer in enumerate(analog):
         name = layer["onnx_weight"]
         weight = numpy_helper.to_array(initializers[name]).astype(np.float32)
