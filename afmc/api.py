@@ -19,6 +19,7 @@ from typing import Any
 import onnx_ir as ir
 import torch
 from torch import fx, nn
+from torch.fx.passes.infra.pass_base import PassResult
 
 import afmc.passes  # noqa: F401  (registers the passes)
 from afmc import lowering
@@ -30,7 +31,8 @@ from afmc.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_toke
 from afmc.eval.perplexity import token_windows
 from afmc.models import BUILTIN_MODELS, resolve_model_path
 from afmc.passes.layers import LayerRecord, layer_records
-from afmc.passes.registry import get_pass
+from afmc.passes.registry import PassSpec, get_pass, resolve_passes
+from afmc.passes.verify import VerificationError, check_graph, output_drift
 from afmc.runtime.chip import MODEL_FILE, RECORD_FILE, load_record
 from afmc.targets import LowerContext, get_target
 
@@ -105,6 +107,10 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     example_inputs: tuple | None = None,
     output: Path | None = None,
     force: bool = False,
+    passes: list[PassSpec] | None = None,
+    skip: list[str] | tuple[str, ...] = (),
+    verify: bool = False,
+    save_intermediate: bool = False,
     progress: Progress | None = None,
 ) -> CompileResult:
     """Compile `model` for `target`; write OUT/model.onnx and OUT/afmc.json if `output`.
@@ -112,7 +118,13 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     `model`: a built-in name (afmc-tiny), a Hugging Face causal-LM directory, an
     nn.Module (with `example_inputs`) or a CapturedModel. `calibration`: a text
     file (language models; default for afmc-tiny: its training text) or an
-    iterable of input tuples.
+    iterable of input tuples. `passes` replaces the target's FX pass list (names, or
+    your own pass objects: callables taking and returning a GraphModule / PassResult),
+    `skip` drops passes by name. After every pass the graph is checked
+    (passes.verify.check_graph); with `verify`, the output drift to the FP model is
+    measured per pass and a pass that must preserve the output but does not is an
+    error naming it. `save_intermediate` saves the program after each pass as
+    OUT/intermediate/NN-name.pt2 (torch.export.load; import afmc first).
     """
     config = config or AfmcConfig()
     chosen = get_target(target)
@@ -135,12 +147,24 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
             batches, calibration_source = _calibration_batches(
                 model, tokenizer, calibration, config)
         program = captured.graph_module
-        for name in chosen.fx_passes:
-            arguments = {"batches": batches} if name == "calibrate" else {}
-            step = get_pass(name).factory(config, **arguments)
-            result = timed(name, lambda step=step, program=program: step(program))
-            program = result.graph_module
-            timings[-1]["modified"] = bool(result.modified)
+        reference = _reference_output(captured) if verify else None
+        for index, spec in enumerate(resolve_passes(chosen.fx_passes, passes, skip), 1):
+            name = spec if isinstance(spec, str) else type(spec).__name__
+            if isinstance(spec, str):
+                arguments = {"batches": batches} if spec == "calibrate" else {}
+                spec = get_pass(spec).factory(config, **arguments)
+            outcome = timed(name, lambda spec=spec, program=program: spec(program))
+            program = outcome.graph_module if isinstance(outcome, PassResult) else outcome
+            timings[-1]["modified"] = bool(getattr(outcome, "modified", True))
+            check_graph(program, name)
+            if reference is not None:
+                drift = output_drift(program, captured.example_inputs, reference)
+                timings[-1]["output_drift"] = drift
+                if getattr(spec, "preserves_output", False) and drift > PRESERVE_TOLERANCE:
+                    raise VerificationError(f"pass {name} must not change the output but "
+                                            f"moved it by {drift:.2e} (relative L2)")
+            if save_intermediate and staged is not None:
+                _save_intermediate(program, captured, staged, index, name)
         lowered = timed("lower", lambda: lowering.export_program(
             program, captured.example_inputs, captured.dynamic_shapes, captured.input_names,
             captured.output_names))
@@ -161,6 +185,24 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
         if staged is not None:
             shutil.rmtree(staged, ignore_errors=True)
         raise
+
+
+PRESERVE_TOLERANCE = 1e-5
+
+
+def _reference_output(captured: CapturedModel) -> torch.Tensor:
+    with torch.no_grad():
+        output = captured.graph_module(*captured.example_inputs)
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _save_intermediate(program: fx.GraphModule, captured: CapturedModel, staged: Path,
+                       index: int, name: str) -> None:
+    folder = staged / "intermediate"
+    folder.mkdir(exist_ok=True)
+    exported = torch.export.export(program, captured.example_inputs,
+                                   dynamic_shapes=captured.dynamic_shapes)
+    torch.export.save(exported, folder / f"{index:02d}-{name}.pt2")
 
 
 def _onnx_names(program: fx.GraphModule, lowered: ir.Model) -> None:

@@ -32,11 +32,12 @@ out = Console()
 def _user_errors() -> Iterator[None]:
     from afmc.capture import CaptureError
     from afmc.config import ConfigError
+    from afmc.passes.verify import VerificationError
 
     try:
         yield
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, KeyError,
-            CaptureError, ConfigError) as error:
+            CaptureError, ConfigError, VerificationError) as error:
         message = error.args[0] if error.args else str(error)
         typer.echo(f"error: {message}", err=True)
         raise typer.Exit(1) from None
@@ -70,6 +71,13 @@ def compile(  # noqa: A001
     digital: Annotated[list[str] | None, typer.Option(
         help="Keep layers matching this regex digital (repeatable)")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite OUTPUT")] = False,
+    passes: Annotated[str | None, typer.Option(
+        help="Comma-separated FX passes to run instead of the target's")] = None,
+    skip: Annotated[list[str] | None, typer.Option(help="Skip this pass (repeatable)")] = None,
+    verify: Annotated[bool, typer.Option(
+        help="Measure the output drift to the FP model after every pass")] = False,
+    save_intermediate: Annotated[bool, typer.Option(
+        help="Save the program after each pass to OUTPUT/intermediate/*.pt2")] = False,
 ) -> None:
     """Compile MODEL for a target: writes OUTPUT/model.onnx and OUTPUT/afmc.json."""
     with _user_errors():
@@ -88,6 +96,9 @@ def compile(  # noqa: A001
         with console.status("compiling") as status:
             result = compile_model(
                 model, target, cfg, calibration=calib, output=output, force=force,
+                passes=[name.strip() for name in passes.split(",") if name.strip()]
+                if passes is not None else None,
+                skip=list(skip or []), verify=verify, save_intermediate=save_intermediate,
                 progress=lambda step: status.update(f"compiling: {step}"),
             )
         _print_compile_summary(result.record, output)
@@ -96,10 +107,13 @@ def compile(  # noqa: A001
 def _print_compile_summary(record: dict, output: Path) -> None:
     summary = record["summary"]
     table = Table(title=f"afmc compile -> {output}", show_edge=False)
-    for column in ("step", "seconds"):
+    verified = any("output_drift" in step for step in record["passes"])
+    for column in ("step", "seconds") + (("output drift vs FP",) if verified else ()):
         table.add_column(column)
     for step in record["passes"]:
-        table.add_row(step["name"], f"{step['seconds']:.2f}")
+        drift = step.get("output_drift")
+        table.add_row(step["name"], f"{step['seconds']:.2f}",
+                      *((f"{drift:.2e}" if drift is not None else "",) if verified else ()))
     out.print(table)
     out.print(f"target {record['target']}: {summary['analog_layers']} analog layers, "
               f"{summary['digital_layers']} digital, {summary['tiles']} tiles "

@@ -316,7 +316,8 @@ def test_training_gradients_match_peer(split: str, out_bound: float):
 def test_read_noise_spread_matches_peer():
     """Read noise per output channel: the peer in training mode (out_noise 0.3, per channel)
     and afmc's op with out_noise 0.3 give the same std of (noisy - clean) per row within 10%,
-    both close to out_noise * sqrt(sum_s (r_s w_max[s, j])^2 / n)."""
+    both within 10% of out_noise * sqrt(sum_s (r_s w_max[s, j])^2 / n) (plus the ADC
+    roundings' small share); rows of very different scales make a per-slice noise fail."""
     out_noise, out_bound, resolution = 0.3, 14.0, 254.0
     x, weight, bias, r, sizes = _random_layer(301, 128, seed=10, lead=(4096,))
     x = x * 0.1  # keep clean outputs far from the ADC bound
@@ -329,7 +330,9 @@ def test_read_noise_spread_matches_peer():
         peer_spread = (layer.train()(x) - clean).double().std(0)
         afmc_spread = (_op(x, weight, r, sizes, resolution, out_bound, out_noise) - clean).std(0)
     scale = r.double()[:, None] * _w_max(weight, sizes).double()
-    formula = out_noise * torch.sqrt((scale**2).sum(0) / len(sizes))
+    sigma = out_noise * scale / math.sqrt(len(sizes))
+    adc_step = 2 * out_bound * scale / resolution
+    formula = torch.sqrt((sigma**2 + adc_step**2 / 6).sum(0))  # + two ADC roundings' share
     torch.testing.assert_close(afmc_spread.double(), peer_spread, rtol=0.1, atol=0)
     torch.testing.assert_close(peer_spread, formula, rtol=0.1, atol=0)
-    assert math.isclose(afmc_spread.mean().item(), formula.mean().item(), rel_tol=0.1)
+    torch.testing.assert_close(afmc_spread.double(), formula, rtol=0.1, atol=0)

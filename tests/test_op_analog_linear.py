@@ -254,7 +254,8 @@ CONFIGS = {
 def test_torch_op_matches_hardware_reference(shape: str, config: str):
     """The torch op equals the float64 HARDWARE.md reference within one ADC step per slice
     everywhere, and to float rounding on >= 99% of outputs (only float32-vs-float64 rounding
-    ties may flip a level). The data clip some DAC inputs and some ADC outputs."""
+    ties may flip a level). Every case clips some DAC inputs; out_bound 3 also saturates
+    ADC outputs (see the next test)."""
     lead, n_out, max_in = SHAPES[shape]
     inp_res, out_res, out_bound = CONFIGS[config]
     x, weight, r, sizes = _layer(

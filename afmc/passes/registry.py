@@ -42,3 +42,26 @@ def get_pass(name: str) -> PassInfo:
     except KeyError:
         known = ", ".join(sorted(PASSES))
         raise KeyError(f"unknown pass {name!r} (known: {known})") from None
+
+
+PassSpec = str | Callable[..., object]
+
+
+def resolve_passes(default: tuple[str, ...], passes: list[PassSpec] | None,
+                   skip: list[str] | tuple[str, ...] = ()) -> list[PassSpec]:
+    """The pass list of a compile: `passes` (names or pass objects) or the target's default,
+    less the names in `skip`. Unknown names, and skips naming no pass of the list, are errors.
+    """
+    chosen = list(default if passes is None else passes)
+    for spec in chosen:
+        if isinstance(spec, str):
+            info = get_pass(spec)
+            if info.level != "fx":
+                raise ValueError(f"pass {spec!r} runs on ONNX graphs, not on the torch program")
+    names = {spec for spec in chosen if isinstance(spec, str)}
+    for name in skip:
+        get_pass(name)
+        if name not in names:
+            raise ValueError(f"--skip {name}: not among the passes of this compile "
+                             f"({', '.join(sorted(names))})")
+    return [spec for spec in chosen if not (isinstance(spec, str) and spec in skip)]

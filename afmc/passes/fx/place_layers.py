@@ -25,6 +25,8 @@ DEFAULT_RULE = "default: static-weight linear layers are analog"
 class PlaceLayers(PassBase):
     """Mark each static-weight linear layer analog or digital (first matching rule wins)."""
 
+    preserves_output = True
+
     def __init__(self, config: AfmcConfig) -> None:
         super().__init__()
         self.patterns = config.placement.digital
