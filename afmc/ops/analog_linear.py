@@ -114,8 +114,9 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad_output: torch.Tensor):
     """Straight-through estimator.
 
-    DAC and ADC rounding pass gradients through unchanged; the ADC clamp and the
-    input clamp block them where they clip. The input range receives the AFM /
+    DAC and ADC rounding pass gradients through unchanged; the ADC clamp (applied
+    after rounding) and the input clamp block them where they clip (an input
+    exactly at +-r passes, as in aihwkit-lightning). The input range receives the AFM /
     aihwkit-lightning rule: r times (sum of the negative upstream gradients of
     inputs clipped at +r, minus the sum of the positive ones clipped at -r).
     """
@@ -128,10 +129,11 @@ def _backward(ctx, grad_output: torch.Tensor):
         r = input_range[index]
         _, x_q, y = _slice_forward(x_s, w_s, r, len(sizes), inp_res, out_res, out_bound, 0.0)
         bound = out_bound * r.clamp_min(_TINY) * w_s.abs().amax(dim=1).clamp_min(_TINY)
-        g_y = grad_output * (y.abs() <= bound)
+        out_step = 2 * bound / out_res
+        g_y = grad_output * ((torch.round(y / out_step) * out_step).abs() <= bound)
         g_clamped = g_y @ w_s
         upper, lower = x_s >= r, x_s <= -r
-        grad_x.append(g_clamped * ~(upper | lower))
+        grad_x.append(g_clamped * ((x_s < r) & (x_s > -r) | (x_s.abs() == r)))
         grad_w.append(g_y.reshape(-1, g_y.shape[-1]).T @ x_q.reshape(-1, x_q.shape[-1]))
         grad_r[index] = r * (g_clamped[upper].clamp(max=0).sum()
                              - g_clamped[lower].clamp(min=0).sum())
