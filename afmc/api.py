@@ -26,6 +26,8 @@ from afmc import lowering
 from afmc.capture import CapturedModel, capture_causal_lm, capture_module
 from afmc.capture.onnx_export import save_model
 from afmc.config import AfmcConfig, CalibrationConfig
+from afmc.data.tensors import SUFFIXES as TENSOR_SUFFIXES
+from afmc.data.tensors import load_tensor_batches
 from afmc.data.text_source import read_text
 from afmc.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
 from afmc.eval.perplexity import token_windows
@@ -85,12 +87,17 @@ def _capture(model: Any, example_inputs: tuple | None) -> tuple[CapturedModel, P
     return capture_causal_lm(path), path
 
 
-def _calibration_batches(model: Any, tokenizer: Tokenizer | None, calibration: Any,
-                         config: AfmcConfig) -> tuple[list[tuple], str]:
+def _calibration_batches(model: Any, captured: CapturedModel, tokenizer: Tokenizer | None,
+                         calibration: Any, config: AfmcConfig) -> tuple[list[tuple], str]:
+    """Calibration batches: given batches, a tensor file, or text (language models)."""
     if calibration is not None and not isinstance(calibration, (str, Path)):
         return list(calibration), "user batches"
+    if calibration is not None and Path(calibration).suffix in TENSOR_SUFFIXES:
+        batches = load_tensor_batches(Path(calibration), list(captured.input_names),
+                                      config.calibration.batch_size)
+        return batches, str(calibration)
     if tokenizer is None:
-        raise ValueError("calibration data for a module must be an iterable of input tuples")
+        raise ValueError("calibration data for a module: input tuples or a .npy/.npz/.pt file")
     if calibration is None:
         text, source = _default_calibration_text(str(model))
     else:
@@ -145,7 +152,7 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
         batches, calibration_source = None, None
         if chosen.needs_calibration:
             batches, calibration_source = _calibration_batches(
-                model, tokenizer, calibration, config)
+                model, captured, tokenizer, calibration, config)
         program = captured.graph_module
         reference = _reference_output(captured) if verify else None
         for index, spec in enumerate(resolve_passes(chosen.fx_passes, passes, skip), 1):

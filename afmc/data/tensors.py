@@ -1,0 +1,55 @@
+"""Calibration tensors from files: .npy, .npz and .pt, batched along the first axis.
+
+- .npy: one array [samples, ...] for a single-input model;
+- .npz: one array per model input, keyed by input name;
+- .pt: a tensor, a dict of tensors keyed by input name, or a list of input tuples
+  (taken as ready-made batches).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SUFFIXES = (".npy", ".npz", ".pt")
+
+
+def _batched(arrays: list[torch.Tensor], batch_size: int, source: Path) -> list[tuple]:
+    count = arrays[0].shape[0] if arrays[0].dim() else 0
+    if count == 0 or any(a.shape[0] != count for a in arrays):
+        raise ValueError(f"{source}: calibration tensors are empty or differ in sample count")
+    return [tuple(a[i:i + batch_size] for a in arrays) for i in range(0, count, batch_size)]
+
+
+def load_tensor_batches(path: Path, input_names: list[str], batch_size: int) -> list[tuple]:
+    """Calibration batches (tuples in input order) from a .npy / .npz / .pt file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: calibration file not found")
+    try:
+        if path.suffix == ".npy":
+            data: object = torch.from_numpy(np.load(path))
+        elif path.suffix == ".npz":
+            with np.load(path) as archive:
+                data = {key: torch.from_numpy(archive[key]) for key in archive.files}
+        elif path.suffix == ".pt":
+            data = torch.load(path, weights_only=True)
+        else:
+            raise ValueError(f"{path}: calibration tensors must be one of {', '.join(SUFFIXES)}")
+    except (OSError, ValueError, RuntimeError, EOFError) as error:
+        if isinstance(error, ValueError) and str(error).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: cannot read calibration tensors: {error}") from None
+    if isinstance(data, torch.Tensor):
+        if len(input_names) != 1:
+            raise ValueError(f"{path}: one array given, the model has inputs {input_names}")
+        return _batched([data], batch_size, path)
+    if isinstance(data, dict):
+        missing = [name for name in input_names if name not in data]
+        if missing:
+            raise ValueError(f"{path}: no calibration array for input(s) {missing}")
+        return _batched([data[name] for name in input_names], batch_size, path)
+    if isinstance(data, (list, tuple)) and data:
+        return [tuple(item) if isinstance(item, (list, tuple)) else (item,) for item in data]
+    raise ValueError(f"{path}: unsupported calibration content {type(data).__name__}")
