@@ -51,6 +51,7 @@ class CompileResult:
     record: dict[str, Any]
     output: Path | None = None
     tokenizer: Tokenizer | None = field(default=None, repr=False)
+    files: dict[str, ir.Model] = field(default_factory=dict, repr=False)  # written beside it
 
     @property
     def layers(self) -> list[LayerRecord]:
@@ -150,7 +151,7 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
         captured, model_dir = timed("capture", lambda: _capture(model, example_inputs))
         tokenizer = load_tokenizer(model_dir) if model_dir is not None else None
         batches, calibration_source = None, None
-        if chosen.needs_calibration:
+        if chosen.calibrates(config):
             batches, calibration_source = _calibration_batches(
                 model, captured, tokenizer, calibration, config)
         program = captured.graph_module
@@ -175,13 +176,14 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
         lowered = timed("lower", lambda: lowering.export_program(
             program, captured.example_inputs, captured.dynamic_shapes, captured.input_names,
             captured.output_names))
+        context = LowerContext(lowered, config, layer_records(program), batches, captured)
         if chosen.post_lower is not None:
-            context = LowerContext(lowered, config, layer_records(program), batches, captured)
             lowered = timed(f"lower-{chosen.name}", lambda: chosen.post_lower(context))
         record = _record(chosen.name, captured, program, lowered, config, timings,
                          calibration_source, tokenizer)
+        record.update(context.record)
         lowering.set_metadata(lowered, {k: v for k, v in record.items() if k != "passes"})
-        result = CompileResult(program, lowered, record, None, tokenizer)
+        result = CompileResult(program, lowered, record, None, tokenizer, context.files)
         if staged is not None:
             say("write")
             _write(staged, result)
@@ -248,6 +250,7 @@ def _record(target: str, captured: CapturedModel, program: fx.GraphModule, lower
             "analog_weights": sum(layer.in_features * layer.out_features for layer in analog),
         },
         "layers": [layer.to_json() for layer in layers],
+        "fold_notes": program.meta.get("afmc_fold_notes", []),
         "passes": timings,
     }
 
@@ -262,6 +265,8 @@ def _tokenizer_kind(tokenizer: Tokenizer | None) -> str | None:
 
 def _write(staged: Path, result: CompileResult) -> None:
     save_model(result.model, staged / MODEL_FILE)
+    for name, model in result.files.items():
+        save_model(model, staged / name)
     (staged / RECORD_FILE).write_text(json.dumps(result.record, indent=2) + "\n")
     if isinstance(result.tokenizer, HFTokenizer):
         result.tokenizer.tokenizer.save_pretrained(staged / TOKENIZER_DIR)

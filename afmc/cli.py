@@ -62,7 +62,7 @@ def _quiet_libraries() -> None:
 def compile(  # noqa: A001
     model: Annotated[str, typer.Argument(help="afmc-tiny, or a Hugging Face model directory")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory")],
-    target: Annotated[str, typer.Option(help="aimc or fp")] = "aimc",
+    target: Annotated[str, typer.Option(help="aimc, int8, int4 or fp")] = "aimc",
     config: Annotated[Path | None, typer.Option(help="YAML/JSON configuration file")] = None,
     calib: Annotated[str | None, typer.Option(
         help="Calibration text file (default for afmc-tiny: its training text)")] = None,
@@ -115,6 +115,11 @@ def _print_compile_summary(record: dict, output: Path) -> None:
         table.add_row(step["name"], f"{step['seconds']:.2f}",
                       *((f"{drift:.2e}" if drift is not None else "",) if verified else ()))
     out.print(table)
+    if "digital" in record:
+        counts = ", ".join(f"{n} {kind}" for kind, n in record["digital"]["layers"].items())
+        out.print(f"target {record['target']}: layers {counts or 'none'}; FP reference "
+                  f"{output / record['digital']['reference']}")
+        return
     out.print(f"target {record['target']}: {summary['analog_layers']} analog layers, "
               f"{summary['digital_layers']} digital, {summary['tiles']} tiles "
               f"({record['config']['hardware']['tile_rows']}x"
@@ -196,8 +201,13 @@ def eval_(
             report = evaluate(compiled, ids, list(range(seeds)), seq_len=seq_len,
                               max_tokens=max_tokens, read_noise=read_noise,
                               on_result=on_result, progress=progress)
-        out.print(f"FP perplexity {report.fp:.4f}; analog over {seeds} chip(s): "
-                  f"{report.mean:.4f} +- {report.std:.4f} ({report.tokens} tokens)")
+        if report.digital:
+            out.print(f"FP perplexity {report.fp:.4f}; {report.digital} {report.mean:.4f} "
+                      f"({report.mean / report.fp - 1:+.2%}), {report.tokens} tokens")
+            out.print("digital target: one run, no programming noise (--seeds ignored)")
+        else:
+            out.print(f"FP perplexity {report.fp:.4f}; analog over {seeds} chip(s): "
+                      f"{report.mean:.4f} +- {report.std:.4f} ({report.tokens} tokens)")
         if json_out:
             json_out.write_text(json.dumps({"tokens": report.tokens, "fp": report.fp,
                                             "chips": report.chips, "mean": report.mean,

@@ -74,13 +74,54 @@ class PlacementConfig(_Section):
     digital: tuple[str, ...] = ()
 
 
+class DigitalConfig(_Section):
+    """The digital targets int8 and int4: how ONNX Runtime's quantizers store each layer."""
+
+    int8_format: Literal["qdq", "qoperator"] = Field(
+        "qdq", description="qdq: QuantizeLinear/DequantizeLinear around each MatMul, which ONNX "
+        "Runtime fuses into MatMulIntegerToFloat; qoperator: QLinearMatMul in the file (its "
+        "output is re-quantized to 8 bit)."
+    )
+    int8_per_channel: bool = Field(
+        True, description="int8 weight scales per output channel (False: one scale per layer)."
+    )
+    int8_calibration: Literal["minmax", "percentile", "entropy"] = Field(
+        "minmax", description="How the static 8-bit activation ranges are set from the "
+        "calibration data (ONNX Runtime's MinMax, Percentile or Entropy calibrator)."
+    )
+    int8_percentile: float = Field(
+        99.999, gt=0, le=100, description="Percentile of |x| kept by int8_calibration=percentile."
+    )
+    int4_block_size: Literal[32, 128] = Field(
+        128, description="int4 weights, and quantized embedding tables of both targets, share "
+        "one scale per block of this many input values."
+    )
+    int4_accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
+        4, description="MatMulNBits compute type: 4 quantizes activations to int8 on the fly "
+        "(the fast CPU path); 0 dequantizes weights to float (not faster than FP32 on CPU)."
+    )
+    int4_algorithm: Literal["rtn", "gptq"] = Field(
+        "rtn", description="rtn: symmetric round-to-nearest; gptq: ONNX Runtime's GPTQ on the "
+        "calibration data."
+    )
+    int4_keep_8bit: tuple[str, ...] = Field(
+        (), description="Regular expressions on layer names (and quantized embedding tables): "
+        "matches are stored at 8 bit in the int4 target (e.g. lm_head)."
+    )
+    quantize_embeddings: bool = Field(
+        False, description="Store embedding tables (Gather of a 2-D weight) at the target's "
+        "precision with GatherBlockQuantized; False keeps them float."
+    )
+
+
 class AfmcConfig(_Section):
-    """The whole configuration: hardware, calibration, programming noise, placement."""
+    """The whole configuration: hardware, calibration, noise, placement, digital targets."""
 
     hardware: HardwareConfig = HardwareConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     noise: NoiseConfig = NoiseConfig()
     placement: PlacementConfig = PlacementConfig()
+    digital: DigitalConfig = DigitalConfig()
 
 
 def _describe(error: ValidationError) -> str:

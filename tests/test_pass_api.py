@@ -83,8 +83,10 @@ def test_verify_records_drift_per_pass(model_dirs, calibration_text, tmp_path):
     assert drift["insert-analog-linear"] > 1e-3 and drift["calibrate"] < drift[
         "insert-analog-linear"]
     saved = sorted((tmp_path / "out" / "intermediate").glob("*.pt2"))
-    assert [p.name for p in saved] == ["01-place-layers.pt2", "02-insert-analog-linear.pt2",
-                                      "03-calibrate.pt2"]
+    assert [p.name for p in saved] == ["01-fold-batchnorm.pt2", "02-fold-norms.pt2",
+                                      "03-place-layers.pt2", "04-insert-analog-linear.pt2",
+                                      "05-calibrate.pt2"]
+    assert drift["fold-norms"] < 1e-5
     reloaded = torch.export.load(saved[-1]).module()
     ids = torch.randint(0, 256, (2, 7))
     torch.testing.assert_close(reloaded(ids), result.program(ids))

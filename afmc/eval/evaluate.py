@@ -3,6 +3,8 @@
 Each seed is one chip instance (one programming-noise draw); the report holds
 the FP perplexity of the same file (analog nodes computed in floating point),
 the perplexity per chip, and their mean and standard deviation over seeds.
+A digital target (int8, int4) has no noise: it is scored once, as chip 0, next
+to its FP reference, and `seeds` is ignored (report.digital names the target).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from afmc.eval.perplexity import perplexity, token_windows
-from afmc.runtime.chip import Chip, open_chip
+from afmc.runtime.chip import Chip, is_digital, load_record, open_chip
 
 
 @dataclass
@@ -24,6 +26,7 @@ class EvalReport:
     tokens: int
     fp: float
     chips: dict[int, float] = field(default_factory=dict)
+    digital: str | None = None
 
     @property
     def mean(self) -> float:
@@ -49,9 +52,13 @@ def evaluate(out_dir: Path, ids: np.ndarray, seeds: list[int], *, seq_len: int =
     if on_result:
         on_result("fp", fp)
     report = EvalReport(int(windows.size), fp)
+    record = load_record(out_dir)
+    if is_digital(record):
+        report.digital = record["target"]
+        seeds = [0]
     for seed in seeds:
         chip = open_chip(out_dir, seed, read_noise=read_noise)
         report.chips[seed] = chip_perplexity(chip, windows, batch_size, progress)
         if on_result:
-            on_result(f"seed {seed}", report.chips[seed])
+            on_result(report.digital or f"seed {seed}", report.chips[seed])
     return report

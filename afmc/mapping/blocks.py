@@ -56,7 +56,8 @@ class LayerShape:
     slice_sizes: tuple[int, ...]
 
 
-def _get(layer: Any, key: str) -> Any:
+def layer_field(layer: Any, key: str) -> Any:
+    """Field `key` of a LayerRecord-like object or of its JSON dict."""
     return layer[key] if isinstance(layer, dict) else getattr(layer, key)
 
 
@@ -65,14 +66,19 @@ def analog_layers(layers: Iterable[Any]) -> list[LayerShape]:
     shapes: list[LayerShape] = []
     names: set[str] = set()
     for layer in layers:
-        if _get(layer, "placement") != "analog":
+        if layer_field(layer, "placement") != "analog":
             continue
-        shape = LayerShape(_get(layer, "name"), int(_get(layer, "in_features")),
-                           int(_get(layer, "out_features")),
-                           tuple(int(size) for size in _get(layer, "slice_sizes")))
+        shape = LayerShape(
+            layer_field(layer, "name"),
+            int(layer_field(layer, "in_features")),
+            int(layer_field(layer, "out_features")),
+            tuple(int(size) for size in layer_field(layer, "slice_sizes")),
+        )
         if not shape.slice_sizes or sum(shape.slice_sizes) != shape.in_features:
-            raise TileMappingError(f"layer {shape.name}: slice sizes {list(shape.slice_sizes)} "
-                                   f"do not split its {shape.in_features} inputs")
+            raise TileMappingError(
+                f"layer {shape.name}: slice sizes {list(shape.slice_sizes)} "
+                f"do not split its {shape.in_features} inputs"
+            )
         if shape.name in names:
             raise TileMappingError(f"layer {shape.name}: named twice")
         names.add(shape.name)
@@ -88,7 +94,8 @@ def layer_blocks(layer: LayerShape, rows: int, cols: int) -> list[Block]:
     if widest > rows:
         raise TileMappingError(
             f"layer {layer.name}: an input slice of {widest} rows exceeds the tile's {rows} "
-            f"rows (hardware.max_in must be <= hardware.tile_rows)")
+            f"rows (hardware.max_in must be <= hardware.tile_rows)"
+        )
     blocks = []
     start = 0
     for index, size in enumerate(layer.slice_sizes):

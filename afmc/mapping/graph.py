@@ -11,22 +11,19 @@ down_proj feeds all later layers that read that stream.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import networkx as nx
+from torch import fx
 
-from afmc.mapping.blocks import TileMappingError, _get
+from afmc.mapping.blocks import TileMappingError, layer_field
 from afmc.mapping.tile_map import TileMap
-
-if TYPE_CHECKING:
-    from torch import fx
+from afmc.passes.layers import META_KEY
 
 TILE_PREFIX = "tile:"  # tile nodes are "tile:0", "tile:1", ... (":" is never in a module path)
 
 
 def _analog_name(node: fx.Node) -> str | None:
-    from afmc.passes.layers import META_KEY
-
     record = node.meta.get(META_KEY)
     return record.name if record is not None and record.placement == "analog" else None
 
@@ -50,8 +47,9 @@ def analog_dependencies(gm: fx.GraphModule) -> list[tuple[str, str]]:
     return edges
 
 
-def layer_graph(layers: Iterable[Any], edges: Iterable[tuple[str, str]],
-                tile_map: TileMap | None = None) -> nx.DiGraph:
+def layer_graph(
+    layers: Iterable[Any], edges: Iterable[tuple[str, str]], tile_map: TileMap | None = None
+) -> nx.DiGraph:
     """A DiGraph of `layers` (records or dicts) with data edges, and tiles when mapped.
 
     Layer nodes are named by layer with kind="layer", in_features, out_features,
@@ -61,11 +59,14 @@ def layer_graph(layers: Iterable[Any], edges: Iterable[tuple[str, str]],
     """
     graph = nx.DiGraph()
     for layer in layers:
-        graph.add_node(_get(layer, "name"), kind="layer",
-                       in_features=int(_get(layer, "in_features")),
-                       out_features=int(_get(layer, "out_features")),
-                       placement=_get(layer, "placement"),
-                       slices=len(_get(layer, "slice_sizes")))
+        graph.add_node(
+            layer_field(layer, "name"),
+            kind="layer",
+            in_features=int(layer_field(layer, "in_features")),
+            out_features=int(layer_field(layer, "out_features")),
+            placement=layer_field(layer, "placement"),
+            slices=len(layer_field(layer, "slice_sizes")),
+        )
     for producer, consumer in edges:
         for name in (producer, consumer):
             if name not in graph:

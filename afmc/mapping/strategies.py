@@ -2,21 +2,23 @@
 
 - ``one-per-tile``: every block on a tile of its own at offset (0, 0); tiles =
   blocks (= LayerRecord.tiles summed over the analog layers).
-- ``packed``: 2-D bin packing, first-fit decreasing with a skyline bottom-left
-  rule: blocks sorted by rows then columns (largest first, ties in layer
-  order) go to the first open tile with room, at the lowest then leftmost spot
-  on that tile's skyline; a new tile opens only when none has room. Blocks of
-  different layers (and of one layer) share tiles, in any arrangement, so
-  blocks sharing input rows or output columns are run one after another.
-- ``diagonal``: first-fit decreasing as well, but the blocks of a tile lie on
-  its diagonal, each with rows and columns of its own, so a tile's blocks never
-  share an input line or an output column (ADC) and can all run at once.
-Every strategy opens a tile only for a block that fits on no open one, so
-packed and diagonal never use more tiles than one-per-tile.
+- ``packed``: 2-D bin packing, first-fit decreasing with a skyline rule:
+  blocks sorted by rows then columns (largest first, ties in layer order) go to
+  the first open tile with room, at the smallest row offset there, then the
+  leftmost column; a new tile opens only when no open tile has room. Blocks of
+  different layers (and of one layer) share tiles in any arrangement, so blocks
+  that share input rows or output columns of a tile run one after another.
+- ``diagonal``: first-fit decreasing as well, but a tile's blocks lie along its
+  diagonal, each with rows and columns of its own, so they never share an input
+  line or an output column (ADC) and can all run at once.
+packed and diagonal open a tile only for a block that fits on no open tile, and
+every block fits on an empty tile, so they never use more tiles than
+one-per-tile (one per block).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -48,12 +50,12 @@ class _SkylineTile:
         starts = np.concatenate(([0], np.flatnonzero(np.diff(self.heights)) + 1))
         best: tuple[int, int] | None = None
         for col in starts[starts + block.width <= cols]:
-            row = int(self.heights[col:col + block.width].max())
+            row = int(self.heights[col : col + block.width].max())
             if row + block.height <= self.rows and (best is None or row < best[0]):
                 best = (row, int(col))
         if best is not None:
             row, col = best
-            self.heights[col:col + block.width] = row + block.height
+            self.heights[col : col + block.width] = row + block.height
             self.room -= block.cells
         return best
 
@@ -77,14 +79,25 @@ class _DiagonalTile:
 
 
 def _first_fit(tile_type: Callable[[int, int], _Tile]) -> Strategy:
+    """First-fit decreasing over tiles of `tile_type`.
+
+    Placing a block only ever shrinks a tile's free space, so a tile that once
+    refused a block size refuses it for good: the search for a size resumes at
+    the tile that took the last block of that size, and a tile whose room is
+    below the smallest block is closed.
+    """
+
     def assign(blocks: list[Block], rows: int, cols: int) -> list[Placement]:
         order = sorted(blocks, key=lambda block: (-block.height, -block.width))
         smallest = min((block.cells for block in blocks), default=0)
         tiles: list[_Tile] = []
-        open_tiles: list[int] = []
+        open_tiles: list[int] = []  # ascending tile ids
+        resume: dict[tuple[int, int], int] = {}
         placements = []
         for block in order:
-            for tile in open_tiles:
+            size = (block.height, block.width)
+            start = bisect_left(open_tiles, resume.get(size, 0))
+            for tile in open_tiles[start:]:
                 spot = tiles[tile].place(block)
                 if spot is not None:
                     break
@@ -93,6 +106,7 @@ def _first_fit(tile_type: Callable[[int, int], _Tile]) -> Strategy:
                 tiles.append(tile_type(rows, cols))
                 open_tiles.append(tile)
                 spot = tiles[tile].place(block)
+            resume[size] = tile
             placements.append(Placement(block, tile, *spot))
             if tiles[tile].room < smallest:
                 open_tiles.remove(tile)
@@ -113,12 +127,14 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
-def map_tiles(layers: Iterable[Any], rows: int = 512, cols: int = 512,
-              strategy: str = "one-per-tile") -> TileMap:
+def map_tiles(
+    layers: Iterable[Any], rows: int = 512, cols: int = 512, strategy: str = "one-per-tile"
+) -> TileMap:
     """Map the analog layers of `layers` (LayerRecords or their dicts) onto rows x cols tiles."""
     if strategy not in STRATEGIES:
-        raise TileMappingError(f"unknown tile strategy {strategy!r} "
-                               f"(known: {', '.join(STRATEGIES)})")
+        raise TileMappingError(
+            f"unknown tile strategy {strategy!r} (known: {', '.join(STRATEGIES)})"
+        )
     blocks = [block for layer in analog_layers(layers) for block in layer_blocks(layer, rows, cols)]
     placements = STRATEGIES[strategy](blocks, rows, cols)
     if Counter(p.block for p in placements) != Counter(blocks):
@@ -127,8 +143,9 @@ def map_tiles(layers: Iterable[Any], rows: int = 512, cols: int = 512,
     return TileMap(strategy, rows, cols, tiles, tuple(placements))
 
 
-def map_all_strategies(layers: Iterable[Any], rows: int = 512,
-                       cols: int = 512) -> dict[str, TileMap]:
+def map_all_strategies(
+    layers: Iterable[Any], rows: int = 512, cols: int = 512
+) -> dict[str, TileMap]:
     """The tile map of every strategy, by name."""
     layers = list(layers)
     return {name: map_tiles(layers, rows, cols, name) for name in STRATEGIES}

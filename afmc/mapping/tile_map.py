@@ -27,21 +27,34 @@ class Placement:
 
     def overlaps(self, other: Placement) -> bool:
         """True if both are on one tile and share at least one cell."""
-        return (self.tile == other.tile
-                and self.row < other.row + other.block.height
-                and other.row < self.row + self.block.height
-                and self.col < other.col + other.block.width
-                and other.col < self.col + self.block.width)
+        return (
+            self.tile == other.tile
+            and self.row < other.row + other.block.height
+            and other.row < self.row + self.block.height
+            and self.col < other.col + other.block.width
+            and other.col < self.col + self.block.width
+        )
 
     def to_json(self) -> dict[str, Any]:
         block = self.block
-        return {"layer": block.layer, "slice": block.slice, "rows": list(block.rows),
-                "cols": list(block.cols), "tile": self.tile, "row": self.row, "col": self.col}
+        return {
+            "layer": block.layer,
+            "slice": block.slice,
+            "rows": list(block.rows),
+            "cols": list(block.cols),
+            "tile": self.tile,
+            "row": self.row,
+            "col": self.col,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Placement:
-        block = Block(data["layer"], int(data["slice"]), (int(data["rows"][0]),
-                      int(data["rows"][1])), (int(data["cols"][0]), int(data["cols"][1])))
+        block = Block(
+            data["layer"],
+            int(data["slice"]),
+            (int(data["rows"][0]), int(data["rows"][1])),
+            (int(data["cols"][0]), int(data["cols"][1])),
+        )
         return cls(block, int(data["tile"]), int(data["row"]), int(data["col"]))
 
 
@@ -64,24 +77,35 @@ class TileMap:
         for placement in self.placements:
             block = placement.block
             if not 0 <= placement.tile < self.tiles:
-                raise TileMappingError(f"{self.strategy}: {block} on tile {placement.tile}, "
-                                       f"outside 0..{self.tiles - 1}")
-            if (block.height <= 0 or block.width <= 0 or placement.row < 0 or placement.col < 0
-                    or placement.row + block.height > self.rows
-                    or placement.col + block.width > self.cols):
-                raise TileMappingError(f"{self.strategy}: {block} at ({placement.row}, "
-                                       f"{placement.col}) leaves the {self.rows} x {self.cols} tile")
+                raise TileMappingError(
+                    f"{self.strategy}: {block} on tile {placement.tile}, "
+                    f"outside 0..{self.tiles - 1}"
+                )
+            if (
+                block.height <= 0
+                or block.width <= 0
+                or placement.row < 0
+                or placement.col < 0
+                or placement.row + block.height > self.rows
+                or placement.col + block.width > self.cols
+            ):
+                raise TileMappingError(
+                    f"{self.strategy}: {block} at ({placement.row}, "
+                    f"{placement.col}) leaves the {self.rows} x {self.cols} tile"
+                )
         for tile, placed in enumerate(self.by_tile()):
             if not placed:
                 raise TileMappingError(f"{self.strategy}: tile {tile} holds no block")
             placed = sorted(placed, key=lambda p: p.row)
             for i, first in enumerate(placed):
-                for second in placed[i + 1:]:
+                for second in placed[i + 1 :]:
                     if second.row >= first.row + first.block.height:
                         break
                     if first.overlaps(second):
-                        raise TileMappingError(f"{self.strategy}: {first.block} and "
-                                               f"{second.block} overlap on tile {tile}")
+                        raise TileMappingError(
+                            f"{self.strategy}: {first.block} and "
+                            f"{second.block} overlap on tile {tile}"
+                        )
 
     def by_tile(self) -> list[list[Placement]]:
         """The placements of each tile, tile 0 first."""
@@ -135,5 +159,10 @@ class TileMap:
     def from_json(cls, data: dict[str, Any]) -> TileMap:
         """Rebuild (and re-check) a map from to_json(); derived keys are ignored."""
         placements = tuple(Placement.from_json(item) for item in data["placements"])
-        return cls(data["strategy"], int(data["tile_rows"]), int(data["tile_cols"]),
-                   int(data["tiles"]), placements)
+        return cls(
+            data["strategy"],
+            int(data["tile_rows"]),
+            int(data["tile_cols"]),
+            int(data["tiles"]),
+            placements,
+        )

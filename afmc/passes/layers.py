@@ -32,6 +32,7 @@ class LayerRecord:
     onnx_weight: str = ""
     onnx_input_range: str = ""
     calibrated: str = ""
+    precision: str = ""  # digital targets: "int8", "int4" or "fp" (the stored weight format)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

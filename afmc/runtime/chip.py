@@ -5,6 +5,10 @@ the weights stored in the file, and swapped into the session with
 SessionOptions.add_initializer, so the file is never rewritten and each
 inference costs the same as with the stored weights. Same seed, same chip.
 Optional read noise draws fresh output noise on every inference.
+
+A digital target (int8, int4; its record has a "digital" section) has no noise:
+every seed is the same one chip, the session runs the quantized file, and the FP
+view is the floating-point lowering stored beside it (OUT/reference.onnx).
 """
 
 from __future__ import annotations
@@ -80,6 +84,8 @@ def open_chip(out_dir: Path, seed: int | None = 0, *, read_noise: float = 0.0,
     if read_noise < 0:
         raise ValueError(f"read noise must be >= 0, got {read_noise}")
     record = load_record(out_dir)
+    if is_digital(record):
+        return _open_digital(out_dir, record, read_noise=read_noise, fp=fp, threads=threads)
     model = onnx.load(str(out_dir / MODEL_FILE))
     options = session_options(threads)
     keep: list[ort.OrtValue] = []
@@ -97,3 +103,20 @@ def open_chip(out_dir: Path, seed: int | None = 0, *, read_noise: float = 0.0,
     session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
     return Chip(session, seed, record["inputs"][0], record["outputs"][0], keep)
+
+
+def is_digital(record: dict[str, Any]) -> bool:
+    """Whether a compiled model is a digital target's (int8, int4): no programming noise."""
+    return "digital" in record
+
+
+def _open_digital(out_dir: Path, record: dict[str, Any], *, read_noise: float, fp: bool,
+                  threads: int | None) -> Chip:
+    """The quantized file (or with fp=True its FP reference) as one noiseless chip."""
+    if read_noise > 0:
+        raise ValueError(f"read noise applies to analog targets; {out_dir} is a "
+                         f"{record['target']} (digital) model")
+    path = out_dir / (record["digital"]["reference"] if fp else MODEL_FILE)
+    session = ort.InferenceSession(str(path), session_options(threads),
+                                   providers=["CPUExecutionProvider"])
+    return Chip(session, None, record["inputs"][0], record["outputs"][0], [])

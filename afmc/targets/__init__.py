@@ -2,13 +2,15 @@
 
 aimc: analog in-memory computing (place layers, insert afmc analog ops, calibrate
 input ranges; runs on the ONNX Runtime analog simulator with programming noise
-per chip instance). fp: the captured floating-point model, lowered unchanged.
+per chip instance). int8 / int4: the layers place-layers puts on the accelerator
+quantized for ONNX Runtime's integer kernels (afmc.targets.digital); layers placed
+digital stay floating point. fp: the captured floating-point model, lowered unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import onnx_ir as ir
@@ -26,25 +28,62 @@ class LowerContext:
     layers: list[LayerRecord]
     calibration: list[tuple] | None
     captured: Any
+    files: dict[str, ir.Model] = field(default_factory=dict)  # more ONNX files for OUT/
+    record: dict[str, Any] = field(default_factory=dict)  # more entries for OUT/afmc.json
 
 
 @dataclass(frozen=True)
 class Target:
-    """A compile target: its name, one line of description, and its FX passes in order."""
+    """A compile target: its name, one line of description, and its FX passes in order.
+
+    needs_calibration: whether the driver builds calibration batches, fixed or decided
+    by the configuration.
+    """
 
     name: str
     description: str
     fx_passes: tuple[str, ...]
-    needs_calibration: bool
+    needs_calibration: bool | Callable[[AfmcConfig], bool]
     post_lower: Callable[[LowerContext], ir.Model] | None = None
+
+    def calibrates(self, config: AfmcConfig) -> bool:
+        """Whether a compile with `config` needs calibration batches."""
+        needs = self.needs_calibration
+        return needs(config) if callable(needs) else needs
+
+
+def _int8(context: LowerContext) -> ir.Model:
+    from afmc.targets.digital import lower_digital
+
+    return lower_digital(context, "int8")
+
+
+def _int4(context: LowerContext) -> ir.Model:
+    from afmc.targets.digital import lower_digital
+
+    return lower_digital(context, "int4")
 
 
 TARGETS: dict[str, Target] = {
     "aimc": Target(
         "aimc",
         "analog in-memory computing: 8-bit DAC/ADC crossbar layers, programming noise per chip",
-        ("place-layers", "insert-analog-linear", "calibrate"),
+        ("fold-batchnorm", "fold-norms", "place-layers", "insert-analog-linear", "calibrate"),
         needs_calibration=True,
+    ),
+    "int8": Target(
+        "int8",
+        "8-bit weights (per channel) and static 8-bit activations: ONNX Runtime integer MatMuls",
+        ("place-layers",),
+        needs_calibration=True,
+        post_lower=_int8,
+    ),
+    "int4": Target(
+        "int4",
+        "4-bit block-wise weights in MatMulNBits (int8 compute at accuracy level 4)",
+        ("place-layers",),
+        needs_calibration=lambda config: config.digital.int4_algorithm == "gptq",
+        post_lower=_int4,
     ),
     "fp": Target("fp", "floating-point reference: the captured model, lowered unchanged", (),
                  needs_calibration=False),

@@ -1,0 +1,59 @@
+"""ONNX front end: load an ONNX file into an onnx_ir model, or fail with one clear line.
+
+The file is parsed without reading external data (onnx_ir maps it lazily), so a
+large model loads quickly; every external tensor is then checked against its
+data file, so a missing or truncated `<name>.data` is reported here, naming the
+file and the first tensor it lacks, rather than deep inside a later pass.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx_ir as ir
+
+from afmc.capture.errors import CaptureError, first_line
+
+
+def load_onnx_model(path: str | os.PathLike) -> ir.Model:
+    """Load `path` as an onnx_ir model.
+
+    Raises:
+        CaptureError: the file is missing or not a readable ONNX model, the model has
+            no graph nodes, or an external data file is missing or too short.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CaptureError(f"{path}: ONNX file not found")
+    try:
+        model = ir.load(path)
+    except Exception as exc:  # protobuf's DecodeError and onnx's own errors vary by version
+        raise CaptureError(f"{path}: not a valid ONNX model ({first_line(exc)})") from exc
+    if len(model.graph) == 0:
+        raise CaptureError(f"{path}: the ONNX graph has no nodes")
+    _check_external_data(path, model)
+    return model
+
+
+def _check_external_data(path: Path, model: ir.Model) -> None:
+    sizes: dict[str, int] = {}
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if not isinstance(tensor, ir.ExternalTensor):
+            continue
+        data = tensor.path
+        if data not in sizes:
+            sizes[data] = os.path.getsize(data) if os.path.isfile(data) else -1
+        if sizes[data] < 0:
+            raise CaptureError(
+                f"{path}: external data file {tensor.location} not found "
+                f"(needed by initializer {value.name!r})"
+            )
+        needed = (tensor.offset or 0) + (tensor.length or tensor.nbytes)
+        if sizes[data] < needed:
+            raise CaptureError(
+                f"{path}: external data file {tensor.location} is too short "
+                f"for initializer {value.name!r} ({sizes[data]} < {needed} "
+                "bytes)"
+            )

@@ -1,0 +1,292 @@
+"""ONNX input: compile an ONNX file for a target with ONNX-level passes.
+
+compile_onnx() loads the file (capture.onnx_model), runs the target's ONNX
+passes in order on the onnx_ir model (timing each; for aimc: upgrade the opset,
+fold norms, place layers, insert afmc analog ops, calibrate through
+onnxruntime), and, given an output directory, writes OUT/model.onnx (afmc
+functions and the afmc record in its metadata) and OUT/afmc.json in the same
+layout as the torch path, so runtime.open_chip and evaluation read it unchanged.
+See docs/onnx-input.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+import afmc.passes  # noqa: F401  (registers the passes)
+from afmc import lowering, ops
+from afmc.capture.onnx_export import save_model
+from afmc.capture.onnx_model import load_onnx_model
+from afmc.config import AfmcConfig
+from afmc.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
+from afmc.passes.layers import LayerRecord
+from afmc.passes.onnx.place_layers import onnx_layer_records
+from afmc.passes.registry import get_pass
+from afmc.runtime.chip import MODEL_FILE, RECORD_FILE
+from afmc.targets import get_target
+
+Progress = Callable[[str], None]
+Batch = dict[str, np.ndarray]
+OnnxPassSpec = str | ir.passes.PassBase
+
+ONNX_PASSES: dict[str, tuple[str, ...]] = {
+    "aimc": (
+        "onnx-upgrade-opset",
+        "onnx-fold-norms",
+        "onnx-place-layers",
+        "onnx-insert-analog-linear",
+        "onnx-calibrate",
+    ),
+    "fp": (),
+}
+"""The ONNX passes each target runs on an ONNX input, in order."""
+
+CALIBRATE_PASS = "onnx-calibrate"
+
+
+@dataclass
+class OnnxCompileResult:
+    """What compile_onnx() returns: the compiled model and its record."""
+
+    model: ir.Model
+    record: dict[str, Any]
+    output: Path | None = None
+    tokenizer: Tokenizer | None = field(default=None, repr=False)
+
+    @property
+    def layers(self) -> list[LayerRecord]:
+        return onnx_layer_records(self.model)
+
+
+def compile_onnx(
+    path: str | os.PathLike,
+    target: str = "aimc",
+    config: AfmcConfig | None = None,
+    calibration_batches: Sequence[Batch] | None = None,
+    output: str | os.PathLike | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    *,
+    passes: Sequence[OnnxPassSpec] | None = None,
+    skip: Sequence[str] = (),
+    tokenizer: Tokenizer | None = None,
+    calibration_source: str | None = None,
+) -> OnnxCompileResult:
+    """Compile the ONNX file `path` for `target`; write OUT/model.onnx and OUT/afmc.json.
+
+    `calibration_batches`: inputs of the model keyed by graph input name (needed by
+    targets that calibrate, aimc). `passes` replaces the target's ONNX pass list
+    (ONNX_PASSES) with registered ONNX pass names or your own onnx_ir passes; `skip`
+    drops passes by name. `tokenizer` (a language model's) is recorded and saved beside
+    the model so `afmc run` / `afmc eval` can read text; `calibration_source` names the
+    calibration data in the record (default: "user batches").
+    """
+    config = config or AfmcConfig()
+    chosen = get_target(target)
+    steps = _resolve_passes(chosen.name, passes, skip)
+    if CALIBRATE_PASS in steps and calibration_batches is None:
+        raise ValueError(
+            f"compiling an ONNX model for {chosen.name} needs calibration data: "
+            "batches of the model's inputs keyed by input name"
+        )
+    say = progress or (lambda message: None)
+    staged = lowering.stage_directory(Path(output), force) if output is not None else None
+    try:
+        timings: list[dict[str, Any]] = []
+
+        def timed(name: str, step: Callable[[], Any]) -> Any:
+            say(name)
+            started = time.perf_counter()
+            value = step()
+            timings.append({"name": name, "seconds": round(time.perf_counter() - started, 3)})
+            return value
+
+        model = timed("load", lambda: load_onnx_model(path))
+        if any(node.domain == ops.DOMAIN for node in model.graph):
+            raise ValueError(
+                f"{path}: already compiled by afmc (it holds afmc nodes); compile the "
+                "original model"
+            )
+        for name, spec in steps.items():
+            if isinstance(spec, str):
+                arguments = {"batches": calibration_batches} if name == CALIBRATE_PASS else {}
+                spec = get_pass(name).factory(config, **arguments)
+            result = timed(name, lambda step=spec, model=model: step(model))
+            model = result.model
+            timings[-1]["modified"] = bool(result.modified)
+        if calibration_batches is not None and calibration_source is None:
+            calibration_source = "user batches"
+        record = _record(
+            chosen.name, Path(path), model, config, timings, calibration_source, tokenizer
+        )
+        lowering.set_metadata(model, {k: v for k, v in record.items() if k != "passes"})
+        compiled = OnnxCompileResult(model, record, None, tokenizer)
+        if staged is not None:
+            say("write")
+            _write(staged, compiled)
+            lowering.publish_directory(staged, Path(output))
+            compiled.output = Path(output)
+        return compiled
+    except BaseException:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+        raise
+
+
+def _resolve_passes(
+    target: str, passes: Sequence[OnnxPassSpec] | None, skip: Sequence[str]
+) -> dict[str, OnnxPassSpec]:
+    """The passes of a compile by step name: `passes` or the target's, less `skip`."""
+    if passes is None:
+        if target not in ONNX_PASSES:
+            raise ValueError(
+                f"target {target!r} does not take ONNX input (ONNX targets: "
+                f"{', '.join(ONNX_PASSES)})"
+            )
+        passes = ONNX_PASSES[target]
+    steps: dict[str, OnnxPassSpec] = {}
+    for spec in passes:
+        if isinstance(spec, str) and get_pass(spec).level != "onnx":
+            raise ValueError(f"pass {spec!r} runs on torch FX graphs, not on ONNX models")
+        name = spec if isinstance(spec, str) else type(spec).__name__
+        if name in steps:
+            raise ValueError(f"pass {name!r} is listed twice")
+        steps[name] = spec
+    for name in skip:
+        get_pass(name)
+        if name not in steps:
+            raise ValueError(
+                f"--skip {name}: not among the passes of this compile ({', '.join(steps)})"
+            )
+    return {name: spec for name, spec in steps.items() if name not in skip}
+
+
+def _record(
+    target: str,
+    path: Path,
+    model: ir.Model,
+    config: AfmcConfig,
+    timings: list[dict[str, Any]],
+    calibration_source: str | None,
+    tokenizer: Tokenizer | None,
+) -> dict[str, Any]:
+    layers = onnx_layer_records(model)
+    analog = [layer for layer in layers if layer.placement == "analog"]
+    return {
+        "afmc_version": "0.1.0",
+        "target": target,
+        "source": f"onnx:{path}",
+        "inputs": [
+            value.name for value in model.graph.inputs if value.name not in model.graph.initializers
+        ],
+        "outputs": [value.name for value in model.graph.outputs],
+        "tokenizer": _tokenizer_kind(tokenizer),
+        "calibration": calibration_source,
+        "config": config.model_dump(mode="json"),
+        "summary": {
+            "analog_layers": len(analog),
+            "digital_layers": len(layers) - len(analog),
+            "tiles": sum(layer.tiles for layer in analog),
+            "analog_weights": sum(layer.in_features * layer.out_features for layer in analog),
+        },
+        "layers": [layer.to_json() for layer in layers],
+        "passes": timings,
+    }
+
+
+def _tokenizer_kind(tokenizer: Tokenizer | None) -> str | None:
+    from afmc.api import TOKENIZER_DIR
+
+    if isinstance(tokenizer, ByteTokenizer):
+        return "bytes"
+    if isinstance(tokenizer, HFTokenizer):
+        return TOKENIZER_DIR
+    return None
+
+
+def _write(staged: Path, compiled: OnnxCompileResult) -> None:
+    from afmc.api import TOKENIZER_DIR
+
+    save_model(compiled.model, staged / MODEL_FILE)
+    (staged / RECORD_FILE).write_text(json.dumps(compiled.record, indent=2) + "\n")
+    if isinstance(compiled.tokenizer, HFTokenizer):
+        compiled.tokenizer.tokenizer.save_pretrained(staged / TOKENIZER_DIR)
+
+
+def onnx_input_names(path: str | os.PathLike) -> list[str]:
+    """The graph input names of an ONNX file (weights are not read)."""
+    model = load_onnx_model(path)
+    return [
+        value.name for value in model.graph.inputs if value.name not in model.graph.initializers
+    ]
+
+
+def calibration_from_file(
+    source: str | os.PathLike,
+    input_names: Sequence[str],
+    config: AfmcConfig,
+    tokenizer: Tokenizer | None = None,
+) -> list[Batch]:
+    """Calibration batches for an ONNX model from a file.
+
+    - ``.npz``: one array per graph input name (first axis: samples), cut into
+      batches of calibration.batch_size samples;
+    - ``.npy``: the same for a model with a single input;
+    - anything else (or stdlib:train): text for a language model with a single
+      token-id input, tokenized with `tokenizer` into windows as on the torch path.
+    """
+    size = config.calibration.batch_size
+    suffix = Path(str(source)).suffix.lower()
+    if suffix in (".npz", ".npy"):
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"{source}: calibration file not found")
+        if suffix == ".npy":
+            if len(input_names) != 1:
+                raise ValueError(
+                    f"{source}: a .npy file feeds a single-input model; this one "
+                    f"has inputs {', '.join(input_names)} (use .npz keyed by name)"
+                )
+            arrays = {input_names[0]: np.load(source)}
+        else:
+            with np.load(source) as data:
+                arrays = {name: data[name] for name in data.files}
+        missing = [name for name in input_names if name not in arrays]
+        if missing:
+            raise ValueError(f"{source}: no array for model input(s) {', '.join(missing)}")
+        count = {int(arrays[name].shape[0]) for name in input_names}
+        if len(count) != 1 or 0 in count:
+            raise ValueError(
+                f"{source}: the arrays need the same, non-zero number of samples (first axis)"
+            )
+        total = count.pop()
+        return [
+            {name: arrays[name][i : i + size] for name in input_names}
+            for i in range(0, total, size)
+        ]
+    from afmc.api import text_batches
+    from afmc.data.text_source import read_text
+
+    if tokenizer is None:
+        raise ValueError(f"{source}: text calibration of an ONNX model needs a tokenizer")
+    if len(input_names) != 1:
+        raise ValueError(
+            f"{source}: text feeds a model with one token-id input; this one has "
+            f"inputs {', '.join(input_names)} (give a .npz keyed by input name)"
+        )
+    batches = text_batches(tokenizer, read_text(source), str(source), config.calibration)
+    return [{input_names[0]: batch[0].numpy()} for batch in batches]
+
+
+def is_onnx_file(model: object) -> bool:
+    """Whether a model argument names an ONNX file (by its .onnx suffix)."""
+    return isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnx")

@@ -1,0 +1,118 @@
+"""Calibration on an ONNX graph: set each analog layer's static input ranges from sample data.
+
+Rule (the same as the FX pass calibrate): run the model on the calibration
+batches with every afmc analog node computed in floating point (the FP view,
+runtime.views.fp_reference), so each layer sees the activations of the FP
+model; observe the input of every analog node (before afmc.SliceInput) per
+input slice with calibrate.SliceObserver, and set the input_range initializer
+by the configured method (max, percentile or kappa-std). The FP view runs in
+onnxruntime on a copy written to a temporary directory with its weights as
+external data, with the observed values as extra graph outputs; the model
+itself is changed only in its input_range initializers.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import torch
+from onnx import helper
+
+from afmc import lowering
+from afmc.config import AfmcConfig
+from afmc.passes.fx.calibrate import SliceObserver
+from afmc.passes.layers import META_KEY
+from afmc.passes.registry import register_pass
+from afmc.runtime.chip import session_options
+from afmc.runtime.views import fp_reference
+
+Batch = Mapping[str, np.ndarray]
+
+
+@register_pass("onnx-calibrate", "onnx")
+class CalibrateOnnxInputRanges(ir.passes.InPlacePass):
+    """Set static input ranges of analog ONNX nodes from sample data (onnxruntime, FP view)."""
+
+    def __init__(
+        self,
+        config: AfmcConfig,
+        batches: Iterable[Batch] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config.calibration
+        self.batches = batches
+        self.progress = progress
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if self.batches is None:
+            raise ValueError("onnx-calibrate: no calibration data given")
+        analog = [node for node in lowering.analog_nodes(model) if META_KEY in node.meta]
+        if not analog:
+            return ir.passes.PassResult(model, False)
+        observed = [lowering.source_initializer(node.inputs[0]) for node in analog]
+        graph_inputs = {value.name for value in model.graph.inputs}
+        generator = torch.Generator().manual_seed(0)
+        observers = [
+            [SliceObserver(self.config, generator) for _ in node.meta[META_KEY].slice_sizes]
+            for node in analog
+        ]
+        fetch = list(dict.fromkeys(v.name for v in observed if v.name not in graph_inputs))
+        with tempfile.TemporaryDirectory(prefix="afmc-calibrate-") as tmp:
+            session = _fp_session(model, fetch, Path(tmp))
+            count = 0
+            for batch in self.batches:
+                feed = _feed(session, batch)
+                values = {
+                    **feed,
+                    **dict(zip(fetch, session.run(fetch, feed) if fetch else [], strict=True)),
+                }
+                for node, value, slots in zip(analog, observed, observers, strict=True):
+                    x = torch.from_numpy(np.require(values[value.name], requirements="W"))
+                    parts = torch.split(x, node.meta[META_KEY].slice_sizes, dim=-1)
+                    for slot, part in zip(slots, parts, strict=True):
+                        slot.update(part)
+                count += 1
+                if self.progress:
+                    self.progress(count)
+        if count == 0:
+            raise ValueError("onnx-calibrate: the calibration data holds no batch")
+        for node, slots in zip(analog, observers, strict=True):
+            value = node.inputs[2]
+            ranges = np.array([slot.input_range() for slot in slots], dtype=np.float32)
+            value.const_value = ir.tensor(ranges, name=value.name)
+            node.meta[META_KEY].calibrated = self.config.method
+        return ir.passes.PassResult(model, True)
+
+
+def _fp_session(model: ir.Model, outputs: list[str], directory: Path) -> ort.InferenceSession:
+    """An onnxruntime session of the FP view of `model` that also returns `outputs`."""
+    path = directory / "model.onnx"
+    ir.save(model, path, external_data="model.onnx.data")
+    proto = fp_reference(onnx.load(str(path), load_external_data=False))
+    present = {output.name for output in proto.graph.output}
+    proto.graph.output.extend(
+        helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        for name in dict.fromkeys(outputs)
+        if name not in present
+    )
+    fp_path = directory / "fp.onnx"
+    onnx.save(proto, str(fp_path))
+    return ort.InferenceSession(str(fp_path), session_options(), providers=["CPUExecutionProvider"])
+
+
+def _feed(session: ort.InferenceSession, batch: Batch) -> dict[str, np.ndarray]:
+    names = [value.name for value in session.get_inputs()]
+    missing = [name for name in names if name not in batch]
+    if missing:
+        raise ValueError(
+            f"onnx-calibrate: a calibration batch lacks the model input(s) "
+            f"{', '.join(missing)} (it has {', '.join(sorted(batch)) or 'none'})"
+        )
+    return {name: np.asarray(batch[name]) for name in names}

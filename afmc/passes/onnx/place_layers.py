@@ -1,0 +1,83 @@
+"""Placement on an ONNX graph: decide analog or digital for every static-weight layer.
+
+Rule (the same as the FX pass place-layers): every static-weight layer
+(static_layers.find_static_layers) is analog, except layers whose name or weight
+initializer name matches one of the configured `digital` regular expressions
+(re.search; the first matching pattern is recorded). A pattern that matches no
+layer is an error naming the pattern. A layer afmc cannot map to an analog op
+stays digital with the reason as its rule, and a warning
+(UnsupportedLayerWarning). The LayerRecord goes on the node (``node.meta["afmc"]``)
+and its placement into the node's metadata_props, so it survives in the file.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import onnx_ir as ir
+
+from afmc.config import AfmcConfig, ConfigError
+from afmc.passes.fx.place_layers import DEFAULT_RULE
+from afmc.passes.layers import META_KEY, LayerRecord
+from afmc.passes.onnx.static_layers import UnsupportedLayerWarning, find_static_layers
+from afmc.passes.registry import register_pass
+
+PLACEMENT_PROP = "afmc.placement"
+LAYER_PROP = "afmc.layer"
+
+
+def onnx_layer_records(model: ir.Model) -> list[LayerRecord]:
+    """The records of every static-weight layer of `model`'s graph, in graph order."""
+    return [node.meta[META_KEY] for node in model.graph if META_KEY in node.meta]
+
+
+@register_pass("onnx-place-layers", "onnx")
+class PlaceOnnxLayers(ir.passes.InPlacePass):
+    """Mark each static-weight ONNX layer analog or digital (first matching rule wins)."""
+
+    def __init__(self, config: AfmcConfig) -> None:
+        super().__init__()
+        self.patterns = config.placement.digital
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        compiled = []
+        for pattern in self.patterns:
+            try:
+                compiled.append((pattern, re.compile(pattern)))
+            except re.error as error:
+                raise ConfigError(f"placement.digital: bad pattern {pattern!r}: {error}") from None
+        layers = find_static_layers(model.graph)
+        used: set[str] = set()
+        for layer in layers:
+            subjects = [layer.name, layer.weight.name or ""]
+            match = next(
+                (p for p, regex in compiled if any(regex.search(subject) for subject in subjects)),
+                None,
+            )
+            if match is not None:
+                used.add(match)
+            if layer.unsupported:
+                rule = f"digital: {layer.unsupported}"
+                warnings.warn(
+                    f"{layer.name}: stays digital: {layer.unsupported}",
+                    UnsupportedLayerWarning,
+                    stacklevel=1,
+                )
+            else:
+                rule = f"digital: {match}" if match else DEFAULT_RULE
+            placement = "digital" if match or layer.unsupported else "analog"
+            layer.node.meta[META_KEY] = LayerRecord(
+                name=layer.name,
+                in_features=layer.in_features,
+                out_features=layer.out_features,
+                placement=placement,
+                rule=rule,
+                weight=layer.weight.name or "",
+            )
+            layer.node.metadata_props[LAYER_PROP] = layer.name
+            layer.node.metadata_props[PLACEMENT_PROP] = placement
+        unused = [pattern for pattern in self.patterns if pattern not in used]
+        if unused:
+            raise ConfigError(f"placement.digital: pattern {unused[0]!r} matches no layer")
+        return ir.passes.PassResult(model, bool(layers))

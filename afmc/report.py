@@ -1,0 +1,131 @@
+"""afmc report: the layers, tiles and utilization of a compiled model, and its tile map picture.
+
+Reads OUT/afmc.json: "layers" (LayerRecord dicts), "config" (hardware.tile_rows,
+tile_cols, and tile_strategy when the configuration has it) and, when present,
+"tile_map" (TileMap.to_json() of the compiled strategy, docs/tile-mapping.md).
+The map shown is the requested strategy's, else the stored map's, else the
+configured strategy's, else one-per-tile; a stored map is used as stored, every
+other map is computed from the layers and the configuration. Prints a table of
+the layers and one of the tile totals of every strategy, and draws the map as
+SVG (default OUT/tile_map.svg).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from afmc.mapping import STRATEGIES, TileMap, map_tiles, write_tile_map_svg
+from afmc.runtime.chip import RECORD_FILE
+
+DEFAULT_STRATEGY = "one-per-tile"
+SVG_FILE = "tile_map.svg"
+
+
+@dataclass
+class MappingReport:
+    """What report() found: the map it drew, the map of every strategy, the SVG written."""
+
+    tile_map: TileMap
+    strategies: dict[str, TileMap]
+    svg: Path
+
+
+def tile_maps(
+    record: dict[str, Any], strategy: str | None = None
+) -> tuple[str, dict[str, TileMap]]:
+    """The strategy to show and the map of every strategy for an afmc.json record."""
+    hardware = record["config"]["hardware"]
+    stored = TileMap.from_json(record["tile_map"]) if "tile_map" in record else None
+    chosen = (
+        strategy
+        or (stored.strategy if stored else None)
+        or hardware.get("tile_strategy")
+        or DEFAULT_STRATEGY
+    )
+    if chosen not in STRATEGIES:
+        raise ValueError(f"unknown tile strategy {chosen!r} (known: {', '.join(STRATEGIES)})")
+    maps = {
+        name: map_tiles(record["layers"], hardware["tile_rows"], hardware["tile_cols"], name)
+        for name in STRATEGIES
+        if stored is None or name != stored.strategy
+    }
+    if stored is not None:
+        maps[stored.strategy] = stored
+    return chosen, {name: maps[name] for name in STRATEGIES}
+
+
+def layer_table(layers: list[dict[str, Any]], tile_map: TileMap) -> Table:
+    """One row per layer: shape, slices, tiles and utilization under `tile_map`."""
+    table = Table(
+        title=f"layers on {tile_map.rows} x {tile_map.cols} tiles ({tile_map.strategy})",
+        caption="utilization: the layer's cells / cells of the tiles holding it",
+        show_edge=False,
+    )
+    for column in (
+        "layer",
+        escape("shape [out x in]"),
+        "slices",
+        "tiles",
+        "utilization",
+        "placement",
+    ):
+        table.add_column(column, justify="left" if column in ("layer", "placement") else "right")
+    tiles, cells = tile_map.layer_tiles(), tile_map.layer_cells()
+    for layer in layers:
+        name, shape = layer["name"], f"{layer['out_features']} x {layer['in_features']}"
+        mapped = ("-", "-", "-")
+        if name in tiles:
+            share = cells[name] / (tiles[name] * tile_map.tile_cells)
+            mapped = (str(len(layer["slice_sizes"])), str(tiles[name]), f"{share:.1%}")
+        table.add_row(escape(name), shape, *mapped, layer["placement"])
+    table.add_section()
+    table.add_row(
+        f"total ({len(tiles)} analog)",
+        "",
+        "",
+        str(tile_map.tiles),
+        f"{tile_map.utilization:.1%}",
+        "",
+    )
+    return table
+
+
+def strategy_table(maps: dict[str, TileMap], chosen: str) -> Table:
+    """Tiles and overall utilization of every strategy; the shown one is starred."""
+    table = Table(title="tile strategies", show_edge=False)
+    for column in ("strategy", "tiles", "utilization"):
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    for name, tile_map in maps.items():
+        table.add_row(
+            f"{name} *" if name == chosen else name,
+            str(tile_map.tiles),
+            f"{tile_map.utilization:.1%}",
+        )
+    return table
+
+
+def report(
+    out_dir: Path,
+    svg: Path | None = None,
+    strategy: str | None = None,
+    console: Console | None = None,
+) -> MappingReport:
+    """Print the layer and strategy tables of OUT/afmc.json and draw its tile map as SVG."""
+    path = Path(out_dir) / RECORD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{out_dir}: no {RECORD_FILE} (run 'afmc compile' first)")
+    record = json.loads(path.read_text())
+    chosen, maps = tile_maps(record, strategy)
+    console = console or Console()
+    console.print(layer_table(record["layers"], maps[chosen]))
+    console.print(strategy_table(maps, chosen))
+    written = write_tile_map_svg(maps[chosen], svg or Path(out_dir) / SVG_FILE)
+    console.print(f"tile map ({chosen}) -> {written}")
+    return MappingReport(maps[chosen], maps, written)

@@ -1,0 +1,126 @@
+"""The digital targets' lowering step: precision per layer, quantization, and the record.
+
+Rules:
+
+- A layer place-layers put on the accelerator ("analog") is quantized: int8 in the int8
+  target; int4 in the int4 target, or int8 when its name matches one of
+  digital.int4_keep_8bit (re.search). A layer placed "digital" stays floating point,
+  exactly as lowered.
+- With digital.quantize_embeddings, every embedding table (embedding_tables) is stored at
+  the same precision by the same rule (its name is its initializer's name); otherwise the
+  tables stay float.
+- A digital.int4_keep_8bit pattern that matches no quantized layer or table of an int4
+  compile is an error naming the pattern (the int8 target ignores the option).
+- The floating-point lowering is kept as OUT/reference.onnx: the FP view `afmc eval`
+  compares against.
+- The record: each layer's `precision` ("int8", "int4", "fp"), and a "digital" section
+  with the reference file, the layer counts per precision, the ONNX node computing each
+  quantized layer and the precision of each embedding table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import numpy as np
+import onnx_ir as ir
+
+from afmc.config import ConfigError, DigitalConfig
+from afmc.targets import LowerContext
+from afmc.targets.embedding_tables import embedding_tables, quantize_table
+from afmc.targets.int4 import quantize_int4
+from afmc.targets.int8 import quantize_int8
+from afmc.targets.ort_quant import CalibrationDataReader
+from afmc.targets.weight_layout import layer_matmuls
+
+REFERENCE_FILE = "reference.onnx"
+BITS = {"int8": 8, "int4": 4}
+DigitalTarget = Literal["int8", "int4"]
+
+
+class BatchFeeds(CalibrationDataReader):
+    """The calibration batches (tuples of tensors, in input order) as ONNX Runtime feeds."""
+
+    def __init__(self, batches: Sequence[tuple], input_names: Sequence[str]) -> None:
+        self.feeds = [
+            {name: np.asarray(tensor) for name, tensor in zip(input_names, batch, strict=True)}
+            for batch in batches
+        ]
+        self._next = iter(self.feeds)
+
+    def get_next(self) -> dict | None:
+        return next(self._next, None)
+
+    def rewind(self) -> None:
+        self._next = iter(self.feeds)
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.feeds)
+
+
+def precision_for(
+    names: Sequence[str], target: DigitalTarget, config: DigitalConfig
+) -> dict[str, str]:
+    """The precision of each quantized layer or table name (rules in the module docstring)."""
+    if target == "int8":
+        return dict.fromkeys(names, "int8")
+    patterns = []
+    for pattern in config.int4_keep_8bit:
+        try:
+            patterns.append((pattern, re.compile(pattern)))
+        except re.error as error:
+            raise ConfigError(f"digital.int4_keep_8bit: bad pattern {pattern!r}: {error}") from None
+    chosen, used = {}, set()
+    for name in names:
+        match = next((p for p, regex in patterns if regex.search(name)), None)
+        chosen[name] = "int4" if match is None else "int8"
+        used.add(match)
+    unused = [p for p, _ in patterns if p not in used]
+    if unused:
+        raise ConfigError(
+            f"digital.int4_keep_8bit: pattern {unused[0]!r} matches no quantized "
+            "layer or embedding table"
+        )
+    return chosen
+
+
+def lower_digital(context: LowerContext, target: DigitalTarget) -> ir.Model:
+    """Quantize a copy of the FP lowering for `target`; fill the layer records and the record."""
+    config = context.config.digital
+    model = ir.from_proto(ir.to_proto(context.model))
+    tables = list(embedding_tables(model)) if config.quantize_embeddings else []
+    quantized = [layer for layer in context.layers if layer.placement == "analog"]
+    chosen = precision_for([layer.name for layer in quantized] + tables, target, config)
+    matmuls = layer_matmuls(model, quantized)
+    by_node = {node.name: layer.name for layer in quantized for node in matmuls[layer.name]}
+    feeds = (
+        BatchFeeds(context.calibration, context.captured.input_names)
+        if context.calibration is not None
+        else None
+    )
+    proto = ir.to_proto(model)
+    if target == "int8":
+        proto, renamed = quantize_int8(proto, list(by_node), feeds, config)
+    else:
+        bits = {node: BITS[chosen[layer]] for node, layer in by_node.items()}
+        proto, renamed = quantize_int4(proto, bits, config, feeds)
+    model = ir.from_proto(proto)
+    for name, gathers in embedding_tables(model).items():
+        if name in tables:
+            quantize_table(model, name, gathers, BITS[chosen[name]], config.int4_block_size)
+    nodes: dict[str, list[str]] = {}
+    for node, new_name in renamed.items():
+        nodes.setdefault(by_node[node], []).append(new_name)
+    for layer in context.layers:
+        layer.precision = chosen.get(layer.name, "fp")
+    context.files[REFERENCE_FILE] = context.model
+    context.record["digital"] = {
+        "reference": REFERENCE_FILE,
+        "layers": dict(Counter(layer.precision for layer in context.layers)),
+        "nodes": nodes,
+        "embeddings": {name: chosen[name] for name in tables},
+    }
+    return model
