@@ -31,6 +31,7 @@ from afmc.data.tensors import load_tensor_batches
 from afmc.data.text_source import read_text
 from afmc.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
 from afmc.eval.perplexity import token_windows
+from afmc.mapping import analog_dependencies, map_all_strategies
 from afmc.models import BUILTIN_MODELS, resolve_model_path
 from afmc.passes.layers import LayerRecord, layer_records
 from afmc.passes.registry import PassSpec, get_pass, resolve_passes
@@ -234,6 +235,9 @@ def _record(target: str, captured: CapturedModel, program: fx.GraphModule, lower
     _onnx_names(program, lowered)
     layers = layer_records(program)
     analog = [layer for layer in layers if layer.placement == "analog"]
+    hardware = config.hardware
+    maps = map_all_strategies(layers, hardware.tile_rows, hardware.tile_cols)
+    tile_map = maps[hardware.tile_strategy]
     return {
         "afmc_version": "0.1.0",
         "target": target,
@@ -246,11 +250,16 @@ def _record(target: str, captured: CapturedModel, program: fx.GraphModule, lower
         "summary": {
             "analog_layers": len(analog),
             "digital_layers": len(layers) - len(analog),
-            "tiles": sum(layer.tiles for layer in analog),
+            "tiles": tile_map.tiles,
+            "tile_strategy": hardware.tile_strategy,
+            "tile_utilization": tile_map.utilization,
+            "tiles_by_strategy": {name: m.tiles for name, m in maps.items()},
             "analog_weights": sum(layer.in_features * layer.out_features for layer in analog),
         },
         "layers": [layer.to_json() for layer in layers],
         "fold_notes": program.meta.get("afmc_fold_notes", []),
+        "tile_map": tile_map.to_json(),
+        "dependencies": [list(edge) for edge in analog_dependencies(program)],
         "passes": timings,
     }
 

@@ -122,6 +122,7 @@ def _print_compile_summary(record: dict, output: Path) -> None:
         return
     out.print(f"target {record['target']}: {summary['analog_layers']} analog layers, "
               f"{summary['digital_layers']} digital, {summary['tiles']} tiles "
+              f"({summary['tile_strategy']}, utilization {summary['tile_utilization']:.1%}) "
               f"({record['config']['hardware']['tile_rows']}x"
               f"{record['config']['hardware']['tile_cols']}), "
               f"{summary['analog_weights']:,} analog weights")
@@ -212,6 +213,22 @@ def eval_(
             json_out.write_text(json.dumps({"tokens": report.tokens, "fp": report.fp,
                                             "chips": report.chips, "mean": report.mean,
                                             "std": report.std}, indent=2))
+
+
+@app.command()
+def report(
+    compiled: Annotated[Path, typer.Argument(help="Output directory of afmc compile")],
+    svg: Annotated[Path | None, typer.Option(
+        help="Write the tile map picture here (default OUTPUT/tile_map.svg)")] = None,
+    strategy: Annotated[str | None, typer.Option(
+        help="Tile strategy to show: one-per-tile, packed or diagonal "
+             "(default: the compiled one)")] = None,
+) -> None:
+    """Layers, tiles and utilization of a compiled model; draws its tile map as SVG."""
+    with _user_errors():
+        from afmc.report import report as print_report
+
+        print_report(compiled, svg=svg, strategy=strategy, console=out)
 
 
 @passes_app.command("list")

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from afmc.runtime.noise import NoiseConfig
 
@@ -41,6 +48,16 @@ class HardwareConfig(_Section):
     )
     tile_rows: int = Field(512, gt=0, description="Rows of one physical crossbar tile.")
     tile_cols: int = Field(512, gt=0, description="Columns of one physical crossbar tile.")
+    tile_strategy: Literal["one-per-tile", "packed", "diagonal"] = Field(
+        "one-per-tile", description="How analog weight blocks are assigned to tiles "
+        "(docs/tile-mapping.md).")
+
+    @model_validator(mode="after")
+    def _slices_fit_tiles(self) -> HardwareConfig:
+        if self.max_in > self.tile_rows:
+            raise ValueError(f"max_in ({self.max_in}) must be <= tile_rows ({self.tile_rows}): "
+                             "an input slice must fit a tile's rows")
+        return self
 
     @field_validator("max_in")
     @classmethod

@@ -29,7 +29,12 @@ from afmc.capture.onnx_export import save_model
 from afmc.capture.onnx_model import load_onnx_model
 from afmc.config import AfmcConfig
 from afmc.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
-from afmc.passes.layers import LayerRecord
+from afmc.passes.fx.fold_common import NOTES_KEY
+from afmc.data.tensors import SUFFIXES as TENSOR_SUFFIXES
+from afmc.data.tensors import load_tensor_batches
+from afmc.data.text_source import read_text
+from afmc.mapping import map_all_strategies
+from afmc.passes.layers import META_KEY, LayerRecord
 from afmc.passes.onnx.place_layers import onnx_layer_records
 from afmc.passes.registry import get_pass
 from afmc.runtime.chip import MODEL_FILE, RECORD_FILE
@@ -182,13 +187,14 @@ def _record(
 ) -> dict[str, Any]:
     layers = onnx_layer_records(model)
     analog = [layer for layer in layers if layer.placement == "analog"]
+    hardware = config.hardware
+    maps = map_all_strategies(layers, hardware.tile_rows, hardware.tile_cols)
+    tile_map = maps[hardware.tile_strategy]
     return {
         "afmc_version": "0.1.0",
         "target": target,
         "source": f"onnx:{path}",
-        "inputs": [
-            value.name for value in model.graph.inputs if value.name not in model.graph.initializers
-        ],
+        "inputs": _input_names(model),
         "outputs": [value.name for value in model.graph.outputs],
         "tokenizer": _tokenizer_kind(tokenizer),
         "calibration": calibration_source,
@@ -196,12 +202,52 @@ def _record(
         "summary": {
             "analog_layers": len(analog),
             "digital_layers": len(layers) - len(analog),
-            "tiles": sum(layer.tiles for layer in analog),
+            "tiles": tile_map.tiles,
+            "tile_strategy": hardware.tile_strategy,
+            "tile_utilization": tile_map.utilization,
+            "tiles_by_strategy": {name: m.tiles for name, m in maps.items()},
             "analog_weights": sum(layer.in_features * layer.out_features for layer in analog),
         },
         "layers": [layer.to_json() for layer in layers],
+        "fold_notes": model.meta.get(NOTES_KEY, []),
+        "tile_map": tile_map.to_json(),
+        "dependencies": [list(edge) for edge in analog_dependencies(model)],
         "passes": timings,
     }
+
+
+def _input_names(model: ir.Model) -> list[str]:
+    return [
+        value.name for value in model.graph.inputs if value.name not in model.graph.initializers
+    ]
+
+
+def analog_dependencies(model: ir.Model) -> list[tuple[str, str]]:
+    """(producer, consumer) pairs of analog layers, consumers in graph order.
+
+    The rule of mapping.analog_dependencies on the ONNX graph: layer B depends on layer A
+    when A's output reaches B's input through digital nodes only.
+    """
+    reaching: dict[ir.Value, frozenset[str]] = {}
+    edges: list[tuple[str, str]] = []
+    for node in model.graph:
+        sources: set[str] = set()
+        for value in node.inputs:
+            if value is None:
+                continue
+            produced = _analog_name(value.producer())
+            sources |= {produced} if produced is not None else reaching.get(value, frozenset())
+        name = _analog_name(node)
+        if name is not None:
+            edges.extend((source, name) for source in sorted(sources))
+        for output in node.outputs:
+            reaching[output] = frozenset(sources)
+    return edges
+
+
+def _analog_name(node: ir.Node | None) -> str | None:
+    record = node.meta.get(META_KEY) if node is not None else None
+    return record.name if record is not None and record.placement == "analog" else None
 
 
 def _tokenizer_kind(tokenizer: Tokenizer | None) -> str | None:
@@ -224,11 +270,8 @@ def _write(staged: Path, compiled: OnnxCompileResult) -> None:
 
 
 def onnx_input_names(path: str | os.PathLike) -> list[str]:
-    """The graph input names of an ONNX file (weights are not read)."""
-    model = load_onnx_model(path)
-    return [
-        value.name for value in model.graph.inputs if value.name not in model.graph.initializers
-    ]
+    """The graph input names of an ONNX file (external weights are not read)."""
+    return _input_names(load_onnx_model(path))
 
 
 def calibration_from_file(
@@ -237,54 +280,31 @@ def calibration_from_file(
     config: AfmcConfig,
     tokenizer: Tokenizer | None = None,
 ) -> list[Batch]:
-    """Calibration batches for an ONNX model from a file.
+    """Calibration batches for an ONNX model from a file, as on the torch path.
 
-    - ``.npz``: one array per graph input name (first axis: samples), cut into
-      batches of calibration.batch_size samples;
-    - ``.npy``: the same for a model with a single input;
-    - anything else (or stdlib:train): text for a language model with a single
-      token-id input, tokenized with `tokenizer` into windows as on the torch path.
+    A tensor file (.npy for a single input, .npz keyed by input name, .pt;
+    data.tensors.load_tensor_batches), or text for a language model with a single
+    token-id input, tokenized with `tokenizer` into windows (api.text_batches).
     """
-    size = config.calibration.batch_size
-    suffix = Path(str(source)).suffix.lower()
-    if suffix in (".npz", ".npy"):
-        if not Path(source).is_file():
-            raise FileNotFoundError(f"{source}: calibration file not found")
-        if suffix == ".npy":
-            if len(input_names) != 1:
-                raise ValueError(
-                    f"{source}: a .npy file feeds a single-input model; this one "
-                    f"has inputs {', '.join(input_names)} (use .npz keyed by name)"
-                )
-            arrays = {input_names[0]: np.load(source)}
-        else:
-            with np.load(source) as data:
-                arrays = {name: data[name] for name in data.files}
-        missing = [name for name in input_names if name not in arrays]
-        if missing:
-            raise ValueError(f"{source}: no array for model input(s) {', '.join(missing)}")
-        count = {int(arrays[name].shape[0]) for name in input_names}
-        if len(count) != 1 or 0 in count:
-            raise ValueError(
-                f"{source}: the arrays need the same, non-zero number of samples (first axis)"
-            )
-        total = count.pop()
-        return [
-            {name: arrays[name][i : i + size] for name in input_names}
-            for i in range(0, total, size)
-        ]
     from afmc.api import text_batches
-    from afmc.data.text_source import read_text
 
-    if tokenizer is None:
-        raise ValueError(f"{source}: text calibration of an ONNX model needs a tokenizer")
-    if len(input_names) != 1:
-        raise ValueError(
-            f"{source}: text feeds a model with one token-id input; this one has "
-            f"inputs {', '.join(input_names)} (give a .npz keyed by input name)"
+    if Path(source).suffix in TENSOR_SUFFIXES:
+        batches = load_tensor_batches(
+            Path(source), list(input_names), config.calibration.batch_size
         )
-    batches = text_batches(tokenizer, read_text(source), str(source), config.calibration)
-    return [{input_names[0]: batch[0].numpy()} for batch in batches]
+    elif tokenizer is None:
+        raise ValueError(f"{source}: text calibration of an ONNX model needs a tokenizer")
+    elif len(input_names) != 1:
+        raise ValueError(
+            f"{source}: text feeds a model with one token-id input; this one has inputs "
+            f"{', '.join(input_names)} (give a .npz keyed by input name)"
+        )
+    else:
+        batches = text_batches(tokenizer, read_text(source), str(source), config.calibration)
+    return [
+        {name: np.asarray(tensor) for name, tensor in zip(input_names, batch, strict=True)}
+        for batch in batches
+    ]
 
 
 def is_onnx_file(model: object) -> bool:

@@ -113,3 +113,22 @@ def test_passes_and_targets_are_listed():
     for name in ("place-layers", "insert-analog-linear", "calibrate"):
         assert name in result.stdout
     assert "aimc" in _invoke("targets").stdout
+
+
+def test_report_prints_tiles_and_writes_svg(model_dirs, calibration_text, tmp_path):
+    out = tmp_path / "out"
+    result = _invoke("compile", model_dirs["llama"], "-o", out, "--calib", calibration_text,
+                     "--set", "hardware.tile_strategy=packed", "--set", "hardware.tile_rows=64",
+                     "--set", "hardware.tile_cols=64", "--set", "hardware.max_in=64")
+    assert result.exit_code == 0, result.output
+    result = _invoke("report", out)
+    assert result.exit_code == 0, result.output
+    assert "packed" in result.stdout and "one-per-tile" in result.stdout
+    assert (out / "tile_map.svg").read_text().startswith("<svg") or \
+        "<svg" in (out / "tile_map.svg").read_text()[:200]
+
+
+def test_max_in_larger_than_tile_rows_is_rejected(model_dirs, tmp_path):
+    out = tmp_path / "out"
+    _assert_user_error(_invoke("compile", model_dirs["llama"], "-o", out,
+                               "--set", "hardware.max_in=1024"), "tile_rows", out)

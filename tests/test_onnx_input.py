@@ -541,7 +541,23 @@ def test_llama_output_layout_matches_torch_path(llama):
     model = onnx.load(str(onnx_out / "model.onnx"))
     onnx.checker.check_model(model, full_check=True)
     record, torch_record = load_record(onnx_out), load_record(torch_out)
-    assert set(record) == set(torch_record)
+    keys = {
+        "afmc_version",
+        "target",
+        "source",
+        "inputs",
+        "outputs",
+        "tokenizer",
+        "calibration",
+        "config",
+        "summary",
+        "layers",
+        "fold_notes",
+        "passes",
+    }
+    assert set(record) == keys and set(torch_record) >= keys
+    assert len(record["fold_notes"]) == 5 and not any(n["folded"] for n in record["fold_notes"])
+    assert record["fold_notes"][0]["norm"] == "lm.model.layers.0.input_layernorm"
     assert (record["inputs"], record["outputs"]) == (["input_ids"], ["logits"])
     assert record["summary"] == torch_record["summary"]
     assert [step["name"] for step in record["passes"]] == [
@@ -590,6 +606,9 @@ def test_layer_norm_affine_is_folded_with_fp_outputs_kept(tmp_path):
         tmp_path / "out",
     )
     assert next(p for p in result.record["passes"] if p["name"] == "onnx-fold-norms")["modified"]
+    assert result.record["fold_notes"] == [
+        {"norm": "norm", "folded": True, "reason": "folded into fc2"}
+    ]
     norm = next(node for node in result.model.graph if node.op_type == "LayerNormalization")
     assert len(norm.inputs) == 2 and np.all(norm.inputs[1].const_value.numpy() == 1)
     inputs = batches[1].numpy()

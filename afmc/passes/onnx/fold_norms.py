@@ -20,16 +20,19 @@ A weight also read elsewhere is copied before it is scaled.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 
 from afmc.config import AfmcConfig
+from afmc.passes.fx.fold_common import NOTES_KEY
 from afmc.passes.onnx.graph_edit import Names, add_initializer, drop_if_unused
-from afmc.passes.onnx.static_layers import OnnxLayer, constant, find_static_layers
+from afmc.passes.onnx.static_layers import OnnxLayer, constant, find_static_layers, layer_name
 from afmc.passes.registry import register_pass
 
+logger = logging.getLogger("afmc.passes.fold")
 _NORM_OPS = {"LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"}
 _RMS_CHAIN = {"Pow", "Mul", "ReduceMean", "Add", "Sqrt", "Reciprocal", "Cast"}
 
@@ -56,12 +59,18 @@ class FoldNorms(ir.passes.InPlacePass):
         names = Names(graph)
         modified = False
         layers = {layer.node: layer for layer in find_static_layers(graph)}
+        notes = model.meta.setdefault(NOTES_KEY, [])
         for node in list(graph):
             norm = _norm(node)
-            if norm is None or not _worth_folding(norm):
+            if norm is None:
                 continue
-            consumers = _consumers(norm, layers)
-            if consumers is None:
+            consumers, reason = _consumers(norm, layers)
+            if not _worth_folding(norm):
+                consumers, reason = [], "nothing to fold (scale one, no bias)"
+            name = layer_name(node, norm.output)
+            notes.append({"norm": name, "folded": bool(consumers), "reason": reason})
+            logger.info("%s: %s (%s)", name, "folded" if consumers else "left unchanged", reason)
+            if not consumers:
                 continue
             for layer in consumers:
                 _fold_into(graph, names, layer, norm)
@@ -121,11 +130,11 @@ def _worth_folding(norm: _Norm) -> bool:
     return has_bias or not np.all(norm.scale == 1)
 
 
-def _consumers(norm: _Norm, layers: dict[ir.Node, OnnxLayer]) -> list[OnnxLayer] | None:
-    """The layers reading the norm, or None if anything else reads it."""
-    if norm.output.is_graph_output() or not norm.output.uses():
-        return None
-    found = []
+def _consumers(norm: _Norm, layers: dict[ir.Node, OnnxLayer]) -> tuple[list[OnnxLayer], str]:
+    """The layers reading the norm, or none and why when anything else reads it."""
+    if norm.output.is_graph_output():
+        return [], "the norm output is a graph output"
+    found: list[OnnxLayer] = []
     for user, index in norm.output.uses():
         layer = layers.get(user)
         if (
@@ -136,10 +145,12 @@ def _consumers(norm: _Norm, layers: dict[ir.Node, OnnxLayer]) -> list[OnnxLayer]
             or user.attributes.get_int("transA", 0)
             or layer.in_features != norm.scale.shape[0]
         ):
-            return None
+            return [], f"read by {user.op_type} {user.name or ''}, not a static MatMul/Gemm X"
         if layer not in found:
             found.append(layer)
-    return found
+    if not found:
+        return [], "nothing reads the norm"
+    return found, f"folded into {', '.join(layer.name for layer in found)}"
 
 
 def _fold_into(graph: ir.Graph, names: Names, layer: OnnxLayer, norm: _Norm) -> None:

@@ -90,7 +90,7 @@ def crossbar_matrix(layer: OnnxLayer) -> np.ndarray:
 
 
 def layer_name(node: ir.Node, weight: ir.Value) -> str:
-    """The torch exporter's module path of `node`, else the node name, else the weight name."""
+    """The torch exporter's module path of `node`, else the node name, else `weight`'s name."""
     scopes = node.metadata_props.get(_NAME_SCOPES)
     if scopes:
         try:
