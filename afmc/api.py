@@ -8,7 +8,6 @@ OUT/model.onnx and OUT/afmc.json atomically.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 import torch
 from torch import fx, nn
@@ -24,23 +24,29 @@ from torch.fx.passes.infra.pass_base import PassResult
 import afmc.passes  # noqa: F401  (registers the passes)
 from afmc import lowering
 from afmc.capture import CapturedModel, capture_causal_lm, capture_module
-from afmc.capture.onnx_export import save_model
 from afmc.config import AfmcConfig, CalibrationConfig
 from afmc.data.tensors import SUFFIXES as TENSOR_SUFFIXES
 from afmc.data.tensors import load_tensor_batches
 from afmc.data.text_source import read_text
 from afmc.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
 from afmc.eval.perplexity import token_windows
-from afmc.mapping import analog_dependencies, map_all_strategies
+from afmc.mapping import analog_dependencies
 from afmc.models import BUILTIN_MODELS, resolve_model_path
+from afmc.onnx_compile import (
+    OnnxCompileResult,
+    calibration_from_file,
+    compile_onnx,
+    is_onnx_file,
+    onnx_input_names,
+)
 from afmc.passes.layers import LayerRecord, layer_records
 from afmc.passes.registry import PassSpec, get_pass, resolve_passes
 from afmc.passes.verify import VerificationError, check_graph, output_drift
-from afmc.runtime.chip import MODEL_FILE, RECORD_FILE, load_record
+from afmc.record import TOKENIZER_DIR, build_record, write_outputs
+from afmc.runtime.chip import load_record
 from afmc.targets import LowerContext, get_target
 
 Progress = Callable[[str], None]
-TOKENIZER_DIR = "tokenizer"
 
 
 @dataclass
@@ -120,8 +126,9 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     skip: list[str] | tuple[str, ...] = (),
     verify: bool = False,
     save_intermediate: bool = False,
+    tokenizer: str | Path | None = None,
     progress: Progress | None = None,
-) -> CompileResult:
+) -> CompileResult | OnnxCompileResult:
     """Compile `model` for `target`; write OUT/model.onnx and OUT/afmc.json if `output`.
 
     `model`: a built-in name (afmc-tiny), a Hugging Face causal-LM directory, an
@@ -134,8 +141,17 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     measured per pass and a pass that must preserve the output but does not is an
     error naming it. `save_intermediate` saves the program after each pass as
     OUT/intermediate/NN-name.pt2 (torch.export.load; import afmc first).
+
+    An ONNX file (`*.onnx`) goes through the ONNX passes instead (onnx_compile);
+    `tokenizer` (a directory, or "bytes") tokenizes text calibration for it.
     """
     config = config or AfmcConfig()
+    if is_onnx_file(model):
+        if verify or save_intermediate:
+            raise ValueError("--verify and --save-intermediate apply to the torch path, "
+                             "not to ONNX input")
+        return _compile_onnx_file(Path(model), target, config, calibration, tokenizer,
+                                  output, force, passes, skip, progress)
     chosen = get_target(target)
     say = progress or (lambda message: None)
     staged = lowering.stage_directory(Path(output), force) if output is not None else None
@@ -187,7 +203,7 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
         result = CompileResult(program, lowered, record, None, tokenizer, context.files)
         if staged is not None:
             say("write")
-            _write(staged, result)
+            write_outputs(staged, result.model, result.record, result.tokenizer, result.files)
             lowering.publish_directory(staged, Path(output))
             result.output = Path(output)
         return result
@@ -198,6 +214,38 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
 
 
 PRESERVE_TOLERANCE = 1e-5
+
+
+def _onnx_tokenizer(model: Path, tokenizer: str | Path | None) -> Tokenizer | None:
+    """The tokenizer for text calibration of an ONNX model: as given, or its folder's."""
+    if tokenizer == "bytes":
+        return ByteTokenizer()
+    if tokenizer is not None:
+        return load_tokenizer(Path(tokenizer))
+    try:
+        return load_tokenizer(model.parent)
+    except ValueError:
+        return None
+
+
+def _compile_onnx_file(model: Path, target: str, config: AfmcConfig, calibration: Any,
+                       tokenizer: str | Path | None, output: Path | None, force: bool,
+                       passes: list | None, skip: list[str] | tuple[str, ...],
+                       progress: Progress | None) -> OnnxCompileResult:
+    tok = _onnx_tokenizer(model, tokenizer)
+    batches, source = None, None
+    if calibration is not None:
+        names = onnx_input_names(model)
+        if isinstance(calibration, (str, Path)):
+            batches = calibration_from_file(calibration, names, config, tok)
+            source = str(calibration)
+        else:
+            batches = [batch if isinstance(batch, dict) else
+                       {name: np.asarray(t) for name, t in zip(names, batch, strict=True)}
+                       for batch in calibration]
+            source = "user batches"
+    return compile_onnx(model, target, config, batches, output, force, progress,
+                        passes=passes, skip=skip, tokenizer=tok, calibration_source=source)
 
 
 def _reference_output(captured: CapturedModel) -> torch.Tensor:
@@ -233,52 +281,13 @@ def _record(target: str, captured: CapturedModel, program: fx.GraphModule, lower
             config: AfmcConfig, timings: list[dict], calibration_source: str | None,
             tokenizer: Tokenizer | None) -> dict[str, Any]:
     _onnx_names(program, lowered)
-    layers = layer_records(program)
-    analog = [layer for layer in layers if layer.placement == "analog"]
-    hardware = config.hardware
-    maps = map_all_strategies(layers, hardware.tile_rows, hardware.tile_cols)
-    tile_map = maps[hardware.tile_strategy]
-    return {
-        "afmc_version": "0.1.0",
-        "target": target,
-        "source": captured.source,
-        "inputs": list(captured.input_names),
-        "outputs": list(captured.output_names),
-        "tokenizer": _tokenizer_kind(tokenizer),
-        "calibration": calibration_source,
-        "config": config.model_dump(mode="json"),
-        "summary": {
-            "analog_layers": len(analog),
-            "digital_layers": len(layers) - len(analog),
-            "tiles": tile_map.tiles,
-            "tile_strategy": hardware.tile_strategy,
-            "tile_utilization": tile_map.utilization,
-            "tiles_by_strategy": {name: m.tiles for name, m in maps.items()},
-            "analog_weights": sum(layer.in_features * layer.out_features for layer in analog),
-        },
-        "layers": [layer.to_json() for layer in layers],
-        "fold_notes": program.meta.get("afmc_fold_notes", []),
-        "tile_map": tile_map.to_json(),
-        "dependencies": [list(edge) for edge in analog_dependencies(program)],
-        "passes": timings,
-    }
-
-
-def _tokenizer_kind(tokenizer: Tokenizer | None) -> str | None:
-    if isinstance(tokenizer, ByteTokenizer):
-        return "bytes"
-    if isinstance(tokenizer, HFTokenizer):
-        return TOKENIZER_DIR
-    return None
-
-
-def _write(staged: Path, result: CompileResult) -> None:
-    save_model(result.model, staged / MODEL_FILE)
-    for name, model in result.files.items():
-        save_model(model, staged / name)
-    (staged / RECORD_FILE).write_text(json.dumps(result.record, indent=2) + "\n")
-    if isinstance(result.tokenizer, HFTokenizer):
-        result.tokenizer.tokenizer.save_pretrained(staged / TOKENIZER_DIR)
+    return build_record(
+        target=target, source=captured.source, inputs=list(captured.input_names),
+        outputs=list(captured.output_names), layers=layer_records(program), config=config,
+        timings=timings, calibration_source=calibration_source, tokenizer=tokenizer,
+        fold_notes=program.meta.get("afmc_fold_notes", []),
+        dependencies=analog_dependencies(program),
+    )
 
 
 def load_tokenizer_for(out_dir: Path) -> Tokenizer:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -60,12 +61,16 @@ def _quiet_libraries() -> None:
 
 @app.command()
 def compile(  # noqa: A001
-    model: Annotated[str, typer.Argument(help="afmc-tiny, or a Hugging Face model directory")],
+    model: Annotated[str, typer.Argument(
+        help="afmc-tiny, a Hugging Face model directory, or an ONNX file (*.onnx)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory")],
     target: Annotated[str, typer.Option(help="aimc, int8, int4 or fp")] = "aimc",
     config: Annotated[Path | None, typer.Option(help="YAML/JSON configuration file")] = None,
     calib: Annotated[str | None, typer.Option(
-        help="Calibration text file (default for afmc-tiny: its training text)")] = None,
+        help="Calibration data: a text file (language models; default for afmc-tiny: its "
+             "training text) or tensors (.npy, .npz keyed by input name, .pt)")] = None,
+    tokenizer: Annotated[str | None, typer.Option(
+        help="ONNX input: tokenizer directory (or 'bytes') for text calibration")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a field: section.field=value (repeatable)")] = None,
     digital: Annotated[list[str] | None, typer.Option(
@@ -88,19 +93,25 @@ def compile(  # noqa: A001
             overrides.append(f"placement.digital={json.dumps(list(digital))}")
         cfg = load_config(config, overrides)
         from afmc.api import compile as compile_model
+        from afmc.passes.onnx.static_layers import UnsupportedLayerWarning
         from afmc.targets import get_target
 
         get_target(target)
         if output.exists() and not force:
             raise FileExistsError(f"{output}: output exists (use --force to overwrite)")
-        with console.status("compiling") as status:
+        with warnings.catch_warnings(record=True) as caught, \
+                console.status("compiling") as status:
+            warnings.simplefilter("always", UnsupportedLayerWarning)
             result = compile_model(
                 model, target, cfg, calibration=calib, output=output, force=force,
                 passes=[name.strip() for name in passes.split(",") if name.strip()]
                 if passes is not None else None,
                 skip=list(skip or []), verify=verify, save_intermediate=save_intermediate,
-                progress=lambda step: status.update(f"compiling: {step}"),
+                tokenizer=tokenizer, progress=lambda step: status.update(f"compiling: {step}"),
             )
+        for warning in caught:
+            if issubclass(warning.category, UnsupportedLayerWarning):
+                typer.echo(f"warning: {warning.message}", err=True)
         _print_compile_summary(result.record, output)
 
 

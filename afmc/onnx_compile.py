@@ -11,7 +11,6 @@ See docs/onnx-input.md.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -25,36 +24,22 @@ import onnx_ir as ir
 
 import afmc.passes  # noqa: F401  (registers the passes)
 from afmc import lowering, ops
-from afmc.capture.onnx_export import save_model
 from afmc.capture.onnx_model import load_onnx_model
 from afmc.config import AfmcConfig
-from afmc.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
-from afmc.passes.fx.fold_common import NOTES_KEY
 from afmc.data.tensors import SUFFIXES as TENSOR_SUFFIXES
 from afmc.data.tensors import load_tensor_batches
 from afmc.data.text_source import read_text
-from afmc.mapping import map_all_strategies
+from afmc.data.tokenizer import Tokenizer
+from afmc.passes.fx.fold_common import NOTES_KEY
 from afmc.passes.layers import META_KEY, LayerRecord
 from afmc.passes.onnx.place_layers import onnx_layer_records
-from afmc.passes.registry import get_pass
-from afmc.runtime.chip import MODEL_FILE, RECORD_FILE
+from afmc.passes.registry import get_pass, resolve_passes
+from afmc.record import build_record, write_outputs
 from afmc.targets import get_target
 
 Progress = Callable[[str], None]
 Batch = dict[str, np.ndarray]
 OnnxPassSpec = str | ir.passes.PassBase
-
-ONNX_PASSES: dict[str, tuple[str, ...]] = {
-    "aimc": (
-        "onnx-upgrade-opset",
-        "onnx-fold-norms",
-        "onnx-place-layers",
-        "onnx-insert-analog-linear",
-        "onnx-calibrate",
-    ),
-    "fp": (),
-}
-"""The ONNX passes each target runs on an ONNX input, in order."""
 
 CALIBRATE_PASS = "onnx-calibrate"
 
@@ -91,7 +76,7 @@ def compile_onnx(
 
     `calibration_batches`: inputs of the model keyed by graph input name (needed by
     targets that calibrate, aimc). `passes` replaces the target's ONNX pass list
-    (ONNX_PASSES) with registered ONNX pass names or your own onnx_ir passes; `skip`
+    (Target.onnx_passes) with registered ONNX pass names or your own onnx_ir passes; `skip`
     drops passes by name. `tokenizer` (a language model's) is recorded and saved beside
     the model so `afmc run` / `afmc eval` can read text; `calibration_source` names the
     calibration data in the record (default: "user batches").
@@ -138,7 +123,7 @@ def compile_onnx(
         compiled = OnnxCompileResult(model, record, None, tokenizer)
         if staged is not None:
             say("write")
-            _write(staged, compiled)
+            write_outputs(staged, compiled.model, compiled.record, compiled.tokenizer)
             lowering.publish_directory(staged, Path(output))
             compiled.output = Path(output)
         return compiled
@@ -152,28 +137,16 @@ def _resolve_passes(
     target: str, passes: Sequence[OnnxPassSpec] | None, skip: Sequence[str]
 ) -> dict[str, OnnxPassSpec]:
     """The passes of a compile by step name: `passes` or the target's, less `skip`."""
-    if passes is None:
-        if target not in ONNX_PASSES:
-            raise ValueError(
-                f"target {target!r} does not take ONNX input (ONNX targets: "
-                f"{', '.join(ONNX_PASSES)})"
-            )
-        passes = ONNX_PASSES[target]
+    chosen = get_target(target)
+    if passes is None and chosen.onnx_passes is None:
+        raise ValueError(f"target {target!r} does not take ONNX input")
     steps: dict[str, OnnxPassSpec] = {}
-    for spec in passes:
-        if isinstance(spec, str) and get_pass(spec).level != "onnx":
-            raise ValueError(f"pass {spec!r} runs on torch FX graphs, not on ONNX models")
+    for spec in resolve_passes(chosen.onnx_passes or (), passes, skip, level="onnx"):
         name = spec if isinstance(spec, str) else type(spec).__name__
         if name in steps:
             raise ValueError(f"pass {name!r} is listed twice")
         steps[name] = spec
-    for name in skip:
-        get_pass(name)
-        if name not in steps:
-            raise ValueError(
-                f"--skip {name}: not among the passes of this compile ({', '.join(steps)})"
-            )
-    return {name: spec for name, spec in steps.items() if name not in skip}
+    return steps
 
 
 def _record(
@@ -185,35 +158,13 @@ def _record(
     calibration_source: str | None,
     tokenizer: Tokenizer | None,
 ) -> dict[str, Any]:
-    layers = onnx_layer_records(model)
-    analog = [layer for layer in layers if layer.placement == "analog"]
-    hardware = config.hardware
-    maps = map_all_strategies(layers, hardware.tile_rows, hardware.tile_cols)
-    tile_map = maps[hardware.tile_strategy]
-    return {
-        "afmc_version": "0.1.0",
-        "target": target,
-        "source": f"onnx:{path}",
-        "inputs": _input_names(model),
-        "outputs": [value.name for value in model.graph.outputs],
-        "tokenizer": _tokenizer_kind(tokenizer),
-        "calibration": calibration_source,
-        "config": config.model_dump(mode="json"),
-        "summary": {
-            "analog_layers": len(analog),
-            "digital_layers": len(layers) - len(analog),
-            "tiles": tile_map.tiles,
-            "tile_strategy": hardware.tile_strategy,
-            "tile_utilization": tile_map.utilization,
-            "tiles_by_strategy": {name: m.tiles for name, m in maps.items()},
-            "analog_weights": sum(layer.in_features * layer.out_features for layer in analog),
-        },
-        "layers": [layer.to_json() for layer in layers],
-        "fold_notes": model.meta.get(NOTES_KEY, []),
-        "tile_map": tile_map.to_json(),
-        "dependencies": [list(edge) for edge in analog_dependencies(model)],
-        "passes": timings,
-    }
+    return build_record(
+        target=target, source=f"onnx:{path}", inputs=_input_names(model),
+        outputs=[value.name for value in model.graph.outputs],
+        layers=onnx_layer_records(model), config=config, timings=timings,
+        calibration_source=calibration_source, tokenizer=tokenizer,
+        fold_notes=model.meta.get(NOTES_KEY, []), dependencies=analog_dependencies(model),
+    )
 
 
 def _input_names(model: ir.Model) -> list[str]:
@@ -248,25 +199,6 @@ def analog_dependencies(model: ir.Model) -> list[tuple[str, str]]:
 def _analog_name(node: ir.Node | None) -> str | None:
     record = node.meta.get(META_KEY) if node is not None else None
     return record.name if record is not None and record.placement == "analog" else None
-
-
-def _tokenizer_kind(tokenizer: Tokenizer | None) -> str | None:
-    from afmc.api import TOKENIZER_DIR
-
-    if isinstance(tokenizer, ByteTokenizer):
-        return "bytes"
-    if isinstance(tokenizer, HFTokenizer):
-        return TOKENIZER_DIR
-    return None
-
-
-def _write(staged: Path, compiled: OnnxCompileResult) -> None:
-    from afmc.api import TOKENIZER_DIR
-
-    save_model(compiled.model, staged / MODEL_FILE)
-    (staged / RECORD_FILE).write_text(json.dumps(compiled.record, indent=2) + "\n")
-    if isinstance(compiled.tokenizer, HFTokenizer):
-        compiled.tokenizer.tokenizer.save_pretrained(staged / TOKENIZER_DIR)
 
 
 def onnx_input_names(path: str | os.PathLike) -> list[str]:

@@ -48,7 +48,7 @@ PassSpec = str | Callable[..., object]
 
 
 def resolve_passes(default: tuple[str, ...], passes: list[PassSpec] | None,
-                   skip: list[str] | tuple[str, ...] = ()) -> list[PassSpec]:
+                   skip: list[str] | tuple[str, ...] = (), level: Level = "fx") -> list[PassSpec]:
     """The pass list of a compile: `passes` (names or pass objects) or the target's default,
     less the names in `skip`. Unknown names, and skips naming no pass of the list, are errors.
     """
@@ -56,8 +56,9 @@ def resolve_passes(default: tuple[str, ...], passes: list[PassSpec] | None,
     for spec in chosen:
         if isinstance(spec, str):
             info = get_pass(spec)
-            if info.level != "fx":
-                raise ValueError(f"pass {spec!r} runs on ONNX graphs, not on the torch program")
+            if info.level != level:
+                graph = "ONNX models" if info.level == "onnx" else "the torch program"
+                raise ValueError(f"pass {spec!r} runs on {graph}, not on this input")
     names = {spec for spec in chosen if isinstance(spec, str)}
     for name in skip:
         get_pass(name)

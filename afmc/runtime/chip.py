@@ -23,11 +23,9 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from afmc.record import MODEL_FILE, RECORD_FILE
 from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
 from afmc.runtime.views import fp_reference, with_read_noise
-
-MODEL_FILE = "model.onnx"
-RECORD_FILE = "afmc.json"
 
 
 def load_record(out_dir: Path) -> dict[str, Any]:

@@ -45,6 +45,7 @@ class Target:
     fx_passes: tuple[str, ...]
     needs_calibration: bool | Callable[[AfmcConfig], bool]
     post_lower: Callable[[LowerContext], ir.Model] | None = None
+    onnx_passes: tuple[str, ...] | None = None  # for ONNX input; None: not supported
 
     def calibrates(self, config: AfmcConfig) -> bool:
         """Whether a compile with `config` needs calibration batches."""
@@ -70,6 +71,8 @@ TARGETS: dict[str, Target] = {
         "analog in-memory computing: 8-bit DAC/ADC crossbar layers, programming noise per chip",
         ("fold-batchnorm", "fold-norms", "place-layers", "insert-analog-linear", "calibrate"),
         needs_calibration=True,
+        onnx_passes=("onnx-upgrade-opset", "onnx-fold-norms", "onnx-place-layers",
+                     "onnx-insert-analog-linear", "onnx-calibrate"),
     ),
     "int8": Target(
         "int8",
@@ -86,7 +89,7 @@ TARGETS: dict[str, Target] = {
         post_lower=_int4,
     ),
     "fp": Target("fp", "floating-point reference: the captured model, lowered unchanged", (),
-                 needs_calibration=False),
+                 needs_calibration=False, onnx_passes=()),
 }
 
 

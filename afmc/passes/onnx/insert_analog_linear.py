@@ -18,6 +18,7 @@ onnxruntime.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -104,6 +105,7 @@ def _exclusive(layer: OnnxLayer) -> bool:
 def _rewrite(
     graph: ir.Graph, names: Names, layer: OnnxLayer, record: LayerRecord, hw: HardwareConfig
 ) -> None:
+    layer = dataclasses.replace(layer, name=record.name)
     node = layer.node
     alpha = node.attributes.get_float("alpha", 1.0) if node.op_type == "Gemm" else 1.0
     if layer.layout == "nk" and alpha == 1.0 and _exclusive(layer):

@@ -6,8 +6,9 @@ initializer name matches one of the configured `digital` regular expressions
 (re.search; the first matching pattern is recorded). A pattern that matches no
 layer is an error naming the pattern. A layer afmc cannot map to an analog op
 stays digital with the reason as its rule, and a warning
-(UnsupportedLayerWarning). The LayerRecord goes on the node (``node.meta["afmc"]``)
-and its placement into the node's metadata_props, so it survives in the file.
+(UnsupportedLayerWarning). A name already taken (a module run twice) gets a
+suffix _1, _2, ... The LayerRecord goes on the node (``node.meta["afmc"]``) and
+its name and placement into the node's metadata_props, so they survive in the file.
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ class PlaceOnnxLayers(ir.passes.InPlacePass):
                 raise ConfigError(f"placement.digital: bad pattern {pattern!r}: {error}") from None
         layers = find_static_layers(model.graph)
         used: set[str] = set()
+        names: set[str] = set()
         for layer in layers:
-            subjects = [layer.name, layer.weight.name or ""]
+            name = _unique(layer.name, names)
+            subjects = [name, layer.weight.name or ""]
             match = next(
                 (p for p, regex in compiled if any(regex.search(subject) for subject in subjects)),
                 None,
@@ -60,7 +63,7 @@ class PlaceOnnxLayers(ir.passes.InPlacePass):
             if layer.unsupported:
                 rule = f"digital: {layer.unsupported}"
                 warnings.warn(
-                    f"{layer.name}: stays digital: {layer.unsupported}",
+                    f"{name}: stays digital: {layer.unsupported}",
                     UnsupportedLayerWarning,
                     stacklevel=1,
                 )
@@ -68,16 +71,26 @@ class PlaceOnnxLayers(ir.passes.InPlacePass):
                 rule = f"digital: {match}" if match else DEFAULT_RULE
             placement = "digital" if match or layer.unsupported else "analog"
             layer.node.meta[META_KEY] = LayerRecord(
-                name=layer.name,
+                name=name,
                 in_features=layer.in_features,
                 out_features=layer.out_features,
                 placement=placement,
                 rule=rule,
                 weight=layer.weight.name or "",
             )
-            layer.node.metadata_props[LAYER_PROP] = layer.name
+            layer.node.metadata_props[LAYER_PROP] = name
             layer.node.metadata_props[PLACEMENT_PROP] = placement
         unused = [pattern for pattern in self.patterns if pattern not in used]
         if unused:
             raise ConfigError(f"placement.digital: pattern {unused[0]!r} matches no layer")
         return ir.passes.PassResult(model, bool(layers))
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """`name`, or `name_1`, `name_2`, ... when a layer already has it (a module run twice)."""
+    unique, index = name, 0
+    while unique in taken:
+        index += 1
+        unique = f"{name}_{index}"
+    taken.add(unique)
+    return unique

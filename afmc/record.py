@@ -1,0 +1,90 @@
+"""The compile record: what OUT/afmc.json and the ONNX metadata say about a compiled model.
+
+One builder for both front ends (torch program, ONNX file), so the record keeps
+one shape: configuration, placement and slices per layer, the tile map of the
+configured strategy (and tile counts of all), data dependencies, fold notes,
+and the time each step took.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from afmc.capture.onnx_export import save_model
+from afmc.config import AfmcConfig
+from afmc.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
+from afmc.mapping import map_all_strategies
+from afmc.passes.layers import LayerRecord
+
+TOKENIZER_DIR = "tokenizer"
+MODEL_FILE = "model.onnx"
+RECORD_FILE = "afmc.json"
+
+
+def tokenizer_kind(tokenizer: Tokenizer | None) -> str | None:
+    """How afmc.json names the tokenizer: "bytes", the tokenizer folder, or none."""
+    if isinstance(tokenizer, ByteTokenizer):
+        return "bytes"
+    if isinstance(tokenizer, HFTokenizer):
+        return TOKENIZER_DIR
+    return None
+
+
+def build_record(
+    *,
+    target: str,
+    source: str,
+    inputs: list[str],
+    outputs: list[str],
+    layers: list[LayerRecord],
+    config: AfmcConfig,
+    timings: list[dict[str, Any]],
+    calibration_source: str | None,
+    tokenizer: Tokenizer | None,
+    fold_notes: list[dict[str, Any]],
+    dependencies: list[tuple[str, str]],
+) -> dict[str, Any]:
+    """The record of one compile."""
+    analog = [layer for layer in layers if layer.placement == "analog"]
+    hardware = config.hardware
+    maps = map_all_strategies(layers, hardware.tile_rows, hardware.tile_cols)
+    tile_map = maps[hardware.tile_strategy]
+    return {
+        "afmc_version": "0.1.0",
+        "target": target,
+        "source": source,
+        "inputs": inputs,
+        "outputs": outputs,
+        "tokenizer": tokenizer_kind(tokenizer),
+        "calibration": calibration_source,
+        "config": config.model_dump(mode="json"),
+        "summary": {
+            "analog_layers": len(analog),
+            "digital_layers": len(layers) - len(analog),
+            "tiles": tile_map.tiles,
+            "tile_strategy": hardware.tile_strategy,
+            "tile_utilization": tile_map.utilization,
+            "tiles_by_strategy": {name: m.tiles for name, m in maps.items()},
+            "analog_weights": sum(layer.in_features * layer.out_features for layer in analog),
+        },
+        "layers": [layer.to_json() for layer in layers],
+        "fold_notes": list(fold_notes),
+        "tile_map": tile_map.to_json(),
+        "dependencies": [list(edge) for edge in dependencies],
+        "passes": timings,
+    }
+
+
+def write_outputs(staged: Path, model: ir.Model, record: dict[str, Any],
+                  tokenizer: Tokenizer | None, files: dict[str, ir.Model] | None = None) -> None:
+    """Write model.onnx, any extra ONNX files, afmc.json and the tokenizer into `staged`."""
+    save_model(model, staged / MODEL_FILE)
+    for name, extra in (files or {}).items():
+        save_model(extra, staged / name)
+    (staged / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    if isinstance(tokenizer, HFTokenizer):
+        tokenizer.tokenizer.save_pretrained(staged / TOKENIZER_DIR)
