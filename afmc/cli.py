@@ -205,7 +205,7 @@ def eval_(
             task = bar.add_task("fp", total=None)
 
             def on_result(name: str, value: float) -> None:
-                out.print(f"{name:>8}: perplexity {value:.4f}")
+                out.print(f"{name:>30}: perplexity {value:.4f}")
 
             def progress(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
@@ -222,6 +222,7 @@ def eval_(
                       f"{report.mean:.4f} +- {report.std:.4f} ({report.tokens} tokens)")
         if json_out:
             json_out.write_text(json.dumps({"tokens": report.tokens, "fp": report.fp,
+                                            "noise_free": report.noise_free,
                                             "chips": report.chips, "mean": report.mean,
                                             "std": report.std}, indent=2))
 

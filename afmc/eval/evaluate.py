@@ -27,6 +27,7 @@ class EvalReport:
     fp: float
     chips: dict[int, float] = field(default_factory=dict)
     digital: str | None = None
+    noise_free: float | None = None
 
     @property
     def mean(self) -> float:
@@ -56,6 +57,11 @@ def evaluate(out_dir: Path, ids: np.ndarray, seeds: list[int], *, seq_len: int =
     if is_digital(record):
         report.digital = record["target"]
         seeds = [0]
+    elif record["summary"].get("analog_layers"):
+        chip = open_chip(out_dir, None, read_noise=read_noise)
+        report.noise_free = chip_perplexity(chip, windows, batch_size, progress)
+        if on_result:
+            on_result("analog, no programming noise", report.noise_free)
     for seed in seeds:
         chip = open_chip(out_dir, seed, read_noise=read_noise)
         report.chips[seed] = chip_perplexity(chip, windows, batch_size, progress)

@@ -13,7 +13,9 @@ Rules:
   compile is an error naming the pattern (the int8 target ignores the option).
 - The floating-point lowering is kept as OUT/reference.onnx: the FP view `afmc eval`
   compares against.
-- The record: each layer's `precision` ("int8", "int4", "fp"), and a "digital" section
+- The record: each layer's `precision` ("int8", "int4", "fp") and placement "digital"
+  (no layer of a digital target sits on analog tiles, so none is tile-mapped; `rule`
+  still names the placement rule that chose the precision), and a "digital" section
   with the reference file, the layer counts per precision, the ONNX node computing each
   quantized layer and the precision of each embedding table.
 """
@@ -116,6 +118,7 @@ def lower_digital(context: LowerContext, target: DigitalTarget) -> ir.Model:
         nodes.setdefault(by_node[node], []).append(new_name)
     for layer in context.layers:
         layer.precision = chosen.get(layer.name, "fp")
+        layer.placement = "digital"
     context.files[REFERENCE_FILE] = context.model
     context.record["digital"] = {
         "reference": REFERENCE_FILE,
