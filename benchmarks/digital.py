@@ -29,6 +29,7 @@ rotated every round) after warm-up calls; the reported value is the median, the 
 ratio of medians. ONNX Runtime's CPU provider runs with ``--threads`` intra-op threads.
 
     python benchmarks/digital.py [--threads 2] [--repeats 30] [--tokens 65536] [--skip large]
+                                 [--gptq]   # also int4-gptq-b32 on afmc-tiny
 
 Targets (issue 4): int4 linear weights <= 0.2x fp; int4 batch-1 latency <= 0.5x fp on the
 large model; int8 perplexity within +5% of fp on afmc-tiny.
@@ -68,6 +69,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "int4-b32": ("int4", ["digital.int4_block_size=32"]),
     "int4-b128": ("int4", ["digital.int4_block_size=128"]),
 }
+GPTQ = {"int4-gptq-b32": ("int4", ["digital.int4_algorithm=gptq", "digital.int4_block_size=32"])}
 TARGET_INT4_LINEAR = 0.2
 TARGET_INT4_BATCH1 = 0.5
 TARGET_INT8_PERPLEXITY = 0.05
@@ -154,9 +156,11 @@ def time_interleaved(
     return {name: float(np.median(values)) for name, values in samples.items()}
 
 
-def compile_variants(model: str | Path, root: Path, calibration: Any) -> dict[str, Path]:
+def compile_variants(
+    model: str | Path, root: Path, calibration: Any, variants: dict[str, tuple[str, list[str]]]
+) -> dict[str, Path]:
     outputs = {}
-    for name, (target, overrides) in VARIANTS.items():
+    for name, (target, overrides) in variants.items():
         start = time.perf_counter()
         afmc.api.compile(
             model, target, load_config(None, overrides), calibration=calibration, output=root / name
@@ -257,6 +261,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls per variant")
     parser.add_argument("--tokens", type=int, default=65536, help="held-out tokens to score")
     parser.add_argument("--skip", nargs="*", default=[], choices=["tiny", "large"])
+    parser.add_argument("--gptq", action="store_true", help="also int4 with GPTQ on afmc-tiny")
     args = parser.parse_args()
     quiet_libraries()
     torch.set_num_threads(args.threads)
@@ -278,7 +283,8 @@ def main() -> None:
                 else "afmc-tiny's configuration, RANDOM weights (afmc-tiny not trained yet)"
             )
             print(f"\n{label}")
-            outputs = compile_variants(model, tmp / "tiny-out", "stdlib:train")
+            variants = VARIANTS | (GPTQ if args.gptq else {})
+            outputs = compile_variants(model, tmp / "tiny-out", "stdlib:train", variants)
             heldout = ByteTokenizer().encode(stdlib_text("heldout"))
             bench_model(
                 f"{label}; perplexity on {args.tokens} held-out bytes", outputs, args, heldout
@@ -290,7 +296,7 @@ def main() -> None:
             model_dir = random_model_dir(large_config(), tmp / "large")
             generator = torch.Generator().manual_seed(0)
             batches = [(torch.randint(0, 256, (2, 64), generator=generator),) for _ in range(4)]
-            outputs = compile_variants(model_dir, tmp / "large-out", batches)
+            outputs = compile_variants(model_dir, tmp / "large-out", batches, VARIANTS)
             bench_model("large random Llama (411 MB FP32 weights)", outputs, args, None)
 
 

@@ -32,6 +32,13 @@ targets are judged on it) and the ratio of the fastest calls (``min-r``, an esti
 an otherwise idle machine). ONNX Runtime runs with ``--threads`` intra-op threads (default
 2) for every session, and torch with the same number of threads.
 
+ORT's worker threads are told not to spin-wait (``session.intra_op.allow_spinning = 0``,
+all sessions alike) unless ``--spin`` is given: every session has its own thread pool, and
+on a machine with as few cores as threads, the workers of the session that just ran keep
+spinning and slow down the next one (and any other process), so interleaved timings with
+spinning mostly measure that contention (seen on 2 shared cores: the FP linear layer's
+median 15 ms against a minimum of 3 ms with spinning, 1.6 ms median and minimum without).
+
 afmc-tiny is compiled from the built-in model when its weights
 (``afmc/models/afmc-tiny/model.safetensors``) exist; otherwise a randomly initialised
 LlamaForCausalLM of the same architecture (hidden 256, 4 layers, 4 heads, intermediate
@@ -43,7 +50,7 @@ stored weights (``seed=None``); if it does not, the programming noise did not re
 computation (onnxruntime folds weight-only subgraphs from the file's initializers before
 the ``add_initializer`` weights replace them).
 
-    python benchmarks/sim_overhead.py [--threads 2] [--repeats 100] [--warmup 10] [--no-spin]
+    python benchmarks/sim_overhead.py [--threads 2] [--repeats 100] [--warmup 10] [--spin]
         [--skip tiny linear aihwkit] [--json PATH]
 
 Targets: <= 1.15x without read noise, <= 1.6x with read noise.
@@ -365,17 +372,17 @@ def main() -> None:
         help="parts to leave out",
     )
     parser.add_argument(
-        "--no-spin",
+        "--spin",
         action="store_true",
-        help="ORT worker threads block instead of spin-waiting (all sessions)",
+        help="keep ORT's default spin-waiting worker threads (default: off for all sessions)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.no_spin:
+    if not args.spin:
         disable_spinning()
     report: dict[str, Any] = {
         "threads": args.threads,
-        "ort_spinning": not args.no_spin,
+        "ort_spinning": args.spin,
         "repeats": args.repeats,
         "warmup": args.warmup,
         "targets": {"no_read_noise": TARGET_NO_READ_NOISE, "read_noise": TARGET_READ_NOISE},
@@ -388,7 +395,7 @@ def main() -> None:
         },
     }
     print(
-        f"sim_overhead: {args.threads} threads (ORT spinning {'off' if args.no_spin else 'on'}), "
+        f"sim_overhead: {args.threads} threads (ORT spinning {'on' if args.spin else 'off'}), "
         f"{args.repeats} interleaved repeats, "
         f"{args.warmup} warm-up; ratio = median(variant) / median(baseline), "
         "med(r) = median of per-round ratios, min-r = ratio of fastest calls"

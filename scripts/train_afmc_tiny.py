@@ -71,8 +71,12 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
 
 
 def save_model(model: LlamaForCausalLM, out: Path) -> None:
-    """Write ``config.json`` (float32) and float16 ``model.safetensors`` to ``out``."""
+    """Write ``config.json`` and float16 ``model.safetensors`` to ``out``.
+
+    The config declares float32, so a plain ``from_pretrained`` upcasts the weights.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    model.config.dtype = torch.float32
     model.config.save_pretrained(out)
     weights = {
         name: tensor.detach().to(torch.float16).contiguous()

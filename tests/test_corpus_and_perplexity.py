@@ -128,7 +128,7 @@ def test_shipped_afmc_tiny_is_a_good_byte_model():
 
     model_dir = resolve_model_path("afmc-tiny")
     assert not (model_dir / "tokenizer.json").exists()
-    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = LlamaForCausalLM.from_pretrained(model_dir).eval()
     assert model.config.vocab_size == 256
     assert not model.config.tie_word_embeddings
     assert all(p.dtype == torch.float32 for p in model.parameters())
