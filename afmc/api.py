@@ -80,7 +80,7 @@ def _default_calibration_text(model: str) -> tuple[str, str]:
     if model in BUILTIN_MODELS:
         from afmc.data.corpus import stdlib_text
 
-        return stdlib_text("train"), "afmc-tiny training text (Python standard library)"
+        return stdlib_text("calibration"), "afmc-tiny calibration text (stdlib training files)"
     raise ValueError(f"{model}: no calibration data; pass --calib FILE (text the model reads)")
 
 

@@ -51,6 +51,11 @@ def register_function(
     return decorate
 
 
+def op_types() -> list[str]:
+    """Every registered afmc op type."""
+    return sorted(_FUNCTIONS)
+
+
 def function_protos(op_types: set[str], opset: int) -> list[FunctionProto]:
     """The function bodies of the given afmc op types, for a model of this opset."""
     if opset < MIN_OPSET:
