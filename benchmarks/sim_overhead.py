@@ -36,8 +36,8 @@ ORT's worker threads are told not to spin-wait (``session.intra_op.allow_spinnin
 all sessions alike) unless ``--spin`` is given: every session has its own thread pool, and
 on a machine with as few cores as threads, the workers of the session that just ran keep
 spinning and slow down the next one (and any other process), so interleaved timings with
-spinning mostly measure that contention (seen on 2 shared cores: the FP linear layer's
-median 15 ms against a minimum of 3 ms with spinning, 1.6 ms median and minimum without).
+spinning mostly measure that contention (seen on 2 shared cores, FP linear layer at 2
+threads: 3-23 ms from 10th to 90th percentile with spinning, 1.6-1.7 ms without).
 
 afmc-tiny is compiled from the built-in model when its weights
 (``afmc/models/afmc-tiny/model.safetensors``) exist; otherwise a randomly initialised
@@ -59,6 +59,7 @@ Targets: <= 1.15x without read noise, <= 1.6x with read noise.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import tempfile
@@ -181,7 +182,7 @@ class OneLinear(nn.Module):
         return self.fc(x)
 
 
-def tiny_llama_dir(tmp: Path) -> tuple[str | Path, str, str | None]:
+def tiny_model(tmp: Path) -> tuple[str | Path, str, str | None]:
     """The model argument for afmc-tiny: the built-in one when trained, else a random Llama.
 
     Returns (model, description, calibration); calibration None means the built-in default.
@@ -248,6 +249,8 @@ def bench_onnx(
         args.repeats,
         args.warmup,
     )
+    del chips
+    gc.collect()
     targets = {"aimc": TARGET_NO_READ_NOISE, "aimc + read noise": TARGET_READ_NOISE}
     results = summarize(times, "fp", targets)
     print_group(f"{label}: ONNX Runtime, {args.threads} intra-op threads", results)
@@ -403,7 +406,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="afmc-sim-overhead-") as tmp_name:
         tmp = Path(tmp_name)
         if "tiny" not in args.skip:
-            model, description, calibration = tiny_llama_dir(tmp)
+            model, description, calibration = tiny_model(tmp)
             kwargs = {} if calibration is None else {"calibration": calibration}
             seconds = compile_timed(model, tmp / "tiny", **kwargs)
             print(f"\nafmc-tiny: {description}; compile for aimc took {seconds:.1f} s")
