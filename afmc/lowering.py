@@ -25,6 +25,7 @@ from torch import fx
 from afmc import ops
 from afmc.capture.onnx_export import to_onnx_model
 from afmc.ops import onnx_domain
+from afmc.ops.analog_linear import ANALOG_OP_TYPES, slice_overload, sliced_function
 
 METADATA_KEY = "afmc"
 
@@ -44,15 +45,38 @@ def export_program(
 
 
 def attach_afmc_functions(model: ir.Model) -> None:
-    """Add the model-local function of every afmc op type the graph uses."""
-    used = {node.op_type for node in model.graph.all_nodes() if node.domain == ops.DOMAIN}
-    if not used:
+    """Add the model-local function of every afmc op the graph uses.
+
+    Each analog linear node gets the overload of its slice count (the length of
+    its input_range) and the function body specialised to it
+    (analog_linear.sliced_function); other afmc ops get their generic body.
+    """
+    nodes = [node for node in model.graph.all_nodes() if node.domain == ops.DOMAIN]
+    if not nodes:
         return
     opset = model.opset_imports.get("", onnx_domain.MIN_OPSET)
     model.opset_imports[ops.DOMAIN] = ops.VERSION
-    for proto in ops.function_protos(used, opset):
+    protos, generic = {}, set()
+    for node in nodes:
+        if node.op_type in ANALOG_OP_TYPES:
+            slices = _slice_count(node)
+            node.overload = slice_overload(slices)
+            protos[(node.op_type, slices)] = None
+        else:
+            generic.add(node.op_type)
+    functions = ops.function_protos(generic, opset) + [
+        sliced_function(op_type, opset, slices) for op_type, slices in sorted(protos)]
+    for proto in functions:
         function = ir.serde.deserialize_function(proto)
         model.functions[function.identifier()] = function
+
+
+def _slice_count(node: ir.Node) -> int:
+    ranges = node.inputs[2]
+    if ranges is None or ranges.shape is None or len(ranges.shape) != 1 \
+            or not isinstance(ranges.shape[0], int):
+        raise ValueError(f"analog node {node.name}: input_range must be a static 1-D tensor")
+    return ranges.shape[0]
 
 
 def set_metadata(model: ir.Model, record: dict[str, Any]) -> None:
@@ -72,7 +96,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
 def analog_nodes(model: ir.Model) -> list[ir.Node]:
     """The afmc analog linear nodes, in graph order."""
     return [node for node in model.graph if node.domain == ops.DOMAIN
-            and node.op_type in ("AnalogLinear", "NoisyAnalogLinear")]
+            and node.op_type in ANALOG_OP_TYPES]
 
 
 def source_initializer(value: ir.Value) -> ir.Value:

@@ -139,3 +139,31 @@ def test_calibrated_ranges_follow_the_data(compiled):
     ranges = [result.program.get_parameter(r.input_range) for r in result.layers]
     assert all(bool((r > 0).all()) for r in ranges)
     assert len({round(float(r[0]), 5) for r in ranges}) > 3, "ranges were not calibrated"
+
+
+def test_chip_runs_the_programmed_weights_on_a_static_shape_model(tmp_path):
+    """With static shapes onnxruntime folds the weight-only part of the analog body at
+    load; the chip must still run the programmed (noisy) weights, not the stored ones."""
+    from afmc.runtime.chip import programmed_weights
+    from afmc.runtime.noise import NoiseConfig
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(96, 48), torch.nn.ReLU(), torch.nn.Linear(48, 8))
+    x = torch.randn(16, 96)
+    config = load_config(None, ["hardware.max_in=40", "noise.model=additive",
+                                "noise.additive_std=0.2"])
+    result = afmc_compile(module.eval(), "aimc", config, example_inputs=(x,),
+                          calibration=[(x,)], output=tmp_path / "out")
+    out = tmp_path / "out"
+    stored = open_chip(out, seed=None).run(x.numpy())
+    chip = open_chip(out, seed=5).run(x.numpy())
+    assert np.abs(chip - stored).max() > 1e-3, "programming noise was folded away"
+    model = onnx.load(str(out / "model.onnx"))
+    weights = programmed_weights(model, result.record, NoiseConfig(model="additive",
+                                                                   additive_std=0.2), 5)
+    program = result.program
+    with torch.no_grad():
+        for layer in result.layers:
+            program.get_parameter(layer.weight).copy_(torch.from_numpy(weights[layer.onnx_weight]))
+        expected = program(x).numpy()
+    assert np.abs(chip - expected).max() <= _output_adc_step(result)

@@ -165,7 +165,7 @@ def _analog_linear_body(opset: int, noisy: bool) -> FunctionProto:
         ints_constant("r_shape", [-1, 1, 1]),
         # Shapes: n slices of k inputs, M rows of X.
         helper.make_node("Shape", ["input_range"], ["n"]),
-        helper.make_node("Shape", ["X"], ["k_total"], start=-1),
+        helper.make_node("Shape", ["W"], ["k_total"], start=-1),
         helper.make_node("Div", ["k_total", "n"], ["k"]),
         helper.make_node("Shape", ["X"], ["lead"], end=-1),
         # Weight-only constants (folded by the runtime): W as [n, k, N], w_max [n, 1, N].
@@ -242,6 +242,113 @@ _ATTRIBUTES: dict[str, tuple[float | list[int], str]] = {
     "out_res": (254.0, "ADC steps over [-b, b] (254: 8 bit)"),
     "out_bound": (14.0, "ADC bound b = out_bound * r * max|W row slice|"),
 }
+
+
+def _common_constants(noisy: bool) -> list:
+    nodes = [
+        attribute_constant("inp_res", "inp_res"),
+        attribute_constant("out_res", "out_res"),
+        attribute_constant("out_bound", "out_bound"),
+        helper.make_node("Constant", [], ["two"], value_float=2.0),
+        helper.make_node("Constant", [], ["tiny"], value_float=_TINY),
+        helper.make_node("Div", ["inp_res", "two"], ["h_in"]),
+        helper.make_node("Div", ["out_res", "two"], ["h_out"]),
+        helper.make_node("Neg", ["h_in"], ["neg_h_in"]),
+        helper.make_node("Neg", ["h_out"], ["neg_h_out"]),
+        helper.make_node("Div", ["h_out", "h_in"], ["level_ratio"]),
+        helper.make_node("Div", ["level_ratio", "out_bound"], ["w_scale"]),
+        ints_constant("axis1", [1]),
+    ]
+    if noisy:
+        nodes.append(attribute_constant("out_noise", "out_noise"))
+    return nodes
+
+
+def sliced_function(op_type: str, opset: int, slices: int) -> FunctionProto:
+    """The body of AnalogLinear / NoisyAnalogLinear specialised to `slices` equal slices.
+
+    Same numbers as the generic body, laid out for speed: X, W and the ranges are
+    split per slice, each slice multiplies by its own 2-D constant weight (which
+    onnxruntime prepacks), and the slice outputs are summed. The lowering gives
+    every analog node the overload ``n<slices>`` of its slice count.
+    """
+    noisy = op_type == "NoisyAnalogLinear"
+    nodes = _common_constants(noisy)
+    if noisy:
+        nodes += [
+            helper.make_node("Constant", [], ["sqrt_n"], value_float=math.sqrt(slices)),
+            helper.make_node("Mul", ["out_noise", "h_out"], ["noise_a"]),
+            helper.make_node("Mul", ["out_bound", "sqrt_n"], ["noise_b"]),
+            helper.make_node("Div", ["noise_a", "noise_b"], ["noise_std"]),
+        ]
+    names = [f"_{i}" for i in range(slices)]
+    if slices > 1:
+        nodes += [
+            helper.make_node("Split", ["X"], [f"x{i}" for i in names], axis=-1,
+                             num_outputs=slices),
+            helper.make_node("Split", ["W"], [f"w{i}" for i in names], axis=1,
+                             num_outputs=slices),
+            helper.make_node("Split", ["input_range"], [f"r_raw{i}" for i in names], axis=0,
+                             num_outputs=slices),
+        ]
+    else:
+        nodes += [helper.make_node("Identity", [src], [f"{dst}_0"])
+                  for src, dst in (("X", "x"), ("W", "w"), ("input_range", "r_raw"))]
+    outputs = []
+    for i in names:
+        nodes += [
+            # Weight-only constants (folded when the session loads the model).
+            helper.make_node("Transpose", [f"w{i}"], [f"w_t{i}"], perm=[1, 0]),
+            helper.make_node("Abs", [f"w{i}"], [f"w_abs{i}"]),
+            helper.make_node("ReduceMax", [f"w_abs{i}", "axis1"], [f"w_max_raw{i}"],
+                             keepdims=0),
+            helper.make_node("Max", [f"w_max_raw{i}", "tiny"], [f"w_max{i}"]),
+            helper.make_node("Div", [f"w_t{i}", f"w_max{i}"], [f"w_unit{i}"]),
+            helper.make_node("Mul", [f"w_unit{i}", "w_scale"], [f"w_eff{i}"]),
+            helper.make_node("Max", [f"r_raw{i}", "tiny"], [f"r{i}"]),
+            helper.make_node("Div", ["h_in", f"r{i}"], [f"in_scale{i}"]),
+            helper.make_node("Mul", [f"r{i}", "out_bound"], [f"bound_per_w{i}"]),
+            helper.make_node("Mul", [f"bound_per_w{i}", f"w_max{i}"], [f"bound{i}"]),
+            helper.make_node("Div", [f"bound{i}", "h_out"], [f"out_step{i}"]),
+            # DAC, crossbar MVM in ADC-level units.
+            helper.make_node("Mul", [f"x{i}", f"in_scale{i}"], [f"x_scaled{i}"]),
+            helper.make_node("Clip", [f"x_scaled{i}", "neg_h_in", "h_in"], [f"x_clipped{i}"]),
+            helper.make_node("Round", [f"x_clipped{i}"], [f"q{i}"]),
+            helper.make_node("MatMul", [f"q{i}", f"w_eff{i}"], [f"z{i}"]),
+        ]
+        level = f"z{i}"
+        if noisy:
+            nodes += [
+                helper.make_node("RandomNormalLike", [level], [f"unit_noise{i}"], mean=0.0,
+                                 scale=1.0),
+                helper.make_node("Mul", [f"unit_noise{i}", "noise_std"], [f"noise{i}"]),
+                helper.make_node("Add", [level, f"noise{i}"], [f"z_noisy{i}"]),
+            ]
+            level = f"z_noisy{i}"
+        out = "Y" if slices == 1 else f"y{i}"
+        nodes += [
+            helper.make_node("Round", [level], [f"z_round{i}"]),
+            helper.make_node("Clip", [f"z_round{i}", "neg_h_out", "h_out"], [f"z_q{i}"]),
+            helper.make_node("Mul", [f"z_q{i}", f"out_step{i}"], [out]),
+        ]
+        outputs.append(out)
+    if slices > 1:
+        nodes.append(helper.make_node("Sum", outputs, ["Y"]))
+    defaults: dict[str, float | list[int]] = {k: v for k, (v, _) in _ATTRIBUTES.items()}
+    if noisy:
+        defaults["out_noise"] = 0.04
+    function = make_function(op_type, ["X", "W", "input_range"], ["Y"], nodes, opset, defaults,
+                             f"{op_type} specialised to {slices} equal input slice(s).")
+    function.overload = slice_overload(slices)
+    return function
+
+
+ANALOG_OP_TYPES = ("AnalogLinear", "NoisyAnalogLinear")
+
+
+def slice_overload(slices: int) -> str:
+    """The function overload name of an analog node with `slices` input slices."""
+    return f"n{slices}"
 
 
 @onnx_domain.register_function(

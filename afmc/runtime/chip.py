@@ -1,8 +1,8 @@
 """A chip instance: one programming of a compiled aimc model's weights on ONNX Runtime.
 
 Programming noise is sampled once per chip (seed) for every analog layer from
-the weights stored in the file, and swapped into the session with
-SessionOptions.add_initializer, so the file is never rewritten and each
+the weights stored in the file, and swapped into the in-memory model the
+session is built from (program_into), so the file is never rewritten and each
 inference costs the same as with the stored weights. Same seed, same chip.
 Optional read noise draws fresh output noise on every inference.
 
@@ -14,6 +14,7 @@ view is the floating-point lowering stored beside it (OUT/reference.onnx).
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from onnx import numpy_helper
 from afmc.record import MODEL_FILE, RECORD_FILE
 from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
 from afmc.runtime.views import fp_reference, with_read_noise
+
+INLINE_LIMIT = 3 << 29  # 1.5 GiB: protobuf cannot serialise a model over 2 GiB
 
 
 def load_record(out_dir: Path) -> dict[str, Any]:
@@ -53,7 +56,6 @@ class Chip:
     seed: int | None
     input_name: str
     output_name: str
-    _keep_alive: list[ort.OrtValue]
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: inputs})[0]
@@ -85,22 +87,41 @@ def open_chip(out_dir: Path, seed: int | None = 0, *, read_noise: float = 0.0,
     if is_digital(record):
         return _open_digital(out_dir, record, read_noise=read_noise, fp=fp, threads=threads)
     model = onnx.load(str(out_dir / MODEL_FILE))
-    options = session_options(threads)
-    keep: list[ort.OrtValue] = []
     noise = NoiseConfig.model_validate(record["config"]["noise"])
     if fp:
         model = fp_reference(model)
         seed = None
     elif seed is not None and noise.model != "none":
-        for name, array in programmed_weights(model, record, noise, seed).items():
-            value = ort.OrtValue.ortvalue_from_numpy(array)
-            keep.append(value)
-            options.add_initializer(name, value)
+        program_into(model, programmed_weights(model, record, noise, seed))
     if read_noise > 0 and not fp:
         model = with_read_noise(model, read_noise)
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    return Chip(session, seed, record["inputs"][0], record["outputs"][0], keep)
+    session = _session(model, session_options(threads))
+    return Chip(session, seed, record["inputs"][0], record["outputs"][0])
+
+
+def program_into(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> None:
+    """Replace the named initializers of the in-memory `model` (the file is not touched).
+
+    The weights go into the model before the session is built, not through
+    SessionOptions.add_initializer: onnxruntime constant-folds the weight-only part
+    of the analog function bodies from the initializers it reads from the model,
+    before overrides would apply, so an override would be folded away.
+    """
+    for initializer in model.graph.initializer:
+        if initializer.name in weights:
+            initializer.CopyFrom(numpy_helper.from_array(weights[initializer.name],
+                                                         initializer.name))
+
+
+def _session(model: onnx.ModelProto, options: ort.SessionOptions) -> ort.InferenceSession:
+    """An onnxruntime session of an in-memory model; over 1.5 GiB via a temporary file."""
+    providers = ["CPUExecutionProvider"]
+    if model.ByteSize() < INLINE_LIMIT:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    with tempfile.TemporaryDirectory(prefix="afmc-chip-") as tmp:
+        path = Path(tmp) / MODEL_FILE
+        onnx.save(model, str(path), save_as_external_data=True, location=f"{MODEL_FILE}.data")
+        return ort.InferenceSession(str(path), options, providers=providers)
 
 
 def is_digital(record: dict[str, Any]) -> bool:
@@ -117,4 +138,4 @@ def _open_digital(out_dir: Path, record: dict[str, Any], *, read_noise: float, f
     path = out_dir / (record["digital"]["reference"] if fp else MODEL_FILE)
     session = ort.InferenceSession(str(path), session_options(threads),
                                    providers=["CPUExecutionProvider"])
-    return Chip(session, None, record["inputs"][0], record["outputs"][0], [])
+    return Chip(session, None, record["inputs"][0], record["outputs"][0])

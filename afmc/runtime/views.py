@@ -14,8 +14,7 @@ import onnx
 from onnx import helper
 
 from afmc import ops
-
-_ANALOG = ("AnalogLinear", "NoisyAnalogLinear")
+from afmc.ops.analog_linear import ANALOG_OP_TYPES, sliced_function
 
 
 def fp_reference(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -24,7 +23,7 @@ def fp_reference(model: onnx.ModelProto) -> onnx.ModelProto:
     fp.CopyFrom(model)
     nodes = []
     for node in fp.graph.node:
-        if node.domain == ops.DOMAIN and node.op_type in _ANALOG:
+        if node.domain == ops.DOMAIN and node.op_type in ANALOG_OP_TYPES:
             x, w = node.input[0], node.input[1]
             transposed = f"{node.output[0]}__fp_weight_t"
             nodes.append(helper.make_node("Transpose", [w], [transposed], perm=[1, 0],
@@ -45,14 +44,22 @@ def with_read_noise(model: onnx.ModelProto, out_noise: float) -> onnx.ModelProto
     noisy = onnx.ModelProto()
     noisy.CopyFrom(model)
     for node in noisy.graph.node:
-        if node.domain == ops.DOMAIN and node.op_type in _ANALOG:
+        if node.domain == ops.DOMAIN and node.op_type in ANALOG_OP_TYPES:
             node.op_type = "NoisyAnalogLinear"
             kept = [a for a in node.attribute if a.name != "out_noise"]
             del node.attribute[:]
             node.attribute.extend(kept)
             node.attribute.append(helper.make_attribute("out_noise", float(out_noise)))
-    present = {(f.domain, f.name) for f in noisy.functions}
-    if (ops.DOMAIN, "NoisyAnalogLinear") not in present:
-        opset = next(o.version for o in noisy.opset_import if o.domain in ("", "ai.onnx"))
-        noisy.functions.extend(ops.function_protos({"NoisyAnalogLinear"}, opset))
+    present = {(f.domain, f.name, f.overload) for f in noisy.functions}
+    opset = next(o.version for o in noisy.opset_import if o.domain in ("", "ai.onnx"))
+    for node in noisy.graph.node:
+        key = (node.domain, node.op_type, node.overload)
+        if node.op_type != "NoisyAnalogLinear" or key in present:
+            continue
+        present.add(key)
+        if node.overload:
+            slices = int(node.overload.removeprefix("n"))
+            noisy.functions.append(sliced_function("NoisyAnalogLinear", opset, slices))
+        else:
+            noisy.functions.extend(ops.function_protos({"NoisyAnalogLinear"}, opset))
     return noisy
