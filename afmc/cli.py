@@ -47,16 +47,9 @@ def _user_errors() -> Iterator[None]:
 @app.callback()
 def _quiet_libraries() -> None:
     """Keep library progress bars and deprecation chatter out of afmc's output."""
-    import logging
-    import warnings
+    from afmc.quiet import quiet_libraries
 
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    quiet_libraries()
 
 
 @app.command()

@@ -31,6 +31,9 @@ METHODS = {
 
 
 def main() -> None:
+    from afmc.quiet import quiet_libraries
+
+    quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=16384, help="held-out tokens to score")
     parser.add_argument("--json", type=Path, default=None)

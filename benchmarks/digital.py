@@ -38,12 +38,10 @@ large model; int8 perplexity within +5% of fp on afmc-tiny.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import platform
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -250,17 +248,9 @@ def bench_model(
         print(f"  target {text}: {'met' if met else 'MISSED'}")
 
 
-def quiet_libraries() -> None:
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
-
-
 def main() -> None:
+    from afmc.quiet import quiet_libraries
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--threads",

@@ -357,6 +357,9 @@ def disable_spinning() -> None:
 
 
 def main() -> None:
+    from afmc.quiet import quiet_libraries
+
+    quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--threads",

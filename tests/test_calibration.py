@@ -82,4 +82,4 @@ def test_tensor_files(tmp_path):
 def test_text_calibration_uses_the_tokenizer(model_dirs, calibration_text):
     result = afmc.api.compile(str(model_dirs["llama"]), "aimc", calibration=calibration_text)
     assert result.record["calibration"] == str(calibration_text)
-    assert all(layer.calibrated == "percentile" for layer in result.layers)
+    assert all(layer.calibrated == "max" for layer in result.layers)

@@ -34,6 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import transformers
 from torch import nn
 from torch.export import Dim
 from transformers import AutoModelForCausalLM, PreTrainedModel
@@ -67,6 +68,7 @@ def load_causal_lm(model_dir: Path) -> PreTrainedModel:
         raise CaptureError(f"{config_path}: expected a JSON object")
     _check_supported(config.get("model_type"), config.get("architectures"), str(config_path))
     try:
+        transformers.utils.logging.disable_progress_bar()
         model = AutoModelForCausalLM.from_pretrained(
             model_dir,
             local_files_only=True,
