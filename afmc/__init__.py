@@ -1,1 +1,18 @@
-"""afmc: the Analog Foundation Model Compiler."""
+"""afmc: the Analog Foundation Model Compiler.
+
+``afmc.compile(model, target="aimc", config=...)`` compiles a model;
+``afmc.load(out_dir, seed=0)`` opens a compiled model as one chip instance.
+Both are imported on first use, so ``import afmc`` stays light.
+"""
+
+from typing import Any
+
+__all__ = ["compile", "load"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from afmc import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'afmc' has no attribute {name!r}")

@@ -43,7 +43,7 @@ from afmc.passes.layers import LayerRecord, layer_records
 from afmc.passes.registry import PassSpec, get_pass, resolve_passes
 from afmc.passes.verify import VerificationError, check_graph, output_drift
 from afmc.record import TOKENIZER_DIR, build_record, write_outputs
-from afmc.runtime.chip import load_record
+from afmc.runtime.chip import Chip, load_record, open_chip
 from afmc.targets import LowerContext, get_target
 
 Progress = Callable[[str], None]
@@ -301,3 +301,8 @@ def load_tokenizer_for(out_dir: Path) -> Tokenizer:
         return HFTokenizer(AutoTokenizer.from_pretrained(out_dir / TOKENIZER_DIR,
                                                          local_files_only=True))
     raise ValueError(f"{out_dir}: compiled model has no tokenizer (not a language model)")
+
+
+def load(out_dir: str | Path, seed: int | None = 0, **options: Any) -> Chip:
+    """Open a compiled model (OUT of afmc compile) as chip `seed`; see runtime.chip.open_chip."""
+    return open_chip(Path(out_dir), seed, **options)

@@ -100,3 +100,14 @@ def test_pass_selection():
     with pytest.raises(ValueError, match="--skip calibrate"):
         resolve_passes(tuple(AIMC), ["place-layers"], ["calibrate"])
     assert all(info.summary for info in PASSES.values())
+
+
+def test_top_level_compile_and_load(model_dirs, calibration_text, tmp_path):
+    import afmc
+
+    result = afmc.compile(str(model_dirs["qwen2"]), target="aimc", calibration=calibration_text,
+                          output=tmp_path / "out")
+    assert result.program is not None and result.model is not None
+    assert result.record["summary"]["analog_layers"] > 0
+    chip = afmc.load(tmp_path / "out", seed=2)
+    assert chip.run(torch.zeros((1, 4), dtype=torch.int64).numpy()).shape == (1, 4, 256)
