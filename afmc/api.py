@@ -9,7 +9,6 @@ OUT/model.onnx and OUT/afmc.json atomically.
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from afmc.onnx_compile import (
 from afmc.passes.layers import LayerRecord, layer_records
 from afmc.passes.registry import PassSpec, get_pass, resolve_passes
 from afmc.passes.verify import VerificationError, check_graph, output_drift
-from afmc.record import TOKENIZER_DIR, build_record, write_outputs
+from afmc.record import TOKENIZER_DIR, StepTimer, build_record, write_outputs
 from afmc.runtime.chip import Chip, load_record, open_chip
 from afmc.targets import LowerContext, get_target
 
@@ -153,17 +152,10 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
         return _compile_onnx_file(Path(model), target, config, calibration, tokenizer,
                                   output, force, passes, skip, progress)
     chosen = get_target(target)
-    say = progress or (lambda message: None)
+    timed = StepTimer(progress)
+    timings = timed.timings
     staged = lowering.stage_directory(Path(output), force) if output is not None else None
     try:
-        timings: list[dict[str, Any]] = []
-
-        def timed(name: str, step: Callable[[], Any]) -> Any:
-            say(name)
-            started = time.perf_counter()
-            value = step()
-            timings.append({"name": name, "seconds": round(time.perf_counter() - started, 3)})
-            return value
 
         captured, model_dir = timed("capture", lambda: _capture(model, example_inputs))
         tokenizer = load_tokenizer(model_dir) if model_dir is not None else None
@@ -202,7 +194,7 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
         lowering.set_metadata(lowered, {k: v for k, v in record.items() if k != "passes"})
         result = CompileResult(program, lowered, record, None, tokenizer, context.files)
         if staged is not None:
-            say("write")
+            timed.progress("write")
             write_outputs(staged, result.model, result.record, result.tokenizer, result.files)
             lowering.publish_directory(staged, Path(output))
             result.output = Path(output)

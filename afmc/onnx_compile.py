@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from afmc.passes.fx.fold_common import NOTES_KEY
 from afmc.passes.layers import META_KEY, LayerRecord
 from afmc.passes.onnx.place_layers import onnx_layer_records
 from afmc.passes.registry import get_pass, resolve_passes
-from afmc.record import build_record, write_outputs
+from afmc.record import StepTimer, build_record, write_outputs
 from afmc.targets import get_target
 
 Progress = Callable[[str], None]
@@ -89,17 +88,10 @@ def compile_onnx(
             f"compiling an ONNX model for {chosen.name} needs calibration data: "
             "batches of the model's inputs keyed by input name"
         )
-    say = progress or (lambda message: None)
+    timed = StepTimer(progress)
+    timings = timed.timings
     staged = lowering.stage_directory(Path(output), force) if output is not None else None
     try:
-        timings: list[dict[str, Any]] = []
-
-        def timed(name: str, step: Callable[[], Any]) -> Any:
-            say(name)
-            started = time.perf_counter()
-            value = step()
-            timings.append({"name": name, "seconds": round(time.perf_counter() - started, 3)})
-            return value
 
         model = timed("load", lambda: load_onnx_model(path))
         if any(node.domain == ops.DOMAIN for node in model.graph):
@@ -122,7 +114,7 @@ def compile_onnx(
         lowering.set_metadata(model, {k: v for k, v in record.items() if k != "passes"})
         compiled = OnnxCompileResult(model, record, None, tokenizer)
         if staged is not None:
-            say("write")
+            timed.progress("write")
             write_outputs(staged, compiled.model, compiled.record, compiled.tokenizer)
             lowering.publish_directory(staged, Path(output))
             compiled.output = Path(output)

@@ -9,6 +9,8 @@ and the time each step took.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,21 @@ from afmc.passes.layers import LayerRecord
 TOKENIZER_DIR = "tokenizer"
 MODEL_FILE = "model.onnx"
 RECORD_FILE = "afmc.json"
+
+
+class StepTimer:
+    """Runs compile steps, announcing each to `progress` and recording its wall time."""
+
+    def __init__(self, progress: Callable[[str], None] | None = None) -> None:
+        self.progress = progress or (lambda message: None)
+        self.timings: list[dict[str, Any]] = []
+
+    def __call__(self, name: str, step: Callable[[], Any]) -> Any:
+        self.progress(name)
+        started = time.perf_counter()
+        value = step()
+        self.timings.append({"name": name, "seconds": round(time.perf_counter() - started, 3)})
+        return value
 
 
 def tokenizer_kind(tokenizer: Tokenizer | None) -> str | None:

@@ -149,19 +149,9 @@ ANALOG_LINEAR = torch.ops.afmc.analog_linear.default
 
 
 def _analog_linear_body(opset: int, noisy: bool) -> FunctionProto:
-    nodes = [
-        attribute_constant("inp_res", "inp_res"),
-        attribute_constant("out_res", "out_res"),
-        attribute_constant("out_bound", "out_bound"),
-        helper.make_node("Constant", [], ["two"], value_float=2.0),
-        helper.make_node("Constant", [], ["tiny"], value_float=_TINY),
-        helper.make_node("Div", ["inp_res", "two"], ["h_in"]),
-        helper.make_node("Div", ["out_res", "two"], ["h_out"]),
-        helper.make_node("Neg", ["h_in"], ["neg_h_in"]),
-        helper.make_node("Neg", ["h_out"], ["neg_h_out"]),
+    nodes = _common_constants(noisy) + [
         ints_constant("minus_one", [-1]),
         ints_constant("axis0", [0]),
-        ints_constant("axis1", [1]),
         ints_constant("r_shape", [-1, 1, 1]),
         # Shapes: n slices of k inputs, M rows of X.
         helper.make_node("Shape", ["input_range"], ["n"]),
@@ -178,12 +168,10 @@ def _analog_linear_body(opset: int, noisy: bool) -> FunctionProto:
         helper.make_node("Reshape", ["input_range", "r_shape"], ["r_raw"]),
         helper.make_node("Max", ["r_raw", "tiny"], ["r"]),
         helper.make_node("Div", ["h_in", "r"], ["in_scale"]),
-        helper.make_node("Div", ["h_out", "h_in"], ["level_ratio"]),
         helper.make_node("Mul", ["out_bound", "w_max"], ["bound_per_r"]),
         # W / w_max first: |W / w_max| <= 1 even for an all-zero row (w_max = tiny), where
         # level_ratio / (out_bound * tiny) overflows to inf and 0 * inf is NaN.
         helper.make_node("Div", ["w_t", "w_max"], ["w_unit"]),
-        helper.make_node("Div", ["level_ratio", "out_bound"], ["w_scale"]),
         helper.make_node("Mul", ["w_unit", "w_scale"], ["w_eff"]),
         helper.make_node("Mul", ["r", "bound_per_r"], ["bound"]),
         helper.make_node("Div", ["bound", "h_out"], ["out_step"]),
@@ -200,7 +188,6 @@ def _analog_linear_body(opset: int, noisy: bool) -> FunctionProto:
     level = "z"
     if noisy:
         nodes += [
-            attribute_constant("out_noise", "out_noise"),
             helper.make_node("Cast", ["n"], ["n_float"], to=1),
             helper.make_node("Sqrt", ["n_float"], ["sqrt_n"]),
             helper.make_node("Mul", ["out_noise", "h_out"], ["noise_a"]),

@@ -22,7 +22,6 @@ Rules:
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Literal
@@ -30,7 +29,8 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
-from afmc.config import ConfigError, DigitalConfig
+from afmc.config import DigitalConfig
+from afmc.passes.name_rules import NameRules
 from afmc.targets import LowerContext
 from afmc.targets.embedding_tables import embedding_tables, quantize_table
 from afmc.targets.int4 import quantize_int4
@@ -69,23 +69,10 @@ def precision_for(
     """The precision of each quantized layer or table name (rules in the module docstring)."""
     if target == "int8":
         return dict.fromkeys(names, "int8")
-    patterns = []
-    for pattern in config.int4_keep_8bit:
-        try:
-            patterns.append((pattern, re.compile(pattern)))
-        except re.error as error:
-            raise ConfigError(f"digital.int4_keep_8bit: bad pattern {pattern!r}: {error}") from None
-    chosen, used = {}, set()
-    for name in names:
-        match = next((p for p, regex in patterns if regex.search(name)), None)
-        chosen[name] = "int4" if match is None else "int8"
-        used.add(match)
-    unused = [p for p, _ in patterns if p not in used]
-    if unused:
-        raise ConfigError(
-            f"digital.int4_keep_8bit: pattern {unused[0]!r} matches no quantized "
-            "layer or embedding table"
-        )
+    rules = NameRules("digital.int4_keep_8bit", config.int4_keep_8bit)
+    chosen = {name: "int4" if match is None else "int8"
+              for name, match in rules.matches(names).items()}
+    rules.check_all_used("quantized layer or embedding table")
     return chosen
 
 

@@ -8,14 +8,13 @@ recorded). A pattern that matches no layer is an error naming the pattern.
 
 from __future__ import annotations
 
-import re
-
 from torch import fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-from afmc.config import AfmcConfig, ConfigError
+from afmc.config import AfmcConfig
 from afmc.passes.fx.static_linear import find_static_linears
 from afmc.passes.layers import META_KEY, LayerRecord
+from afmc.passes.name_rules import NameRules
 from afmc.passes.registry import register_pass
 
 DEFAULT_RULE = "default: static-weight linear layers are analog"
@@ -33,17 +32,9 @@ class PlaceLayers(PassBase):
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         layers = find_static_linears(graph_module)
-        compiled = []
-        for pattern in self.patterns:
-            try:
-                compiled.append((pattern, re.compile(pattern)))
-            except re.error as error:
-                raise ConfigError(f"placement.digital: bad pattern {pattern!r}: {error}") from None
-        used: set[str] = set()
+        rules = NameRules("placement.digital", self.patterns)
         for layer in layers:
-            match = next((p for p, regex in compiled if regex.search(layer.name)), None)
-            if match is not None:
-                used.add(match)
+            match = rules.match(layer.name)
             layer.node.meta[META_KEY] = LayerRecord(
                 name=layer.name,
                 in_features=layer.in_features,
@@ -52,7 +43,5 @@ class PlaceLayers(PassBase):
                 rule=f"digital: {match}" if match else DEFAULT_RULE,
                 weight=layer.weight.target,
             )
-        unused = [pattern for pattern in self.patterns if pattern not in used]
-        if unused:
-            raise ConfigError(f"placement.digital: pattern {unused[0]!r} matches no layer")
+        rules.check_all_used()
         return PassResult(graph_module, bool(layers))

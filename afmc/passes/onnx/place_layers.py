@@ -13,14 +13,14 @@ its name and placement into the node's metadata_props, so they survive in the fi
 
 from __future__ import annotations
 
-import re
 import warnings
 
 import onnx_ir as ir
 
-from afmc.config import AfmcConfig, ConfigError
+from afmc.config import AfmcConfig
 from afmc.passes.fx.place_layers import DEFAULT_RULE
 from afmc.passes.layers import META_KEY, LayerRecord
+from afmc.passes.name_rules import NameRules
 from afmc.passes.onnx.static_layers import UnsupportedLayerWarning, find_static_layers
 from afmc.passes.registry import register_pass
 
@@ -42,24 +42,12 @@ class PlaceOnnxLayers(ir.passes.InPlacePass):
         self.patterns = config.placement.digital
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        compiled = []
-        for pattern in self.patterns:
-            try:
-                compiled.append((pattern, re.compile(pattern)))
-            except re.error as error:
-                raise ConfigError(f"placement.digital: bad pattern {pattern!r}: {error}") from None
+        rules = NameRules("placement.digital", self.patterns)
         layers = find_static_layers(model.graph)
-        used: set[str] = set()
         names: set[str] = set()
         for layer in layers:
             name = _unique(layer.name, names)
-            subjects = [name, layer.weight.name or ""]
-            match = next(
-                (p for p, regex in compiled if any(regex.search(subject) for subject in subjects)),
-                None,
-            )
-            if match is not None:
-                used.add(match)
+            match = rules.match(name, layer.weight.name or "")
             if layer.unsupported:
                 rule = f"digital: {layer.unsupported}"
                 warnings.warn(
@@ -80,9 +68,7 @@ class PlaceOnnxLayers(ir.passes.InPlacePass):
             )
             layer.node.metadata_props[LAYER_PROP] = name
             layer.node.metadata_props[PLACEMENT_PROP] = placement
-        unused = [pattern for pattern in self.patterns if pattern not in used]
-        if unused:
-            raise ConfigError(f"placement.digital: pattern {unused[0]!r} matches no layer")
+        rules.check_all_used()
         return ir.passes.PassResult(model, bool(layers))
 
 
