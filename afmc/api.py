@@ -159,13 +159,14 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
 
         captured, model_dir = timed("capture", lambda: _capture(model, example_inputs))
         tokenizer = load_tokenizer(model_dir) if model_dir is not None else None
+        steps = resolve_passes(chosen.fx_passes, passes, skip)
         batches, calibration_source = None, None
-        if chosen.calibrates(config):
+        if chosen.calibrates(config) and ("calibrate" in steps or chosen.post_lower):
             batches, calibration_source = _calibration_batches(
                 model, captured, tokenizer, calibration, config)
         program = captured.graph_module
         reference = _reference_output(captured) if verify else None
-        for index, spec in enumerate(resolve_passes(chosen.fx_passes, passes, skip), 1):
+        for index, spec in enumerate(steps, 1):
             name = spec if isinstance(spec, str) else type(spec).__name__
             if isinstance(spec, str):
                 arguments = {"batches": batches} if spec == "calibrate" else {}

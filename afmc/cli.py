@@ -68,6 +68,8 @@ def compile(  # noqa: A001
         "--set", help="Override a field: section.field=value (repeatable)")] = None,
     digital: Annotated[list[str] | None, typer.Option(
         help="Keep layers matching this regex digital (repeatable)")] = None,
+    digital_lm_head: Annotated[bool, typer.Option(
+        help="Keep the LM head digital (placement.lm_head=digital)")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite OUTPUT")] = False,
     passes: Annotated[str | None, typer.Option(
         help="Comma-separated FX passes to run instead of the target's")] = None,
@@ -84,6 +86,8 @@ def compile(  # noqa: A001
         overrides = list(set_ or [])
         if digital:
             overrides.append(f"placement.digital={json.dumps(list(digital))}")
+        if digital_lm_head:
+            overrides.append("placement.lm_head=digital")
         cfg = load_config(config, overrides)
         from afmc.api import compile as compile_model
         from afmc.passes.onnx.static_layers import UnsupportedLayerWarning

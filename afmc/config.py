@@ -86,10 +86,33 @@ class CalibrationConfig(_Section):
     batch_size: int = Field(8, gt=0)
 
 
-class PlacementConfig(_Section):
-    """Which static-weight linear layers stay digital (regular expressions on layer names)."""
+class PlacementRule(_Section):
+    """One placement rule: layers it matches go `place`. Give exactly one of name, regex, op."""
 
+    place: Literal["analog", "digital"]
+    name: str | None = Field(None, description="Exact layer (module) name.")
+    regex: str | None = Field(None, description="Regular expression searched in the name.")
+    op: str | None = Field(None, description="Op type: linear, addmm, mm, matmul (torch); "
+                           "matmul, gemm, conv (ONNX); case-insensitive.")
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> PlacementRule:
+        given = [key for key in ("name", "regex", "op") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError("a placement rule needs exactly one of name, regex, op")
+        return self
+
+
+class PlacementConfig(_Section):
+    """Which static-weight layers go analog: ordered rules, first match wins, default analog.
+
+    Order: `lm_head: digital` (the one flag), then `digital` (regexes, CLI --digital),
+    then `rules`.
+    """
+
+    lm_head: Literal["analog", "digital"] = "analog"
     digital: tuple[str, ...] = ()
+    rules: tuple[PlacementRule, ...] = ()
 
 
 class DigitalConfig(_Section):

@@ -68,7 +68,8 @@ def build_record(
     """The record of one compile."""
     analog = [layer for layer in layers if layer.placement == "analog"]
     hardware = config.hardware
-    maps = map_all_strategies(layers, hardware.tile_rows, hardware.tile_cols)
+    on_tiles = [layer for layer in analog if layer.slice_sizes]  # lowered to crossbar ops
+    maps = map_all_strategies(on_tiles, hardware.tile_rows, hardware.tile_cols)
     tile_map = maps[hardware.tile_strategy]
     return {
         "afmc_version": "0.1.0",

@@ -318,12 +318,13 @@ def test_place_layers_rules_and_unsupported_layers():
     assert list(records) == ["enc.fc", "head", "depthwise", "quantized"], "attention is no layer"
     assert records["enc.fc"].placement == "analog"
     assert (records["enc.fc"].in_features, records["enc.fc"].out_features) == (8, 8)
-    assert (records["head"].placement, records["head"].rule) == ("digital", "digital: ^head$")
+    assert (records["head"].placement, records["head"].rule) == (
+        "digital", "placement.digital[0] (regex '^head$' -> digital)")
     assert records["depthwise"].placement == "digital" and "group=2" in records["depthwise"].rule
     assert "DequantizeLinear" in records["quantized"].rule
     assert len(caught) == 2
     assert model.graph.node("enc/fc").metadata_props["afmc.placement"] == "analog"
-    no_match = pytest.raises(ConfigError, match="'nothing' matches no layer")
+    no_match = pytest.raises(ConfigError, match=r"'nothing' -> digital\) matches no layer")
     with no_match, pytest.warns(UnsupportedLayerWarning):
         PlaceOnnxLayers(load_config(None, ['placement.digital=["nothing"]']))(_placement_model())
 

@@ -14,7 +14,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from afmc.config import AfmcConfig
 from afmc.passes.fx.static_linear import find_static_linears
 from afmc.passes.layers import META_KEY, LayerRecord
-from afmc.passes.name_rules import NameRules
+from afmc.passes.name_rules import PlacementRules
 from afmc.passes.registry import register_pass
 
 DEFAULT_RULE = "default: static-weight linear layers are analog"
@@ -28,19 +28,19 @@ class PlaceLayers(PassBase):
 
     def __init__(self, config: AfmcConfig) -> None:
         super().__init__()
-        self.patterns = config.placement.digital
+        self.placement = config.placement
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         layers = find_static_linears(graph_module)
-        rules = NameRules("placement.digital", self.patterns)
+        rules = PlacementRules(self.placement)
         for layer in layers:
-            match = rules.match(layer.name)
+            placement, rule = rules.decide([layer.name], layer.node.target.__name__.split(".")[0])
             layer.node.meta[META_KEY] = LayerRecord(
                 name=layer.name,
                 in_features=layer.in_features,
                 out_features=layer.out_features,
-                placement="digital" if match else "analog",
-                rule=f"digital: {match}" if match else DEFAULT_RULE,
+                placement=placement,
+                rule=rule or DEFAULT_RULE,
                 weight=layer.weight.target,
             )
         rules.check_all_used()

@@ -20,7 +20,7 @@ import onnx_ir as ir
 from afmc.config import AfmcConfig
 from afmc.passes.fx.place_layers import DEFAULT_RULE
 from afmc.passes.layers import META_KEY, LayerRecord
-from afmc.passes.name_rules import NameRules
+from afmc.passes.name_rules import PlacementRules
 from afmc.passes.onnx.static_layers import UnsupportedLayerWarning, find_static_layers
 from afmc.passes.registry import register_pass
 
@@ -39,15 +39,15 @@ class PlaceOnnxLayers(ir.passes.InPlacePass):
 
     def __init__(self, config: AfmcConfig) -> None:
         super().__init__()
-        self.patterns = config.placement.digital
+        self.placement = config.placement
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        rules = NameRules("placement.digital", self.patterns)
+        rules = PlacementRules(self.placement)
         layers = find_static_layers(model.graph)
         names: set[str] = set()
         for layer in layers:
             name = _unique(layer.name, names)
-            match = rules.match(name, layer.weight.name or "")
+            placement, rule = rules.decide([name, layer.weight.name or ""], layer.node.op_type)
             if layer.unsupported:
                 rule = f"digital: {layer.unsupported}"
                 warnings.warn(
@@ -55,9 +55,9 @@ class PlaceOnnxLayers(ir.passes.InPlacePass):
                     UnsupportedLayerWarning,
                     stacklevel=1,
                 )
+                placement = "digital"
             else:
-                rule = f"digital: {match}" if match else DEFAULT_RULE
-            placement = "digital" if match or layer.unsupported else "analog"
+                rule = rule or DEFAULT_RULE
             layer.node.meta[META_KEY] = LayerRecord(
                 name=name,
                 in_features=layer.in_features,
