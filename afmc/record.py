@@ -71,6 +71,10 @@ def build_record(
     on_tiles = [layer for layer in analog if layer.slice_sizes]  # lowered to crossbar ops
     maps = map_all_strategies(on_tiles, hardware.tile_rows, hardware.tile_cols)
     tile_map = maps[hardware.tile_strategy]
+    tile_ids = tile_map.layer_tile_ids()
+    for layer in on_tiles:  # the mapping also stays on the layer records (graph nodes)
+        layer.tile_ids = tile_ids.get(layer.name, [])
+        layer.tiles = len(layer.tile_ids)
     return {
         "afmc_version": "0.1.0",
         "target": target,

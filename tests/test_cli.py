@@ -7,6 +7,7 @@ leave no output directory behind.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,12 @@ def test_report_prints_tiles_and_writes_svg(model_dirs, calibration_text, tmp_pa
                      "--set", "hardware.tile_strategy=packed", "--set", "hardware.tile_rows=64",
                      "--set", "hardware.tile_cols=64", "--set", "hardware.max_in=64")
     assert result.exit_code == 0, result.output
+    record = json.loads((out / "afmc.json").read_text())
+    analog = [layer for layer in record["layers"] if layer["placement"] == "analog"]
+    used = {tile for layer in analog for tile in layer["tile_ids"]}
+    assert all(layer["tile_ids"] for layer in analog)
+    assert used == set(range(record["summary"]["tiles"]))
+    assert record["summary"]["tiles"] < record["summary"]["tiles_by_strategy"]["one-per-tile"]
     result = _invoke("report", out)
     assert result.exit_code == 0, result.output
     assert "packed" in result.stdout and "one-per-tile" in result.stdout

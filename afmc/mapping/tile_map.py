@@ -130,10 +130,14 @@ class TileMap:
 
     def layer_tiles(self) -> dict[str, int]:
         """Number of distinct tiles holding blocks of each layer, in order of first block."""
+        return {layer: len(ids) for layer, ids in self.layer_tile_ids().items()}
+
+    def layer_tile_ids(self) -> dict[str, list[int]]:
+        """The ids of the tiles holding blocks of each layer, in order of first block."""
         tiles: dict[str, set[int]] = defaultdict(set)
         for placement in self.placements:
             tiles[placement.block.layer].add(placement.tile)
-        return {layer: len(ids) for layer, ids in tiles.items()}
+        return {layer: sorted(ids) for layer, ids in tiles.items()}
 
     def layer_cells(self) -> dict[str, int]:
         """Crossbar cells used by each layer (= in_features * out_features)."""

@@ -27,6 +27,7 @@ class LayerRecord:
     rule: str
     slice_sizes: list[int] = field(default_factory=list)
     tiles: int = 0
+    tile_ids: list[int] = field(default_factory=list)
     weight: str = ""
     input_range: str = ""
     onnx_weight: str = ""
