@@ -164,7 +164,8 @@ def run(
         log_probs = logits - logits.max(-1, keepdims=True)
         log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
         nll = -log_probs[:-1][np.arange(ids.size - 1), ids[1:]]
-        out.print(f"chip seed {seed}: {ids.size} tokens, logits {list(logits.shape)}, "
+        which = f"chip seed {seed}" if chip.seed is not None else "digital model (no noise)"
+        out.print(f"{which}: {ids.size} tokens, logits {list(logits.shape)}, "
                   f"mean {logits.mean():.4f}, std {logits.std():.4f}")
         if nll.size:
             out.print(f"next-token accuracy {np.mean(log_probs[:-1].argmax(-1) == ids[1:]):.3f}, "
