@@ -57,7 +57,8 @@ from afmc.config import load_config
 from afmc.data.corpus import stdlib_text
 from afmc.data.tokenizer import ByteTokenizer
 from afmc.eval.perplexity import perplexity, token_windows
-from afmc.models import BUILTIN_MODELS
+from afmc.eval.timing import interleaved_samples
+from afmc.models import afmc_tiny_config
 from afmc.runtime.chip import MODEL_FILE, Chip, load_record, open_chip
 from afmc.runtime.kernels import executed_ops
 
@@ -76,38 +77,10 @@ PREFILL = 128
 INTEGER_OPS = ("MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "MatMulNBits")
 
 
-def tiny_config() -> LlamaConfig:
-    """afmc-tiny's architecture (scripts/train_afmc_tiny.py)."""
-    return LlamaConfig(
-        vocab_size=256,
-        hidden_size=256,
-        intermediate_size=704,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-    )
-
-
 def large_config() -> LlamaConfig:
     """A Llama whose FP32 weights (411 MB) are far larger than a CPU's last-level cache."""
-    return LlamaConfig(
-        vocab_size=256,
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=2,
-        num_attention_heads=16,
-        num_key_value_heads=16,
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-    )
+    return afmc_tiny_config(hidden_size=2048, intermediate_size=5632, num_hidden_layers=2,
+                            num_attention_heads=16, num_key_value_heads=16)
 
 
 def random_model_dir(config: LlamaConfig, path: Path) -> Path:
@@ -139,18 +112,8 @@ def linear_bytes(out: Path, weights: list[str]) -> int:
 def time_interleaved(
     calls: dict[str, Callable[[], Any]], repeats: int, warmup: int
 ) -> dict[str, float]:
-    """Median seconds per call of each variant, measured round-robin with a rotating start."""
-    names = list(calls)
-    for _ in range(warmup):
-        for name in names:
-            calls[name]()
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for index in range(repeats):
-        shift = index % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            calls[name]()
-            samples[name].append(time.perf_counter() - start)
+    """Median seconds per call of each variant, measured interleaved."""
+    samples = interleaved_samples(calls, repeats, warmup)
     return {name: float(np.median(values)) for name, values in samples.items()}
 
 
@@ -275,14 +238,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="afmc-digital-") as tmp_name:
         tmp = Path(tmp_name)
         if "tiny" not in args.skip:
-            builtin = BUILTIN_MODELS["afmc-tiny"]
-            trained = (builtin / "model.safetensors").is_file()
-            model = "afmc-tiny" if trained else random_model_dir(tiny_config(), tmp / "tiny")
-            label = (
-                "afmc-tiny (trained)"
-                if trained
-                else "afmc-tiny's configuration, RANDOM weights (afmc-tiny not trained yet)"
-            )
+            model, label = "afmc-tiny", "afmc-tiny (trained)"
             print(f"\n{label}")
             variants = VARIANTS | (GPTQ if args.gptq else {})
             outputs = compile_variants(model, tmp / "tiny-out", "stdlib:train", variants)

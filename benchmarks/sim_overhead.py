@@ -77,7 +77,7 @@ from torch import nn
 
 import afmc.api
 import afmc.runtime.chip
-from afmc.models import BUILTIN_MODELS
+from afmc.eval.timing import interleaved_samples
 from afmc.runtime.chip import Chip, open_chip
 
 TARGET_NO_READ_NOISE = 1.15
@@ -108,25 +108,6 @@ class VariantResult:
         if self.target is None:
             return ""
         return "meets" if self.median_of_ratios <= self.target else "MISSES"
-
-
-def time_interleaved(
-    variants: dict[str, Callable[[], Any]], repeats: int, warmup: int
-) -> dict[str, np.ndarray]:
-    """Seconds per call of each variant, measured round-robin with a rotating start."""
-    names = list(variants)
-    for _ in range(warmup):
-        for name in names:
-            variants[name]()
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(repeats):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            call = variants[name]
-            start = time.perf_counter()
-            call()
-            samples[name].append(time.perf_counter() - start)
-    return {name: np.asarray(values) for name, values in samples.items()}
 
 
 def summarize(
@@ -182,41 +163,6 @@ class OneLinear(nn.Module):
         return self.fc(x)
 
 
-def tiny_model(tmp: Path) -> tuple[str | Path, str, str | None]:
-    """The model argument for afmc-tiny: the built-in one when trained, else a random Llama.
-
-    Returns (model, description, calibration); calibration None means the built-in default.
-    """
-    builtin = BUILTIN_MODELS["afmc-tiny"]
-    if (builtin / "model.safetensors").is_file():
-        return "afmc-tiny", f"built-in afmc-tiny ({builtin})", None
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=256,
-        hidden_size=256,
-        intermediate_size=704,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-    )
-    torch.manual_seed(0)
-    path = tmp / "random-afmc-tiny"
-    LlamaForCausalLM(config).eval().save_pretrained(path)
-    return (
-        path,
-        "random LlamaForCausalLM with afmc-tiny's config (built-in weights absent)",
-        "stdlib:train",
-    )
-
-
 def compile_timed(model: Any, out: Path, **kwargs: Any) -> float:
     """afmc.api.compile(model, "aimc", output=out, **kwargs); returns wall seconds."""
     start = time.perf_counter()
@@ -244,7 +190,7 @@ def bench_onnx(
 ) -> dict[str, Any]:
     chips = chip_sessions(out, args.threads)
     applied = programming_noise_applied(out, chips["aimc"], inputs, args.threads)
-    times = time_interleaved(
+    times = interleaved_samples(
         {name: (lambda chip=chip: chip.run(inputs)) for name, chip in chips.items()},
         args.repeats,
         args.warmup,
@@ -321,7 +267,7 @@ def bench_aihwkit(args: argparse.Namespace) -> dict[str, Any] | None:
     for name, layer in layers.items():
         variants[name] = lambda layer=layer: layer(x)
     with torch.no_grad():
-        times = time_interleaved(variants, args.repeats, args.warmup)
+        times = interleaved_samples(variants, args.repeats, args.warmup)
     targets = {
         "aihwkit-lightning eval (no noise)": TARGET_NO_READ_NOISE,
         "aihwkit-lightning train-mode noise": TARGET_READ_NOISE,
@@ -409,9 +355,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="afmc-sim-overhead-") as tmp_name:
         tmp = Path(tmp_name)
         if "tiny" not in args.skip:
-            model, description, calibration = tiny_model(tmp)
-            kwargs = {} if calibration is None else {"calibration": calibration}
-            seconds = compile_timed(model, tmp / "tiny", **kwargs)
+            description = "built-in afmc-tiny"
+            seconds = compile_timed("afmc-tiny", tmp / "tiny")
             print(f"\nafmc-tiny: {description}; compile for aimc took {seconds:.1f} s")
             ids = np.random.default_rng(0).integers(0, 256, (1, TINY_TOKENS), dtype=np.int64)
             report["afmc_tiny"] = {

@@ -31,35 +31,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from afmc.data.corpus import stdlib_text
 from afmc.data.tokenizer import ByteTokenizer
 from afmc.eval.perplexity import perplexity, token_windows, torch_logits_fn
+from afmc.models import afmc_tiny_config
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "afmc" / "models" / "afmc-tiny"
 SEQ_LEN = 256
 EVAL_TOKENS = 65536
 SEED = 0
-
-
-def tiny_config() -> LlamaConfig:
-    """The afmc-tiny architecture."""
-    return LlamaConfig(
-        vocab_size=256,
-        hidden_size=256,
-        intermediate_size=704,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-    )
 
 
 def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -99,7 +81,7 @@ def train(out: Path, steps: int, batch_size: int, peak_lr: float, log_every: int
     data = torch.from_numpy(ByteTokenizer().encode(stdlib_text("train")))
     print(f"train corpus: {len(data)} bytes", flush=True)
 
-    model = LlamaForCausalLM(tiny_config()).float()
+    model = LlamaForCausalLM(afmc_tiny_config()).float()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {n_params} ({n_params / 1e6:.2f} M)", flush=True)
     decay = [p for p in model.parameters() if p.ndim >= 2]

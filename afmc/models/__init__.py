@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import LlamaConfig
 
 _HERE = Path(__file__).resolve().parent
 
@@ -25,3 +29,16 @@ def resolve_model_path(name_or_path: str) -> Path:
             f"model not found: {name_or_path} is not a directory nor a built-in model ({builtins})"
         )
     return path
+
+
+def afmc_tiny_config(**overrides: object) -> LlamaConfig:
+    """afmc-tiny's architecture (a byte-level Llama), with optional field overrides."""
+    from transformers import LlamaConfig
+
+    fields: dict[str, object] = dict(
+        vocab_size=256, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+        rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )
+    return LlamaConfig(**(fields | overrides))
