@@ -39,20 +39,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, helper
+from analog_models import analog_linear_model, analog_session
 
-import afmc.ops
 from afmc.ops.analog_linear import slice_sizes
 
 pytest.importorskip("aihwkit_lightning")
 peer_nn = pytest.importorskip("aihwkit_lightning.nn")
 peer_configs = pytest.importorskip("aihwkit_lightning.simulator.configs")
 
-OPSET = 20
 OUT_FEATURES = 12
 
 SPLITS = {
@@ -143,40 +140,7 @@ def _adc_step_sum(weight, r, sizes, resolution, out_bound) -> torch.Tensor:
 
 def _onnx_session(sizes: Sequence[int], rank: int, **attributes) -> ort.InferenceSession:
     """X -> [afmc.SliceInput] -> afmc.AnalogLinear <- [afmc.SliceInput] <- W, input ranges R."""
-    k = sum(sizes)
-    nodes = []
-    x_name, w_name = "X", "W"
-    if len(set(sizes)) > 1:
-        nodes += [
-            helper.make_node("SliceInput", ["X"], ["Xs"], domain="afmc", slice_sizes=list(sizes)),
-            helper.make_node("SliceInput", ["W"], ["Ws"], domain="afmc", slice_sizes=list(sizes)),
-        ]
-        x_name, w_name = "Xs", "Ws"
-    nodes.append(
-        helper.make_node("AnalogLinear", [x_name, w_name, "R"], ["Y"], domain="afmc", **attributes)
-    )
-    lead = [f"d{i}" for i in range(rank - 1)]
-    graph = helper.make_graph(
-        nodes,
-        "conformance",
-        [
-            helper.make_tensor_value_info("X", TensorProto.FLOAT, [*lead, k]),
-            helper.make_tensor_value_info("W", TensorProto.FLOAT, [OUT_FEATURES, k]),
-            helper.make_tensor_value_info("R", TensorProto.FLOAT, [len(sizes)]),
-        ],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [*lead, OUT_FEATURES])],
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("afmc", 1)],
-        functions=afmc.ops.function_protos({node.op_type for node in nodes}, OPSET),
-    )
-    onnx.checker.check_model(model, full_check=True)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    return analog_session(analog_linear_model(sizes, OUT_FEATURES, rank, **attributes))
 
 
 def _assert_within_adc_step(

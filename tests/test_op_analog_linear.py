@@ -17,12 +17,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from analog_models import OPSET, analog_linear_model, analog_session
 from onnx import TensorProto, helper
 
 import afmc.ops
 from afmc.ops.analog_linear import slice_sizes
 
-OPSET = 20
 AFM = {"inp_res": 254.0, "out_res": 254.0, "out_bound": 14.0}
 
 
@@ -101,51 +101,6 @@ def _layer(
     weight = torch.randn(out_features, k, generator=gen) * 0.05 * row_scale
     input_range = torch.rand(len(sizes), generator=gen) * 2 + 0.5
     return x, weight, input_range, sizes
-
-
-def _onnx_model(
-    sizes: Sequence[int], out_features: int, rank: int = 2, noisy: bool = False, **attributes
-) -> onnx.ModelProto:
-    """X -> [SliceInput] -> afmc.(Noisy)AnalogLinear <- [SliceInput] <- W, with input_range R."""
-    k = sum(sizes)
-    nodes = []
-    x_name, w_name = "X", "W"
-    if len(set(sizes)) > 1:
-        nodes += [
-            helper.make_node("SliceInput", ["X"], ["Xs"], domain="afmc", slice_sizes=list(sizes)),
-            helper.make_node("SliceInput", ["W"], ["Ws"], domain="afmc", slice_sizes=list(sizes)),
-        ]
-        x_name, w_name = "Xs", "Ws"
-    op_type = "NoisyAnalogLinear" if noisy else "AnalogLinear"
-    nodes.append(
-        helper.make_node(op_type, [x_name, w_name, "R"], ["Y"], domain="afmc", **attributes)
-    )
-    lead = [f"d{i}" for i in range(rank - 1)]
-    graph = helper.make_graph(
-        nodes,
-        "analog_linear",
-        [
-            helper.make_tensor_value_info("X", TensorProto.FLOAT, [*lead, k]),
-            helper.make_tensor_value_info("W", TensorProto.FLOAT, [out_features, k]),
-            helper.make_tensor_value_info("R", TensorProto.FLOAT, [len(sizes)]),
-        ],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [*lead, out_features])],
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("afmc", 1)],
-        functions=afmc.ops.function_protos({node.op_type for node in nodes}, OPSET),
-    )
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
 
 
 def _run(
@@ -340,7 +295,7 @@ def test_onnx_function_matches_torch_op(case: str, config: str):
     if zero_row:
         weight[3] = 0
     attrs = {"inp_res": inp_res, "out_res": out_res, "out_bound": out_bound}
-    session = _session(_onnx_model(sizes, n_out, rank=len(shape), **attrs))
+    session = analog_session(analog_linear_model(sizes, n_out, rank=len(shape), **attrs))
     y_ort = _run(session, x, weight, r)
     y_torch = _op(x, weight, r, sizes, inp_res, out_res, out_bound)
     assert y_ort.shape == y_torch.shape
@@ -370,7 +325,7 @@ def test_slice_input_pads_unequal_slices_with_zeros():
         functions=afmc.ops.function_protos({"SliceInput"}, OPSET),
     )
     onnx.checker.check_model(model, full_check=True)
-    y = _session(model).run(None, {"X": x.numpy()})[0]
+    y = analog_session(model).run(None, {"X": x.numpy()})[0]
     np.testing.assert_array_equal(y, [[1, 2, 3, 4, 5, 0, 6, 7, 0]])
 
 
@@ -411,8 +366,10 @@ def test_onnx_read_noise_spread_per_row(case: str):
     k, max_in, out_noise, out_res = NOISE_CASES[case]
     x, weight, r, sizes = _layer((4096, k), 8, max_in, seed=11, x_scale=0.1)
     attrs = {"inp_res": 254.0, "out_res": out_res, "out_bound": 14.0}
-    clean = _run(_session(_onnx_model(sizes, 8, **attrs)), x, weight, r)
-    noisy_session = _session(_onnx_model(sizes, 8, noisy=True, out_noise=out_noise, **attrs))
+    clean = _run(analog_session(analog_linear_model(sizes, 8, **attrs)), x, weight, r)
+    noisy_session = analog_session(
+        analog_linear_model(sizes, 8, noisy=True, out_noise=out_noise, **attrs)
+    )
     noisy = _run(noisy_session, x, weight, r)
     again = _run(noisy_session, x, weight, r)
     expected = _noise_std_expected(weight, r, sizes, out_noise, out_res, 14.0)
@@ -426,8 +383,13 @@ def test_onnx_read_noise_spread_per_row(case: str):
 def test_onnx_noisy_with_zero_noise_equals_clean():
     """NoisyAnalogLinear with out_noise = 0 computes exactly what AnalogLinear does."""
     x, weight, r, sizes = _layer((32, 130), 6, 64, seed=12)
-    clean = _run(_session(_onnx_model(sizes, 6, **AFM)), x, weight, r)
-    noisy = _run(_session(_onnx_model(sizes, 6, noisy=True, out_noise=0.0, **AFM)), x, weight, r)
+    clean = _run(analog_session(analog_linear_model(sizes, 6, **AFM)), x, weight, r)
+    noisy = _run(
+        analog_session(analog_linear_model(sizes, 6, noisy=True, out_noise=0.0, **AFM)),
+        x,
+        weight,
+        r,
+    )
     assert torch.equal(clean, noisy)
 
 
@@ -628,7 +590,7 @@ def test_torch_onnx_export_one_afmc_node_per_layer():
     del proto.functions[:]
     proto.functions.extend(afmc.ops.function_protos({"AnalogLinear", "SliceInput"}, opset))
     onnx.checker.check_model(proto, full_check=True)
-    session = _session(proto)
+    session = analog_session(proto)
     y = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         eager = model(x)
