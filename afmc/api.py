@@ -29,6 +29,7 @@ from afmc.data.tensors import load_tensor_batches
 from afmc.data.text_source import read_text
 from afmc.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
 from afmc.eval.perplexity import token_windows
+from afmc.layout import TOKENIZER_DIR
 from afmc.mapping import analog_dependencies
 from afmc.models import BUILTIN_MODELS, resolve_model_path
 from afmc.onnx_compile import (
@@ -41,7 +42,7 @@ from afmc.onnx_compile import (
 from afmc.passes.layers import LayerRecord, layer_records
 from afmc.passes.registry import PassSpec, get_pass, resolve_passes
 from afmc.passes.verify import VerificationError, check_graph, output_drift
-from afmc.record import TOKENIZER_DIR, StepTimer, build_record, write_outputs
+from afmc.record import StepTimer, build_record, write_outputs
 from afmc.runtime.chip import Chip, load_record, open_chip
 from afmc.targets import LowerContext, get_target
 

@@ -19,12 +19,9 @@ import onnx_ir as ir
 from afmc.capture.onnx_export import save_model
 from afmc.config import AfmcConfig
 from afmc.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
+from afmc.layout import MODEL_FILE, RECORD_FILE, TOKENIZER_DIR
 from afmc.mapping import map_all_strategies
 from afmc.passes.layers import LayerRecord
-
-TOKENIZER_DIR = "tokenizer"
-MODEL_FILE = "model.onnx"
-RECORD_FILE = "afmc.json"
 
 
 class StepTimer:

@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from afmc.layout import RECORD_FILE
 from afmc.mapping import STRATEGIES, TileMap, map_tiles, write_tile_map_svg
-from afmc.runtime.chip import RECORD_FILE
 
 DEFAULT_STRATEGY = "one-per-tile"
 SVG_FILE = "tile_map.svg"

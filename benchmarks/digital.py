@@ -58,8 +58,9 @@ from afmc.data.corpus import stdlib_text
 from afmc.data.tokenizer import ByteTokenizer
 from afmc.eval.perplexity import perplexity, token_windows
 from afmc.eval.timing import interleaved_samples
+from afmc.layout import MODEL_FILE
 from afmc.models import afmc_tiny_config
-from afmc.runtime.chip import MODEL_FILE, Chip, load_record, open_chip
+from afmc.runtime.chip import Chip, load_record, open_chip
 from afmc.runtime.kernels import executed_ops
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,3 +24,16 @@ def test_readme_opens_with_the_two_commands():
     lines = (ROOT / "README.md").read_text().splitlines()
     commands = [line for line in lines[:8] if line.startswith("make ")]
     assert [c.split()[1] for c in commands] == ["demo", "test"]
+
+
+ENTRY_MODULES = ["afmc.api", "afmc.cli", "afmc.runtime.chip", "afmc.record", "afmc.report",
+                 "afmc.onnx_compile", "afmc.mapping", "afmc.passes", "afmc.targets.digital",
+                 "afmc.eval.evaluate"]
+
+
+@pytest.mark.parametrize("module", ENTRY_MODULES)
+def test_entry_module_imports_first(module):
+    """No import cycle: each module a user may import first imports in a fresh interpreter."""
+    result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
+                            text=True, cwd=ROOT)
+    assert result.returncode == 0, f"{module}: {result.stderr.strip().splitlines()[-1]}"

@@ -24,8 +24,9 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from afmc.record import MODEL_FILE, RECORD_FILE
+from afmc.layout import MODEL_FILE, RECORD_FILE
 from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
+from afmc.runtime.sessions import session_options
 from afmc.runtime.views import fp_reference, with_read_noise
 
 INLINE_LIMIT = 3 << 29  # 1.5 GiB: protobuf cannot serialise a model over 2 GiB
@@ -38,14 +39,6 @@ def load_record(out_dir: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{out_dir}: not a compiled afmc model (no {RECORD_FILE} "
                                 f"and {MODEL_FILE}; run 'afmc compile' first)")
     return json.loads(path.read_text())
-
-
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    return options
 
 
 @dataclass

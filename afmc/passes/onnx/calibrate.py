@@ -29,7 +29,7 @@ from afmc.config import AfmcConfig
 from afmc.passes.fx.calibrate import SliceObserver
 from afmc.passes.layers import META_KEY
 from afmc.passes.registry import register_pass
-from afmc.runtime.chip import session_options
+from afmc.runtime.sessions import session_options
 from afmc.runtime.views import fp_reference
 
 Batch = Mapping[str, np.ndarray]
