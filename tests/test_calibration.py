@@ -83,3 +83,14 @@ def test_text_calibration_uses_the_tokenizer(model_dirs, calibration_text):
     result = afmc.api.compile(str(model_dirs["llama"]), "aimc", calibration=calibration_text)
     assert result.record["calibration"] == str(calibration_text)
     assert all(layer.calibrated == "max" for layer in result.layers)
+
+
+def test_multi_input_chip(tmp_path):
+    x, extra = _data(8)
+    torch.manual_seed(0)
+    afmc.api.compile(TwoInputMLP().eval(), "aimc", example_inputs=(x[:4], extra[:4]),
+                     calibration=[(x, extra)], output=tmp_path / "out")
+    chip = afmc.api.load(tmp_path / "out", seed=1)
+    assert chip.run(x[:4].numpy(), extra[:4].numpy()).shape == (4, 6)  # captured static shapes
+    with pytest.raises(ValueError, match=r"takes 2 input\(s\) \(x, extra\), got 1"):
+        chip.run(x.numpy())

@@ -47,11 +47,16 @@ class Chip:
 
     session: ort.InferenceSession
     seed: int | None
-    input_name: str
+    input_names: list[str]
     output_name: str
 
-    def run(self, inputs: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: inputs})[0]
+    def run(self, *inputs: np.ndarray) -> np.ndarray:
+        """The first output for the model's inputs, given in the order of its graph inputs."""
+        if len(inputs) != len(self.input_names):
+            raise ValueError(f"the model takes {len(self.input_names)} input(s) "
+                             f"({', '.join(self.input_names)}), got {len(inputs)}")
+        feeds = dict(zip(self.input_names, inputs, strict=True))
+        return self.session.run([self.output_name], feeds)[0]
 
 
 def programmed_weights(model: onnx.ModelProto, record: dict[str, Any], noise: NoiseConfig,
@@ -89,7 +94,7 @@ def open_chip(out_dir: Path, seed: int | None = 0, *, read_noise: float = 0.0,
     if read_noise > 0 and not fp:
         model = with_read_noise(model, read_noise)
     session = _session(model, session_options(threads))
-    return Chip(session, seed, record["inputs"][0], record["outputs"][0])
+    return Chip(session, seed, list(record["inputs"]), record["outputs"][0])
 
 
 def program_into(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> None:
@@ -131,4 +136,4 @@ def _open_digital(out_dir: Path, record: dict[str, Any], *, read_noise: float, f
     path = out_dir / (record["digital"]["reference"] if fp else MODEL_FILE)
     session = ort.InferenceSession(str(path), session_options(threads),
                                    providers=["CPUExecutionProvider"])
-    return Chip(session, None, record["inputs"][0], record["outputs"][0])
+    return Chip(session, None, list(record["inputs"]), record["outputs"][0])
