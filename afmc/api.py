@@ -133,7 +133,7 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
 
     `model`: a built-in name (afmc-tiny), a Hugging Face causal-LM directory, an
     nn.Module (with `example_inputs`) or a CapturedModel. `calibration`: a text
-    file (language models; default for afmc-tiny: its training text) or an
+    file (language models; default for afmc-tiny: its calibration text) or an
     iterable of input tuples. `passes` replaces the target's FX pass list (names, or
     your own pass objects: callables taking and returning a GraphModule / PassResult),
     `skip` drops passes by name. After every pass the graph is checked
@@ -157,14 +157,13 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     timings = timed.timings
     staged = lowering.stage_directory(Path(output), force) if output is not None else None
     try:
-
         captured, model_dir = timed("capture", lambda: _capture(model, example_inputs))
-        tokenizer = load_tokenizer(model_dir) if model_dir is not None else None
+        lm_tokenizer = load_tokenizer(model_dir) if model_dir is not None else None
         steps = resolve_passes(chosen.fx_passes, passes, skip)
         batches, calibration_source = None, None
         if chosen.calibrates(config) and ("calibrate" in steps or chosen.post_lower):
             batches, calibration_source = _calibration_batches(
-                model, captured, tokenizer, calibration, config)
+                model, captured, lm_tokenizer, calibration, config)
         program = captured.graph_module
         reference = _reference_output(captured) if verify else None
         for index, spec in enumerate(steps, 1):
@@ -191,10 +190,10 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
         if chosen.post_lower is not None:
             lowered = timed(f"lower-{chosen.name}", lambda: chosen.post_lower(context))
         record = _record(chosen.name, captured, program, lowered, config, timings,
-                         calibration_source, tokenizer)
+                         calibration_source, lm_tokenizer)
         record.update(context.record)
         lowering.set_metadata(lowered, {k: v for k, v in record.items() if k != "passes"})
-        result = CompileResult(program, lowered, record, None, tokenizer, context.files)
+        result = CompileResult(program, lowered, record, None, lm_tokenizer, context.files)
         if staged is not None:
             timed.progress("write")
             write_outputs(staged, result.model, result.record, result.tokenizer, result.files)

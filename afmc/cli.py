@@ -61,7 +61,7 @@ def compile(  # noqa: A001
     config: Annotated[Path | None, typer.Option(help="YAML/JSON configuration file")] = None,
     calib: Annotated[str | None, typer.Option(
         help="Calibration data: a text file (language models; default for afmc-tiny: its "
-             "training text) or tensors (.npy, .npz keyed by input name, .pt)")] = None,
+             "calibration text) or tensors (.npy, .npz keyed by input name, .pt)")] = None,
     tokenizer: Annotated[str | None, typer.Option(
         help="ONNX input: tokenizer directory (or 'bytes') for text calibration")] = None,
     set_: Annotated[list[str] | None, typer.Option(

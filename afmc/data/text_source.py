@@ -1,10 +1,10 @@
-"""Text for calibration and evaluation: a file, or a built-in corpus (stdlib:train/heldout)."""
+"""Text for calibration and evaluation: a file, or a built-in corpus (stdlib:SPLIT)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-BUILTIN_TEXTS = ("stdlib:train", "stdlib:heldout")
+BUILTIN_TEXTS = ("stdlib:train", "stdlib:heldout", "stdlib:calibration")
 
 
 def read_text(source: str | Path) -> str:
