@@ -8,7 +8,6 @@ OUT/model.onnx and OUT/afmc.json atomically.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from afmc.onnx_compile import (
 from afmc.passes.layers import LayerRecord, layer_records
 from afmc.passes.registry import PassSpec, get_pass, resolve_passes
 from afmc.passes.verify import VerificationError, check_graph, output_drift
-from afmc.record import StepTimer, build_record, write_outputs
+from afmc.record import StepTimer, build_record, publish_outputs
 from afmc.runtime.chip import Chip, load_record, open_chip
 from afmc.targets import LowerContext, get_target
 
@@ -155,8 +154,7 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     chosen = get_target(target)
     timed = StepTimer(progress)
     timings = timed.timings
-    staged = lowering.stage_directory(Path(output), force) if output is not None else None
-    try:
+    with lowering.staged_output(output, force) as staged:
         captured, model_dir = timed("capture", lambda: _capture(model, example_inputs))
         lm_tokenizer = load_tokenizer(model_dir) if model_dir is not None else None
         steps = resolve_passes(chosen.fx_passes, passes, skip)
@@ -196,14 +194,10 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
         result = CompileResult(program, lowered, record, None, lm_tokenizer, context.files)
         if staged is not None:
             timed.progress("write")
-            write_outputs(staged, result.model, result.record, result.tokenizer, result.files)
-            lowering.publish_directory(staged, Path(output))
+            publish_outputs(staged, Path(output), result.model, result.record,
+                            result.tokenizer, result.files)
             result.output = Path(output)
         return result
-    except BaseException:
-        if staged is not None:
-            shutil.rmtree(staged, ignore_errors=True)
-        raise
 
 
 PRESERVE_TOLERANCE = 1e-5

@@ -14,7 +14,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,24 @@ def source_initializer(value: ir.Value) -> ir.Value:
     if producer is not None and producer.domain == ops.DOMAIN and producer.op_type == "SliceInput":
         return producer.inputs[0]
     return value
+
+
+@contextmanager
+def staged_output(output: str | Path | None, force: bool) -> Iterator[Path | None]:
+    """A staging directory for `output` (None: no output), removed if the block fails.
+
+    The block writes there and publishes it with publish_directory; a failed
+    compile leaves neither a half-written `output` nor the staging directory.
+    """
+    if output is None:
+        yield None
+        return
+    staged = stage_directory(Path(output), force)
+    try:
+        yield staged
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
 
 
 def stage_directory(target: Path, force: bool) -> Path:

@@ -12,7 +12,6 @@ See docs/onnx-input.md.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from afmc.passes.fx.fold_common import NOTES_KEY
 from afmc.passes.layers import META_KEY, LayerRecord
 from afmc.passes.onnx.place_layers import onnx_layer_records
 from afmc.passes.registry import get_pass, resolve_passes
-from afmc.record import StepTimer, build_record, write_outputs
+from afmc.record import StepTimer, build_record, publish_outputs
 from afmc.targets import get_target
 
 Progress = Callable[[str], None]
@@ -90,9 +89,7 @@ def compile_onnx(
         )
     timed = StepTimer(progress)
     timings = timed.timings
-    staged = lowering.stage_directory(Path(output), force) if output is not None else None
-    try:
-
+    with lowering.staged_output(output, force) as staged:
         model = timed("load", lambda: load_onnx_model(path))
         if any(node.domain == ops.DOMAIN for node in model.graph):
             raise ValueError(
@@ -115,14 +112,10 @@ def compile_onnx(
         compiled = OnnxCompileResult(model, record, None, tokenizer)
         if staged is not None:
             timed.progress("write")
-            write_outputs(staged, compiled.model, compiled.record, compiled.tokenizer)
-            lowering.publish_directory(staged, Path(output))
+            publish_outputs(staged, Path(output), compiled.model, compiled.record,
+                            compiled.tokenizer)
             compiled.output = Path(output)
         return compiled
-    except BaseException:
-        if staged is not None:
-            shutil.rmtree(staged, ignore_errors=True)
-        raise
 
 
 def _resolve_passes(

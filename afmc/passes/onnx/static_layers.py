@@ -173,21 +173,20 @@ def _matmul(node: ir.Node) -> OnnxLayer | None:
             weight, layout = inner, "nk"
     value = constant(weight)
     if value is None:
-        derived = _const_derived(w)
-        if derived:
-            return _make(
-                node,
-                w,
-                "kn",
-                0,
-                0,
-                f"weight computed from constants by {derived} (fold constants first)",
-            )
-        return None
+        return _computed_weight(node, w)
     if value.ndim != 2:
         return _make(node, weight, layout, 0, 0, f"weight of rank {value.ndim} (needs 2)")
     k, n = value.shape if layout == "kn" else value.shape[::-1]
     return _make(node, weight, layout, int(k), int(n))
+
+
+def _computed_weight(node: ir.Node, weight: ir.Value) -> OnnxLayer | None:
+    """A layer left digital because its weight is computed from constants, else None."""
+    derived = _const_derived(weight)
+    if not derived:
+        return None
+    return _make(node, weight, "kn", 0, 0,
+                 f"weight computed from constants by {derived} (fold constants first)")
 
 
 def _gemm(node: ir.Node) -> OnnxLayer | None:
@@ -205,17 +204,7 @@ def _gemm(node: ir.Node) -> OnnxLayer | None:
                 shape[-2],
                 "constant left operand (W @ X): not a crossbar product x @ W^T",
             )
-        derived = _const_derived(b)
-        if derived:
-            return _make(
-                node,
-                b,
-                "kn",
-                0,
-                0,
-                f"weight computed from constants by {derived} (fold constants first)",
-            )
-        return None
+        return _computed_weight(node, b)
     layout: Layout = "nk" if trans_b else "kn"
     k, n = value.shape if layout == "kn" else value.shape[::-1]
     return _make(node, b, layout, int(k), int(n))
