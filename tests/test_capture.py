@@ -17,8 +17,6 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
     Phi3Config,
     Phi3ForCausalLM,
     PreTrainedModel,
@@ -131,12 +129,6 @@ def test_capture_from_loaded_model():
         torch.testing.assert_close(captured.graph_module(ids), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_loaded_model_of_unsupported_architecture():
-    model = MistralForCausalLM(MistralConfig(**DECODER))
-    with pytest.raises(CaptureError, match="unsupported architecture 'mistral'"):
-        capture_causal_lm(model)
-
-
 def test_missing_model_directory(tmp_path):
     with pytest.raises(CaptureError, match="not found: .*absent"):
         load_causal_lm(tmp_path / "absent")
@@ -153,11 +145,18 @@ def test_corrupt_config(tmp_path):
         capture_causal_lm(tmp_path)
 
 
-def test_unsupported_architecture(tmp_path):
-    config = {"model_type": "bert", "architectures": ["BertForMaskedLM"]}
+def test_model_type_without_causal_lm_class(tmp_path):
+    config = {"model_type": "vit", "architectures": ["ViTModel"]}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CaptureError, match=r"unsupported architecture 'bert' \(BertForMaskedLM\)"):
+    with pytest.raises(CaptureError, match=r"model type 'vit' \(ViTModel\) has no causal-LM class"):
         load_causal_lm(tmp_path)
+
+
+def test_unknown_model_type(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "no-such-model"}))
+    with pytest.raises(CaptureError, match=r"model type 'no-such-model' does not load") as info:
+        load_causal_lm(tmp_path)
+    assert "\n" not in str(info.value)
 
 
 class DataDependentBranch(nn.Module):

@@ -1,8 +1,10 @@
-"""Capture front ends: trace a PyTorch module or a Hugging Face causal LM into an FX graph."""
+"""Capture front ends: trace a PyTorch module, a Hugging Face model or a GGUF into an FX graph."""
 
+from afmc.capture.encoder import capture_encoder
 from afmc.capture.errors import CaptureError
 from afmc.capture.hf import CausalLMLogits, capture_causal_lm, load_causal_lm
 from afmc.capture.onnx_export import export_onnx
+from afmc.capture.pretrained import capture_pretrained
 from afmc.capture.torch_module import CapturedModel, capture_module
 
 __all__ = [
@@ -10,7 +12,9 @@ __all__ = [
     "CapturedModel",
     "CausalLMLogits",
     "capture_causal_lm",
+    "capture_encoder",
     "capture_module",
+    "capture_pretrained",
     "export_onnx",
     "load_causal_lm",
 ]

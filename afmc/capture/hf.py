@@ -7,12 +7,20 @@ wrapper keeps the model under the attribute `lm`, so graph and ONNX names read
 `lm.model.layers.0.self_attn.q_proj.weight` (Llama, Phi-3, Qwen2) or
 `lm.transformer.h.0.attn.c_attn.weight` (GPT-2).
 
+Which models: there is no allow-list. A directory is captured when (1) its
+config.json loads with AutoConfig, (2) AutoModelForCausalLM maps its config to
+a class, and (3) torch.export traces it; each failure is a one-line CaptureError
+naming the file, the model type, or the module that did not export.
+Mixture-of-experts blocks run densely (afmc.capture.moe). docs/models.md lists
+the families that are tested.
+
 Findings (transformers 5.x, torch 2.13):
 
 - torch.fx.symbolic_trace fails on current transformers; torch.export
-  (non-strict) traces Llama, Phi-3, Qwen2 and GPT-2 without patches, with both
+  (non-strict) traces the tested families without patches, with both
   the "eager" and the "sdpa" attention implementations. afmc loads "sdpa"
-  (transformers' default): attention is one `aten.scaled_dot_product_attention`
+  (transformers' default) where the class supports it, else "eager" (Gemma2,
+  Bloom): with sdpa attention is one `aten.scaled_dot_product_attention`
   node in the graph, while "eager" adds matmul/softmax/dropout nodes.
 - HF's causal-mask code traces fine under export when no attention mask is
   passed; no mask input is needed.
@@ -37,22 +45,23 @@ import torch
 import transformers
 from torch import nn
 from torch.export import Dim
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from afmc.capture.errors import CaptureError, first_line
+from afmc.capture.gguf import SUFFIX as GGUF_SUFFIX
+from afmc.capture.gguf import find_gguf, load_gguf_model
+from afmc.capture.moe import densify_experts
 from afmc.capture.torch_module import CapturedModel, capture_module
 
-SUPPORTED_MODEL_TYPES = {"llama": "Llama", "phi3": "Phi-3", "qwen2": "Qwen2", "gpt2": "GPT-2"}
-ATTENTION_IMPLEMENTATION = "sdpa"
 EXAMPLE_BATCH = 2
 
 
-def load_causal_lm(model_dir: Path) -> PreTrainedModel:
-    """Load a local Hugging Face causal LM in float32, eval mode, SDPA attention.
+def read_config(model_dir: Path) -> PretrainedConfig:
+    """The config of the Hugging Face directory `model_dir`, loaded with AutoConfig.
 
     Raises:
-        CaptureError: the directory or config.json is missing or unreadable, the
-            architecture is not supported, or the weights cannot be loaded.
+        CaptureError: the directory or config.json is missing, config.json is not
+            a JSON object, or transformers does not know its model type.
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -61,32 +70,68 @@ def load_causal_lm(model_dir: Path) -> PreTrainedModel:
     if not config_path.is_file():
         raise CaptureError(f"{config_path}: file not found (not a Hugging Face model directory)")
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CaptureError(f"{config_path}: not a valid JSON file ({first_line(exc)})") from exc
-    if not isinstance(config, dict):
+    if not isinstance(raw, dict):
         raise CaptureError(f"{config_path}: expected a JSON object")
-    _check_supported(config.get("model_type"), config.get("architectures"), str(config_path))
+    try:
+        return AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    except Exception as exc:
+        raise CaptureError(f"{config_path}: model type {raw.get('model_type')!r} does not load "
+                           f"in transformers {transformers.__version__} "
+                           f"({first_line(exc)})") from exc
+
+
+def causal_lm_class(config: PretrainedConfig, where: str) -> type[PreTrainedModel]:
+    """The class AutoModelForCausalLM builds for `config`.
+
+    Raises:
+        CaptureError: transformers has no causal-LM class for the model type.
+    """
+    try:
+        return AutoModelForCausalLM._model_mapping[type(config)]
+    except KeyError:
+        named = f" ({', '.join(config.architectures)})" if config.architectures else ""
+        raise CaptureError(
+            f"{where}: model type {config.model_type!r}{named} has no causal-LM class in "
+            f"transformers {transformers.__version__} (AutoModelForCausalLM)") from None
+
+
+def attention_implementation(model_class: type[PreTrainedModel]) -> str:
+    """ "sdpa" where the class supports it (one SDPA node per attention), else "eager"."""
+    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
+
+
+def load_causal_lm(path: str | os.PathLike) -> PreTrainedModel:
+    """Load a local causal LM in float32, eval mode: a Hugging Face directory or a GGUF.
+
+    A `*.gguf` file, or a directory with one `*.gguf` and no config.json, is
+    dequantized through transformers' GGUF loader (afmc.capture.gguf).
+
+    Raises:
+        CaptureError: the path is missing, config.json is missing or unreadable,
+            the model type has no causal-LM class, or the weights cannot be loaded.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CaptureError(f"model directory not found: {path}")
+    gguf = find_gguf(path)
+    if gguf is not None:
+        return load_gguf_model(gguf)
+    if path.is_file():
+        raise CaptureError(f"{path}: not a model directory nor a GGUF file (*{GGUF_SUFFIX})")
+    config = read_config(path)
+    model_class = causal_lm_class(config, str(path / "config.json"))
     try:
         transformers.utils.logging.disable_progress_bar()
         model = AutoModelForCausalLM.from_pretrained(
-            model_dir,
-            local_files_only=True,
-            dtype=torch.float32,
-            attn_implementation=ATTENTION_IMPLEMENTATION,
+            path, local_files_only=True, dtype=torch.float32,
+            attn_implementation=attention_implementation(model_class),
         )
     except Exception as exc:
-        raise CaptureError(f"{model_dir}: cannot load the model ({first_line(exc)})") from exc
+        raise CaptureError(f"{path}: cannot load the model ({first_line(exc)})") from exc
     return model.eval()
-
-
-def _check_supported(model_type: object, architectures: object, where: str) -> None:
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        named = f" ({', '.join(map(str, architectures))})" if architectures else ""
-        supported = ", ".join(SUPPORTED_MODEL_TYPES.values())
-        raise CaptureError(
-            f"{where}: unsupported architecture {model_type!r}{named}; supported: {supported}"
-        )
 
 
 class CausalLMLogits(nn.Module):
@@ -107,7 +152,8 @@ def capture_causal_lm(
 
     The graph takes "input_ids" (int64 [batch, seq], both dynamic) and returns
     "logits" (float32 [batch, seq, vocab]). A loaded model is switched to eval
-    mode and used as it is (dtype and attention implementation unchanged).
+    mode and used as it is (dtype and attention implementation unchanged), except
+    that its mixture-of-experts blocks, if any, are made dense in place.
     fp_module is the CausalLMLogits wrapper, so it is called like the graph.
     """
     if isinstance(model_dir_or_model, (str, os.PathLike)):
@@ -115,7 +161,6 @@ def capture_causal_lm(
         source = f"hf:{model_dir_or_model}"
     else:
         model = model_dir_or_model.eval()
-        _check_supported(model.config.model_type, model.config.architectures, "model")
         source = f"hf:{model.config.name_or_path or model.config.model_type}"
     max_len = getattr(model.config, "max_position_embeddings", None)
     if example_seq_len < 2 or (max_len is not None and example_seq_len > max_len):
@@ -125,11 +170,15 @@ def capture_causal_lm(
         model.config.vocab_size, (EXAMPLE_BATCH, example_seq_len), generator=generator
     )
     dynamic_shapes = {"input_ids": {0: Dim("batch", min=1), 1: Dim("seq", min=1, max=max_len)}}
-    captured = capture_module(
-        CausalLMLogits(model),
-        (example,),
-        dynamic_shapes=dynamic_shapes,
-        input_names=["input_ids"],
-        output_names=["logits"],
-    )
+    densify_experts(model)
+    try:
+        captured = capture_module(
+            CausalLMLogits(model),
+            (example,),
+            dynamic_shapes=dynamic_shapes,
+            input_names=["input_ids"],
+            output_names=["logits"],
+        )
+    except CaptureError as exc:
+        raise CaptureError(f"model type {model.config.model_type!r}: {exc}") from exc
     return replace(captured, source=source)

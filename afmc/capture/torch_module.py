@@ -19,6 +19,9 @@ Findings (torch 2.13) that the rest of afmc relies on:
 - The graph module shares its parameter tensors with the original module
   (`fp_module`): a pass that changes a weight in place also changes the
   reference. Passes must install new tensors (or copy the module first).
+- A hand-written linear layer, `x @ W.T (+ b)` (Falcon), is rewritten to
+  `aten.linear` right after export (`afmc.capture.linear_form`), so it is
+  found as a static-weight layer like any `nn.Linear`.
 - Mutating the graph in place and calling `recompile()` keeps the pytree
   calling convention and the input checks; the graph module can then be
   exported again with `torch.export.export(graph_module, example_inputs,
@@ -46,6 +49,7 @@ from torch import nn
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from afmc.capture.errors import CaptureError, first_line
+from afmc.capture.linear_form import linearize_transposed_products
 
 _LIBRARY_DIRS = tuple(
     str(Path(p).resolve()) + os.sep
@@ -105,6 +109,7 @@ def capture_module(
     except Exception as exc:
         raise CaptureError(describe_export_failure(module, exc)) from exc
     graph_module = program.module(check_guards=False)
+    linearize_transposed_products(graph_module)
     graph_inputs = [node.name for node in graph_module.graph.find_nodes(op="placeholder")]
     (flat_outputs,) = graph_module.graph.find_nodes(op="output")[0].args
     n_outputs = len(flat_outputs) if isinstance(flat_outputs, (tuple, list)) else 1

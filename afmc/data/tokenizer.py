@@ -3,7 +3,13 @@
 A model directory without tokenizer files whose ``config.json`` says
 ``vocab_size: 256`` (such as the built-in ``afmc-tiny``) reads raw UTF-8
 bytes; any other directory must hold files that
-``transformers.AutoTokenizer`` can load offline.
+``transformers.AutoTokenizer`` can load offline. A GGUF file (or a directory
+holding one GGUF and no ``config.json``) has its tokenizer built from the
+vocabulary in its metadata.
+
+``text_feeds`` turns token windows into the inputs of a text model: a causal LM
+takes the ids alone, an encoder also an attention mask of ones and token type
+ids of zeros (one unpadded segment, as its tokenizer would give).
 """
 
 from __future__ import annotations
@@ -65,13 +71,32 @@ class HFTokenizer:
         return self.tokenizer.decode([int(i) for i in ids])
 
 
+def text_feeds(ids: np.ndarray, input_names: list[str]) -> list[np.ndarray]:
+    """The model inputs named ``input_names`` for token windows ``ids`` [batch, seq].
+
+    ``input_ids`` are the ids, ``attention_mask`` ones, ``token_type_ids`` zeros.
+    """
+    fill = {"input_ids": lambda: ids, "attention_mask": lambda: np.ones_like(ids),
+            "token_type_ids": lambda: np.zeros_like(ids)}
+    unknown = [name for name in input_names if name not in fill]
+    if unknown:
+        raise ValueError(f"no text input for {', '.join(unknown)} (text models take "
+                         f"{', '.join(fill)})")
+    return [fill[name]() for name in input_names]
+
+
 def load_tokenizer(model_dir: Path) -> Tokenizer:
-    """The tokenizer of the Hugging Face model directory ``model_dir``.
+    """The tokenizer of the Hugging Face model directory (or GGUF file) ``model_dir``.
 
     Raises ``ValueError`` when the directory has neither tokenizer files nor a
     byte-level ``config.json`` (``vocab_size`` 256).
     """
     model_dir = Path(model_dir)
+    from afmc.capture.gguf import find_gguf, load_gguf_tokenizer
+
+    gguf = find_gguf(model_dir)
+    if gguf is not None:
+        return HFTokenizer(load_gguf_tokenizer(gguf))
     if any((model_dir / name).is_file() for name in _TOKENIZER_FILES):
         from transformers import AutoTokenizer
 

@@ -16,17 +16,19 @@ BUILTIN_MODELS: dict[str, Path] = {
 
 
 def resolve_model_path(name_or_path: str) -> Path:
-    """The directory of a built-in model name, or ``name_or_path`` as an existing directory.
+    """The directory of a built-in model name, or ``name_or_path`` as an existing
+    directory or ``*.gguf`` file.
 
-    Raises ``FileNotFoundError`` when it is neither.
+    Raises ``FileNotFoundError`` when it is none of these.
     """
     if name_or_path in BUILTIN_MODELS:
         return BUILTIN_MODELS[name_or_path]
     path = Path(name_or_path).expanduser()
-    if not path.is_dir():
+    if not (path.is_dir() or (path.is_file() and path.suffix.lower() == ".gguf")):
         builtins = ", ".join(sorted(BUILTIN_MODELS))
         raise FileNotFoundError(
-            f"model not found: {name_or_path} is not a directory nor a built-in model ({builtins})"
+            f"model not found: {name_or_path} is not a directory, a GGUF file (*.gguf) "
+            f"nor a built-in model ({builtins})"
         )
     return path
 
