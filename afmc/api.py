@@ -21,12 +21,18 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 import afmc.passes  # noqa: F401  (registers the passes)
 from afmc import lowering
-from afmc.capture import CapturedModel, capture_causal_lm, capture_module
+from afmc.capture import CapturedModel, capture_module, capture_pretrained
 from afmc.config import AfmcConfig, CalibrationConfig
 from afmc.data.tensors import SUFFIXES as TENSOR_SUFFIXES
 from afmc.data.tensors import load_tensor_batches
 from afmc.data.text_source import read_text
-from afmc.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
+from afmc.data.tokenizer import (
+    ByteTokenizer,
+    HFTokenizer,
+    Tokenizer,
+    load_tokenizer,
+    text_feeds,
+)
 from afmc.eval.perplexity import token_windows
 from afmc.layout import TOKENIZER_DIR
 from afmc.mapping import analog_dependencies
@@ -91,7 +97,7 @@ def _capture(model: Any, example_inputs: tuple | None) -> tuple[CapturedModel, P
             raise ValueError("compile(nn.Module) needs example_inputs")
         return capture_module(model, example_inputs), None
     path = resolve_model_path(str(model))
-    return capture_causal_lm(path), path
+    return capture_pretrained(path), path
 
 
 def _calibration_batches(model: Any, captured: CapturedModel, tokenizer: Tokenizer | None,
@@ -109,7 +115,10 @@ def _calibration_batches(model: Any, captured: CapturedModel, tokenizer: Tokeniz
         text, source = _default_calibration_text(str(model))
     else:
         text, source = read_text(calibration), str(calibration)
-    return text_batches(tokenizer, text, source, config.calibration), source
+    batches = text_batches(tokenizer, text, source, config.calibration)
+    names = list(captured.input_names)
+    feeds = [tuple(map(torch.from_numpy, text_feeds(ids.numpy(), names))) for (ids,) in batches]
+    return feeds, source
 
 
 def compile(  # noqa: A001  (the verb users expect: afmc.compile)
