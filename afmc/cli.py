@@ -159,6 +159,9 @@ def run(
         ids = tokenizer.encode(read_text(text))[:max_tokens]
         if ids.size == 0:
             raise ValueError(f"{text}: no tokens")
+        if _is_encoder(compiled):
+            _run_encoder(compiled, ids, seed, read_noise)
+            return
         chip = open_chip(compiled, seed, read_noise=read_noise)
         logits = chip.run(ids[None, :])[0].astype(np.float64)
         log_probs = logits - logits.max(-1, keepdims=True)
@@ -199,6 +202,9 @@ def eval_(
         ids = tokenizer.encode(read_text(text))
         if seeds < 1:
             raise ValueError("--seeds must be at least 1")
+        if _is_encoder(compiled):
+            _eval_encoder(compiled, ids, seeds, seq_len, max_tokens, read_noise)
+            return
         with _progress() as bar:
             task = bar.add_task("fp", total=None)
 
@@ -223,6 +229,42 @@ def eval_(
                                             "noise_free": report.noise_free,
                                             "chips": report.chips, "mean": report.mean,
                                             "std": report.std}, indent=2))
+
+
+def _is_encoder(compiled: Path) -> bool:
+    from afmc.eval.embedding import is_encoder
+    from afmc.runtime.chip import load_record
+
+    return is_encoder(load_record(compiled))
+
+
+def _run_encoder(compiled: Path, ids: np.ndarray, seed: int, read_noise: float) -> None:
+    """afmc run on an encoder: the text's embedding on chip `seed`, and its error to FP."""
+    from afmc.eval.embedding import embedding_error, embeddings
+    from afmc.runtime.chip import open_chip
+
+    chip = open_chip(compiled, seed, read_noise=read_noise)
+    got = embeddings(chip, ids[None, :])
+    error = embedding_error(got, embeddings(open_chip(compiled, fp=True), ids[None, :]))
+    which = f"chip seed {seed}" if chip.seed is not None else "digital model (no noise)"
+    out.print(f"{which}: {ids.size} tokens, embedding {list(got.shape)}, norm "
+              f"{np.linalg.norm(got):.4f}; vs FP: relative error {error.relative_error:.4f}, "
+              f"cosine {error.cosine:.4f}")
+
+
+def _eval_encoder(compiled: Path, ids: np.ndarray, seeds: int, seq_len: int, max_tokens: int,
+                  read_noise: float) -> None:
+    """afmc eval on an encoder: relative error of the mean-pooled embeddings to the FP view."""
+    from afmc.eval.embedding import evaluate_encoder
+    from afmc.eval.perplexity import token_windows
+
+    windows = token_windows(ids, min(seq_len, len(ids)), max_tokens)
+    report = evaluate_encoder(compiled, windows, list(range(seeds)), read_noise=read_noise)
+    for seed, error in report.chips.items():
+        out.print(f"{report.digital or f'seed {seed}':>10}: embedding relative error "
+                  f"{error.relative_error:.4f}, cosine {error.cosine:.4f}")
+    out.print(f"embedding relative error vs FP over {report.windows} windows: "
+              f"{report.mean:.4f} +- {report.std:.4f}")
 
 
 @app.command()

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import PreTrainedModel
 
 from afmc.capture.errors import CaptureError, first_line
@@ -68,6 +69,7 @@ def load_gguf_model(path: Path) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
     check_gguf(path)
+    transformers.utils.logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path.parent, gguf_file=path.name, local_files_only=True, dtype=torch.float32)

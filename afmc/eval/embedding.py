@@ -1,0 +1,78 @@
+"""Encoders (output "embeddings"): how far each chip's embeddings are from the FP view.
+
+An encoder compiled by afmc outputs the mean-pooled embedding of each window
+([batch, hidden]). Its error on a text is the relative L2 error
+||E_chip - E_fp|| / ||E_fp|| over all windows' embeddings, next to the mean
+cosine similarity of each window's embedding to the FP one. Seeds are chip
+instances as for language models; a digital target is scored once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from afmc.capture.encoder import OUTPUT
+from afmc.data.tokenizer import text_feeds
+from afmc.runtime.chip import Chip, is_digital, load_record, open_chip
+
+
+def is_encoder(record: dict[str, Any]) -> bool:
+    """Whether a compiled model is an encoder (its one output is the embeddings)."""
+    return list(record["outputs"]) == [OUTPUT]
+
+
+def embeddings(chip: Chip, windows: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """The embeddings [windows, hidden] of token windows [windows, seq] on `chip`."""
+    parts = [chip.run(*text_feeds(windows[i:i + batch_size], chip.input_names))
+             for i in range(0, len(windows), batch_size)]
+    return np.concatenate(parts).astype(np.float64)
+
+
+@dataclass
+class EmbeddingError:
+    """Relative L2 error and mean cosine similarity of one chip's embeddings to the FP view."""
+
+    relative_error: float
+    cosine: float
+
+
+def embedding_error(got: np.ndarray, fp: np.ndarray) -> EmbeddingError:
+    """The error of embeddings `got` against the FP embeddings `fp` (rule in the docstring)."""
+    cosine = (got * fp).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(fp, axis=-1))
+    return EmbeddingError(float(np.linalg.norm(got - fp) / np.linalg.norm(fp)),
+                          float(cosine.mean()))
+
+
+@dataclass
+class EmbeddingReport:
+    """The error per chip seed (or once, for a digital target) on `windows` windows."""
+
+    windows: int
+    chips: dict[int, EmbeddingError] = field(default_factory=dict)
+    digital: str | None = None
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean([e.relative_error for e in self.chips.values()]))
+
+    @property
+    def std(self) -> float:
+        return float(np.std([e.relative_error for e in self.chips.values()]))
+
+
+def evaluate_encoder(out_dir: Path, windows: np.ndarray, seeds: list[int], *,
+                     read_noise: float = 0.0) -> EmbeddingReport:
+    """The embedding error of each chip `seed` against the FP view on token `windows`."""
+    fp = embeddings(open_chip(out_dir, fp=True), windows)
+    record = load_record(out_dir)
+    report = EmbeddingReport(len(windows))
+    if is_digital(record):
+        report.digital, seeds = record["target"], [0]
+    for seed in seeds:
+        chip = open_chip(out_dir, seed, read_noise=read_noise)
+        report.chips[seed] = embedding_error(embeddings(chip, windows), fp)
+    return report
