@@ -39,27 +39,30 @@ def is_encoder(config: PretrainedConfig) -> bool:
 
     causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
     return (config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-            and not config.is_decoder and not config.is_encoder_decoder
+            and not getattr(config, "is_decoder", False)
+            and not getattr(config, "is_encoder_decoder", False)
             and not causal & set(config.architectures or ()))
 
 
 class MeanPooledEmbeddings(nn.Module):
-    """forward(*inputs named by input_names) -> mean of the last hidden state over the mask."""
+    """forward(input_ids, attention_mask[, token_type_ids]) -> mean of the last hidden state
+    over the positions the mask keeps."""
 
-    def __init__(self, encoder: PreTrainedModel, input_names: list[str]) -> None:
+    def __init__(self, encoder: PreTrainedModel) -> None:
         super().__init__()
         self.encoder = encoder
-        self.input_names = input_names
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        feeds = dict(zip(self.input_names, inputs, strict=True))
-        hidden = self.encoder(**feeds).last_hidden_state
-        mask = feeds["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              **extra).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
 def load_encoder(model_dir: Path) -> PreTrainedModel:
-    """The bare encoder of `model_dir` (AutoModel), float32, eval mode.
+    """The bare encoder of `model_dir` (AutoModel), float32, eval mode, without its pooler.
 
     Raises:
         CaptureError: the config or the weights cannot be loaded.
@@ -72,6 +75,8 @@ def load_encoder(model_dir: Path) -> PreTrainedModel:
             attn_implementation=attention_implementation(model_class))
     except Exception as exc:
         raise CaptureError(f"{model_dir}: cannot load the encoder ({first_line(exc)})") from exc
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None  # its [CLS] output is unused by the mean pooling
     return model.eval()
 
 
@@ -94,8 +99,8 @@ def capture_encoder(model_dir: Path, example_seq_len: int = 16) -> CapturedModel
     dims = {0: Dim("batch", min=1), 1: Dim("seq", min=1, max=max_len)}
     try:
         captured = capture_module(
-            MeanPooledEmbeddings(model, names), tuple(example[name] for name in names),
-            dynamic_shapes={"inputs": tuple(dims for _ in names)},
+            MeanPooledEmbeddings(model), tuple(example[name] for name in names),
+            dynamic_shapes=tuple(dims for _ in names),
             input_names=names, output_names=[OUTPUT])
     except CaptureError as exc:
         raise CaptureError(f"model type {model.config.model_type!r}: {exc}") from exc
