@@ -99,7 +99,7 @@ def causal_lm_class(config: PretrainedConfig, where: str) -> type[PreTrainedMode
 
 
 def attention_implementation(model_class: type[PreTrainedModel]) -> str:
-    """ "sdpa" where the class supports it (one SDPA node per attention), else "eager"."""
+    """The attention to load: "sdpa" where the class supports it (one SDPA node), else "eager"."""
     return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
 
 
