@@ -49,7 +49,7 @@ from afmc.passes.registry import PassSpec, get_pass, resolve_passes
 from afmc.passes.verify import VerificationError, check_graph, output_drift
 from afmc.record import StepTimer, build_record, publish_outputs
 from afmc.runtime.chip import Chip, load_record, open_chip
-from afmc.targets import LowerContext, get_target
+from afmc.targets import LowerContext, Target, get_target
 
 Progress = Callable[[str], None]
 
@@ -73,12 +73,30 @@ class CompileResult:
 def text_batches(tokenizer: Tokenizer, text: str, source: str,
                  calibration: CalibrationConfig) -> list[tuple[torch.Tensor]]:
     """Calibration batches of token windows from `text` (at most calibration.max_tokens)."""
+    return split_text(tokenizer, text, source, calibration, held_back=0)[0]
+
+
+def split_text(tokenizer: Tokenizer, text: str, source: str, calibration: CalibrationConfig,
+               held_back: int) -> tuple[list[tuple[torch.Tensor]], list[tuple[torch.Tensor]]]:
+    """(calibration batches, held-back batch) of token windows from `text`.
+
+    The calibration windows cover at most calibration.max_tokens; the held-back batch
+    has `held_back` windows for the fidelity check: the windows after max_tokens, or,
+    when the text ends before, the last calibration windows (one at least stays).
+    """
     ids = tokenizer.encode(text)
     if ids.size < 2:
         raise ValueError(f"{source}: calibration text is empty (needs at least 2 tokens)")
-    windows = token_windows(ids, min(calibration.seq_len, int(ids.size)), calibration.max_tokens)
+    seq_len = min(calibration.seq_len, int(ids.size))
+    windows = token_windows(ids, seq_len, calibration.max_tokens + held_back * seq_len)
+    count = min(len(windows), max(1, calibration.max_tokens // seq_len))
+    if held_back and count == len(windows):
+        count = max(1, count - held_back)
     size = calibration.batch_size
-    return [(torch.from_numpy(windows[i:i + size]),) for i in range(0, len(windows), size)]
+    batches = [(torch.from_numpy(windows[i:min(i + size, count)]),)
+               for i in range(0, count, size)]
+    held = [(torch.from_numpy(windows[count:]),)] if count < len(windows) else []
+    return batches, held
 
 
 def _default_calibration_text(model: str) -> tuple[str, str]:
@@ -101,24 +119,31 @@ def _capture(model: Any, example_inputs: tuple | None) -> tuple[CapturedModel, P
 
 
 def _calibration_batches(model: Any, captured: CapturedModel, tokenizer: Tokenizer | None,
-                         calibration: Any, config: AfmcConfig) -> tuple[list[tuple], str]:
-    """Calibration batches: given batches, a tensor file, or text (language models)."""
+                         calibration: Any, config: AfmcConfig,
+                         ) -> tuple[list[tuple], list[tuple], str]:
+    """(calibration batches, held-back batches, source): given batches, a tensor file, or
+    text (language models; only text has batches held back for the fidelity check)."""
     if calibration is not None and not isinstance(calibration, (str, Path)):
-        return list(calibration), "user batches"
+        return list(calibration), [], "user batches"
     if calibration is not None and Path(calibration).suffix in TENSOR_SUFFIXES:
         batches = load_tensor_batches(Path(calibration), list(captured.input_names),
                                       config.calibration.batch_size)
-        return batches, str(calibration)
+        return batches, [], str(calibration)
     if tokenizer is None:
         raise ValueError("calibration data for a module: input tuples or a .npy/.npz/.pt file")
     if calibration is None:
         text, source = _default_calibration_text(str(model))
     else:
         text, source = read_text(calibration), str(calibration)
-    batches = text_batches(tokenizer, text, source, config.calibration)
+    batches, held = split_text(tokenizer, text, source, config.calibration,
+                               config.calibration.held_back)
     names = list(captured.input_names)
-    feeds = [tuple(map(torch.from_numpy, text_feeds(ids.numpy(), names))) for (ids,) in batches]
-    return feeds, source
+
+    def feeds(windows: list[tuple]) -> list[tuple]:
+        return [tuple(map(torch.from_numpy, text_feeds(ids.numpy(), names)))
+                for (ids,) in windows]
+
+    return feeds(batches), feeds(held), source
 
 
 def compile(  # noqa: A001  (the verb users expect: afmc.compile)
@@ -167,16 +192,20 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
         captured, model_dir = timed("capture", lambda: _capture(model, example_inputs))
         lm_tokenizer = load_tokenizer(model_dir) if model_dir is not None else None
         steps = resolve_passes(chosen.fx_passes, passes, skip)
-        batches, calibration_source = None, None
-        if chosen.calibrates(config) and ("calibrate" in steps or chosen.post_lower):
-            batches, calibration_source = _calibration_batches(
+        batches, held, calibration_source = None, [], None
+        uses_data = any(isinstance(step, str) and get_pass(step).uses_calibration
+                        for step in steps)
+        checks = chosen.name != "fp" and config.calibration.held_back > 0 and (
+            calibration is not None or str(model) in BUILTIN_MODELS)
+        if checks or (chosen.calibrates(config) and (uses_data or chosen.post_lower)):
+            batches, held, calibration_source = _calibration_batches(
                 model, captured, lm_tokenizer, calibration, config)
         program = captured.graph_module
         reference = _reference_output(captured) if verify else None
         for index, spec in enumerate(steps, 1):
             name = spec if isinstance(spec, str) else type(spec).__name__
             if isinstance(spec, str):
-                arguments = {"batches": batches} if spec == "calibrate" else {}
+                arguments = {"batches": batches} if get_pass(spec).uses_calibration else {}
                 spec = get_pass(spec).factory(config, **arguments)
             outcome = timed(name, lambda spec=spec, program=program: spec(program))
             program = outcome.graph_module if isinstance(outcome, PassResult) else outcome
@@ -199,6 +228,9 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
         record = _record(chosen.name, captured, program, lowered, config, timings,
                          calibration_source, lm_tokenizer)
         record.update(context.record)
+        if checks:
+            record["fidelity"] = timed("fidelity", lambda: _fidelity(
+                chosen, captured, program, lowered, config, held or batches[:1], bool(held)))
         lowering.set_metadata(lowered, {k: v for k, v in record.items() if k != "passes"})
         result = CompileResult(program, lowered, record, None, lm_tokenizer, context.files)
         if staged is not None:
@@ -210,6 +242,19 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
 
 
 PRESERVE_TOLERANCE = 1e-5
+
+
+def _fidelity(target: Target, captured: CapturedModel, program: fx.GraphModule,
+              lowered: ir.Model, config: AfmcConfig, batches: list[tuple],
+              held_back: bool) -> dict[str, Any]:
+    """The compile's fidelity check (afmc.eval.fidelity) on the held-back batches."""
+    from afmc.eval.fidelity import check_fidelity, onnx_outputs, torch_outputs
+
+    if target.post_lower is None:  # the analog torch program computes what the file does
+        return check_fidelity(captured.fp_module, torch_outputs(program), program,
+                              config.noise, batches, held_back)
+    return check_fidelity(captured.fp_module, onnx_outputs(lowered, captured.input_names),
+                          None, None, batches, held_back)
 
 
 def _onnx_tokenizer(model: Path, tokenizer: str | Path | None) -> Tokenizer | None:

@@ -90,6 +90,7 @@ def compile(  # noqa: A001
             overrides.append("placement.lm_head=digital")
         cfg = load_config(config, overrides)
         from afmc.api import compile as compile_model
+        from afmc.eval.fidelity import FidelityWarning
         from afmc.passes.onnx.static_layers import UnsupportedLayerWarning
         from afmc.targets import get_target
 
@@ -99,6 +100,7 @@ def compile(  # noqa: A001
         with warnings.catch_warnings(record=True) as caught, \
                 console.status("compiling") as status:
             warnings.simplefilter("always", UnsupportedLayerWarning)
+            warnings.simplefilter("always", FidelityWarning)
             result = compile_model(
                 model, target, cfg, calibration=calib, output=output, force=force,
                 passes=[name.strip() for name in passes.split(",") if name.strip()]
@@ -107,13 +109,26 @@ def compile(  # noqa: A001
                 tokenizer=tokenizer, progress=lambda step: status.update(f"compiling: {step}"),
             )
         for warning in caught:
-            if issubclass(warning.category, UnsupportedLayerWarning):
+            if issubclass(warning.category, (UnsupportedLayerWarning, FidelityWarning)):
                 typer.echo(f"warning: {warning.message}", err=True)
         _print_compile_summary(result.record, output)
 
 
+def _print_fidelity(fidelity: dict) -> None:
+    parts = []
+    for key, label in (("noise_free", "no programming noise"), ("chip_0", "chip 0")):
+        if key in fidelity:
+            scores = fidelity[key]
+            ppl = f"perplexity {scores['perplexity']:.4g}, " if "perplexity" in scores else ""
+            parts.append(f"{label}: {ppl}relative error {scores['relative_error']:.3g}")
+    fp = f"FP perplexity {fidelity['fp_perplexity']:.4g}; " if "fp_perplexity" in fidelity else ""
+    out.print(f"fidelity on {fidelity['data']}: {fp}{'; '.join(parts)}")
+
+
 def _print_compile_summary(record: dict, output: Path) -> None:
     summary = record["summary"]
+    if "fidelity" in record:
+        _print_fidelity(record["fidelity"])
     table = Table(title=f"afmc compile -> {output}", show_edge=False)
     verified = any("output_drift" in step for step in record["passes"])
     for column in ("step", "seconds") + (("output drift vs FP",) if verified else ()):

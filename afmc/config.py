@@ -78,12 +78,28 @@ class CalibrationConfig(_Section):
     """How static input ranges are initialised from sample data."""
 
     # max measured best on afmc-tiny (benchmarks/calibration_methods.py, docs/results.md).
-    method: Literal["max", "percentile", "kappa-std"] = "max"
+    method: Literal["max", "percentile", "kappa-std", "search"] = "max"
     percentile: float = Field(99.995, gt=0, le=100)
     kappa: float = Field(18.0, gt=0, description="kappa-std: r = running mean of kappa*std(x).")
     max_tokens: int = Field(8192, gt=0, description="Tokens of calibration text to run.")
     seq_len: int = Field(256, gt=1)
     batch_size: int = Field(8, gt=0)
+    held_back: int = Field(
+        2, ge=0, description="Token windows of calibration text held back from calibration "
+        "for the fidelity check that ends a compile (0: no check).")
+    search_rows: int = Field(
+        256, gt=0, description="search: input rows per layer on which each slice's range is "
+        "chosen by its output error.")
+    clip_weights: bool = Field(
+        True, description="search: also choose a clipping bound per weight row (multiples of "
+        "the row's std) with the range; the clipped weights are programmed.")
+
+
+class SmoothingConfig(_Section):
+    """The smooth-inputs pass: input-channel scales x_max^alpha / w_max^(1 - alpha)."""
+
+    alpha: float = Field(0.5, ge=0, le=1, description="Migration strength: 0 leaves the "
+                         "inputs as they are, 1 moves their whole range into the weights.")
 
 
 class PlacementRule(_Section):
@@ -160,6 +176,7 @@ class AfmcConfig(_Section):
 
     hardware: HardwareConfig = HardwareConfig()
     calibration: CalibrationConfig = CalibrationConfig()
+    smoothing: SmoothingConfig = SmoothingConfig()
     noise: NoiseConfig = NoiseConfig()
     placement: PlacementConfig = PlacementConfig()
     digital: DigitalConfig = DigitalConfig()

@@ -30,7 +30,7 @@ def token_windows(ids: np.ndarray, seq_len: int, max_tokens: int | None = None) 
     return ids[: n_windows * seq_len].reshape(n_windows, seq_len)
 
 
-def _window_nll(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def next_token_nll(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Next-token negative log-likelihoods ``[b, T-1]`` (float64, stable log-softmax)."""
     logits = np.asarray(logits, dtype=np.float64)[:, :-1]
     targets = ids[:, 1:]
@@ -60,7 +60,7 @@ def perplexity(
         logits = logits_fn(batch)
         if logits.shape[:2] != batch.shape:
             raise ValueError(f"logits_fn returned shape {logits.shape} for ids {batch.shape}")
-        nll = _window_nll(logits, batch)
+        nll = next_token_nll(logits, batch)
         total_nll += float(nll.sum())
         count += nll.size
         if progress is not None:

@@ -9,6 +9,7 @@ from afmc.passes.fx import (
     fold_norms,
     insert_analog_linear,
     place_layers,
+    smooth_inputs,
 )
 from afmc.passes.onnx import calibrate as onnx_calibrate
 from afmc.passes.onnx import fold_norms as onnx_fold_norms
@@ -20,4 +21,4 @@ from afmc.passes.registry import PASSES, get_pass, register_pass
 __all__ = ["PASSES", "calibrate", "fold_batchnorm", "fold_norms", "get_pass",
            "insert_analog_linear", "onnx_calibrate",
            "onnx_fold_norms", "onnx_insert_analog_linear", "onnx_place_layers",
-           "onnx_upgrade_opset", "place_layers", "register_pass"]
+           "onnx_upgrade_opset", "place_layers", "register_pass", "smooth_inputs"]

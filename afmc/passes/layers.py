@@ -33,6 +33,8 @@ class LayerRecord:
     onnx_weight: str = ""
     onnx_input_range: str = ""
     calibrated: str = ""
+    clipped_rows: int = 0  # calibration method search: weight rows programmed clipped
+    sqnr_db: float | None = None  # search: worst slice's output SQNR on the calibration sample
     precision: str = ""  # digital targets: "int8", "int4" or "fp" (the stored weight format)
 
     def to_json(self) -> dict[str, Any]:

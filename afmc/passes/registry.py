@@ -11,25 +11,30 @@ Level = Literal["fx", "onnx"]
 
 @dataclass(frozen=True)
 class PassInfo:
-    """A registered pass: its name, the graph level it runs on, one line of what it does."""
+    """A registered pass: its name, the graph level it runs on, one line of what it does.
+
+    uses_calibration: the factory takes the calibration batches (`batches=`).
+    """
 
     name: str
     level: Level
     summary: str
     factory: Callable[..., object]
+    uses_calibration: bool = False
 
 
 PASSES: dict[str, PassInfo] = {}
 
 
-def register_pass(name: str, level: Level) -> Callable[[type], type]:
+def register_pass(name: str, level: Level,
+                  uses_calibration: bool = False) -> Callable[[type], type]:
     """Class decorator: register a pass under `name`; its summary is its docstring's first line."""
 
     def decorate(cls: type) -> type:
         if name in PASSES:
             raise ValueError(f"pass {name!r} is registered twice")
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        PASSES[name] = PassInfo(name, level, summary, cls)
+        PASSES[name] = PassInfo(name, level, summary, cls, uses_calibration)
         return cls
 
     return decorate

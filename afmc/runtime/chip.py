@@ -93,7 +93,7 @@ def open_chip(out_dir: Path, seed: int | None = 0, *, read_noise: float = 0.0,
         program_into(model, programmed_weights(model, record, noise, seed))
     if read_noise > 0 and not fp:
         model = with_read_noise(model, read_noise)
-    session = _session(model, session_options(threads))
+    session = model_session(model, session_options(threads))
     return Chip(session, seed, list(record["inputs"]), record["outputs"][0])
 
 
@@ -111,7 +111,7 @@ def program_into(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> None
                                                          initializer.name))
 
 
-def _session(model: onnx.ModelProto, options: ort.SessionOptions) -> ort.InferenceSession:
+def model_session(model: onnx.ModelProto, options: ort.SessionOptions) -> ort.InferenceSession:
     """An onnxruntime session of an in-memory model; over 1.5 GiB via a temporary file."""
     providers = ["CPUExecutionProvider"]
     if model.ByteSize() < INLINE_LIMIT:

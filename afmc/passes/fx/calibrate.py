@@ -8,7 +8,11 @@ FP model), observe |x| per input slice, and set r_s by the configured method:
 - ``percentile``: that percentile of |x_s| (default 99.995), over a uniform
   random sample of at most 2^20 values per slice and batch (fixed seed);
 - ``kappa-std``: the running mean over batches of kappa * std(x_s)
-  (HARDWARE.md, AFM kappa = 18).
+  (HARDWARE.md, AFM kappa = 18);
+- ``search``: the range that minimises the slice's output error under the
+  whole DAC + ADC model on a sample of at most ``search_rows`` input rows
+  (afmc.passes.range_search), and with ``clip_weights`` each weight row's
+  clipping bound with it (the programmed weights are then the clipped ones).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from afmc.config import AfmcConfig, CalibrationConfig
 from afmc.ops.analog_linear import ANALOG_LINEAR
+from afmc.passes.fx.fold_common import replace_parameter
 from afmc.passes.layers import META_KEY
+from afmc.passes.range_search import search_slice
 from afmc.passes.registry import register_pass
 
 _SAMPLE = 1 << 20
@@ -46,6 +52,10 @@ class SliceObserver:
             self.maximum = max(self.maximum, float(flat.max()))
         elif method == "kappa-std":
             self.stds.append(float(values.detach().float().std()))
+        elif method == "search":
+            rows = values.detach().reshape(-1, values.shape[-1]).float()
+            pick = torch.randperm(rows.shape[0], generator=self.generator)
+            self.samples.append(rows[pick[:self.config.search_rows]])
         else:
             if flat.numel() > _SAMPLE:
                 index = torch.randint(flat.numel(), (_SAMPLE,), generator=self.generator)
@@ -58,9 +68,17 @@ class SliceObserver:
             value = self.maximum
         elif method == "kappa-std":
             value = self.config.kappa * float(np.mean(self.stds))
+        elif method == "search":
+            value = float(self.sample().abs().max())
         else:
             value = float(np.percentile(np.concatenate(self.samples), self.config.percentile))
         return max(value, _FLOOR)
+
+    def sample(self) -> torch.Tensor:
+        """search: at most search_rows input rows drawn uniformly from every batch."""
+        rows = torch.cat(self.samples)
+        pick = torch.randperm(rows.shape[0], generator=self.generator)
+        return rows[pick[:self.config.search_rows]]
 
 
 class _ObservingInterpreter(fx.Interpreter):
@@ -80,7 +98,7 @@ class _ObservingInterpreter(fx.Interpreter):
         return super().run_node(node)
 
 
-@register_pass("calibrate", "fx")
+@register_pass("calibrate", "fx", uses_calibration=True)
 class CalibrateInputRanges(PassBase):
     """Set static input ranges of analog layers from sample data (max / percentile / kappa-std)."""
 
@@ -114,8 +132,29 @@ class CalibrateInputRanges(PassBase):
         if count == 0:
             raise ValueError("calibrate: the calibration data holds no batch")
         for node, slots in observers.items():
-            target = node.args[2].target
-            ranges = torch.tensor([slot.input_range() for slot in slots])
-            graph_module.get_parameter(target).data.copy_(ranges)
+            if self.config.method == "search":
+                ranges = self._search(graph_module, node, slots)
+            else:
+                ranges = torch.tensor([slot.input_range() for slot in slots])
+            graph_module.get_parameter(node.args[2].target).data.copy_(ranges)
             node.meta[META_KEY].calibrated = self.config.method
         return PassResult(graph_module, bool(observers))
+
+    def _search(self, gm: fx.GraphModule, node: fx.Node,
+                slots: list[SliceObserver]) -> torch.Tensor:
+        """Search each slice's range (and weight clipping); install the clipped weights."""
+        weight_target, sizes = node.args[1].target, node.args[3]
+        inp_res, out_res, out_bound = node.args[4:7]
+        weight = gm.get_parameter(weight_target).detach()
+        choices = [
+            search_slice(slot.sample(), w_s, inp_res, out_res, out_bound,
+                         self.config.clip_weights)
+            for slot, w_s in zip(slots, torch.split(weight, list(sizes), dim=-1), strict=True)
+        ]
+        if any(choice.clipped_rows for choice in choices):
+            clipped = torch.cat([choice.weight for choice in choices], dim=-1)
+            replace_parameter(gm, weight_target, clipped.to(weight.dtype))
+        record = node.meta[META_KEY]
+        record.clipped_rows = sum(choice.clipped_rows for choice in choices)
+        record.sqnr_db = round(min(choice.sqnr_db for choice in choices), 2)
+        return torch.tensor([max(choice.input_range, _FLOOR) for choice in choices])

@@ -1,0 +1,210 @@
+"""The fidelity check that ends every compile: how far the compiled model is from FP.
+
+Rule: on held-back calibration batches (data the calibration did not see where
+there was enough of it), run the FP model and the compiled model and compare
+their first outputs: relative L2 error, and for a language model (first input
+int64 token ids [b, T], output [b, T, V]) the perplexity of both. An analog
+target is scored twice, without programming noise and as chip 0 (the
+programming noise that ``afmc run --seed 0`` samples); a digital target (int8,
+int4) once, through ONNX Runtime on the lowered file. Per accelerator layer,
+the relative error of its own output on the same data ranks the layers.
+
+Above the thresholds (perplexity over PERPLEXITY_RATIO x FP, or a relative
+error over RELATIVE_ERROR without programming noise) a FidelityWarning names
+the worst layers and the next steps; the result is stored in afmc.json under
+"fidelity" either way.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import torch
+from torch import fx, nn
+
+from afmc.eval.perplexity import next_token_nll
+from afmc.ops.analog_linear import ANALOG_LINEAR
+from afmc.passes.layers import LayerRecord, layer_records
+from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
+
+PERPLEXITY_RATIO = 1.5
+RELATIVE_ERROR = 0.2
+WORST_LAYERS = 5
+
+Outputs = Callable[[tuple], np.ndarray]
+
+
+class FidelityWarning(UserWarning):
+    """The compiled model is far from the FP model on held-back calibration data."""
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def torch_outputs(module: nn.Module) -> Outputs:
+    """First output of a torch module or program, as float32 numpy.
+
+    A graph module runs through fx.Interpreter, which skips the input-shape guards
+    of a module exported with a static batch size.
+    """
+    call = fx.Interpreter(module).run if isinstance(module, fx.GraphModule) else module
+
+    def run(batch: tuple) -> np.ndarray:
+        with torch.no_grad():
+            return _first(call(*batch)).detach().float().numpy()
+
+    return run
+
+
+def onnx_outputs(model: ir.Model, input_names: Sequence[str]) -> Outputs:
+    """First output of a lowered ONNX model through ONNX Runtime (digital targets)."""
+    from afmc.runtime.chip import model_session
+    from afmc.runtime.sessions import session_options
+
+    session = model_session(ir.serde.serialize_model(model), session_options(None))
+
+    def run(batch: tuple) -> np.ndarray:
+        feeds = {name: np.asarray(value) for name, value in zip(input_names, batch, strict=True)}
+        return session.run(None, feeds)[0]
+
+    return run
+
+
+def _is_language_model(batch: tuple, output: np.ndarray) -> bool:
+    first = batch[0]
+    return (isinstance(first, torch.Tensor) and first.dtype == torch.int64 and first.dim() == 2
+            and output.ndim == 3 and tuple(output.shape[:2]) == tuple(first.shape))
+
+
+def _score(outputs: Outputs, batches: list[tuple], reference: list[np.ndarray],
+           language_model: bool) -> dict[str, float]:
+    error, norm, nll, count = 0.0, 0.0, 0.0, 0
+    for batch, expected in zip(batches, reference, strict=True):
+        got = outputs(batch)
+        error += float(np.square(got.astype(np.float64) - expected).sum())
+        norm += float(np.square(expected.astype(np.float64)).sum())
+        if language_model:
+            losses = next_token_nll(got, batch[0].numpy())
+            nll += float(losses.sum())
+            count += losses.size
+    scores = {"relative_error": float(np.sqrt(error / max(norm, 1e-30)))}
+    if language_model:
+        scores["perplexity"] = float(np.exp(nll / count))
+    return scores
+
+
+class _LayerErrors(fx.Interpreter):
+    """Runs an analog program and sums, per analog layer, |analog - x W^T|^2 and |x W^T|^2."""
+
+    def __init__(self, program: fx.GraphModule) -> None:
+        super().__init__(program)
+        self.sums: dict[str, list[float]] = {}
+
+    def call_function(self, target, args, kwargs):
+        out = super().call_function(target, args, kwargs)
+        if target is ANALOG_LINEAR:
+            exact = torch.nn.functional.linear(args[0], args[1])
+            name = self.current.meta["afmc"].name
+            sums = self.sums.setdefault(name, [0.0, 0.0])
+            sums[0] += float((out - exact).double().square().sum())
+            sums[1] += float(exact.double().square().sum())
+        return out
+
+    def run_node(self, node: fx.Node):
+        self.current = node
+        return super().run_node(node)
+
+
+def layer_errors(program: fx.GraphModule, batch: tuple) -> list[dict[str, Any]]:
+    """Analog layers by relative output error on `batch`, worst first."""
+    interpreter = _LayerErrors(program)
+    with torch.no_grad():
+        interpreter.run(*batch)
+    ranked = [{"name": name, "relative_error": float(np.sqrt(err / max(sig, 1e-30)))}
+              for name, (err, sig) in interpreter.sums.items()]
+    return sorted(ranked, key=lambda item: -item["relative_error"])
+
+
+def _analog(records: list[LayerRecord]) -> list[LayerRecord]:
+    return [r for r in records if r.placement == "analog" and r.input_range]
+
+
+def chip_outputs(program: fx.GraphModule, noise: NoiseConfig, seed: int) -> Outputs:
+    """Outputs of `program` with the programming noise of chip `seed` (same draws as afmc run).
+
+    The programmed weights are swapped in for each batch and the stored ones put back.
+    """
+    layers = _analog(layer_records(program))
+    programmed = {
+        record.weight: torch.from_numpy(program_weights(
+            program.get_parameter(record.weight).detach().float().numpy(),
+            record.slice_sizes, noise, layer_rng(seed, index)))
+        for index, record in enumerate(layers)
+    }
+    base = torch_outputs(program)
+
+    def run(batch: tuple) -> np.ndarray:
+        stored = {}
+        try:
+            for target, weight in programmed.items():
+                parameter = program.get_parameter(target)
+                stored[target] = parameter.data
+                parameter.data = weight.to(parameter.dtype)
+            return base(batch)
+        finally:
+            for target, data in stored.items():
+                program.get_parameter(target).data = data
+
+    return run
+
+
+def check_fidelity(fp: nn.Module, compiled: Outputs, program: fx.GraphModule | None,
+                   noise: NoiseConfig | None, batches: list[tuple], held_back: bool,
+                   ) -> dict[str, Any]:
+    """The fidelity entry of afmc.json; warns (FidelityWarning) when past the thresholds.
+
+    `compiled` runs the compiled model without programming noise; `program` (analog
+    targets) is the analog torch program, for chip 0 and the per-layer errors.
+    """
+    reference = [torch_outputs(fp)(batch) for batch in batches]
+    language_model = _is_language_model(batches[0], reference[0])
+    result: dict[str, Any] = {
+        "data": f"{len(batches)} held-back calibration batch(es)" if held_back
+        else f"{len(batches)} calibration batch(es) (too little data to hold any back)",
+        "noise_free": _score(compiled, batches, reference, language_model),
+    }
+    if language_model:
+        result["fp_perplexity"] = _score(torch_outputs(fp), batches, reference, True)["perplexity"]
+    if program is not None and _analog(layer_records(program)):
+        if noise is not None and noise.model != "none":
+            result["chip_0"] = _score(chip_outputs(program, noise, 0), batches, reference,
+                                      language_model)
+        result["worst_layers"] = layer_errors(program, batches[0])[:WORST_LAYERS]
+    result["warning"] = _warning(result)
+    if result["warning"]:
+        warnings.warn(result["warning"], FidelityWarning, stacklevel=2)
+    return result
+
+
+def _warning(result: dict[str, Any]) -> str | None:
+    noise_free = result["noise_free"]
+    problems = []
+    if "perplexity" in noise_free and \
+            noise_free["perplexity"] > PERPLEXITY_RATIO * result["fp_perplexity"]:
+        problems.append(f"perplexity {noise_free['perplexity']:.4g} without programming noise "
+                        f"vs {result['fp_perplexity']:.4g} FP")
+    if noise_free["relative_error"] > RELATIVE_ERROR:
+        problems.append(f"relative output error {noise_free['relative_error']:.3g}")
+    if not problems:
+        return None
+    worst = ", ".join(f"{layer['name']} ({layer['relative_error']:.2g})"
+                      for layer in result.get("worst_layers", [])[:3])
+    steps = ("keep the worst layers digital (--digital REGEX), try calibration.method=search "
+             "with the smooth-inputs pass, or adapt the model by hardware-aware training")
+    return (f"the compiled model is far from FP on held-back data: {'; '.join(problems)}"
+            + (f"; worst layers by output error: {worst}" if worst else "") + f"; next: {steps}")

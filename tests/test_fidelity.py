@@ -1,0 +1,91 @@
+"""The fidelity check that ends a compile: held-back data, numbers equal to an independent
+ONNX Runtime evaluation of the written files, and a warning naming the worst layers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import afmc.api
+from afmc.cli import app
+from afmc.config import load_config
+from afmc.data.tokenizer import ByteTokenizer
+from afmc.eval.fidelity import FidelityWarning
+from afmc.eval.perplexity import perplexity
+from afmc.runtime.chip import open_chip
+
+SETTINGS = ["calibration.seq_len=32", "calibration.max_tokens=256"]
+
+
+def _held_back_windows(text: str) -> np.ndarray:
+    config = load_config(None, SETTINGS).calibration
+    batches, held = afmc.api.split_text(ByteTokenizer(), text, "calib", config, 2)
+    assert sum(len(b[0]) for b in batches) == 256 // 32 and len(held[0][0]) == 2
+    return held[0][0].numpy()
+
+
+def test_fidelity_matches_an_independent_evaluation(model_dirs, calibration_text, tmp_path):
+    out = tmp_path / "out"
+    result = afmc.api.compile(model_dirs["llama"], "aimc", load_config(None, SETTINGS),
+                              calibration=calibration_text, output=out)
+    fidelity = json.loads((out / "afmc.json").read_text())["fidelity"]
+    assert fidelity == result.record["fidelity"]
+    assert fidelity["data"].startswith("1 held-back")
+    windows = _held_back_windows(calibration_text.read_text())
+    fp = perplexity(open_chip(out, fp=True).run, windows)
+    noise_free = perplexity(open_chip(out, seed=None).run, windows)
+    chip = perplexity(open_chip(out, seed=0).run, windows)
+    assert fidelity["fp_perplexity"] == pytest.approx(fp, rel=1e-4)
+    assert fidelity["noise_free"]["perplexity"] == pytest.approx(noise_free, rel=1e-3)
+    assert fidelity["chip_0"]["perplexity"] == pytest.approx(chip, rel=1e-3)
+    assert fidelity["noise_free"]["perplexity"] != fidelity["chip_0"]["perplexity"]
+    names = {layer.name for layer in result.layers if layer.placement == "analog"}
+    worst = fidelity["worst_layers"]
+    assert len(worst) == 5 and {layer["name"] for layer in worst} <= names
+    errors = [layer["relative_error"] for layer in worst]
+    assert errors == sorted(errors, reverse=True) and errors[0] > 0
+    assert fidelity["warning"] is None
+
+
+def test_a_far_result_warns_with_the_worst_layers(model_dirs, calibration_text):
+    config = load_config(None, [*SETTINGS, "hardware.out_res=4", "hardware.out_bound=1"])
+    with pytest.warns(FidelityWarning, match="worst layers by output error: lm.model.layers"):
+        result = afmc.api.compile(model_dirs["llama"], "aimc", config,
+                                  calibration=calibration_text)
+    assert "relative output error" in result.record["fidelity"]["warning"]
+
+
+def test_digital_target_is_checked_through_onnx_runtime(model_dirs, calibration_text):
+    result = afmc.api.compile(model_dirs["qwen2"], "int8", load_config(None, SETTINGS),
+                              calibration=calibration_text)
+    fidelity = result.record["fidelity"]
+    assert "chip_0" not in fidelity and "worst_layers" not in fidelity
+    assert 0 < fidelity["noise_free"]["relative_error"] < 0.2
+    assert fidelity["noise_free"]["perplexity"] == pytest.approx(
+        fidelity["fp_perplexity"], rel=0.05)
+
+
+def test_cli_prints_fidelity_and_the_warning(model_dirs, calibration_text, tmp_path):
+    out = tmp_path / "cli"
+    args = ["compile", str(model_dirs["llama"]), "-o", str(out), "--calib",
+            str(calibration_text)]
+    for setting in [*SETTINGS, "hardware.out_res=4", "hardware.out_bound=1"]:
+        args += ["--set", setting]
+    outcome = CliRunner().invoke(app, args)
+    assert outcome.exit_code == 0, outcome.output
+    assert "fidelity on 1 held-back calibration batch(es): FP perplexity" in outcome.output
+    assert "warning: the compiled model is far from FP" in outcome.output
+
+
+def test_no_check_without_data_or_when_disabled(model_dirs):
+    result = afmc.api.compile(model_dirs["llama"], "int4", load_config(None, []))
+    assert "fidelity" not in result.record
+    batches = [(torch.randint(256, (2, 16)),)]
+    result = afmc.api.compile(model_dirs["llama"], "aimc",
+                              load_config(None, ["calibration.held_back=0"]),
+                              calibration=batches)
+    assert "fidelity" not in result.record
