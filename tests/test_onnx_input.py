@@ -12,6 +12,7 @@ output layer.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -718,3 +719,24 @@ def test_calibration_from_file(tmp_path):
     assert ids[0]["input_ids"].shape == (4, 8) and ids[0]["input_ids"].dtype == np.int64
     with pytest.raises(ValueError, match="needs a tokenizer"):
         calibration_from_file(text, ["input_ids"], config)
+
+
+def test_search_calibration_agrees_on_both_paths(tmp_path):
+    torch.manual_seed(0)
+    module = _MLP().eval()
+    batches = _mlp_batches()
+    export_onnx(capture_module(module, (batches[0],)), tmp_path / "mlp.onnx")
+    config = load_config(None, ["hardware.max_in=16", "calibration.method=search"])
+    afmc_compile(module, "aimc", config, calibration=[(b,) for b in batches],
+                 example_inputs=(batches[0],), output=tmp_path / "torch")
+    compile_onnx(tmp_path / "mlp.onnx", "aimc", config, [{"x": b.numpy()} for b in batches],
+                 tmp_path / "onnx")
+    torch_layers, onnx_layers = _analog_layers(tmp_path / "torch"), _analog_layers(
+        tmp_path / "onnx")
+    assert list(onnx_layers) == list(torch_layers)
+    for name, (ranges, weight, _) in onnx_layers.items():
+        np.testing.assert_allclose(ranges, torch_layers[name][0], rtol=1e-4)
+        np.testing.assert_allclose(weight, torch_layers[name][1], rtol=1e-5, atol=1e-7)
+    record = json.loads((tmp_path / "onnx" / "afmc.json").read_text())
+    assert all(layer["calibrated"] == "search" and layer["sqnr_db"] is not None
+               for layer in record["layers"] if layer["placement"] == "analog")

@@ -78,3 +78,27 @@ def search_slice(x: torch.Tensor, weight: torch.Tensor, inp_res: float, out_res:
     signal = float(reference.square().mean(dim=0).sum())
     sqnr = 10 * torch.log10(torch.tensor(max(signal, _TINY) / max(error, _TINY))).item()
     return SliceChoice(r, chosen, int(clipped.sum()), sqnr)
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """The search's outcome for every slice of one layer."""
+
+    input_ranges: list[float]
+    weight: torch.Tensor | None  # [N, K] with the chosen clipping; None: no row clipped
+    clipped_rows: int
+    sqnr_db: float  # the worst slice's
+
+
+def search_layer(samples: list[torch.Tensor], weight: torch.Tensor, sizes: list[int],
+                 inp_res: float, out_res: float, out_bound: float,
+                 clip_weights: bool) -> LayerChoice:
+    """search_slice for each input slice of a [N, K] crossbar weight."""
+    choices = [search_slice(x, w_s, inp_res, out_res, out_bound, clip_weights)
+               for x, w_s in zip(samples, torch.split(weight, list(sizes), dim=-1),
+                                 strict=True)]
+    clipped = sum(choice.clipped_rows for choice in choices)
+    return LayerChoice(
+        [choice.input_range for choice in choices],
+        torch.cat([choice.weight for choice in choices], dim=-1) if clipped else None,
+        clipped, min(choice.sqnr_db for choice in choices))

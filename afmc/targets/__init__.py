@@ -77,7 +77,7 @@ TARGETS: dict[str, Target] = {
     "int8": Target(
         "int8",
         "8-bit weights (per channel) and static 8-bit activations: ONNX Runtime integer MatMuls",
-        ("place-layers",),
+        ("place-layers", "smooth-inputs"),
         needs_calibration=True,
         post_lower=_int8,
     ),

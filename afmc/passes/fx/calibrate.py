@@ -28,7 +28,7 @@ from afmc.config import AfmcConfig, CalibrationConfig
 from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.passes.fx.fold_common import replace_parameter
 from afmc.passes.layers import META_KEY
-from afmc.passes.range_search import search_slice
+from afmc.passes.range_search import search_layer
 from afmc.passes.registry import register_pass
 
 _SAMPLE = 1 << 20
@@ -144,17 +144,12 @@ class CalibrateInputRanges(PassBase):
                 slots: list[SliceObserver]) -> torch.Tensor:
         """Search each slice's range (and weight clipping); install the clipped weights."""
         weight_target, sizes = node.args[1].target, node.args[3]
-        inp_res, out_res, out_bound = node.args[4:7]
         weight = gm.get_parameter(weight_target).detach()
-        choices = [
-            search_slice(slot.sample(), w_s, inp_res, out_res, out_bound,
-                         self.config.clip_weights)
-            for slot, w_s in zip(slots, torch.split(weight, list(sizes), dim=-1), strict=True)
-        ]
-        if any(choice.clipped_rows for choice in choices):
-            clipped = torch.cat([choice.weight for choice in choices], dim=-1)
-            replace_parameter(gm, weight_target, clipped.to(weight.dtype))
+        choice = search_layer([slot.sample() for slot in slots], weight, list(sizes),
+                              *node.args[4:7], self.config.clip_weights)
+        if choice.weight is not None:
+            replace_parameter(gm, weight_target, choice.weight.to(weight.dtype))
         record = node.meta[META_KEY]
-        record.clipped_rows = sum(choice.clipped_rows for choice in choices)
-        record.sqnr_db = round(min(choice.sqnr_db for choice in choices), 2)
-        return torch.tensor([max(choice.input_range, _FLOOR) for choice in choices])
+        record.clipped_rows = choice.clipped_rows
+        record.sqnr_db = round(choice.sqnr_db, 2)
+        return torch.tensor([max(r, _FLOOR) for r in choice.input_ranges])

@@ -5,7 +5,8 @@ batches with every afmc analog node computed in floating point (the FP view,
 runtime.views.fp_reference), so each layer sees the activations of the FP
 model; observe the input of every analog node (before afmc.SliceInput) per
 input slice with calibrate.SliceObserver, and set the input_range initializer
-by the configured method (max, percentile or kappa-std). The FP view runs in
+by the configured method (max, percentile, kappa-std or search; search also
+writes the clipped crossbar weights when it clips rows). The FP view runs in
 onnxruntime on a copy written to a temporary directory with its weights as
 external data, with the observed values as extra graph outputs; the model
 itself is changed only in its input_range initializers.
@@ -28,6 +29,7 @@ from afmc import lowering
 from afmc.config import AfmcConfig
 from afmc.passes.fx.calibrate import SliceObserver
 from afmc.passes.layers import META_KEY
+from afmc.passes.range_search import search_layer
 from afmc.passes.registry import register_pass
 from afmc.runtime.sessions import session_options
 from afmc.runtime.views import fp_reference
@@ -85,10 +87,28 @@ class CalibrateOnnxInputRanges(ir.passes.InPlacePass):
             raise ValueError("onnx-calibrate: the calibration data holds no batch")
         for node, slots in zip(analog, observers, strict=True):
             value = node.inputs[2]
-            ranges = np.array([slot.input_range() for slot in slots], dtype=np.float32)
+            if self.config.method == "search":
+                ranges = self._search(node, slots)
+            else:
+                ranges = np.array([slot.input_range() for slot in slots], dtype=np.float32)
             value.const_value = ir.tensor(ranges, name=value.name)
             node.meta[META_KEY].calibrated = self.config.method
         return ir.passes.PassResult(model, True)
+
+    def _search(self, node: ir.Node, slots: list[SliceObserver]) -> np.ndarray:
+        """Search each slice's range and row clipping; write the clipped crossbar weight."""
+        record = node.meta[META_KEY]
+        weight_value = lowering.source_initializer(node.inputs[1])
+        weight = torch.from_numpy(weight_value.const_value.numpy().astype(np.float32))
+        hardware = [float(node.attributes[key].value)
+                    for key in ("inp_res", "out_res", "out_bound")]
+        choice = search_layer([slot.sample() for slot in slots], weight, record.slice_sizes,
+                              *hardware, self.config.clip_weights)
+        if choice.weight is not None:
+            weight_value.const_value = ir.tensor(choice.weight.numpy(), name=weight_value.name)
+        record.clipped_rows = choice.clipped_rows
+        record.sqnr_db = round(choice.sqnr_db, 2)
+        return np.array([max(r, 1e-6) for r in choice.input_ranges], dtype=np.float32)
 
 
 def _fp_session(model: ir.Model, outputs: list[str], directory: Path) -> ort.InferenceSession:
