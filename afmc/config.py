@@ -77,8 +77,9 @@ class HardwareConfig(_Section):
 class CalibrationConfig(_Section):
     """How static input ranges are initialised from sample data."""
 
-    # max measured best on afmc-tiny (benchmarks/calibration_methods.py, docs/results.md).
-    method: Literal["max", "percentile", "kappa-std", "search"] = "max"
+    # search measured best on SmolLM2-135M and afmc-tiny (benchmarks/real_llm.py,
+    # benchmarks/calibration_methods.py; docs/real-models.md).
+    method: Literal["max", "percentile", "kappa-std", "search"] = "search"
     percentile: float = Field(99.995, gt=0, le=100)
     kappa: float = Field(18.0, gt=0, description="kappa-std: r = running mean of kappa*std(x).")
     max_tokens: int = Field(8192, gt=0, description="Tokens of calibration text to run.")
@@ -91,14 +92,16 @@ class CalibrationConfig(_Section):
         256, gt=0, description="search: input rows per layer on which each slice's range is "
         "chosen by its output error.")
     clip_weights: bool = Field(
-        True, description="search: also choose a clipping bound per weight row (multiples of "
-        "the row's std) with the range; the clipped weights are programmed.")
+        False, description="search: also choose a clipping bound per weight row (multiples of "
+        "the row's std) with the range. The clipped weights are programmed and stored, so "
+        "the file's FP view then computes with them, not with the original weights.")
 
 
 class SmoothingConfig(_Section):
     """The smooth-inputs pass: input-channel scales x_max^alpha / w_max^(1 - alpha)."""
 
-    alpha: float = Field(0.5, ge=0, le=1, description="Migration strength: 0 leaves the "
+    # 0.85 measured best of 0.3 / 0.5 / 0.7 / 0.85 / 1.0 on SmolLM2-135M (docs/real-models.md).
+    alpha: float = Field(0.85, ge=0, le=1, description="Migration strength: 0 leaves the "
                          "inputs as they are, 1 moves their whole range into the weights.")
 
 

@@ -1,9 +1,11 @@
 """Does the calibration method matter? afmc-tiny's analog perplexity (noise off) per method.
 
-For each method (max, percentile 99.995, kappa-std with kappa 18 and 3) afmc-tiny
-is compiled for aimc with 8-bit DAC/ADC, calibrated on its training text, and
-its held-out perplexity is measured on the stored (noise-free) weights, next
-to the FP perplexity of the same file.
+For each method (max, percentile 99.995, kappa-std with kappa 18 and 3, search
+with and without row clipping), without and with the smooth-inputs pass,
+afmc-tiny is compiled for aimc with 8-bit DAC/ADC, calibrated on its training
+text, and its held-out perplexity is measured on the stored (noise-free)
+weights, next to the FP perplexity of the same file. benchmarks/real_llm.py
+asks the same of a real pretrained model.
 
     python benchmarks/calibration_methods.py [--tokens 16384] [--json PATH]
 """
@@ -27,6 +29,8 @@ METHODS = {
     "percentile 99.995": ["calibration.method=percentile", "calibration.percentile=99.995"],
     "kappa-std (kappa 18)": ["calibration.method=kappa-std", "calibration.kappa=18"],
     "kappa-std (kappa 3)": ["calibration.method=kappa-std", "calibration.kappa=3"],
+    "search": ["calibration.method=search"],
+    "search, row clipping": ["calibration.method=search", "calibration.clip_weights=true"],
 }
 
 
@@ -41,14 +45,18 @@ def main() -> None:
     windows = token_windows(ByteTokenizer().encode(stdlib_text("heldout")), 256, args.tokens)
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for index, (label, overrides) in enumerate(METHODS.items()):
-            out = Path(tmp) / f"m{index}"
-            afmc_compile("afmc-tiny", "aimc", load_config(None, overrides), output=out)
-            if not results:
-                results["fp"] = perplexity(open_chip(out, fp=True).run, windows)
-            results[label] = perplexity(open_chip(out, seed=None).run, windows)
-            print(f"{label:24} analog perplexity (noise off) {results[label]:.4f}", flush=True)
-    print(f"{'fp':24} perplexity {results['fp']:.4f}  ({windows.size} held-out tokens)")
+        for index, (method, overrides) in enumerate(METHODS.items()):
+            for smooth in (False, True):
+                label = f"{method}{' + smooth-inputs' if smooth else ''}"
+                out = Path(tmp) / f"m{index}{smooth:d}"
+                afmc_compile("afmc-tiny", "aimc", load_config(None, overrides), output=out,
+                             skip=[] if smooth else ["smooth-inputs"])
+                if not results:
+                    results["fp"] = perplexity(open_chip(out, fp=True).run, windows)
+                results[label] = perplexity(open_chip(out, seed=None).run, windows)
+                print(f"{label:40} analog perplexity (noise off) {results[label]:.4f}",
+                      flush=True)
+    print(f"{'fp':40} perplexity {results['fp']:.4f}  ({windows.size} held-out tokens)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

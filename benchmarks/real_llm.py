@@ -36,16 +36,19 @@ CALIBRATION_MODULES = ("subprocess.py", "threading.py", "logging/__init__.py", "
 # name: (target, --set overrides, passes to skip)
 ROWS: dict[str, tuple[str, list[str], list[str]]] = {
     "aimc-default": ("aimc", ["calibration.method=max"], ["smooth-inputs"]),
-    "aimc-search": ("aimc", ["calibration.method=search", "calibration.clip_weights=false"],
-                    ["smooth-inputs"]),
-    "aimc-search-clip": ("aimc", ["calibration.method=search"], ["smooth-inputs"]),
+    "aimc-search": ("aimc", ["calibration.method=search"], ["smooth-inputs"]),
+    "aimc-search-clip": ("aimc", ["calibration.clip_weights=true"], ["smooth-inputs"]),
     "aimc": ("aimc", [], []),
+    "aimc-clip": ("aimc", ["calibration.clip_weights=true"], []),
     "int8-default": ("int8", [], ["smooth-inputs"]),
     "int8": ("int8", [], []),
+    "int8-alpha0.5": ("int8", ["smoothing.alpha=0.5"], []),
     "int4-rtn-b128": ("int4", ["digital.int4_block_size=128"], []),
     "int4-rtn-b32": ("int4", ["digital.int4_block_size=32"], []),
     "int4-gptq-b128": ("int4", ["digital.int4_algorithm=gptq"], []),
 }
+DEFAULT_ROWS = ("aimc-default", "aimc", "aimc-clip", "int8-default", "int8", "int8-alpha0.5",
+                "int4-rtn-b128", "int4-rtn-b32", "int4-gptq-b128")
 
 
 def gguf_path() -> Path:
@@ -87,8 +90,8 @@ def main() -> None:
 
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated: " +
-                        ", ".join(ROWS))
+    parser.add_argument("--rows", default=",".join(DEFAULT_ROWS),
+                        help="comma-separated, from: " + ", ".join(ROWS))
     parser.add_argument("--seeds", type=int, default=5, help="pcm chips per analog row")
     parser.add_argument("--tokens", type=int, default=1024, help="held-out tokens to score")
     parser.add_argument("--calib-tokens", type=int, default=8192)

@@ -726,7 +726,8 @@ def test_search_calibration_agrees_on_both_paths(tmp_path):
     module = _MLP().eval()
     batches = _mlp_batches()
     export_onnx(capture_module(module, (batches[0],)), tmp_path / "mlp.onnx")
-    config = load_config(None, ["hardware.max_in=16", "calibration.method=search"])
+    config = load_config(None, ["hardware.max_in=16", "calibration.method=search",
+                                "calibration.clip_weights=true"])
     afmc_compile(module, "aimc", config, calibration=[(b,) for b in batches],
                  example_inputs=(batches[0],), output=tmp_path / "torch")
     compile_onnx(tmp_path / "mlp.onnx", "aimc", config, [{"x": b.numpy()} for b in batches],

@@ -67,7 +67,8 @@ def test_calibrate_search_installs_ranges_and_clipped_weights():
     torch.manual_seed(0)
     module = TwoInputMLP().eval()
     original = module.first.weight.detach().clone()
-    config = load_config(None, ["calibration.method=search", "hardware.max_in=16"])
+    config = load_config(None, ["calibration.method=search", "hardware.max_in=16",
+                                "calibration.clip_weights=true"])
     result = afmc.api.compile(module, "aimc", config, example_inputs=(x[:4], extra[:4]),
                               calibration=batches)
     nodes = [n for n in result.program.graph.nodes if n.target is ANALOG_LINEAR]

@@ -69,7 +69,8 @@ TARGETS: dict[str, Target] = {
     "aimc": Target(
         "aimc",
         "analog in-memory computing: 8-bit DAC/ADC crossbar layers, programming noise per chip",
-        ("fold-batchnorm", "fold-norms", "place-layers", "insert-analog-linear", "calibrate"),
+        ("fold-batchnorm", "fold-norms", "place-layers", "smooth-inputs", "insert-analog-linear",
+         "calibrate"),
         needs_calibration=True,
         onnx_passes=("onnx-upgrade-opset", "onnx-fold-norms", "onnx-place-layers",
                      "onnx-insert-analog-linear", "onnx-calibrate"),
