@@ -28,7 +28,8 @@ def test_readme_opens_with_the_two_commands():
 
 ENTRY_MODULES = ["afmc.api", "afmc.cli", "afmc.runtime.chip", "afmc.record", "afmc.report",
                  "afmc.onnx_compile", "afmc.mapping", "afmc.passes", "afmc.targets.digital",
-                 "afmc.eval.evaluate"]
+                 "afmc.eval.evaluate", "afmc.eval.fidelity", "afmc.eval.embedding",
+                 "afmc.passes.range_search"]
 
 
 @pytest.mark.parametrize("module", ENTRY_MODULES)

@@ -160,6 +160,7 @@ class SmoothInputs(PassBase):
         with gm.graph.inserting_before(layer.node):
             copy = gm.graph.get_attr(target)
         layer.node.replace_input_with(layer.weight, copy)
+        layer.node.meta[META_KEY].weight = target
 
     @staticmethod
     def _divide_input(gm: fx.GraphModule, x: fx.Node, layers: list[StaticLinear],
