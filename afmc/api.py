@@ -248,13 +248,14 @@ def _fidelity(target: Target, captured: CapturedModel, program: fx.GraphModule,
               lowered: ir.Model, config: AfmcConfig, batches: list[tuple],
               held_back: bool) -> dict[str, Any]:
     """The compile's fidelity check (afmc.eval.fidelity) on the held-back batches."""
-    from afmc.eval.fidelity import check_fidelity, onnx_outputs, torch_outputs
+    from afmc.eval.fidelity import check_fidelity, onnx_outputs, program_checks, torch_outputs
 
+    fp = torch_outputs(captured.fp_module)
     if target.post_lower is None:  # the analog torch program computes what the file does
-        return check_fidelity(captured.fp_module, torch_outputs(program), program,
-                              config.noise, batches, held_back)
-    return check_fidelity(captured.fp_module, onnx_outputs(lowered, captured.input_names),
-                          None, None, batches, held_back)
+        chip, worst = program_checks(program, config.noise, batches[0])
+        return check_fidelity(fp, torch_outputs(program), batches, held_back, chip=chip,
+                              worst_layers=worst)
+    return check_fidelity(fp, onnx_outputs(lowered, captured.input_names), batches, held_back)
 
 
 def _onnx_tokenizer(model: Path, tokenizer: str | Path | None) -> Tokenizer | None:

@@ -108,6 +108,12 @@ def compile_onnx(
         record = _record(
             chosen.name, Path(path), model, config, timings, calibration_source, tokenizer
         )
+        if calibration_batches and chosen.name != "fp" and config.calibration.held_back > 0:
+            from afmc.eval.fidelity import onnx_fidelity
+
+            batches = list(calibration_batches)[:1]
+            record["fidelity"] = timed("fidelity", lambda: onnx_fidelity(
+                model, record, config.noise, batches))
         lowering.set_metadata(model, {k: v for k, v in record.items() if k != "passes"})
         compiled = OnnxCompileResult(model, record, None, tokenizer)
         if staged is not None:

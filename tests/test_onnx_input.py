@@ -31,6 +31,7 @@ from afmc.capture import CaptureError, capture_causal_lm, capture_module, export
 from afmc.capture.onnx_model import load_onnx_model
 from afmc.config import ConfigError, load_config
 from afmc.data.tokenizer import ByteTokenizer
+from afmc.eval.perplexity import perplexity
 from afmc.lowering import read_metadata
 from afmc.onnx_compile import calibration_from_file, compile_onnx
 from afmc.ops.analog_linear import analog_linear
@@ -473,6 +474,7 @@ def mlp(tmp_path_factory) -> tuple[Path, Path, torch.nn.Module]:
         calibration=[(b,) for b in batches],
         example_inputs=(batches[0],),
         output=root / "torch",
+        skip=["smooth-inputs"],  # the ONNX path has no smoothing pass
     )
     compile_onnx(
         root / "mlp.onnx", "aimc", config, [{"x": b.numpy()} for b in batches], root / "onnx"
@@ -494,6 +496,7 @@ def llama(tmp_path_factory) -> tuple[Path, Path]:
         config,
         calibration=[(torch.from_numpy(i),) for i in ids],
         output=root / "torch",
+        skip=["smooth-inputs"],  # the ONNX path has no smoothing pass
     )
     compile_onnx(
         root / "llama.onnx",
@@ -557,7 +560,12 @@ def test_llama_output_layout_matches_torch_path(llama):
         "onnx-place-layers",
         "onnx-insert-analog-linear",
         "onnx-calibrate",
+        "fidelity",
     ]
+    first_batch = np.random.default_rng(0).integers(0, 256, (2, 24))  # the fixture's
+    for key, seed in (("noise_free", None), ("chip_0", 0)):
+        expected = perplexity(open_chip(onnx_out, seed=seed).run, first_batch)
+        assert record["fidelity"][key]["perplexity"] == pytest.approx(expected, rel=1e-5)
     assert read_metadata(onnx_out / "model.onnx")["layers"] == record["layers"]
     analog = [n for n in model.graph.node if n.domain == "afmc" and n.op_type == "AnalogLinear"]
     assert len(analog) == record["summary"]["analog_layers"] == 15
@@ -729,7 +737,7 @@ def test_search_calibration_agrees_on_both_paths(tmp_path):
     config = load_config(None, ["hardware.max_in=16", "calibration.method=search",
                                 "calibration.clip_weights=true"])
     afmc_compile(module, "aimc", config, calibration=[(b,) for b in batches],
-                 example_inputs=(batches[0],), output=tmp_path / "torch")
+                 example_inputs=(batches[0],), output=tmp_path / "torch", skip=["smooth-inputs"])
     compile_onnx(tmp_path / "mlp.onnx", "aimc", config, [{"x": b.numpy()} for b in batches],
                  tmp_path / "onnx")
     torch_layers, onnx_layers = _analog_layers(tmp_path / "torch"), _analog_layers(

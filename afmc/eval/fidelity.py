@@ -18,10 +18,11 @@ the worst layers and the next steps; the result is stored in afmc.json under
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import torch
 from torch import fx, nn
@@ -61,24 +62,32 @@ def torch_outputs(module: nn.Module) -> Outputs:
     return run
 
 
-def onnx_outputs(model: ir.Model, input_names: Sequence[str]) -> Outputs:
-    """First output of a lowered ONNX model through ONNX Runtime (digital targets)."""
+def onnx_outputs(model: ir.Model | onnx.ModelProto, input_names: Sequence[str]) -> Outputs:
+    """First output of an ONNX model through ONNX Runtime; batches are tuples in the order
+    of `input_names`, or mappings from input name."""
     from afmc.runtime.chip import model_session
     from afmc.runtime.sessions import session_options
 
-    session = model_session(ir.serde.serialize_model(model), session_options(None))
+    proto = ir.serde.serialize_model(model) if isinstance(model, ir.Model) else model
+    session = model_session(proto, session_options(None))
 
-    def run(batch: tuple) -> np.ndarray:
-        feeds = {name: np.asarray(value) for name, value in zip(input_names, batch, strict=True)}
-        return session.run(None, feeds)[0]
+    def run(batch: tuple | Mapping) -> np.ndarray:
+        pairs = batch.items() if isinstance(batch, Mapping) else zip(input_names, batch,
+                                                                      strict=True)
+        return session.run(None, {name: np.asarray(value) for name, value in pairs})[0]
 
     return run
 
 
-def _is_language_model(batch: tuple, output: np.ndarray) -> bool:
-    first = batch[0]
-    return (isinstance(first, torch.Tensor) and first.dtype == torch.int64 and first.dim() == 2
-            and output.ndim == 3 and tuple(output.shape[:2]) == tuple(first.shape))
+def _token_ids(batch: tuple | Mapping) -> np.ndarray:
+    first = next(iter(batch.values())) if isinstance(batch, Mapping) else batch[0]
+    return np.asarray(first)
+
+
+def _is_language_model(batch: tuple | Mapping, output: np.ndarray) -> bool:
+    ids = _token_ids(batch)
+    return (ids.dtype == np.int64 and ids.ndim == 2 and output.ndim == 3
+            and tuple(output.shape[:2]) == ids.shape)
 
 
 def _score(outputs: Outputs, batches: list[tuple], reference: list[np.ndarray],
@@ -89,7 +98,7 @@ def _score(outputs: Outputs, batches: list[tuple], reference: list[np.ndarray],
         error += float(np.square(got.astype(np.float64) - expected).sum())
         norm += float(np.square(expected.astype(np.float64)).sum())
         if language_model:
-            losses = next_token_nll(got, batch[0].numpy())
+            losses = next_token_nll(got, _token_ids(batch))
             nll += float(losses.sum())
             count += losses.size
     scores = {"relative_error": float(np.sqrt(error / max(norm, 1e-30)))}
@@ -163,15 +172,24 @@ def chip_outputs(program: fx.GraphModule, noise: NoiseConfig, seed: int) -> Outp
     return run
 
 
-def check_fidelity(fp: nn.Module, compiled: Outputs, program: fx.GraphModule | None,
-                   noise: NoiseConfig | None, batches: list[tuple], held_back: bool,
-                   ) -> dict[str, Any]:
+def program_checks(program: fx.GraphModule, noise: NoiseConfig,
+                   batch: tuple) -> tuple[Outputs | None, list[dict[str, Any]] | None]:
+    """(chip 0, worst layers) of an analog torch program; (None, None) without analog layers."""
+    if not _analog(layer_records(program)):
+        return None, None
+    chip = chip_outputs(program, noise, 0) if noise.model != "none" else None
+    return chip, layer_errors(program, batch)[:WORST_LAYERS]
+
+
+def check_fidelity(fp: Outputs, compiled: Outputs, batches: list, held_back: bool, *,
+                   chip: Outputs | None = None,
+                   worst_layers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The fidelity entry of afmc.json; warns (FidelityWarning) when past the thresholds.
 
-    `compiled` runs the compiled model without programming noise; `program` (analog
-    targets) is the analog torch program, for chip 0 and the per-layer errors.
+    `fp` runs the FP model, `compiled` the compiled one without programming noise and
+    `chip` (analog targets) chip 0; `worst_layers` ranks the analog layers.
     """
-    reference = [torch_outputs(fp)(batch) for batch in batches]
+    reference = [fp(batch) for batch in batches]
     language_model = _is_language_model(batches[0], reference[0])
     result: dict[str, Any] = {
         "data": f"{len(batches)} held-back calibration batch(es)" if held_back
@@ -179,12 +197,11 @@ def check_fidelity(fp: nn.Module, compiled: Outputs, program: fx.GraphModule | N
         "noise_free": _score(compiled, batches, reference, language_model),
     }
     if language_model:
-        result["fp_perplexity"] = _score(torch_outputs(fp), batches, reference, True)["perplexity"]
-    if program is not None and _analog(layer_records(program)):
-        if noise is not None and noise.model != "none":
-            result["chip_0"] = _score(chip_outputs(program, noise, 0), batches, reference,
-                                      language_model)
-        result["worst_layers"] = layer_errors(program, batches[0])[:WORST_LAYERS]
+        result["fp_perplexity"] = _score(fp, batches, reference, True)["perplexity"]
+    if chip is not None:
+        result["chip_0"] = _score(chip, batches, reference, language_model)
+    if worst_layers is not None:
+        result["worst_layers"] = worst_layers
     result["warning"] = _warning(result)
     if result["warning"]:
         warnings.warn(result["warning"], FidelityWarning, stacklevel=2)
@@ -208,3 +225,22 @@ def _warning(result: dict[str, Any]) -> str | None:
              "with the smooth-inputs pass, or adapt the model by hardware-aware training")
     return (f"the compiled model is far from FP on held-back data: {'; '.join(problems)}"
             + (f"; worst layers by output error: {worst}" if worst else "") + f"; next: {steps}")
+
+
+def onnx_fidelity(model: ir.Model, record: dict[str, Any], noise: NoiseConfig,
+                  batches: list) -> dict[str, Any]:
+    """check_fidelity for an analog ONNX model (ONNX input): the file's FP view, the file,
+    and chip 0 (the programmed weights of afmc run --seed 0), all through ONNX Runtime."""
+    from afmc.runtime.chip import program_into, programmed_weights
+    from afmc.runtime.views import fp_reference
+
+    proto = ir.serde.serialize_model(model)
+    names = record["inputs"]
+    chip = None
+    if noise.model != "none" and any(layer.get("onnx_weight") for layer in record["layers"]):
+        programmed = onnx.ModelProto()
+        programmed.CopyFrom(proto)
+        program_into(programmed, programmed_weights(programmed, record, noise, 0))
+        chip = onnx_outputs(programmed, names)
+    return check_fidelity(onnx_outputs(fp_reference(proto), names), onnx_outputs(proto, names),
+                          batches, False, chip=chip)
