@@ -156,6 +156,11 @@ class DigitalConfig(_Section):
         128, description="int4 weights, and quantized embedding tables of both targets, share "
         "one scale per block of this many input values."
     )
+    int4_symmetric: bool = Field(
+        True, description="int4 weights symmetric (no zero points); False stores a 4-bit zero "
+        "point per block, which fits skewed blocks (and weights dequantized from GGUF Q4_1) "
+        "better."
+    )
     int4_accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
         4, description="MatMulNBits compute type: 4 quantizes activations to int8 on the fly "
         "(the fast CPU path); 0 dequantizes weights to float (not faster than FP32 on CPU)."

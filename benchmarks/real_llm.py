@@ -46,9 +46,14 @@ ROWS: dict[str, tuple[str, list[str], list[str]]] = {
     "int4-rtn-b128": ("int4", ["digital.int4_block_size=128"], []),
     "int4-rtn-b32": ("int4", ["digital.int4_block_size=32"], []),
     "int4-gptq-b128": ("int4", ["digital.int4_algorithm=gptq"], []),
+    "int4-rtn-b32-asym": ("int4", ["digital.int4_block_size=32", "digital.int4_symmetric=false"],
+                          []),
+    "int4-gptq-b32-asym": ("int4", ["digital.int4_block_size=32", "digital.int4_symmetric=false",
+                                    "digital.int4_algorithm=gptq"], []),
 }
 DEFAULT_ROWS = ("aimc-default", "aimc", "aimc-clip", "int8-default", "int8", "int8-alpha0.5",
-                "int4-rtn-b128", "int4-rtn-b32", "int4-gptq-b128")
+                "int4-rtn-b128", "int4-rtn-b32", "int4-gptq-b128", "int4-rtn-b32-asym",
+                "int4-gptq-b32-asym")
 
 
 def gguf_path() -> Path:

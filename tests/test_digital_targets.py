@@ -302,3 +302,25 @@ def test_int4_gptq_on_a_hand_built_layer(tmp_path):
     (node,) = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
     assert _attributes(node)["bits"] == 4
     onnx.checker.check_model(model, full_check=True)
+
+
+def test_int4_asymmetric_blocks_fit_skewed_weights():
+    """Weights on a GGUF Q4_1-like grid (w = d q + m per block of 32, q in 0..15, m > 0):
+    a zero point per block fits them better than a grid symmetric around zero."""
+    generator = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(64, 8, bias=False)
+    steps = torch.rand(8, 2, 1, generator=generator) * 0.01 + 0.001
+    minima = torch.rand(8, 2, 1, generator=generator) * 0.05
+    levels = torch.randint(0, 16, (8, 2, 32), generator=generator).float()
+    with torch.no_grad():
+        layer.weight.copy_((levels * steps + minima).reshape(8, 64))
+    batches = [(torch.randn(5, 64, generator=generator),) for _ in range(2)]
+    errors = {}
+    for symmetric in (True, False):
+        config = load_config(None, ["digital.int4_block_size=32",
+                                    f"digital.int4_symmetric={str(symmetric).lower()}",
+                                    "digital.int4_accuracy_level=0"])
+        result = afmc_compile(layer.eval(), "int4", config, example_inputs=batches[0],
+                              calibration=batches)
+        errors[symmetric] = result.record["fidelity"]["noise_free"]["relative_error"]
+    assert errors[False] < 0.75 * errors[True], errors

@@ -3,9 +3,10 @@
 ONNX Runtime's MatMulNBits (domain com.microsoft) holds each chosen MatMul's [in, out]
 weight packed at 4 or 8 bit. Rules:
 
-- Weights are symmetric, one scale per block of digital.int4_block_size input values
-  per output column (no zero points; MatMulNBits' implied zero point is the middle of
-  the range), rounded to the nearest step (algorithm rtn) or chosen by ONNX Runtime's
+- Weights have one scale per block of digital.int4_block_size input values per output
+  column; symmetric (digital.int4_symmetric, no zero points: MatMulNBits' implied zero
+  point is the middle of the range) or asymmetric (a 4-bit zero point per block, as
+  GGUF's Q4_1 stores a minimum per block), rounded to the nearest step (algorithm rtn) or chosen by ONNX Runtime's
   GPTQ from the calibration batches (algorithm gptq; 4-bit layers only, 8-bit layers
   are always rtn).
 - Layers asked for at 8 bit (digital.int4_keep_8bit) get MatMulNBits with bits=8.
@@ -67,7 +68,7 @@ def _rtn(
         model,
         bits=bits,
         block_size=config.int4_block_size,
-        is_symmetric=True,
+        is_symmetric=config.int4_symmetric,
         accuracy_level=config.int4_accuracy_level,
         nodes_to_exclude=sorted(_weight_matmuls(model) - chosen),
         op_types_to_quantize=("MatMul",),
@@ -81,8 +82,9 @@ def _gptq(
     model: onnx.ModelProto, chosen: set[str], config: DigitalConfig, feeds: Feeds
 ) -> onnx.ModelProto:
     block = config.int4_block_size
+    scheme = "sym" if config.int4_symmetric else "asym"
     weight_config = {
-        name: {"bits": 4, "group_size": block, "scheme": "sym", "algorithm": "GPTQ"}
+        name: {"bits": 4, "group_size": block, "scheme": scheme, "algorithm": "GPTQ"}
         if name in chosen
         else "fp32"
         for name in _weight_matmuls(model)
@@ -99,7 +101,7 @@ def _gptq(
             weight_config,
             num_bits=4,
             group_size=block,
-            scheme="sym",
+            scheme=scheme,
             n_samples=-1,
             accuracy_level=config.int4_accuracy_level,
         )
