@@ -7,8 +7,8 @@ weight packed at 4 or 8 bit. Rules:
   column; symmetric (digital.int4_symmetric, no zero points: MatMulNBits' implied zero
   point is the middle of the range) or asymmetric (a 4-bit zero point per block, as
   GGUF's Q4_1 stores a minimum per block), rounded to the nearest step (algorithm rtn)
-  or chosen by ONNX Runtime's GPTQ from the calibration batches (algorithm gptq; 4-bit layers only, 8-bit layers
-  are always rtn).
+  or chosen by ONNX Runtime's GPTQ from the calibration batches (algorithm gptq; 4-bit
+  layers only, 8-bit layers are always rtn).
 - Layers asked for at 8 bit (digital.int4_keep_8bit) get MatMulNBits with bits=8.
 - digital.int4_accuracy_level is MatMulNBits' compute type; 4 quantizes the activations to
   int8 per block on the fly and runs an integer kernel.
