@@ -48,6 +48,9 @@ ROWS: dict[str, tuple[str, list[str], list[str]]] = {
     "int4-gptq-b128": ("int4", ["digital.int4_algorithm=gptq"], []),
     "int4-rtn-b32-asym": ("int4", ["digital.int4_block_size=32", "digital.int4_symmetric=false"],
                           []),
+    "int4-rtn-b32-asym-acc0": ("int4", ["digital.int4_block_size=32",
+                                        "digital.int4_symmetric=false",
+                                        "digital.int4_accuracy_level=0"], []),
     "int4-gptq-b32-asym": ("int4", ["digital.int4_block_size=32", "digital.int4_symmetric=false",
                                     "digital.int4_algorithm=gptq"], []),
 }
