@@ -100,7 +100,8 @@ class CalibrationConfig(_Section):
 class SmoothingConfig(_Section):
     """The smooth-inputs pass: input-channel scales x_max^alpha / w_max^(1 - alpha)."""
 
-    # 0.85 measured best of 0.3 / 0.5 / 0.7 / 0.85 / 1.0 on SmolLM2-135M (docs/real-models.md).
+    # 0.85 measured best without programming noise on SmolLM2-135M; 0.5 is 2.4x better on
+    # pcm chips but 1.3x worse without noise (docs/real-models.md).
     alpha: float = Field(0.85, ge=0, le=1, description="Migration strength: 0 leaves the "
                          "inputs as they are, 1 moves their whole range into the weights.")
 

@@ -40,6 +40,7 @@ ROWS: dict[str, tuple[str, list[str], list[str]]] = {
     "aimc-search-clip": ("aimc", ["calibration.clip_weights=true"], ["smooth-inputs"]),
     "aimc": ("aimc", [], []),
     "aimc-clip": ("aimc", ["calibration.clip_weights=true"], []),
+    "aimc-alpha0.5": ("aimc", ["smoothing.alpha=0.5"], []),
     "int8-default": ("int8", [], ["smooth-inputs"]),
     "int8": ("int8", [], []),
     "int8-alpha0.5": ("int8", ["smoothing.alpha=0.5"], []),
@@ -54,9 +55,9 @@ ROWS: dict[str, tuple[str, list[str], list[str]]] = {
     "int4-gptq-b32-asym": ("int4", ["digital.int4_block_size=32", "digital.int4_symmetric=false",
                                     "digital.int4_algorithm=gptq"], []),
 }
-DEFAULT_ROWS = ("aimc-default", "aimc", "aimc-clip", "int8-default", "int8", "int8-alpha0.5",
-                "int4-rtn-b128", "int4-rtn-b32", "int4-gptq-b128", "int4-rtn-b32-asym",
-                "int4-gptq-b32-asym")
+DEFAULT_ROWS = ("aimc-default", "aimc", "aimc-alpha0.5", "aimc-clip", "int8-default", "int8",
+                "int8-alpha0.5", "int4-rtn-b128", "int4-rtn-b32", "int4-gptq-b128",
+                "int4-rtn-b32-asym", "int4-gptq-b32-asym")
 
 
 def gguf_path() -> Path:
