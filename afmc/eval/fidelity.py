@@ -90,11 +90,11 @@ def _is_language_model(batch: tuple | Mapping, output: np.ndarray) -> bool:
             and tuple(output.shape[:2]) == ids.shape)
 
 
-def _score(outputs: Outputs, batches: list[tuple], reference: list[np.ndarray],
+def _score(outputs: list[np.ndarray], batches: list[tuple], reference: list[np.ndarray],
            language_model: bool) -> dict[str, float]:
+    """Relative L2 error of `outputs` against `reference` (and perplexity, language models)."""
     error, norm, nll, count = 0.0, 0.0, 0.0, 0
-    for batch, expected in zip(batches, reference, strict=True):
-        got = outputs(batch)
+    for batch, got, expected in zip(batches, outputs, reference, strict=True):
         error += float(np.square(got.astype(np.float64) - expected).sum())
         norm += float(np.square(expected.astype(np.float64)).sum())
         if language_model:
@@ -194,12 +194,14 @@ def check_fidelity(fp: Outputs, compiled: Outputs, batches: list, held_back: boo
     result: dict[str, Any] = {
         "data": f"{len(batches)} held-back calibration batch(es)" if held_back
         else f"{len(batches)} calibration batch(es) (too little data to hold any back)",
-        "noise_free": _score(compiled, batches, reference, language_model),
+        "noise_free": _score([compiled(batch) for batch in batches], batches, reference,
+                             language_model),
     }
     if language_model:
-        result["fp_perplexity"] = _score(fp, batches, reference, True)["perplexity"]
+        result["fp_perplexity"] = _score(reference, batches, reference, True)["perplexity"]
     if chip is not None:
-        result["chip_0"] = _score(chip, batches, reference, language_model)
+        result["chip_0"] = _score([chip(batch) for batch in batches], batches, reference,
+                                  language_model)
     if worst_layers is not None:
         result["worst_layers"] = worst_layers
     result["warning"] = _warning(result)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from afmc.passes.layers import LayerRecord
+
 COARSE_FRACTIONS = tuple(2.0 ** (-step / 2) for step in range(13))  # 1 .. 1/64 of max |x|
 FINE_FACTORS = tuple(2.0 ** (step / 8) for step in range(-4, 5))
 CLIP_RATIOS = (8.0, 6.0, 5.0, 4.0, 3.5, 3.0, 2.5)
@@ -88,6 +90,11 @@ class LayerChoice:
     weight: torch.Tensor | None  # [N, K] with the chosen clipping; None: no row clipped
     clipped_rows: int
     sqnr_db: float  # the worst slice's
+
+    def annotate(self, record: LayerRecord) -> None:
+        """Note the clipped rows and the worst slice's SQNR on the layer's record."""
+        record.clipped_rows = self.clipped_rows
+        record.sqnr_db = round(self.sqnr_db, 2)
 
 
 def search_layer(samples: list[torch.Tensor], weight: torch.Tensor, sizes: list[int],

@@ -68,8 +68,6 @@ class SliceObserver:
             value = self.maximum
         elif method == "kappa-std":
             value = self.config.kappa * float(np.mean(self.stds))
-        elif method == "search":
-            value = float(self.sample().abs().max())
         else:
             value = float(np.percentile(np.concatenate(self.samples), self.config.percentile))
         return max(value, _FLOOR)
@@ -149,7 +147,5 @@ class CalibrateInputRanges(PassBase):
                               *node.args[4:7], self.config.clip_weights)
         if choice.weight is not None:
             replace_parameter(gm, weight_target, choice.weight.to(weight.dtype))
-        record = node.meta[META_KEY]
-        record.clipped_rows = choice.clipped_rows
-        record.sqnr_db = round(choice.sqnr_db, 2)
+        choice.annotate(node.meta[META_KEY])
         return torch.tensor([max(r, _FLOOR) for r in choice.input_ranges])

@@ -175,7 +175,7 @@ class SmoothInputs(PassBase):
                 replace_parameter(gm, up.bias.target, bias * inverse.to(bias.dtype))
             return f"folded into the rows of {up.name}"
         owner = layers[0].weight.target.rpartition(".")[0]
-        target = new_parameter(gm, owner, "smooth_scale", inverse.requires_grad_(False))
+        target = new_parameter(gm, owner, "smooth_scale", inverse)
         attr(gm, target).requires_grad_(False)
         with gm.graph.inserting_after(x):
             constant = gm.graph.get_attr(target)

@@ -106,8 +106,7 @@ class CalibrateOnnxInputRanges(ir.passes.InPlacePass):
                               *hardware, self.config.clip_weights)
         if choice.weight is not None:
             weight_value.const_value = ir.tensor(choice.weight.numpy(), name=weight_value.name)
-        record.clipped_rows = choice.clipped_rows
-        record.sqnr_db = round(choice.sqnr_db, 2)
+        choice.annotate(record)
         return np.array([max(r, 1e-6) for r in choice.input_ranges], dtype=np.float32)
 
 
