@@ -180,8 +180,60 @@ class DigitalConfig(_Section):
     )
 
 
+class TrainingConfig(_Section):
+    """Hardware-aware training (HARDWARE.md "Training-time behaviour"; AFM values as defaults)."""
+
+    weight_noise: float = Field(
+        0.03, ge=0, description="Weight noise injected in every training forward: std relative "
+        "to each row's max |W| (per input slice), fresh every forward; 0 disables.")
+    read_noise: float = Field(
+        0.0, ge=0, description="Read noise on the crossbar output in training, relative to "
+        "r * w_max / sqrt(n) as hardware.out_noise; 0 disables.")
+    clip_sigma: float = Field(
+        2.5, ge=0, description="After every optimizer step each analog weight row is clamped to "
+        "+-clip_sigma * std(row); 0 disables.")
+    range_init_batches: int = Field(
+        500, ge=0, description="Training batches over which each input range is the running "
+        "mean of range_kappa * std(x) before it is learned.")
+    range_kappa: float = Field(18.0, gt=0, description="kappa of the range initialisation.")
+    range_decay: float = Field(
+        0.01, ge=0, description="Input-range decay: decay * r is added to the range gradient "
+        "when more than range_min_unclipped of the inputs are not clipped.")
+    range_min_unclipped: float = Field(0.95, gt=0, le=1)
+    temperature: float = Field(1.0, gt=0, description="Distillation temperature T.")
+    distill_weight: float = Field(
+        1.0, ge=0, le=1, description="beta: loss = beta * T^2 * KL(teacher || student) + "
+        "(1 - beta) * next-token cross-entropy (AFM: 1, pure distillation).")
+    learning_rate: float = Field(2e-5, gt=0, description="AdamW learning rate of the weights.")
+    range_learning_rate: float = Field(
+        1e-3, gt=0, description="AdamW learning rate of the input ranges (no weight decay).")
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup: float = Field(0.016, ge=0, lt=1, description="Warm-up fraction of the steps.")
+    schedule_power: float = Field(1.0, gt=0, description="Polynomial decay power to 0.")
+    grad_clip: float = Field(1.0, ge=0, description="Gradient-norm clipping; 0 disables.")
+    seq_len: int = Field(256, gt=1, description="Tokens per training sequence.")
+    batch_size: int = Field(8, gt=0, description="Sequences per step, over all processes.")
+    grad_accumulation: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    steps: int = Field(1000, gt=0, description="Optimizer steps.")
+    checkpoint_every: int = Field(100, gt=0, description="Steps between checkpoints.")
+    seed: int = 0
+    lora_rank: int = Field(0, ge=0, description="LoRA adapters (peft) of this rank on the "
+                           "analog layers instead of full fine-tuning; 0: full fine-tuning.")
+    lora_alpha: float = Field(16.0, gt=0)
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> TrainingConfig:
+        if self.batch_size % self.grad_accumulation:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of "
+                             f"grad_accumulation ({self.grad_accumulation})")
+        return self
+
+
 class AfmcConfig(_Section):
-    """The whole configuration: hardware, calibration, noise, placement, digital targets."""
+    """The whole configuration: hardware, calibration, noise, placement, digital targets,
+    training."""
 
     hardware: HardwareConfig = HardwareConfig()
     calibration: CalibrationConfig = CalibrationConfig()
@@ -189,6 +241,7 @@ class AfmcConfig(_Section):
     noise: NoiseConfig = NoiseConfig()
     placement: PlacementConfig = PlacementConfig()
     digital: DigitalConfig = DigitalConfig()
+    training: TrainingConfig = TrainingConfig()
 
 
 def _describe(error: ValidationError) -> str:

@@ -1,0 +1,225 @@
+"""The analog linear layer in training mode (HARDWARE.md "Training-time behaviour").
+
+A trained model keeps its nn.Linear layers' places: convert_to_analog swaps each
+analog-placed nn.Linear for an AnalogTrainingLinear that shares its weight and
+bias Parameters (tied weights stay tied) and adds the learned input ranges.
+
+- eval mode computes exactly what compile and the simulator compute: the afmc
+  op ``torch.ops.afmc.analog_linear`` (8-bit DAC per input slice, MVM, 8-bit
+  ADC with the bound out_bound * r * max|W row slice|, read noise
+  hardware.out_noise) plus the digital bias;
+- training mode computes, per input slice s with range r_s, the same path with
+  fresh weight noise N(0, (weight_noise * max|W[j, s]|)^2) on each row j,
+  optional read noise, and straight-through gradients (AnalogTrainingFunction);
+  over the first range_init_batches forwards r_s is instead set from the data,
+  the running mean of range_kappa * std(x_s) over the global batch (all
+  processes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from afmc.config import AfmcConfig, HardwareConfig, TrainingConfig
+from afmc.ops.analog_linear import ANALOG_LINEAR, slice_sizes
+from afmc.passes.name_rules import PlacementRules
+
+_TINY = torch.finfo(torch.float32).tiny
+WRAPPER_PREFIX = "lm."  # the FX layer names of a captured causal LM (capture.hf.CausalLMLogits)
+
+
+class AnalogTrainingFunction(torch.autograd.Function):
+    """Training-mode analog forward over input slices, with straight-through gradients.
+
+    Per slice s (x_s the slice of the last dim, W_s the weight columns, r = r_s):
+      x_q = round(clamp(x_s, -r, r) / (2r / inp_res)) * (2r / inp_res)       (DAC)
+      W_n = W_s + weight_noise * w_max * N(0, 1),  w_max[j] = max |W_s[j]|  (fresh)
+      y   = x_q @ W_n^T  (+ read_noise * r / sqrt(n) * w_max * N(0, 1))
+      b   = out_bound * r * w_max;  y_q = round(y / (2b / out_res)) * (2b / out_res)
+      out = sum_s clamp(y_q, -b, b)                                        (ADC)
+    Backward (aihwkit-lightning's rules): the roundings pass gradients unchanged, the
+    ADC clamp blocks where |y_q| > b, the input clamp where |x| > r (|x| == r passes);
+    d r = r * (sum of the negative input gradients clipped at +r - sum of the positive
+    ones clipped at -r), plus range_decay * r when more than range_min_unclipped of the
+    slice's inputs are not clipped. W gets the gradient of the noisy product.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, input_range: torch.Tensor,
+                sizes: Sequence[int], hardware: HardwareConfig, weight_noise: float,
+                read_noise: float, decay: float, min_unclipped: float) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        out = x2.new_zeros(x2.shape[0], weight.shape[0])
+        noisy_weights, masks = [], []
+        for index, (x_s, w_s) in enumerate(zip(x2.split(list(sizes), dim=1),
+                                               weight.split(list(sizes), dim=1), strict=True)):
+            r = input_range[index].clamp_min(_TINY)
+            step = 2 * r / hardware.inp_res
+            x_q = torch.round(x_s.clamp(-r, r) / step) * step
+            w_max = w_s.abs().amax(dim=1).clamp_min(_TINY)
+            if weight_noise > 0:
+                w_s = w_s + (weight_noise * w_max).unsqueeze(1) * torch.randn_like(w_s)
+            y = x_q @ w_s.T
+            if read_noise > 0:
+                y = y + (read_noise * r / math.sqrt(len(sizes))) * w_max * torch.randn_like(y)
+            bound = hardware.out_bound * r * w_max
+            out_step = 2 * bound / hardware.out_res
+            y_q = torch.round(y / out_step) * out_step
+            masks.append(y_q.abs() <= bound)
+            out += torch.minimum(torch.maximum(y_q, -bound), bound)
+            noisy_weights.append(w_s)
+        ctx.save_for_backward(x2, input_range, *noisy_weights, *masks)
+        ctx.setup = (list(sizes), hardware.inp_res, decay, min_unclipped, x.shape)
+        return out.reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        sizes, inp_res, decay, min_unclipped, x_shape = ctx.setup
+        x2, input_range, *rest = ctx.saved_tensors
+        noisy_weights, masks = rest[:len(sizes)], rest[len(sizes):]
+        grad = grad_output.reshape(-1, grad_output.shape[-1])
+        grad_x, grad_w = [], []
+        grad_r = torch.zeros_like(input_range)
+        for index, x_s in enumerate(x2.split(sizes, dim=1)):
+            r = input_range[index].clamp_min(_TINY)
+            step = 2 * r / inp_res
+            x_q = torch.round(x_s.clamp(-r, r) / step) * step
+            g_y = grad * masks[index]
+            grad_w.append(g_y.T @ x_q)
+            g_q = g_y @ noisy_weights[index]
+            upper, lower = x_s >= r, x_s <= -r
+            clipped = upper | lower
+            grad_x.append(torch.where(clipped & (x_s.abs() != r), 0.0, g_q))
+            value = g_q[upper].clamp(max=0).sum() - g_q[lower].clamp(min=0).sum()
+            grad_r[index] = input_range[index] * value
+            if decay > 0 and 1.0 - clipped.float().mean() > min_unclipped:
+                grad_r[index] += decay * input_range[index]
+        return (torch.cat(grad_x, dim=1).reshape(x_shape), torch.cat(grad_w, dim=1), grad_r,
+                None, None, None, None, None, None)
+
+
+class AnalogTrainingLinear(nn.Linear):
+    """An analog-placed nn.Linear for hardware-aware training (see the module docstring).
+
+    It is an nn.Linear (weight [out, in], optional bias), so tools that act on linear
+    layers (peft's LoRA, FSDP wrapping policies) see it as one. Extra state:
+    ``input_range`` (one learned range per input slice) and ``range_init_steps`` (how
+    many forwards have initialised each range from data).
+    """
+
+    def __init__(self, linear: nn.Linear, hardware: HardwareConfig,
+                 training: TrainingConfig) -> None:
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.hardware, self.training_config = hardware, training
+        self.sizes = slice_sizes(linear.in_features, hardware.max_in)
+        device = linear.weight.device
+        self.input_range = nn.Parameter(torch.ones(len(self.sizes), device=device))
+        self.register_buffer("range_init_steps",
+                             torch.zeros(len(self.sizes), dtype=torch.long, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hw, train = self.hardware, self.training_config
+        weight = self.weight.to(x.dtype)
+        if self.training:
+            if int(self.range_init_steps.min()) < train.range_init_batches:
+                self._initialise_ranges(x)
+            out = AnalogTrainingFunction.apply(
+                x, weight, self.input_range, self.sizes, hw, train.weight_noise,
+                train.read_noise, train.range_decay, train.range_min_unclipped)
+        else:
+            out = ANALOG_LINEAR(x, weight, self.input_range.detach(), self.sizes, hw.inp_res,
+                                hw.out_res, hw.out_bound, hw.out_noise)
+        return out if self.bias is None else out + self.bias
+
+    @torch.no_grad()
+    def _initialise_ranges(self, x: torch.Tensor) -> None:
+        """r_s <- running mean of kappa * std(x_s): std over the global batch, unbiased."""
+        slices = x.detach().reshape(-1, x.shape[-1]).split(self.sizes, dim=1)
+        stats = torch.stack([torch.stack([torch.tensor(float(s.numel()), dtype=torch.float64),
+                                          s.double().sum().cpu(), s.double().square().sum().cpu()])
+                             for s in slices])
+        if dist.is_available() and dist.is_initialized():
+            stats = stats.to(self.input_range.device)
+            dist.all_reduce(stats)
+            stats = stats.cpu()
+        count, total, squares = stats.unbind(dim=1)
+        std = ((squares - total.square() / count) / (count - 1).clamp_min(1)).clamp_min(0).sqrt()
+        kappa = self.training_config.range_kappa
+        for index in range(len(self.sizes)):
+            seen = int(self.range_init_steps[index])
+            if seen >= self.training_config.range_init_batches or std[index] <= 0:
+                continue
+            value = (float(self.input_range[index]) * seen + kappa * float(std[index])) / (seen + 1)
+            self.input_range[index] = abs(value)
+            self.range_init_steps[index] += 1
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, slices={self.sizes}")
+
+
+def convert_to_analog(model: nn.Module, config: AfmcConfig,
+                      prefix: str = WRAPPER_PREFIX) -> list[str]:
+    """Swap every analog-placed nn.Linear of `model` for an AnalogTrainingLinear, in place.
+
+    Placement follows config.placement on the names compile sees (``prefix`` + module
+    name), so a checkpoint compiles with the same layers analog. Returns their names.
+    """
+    rules = PlacementRules(config.placement)
+    converted = []
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) is not nn.Linear:
+                continue
+            full = f"{name}.{child_name}" if name else child_name
+            placement, _ = rules.decide([prefix + full], "linear")
+            if placement == "analog":
+                setattr(module, child_name,
+                        AnalogTrainingLinear(child, config.hardware, config.training))
+                converted.append(full)
+    rules.check_all_used()
+    if not converted:
+        raise ValueError("the model has no analog-placed nn.Linear layer to train")
+    return converted
+
+
+def analog_layers(model: nn.Module) -> Iterator[tuple[str, AnalogTrainingLinear]]:
+    """(name, layer) of every AnalogTrainingLinear in `model` (peft wrappers looked through)."""
+    for name, module in model.named_modules():
+        if isinstance(module, AnalogTrainingLinear):
+            yield name.replace(".base_layer", ""), module
+
+
+@torch.no_grad()
+def clip_weights(model: nn.Module, sigma: float) -> None:
+    """Clamp every analog weight row to +-sigma * std(row) (sigma 0: no clipping)."""
+    if sigma <= 0:
+        return
+    for _, layer in analog_layers(model):
+        bound = sigma * layer.weight.std(dim=1, keepdim=True)
+        layer.weight.copy_(torch.minimum(torch.maximum(layer.weight, -bound), bound))
+
+
+def learned_ranges(model: nn.Module) -> dict[str, torch.Tensor]:
+    """{module name: input ranges} of every analog layer."""
+    return {name: layer.input_range.detach().float().cpu().clone()
+            for name, layer in analog_layers(model)}
+
+
+def restore_linears(model: nn.Module) -> None:
+    """Swap every AnalogTrainingLinear back for a plain nn.Linear sharing its parameters."""
+    for _, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, AnalogTrainingLinear):
+                linear = nn.Linear(child.in_features, child.out_features, bias=False,
+                                   device="meta")
+                linear.weight, linear.bias = child.weight, child.bias
+                setattr(module, child_name, linear)
