@@ -22,7 +22,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 import afmc.passes  # noqa: F401  (registers the passes)
 from afmc import lowering
 from afmc.capture import CapturedModel, capture_module, capture_pretrained
-from afmc.config import AfmcConfig, CalibrationConfig
+from afmc.config import AfmcConfig, CalibrationConfig, config_from_dict
 from afmc.data.tensors import SUFFIXES as TENSOR_SUFFIXES
 from afmc.data.tensors import load_tensor_batches
 from afmc.data.text_source import read_text
@@ -44,12 +44,14 @@ from afmc.onnx_compile import (
     is_onnx_file,
     onnx_input_names,
 )
+from afmc.passes.fx.learned_ranges import META_RANGES
 from afmc.passes.layers import LayerRecord, layer_records
 from afmc.passes.registry import PassSpec, get_pass, resolve_passes
 from afmc.passes.verify import VerificationError, check_graph, output_drift
 from afmc.record import StepTimer, build_record, publish_outputs
 from afmc.runtime.chip import Chip, load_record, open_chip
 from afmc.targets import LowerContext, Target, get_target
+from afmc.train.trained_model import TRAINING_RECORD, read_learned_ranges, trained_config
 
 Progress = Callable[[str], None]
 
@@ -161,6 +163,7 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     save_intermediate: bool = False,
     tokenizer: str | Path | None = None,
     progress: Progress | None = None,
+    recalibrate: bool = False,
 ) -> CompileResult | OnnxCompileResult:
     """Compile `model` for `target`; write OUT/model.onnx and OUT/afmc.json if `output`.
 
@@ -175,10 +178,14 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     error naming it. `save_intermediate` saves the program after each pass as
     OUT/intermediate/NN-name.pt2 (torch.export.load; import afmc first).
 
+    A model trained by `afmc train` (its directory holds learned input ranges) compiles
+    for aimc with those ranges and the target's trained pass list, and with the trained
+    configuration when `config` is None; `recalibrate` calibrates it as any other model.
+
     An ONNX file (`*.onnx`) goes through the ONNX passes instead (onnx_compile);
     `tokenizer` (a directory, or "bytes") tokenizes text calibration for it.
     """
-    config = config or AfmcConfig()
+    config = config or _trained_or_default_config(model)
     if is_onnx_file(model):
         if verify or save_intermediate:
             raise ValueError("--verify and --save-intermediate apply to the torch path, "
@@ -191,7 +198,12 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     with lowering.staged_output(output, force) as staged:
         captured, model_dir = timed("capture", lambda: _capture(model, example_inputs))
         lm_tokenizer = load_tokenizer(model_dir) if model_dir is not None else None
-        steps = resolve_passes(chosen.fx_passes, passes, skip)
+        learned = None if recalibrate else read_learned_ranges(model_dir)
+        default_passes = chosen.fx_passes
+        if learned is not None and chosen.trained_fx_passes is not None:
+            default_passes = chosen.trained_fx_passes
+            captured.graph_module.meta[META_RANGES] = learned
+        steps = resolve_passes(default_passes, passes, skip)
         batches, held, calibration_source = None, [], None
         uses_data = any(isinstance(step, str) and get_pass(step).uses_calibration
                         for step in steps)
@@ -242,6 +254,15 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
 
 
 PRESERVE_TOLERANCE = 1e-5
+
+
+def _trained_or_default_config(model: Any) -> AfmcConfig:
+    """The configuration a model directory was trained with (afmc train), else the defaults."""
+    if isinstance(model, (str, Path)) and Path(model).is_dir():
+        trained = trained_config(Path(model))
+        if trained is not None:
+            return config_from_dict(trained, str(Path(model) / TRAINING_RECORD))
+    return AfmcConfig()
 
 
 def _fidelity(target: Target, captured: CapturedModel, program: fx.GraphModule,

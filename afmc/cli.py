@@ -78,6 +78,9 @@ def compile(  # noqa: A001
         help="Measure the output drift to the FP model after every pass")] = False,
     save_intermediate: Annotated[bool, typer.Option(
         help="Save the program after each pass to OUTPUT/intermediate/*.pt2")] = False,
+    recalibrate: Annotated[bool, typer.Option(
+        help="A model trained by afmc train: calibrate its input ranges instead of using "
+             "the learned ones")] = False,
 ) -> None:
     """Compile MODEL for a target: writes OUTPUT/model.onnx and OUTPUT/afmc.json."""
     with _user_errors():
@@ -88,7 +91,10 @@ def compile(  # noqa: A001
             overrides.append(f"placement.digital={json.dumps(list(digital))}")
         if digital_lm_head:
             overrides.append("placement.lm_head=digital")
-        cfg = load_config(config, overrides)
+        from afmc.train.trained_model import trained_config
+
+        trained = trained_config(model) if config is None and Path(model).is_dir() else None
+        cfg = load_config(config, overrides, base=trained)
         from afmc.api import compile as compile_model
         from afmc.eval.fidelity import FidelityWarning
         from afmc.passes.onnx.static_layers import UnsupportedLayerWarning
@@ -107,6 +113,7 @@ def compile(  # noqa: A001
                 if passes is not None else None,
                 skip=list(skip or []), verify=verify, save_intermediate=save_intermediate,
                 tokenizer=tokenizer, progress=lambda step: status.update(f"compiling: {step}"),
+                recalibrate=recalibrate,
             )
         for warning in caught:
             if issubclass(warning.category, (UnsupportedLayerWarning, FidelityWarning)):
@@ -198,6 +205,64 @@ def run(
         out.print(table)
 
 
+@app.command()
+def train(
+    model: Annotated[str, typer.Argument(
+        help="The FP model to adapt: afmc-tiny, a Hugging Face directory or a GGUF file")],
+    data: Annotated[str, typer.Option(
+        help="Training data: afmc synth output, a text file, or stdlib:train")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (CKPT)")],
+    config: Annotated[Path | None, typer.Option(help="YAML/JSON configuration file")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a field: section.field=value, e.g. training.steps=200")] = None,
+    steps: Annotated[int | None, typer.Option(help="training.steps")] = None,
+    lora_rank: Annotated[int | None, typer.Option(help="training.lora_rank (0: full)")] = None,
+    digital: Annotated[list[str] | None, typer.Option(
+        help="Keep layers matching this regex digital (repeatable)")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda")] = "cpu",
+    resume: Annotated[bool, typer.Option(
+        help="Continue from the newest checkpoint in OUTPUT")] = False,
+    force: Annotated[bool, typer.Option(help="Start over in an existing OUTPUT")] = False,
+) -> None:
+    """Hardware-aware training by distillation; OUTPUT compiles with `afmc compile OUTPUT`.
+
+    Runs under torchrun as it is (DistributedDataParallel; gloo on CPU, nccl on CUDA).
+    """
+    with _user_errors():
+        import os
+
+        from afmc.config import load_config
+        from afmc.train.trainer import train as train_model
+
+        overrides = list(set_ or [])
+        if steps is not None:
+            overrides.append(f"training.steps={steps}")
+        if lora_rank is not None:
+            overrides.append(f"training.lora_rank={lora_rank}")
+        if digital:
+            overrides.append(f"placement.digital={json.dumps(list(digital))}")
+        cfg = load_config(config, overrides)
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"--device {device}: no CUDA device is available")
+        lead = int(os.environ.get("RANK", "0")) == 0
+        with _progress() as bar:
+            task = bar.add_task("training", total=cfg.training.steps)
+
+            def report(step: int, total: int, loss: float, rate: float) -> None:
+                bar.update(task, completed=step,
+                           description=f"training  loss {loss:.4f}  {rate:,.0f} tok/s")
+
+            result = train_model(model, data, output, cfg, resume=resume, force=force,
+                                 device=device, progress=report if lead else None)
+        if lead:
+            final = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
+            out.print(f"trained {result.steps} steps ({result.tokens:,} tokens this run, "
+                      f"{result.seconds:.1f} s), final loss {final} -> {output}")
+
+
 @app.command("eval")
 def eval_(
     compiled: Annotated[Path, typer.Argument(help="Output directory of afmc compile")],
@@ -280,6 +345,37 @@ def _eval_encoder(compiled: Path, ids: np.ndarray, seeds: int, seq_len: int, max
                   f"{error.relative_error:.4f}, cosine {error.cosine:.4f}")
     out.print(f"embedding relative error vs FP over {report.windows} windows: "
               f"{report.mean:.4f} +- {report.std:.4f}")
+
+
+@app.command()
+def synth(
+    model: Annotated[str, typer.Argument(
+        help="The teacher: afmc-tiny, a Hugging Face directory or a GGUF file")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (DATA)")],
+    tokens: Annotated[int, typer.Option(help="Tokens to generate (rounded up to sequences)")],
+    seq_len: Annotated[int, typer.Option(help="Tokens per sequence")] = 256,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Sample from the k most likely (0: off)")] = 50,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (1: off)")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed")] = 0,
+    shard_sequences: Annotated[int, typer.Option(help="Sequences per shard file")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Sequences generated at once")] = 8,
+    force: Annotated[bool, typer.Option(help="Start over in an existing DATA")] = False,
+) -> None:
+    """Sample training text from MODEL itself; rerun the same command to resume."""
+    with _user_errors():
+        from afmc.train.synth import synthesize
+
+        with _progress() as bar:
+            task = bar.add_task("tokens", total=None)
+            result = synthesize(
+                model, output, tokens, seq_len=seq_len, shard_sequences=shard_sequences,
+                batch_size=batch_size, temperature=temperature, top_k=top_k, top_p=top_p,
+                seed=seed, force=force,
+                progress=lambda done, total: bar.update(task, completed=done, total=total))
+        kept = f" ({result.kept_shards} kept from an earlier run)" if result.kept_shards else ""
+        out.print(f"{result.sequences} sequences of {result.seq_len} tokens in {result.shards} "
+                  f"shards{kept} -> {output}")
 
 
 @app.command()

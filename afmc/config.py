@@ -258,10 +258,12 @@ def config_from_dict(data: dict[str, Any], source: str = "configuration") -> Afm
         raise ConfigError(f"{source}: {_describe(error)}") from None
 
 
-def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) -> AfmcConfig:
-    """Load a YAML/JSON file (or the defaults) and apply ``section.field=value`` overrides."""
-    data: dict[str, Any] = {}
-    source = "defaults"
+def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = (),
+                base: dict[str, Any] | None = None) -> AfmcConfig:
+    """Load a YAML/JSON file (or `base`, or the defaults) and apply ``section.field=value``
+    overrides."""
+    data: dict[str, Any] = dict(base or {})
+    source = "trained configuration" if base else "defaults"
     if path is not None:
         source = str(path)
         if not path.is_file():

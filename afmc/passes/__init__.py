@@ -8,6 +8,7 @@ from afmc.passes.fx import (
     fold_batchnorm,
     fold_norms,
     insert_analog_linear,
+    learned_ranges,
     place_layers,
     smooth_inputs,
 )
@@ -19,6 +20,6 @@ from afmc.passes.onnx import upgrade_opset as onnx_upgrade_opset
 from afmc.passes.registry import PASSES, get_pass, register_pass
 
 __all__ = ["PASSES", "calibrate", "fold_batchnorm", "fold_norms", "get_pass",
-           "insert_analog_linear", "onnx_calibrate",
+           "insert_analog_linear", "learned_ranges", "onnx_calibrate",
            "onnx_fold_norms", "onnx_insert_analog_linear", "onnx_place_layers",
            "onnx_upgrade_opset", "place_layers", "register_pass", "smooth_inputs"]

@@ -46,6 +46,8 @@ class Target:
     needs_calibration: bool | Callable[[AfmcConfig], bool]
     post_lower: Callable[[LowerContext], ir.Model] | None = None
     onnx_passes: tuple[str, ...] | None = None  # for ONNX input; None: not supported
+    # for a model trained by afmc train (learned input ranges); None: fx_passes
+    trained_fx_passes: tuple[str, ...] | None = None
 
     def calibrates(self, config: AfmcConfig) -> bool:
         """Whether a compile with `config` needs calibration batches."""
@@ -74,6 +76,9 @@ TARGETS: dict[str, Target] = {
         needs_calibration=True,
         onnx_passes=("onnx-upgrade-opset", "onnx-fold-norms", "onnx-place-layers",
                      "onnx-insert-analog-linear", "onnx-calibrate"),
+        # The learned ranges belong to the inputs the layers saw in training: no norm
+        # folding or smoothing, which would change them.
+        trained_fx_passes=("place-layers", "insert-analog-linear", "learned-ranges"),
     ),
     "int8": Target(
         "int8",

@@ -1,0 +1,313 @@
+"""afmc train: hardware-aware training of a causal LM by distillation (the AFM recipe).
+
+Rule of one optimizer step (configuration section ``training``):
+- the global batch (batch_size sequences, afmc.train.data.batch_indices) is split
+  into grad_accumulation micro-batches, each shared among the processes;
+- the student is the model with its analog-placed nn.Linear layers in training
+  mode (afmc.train.analog_layer: weight noise, learned input ranges, DAC/ADC with
+  straight-through gradients), optionally with LoRA adapters (peft);
+- loss = beta * T^2 * KL(teacher || student) at temperature T + (1 - beta) *
+  next-token cross-entropy, the teacher being the original FP model;
+- AdamW (weights: learning_rate, weight_decay; input ranges: range_learning_rate,
+  no decay), gradient-norm clipping, a linear warm-up over the first `warmup`
+  share of the steps then polynomial decay to 0, and after the step every analog
+  weight row is clipped to +-clip_sigma * std(row).
+
+Under torchrun the student is wrapped in DistributedDataParallel (gloo on CPU,
+nccl on CUDA); input-range initialisation statistics are reduced over all
+processes, so every process holds the same weights and ranges. The result in
+OUT is a Hugging Face directory (the trained weights, LoRA merged) plus the
+learned input ranges (afmc_ranges.safetensors, by module name) and the training
+record (afmc_training.json); ``afmc compile OUT`` compiles it with those ranges.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from afmc.capture.hf import load_causal_lm
+from afmc.config import AfmcConfig, TrainingConfig, config_from_dict
+from afmc.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
+from afmc.models import resolve_model_path
+from afmc.train import checkpoint
+from afmc.train.analog_layer import (
+    analog_layers,
+    clip_weights,
+    convert_to_analog,
+    learned_ranges,
+    restore_linears,
+)
+from afmc.train.data import batch_indices, micro_batches, training_sequences
+from afmc.train.trained_model import RANGES_FILE, TRAINING_RECORD
+
+# Options that may change between a run and its resume without changing its result.
+_RESUMABLE_CHANGES = ("training.checkpoint_every",)
+
+Progress = Callable[[int, int, float, float], None]  # step, steps, loss, tokens per second
+
+
+@dataclass
+class TrainResult:
+    """What train() returns."""
+
+    output: Path
+    steps: int
+    tokens: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, ids: torch.Tensor,
+                      settings: TrainingConfig) -> torch.Tensor:
+    """beta * T^2 * KL(teacher || student) + (1 - beta) * next-token cross-entropy."""
+    vocab = student.shape[-1]
+    beta, temperature = settings.distill_weight, settings.temperature
+    loss = student.new_zeros(())
+    if beta > 0:
+        log_student = F.log_softmax(student.reshape(-1, vocab) / temperature, dim=-1)
+        log_teacher = F.log_softmax(teacher.reshape(-1, vocab) / temperature, dim=-1)
+        kl = F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean")
+        loss = loss + beta * temperature ** 2 * kl
+    if beta < 1:
+        ce = F.cross_entropy(student[:, :-1].reshape(-1, vocab), ids[:, 1:].reshape(-1))
+        loss = loss + (1 - beta) * ce
+    return loss
+
+
+def polynomial_schedule(settings: TrainingConfig) -> Callable[[int], float]:
+    """Learning-rate factor: linear warm-up, then (1 - progress)^power down to 0."""
+    warmup = round(settings.warmup * settings.steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        remaining = (settings.steps - step) / max(1, settings.steps - warmup)
+        return max(0.0, remaining) ** settings.schedule_power
+
+    return factor
+
+
+def build_student(teacher: nn.Module, config: AfmcConfig) -> nn.Module:
+    """A trainable copy of `teacher` with its analog layers converted (and LoRA adapters)."""
+    student = copy.deepcopy(teacher)
+    names = convert_to_analog(student, config)
+    settings = config.training
+    if settings.lora_rank > 0:
+        from peft import LoraConfig, get_peft_model
+
+        student = get_peft_model(student, LoraConfig(
+            r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=0.0,
+            target_modules=names))
+        for _, layer in analog_layers(student):
+            layer.input_range.requires_grad_(True)
+    for parameter in student.parameters():
+        if not parameter.is_floating_point():
+            parameter.requires_grad_(False)
+    return student.train()
+
+
+def build_optimizer(student: nn.Module, settings: TrainingConfig) -> torch.optim.AdamW:
+    """AdamW with two groups: the trainable weights, and the input ranges (no decay)."""
+    ranges = {id(layer.input_range) for _, layer in analog_layers(student)}
+    weights = [p for p in student.parameters() if p.requires_grad and id(p) not in ranges]
+    range_parameters = [p for p in student.parameters() if id(p) in ranges]
+    return torch.optim.AdamW(
+        [{"params": weights, "lr": settings.learning_rate,
+          "weight_decay": settings.weight_decay},
+         {"params": range_parameters, "lr": settings.range_learning_rate, "weight_decay": 0.0}],
+        betas=settings.betas, eps=settings.eps)
+
+
+def _distributed(device: str) -> tuple[int, int, str]:
+    """(rank, world size, device) of this process; joins the torchrun group if there is one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    return dist.get_rank(), world, device
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_resume_config(saved: dict[str, Any], config: AfmcConfig, folder: Path) -> None:
+    before = _flatten(config_from_dict(saved).model_dump(mode="json"))
+    now = _flatten(config.model_dump(mode="json"))
+    for key in sorted(before):
+        if key not in _RESUMABLE_CHANGES and before[key] != now.get(key):
+            raise ValueError(f"{folder}: {key} was {before[key]!r} in the interrupted run, now "
+                             f"{now.get(key)!r}; resume with the same configuration")
+
+
+def _prepare_output(output: Path, resume: bool, force: bool, rank: int, world: int) -> None:
+    exists = output.exists() and any(output.iterdir())
+    if resume and checkpoint.latest_checkpoint(output) is None:
+        raise FileNotFoundError(f"{output}: no checkpoint to resume from")
+    if exists and not (resume or force):
+        raise FileExistsError(f"{output} exists; --resume continues its training, --force "
+                              "starts over")
+    _barrier(world)
+    if rank == 0:
+        if force and not resume and output.exists():
+            shutil.rmtree(output)
+        output.mkdir(parents=True, exist_ok=True)
+    _barrier(world)
+
+
+def train(model: str | Path, data: str | Path, output: str | Path,
+          config: AfmcConfig | None = None, *, resume: bool = False, force: bool = False,
+          device: str = "cpu", progress: Progress | None = None) -> TrainResult:
+    """Hardware-aware training of `model` on `data` into `output` (see the module docstring).
+
+    `model`: afmc-tiny, a Hugging Face directory or a GGUF file; `data`: an afmc synth
+    directory, a text file or stdlib:train. `resume` continues from the newest checkpoint
+    in `output` and ends with the weights an uninterrupted run would have.
+    """
+    config = config or AfmcConfig()
+    settings = config.training
+    rank, world, device = _distributed(device)
+    output = Path(output)
+    _prepare_output(output, resume, force, rank, world)
+    model_path = resolve_model_path(str(model))
+    teacher = load_causal_lm(model_path).to(device)
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    tokenizer = load_tokenizer(model_path)
+    sequences = training_sequences(data, tokenizer, settings.seq_len,
+                                   teacher.config.vocab_size)
+    torch.manual_seed(settings.seed * 1000 + rank)
+    student = build_student(teacher, config).to(device)
+    optimizer = build_optimizer(student, settings)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, polynomial_schedule(settings))
+    step, losses = 0, []
+    if resume:
+        folder = checkpoint.latest_checkpoint(output)
+        training_state, state = checkpoint.restore(folder, student)
+        _check_resume_config(state["config"], config, folder)
+        optimizer.load_state_dict(training_state["optimizer"])
+        scheduler.load_state_dict(training_state["scheduler"])
+        checkpoint.load_rng(folder, rank)
+        step, losses = state["step"], state["losses"]
+    resumed_from = step
+    module = DistributedDataParallel(student) if world > 1 else student
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    started, tokens = time.perf_counter(), 0
+    while step < settings.steps:
+        indices = batch_indices(step, settings.batch_size, len(sequences), settings.seed)
+        parts = micro_batches(indices, settings.grad_accumulation, world, rank)
+        step_loss = torch.zeros((), dtype=torch.float64)
+        for index, part in enumerate(parts):
+            ids = torch.from_numpy(sequences[part]).to(device)
+            with torch.no_grad():
+                teacher_logits = teacher(input_ids=ids, use_cache=False).logits
+            last = index == len(parts) - 1
+            sync = contextlib.nullcontext() if last or world == 1 else module.no_sync()
+            with sync:
+                logits = module(input_ids=ids, use_cache=False).logits
+                loss = distillation_loss(logits, teacher_logits, ids, settings) / len(parts)
+                loss.backward()
+            step_loss += loss.detach().double().cpu()
+        if settings.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        clip_weights(student, settings.clip_sigma)
+        step += 1
+        if world > 1:
+            dist.all_reduce(step_loss)
+            step_loss /= world
+        losses.append(float(step_loss))
+        tokens += settings.batch_size * settings.seq_len
+        if progress is not None and rank == 0:
+            progress(step, settings.steps, losses[-1], tokens / (time.perf_counter() - started))
+        if step % settings.checkpoint_every == 0 or step == settings.steps:
+            _checkpoint(output, step, student, optimizer, scheduler, losses, config, str(data),
+                        rank, world)
+    seconds = time.perf_counter() - started
+    if rank == 0:
+        _save_result(student, tokenizer, output, config, {
+            "source": str(model), "data": str(data), "steps": step, "processes": world,
+            "tokens": step * settings.batch_size * settings.seq_len,
+            "losses": losses, "seconds_this_run": seconds, "resumed_from": resumed_from,
+        })
+    _barrier(world)
+    return TrainResult(output, step, tokens, seconds, losses, resumed_from)
+
+
+def _checkpoint(output: Path, step: int, student: nn.Module, optimizer, scheduler,
+                losses: list[float], config: AfmcConfig, data: str, rank: int,
+                world: int) -> None:
+    folder = checkpoint.checkpoint_root(output) / f".step-{step:07d}.tmp"
+    if rank == 0:
+        folder = checkpoint.staging_folder(output, step)
+    _barrier(world)
+    checkpoint.save_rng(folder, rank)
+    _barrier(world)
+    if rank == 0:
+        checkpoint.publish(output, folder, step, student,
+                           {"optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict()},
+                           {"step": step, "losses": losses, "data": data, "processes": world,
+                            "config": config.model_dump(mode="json")})
+    _barrier(world)
+
+
+def _save_result(student: nn.Module, tokenizer: Tokenizer, output: Path, config: AfmcConfig,
+                 record: dict[str, Any]) -> None:
+    """OUT: the Hugging Face directory, the learned ranges and the training record."""
+    model = student.merge_and_unload() if hasattr(student, "merge_and_unload") else student
+    ranges = learned_ranges(model)
+    restore_linears(model)
+    staging = output / ".result.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    model.eval().save_pretrained(staging)
+    if isinstance(tokenizer, HFTokenizer):
+        tokenizer.tokenizer.save_pretrained(staging)
+    save_file({name: value.contiguous() for name, value in ranges.items()}, staging / RANGES_FILE)
+    record = {**record, "config": config.model_dump(mode="json"),
+              "analog_layers": {name: value.tolist() for name, value in ranges.items()},
+              "final_loss": record["losses"][-1] if record["losses"] else math.nan}
+    (staging / TRAINING_RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
+    for item in staging.iterdir():
+        target = output / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    staging.rmdir()
