@@ -93,9 +93,9 @@ def restore(folder: Path, model: nn.Module) -> tuple[dict, dict[str, Any]]:
     """Load the model tensors of `folder` into `model`; (optimizer state, state.json)."""
     missing, unexpected = load_model(model, str(folder / "model.safetensors"), strict=False)
     if missing or unexpected:
-        names = (missing or unexpected)[:3]
-        raise ValueError(f"{folder}: checkpoint does not fit the model ({'missing' if missing else 'unexpected'} "
-                         f"{', '.join(names)})")
+        kind, names = ("missing", missing) if missing else ("unexpected", unexpected)
+        raise ValueError(f"{folder}: checkpoint does not fit the model ({kind} "
+                         f"{', '.join(names[:3])})")
     training_state = torch.load(folder / "optimizer.pt", weights_only=False)
     state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     return training_state, state
