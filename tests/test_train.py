@@ -1,0 +1,184 @@
+"""afmc train: the loss, schedule and data order, exact resume after SIGKILL, LoRA, and the
+compile of a trained model with its learned input ranges."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from afmc.api import compile as compile_model
+from afmc.capture.hf import load_causal_lm
+from afmc.config import config_from_dict
+from afmc.models import resolve_model_path
+from afmc.train.analog_layer import analog_layers, convert_to_analog
+from afmc.train.data import batch_indices, micro_batches
+from afmc.train.trained_model import RANGES_FILE, TRAINING_RECORD
+from afmc.train.trainer import distillation_loss, polynomial_schedule, train
+
+SMALL = {"seq_len": 32, "batch_size": 4, "range_init_batches": 1}
+
+
+def _config(**training):
+    return config_from_dict({"training": {**SMALL, **training}})
+
+
+def test_distillation_loss_is_kl_plus_cross_entropy():
+    """beta T^2 KL(teacher || student) + (1 - beta) CE, against a direct computation."""
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 5, 7, generator=gen), torch.randn(2, 5, 7, generator=gen)
+    ids = torch.randint(7, (2, 5), generator=gen)
+    settings = _config(temperature=2.0, distill_weight=0.25).training
+    p_t = torch.softmax(teacher / 2, -1)
+    kl = (p_t * (torch.log_softmax(teacher / 2, -1) - torch.log_softmax(student / 2, -1)))
+    log_p = torch.log_softmax(student[:, :-1], -1)
+    ce = -log_p.gather(-1, ids[:, 1:, None]).mean()
+    expected = 0.25 * 4 * kl.sum(-1).mean() + 0.75 * ce
+    torch.testing.assert_close(distillation_loss(student, teacher, ids, settings), expected)
+    same = distillation_loss(teacher, teacher, ids, _config().training)
+    assert abs(float(same)) < 1e-6
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    factor = polynomial_schedule(_config(steps=1000, warmup=0.016, schedule_power=2.0).training)
+    assert factor(0) == pytest.approx(1 / 16) and factor(15) == pytest.approx(1.0)
+    assert factor(16) == pytest.approx(1.0)
+    assert factor(508) == pytest.approx(0.25)
+    assert factor(1000) == 0.0
+
+
+def test_data_order_covers_every_sequence_once_per_epoch_and_splits_evenly():
+    seen = np.concatenate([batch_indices(step, 4, 10, seed=3) for step in range(5)])
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
+    assert not np.array_equal(seen[:10], seen[10:20])
+    assert np.array_equal(batch_indices(2, 4, 10, 3), seen[8:12])
+    parts = [micro_batches(np.arange(8), 2, 2, rank) for rank in (0, 1)]
+    assert [p.tolist() for p in parts[0]] == [[0, 1], [4, 5]]
+    assert [p.tolist() for p in parts[1]] == [[2, 3], [6, 7]]
+    with pytest.raises(ValueError, match="multiple of grad_accumulation x processes"):
+        micro_batches(np.arange(6), 2, 2, 0)
+
+
+def _afmc(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", "from afmc.cli import app; app()", *args],
+                            env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _train_args(out: Path, *extra: str) -> list[str]:
+    sets = {"steps": 12, "checkpoint_every": 3, "seq_len": 64, "batch_size": 8,
+            "range_init_batches": 2}
+    return ["train", "afmc-tiny", "--data", "stdlib:train", "-o", str(out),
+            *[f"--set=training.{k}={v}" for k, v in sets.items()], *extra]
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path: Path):
+    """A run killed with SIGKILL after a checkpoint, then --resume'd, ends with the same
+    weights, input ranges and losses as an uninterrupted run with the same seed."""
+    full = _afmc(*_train_args(tmp_path / "full"))
+    killed_dir = tmp_path / "killed"
+    killed = _afmc(*_train_args(killed_dir))
+    pointer = killed_dir / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not pointer.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (killed_dir / RANGES_FILE).exists()  # killed before the end
+    resumed = _afmc(*_train_args(killed_dir, "--resume"))
+    for process in (full, resumed):
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+    record = json.loads((killed_dir / TRAINING_RECORD).read_text())
+    assert 0 < record["resumed_from"] < 12
+    reference = json.loads((tmp_path / "full" / TRAINING_RECORD).read_text())
+    assert record["losses"] == reference["losses"]
+    for name in ("model.safetensors", RANGES_FILE):
+        a, b = load_file(killed_dir / name), load_file(tmp_path / "full" / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[key], b[key]) for key in a), name
+
+
+def test_resume_refuses_another_configuration(tmp_path: Path):
+    train("afmc-tiny", "stdlib:train", tmp_path / "run", _config(steps=2, checkpoint_every=1))
+    with pytest.raises(ValueError, match="training.learning_rate was 2e-05"):
+        train("afmc-tiny", "stdlib:train", tmp_path / "run",
+              _config(steps=2, checkpoint_every=1, learning_rate=1e-4), resume=True)
+    with pytest.raises(FileExistsError, match="--resume continues"):
+        train("afmc-tiny", "stdlib:train", tmp_path / "run", _config(steps=2))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trained") / "ckpt"
+    train("afmc-tiny", "stdlib:train", out,
+          _config(steps=3, learning_rate=1e-3, range_learning_rate=0.05))
+    return out
+
+
+def test_trained_model_compiles_with_its_learned_ranges(trained: Path):
+    """afmc compile CKPT: the learned ranges, no calibration, and the compiled program
+    equals the trained layers in eval mode (the inference semantics) exactly."""
+    result = compile_model(trained, "aimc")
+    passes = [step["name"] for step in result.record["passes"]]
+    assert "learned-ranges" in passes and "calibrate" not in passes
+    assert "fold-norms" not in passes and "smooth-inputs" not in passes
+    ranges = load_file(trained / RANGES_FILE)
+    assert all(layer.calibrated == "learned" for layer in result.layers)
+    model = load_causal_lm(trained)
+    convert_to_analog(model, config_from_dict({}))
+    for name, layer in analog_layers(model):
+        layer.input_range.data = ranges[name]
+    ids = torch.randint(256, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model.eval()(input_ids=ids, use_cache=False).logits
+        program = result.program(ids)
+    program = program[0] if isinstance(program, (tuple, list)) else program
+    assert torch.equal(program, expected)
+    # ranges moved from the data initialisation by learning (lr 0.05 on the ranges)
+    first = next(iter(ranges.values()))
+    assert first.numel() == 1 and float(first) > 0
+    recalibrated = compile_model(trained, "aimc", calibration="stdlib:calibration",
+                                 recalibrate=True)
+    assert "calibrate" in [step["name"] for step in recalibrated.record["passes"]]
+
+
+@pytest.mark.parametrize("target", ["int8", "int4"])
+def test_trained_model_compiles_for_digital_targets(trained: Path, target: str):
+    result = compile_model(trained, target, calibration="stdlib:calibration")
+    assert result.record["target"] == target
+
+
+def test_compile_refuses_ranges_for_another_slicing(trained: Path):
+    config = config_from_dict({"hardware": {"max_in": 64, "tile_rows": 64}})
+    with pytest.raises(ValueError, match="learned ranges but .* input slices"):
+        compile_model(trained, "aimc", config)
+
+
+def test_lora_trains_adapters_and_ranges_and_merges(tmp_path: Path):
+    """lora_rank > 0: the base weights change only by the merged adapters (low rank), the
+    input ranges are learned, and the output is a plain Hugging Face directory."""
+    out = tmp_path / "lora"
+    train("afmc-tiny", "stdlib:train", out,
+          _config(steps=3, lora_rank=2, learning_rate=1e-2, clip_sigma=0.0))
+    before = load_causal_lm(resolve_model_path("afmc-tiny")).state_dict()
+    after = load_file(out / "model.safetensors")
+    assert not any("lora" in key for key in after)
+    delta = after["model.layers.0.self_attn.q_proj.weight"] - before[
+        "model.layers.0.self_attn.q_proj.weight"]
+    assert delta.abs().max() > 0
+    singular = torch.linalg.svdvals(delta.double())
+    assert singular[2] < 1e-3 * singular[0]  # rank 2 up to float32 rounding of W + BA
+    torch.testing.assert_close(after["model.norm.weight"], before["model.norm.weight"])
+    assert load_file(out / RANGES_FILE).keys()
