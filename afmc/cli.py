@@ -366,16 +366,25 @@ def synth(
     with _user_errors():
         from afmc.train.synth import synthesize
 
-        with _progress() as bar:
-            task = bar.add_task("tokens", total=None)
+        bar = _progress()
+        task = bar.add_task("tokens", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.start()  # at the first report, after the checks: an error prints alone
+            bar.update(task, completed=done, total=total)
+
+        try:
             result = synthesize(
                 model, output, tokens, seq_len=seq_len, shard_sequences=shard_sequences,
                 batch_size=batch_size, temperature=temperature, top_k=top_k, top_p=top_p,
-                seed=seed, force=force,
-                progress=lambda done, total: bar.update(task, completed=done, total=total))
+                seed=seed, force=force, progress=progress)
+        finally:
+            if bar.live.is_started:
+                bar.stop()
         kept = f" ({result.kept_shards} kept from an earlier run)" if result.kept_shards else ""
-        out.print(f"{result.sequences} sequences of {result.seq_len} tokens in {result.shards} "
-                  f"shards{kept} -> {output}")
+        shards = f"{result.shards} shard" + ("s" if result.shards > 1 else "")
+        out.print(f"{result.sequences} sequences of {result.seq_len} tokens in {shards}{kept} "
+                  f"-> {output}")
 
 
 @app.command()
