@@ -196,6 +196,15 @@ class TrainingConfig(_Section):
         500, ge=0, description="Training batches over which each input range is the running "
         "mean of range_kappa * std(x) before it is learned.")
     range_kappa: float = Field(18.0, gt=0, description="kappa of the range initialisation.")
+    range_init: Literal["kappa-std", "search"] = Field(
+        "kappa-std", description="kappa-std (AFM): ranges from the data of the first "
+        "range_init_batches steps; search: before the first step, each slice's range that "
+        "minimises the layer's output error on the teacher's activations (as "
+        "calibration.method=search), with no data initialisation afterwards.")
+    smoothing: bool = Field(
+        False, description="Before the first step, give each analog layer a digital "
+        "per-input-channel scale x_max^alpha / w_max^(1 - alpha) (smoothing.alpha), exact in "
+        "floating point, as the smooth-inputs pass does for compile (not in AFM).")
     range_decay: float = Field(
         0.01, ge=0, description="Input-range decay: decay * r is added to the range gradient "
         "when more than range_min_unclipped of the inputs are not clipped.")

@@ -8,6 +8,8 @@ Rule of one optimizer step (configuration section ``training``):
   straight-through gradients), optionally with LoRA adapters (peft);
 - loss = beta * T^2 * KL(teacher || student) at temperature T + (1 - beta) *
   next-token cross-entropy, the teacher being the original FP model;
+- before the first step, optionally (training.smoothing, training.range_init =
+  search) the student starts where compile would put it (afmc.train.prepare);
 - AdamW (weights: learning_rate, weight_decay; input ranges: range_learning_rate,
   no decay), gradient-norm clipping, a linear warm-up over the first `warmup`
   share of the steps then polynomial decay to 0, and after the step every analog
@@ -55,6 +57,7 @@ from afmc.train.analog_layer import (
     restore_linears,
 )
 from afmc.train.data import batch_indices, micro_batches, training_sequences
+from afmc.train.prepare import needs_preparation, prepare_student
 from afmc.train.trained_model import RANGES_FILE, TRAINING_RECORD
 
 # Options that may change between a run and its resume without changing its result.
@@ -223,6 +226,8 @@ def train(model: str | Path, data: str | Path, output: str | Path,
         scheduler.load_state_dict(training_state["scheduler"])
         checkpoint.load_rng(folder, rank)
         step, losses = state["step"], state["losses"]
+    elif needs_preparation(config):
+        prepare_student(student, teacher, sequences, config, device)
     resumed_from = step
     module = DistributedDataParallel(student) if world > 1 else student
     trainable = [p for p in student.parameters() if p.requires_grad]

@@ -7,19 +7,27 @@ range per input slice of the compile's hardware.max_in. An analog layer without
 learned ranges, or with another slice count, is an error naming it: the model was
 trained with another placement or hardware, so compile with the trained
 configuration or recalibrate.
+
+A layer trained with a digital input scale s (training.smoothing; entry
+``NAME.input_scale``) gets it back as the training computed it: a digital
+``x / s`` before the analog op, whose weight becomes W diag(s) (its own copy when
+the weight is also read elsewhere).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from afmc.config import AfmcConfig
 from afmc.ops.analog_linear import ANALOG_LINEAR
+from afmc.passes.fx.fold_common import new_parameter, replace_parameter
 from afmc.passes.layers import META_KEY
 from afmc.passes.registry import register_pass
 
 META_RANGES = "afmc_learned_ranges"
+SCALE_SUFFIX = ".input_scale"  # afmc.train.analog_layer.SCALE_SUFFIX
 _WRAPPER_PREFIX = "lm."
 
 
@@ -52,6 +60,34 @@ class LearnedRanges(PassBase):
                                  "(hardware.max_in differs from training)")
             parameter = graph_module.get_parameter(node.args[2].target)
             parameter.data.copy_(learned.to(parameter.dtype).reshape(parameter.shape))
+            scale = ranges.get(name + SCALE_SUFFIX)
+            if scale is not None:
+                _scale_input(graph_module, node, scale)
             record.calibrated = "learned"
             modified = True
+        if modified:
+            graph_module.graph.lint()
+            graph_module.recompile()
         return PassResult(graph_module, modified)
+
+
+def _scale_input(gm: fx.GraphModule, node: fx.Node, scale: torch.Tensor) -> None:
+    """x -> x / s before the analog op `node`; its weight W -> W diag(s)."""
+    record = node.meta[META_KEY]
+    weight_node = node.args[1]
+    weight = gm.get_parameter(weight_node.target).detach()
+    programmed = weight * scale.to(weight.dtype)
+    owner = weight_node.target.rpartition(".")[0]
+    if len(weight_node.users) == 1:
+        replace_parameter(gm, weight_node.target, programmed)
+    else:
+        target = new_parameter(gm, owner, "scaled_weight", programmed)
+        with gm.graph.inserting_before(node):
+            node.replace_input_with(weight_node, gm.graph.get_attr(target))
+        record.weight = target
+    scale_target = new_parameter(gm, owner, "input_scale", scale.to(weight.dtype))
+    gm.get_parameter(scale_target).requires_grad_(False)
+    with gm.graph.inserting_before(node):
+        divided = gm.graph.call_function(torch.ops.aten.div.Tensor,
+                                         (node.args[0], gm.graph.get_attr(scale_target)))
+    node.replace_input_with(node.args[0], divided)
