@@ -74,10 +74,13 @@ def programmed_weights(model: onnx.ModelProto, record: dict[str, Any], noise: No
 
 
 def open_chip(out_dir: Path, seed: int | None = 0, *, read_noise: float = 0.0,
-              fp: bool = False, threads: int | None = None) -> Chip:
+              fp: bool = False, threads: int | None = None,
+              noise: NoiseConfig | None = None) -> Chip:
     """A session for chip `seed` (None: the stored weights, no programming noise).
 
     fp=True gives the floating-point reference view of the same file instead.
+    `noise` replaces the programming-noise model of the file's record (its
+    config.noise) for this chip; digital targets ignore it.
     """
     if read_noise < 0:
         raise ValueError(f"read noise must be >= 0, got {read_noise}")
@@ -85,7 +88,8 @@ def open_chip(out_dir: Path, seed: int | None = 0, *, read_noise: float = 0.0,
     if is_digital(record):
         return _open_digital(out_dir, record, read_noise=read_noise, fp=fp, threads=threads)
     model = onnx.load(str(out_dir / MODEL_FILE))
-    noise = NoiseConfig.model_validate(record["config"]["noise"])
+    if noise is None:
+        noise = NoiseConfig.model_validate(record["config"]["noise"])
     if fp:
         model = fp_reference(model)
         seed = None

@@ -10,7 +10,8 @@ A row (slice) that is all zero has max |w| = 0 and stays exactly zero.
 
 - ``none``: the weights unchanged (a copy).
 - ``pcm`` (AFM evaluation): scale so max |w| = ``pcm_gmax`` (180); add
-  N(0, sigma(|g|)^2) with sigma the cubic of :func:`pcm_sigma`; set to 0 every
+  N(0, (``pcm_scale`` * sigma(|g|))^2) with sigma the cubic of :func:`pcm_sigma`
+  (``pcm_scale`` 1: the AFM model); set to 0 every
   weight whose *target* |g| < ``pcm_zero_threshold`` (0.6); scale back.
 - ``additive``: add N(0, (``additive_std`` (0.05) * max |w|)^2).
 - ``pcm-drift``: aihwkit 1.2.0 ``PCMLikeNoiseModel`` (max |w| = 25 uS on a g+/g- pair,
@@ -72,6 +73,13 @@ class NoiseConfig(BaseModel):
     )
     pcm_zero_threshold: float = Field(
         0.6, ge=0, allow_inf_nan=False, description="pcm: target |g| below this is set to 0."
+    )
+    pcm_scale: float = Field(
+        1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="pcm: multiplies the programming-noise std sigma(|g|) (1: the AFM model; "
+        "2, 4: twice, four times as noisy).",
     )
     drift_time_s: float = Field(
         3600.0,
@@ -181,12 +189,12 @@ def _unit(block: np.ndarray, wmax: np.ndarray) -> np.ndarray:
 def _pcm_block(
     block: np.ndarray, wmax: np.ndarray, config: NoiseConfig, rng: np.random.Generator
 ) -> np.ndarray:
-    """``pcm``: g = w / max|w| * gmax; g + sigma(|g|) N(0, 1); 0 where the target
+    """``pcm``: g = w / max|w| * gmax; g + pcm_scale * sigma(|g|) N(0, 1); 0 where the target
     |g| < zero_threshold; back to weights by * max|w| / gmax."""
     g = _unit(block, wmax) * np.float32(config.pcm_gmax)
     g_abs = np.abs(g)
     noise = rng.standard_normal(g.shape, dtype=np.float32)
-    noise *= pcm_sigma(g_abs)
+    noise *= pcm_sigma(g_abs) * np.float32(config.pcm_scale)
     g += noise
     g[g_abs < config.pcm_zero_threshold] = 0.0
     g *= wmax / np.float32(config.pcm_gmax)
