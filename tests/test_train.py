@@ -207,3 +207,23 @@ def test_lora_trains_adapters_and_ranges_and_merges(tmp_path: Path):
     assert singular[2] < 1e-3 * singular[0]  # rank 2 up to float32 rounding of W + BA
     torch.testing.assert_close(after["model.norm.weight"], before["model.norm.weight"])
     assert load_file(out / RANGES_FILE).keys()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["no-such-model", "--data", "stdlib:train"], "model not found: no-such-model"),
+    (["afmc-tiny", "--data", "missing.txt"], "missing.txt: text file not found"),
+    (["afmc-tiny", "--data", "stdlib:train", "--resume"], "no checkpoint to resume from"),
+    (["afmc-tiny", "--data", "stdlib:train", "--set", "training.batch_size=6",
+      "--set", "training.grad_accumulation=4"], "training: Value error, batch_size (6)"),
+    (["afmc-tiny", "--data", "stdlib:train", "--device", "cuda:7"], "--device cuda:7"),
+])
+def test_train_command_rejects_bad_input_in_one_line(tmp_path: Path, args, message):
+    from typer.testing import CliRunner
+
+    from afmc.cli import app
+
+    result = CliRunner().invoke(app, ["train", *args, "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [f"error: {result.output.strip()[7:]}"]
+    assert message in result.output
+    assert not (tmp_path / "out").exists()

@@ -15,6 +15,7 @@ the model is an ordinary float model (save_pretrained refuses it otherwise).
 from __future__ import annotations
 
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 import transformers
@@ -66,13 +67,15 @@ def load_gguf_model(path: Path) -> PreTrainedModel:
         CaptureError: the file is not GGUF, is corrupt, or holds an architecture
             transformers' GGUF loader does not support.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, modeling_gguf_pytorch_utils
 
     check_gguf(path)
     transformers.utils.logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, local_files_only=True, dtype=torch.float32)
+        # The loader's own tqdm bar ignores transformers' progress-bar switch.
+        with patch.object(modeling_gguf_pytorch_utils, "tqdm", lambda items, **_: items):
+            model = AutoModelForCausalLM.from_pretrained(
+                path.parent, gguf_file=path.name, local_files_only=True, dtype=torch.float32)
     except Exception as exc:
         raise CaptureError(f"{path}: cannot load the GGUF model ({first_line(exc)})") from exc
     model.hf_quantizer = None

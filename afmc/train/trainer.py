@@ -205,7 +205,6 @@ def train(model: str | Path, data: str | Path, output: str | Path,
     settings = config.training
     rank, world, device = _distributed(device)
     output = Path(output)
-    _prepare_output(output, resume, force, rank, world)
     model_path = resolve_model_path(str(model))
     teacher = load_causal_lm(model_path).to(device)
     for parameter in teacher.parameters():
@@ -213,6 +212,7 @@ def train(model: str | Path, data: str | Path, output: str | Path,
     tokenizer = load_tokenizer(model_path)
     sequences = training_sequences(data, tokenizer, settings.seq_len,
                                    teacher.config.vocab_size)
+    _prepare_output(output, resume, force, rank, world)
     torch.manual_seed(settings.seed * 1000 + rank)
     student = build_student(teacher, config).to(device)
     optimizer = build_optimizer(student, settings)
