@@ -223,6 +223,8 @@ def train(
     resume: Annotated[bool, typer.Option(
         help="Continue from the newest checkpoint in OUTPUT")] = False,
     force: Annotated[bool, typer.Option(help="Start over in an existing OUTPUT")] = False,
+    max_minutes: Annotated[float | None, typer.Option(
+        help="Time budget: stop after the step that ends past it and write the result")] = None,
 ) -> None:
     """Hardware-aware training by distillation; OUTPUT compiles with `afmc compile OUTPUT`.
 
@@ -256,7 +258,8 @@ def train(
                            description=f"training  loss {loss:.4f}  {rate:,.0f} tok/s")
 
             result = train_model(model, data, output, cfg, resume=resume, force=force,
-                                 device=device, progress=report if lead else None)
+                                 device=device, progress=report if lead else None,
+                                 max_seconds=None if max_minutes is None else max_minutes * 60)
         if lead:
             final = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
             out.print(f"trained {result.steps} steps ({result.tokens:,} tokens this run, "

@@ -227,3 +227,12 @@ def test_train_command_rejects_bad_input_in_one_line(tmp_path: Path, args, messa
     assert result.output.strip().splitlines() == [f"error: {result.output.strip()[7:]}"]
     assert message in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_time_budget_stops_after_a_step_and_writes_the_result(tmp_path: Path):
+    result = train("afmc-tiny", "stdlib:train", tmp_path / "budget",
+                   _config(steps=50, checkpoint_every=20), max_seconds=0.0)
+    assert result.steps == 1
+    record = json.loads((tmp_path / "budget" / TRAINING_RECORD).read_text())
+    assert record["steps"] == 1 and record["planned_steps"] == 50
+    assert (tmp_path / "budget" / "checkpoints" / "step-0000001").is_dir()

@@ -194,12 +194,15 @@ def _prepare_output(output: Path, resume: bool, force: bool, rank: int, world: i
 
 def train(model: str | Path, data: str | Path, output: str | Path,
           config: AfmcConfig | None = None, *, resume: bool = False, force: bool = False,
-          device: str = "cpu", progress: Progress | None = None) -> TrainResult:
+          device: str = "cpu", progress: Progress | None = None,
+          max_seconds: float | None = None) -> TrainResult:
     """Hardware-aware training of `model` on `data` into `output` (see the module docstring).
 
     `model`: afmc-tiny, a Hugging Face directory or a GGUF file; `data`: an afmc synth
     directory, a text file or stdlib:train. `resume` continues from the newest checkpoint
-    in `output` and ends with the weights an uninterrupted run would have.
+    in `output` and ends with the weights an uninterrupted run would have. `max_seconds`
+    is a time budget: training stops after the first step that ends past it (the schedule
+    stays the one of training.steps), checkpoints and writes the result as at the end.
     """
     config = config or AfmcConfig()
     settings = config.training
@@ -261,18 +264,30 @@ def train(model: str | Path, data: str | Path, output: str | Path,
         tokens += settings.batch_size * settings.seq_len
         if progress is not None and rank == 0:
             progress(step, settings.steps, losses[-1], tokens / (time.perf_counter() - started))
-        if step % settings.checkpoint_every == 0 or step == settings.steps:
+        out_of_time = max_seconds is not None and _elapsed(started, world) > max_seconds
+        if step % settings.checkpoint_every == 0 or step == settings.steps or out_of_time:
             _checkpoint(output, step, student, optimizer, scheduler, losses, config, str(data),
                         rank, world)
+        if out_of_time:
+            break
     seconds = time.perf_counter() - started
     if rank == 0:
         _save_result(student, tokenizer, output, config, {
             "source": str(model), "data": str(data), "steps": step, "processes": world,
+            "planned_steps": settings.steps,
             "tokens": step * settings.batch_size * settings.seq_len,
             "losses": losses, "seconds_this_run": seconds, "resumed_from": resumed_from,
         })
     _barrier(world)
     return TrainResult(output, step, tokens, seconds, losses, resumed_from)
+
+
+def _elapsed(started: float, world: int) -> float:
+    """Seconds since `started`, the largest over the processes (so all stop together)."""
+    elapsed = torch.tensor(time.perf_counter() - started, dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+    return float(elapsed)
 
 
 def _checkpoint(output: Path, step: int, student: nn.Module, optimizer, scheduler,

@@ -1,0 +1,175 @@
+"""Hardware-aware training of a real pretrained LLM: SmolLM2-135M-Instruct before and after.
+
+The AFM recipe (afmc train: distillation from the FP model, weight noise 0.03, learned
+input ranges, 2.5-sigma weight clipping, AdamW, polynomial schedule) on text the model
+samples itself (afmc synth, temperature 1, top_k 50; --synth-tokens) or on English
+text (the docstrings of the standard library, the default), within a stated budget of
+steps or minutes; afmc's start (training.smoothing and range_init=search: the student begins where
+the default compile puts the model) unless --afm-start. Rows, all scored through ONNX
+Runtime on the written files on the first --tokens tokens of the Apache-2.0 text
+(held out, as benchmarks/real_llm.py):
+
+- off-the-shelf: ``afmc compile GGUF --target aimc`` with the defaults, noise-free and
+  over --chips pcm chips; int4 (round-to-nearest) of the FP model;
+- trained: ``afmc compile CKPT --target aimc`` (the learned ranges), noise-free and over
+  the same chips; int4 of the trained weights.
+
+    python benchmarks/afm_real_llm.py [--steps 60] [--max-minutes 40] [--synth-tokens N]
+        [--chips 5] [--device cuda] [--json PATH]
+
+On a GPU (--device cuda) the same recipe runs unchanged; raise --steps and
+--synth-tokens for longer budgets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_llm import apache_license, english_docstrings, gguf_path  # noqa: E402
+
+
+def all_docstrings() -> str:
+    """Docstrings (over 200 characters) of every pure-Python standard-library module."""
+    import ast
+    import sysconfig
+
+    texts = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
+        if "test" in path.parts or "site-packages" in path.parts:
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                 ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) > 200:
+                    texts.append(doc)
+    return "\n\n".join(texts)
+
+
+def _score(out: Path, ids, chips: int) -> dict:
+    from afmc.eval.evaluate import evaluate
+
+    report = evaluate(out, ids, list(range(chips)), max_tokens=len(ids))
+    if report.digital:
+        return {"fp": report.fp, "perplexity": report.chips[0]}
+    return {"fp": report.fp, "noise_free": report.noise_free, "chips_mean": report.mean,
+            "chips_std": report.std, "chips": report.chips}
+
+
+def _line(name: str, entry: dict, fp: float) -> str:
+    if "perplexity" in entry:
+        return f"{name:24} {entry['perplexity']:9.2f} ({entry['perplexity'] / fp:5.2f}x FP)"
+    return (f"{name:24} noise-free {entry['noise_free']:9.2f} ({entry['noise_free'] / fp:5.2f}x)"
+            f"  pcm chips {entry['chips_mean']:9.2f} +- {entry['chips_std']:7.2f} "
+            f"({entry['chips_mean'] / fp:5.2f}x)")
+
+
+def main() -> None:
+    from afmc.quiet import quiet_libraries
+
+    quiet_libraries()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--learning-rate", type=float, default=2e-5)
+    parser.add_argument("--synth-tokens", type=int, default=0,
+                        help="training tokens sampled from the model (afmc synth); 0: train "
+                             "on the docstrings of every standard-library module instead")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="training time budget (stops after the step that ends past it)")
+    parser.add_argument("--afm-start", action="store_true",
+                        help="AFM's start (kappa-std ranges, no smoothing) instead of afmc's")
+    parser.add_argument("--chips", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=1024, help="held-out tokens to score")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--work", type=Path, default=None, help="work directory (kept)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    import afmc
+    from afmc.config import load_config
+    from afmc.train.synth import synthesize
+    from afmc.train.trainer import train
+
+    model = gguf_path()
+    work = args.work or Path(tempfile.mkdtemp(prefix="afmc-afm-real-"))
+    work.mkdir(parents=True, exist_ok=True)
+    calib = work / "calibration.txt"
+    calib.write_text(english_docstrings(), encoding="utf-8")
+    seconds: dict[str, float] = {}
+    results: dict[str, dict] = {}
+
+    def timed(name: str, action):
+        start = time.perf_counter()
+        value = action()
+        seconds[name] = round(time.perf_counter() - start, 1)
+        print(f"[{name}: {seconds[name]:.0f} s]", flush=True)
+        return value
+
+    off_the_shelf = work / "off-the-shelf-aimc"
+    timed("compile off-the-shelf aimc", lambda: afmc.compile(
+        model, "aimc", calibration=calib, output=off_the_shelf, force=True))
+    ids = afmc.api.load_tokenizer_for(off_the_shelf).encode(apache_license())[:args.tokens]
+    results["off-the-shelf aimc"] = timed("score off-the-shelf aimc",
+                                          lambda: _score(off_the_shelf, ids, args.chips))
+    fp = results["off-the-shelf aimc"]["fp"]
+    print(_line("off-the-shelf aimc", results["off-the-shelf aimc"], fp), flush=True)
+    int4 = work / "off-the-shelf-int4"
+    timed("compile off-the-shelf int4", lambda: afmc.compile(model, "int4", output=int4,
+                                                             force=True))
+    results["off-the-shelf int4"] = _score(int4, ids, 1)
+    print(_line("off-the-shelf int4", results["off-the-shelf int4"], fp), flush=True)
+
+    if args.synth_tokens > 0:
+        data: Path | str = work / "synth"
+        timed("synth", lambda: synthesize(model, work / "synth", args.synth_tokens,
+                                          seq_len=args.seq_len))
+    else:
+        data = work / "stdlib-docstrings.txt"
+        data.write_text(all_docstrings(), encoding="utf-8")
+    overrides = [f"training.steps={args.steps}", f"training.batch_size={args.batch_size}",
+                 f"training.seq_len={args.seq_len}", f"training.learning_rate={args.learning_rate}",
+                 f"training.checkpoint_every={max(1, args.steps // 4)}"]
+    if not args.afm_start:
+        overrides += ["training.smoothing=true", "training.range_init=search"]
+    config = load_config(None, overrides)
+    checkpoint = work / "trained"
+    trained = timed("train", lambda: train(
+        model, data, checkpoint, config, force=True, device=args.device,
+        max_seconds=None if args.max_minutes is None else args.max_minutes * 60,
+        progress=lambda step, total, loss, rate: print(
+            f"  step {step}/{total} loss {loss:.4f} {rate:.0f} tok/s", flush=True)))
+    trained_aimc = work / "trained-aimc"
+    timed("compile trained aimc", lambda: afmc.compile(checkpoint, "aimc", calibration=calib,
+                                                       output=trained_aimc, force=True))
+    results["trained aimc"] = timed("score trained aimc",
+                                    lambda: _score(trained_aimc, ids, args.chips))
+    print(_line("trained aimc", results["trained aimc"], fp), flush=True)
+    trained_int4 = work / "trained-int4"
+    timed("compile trained int4", lambda: afmc.compile(checkpoint, "int4",
+                                                       output=trained_int4, force=True))
+    results["trained int4"] = _score(trained_int4, ids, 1)
+    print(_line("trained int4", results["trained int4"], fp), flush=True)
+    print(f"{'FP':24} {fp:9.2f} ({len(ids)} held-out tokens of the Apache-2.0 text); training "
+          f"{trained.steps} steps, {trained.tokens:,} tokens, {trained.seconds:.0f} s on "
+          f"{args.device}; losses {trained.losses[0]:.4f} -> {trained.losses[-1]:.4f}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "fp": fp, "rows": results, "seconds": seconds, "steps": trained.steps,
+            "tokens": trained.tokens, "losses": trained.losses,
+            "options": {k: str(v) for k, v in vars(args).items()}}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
