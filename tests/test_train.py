@@ -108,6 +108,16 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path: Path):
         a, b = load_file(killed_dir / name), load_file(tmp_path / "full" / name)
         assert a.keys() == b.keys()
         assert all(torch.equal(a[key], b[key]) for key in a), name
+    _assert_weights_trained(killed_dir)
+
+
+def _assert_weights_trained(out: Path) -> None:
+    """Every analog weight and the embedding moved from the FP model's (full fine-tuning)."""
+    before = load_causal_lm(resolve_model_path("afmc-tiny")).state_dict()
+    after = load_file(out / "model.safetensors")
+    for key in ("model.layers.0.self_attn.q_proj.weight", "model.layers.3.mlp.down_proj.weight",
+                "lm_head.weight", "model.embed_tokens.weight"):
+        assert not torch.equal(after[key], before[key]), key
 
 
 def test_resume_refuses_another_configuration(tmp_path: Path):
@@ -158,6 +168,7 @@ def test_trained_model_compiles_with_its_learned_ranges(fixture: str, request):
     passes = [step["name"] for step in result.record["passes"]]
     assert "learned-ranges" in passes and "calibrate" not in passes
     assert "fold-norms" not in passes and "smooth-inputs" not in passes
+    _assert_weights_trained(trained)
     ranges = load_file(trained / RANGES_FILE)
     assert all(layer.calibrated == "learned" for layer in result.layers)
     model = load_causal_lm(trained)

@@ -111,6 +111,8 @@ def polynomial_schedule(settings: TrainingConfig) -> Callable[[int], float]:
 def build_student(teacher: nn.Module, config: AfmcConfig) -> nn.Module:
     """A trainable copy of `teacher` with its analog layers converted (and LoRA adapters)."""
     student = copy.deepcopy(teacher)
+    for parameter in student.parameters():  # the teacher's are frozen
+        parameter.requires_grad_(parameter.is_floating_point())
     names = convert_to_analog(student, config)
     settings = config.training
     if settings.lora_rank > 0:
@@ -121,9 +123,6 @@ def build_student(teacher: nn.Module, config: AfmcConfig) -> nn.Module:
             target_modules=names))
         for _, layer in analog_layers(student):
             layer.input_range.requires_grad_(True)
-    for parameter in student.parameters():
-        if not parameter.is_floating_point():
-            parameter.requires_grad_(False)
     return student.train()
 
 
