@@ -17,15 +17,13 @@ held-out perplexity (stdlib:heldout, first `--tokens` byte tokens, windows of
 
     python benchmarks/reproduce_afm.py [--quick] [--steps 24] [--chips 10] [--tokens 4096]
         [--device cpu|cuda] [--out DIR] [--json PATH] [--plot docs/reproduction.png]
-        [--unfreeze-student]
 
 Training budget by default: 24 steps of 8 x 256 tokens at the AFM learning rate 2e-5
 (docs/reproduction.md: results, compute, how the budget was chosen). Training runs on
 --device (cuda: the same recipe on a GPU, for longer budgets); compiling and scoring
 always run on the CPU (ONNX Runtime). With --out, trained checkpoints whose recorded
-configuration matches are reused, not retrained. --unfreeze-student works around
-train() leaving the student's weights frozen (see unfreeze_student); without it a run
-that moved no weight is reported with a warning.
+configuration matches are reused, not retrained. A run that moved no weight is
+reported with a warning.
 """
 
 from __future__ import annotations
@@ -86,32 +84,6 @@ def training_config(steps: int, batch_size: int, seq_len: int, learning_rate: fl
     ])
 
 
-def unfreeze_student() -> None:
-    """Workaround (--unfreeze-student): make every floating-point weight of the student
-    trainable again in full fine-tuning.
-
-    afmc.train.trainer.train freezes the teacher (requires_grad False) before
-    build_student deep-copies it, so the copy's weights stay frozen and AdamW gets no
-    weights: only the input ranges learn (weight clipping still applies). Harmless once
-    that is fixed. LoRA (lora_rank > 0) is left as peft sets it up.
-    """
-    from afmc.train import trainer
-
-    if getattr(trainer.build_student, "_unfrozen", False):
-        return
-    original = trainer.build_student
-
-    def build_student(teacher, config):
-        student = original(teacher, config)
-        if config.training.lora_rank == 0:
-            for parameter in student.parameters():
-                parameter.requires_grad_(parameter.is_floating_point())
-        return student
-
-    build_student._unfrozen = True
-    trainer.build_student = build_student
-
-
 def weight_change(folder: Path) -> float:
     """Relative L2 change ||W - W0|| / ||W0|| of the trained model's digital weights
     (embeddings, norms: not clipped, so only the optimizer moves them) over the original."""
@@ -151,7 +123,7 @@ def train_row(name: str, folder: Path, config, device: str) -> dict[str, Any]:
     change = weight_change(folder)
     if change == 0:
         print(f"  WARNING [{name}]: training left the digital weights unchanged: train() "
-              "updated no weights (only input ranges and clipping); see --unfreeze-student",
+              "updated no weights (only input ranges and clipping)",
               flush=True)
     return {"train_s": round(seconds, 1), "reused": reused, "losses": losses,
             "digital_weight_change": change,
@@ -248,7 +220,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for index, (name, (weight_noise, clip_sigma)) in enumerate(TRAINED_ROWS.items()):
         config = training_config(args.steps, args.batch_size, args.seq_len, args.lr,
                                  weight_noise, clip_sigma)
-        folder = work / f"trained-{index}{'-unfrozen' if args.unfreeze_student else ''}"
+        folder = work / f"trained-{index}"
         print(f"[{name}] train {args.steps} steps x {args.batch_size} x {args.seq_len} tokens, "
               f"weight_noise {weight_noise}, clip_sigma {clip_sigma}, lr {args.lr:g} "
               f"on {args.device}", flush=True)
@@ -278,8 +250,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "training": {"data": TRAIN_DATA, "steps": args.steps, "batch_size": args.batch_size,
                      "seq_len": args.seq_len, "learning_rate": args.lr,
                      "range_init_batches": max(1, args.steps // 3), "warmup": WARMUP,
-                     "device": args.device,
-                     "unfreeze_student": args.unfreeze_student},
+                     "device": args.device},
         "fp": fp, "rows": rows,
     }
 
@@ -421,9 +392,6 @@ def main() -> None:
                         "temporary directory, removed at the end)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None, help="PNG of the sweep")
-    parser.add_argument("--unfreeze-student", action="store_true",
-                        help="workaround: train the student's weights, which train() leaves "
-                        "frozen (see unfreeze_student)")
     parser.add_argument("--render", type=Path, default=None, metavar="JSON",
                         help="run nothing: print the tables of (and --plot) a --json result")
     args = parser.parse_args()
@@ -440,8 +408,6 @@ def main() -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
 
-    if args.unfreeze_student:
-        unfreeze_student()
     started = time.perf_counter()
     if args.out is None:
         with tempfile.TemporaryDirectory(prefix="afmc-reproduce-") as tmp:
