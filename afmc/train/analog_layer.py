@@ -53,54 +53,154 @@ class AnalogTrainingFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, input_range: torch.Tensor,
                 sizes: Sequence[int], hardware: HardwareConfig, weight_noise: float,
                 read_noise: float, decay: float, min_unclipped: float) -> torch.Tensor:
+        sizes = list(sizes)
         x2 = x.reshape(-1, x.shape[-1])
-        out = x2.new_zeros(x2.shape[0], weight.shape[0])
-        noisy_weights, masks = [], []
-        for index, (x_s, w_s) in enumerate(zip(x2.split(list(sizes), dim=1),
-                                               weight.split(list(sizes), dim=1), strict=True)):
-            r = input_range[index].clamp_min(_TINY)
+        ranges = input_range.detach().clamp_min(_TINY)
+        limits = _limits(ranges, x2)
+        out: torch.Tensor | None = None
+        noisy_weights, masks, clipping = [], [], []
+        for index, (x_s, w_s) in enumerate(zip(_split(x2, sizes), _split(weight, sizes),
+                                               strict=True)):
+            r, limit = ranges[index], limits[index]
+            clips = _may_clip(x_s, limit)
             step = 2 * r / hardware.inp_res
-            x_q = torch.round(x_s.clamp(-r, r) / step) * step
-            w_max = w_s.abs().amax(dim=1).clamp_min(_TINY)
-            if weight_noise > 0:
-                w_s = w_s + (weight_noise * w_max).unsqueeze(1) * torch.randn_like(w_s)
+            x_q = _quantize(x_s.clamp(-limit, limit) if clips else x_s / step, step, clips)
+            w_max = torch.maximum(w_s.amax(dim=1), w_s.amin(dim=1).neg_()).clamp_min_(_TINY)
+            if weight_noise > 0:  # w_s + (weight_noise * w_max) * N(0, 1)
+                w_s = torch.randn_like(w_s).mul_((weight_noise * w_max).unsqueeze(1)).add_(w_s)
             y = x_q @ w_s.T
             if read_noise > 0:
-                y = y + (read_noise * r / math.sqrt(len(sizes))) * w_max * torch.randn_like(y)
+                scale = (read_noise * r / math.sqrt(len(sizes))) * w_max
+                y.add_(torch.randn_like(y).mul_(scale))
             bound = hardware.out_bound * r * w_max
             out_step = 2 * bound / hardware.out_res
-            y_q = torch.round(y / out_step) * out_step
-            masks.append(y_q.abs() <= bound)
-            out += torch.minimum(torch.maximum(y_q, -bound), bound)
+            y_q = y.div_(out_step).round_().mul_(out_step)
+            y_q, mask = _adc_clamp(y_q, bound)
+            if out is None:
+                out = y_q
+            else:
+                out += y_q
             noisy_weights.append(w_s)
+            masks.append(mask)
+            clipping.append(clips)
         ctx.save_for_backward(x2, input_range, *noisy_weights, *masks)
-        ctx.setup = (list(sizes), hardware.inp_res, decay, min_unclipped, x.shape)
+        ctx.setup = (sizes, hardware.inp_res, decay, min_unclipped, x.shape, clipping)
+        assert out is not None
         return out.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        sizes, inp_res, decay, min_unclipped, x_shape = ctx.setup
+        sizes, inp_res, decay, min_unclipped, x_shape, clipping = ctx.setup
         x2, input_range, *rest = ctx.saved_tensors
         noisy_weights, masks = rest[:len(sizes)], rest[len(sizes):]
+        want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad = grad_output.reshape(-1, grad_output.shape[-1])
-        grad_x, grad_w = [], []
+        ranges = input_range.detach().clamp_min(_TINY)
+        limits = _limits(ranges, x2)
+        single = len(sizes) == 1
+        grad_x = grad.new_empty(x2.shape) if want_x and not single else None
+        grad_w = grad.new_empty(grad.shape[1], x2.shape[1]) if want_w and not single else None
         grad_r = torch.zeros_like(input_range)
-        for index, x_s in enumerate(x2.split(sizes, dim=1)):
-            r = input_range[index].clamp_min(_TINY)
+        # three [rows, slice] temporaries, shared by the slices
+        scratch = grad.new_empty(3, x2.shape[0] * max(sizes)) if any(clipping) else None
+        start = 0
+        for index, x_s in enumerate(_split(x2, sizes)):
+            cols = slice(start, start + sizes[index])
+            start = cols.stop
+            r, limit, clips, mask = ranges[index], limits[index], clipping[index], masks[index]
             step = 2 * r / inp_res
-            x_q = torch.round(x_s.clamp(-r, r) / step) * step
-            g_y = grad * masks[index]
-            grad_w.append(g_y.T @ x_q)
+            if clips:
+                assert scratch is not None
+                clamped, passed, side = (buffer[:x_s.numel()].view(x_s.shape)
+                                         for buffer in scratch)
+                torch.clamp(x_s, -limit, limit, out=clamped)
+                torch.eq(clamped, x_s, out=passed)  # |x| <= r: the gradient passes
+                # side: +1 where x >= r, -1 where x <= -r, +-0 inside (|c / r| < 1 for |c| < r);
+                # r in x's dtype, as the comparisons x >= r see it
+                torch.div(clamped, r.to(x_s.dtype), rounding_mode="trunc", out=side)
+            # grad * mask; a bool tensor seen as uint8 converts to float several times faster
+            g_y = grad if mask is None else grad * mask.view(torch.uint8).to(grad.dtype)
+            if want_w:
+                x_q = (_quantize(clamped, step, True) if clips
+                       else _quantize(x_s / step, step, False))
+                if single:
+                    grad_w = g_y.T @ x_q
+                else:
+                    torch.mm(g_y.T, x_q, out=grad_w[:, cols])
             g_q = g_y @ noisy_weights[index]
-            upper, lower = x_s >= r, x_s <= -r
-            clipped = upper | lower
-            grad_x.append(torch.where(clipped & (x_s.abs() != r), 0.0, g_q))
-            value = g_q[upper].clamp(max=0).sum() - g_q[lower].clamp(min=0).sum()
-            grad_r[index] = input_range[index] * value
-            if decay > 0 and 1.0 - clipped.float().mean() > min_unclipped:
+            clipped = grad_r.new_zeros((), dtype=torch.float32)
+            if clips:  # else no |x| >= r: nothing blocked, no range gradient but the decay
+                clipped = _count(side) / side.numel()  # the fraction with |x| >= r
+                # sum of min(g, 0) over x >= r minus the sum of max(g, 0) over x <= -r
+                value = torch.mul(g_q, side, out=side).clamp_(max=0).sum()
+                grad_r[index] = input_range[index] * value
+                if want_x:
+                    g_q = g_q.mul_(passed) if single else torch.mul(g_q, passed,
+                                                                      out=grad_x[:, cols])
+            elif want_x and not single:
+                grad_x[:, cols] = g_q
+            if decay > 0 and 1.0 - clipped > min_unclipped:
                 grad_r[index] += decay * input_range[index]
-        return (torch.cat(grad_x, dim=1).reshape(x_shape), torch.cat(grad_w, dim=1), grad_r,
-                None, None, None, None, None, None)
+            if want_x and single:
+                grad_x = g_q
+        grad_x = None if grad_x is None else grad_x.reshape(x_shape)
+        return grad_x, grad_w, grad_r, None, None, None, None, None, None
+
+
+def _count(side: torch.Tensor) -> torch.Tensor:
+    """How many entries of `side` (values -1, 0, 1) are not zero, as a float32 0-d tensor
+    (one dot product: exact while each partial sum stays below 2**24)."""
+    flat = side.reshape(-1)
+    if flat.dtype != torch.float32:
+        return flat.float().abs().sum()
+    return torch.dot(flat, flat)
+
+
+def _split(tensor: torch.Tensor, sizes: list[int]) -> Sequence[torch.Tensor]:
+    """The input slices of the last dim (no split op for one slice)."""
+    return (tensor,) if len(sizes) == 1 else tensor.split(sizes, dim=-1)
+
+
+def _on_host(tensor: torch.Tensor) -> bool:
+    """Whether the CPU shortcuts apply: they read values back (a sync on an accelerator)."""
+    return tensor.device.type == "cpu"
+
+
+def _limits(ranges: torch.Tensor, x: torch.Tensor) -> list[float] | list[torch.Tensor]:
+    """The ranges as clamp bounds: Python floats on the CPU (where clamp with 0-d tensor
+    bounds is several times slower than with numbers), 0-d tensors elsewhere (no sync).
+    The floats are the ranges in x's dtype, the values x is compared with and clamped to."""
+    return ranges.to(x.dtype).tolist() if _on_host(x) else list(ranges)
+
+
+def _may_clip(x_s: torch.Tensor, limit: float | torch.Tensor) -> bool:
+    """Whether some |x| >= r, or a NaN (on the CPU one min/max pass decides; elsewhere
+    always, to avoid a device sync). On the full path a NaN input blocks its own gradient
+    and makes the range gradient NaN."""
+    if not isinstance(limit, float):
+        return True
+    # amax and amin, not aminmax: that one copies a strided slice first
+    return not (float(x_s.amax()) < limit and float(x_s.amin()) > -limit)
+
+
+def _quantize(scaled_or_clamped: torch.Tensor, step: torch.Tensor, clamped: bool
+              ) -> torch.Tensor:
+    """DAC: round(clamp(x, -r, r) / step) * step from the clamped x (a temporary, divided
+    in place) or from x / step when nothing clips (clamp is the identity there)."""
+    scaled = scaled_or_clamped.div_(step) if clamped else scaled_or_clamped
+    return scaled.round_().mul_(step)
+
+
+def _adc_clamp(y_q: torch.Tensor, bound: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """ADC clamp of the rounded output to +-bound (per output channel) and the mask of the
+    entries it leaves alone (|y_q| <= bound, where the gradient passes); None when that is
+    every entry (on the CPU, two column max / min passes show it in the common case)."""
+    if _on_host(y_q) and bool((y_q.amax(dim=0) <= bound).all()) and bool(
+            (y_q.amin(dim=0) >= -bound).all()):
+        return y_q, None
+    clamped = torch.clamp(y_q, -bound, bound)
+    # a float comparison then a cast: several times faster on the CPU than a bool comparison
+    return clamped, torch.eq(clamped, y_q, out=torch.empty_like(y_q)).bool()
 
 
 class AnalogTrainingLinear(nn.Linear):
