@@ -224,10 +224,14 @@ class AnalogTrainingLinear(nn.Linear):
         self.input_range = nn.Parameter(torch.ones(len(self.sizes), device=device))
         self.register_buffer("range_init_steps",
                              torch.zeros(len(self.sizes), dtype=torch.long, device=device))
+        # digital per-input-channel scale s: the crossbar computes (x / s) @ (W diag(s))^T
+        self.register_buffer("input_scale", torch.ones(linear.in_features, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hw, train = self.hardware, self.training_config
         weight = self.weight.to(x.dtype)
+        if bool((self.input_scale != 1).any()):
+            x, weight = x / self.input_scale, weight * self.input_scale
         if self.training:
             if int(self.range_init_steps.min()) < train.range_init_batches:
                 self._initialise_ranges(x)
@@ -300,18 +304,32 @@ def analog_layers(model: nn.Module) -> Iterator[tuple[str, AnalogTrainingLinear]
 
 @torch.no_grad()
 def clip_weights(model: nn.Module, sigma: float) -> None:
-    """Clamp every analog weight row to +-sigma * std(row) (sigma 0: no clipping)."""
+    """Clamp every programmed weight row (W diag(input_scale)) to +-sigma * std(row)
+    (sigma 0: no clipping)."""
     if sigma <= 0:
         return
     for _, layer in analog_layers(model):
-        bound = sigma * layer.weight.std(dim=1, keepdim=True)
-        layer.weight.copy_(torch.minimum(torch.maximum(layer.weight, -bound), bound))
+        if bool((layer.input_scale != 1).any()):
+            programmed = layer.weight * layer.input_scale
+            bound = sigma * programmed.std(dim=1, keepdim=True)
+            layer.weight.copy_(programmed.clamp_(-bound, bound).div_(layer.input_scale))
+        else:
+            bound = sigma * layer.weight.std(dim=1, keepdim=True)
+            layer.weight.clamp_(-bound, bound)
+
+
+SCALE_SUFFIX = ".input_scale"
 
 
 def learned_ranges(model: nn.Module) -> dict[str, torch.Tensor]:
-    """{module name: input ranges} of every analog layer."""
-    return {name: layer.input_range.detach().float().cpu().clone()
-            for name, layer in analog_layers(model)}
+    """{module name: input ranges} of every analog layer, and {module name + SCALE_SUFFIX:
+    input scales} of the layers whose digital input scale is not 1."""
+    learned = {}
+    for name, layer in analog_layers(model):
+        learned[name] = layer.input_range.detach().float().cpu().clone()
+        if bool((layer.input_scale != 1).any()):
+            learned[name + SCALE_SUFFIX] = layer.input_scale.detach().float().cpu().clone()
+    return learned
 
 
 def restore_linears(model: nn.Module) -> None:
