@@ -27,6 +27,7 @@ from torch import nn
 
 from afmc.config import AfmcConfig, HardwareConfig, TrainingConfig
 from afmc.ops.analog_linear import ANALOG_LINEAR, slice_sizes
+from afmc.passes.fx.learned_ranges import SCALE_SUFFIX
 from afmc.passes.name_rules import PlacementRules
 
 _TINY = torch.finfo(torch.float32).tiny
@@ -316,9 +317,6 @@ def clip_weights(model: nn.Module, sigma: float) -> None:
         else:
             bound = sigma * layer.weight.std(dim=1, keepdim=True)
             layer.weight.clamp_(-bound, bound)
-
-
-SCALE_SUFFIX = ".input_scale"
 
 
 def learned_ranges(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ from afmc.passes.layers import META_KEY
 from afmc.passes.registry import register_pass
 
 META_RANGES = "afmc_learned_ranges"
-SCALE_SUFFIX = ".input_scale"  # afmc.train.analog_layer.SCALE_SUFFIX
+SCALE_SUFFIX = ".input_scale"  # the entry of a layer's digital input scale
 _WRAPPER_PREFIX = "lm."
 
 
