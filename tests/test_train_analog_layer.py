@@ -13,6 +13,7 @@ from afmc.ops.analog_linear import slice_sizes
 from afmc.train.analog_layer import (
     AnalogTrainingLinear,
     analog_layers,
+    apply_range_decay,
     clip_weights,
     convert_to_analog,
     learned_ranges,
@@ -95,6 +96,8 @@ def test_training_forward_and_gradients_match_peer(case: str):
         x_in = x.clone().requires_grad_(True)
         y = layer(x_in)
         y.backward(upstream)
+        if isinstance(layer, AnalogTrainingLinear):  # afmc adds the decay once per step
+            apply_range_decay(layer, 0.01, 0.95)
         results.append((y.detach(), x_in.grad, layer.weight.grad, layer.input_range.grad))
     (y_p, gx_p, gw_p, gr_p), (y_a, gx_a, gw_a, gr_a) = results
     torch.testing.assert_close(y_a, y_p, rtol=1e-5, atol=1e-5)

@@ -197,9 +197,8 @@ def test_two_processes_equal_one_with_noise_off(runs: Runs, name: str):
 
 
 def test_gradient_accumulation_equals_the_whole_batch(runs: Runs):
-    """grad_accumulation 2 equals one pass over the batch when the two per-pass rules are
-    off: the range initialisation counts forwards (micro-batches), and the range decay is
-    added to the gradient by every backward (so k micro-batches add it k times)."""
+    """grad_accumulation 2 equals one pass over the batch when the per-forward range
+    initialisation is off (it counts micro-batches)."""
     whole, split = runs[(1, "whole")][0], runs[(1, "split")][0]
     _assert_states(whole["final"], split["final"], exact=False)
     assert whole["losses"] == pytest.approx(split["losses"], rel=1e-5)
@@ -208,10 +207,8 @@ def test_gradient_accumulation_equals_the_whole_batch(runs: Runs):
     assert not all(torch.equal(differs[0][k], differs[1][k]) for k in differs[0])
 
 
-@pytest.mark.xfail(strict=True, reason="the range decay is decided per process on its local "
-                   "share of the batch (AnalogTrainingFunction.backward), not on the global batch")
 def test_two_processes_equal_one_with_clipped_inputs(runs: Runs):
     """Ranges at 1 clip many inputs; whether the decay applies (more than range_min_unclipped
-    of the inputs unclipped) should be decided on the global batch."""
+    of the inputs unclipped) is decided on the global batch (apply_range_decay)."""
     _assert_states(runs[(2, "clipped")][0]["final"], runs[(1, "clipped")][0]["final"],
                    exact=False)

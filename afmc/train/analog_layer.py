@@ -46,14 +46,14 @@ class AnalogTrainingFunction(torch.autograd.Function):
     Backward (aihwkit-lightning's rules): the roundings pass gradients unchanged, the
     ADC clamp blocks where |y_q| > b, the input clamp where |x| > r (|x| == r passes);
     d r = r * (sum of the negative input gradients clipped at +r - sum of the positive
-    ones clipped at -r), plus range_decay * r when more than range_min_unclipped of the
-    slice's inputs are not clipped. W gets the gradient of the noisy product.
+    ones clipped at -r); the decay term is added once per optimizer step
+    (apply_range_decay). W gets the gradient of the noisy product.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, input_range: torch.Tensor,
                 sizes: Sequence[int], hardware: HardwareConfig, weight_noise: float,
-                read_noise: float, decay: float, min_unclipped: float) -> torch.Tensor:
+                read_noise: float) -> torch.Tensor:
         sizes = list(sizes)
         x2 = x.reshape(-1, x.shape[-1])
         ranges = input_range.detach().clamp_min(_TINY)
@@ -85,13 +85,13 @@ class AnalogTrainingFunction(torch.autograd.Function):
             masks.append(mask)
             clipping.append(clips)
         ctx.save_for_backward(x2, input_range, *noisy_weights, *masks)
-        ctx.setup = (sizes, hardware.inp_res, decay, min_unclipped, x.shape, clipping)
+        ctx.setup = (sizes, hardware.inp_res, x.shape, clipping)
         assert out is not None
         return out.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        sizes, inp_res, decay, min_unclipped, x_shape, clipping = ctx.setup
+        sizes, inp_res, x_shape, clipping = ctx.setup
         x2, input_range, *rest = ctx.saved_tensors
         noisy_weights, masks = rest[:len(sizes)], rest[len(sizes):]
         want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -129,9 +129,7 @@ class AnalogTrainingFunction(torch.autograd.Function):
                 else:
                     torch.mm(g_y.T, x_q, out=grad_w[:, cols])
             g_q = g_y @ noisy_weights[index]
-            clipped = grad_r.new_zeros((), dtype=torch.float32)
-            if clips:  # else no |x| >= r: nothing blocked, no range gradient but the decay
-                clipped = _count(side) / side.numel()  # the fraction with |x| >= r
+            if clips:  # else no |x| >= r: nothing blocked, no range gradient
                 # sum of min(g, 0) over x >= r minus the sum of max(g, 0) over x <= -r
                 value = torch.mul(g_q, side, out=side).clamp_(max=0).sum()
                 grad_r[index] = input_range[index] * value
@@ -140,21 +138,10 @@ class AnalogTrainingFunction(torch.autograd.Function):
                                                                       out=grad_x[:, cols])
             elif want_x and not single:
                 grad_x[:, cols] = g_q
-            if decay > 0 and 1.0 - clipped > min_unclipped:
-                grad_r[index] += decay * input_range[index]
             if want_x and single:
                 grad_x = g_q
         grad_x = None if grad_x is None else grad_x.reshape(x_shape)
-        return grad_x, grad_w, grad_r, None, None, None, None, None, None
-
-
-def _count(side: torch.Tensor) -> torch.Tensor:
-    """How many entries of `side` (values -1, 0, 1) are not zero, as a float32 0-d tensor
-    (one dot product: exact while each partial sum stays below 2**24)."""
-    flat = side.reshape(-1)
-    if flat.dtype != torch.float32:
-        return flat.float().abs().sum()
-    return torch.dot(flat, flat)
+        return grad_x, grad_w, grad_r, None, None, None, None
 
 
 def _split(tensor: torch.Tensor, sizes: list[int]) -> Sequence[torch.Tensor]:
@@ -210,7 +197,9 @@ class AnalogTrainingLinear(nn.Linear):
     It is an nn.Linear (weight [out, in], optional bias), so tools that act on linear
     layers (peft's LoRA, FSDP wrapping policies) see it as one. Extra state:
     ``input_range`` (one learned range per input slice) and ``range_init_steps`` (how
-    many forwards have initialised each range from data).
+    many forwards have initialised each range from data); ``clip_counts`` (per slice, the
+    inputs at or beyond their range and all inputs since the last apply_range_decay) is a
+    plain attribute, out of DDP's buffer broadcast.
     """
 
     def __init__(self, linear: nn.Linear, hardware: HardwareConfig,
@@ -227,6 +216,7 @@ class AnalogTrainingLinear(nn.Linear):
                              torch.zeros(len(self.sizes), dtype=torch.long, device=device))
         # digital per-input-channel scale s: the crossbar computes (x / s) @ (W diag(s))^T
         self.register_buffer("input_scale", torch.ones(linear.in_features, device=device))
+        self.clip_counts: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hw, train = self.hardware, self.training_config
@@ -236,13 +226,26 @@ class AnalogTrainingLinear(nn.Linear):
         if self.training:
             if int(self.range_init_steps.min()) < train.range_init_batches:
                 self._initialise_ranges(x)
+            if train.range_decay > 0:
+                self._count_clipped(x)
             out = AnalogTrainingFunction.apply(
                 x, weight, self.input_range, self.sizes, hw, train.weight_noise,
-                train.read_noise, train.range_decay, train.range_min_unclipped)
+                train.read_noise)
         else:
             out = ANALOG_LINEAR(x, weight, self.input_range.detach(), self.sizes, hw.inp_res,
                                 hw.out_res, hw.out_bound, hw.out_noise)
         return out if self.bias is None else out + self.bias
+
+    @torch.no_grad()
+    def _count_clipped(self, x: torch.Tensor) -> None:
+        """Add this forward's (inputs with |x| >= r, inputs) per slice to clip_counts."""
+        counts = torch.stack([
+            torch.stack([(part.abs() >= self.input_range[index]).sum().double(),
+                         torch.tensor(float(part.numel()), dtype=torch.float64,
+                                      device=part.device)])
+            for index, part in enumerate(x.detach().reshape(-1, x.shape[-1])
+                                         .split(self.sizes, dim=1))])
+        self.clip_counts = counts if self.clip_counts is None else self.clip_counts + counts
 
     @torch.no_grad()
     def _initialise_ranges(self, x: torch.Tensor) -> None:
@@ -301,6 +304,28 @@ def analog_layers(model: nn.Module) -> Iterator[tuple[str, AnalogTrainingLinear]
     for name, module in model.named_modules():
         if isinstance(module, AnalogTrainingLinear):
             yield name.replace(".base_layer", ""), module
+
+
+@torch.no_grad()
+def apply_range_decay(model: nn.Module, decay: float, min_unclipped: float) -> None:
+    """Once per optimizer step: add decay * r to the gradient of each input range whose
+    slice had more than `min_unclipped` of its inputs unclipped over the step (all
+    micro-batches, all processes: one all-reduce); then reset the counts."""
+    layers = [layer for _, layer in analog_layers(model) if layer.clip_counts is not None]
+    if not layers:
+        return
+    counts = torch.cat([layer.clip_counts for layer in layers])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(counts)
+    offset = 0
+    for layer in layers:
+        share = counts[offset:offset + len(layer.sizes)]
+        offset += len(layer.sizes)
+        unclipped = 1.0 - share[:, 0] / share[:, 1].clamp_min(1.0)
+        ranges = layer.input_range
+        term = decay * ranges.detach() * (unclipped > min_unclipped).to(ranges.dtype)
+        ranges.grad = term if ranges.grad is None else ranges.grad + term
+        layer.clip_counts = None
 
 
 @torch.no_grad()

@@ -51,6 +51,7 @@ from afmc.models import resolve_model_path
 from afmc.train import checkpoint
 from afmc.train.analog_layer import (
     analog_layers,
+    apply_range_decay,
     clip_weights,
     convert_to_analog,
     learned_ranges,
@@ -249,6 +250,7 @@ def train(model: str | Path, data: str | Path, output: str | Path,
                 loss = distillation_loss(logits, teacher_logits, ids, settings) / len(parts)
                 loss.backward()
             step_loss += loss.detach().double().cpu()
+        apply_range_decay(student, settings.range_decay, settings.range_min_unclipped)
         if settings.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
         optimizer.step()
