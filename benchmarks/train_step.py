@@ -81,7 +81,12 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from afmc.config import AfmcConfig, config_from_dict
-from afmc.train.analog_layer import analog_layers, clip_weights, convert_to_analog
+from afmc.train.analog_layer import (
+    analog_layers,
+    apply_range_decay,
+    clip_weights,
+    convert_to_analog,
+)
 
 TINY_CONFIG = {"hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 4,
                "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 256,
@@ -143,6 +148,8 @@ class Step:
         self.student, self.ids, self.teacher_logp = student.train(), ids, teacher_logp
         self.temperature, self.analog = train.temperature, analog
         self.clip_sigma = train.clip_sigma if clip else 0.0
+        self.range_decay, self.range_min_unclipped = (train.range_decay,
+                                                      train.range_min_unclipped)
         ranges = [layer.input_range for _, layer in analog_layers(student)]
         range_ids = {id(p) for p in ranges}
         weights = [p for p in student.parameters() if id(p) not in range_ids]
@@ -163,6 +170,8 @@ class Step:
         loss = t * t * F.kl_div(student_logp, self.teacher_logp, reduction="batchmean",
                                 log_target=True)
         loss.backward()
+        if self.analog:
+            apply_range_decay(self.student, self.range_decay, self.range_min_unclipped)
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.grad_clip)
         self.optimizer.step()
