@@ -31,12 +31,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_llm import apache_license, english_docstrings, gguf_path  # noqa: E402
+from real_llm import (  # noqa: E402
+    apache_license,
+    english_docstrings,
+    gguf_path,
+    module_docstrings,
+)
 
 
 def all_docstrings() -> str:
     """Docstrings (over 200 characters) of every pure-Python standard-library module."""
-    import ast
     import sysconfig
 
     texts = []
@@ -44,15 +48,9 @@ def all_docstrings() -> str:
         if "test" in path.parts or "site-packages" in path.parts:
             continue
         try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
+            texts += module_docstrings(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, ValueError):
             continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
-                                 ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc and len(doc) > 200:
-                    texts.append(doc)
     return "\n\n".join(texts)
 
 

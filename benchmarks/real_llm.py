@@ -70,19 +70,22 @@ def gguf_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
 
 
+def module_docstrings(source: str) -> list[str]:
+    """Docstrings (over 200 characters) of the module, classes and functions in `source`."""
+    texts = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node)
+            if doc and len(doc) > 200:
+                texts.append(doc)
+    return texts
+
+
 def english_docstrings() -> str:
     """Docstrings (over 200 characters) of a fixed list of standard-library modules."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    texts = []
-    for name in CALIBRATION_MODULES:
-        tree = ast.parse((root / name).read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
-                                 ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc and len(doc) > 200:
-                    texts.append(doc)
-    return "\n\n".join(texts)
+    return "\n\n".join(doc for name in CALIBRATION_MODULES
+                       for doc in module_docstrings((root / name).read_text(encoding="utf-8")))
 
 
 def apache_license() -> str:
