@@ -44,6 +44,17 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+@contextlib.contextmanager
+def _afmc_warnings() -> Iterator[None]:
+    """Print each named afmc warning (its class is defined in afmc) as `warning: ...`."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        if warning.category.__module__.startswith("afmc."):
+            typer.echo(f"warning: {warning.message}", err=True)
+
+
 @app.callback()
 def _quiet_libraries() -> None:
     """Keep library progress bars and deprecation chatter out of afmc's output."""
@@ -63,7 +74,8 @@ def compile(  # noqa: A001
         help="Calibration data: a text file (language models; default for afmc-tiny: its "
              "calibration text) or tensors (.npy, .npz keyed by input name, .pt)")] = None,
     tokenizer: Annotated[str | None, typer.Option(
-        help="ONNX input: tokenizer directory (or 'bytes') for text calibration")] = None,
+        help="Tokenizer directory (or 'bytes') for text calibration (replaces the model's)"
+    )] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a field: section.field=value (repeatable)")] = None,
     digital: Annotated[list[str] | None, typer.Option(
@@ -96,17 +108,12 @@ def compile(  # noqa: A001
         trained = trained_config(model) if config is None and Path(model).is_dir() else None
         cfg = load_config(config, overrides, base=trained)
         from afmc.api import compile as compile_model
-        from afmc.eval.fidelity import FidelityWarning
-        from afmc.passes.onnx.static_layers import UnsupportedLayerWarning
         from afmc.targets import get_target
 
         get_target(target)
         if output.exists() and not force:
             raise FileExistsError(f"{output}: output exists (use --force to overwrite)")
-        with warnings.catch_warnings(record=True) as caught, \
-                console.status("compiling") as status:
-            warnings.simplefilter("always", UnsupportedLayerWarning)
-            warnings.simplefilter("always", FidelityWarning)
+        with _afmc_warnings(), console.status("compiling") as status:
             result = compile_model(
                 model, target, cfg, calibration=calib, output=output, force=force,
                 passes=[name.strip() for name in passes.split(",") if name.strip()]
@@ -115,9 +122,6 @@ def compile(  # noqa: A001
                 tokenizer=tokenizer, progress=lambda step: status.update(f"compiling: {step}"),
                 recalibrate=recalibrate,
             )
-        for warning in caught:
-            if issubclass(warning.category, (UnsupportedLayerWarning, FidelityWarning)):
-                typer.echo(f"warning: {warning.message}", err=True)
         _print_compile_summary(result.record, output)
 
 
@@ -338,8 +342,8 @@ def _run_encoder(compiled: Path, ids: np.ndarray, seed: int, read_noise: float) 
 def _eval_encoder(compiled: Path, ids: np.ndarray, seeds: int, seq_len: int, max_tokens: int,
                   read_noise: float) -> None:
     """afmc eval on an encoder: relative error of the mean-pooled embeddings to the FP view."""
+    from afmc.data.tokenizer import token_windows
     from afmc.eval.embedding import evaluate_encoder
-    from afmc.eval.perplexity import token_windows
 
     windows = token_windows(ids, min(seq_len, len(ids)), max_tokens)
     report = evaluate_encoder(compiled, windows, list(range(seeds)), read_noise=read_noise)

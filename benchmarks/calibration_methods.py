@@ -20,8 +20,8 @@ from pathlib import Path
 from afmc.api import compile as afmc_compile
 from afmc.config import load_config
 from afmc.data.corpus import stdlib_text
-from afmc.data.tokenizer import ByteTokenizer
-from afmc.eval.perplexity import perplexity, token_windows
+from afmc.data.tokenizer import ByteTokenizer, token_windows
+from afmc.eval.perplexity import perplexity
 from afmc.runtime.chip import open_chip
 
 METHODS = {

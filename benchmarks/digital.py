@@ -55,8 +55,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import afmc.api
 from afmc.config import load_config
 from afmc.data.corpus import stdlib_text
-from afmc.data.tokenizer import ByteTokenizer
-from afmc.eval.perplexity import perplexity, token_windows
+from afmc.data.tokenizer import ByteTokenizer, token_windows
+from afmc.eval.perplexity import perplexity
 from afmc.eval.timing import interleaved_samples
 from afmc.layout import MODEL_FILE
 from afmc.models import afmc_tiny_config

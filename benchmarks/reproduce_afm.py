@@ -200,8 +200,7 @@ def score_digital(out: Path, windows: np.ndarray) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from afmc.data.corpus import stdlib_text
-    from afmc.data.tokenizer import ByteTokenizer
-    from afmc.eval.perplexity import token_windows
+    from afmc.data.tokenizer import ByteTokenizer, token_windows
 
     windows = token_windows(ByteTokenizer().encode(stdlib_text("heldout")), 256, args.tokens)
     rows: dict[str, dict[str, Any]] = {}

@@ -34,8 +34,8 @@ from safetensors.torch import save_file
 from transformers import LlamaForCausalLM
 
 from afmc.data.corpus import stdlib_text
-from afmc.data.tokenizer import ByteTokenizer
-from afmc.eval.perplexity import perplexity, token_windows, torch_logits_fn
+from afmc.data.tokenizer import ByteTokenizer, token_windows
+from afmc.eval.perplexity import perplexity, torch_logits_fn
 from afmc.models import afmc_tiny_config
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "afmc" / "models" / "afmc-tiny"

@@ -16,8 +16,8 @@ from afmc.data.corpus import (
     stdlib_files,
     stdlib_text,
 )
-from afmc.data.tokenizer import ByteTokenizer, load_tokenizer
-from afmc.eval.perplexity import perplexity, token_windows, torch_logits_fn
+from afmc.data.tokenizer import ByteTokenizer, load_tokenizer, token_windows
+from afmc.eval.perplexity import perplexity, torch_logits_fn
 from afmc.models import BUILTIN_MODELS, resolve_model_path
 
 

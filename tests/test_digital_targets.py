@@ -32,8 +32,8 @@ from afmc.api import compile as afmc_compile
 from afmc.cli import app
 from afmc.config import ConfigError, DigitalConfig, load_config
 from afmc.data.corpus import stdlib_text
-from afmc.data.tokenizer import ByteTokenizer
-from afmc.eval.perplexity import perplexity, token_windows
+from afmc.data.tokenizer import ByteTokenizer, token_windows
+from afmc.eval.perplexity import perplexity
 from afmc.runtime.chip import open_chip
 from afmc.runtime.kernels import executed_ops
 from afmc.targets.digital import precision_for

@@ -121,7 +121,13 @@ def _axis_names(
 
 
 def save_model(model: ir.Model, path: Path) -> None:
-    """Write `model` to `path` atomically; weights above 1 GiB go to `<name>.data` beside it."""
+    """Write `model` to `path` atomically and self-contained.
+
+    Weights above 1 GiB in all go to `<name>.data` beside it; smaller models are written
+    inline. Either way a weight the model read from another file's external data (an
+    ONNX input exported with its weights beside it) is copied, so the written model
+    never points outside its own folder.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     size = sum(
         value.const_value.nbytes
@@ -129,6 +135,8 @@ def save_model(model: ir.Model, path: Path) -> None:
         if value.const_value is not None
     )
     external = f"{path.name}.data" if size > EXTERNAL_DATA_THRESHOLD_BYTES else None
+    if external is None:
+        ir.external_data.load_to_model(model)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.tmp-") as tmp:
         staged = Path(tmp) / path.name
         ir.save(model, staged, external_data=external)

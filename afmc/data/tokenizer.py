@@ -70,6 +70,21 @@ class HFTokenizer:
         """Text of token ids."""
         return self.tokenizer.decode([int(i) for i in ids])
 
+def token_windows(ids: np.ndarray, seq_len: int, max_tokens: int | None = None) -> np.ndarray:
+    """Non-overlapping windows ``[B, seq_len]`` over the first ``max_tokens`` ids.
+
+    The ragged tail is dropped; ``ValueError`` if not even one full window fits.
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    n_windows = len(ids) // seq_len
+    if n_windows == 0:
+        raise ValueError(f"{len(ids)} tokens do not fill one window of seq_len {seq_len}")
+    return ids[: n_windows * seq_len].reshape(n_windows, seq_len)
+
 
 def text_feeds(ids: np.ndarray, input_names: list[str]) -> list[np.ndarray]:
     """The model inputs named ``input_names`` for token windows ``ids`` [batch, seq].

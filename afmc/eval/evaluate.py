@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from afmc.eval.perplexity import perplexity, token_windows
+from afmc.data.tokenizer import token_windows
+from afmc.eval.perplexity import perplexity
 from afmc.runtime.chip import Chip, is_digital, load_record, open_chip
 
 

@@ -230,7 +230,7 @@ def _warning(result: dict[str, Any]) -> str | None:
 
 
 def onnx_fidelity(model: ir.Model, record: dict[str, Any], noise: NoiseConfig,
-                  batches: list) -> dict[str, Any]:
+                  batches: list, held_back: bool = False) -> dict[str, Any]:
     """check_fidelity for an analog ONNX model (ONNX input): the file's FP view, the file,
     and chip 0 (the programmed weights of afmc run --seed 0), all through ONNX Runtime."""
     from afmc.runtime.chip import program_into, programmed_weights
@@ -245,4 +245,4 @@ def onnx_fidelity(model: ir.Model, record: dict[str, Any], noise: NoiseConfig,
         program_into(programmed, programmed_weights(programmed, record, noise, 0))
         chip = onnx_outputs(programmed, names)
     return check_fidelity(onnx_outputs(fp_reference(proto), names), onnx_outputs(proto, names),
-                          batches, False, chip=chip)
+                          batches, held_back, chip=chip)

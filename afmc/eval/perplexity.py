@@ -14,21 +14,6 @@ import numpy as np
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 
 
-def token_windows(ids: np.ndarray, seq_len: int, max_tokens: int | None = None) -> np.ndarray:
-    """Non-overlapping windows ``[B, seq_len]`` over the first ``max_tokens`` ids.
-
-    The ragged tail is dropped; ``ValueError`` if not even one full window fits.
-    """
-    if seq_len < 2:
-        raise ValueError(f"seq_len must be at least 2, got {seq_len}")
-    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-    if max_tokens is not None:
-        ids = ids[:max_tokens]
-    n_windows = len(ids) // seq_len
-    if n_windows == 0:
-        raise ValueError(f"{len(ids)} tokens do not fill one window of seq_len {seq_len}")
-    return ids[: n_windows * seq_len].reshape(n_windows, seq_len)
-
 
 def next_token_nll(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Next-token negative log-likelihoods ``[b, T-1]`` (float64, stable log-softmax)."""

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 from afmc.config import AfmcConfig
@@ -21,13 +22,13 @@ from afmc.passes.layers import LayerRecord
 
 @dataclass
 class LowerContext:
-    """What a target's post-lowering step sees: the lowered FP/analog model and its inputs."""
+    """What a target's post-lowering step sees: the lowered model, its layers, and the
+    calibration batches (dicts from input name to array), if the compile has any."""
 
     model: ir.Model
     config: AfmcConfig
     layers: list[LayerRecord]
-    calibration: list[tuple] | None
-    captured: Any
+    calibration: list[dict[str, np.ndarray]] | None
     files: dict[str, ir.Model] = field(default_factory=dict)  # more ONNX files for OUT/
     record: dict[str, Any] = field(default_factory=dict)  # more entries for OUT/afmc.json
 
@@ -86,6 +87,7 @@ TARGETS: dict[str, Target] = {
         ("place-layers", "smooth-inputs"),
         needs_calibration=True,
         post_lower=_int8,
+        onnx_passes=("onnx-upgrade-opset", "onnx-place-layers"),
     ),
     "int4": Target(
         "int4",
@@ -93,6 +95,7 @@ TARGETS: dict[str, Target] = {
         ("place-layers",),
         needs_calibration=lambda config: config.digital.int4_algorithm == "gptq",
         post_lower=_int4,
+        onnx_passes=("onnx-upgrade-opset", "onnx-place-layers"),
     ),
     "fp": Target("fp", "floating-point reference: the captured model, lowered unchanged", (),
                  needs_calibration=False, onnx_passes=()),

@@ -5,7 +5,9 @@ Rules:
 - A layer place-layers put on the accelerator ("analog") is quantized: int8 in the int8
   target; int4 in the int4 target, or int8 when its name matches one of
   digital.int4_keep_8bit (re.search). A layer placed "digital" stays floating point,
-  exactly as lowered.
+  exactly as lowered. A convolution (ONNX input) is quantized to int8 by the int8
+  target and stays floating point in the int4 target (MatMulNBits holds matrix
+  products only), with a FloatConvolutionWarning.
 - With digital.quantize_embeddings, every embedding table (embedding_tables) is stored at
   the same precision by the same rule (its name is its initializer's name); otherwise the
   tables stay float.
@@ -22,6 +24,7 @@ Rules:
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Literal
@@ -36,7 +39,7 @@ from afmc.targets.embedding_tables import embedding_tables, quantize_table
 from afmc.targets.int4 import quantize_int4
 from afmc.targets.int8 import quantize_int8
 from afmc.targets.ort_quant import CalibrationDataReader
-from afmc.targets.weight_layout import layer_matmuls
+from afmc.targets.weight_layout import layer_convs, layer_matmuls
 
 REFERENCE_FILE = "reference.onnx"
 BITS = {"int8": 8, "int4": 4}
@@ -44,13 +47,10 @@ DigitalTarget = Literal["int8", "int4"]
 
 
 class BatchFeeds(CalibrationDataReader):
-    """The calibration batches (tuples of tensors, in input order) as ONNX Runtime feeds."""
+    """The calibration batches (dicts from input name to array) as ONNX Runtime feeds."""
 
-    def __init__(self, batches: Sequence[tuple], input_names: Sequence[str]) -> None:
-        self.feeds = [
-            {name: np.asarray(tensor) for name, tensor in zip(input_names, batch, strict=True)}
-            for batch in batches
-        ]
+    def __init__(self, batches: Sequence[dict[str, np.ndarray]]) -> None:
+        self.feeds = list(batches)
         self._next = iter(self.feeds)
 
     def get_next(self) -> dict | None:
@@ -61,6 +61,10 @@ class BatchFeeds(CalibrationDataReader):
 
     def __iter__(self) -> Iterator[dict]:
         return iter(self.feeds)
+
+
+class FloatConvolutionWarning(UserWarning):
+    """A convolution placed on the accelerator stays floating point in the int4 target."""
 
 
 def precision_for(
@@ -81,15 +85,19 @@ def lower_digital(context: LowerContext, target: DigitalTarget) -> ir.Model:
     config = context.config.digital
     model = ir.from_proto(ir.to_proto(context.model))
     tables = list(embedding_tables(model)) if config.quantize_embeddings else []
-    quantized = [layer for layer in context.layers if layer.placement == "analog"]
+    accelerated = [layer for layer in context.layers if layer.placement == "analog"]
+    convs = layer_convs(model, accelerated)
+    if convs and target == "int4":
+        warnings.warn(f"int4 keeps {len(convs)} convolution layer(s) in floating point "
+                      f"(MatMulNBits holds matrix products only): {', '.join(convs)}",
+                      FloatConvolutionWarning, stacklevel=2)
+    quantized = [layer for layer in accelerated
+                 if layer.name not in convs or target == "int8"]
     chosen = precision_for([layer.name for layer in quantized] + tables, target, config)
-    matmuls = layer_matmuls(model, quantized)
-    by_node = {node.name: layer.name for layer in quantized for node in matmuls[layer.name]}
-    feeds = (
-        BatchFeeds(context.calibration, context.captured.input_names)
-        if context.calibration is not None
-        else None
-    )
+    matmuls = layer_matmuls(model, [layer for layer in quantized if layer.name not in convs])
+    nodes_of = matmuls | convs
+    by_node = {node.name: layer.name for layer in quantized for node in nodes_of[layer.name]}
+    feeds = BatchFeeds(context.calibration) if context.calibration is not None else None
     proto = ir.to_proto(model)
     if target == "int8":
         proto, renamed = quantize_int8(proto, list(by_node), feeds, config)

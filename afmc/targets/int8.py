@@ -1,6 +1,7 @@
-"""The int8 target's quantizer: 8-bit weights and static 8-bit activations on chosen MatMuls.
+"""The int8 target's quantizer: 8-bit weights and static 8-bit activations on chosen MatMuls
+and convolutions.
 
-ONNX Runtime's quantize_static quantizes exactly the MatMul nodes it is given (their
+ONNX Runtime's quantize_static quantizes exactly the MatMul and Conv nodes it is given (their
 weight is a [in, out] initializer, see weight_layout). Rules:
 
 - Weights: int8, symmetric (scale = max|w| / 127, zero point 0), one scale per output
@@ -9,7 +10,8 @@ weight is a [in, out] initializer, see weight_layout). Rules:
   calibration batches by digital.int8_calibration (MinMax, Percentile, Entropy).
 - Format qdq: QuantizeLinear on the input, DequantizeLinear on the int8 weight, the
   MatMul's output left in float; ONNX Runtime fuses the three into MatMulIntegerToFloat
-  (an integer GEMM with a float result). Format qoperator: QLinearMatMul, whose output is
+  (an integer GEMM with a float result). A Conv's output is quantized too, so ONNX Runtime
+  fuses it into QLinearConv. Format qoperator: QLinearMatMul, whose output is
   re-quantized to 8 bit and dequantized for the float ops that follow.
 - Every requested node must come out quantized; one that does not is an error.
 """
@@ -41,7 +43,8 @@ _METHODS = {
 def quantize_int8(
     model: onnx.ModelProto, nodes: list[str], reader: CalibrationDataReader, config: DigitalConfig
 ) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """Quantize the MatMuls named `nodes`; return the model and each node's quantized name."""
+    """Quantize the MatMul and Conv nodes named `nodes`; return the model and each node's
+    quantized name."""
     qdq = config.int8_format == "qdq"
     extra = {"MatMulConstBOnly": True, "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}}
     if qdq:
@@ -57,7 +60,7 @@ def quantize_int8(
                 str(target),
                 reader,
                 quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
-                op_types_to_quantize=["MatMul"],
+                op_types_to_quantize=["MatMul", "Conv"],
                 nodes_to_quantize=list(nodes),
                 per_channel=config.int8_per_channel,
                 reduce_range=False,
@@ -72,8 +75,9 @@ def quantize_int8(
 
 
 def _quantized_nodes(model: onnx.ModelProto, names: list[str], qdq: bool) -> dict[str, str]:
-    """The node now computing each former MatMul in `names` (qdq: a MatMul reading a
-    DequantizeLinear weight; qoperator: ``<name>_quant``, a QLinearMatMul)."""
+    """The node now computing each former MatMul or Conv in `names` (qdq: the node itself,
+    reading a DequantizeLinear weight; qoperator: ``<name>_quant``, a QLinearMatMul or
+    QLinearConv)."""
     nodes = {node.name: node for node in model.graph.node}
     producers = {output: node.op_type for node in model.graph.node for output in node.output}
     found = {}
@@ -83,11 +87,12 @@ def _quantized_nodes(model: onnx.ModelProto, names: list[str], qdq: bool) -> dic
             integer = False
         elif qdq:
             integer = (
-                node.op_type == "MatMul" and producers.get(node.input[1]) == "DequantizeLinear"
+                node.op_type in ("MatMul", "Conv")
+                and producers.get(node.input[1]) == "DequantizeLinear"
             )
         else:
-            integer = node.op_type == "QLinearMatMul"
+            integer = node.op_type in ("QLinearMatMul", "QLinearConv")
         if not integer:
-            raise RuntimeError(f"ONNX Runtime's quantizer left MatMul {name} in floating point")
+            raise RuntimeError(f"ONNX Runtime's quantizer left {name} in floating point")
         found[name] = node.name
     return found

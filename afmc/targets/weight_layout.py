@@ -28,6 +28,20 @@ import onnx_ir as ir
 from afmc.passes.layers import LayerRecord
 
 
+def layer_convs(model: ir.Model, layers: Sequence[LayerRecord]) -> dict[str, list[ir.Node]]:
+    """The Conv nodes of each layer whose weight is a convolution kernel (ONNX input), by
+    layer name; layers that are matrix products are not listed."""
+    graph = model.graph
+    found: dict[str, list[ir.Node]] = {}
+    for layer in layers:
+        weight = graph.initializers.get(layer.weight)
+        convs = [user for user, index in weight.uses() if user.op_type == "Conv" and index == 1
+                 ] if weight is not None else []
+        if convs:
+            found[layer.name] = convs
+    return found
+
+
 def layer_matmuls(model: ir.Model, layers: Sequence[LayerRecord]) -> dict[str, list[ir.Node]]:
     """Rewrite `layers` of `model` in place; return each layer's MatMul node(s) by layer name."""
     graph = model.graph

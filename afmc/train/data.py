@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from afmc.data.text_source import read_text
-from afmc.data.tokenizer import Tokenizer
-from afmc.eval.perplexity import token_windows
+from afmc.data.tokenizer import Tokenizer, token_windows
 
 SYNTH_RECORD = "synth.json"
 

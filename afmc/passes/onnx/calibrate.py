@@ -37,7 +37,7 @@ from afmc.runtime.views import fp_reference
 Batch = Mapping[str, np.ndarray]
 
 
-@register_pass("onnx-calibrate", "onnx")
+@register_pass("onnx-calibrate", "onnx", uses_calibration=True)
 class CalibrateOnnxInputRanges(ir.passes.InPlacePass):
     """Set static input ranges of analog ONNX nodes from sample data (onnxruntime, FP view)."""
 

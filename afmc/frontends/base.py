@@ -1,0 +1,61 @@
+"""What the compile driver asks of a front end: the model's inputs, its passes, its lowering.
+
+A front end holds one model on its way through a compile: a torch program
+(frontends.torch_program) or an ONNX graph (frontends.onnx_graph). The driver
+(afmc.compiler) runs every front end and every target through the same steps:
+signature -> calibration data -> passes -> lower -> target's post-lowering ->
+record -> fidelity -> output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import onnx_ir as ir
+
+from afmc.config import AfmcConfig
+from afmc.data.calibration import CalibrationData, ModelSignature
+from afmc.data.tokenizer import Tokenizer
+from afmc.passes.layers import LayerRecord
+from afmc.passes.registry import Level, PassSpec
+from afmc.targets import Target
+
+
+class Frontend(Protocol):
+    """One model being compiled (the protocol every front end implements)."""
+
+    source: str  # the record's "source": "hf:DIR", "torch:Class", "onnx:FILE"
+    level: Level  # the graph level its passes run on
+    inputs: list[Path]  # the files it was read from (an output may not touch them)
+    signature: ModelSignature
+
+    def tokenizer(self) -> Tokenizer | None:
+        """The model's tokenizer, if it has one (loaded once, on first use)."""
+        ...
+
+    def default_passes(self, target: Target) -> tuple[str, ...]:
+        """The target's pass list for this front end; ValueError if it has none."""
+        ...
+
+    def run_pass(self, spec: PassSpec, config: AfmcConfig,
+                 calibration: CalibrationData | None) -> bool:
+        """Run one pass (a registered name or a pass object); whether it changed the graph."""
+        ...
+
+    def lower(self) -> ir.Model:
+        """The ONNX model of the graph after the passes, with afmc functions attached."""
+        ...
+
+    def layers(self) -> list[LayerRecord]:
+        """The static-weight layer records, in graph order."""
+        ...
+
+    def record_fields(self) -> dict[str, Any]:
+        """The record's inputs, outputs, fold_notes and dependencies."""
+        ...
+
+    def fidelity(self, target: Target, lowered: ir.Model, record: dict[str, Any],
+                 config: AfmcConfig, calibration: CalibrationData) -> dict[str, Any]:
+        """The compile's fidelity check of `lowered` against the FP model."""
+        ...

@@ -1,0 +1,175 @@
+"""The ONNX front end: an ONNX file, compiled by ONNX-level passes on its onnx_ir model.
+
+The file is loaded by capture.onnx_model (external data checked, read lazily); a model
+whose weights fit under the external-data threshold is then read into memory, so the
+passes, the digital quantizers and the output never depend on the input's data file.
+A file that already holds afmc nodes is refused. The passes are the target's
+onnx_passes (for aimc: upgrade the opset, fold norms, place layers, insert afmc analog
+ops, calibrate through onnxruntime); lowering attaches nothing more, the graph already
+is the ONNX model. The tokenizer for text is the one given, else the one in the file's
+folder, if any.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+import afmc.passes  # noqa: F401  (registers the passes)
+from afmc import ops
+from afmc.capture.errors import CaptureError
+from afmc.capture.onnx_export import EXTERNAL_DATA_THRESHOLD_BYTES
+from afmc.capture.onnx_model import load_onnx_model
+from afmc.config import AfmcConfig
+from afmc.data.calibration import CalibrationData, InputSpec, ModelSignature
+from afmc.data.tokenizer import Tokenizer, load_tokenizer
+from afmc.passes.fx.fold_common import NOTES_KEY
+from afmc.passes.layers import META_KEY, LayerRecord
+from afmc.passes.onnx.place_layers import onnx_layer_records
+from afmc.passes.registry import PassSpec, get_pass
+from afmc.targets import Target
+
+
+class OnnxFrontend:
+    """An ONNX model on its way through a compile (frontends.base.Frontend)."""
+
+    level = "onnx"
+
+    def __init__(self, path: Path, tokenizer: Tokenizer | None = None,
+                 verify: bool = False, save_intermediate: bool = False) -> None:
+        if verify or save_intermediate:
+            raise ValueError("--verify and --save-intermediate apply to the torch path, "
+                             "not to ONNX input")
+        self.path = path
+        self.model = load_onnx_model(path)
+        if any(node.domain == ops.DOMAIN for node in self.model.graph):
+            raise CaptureError(f"{path}: already compiled by afmc (it holds afmc nodes); "
+                               "compile the original model")
+        data_files = {Path(value.const_value.path) for value in _external(self.model)}
+        if _weight_bytes(self.model) <= EXTERNAL_DATA_THRESHOLD_BYTES:
+            ir.external_data.load_to_model(self.model)
+        self.source = f"onnx:{path}"
+        self.inputs = [path, *sorted(data_files)]
+        self.signature = onnx_signature(self.model)
+        self._tokenizer, self._tokenizer_loaded = tokenizer, tokenizer is not None
+
+    def tokenizer(self) -> Tokenizer | None:
+        if not self._tokenizer_loaded:
+            try:
+                self._tokenizer = load_tokenizer(self.path.parent)
+            except ValueError:
+                self._tokenizer = None
+        self._tokenizer_loaded = True
+        return self._tokenizer
+
+    def default_passes(self, target: Target) -> tuple[str, ...]:
+        if target.onnx_passes is None:
+            raise ValueError(f"target {target.name!r} does not take ONNX input")
+        return target.onnx_passes
+
+    def run_pass(self, spec: PassSpec, config: AfmcConfig, calibration: CalibrationData | None,
+                 staged: Path | None = None) -> dict[str, Any]:
+        if isinstance(spec, str):
+            uses_data = get_pass(spec).uses_calibration
+            arguments = {"batches": calibration.batches if calibration is not None
+                         else None} if uses_data else {}
+            spec = get_pass(spec).factory(config, **arguments)
+        result = spec(self.model)
+        self.model = result.model
+        return {"modified": bool(result.modified)}
+
+    def lower(self) -> ir.Model:
+        return self.model
+
+    def layers(self) -> list[LayerRecord]:
+        return onnx_layer_records(self.model)
+
+    def record_fields(self) -> dict[str, Any]:
+        return {"inputs": self.signature.names,
+                "outputs": [value.name for value in self.model.graph.outputs],
+                "fold_notes": self.model.meta.get(NOTES_KEY, []),
+                "dependencies": analog_dependencies(self.model)}
+
+    def fidelity(self, target: Target, lowered: ir.Model, record: dict[str, Any],
+                 config: AfmcConfig, calibration: CalibrationData) -> dict[str, Any]:
+        from afmc.eval.fidelity import check_fidelity, onnx_fidelity, onnx_outputs
+
+        held = bool(calibration.held)
+        batches = calibration.held if held else calibration.batches[:1]
+        if target.post_lower is None:
+            return onnx_fidelity(lowered, record, config.noise, batches, held)
+        names = self.signature.names
+        return check_fidelity(onnx_outputs(self.model, names), onnx_outputs(lowered, names),
+                              batches, held)
+
+
+def onnx_signature(model: ir.Model) -> ModelSignature:
+    """The graph inputs (initializers excepted) and, when an embedding table reads
+    input_ids, the vocabulary size (the table's rows)."""
+    inputs = []
+    for value in model.graph.inputs:
+        if value.name in model.graph.initializers:
+            continue
+        dtype = value.dtype.numpy() if value.dtype is not None else None
+        if dtype is None:
+            raise CaptureError(f"graph input {value.name!r} has no element type")
+        shape = None if value.shape is None else tuple(
+            dim if isinstance(dim, int) else dim.value for dim in value.shape)
+        inputs.append(InputSpec(value.name, dtype, shape))
+    return ModelSignature(tuple(inputs), _vocab_size(model))
+
+
+def _vocab_size(model: ir.Model) -> int | None:
+    ids = next((value for value in model.graph.inputs if value.name == "input_ids"), None)
+    for user, index in ids.uses() if ids is not None else ():
+        table = user.inputs[0]
+        if user.op_type == "Gather" and index == 1 and table is not None \
+                and table.const_value is not None and table.shape is not None:
+            return int(table.shape[0])
+    return None
+
+
+def _external(model: ir.Model) -> list[ir.Value]:
+    return [value for value in model.graph.initializers.values()
+            if isinstance(value.const_value, ir.ExternalTensor)]
+
+
+def _weight_bytes(model: ir.Model) -> int:
+    return sum(value.const_value.nbytes for value in model.graph.initializers.values()
+               if value.const_value is not None)
+
+
+def analog_dependencies(model: ir.Model) -> list[tuple[str, str]]:
+    """(producer, consumer) pairs of analog layers, consumers in graph order.
+
+    The rule of mapping.analog_dependencies on the ONNX graph: layer B depends on layer A
+    when A's output reaches B's input through digital nodes only.
+    """
+    reaching: dict[ir.Value, frozenset[str]] = {}
+    edges: list[tuple[str, str]] = []
+    for node in model.graph:
+        sources: set[str] = set()
+        for value in node.inputs:
+            if value is None:
+                continue
+            produced = _analog_name(value.producer())
+            sources |= {produced} if produced is not None else reaching.get(value, frozenset())
+        name = _analog_name(node)
+        if name is not None:
+            edges.extend((source, name) for source in sorted(sources))
+        for output in node.outputs:
+            reaching[output] = frozenset(sources)
+    return edges
+
+
+def _analog_name(node: ir.Node | None) -> str | None:
+    record = node.meta.get(META_KEY) if node is not None else None
+    return record.name if record is not None and record.placement == "analog" else None
+
+
+def is_onnx_file(model: object) -> bool:
+    """Whether a model argument names an ONNX file (by its .onnx suffix)."""
+    return isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnx")

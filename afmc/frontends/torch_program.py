@@ -1,0 +1,236 @@
+"""The torch front end: a captured program (nn.Module, Hugging Face directory, GGUF file).
+
+The model is captured with torch.export (afmc.capture), its FX passes rewrite the
+program, and lowering re-exports it to ONNX with the afmc ops (afmc.lowering). A
+module given with example inputs is captured with a dynamic batch axis (every tensor
+input's first axis, one shared Dim "batch"; an example batch of 1 is repeated to 2 so
+torch does not specialise it); a module whose code fixes its batch size is captured as
+it is, with a StaticBatchWarning. A directory trained by `afmc train` brings its learned
+input ranges, used by the target's trained pass list (unless `recalibrate`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import torch
+from torch import fx, nn
+from torch.fx.passes.infra.pass_base import PassResult
+
+from afmc import lowering
+from afmc.capture import CapturedModel, CaptureError, capture_module, capture_pretrained
+from afmc.config import AfmcConfig
+from afmc.data.calibration import CalibrationData, InputSpec, ModelSignature
+from afmc.data.tokenizer import Tokenizer, load_tokenizer
+from afmc.mapping import analog_dependencies
+from afmc.passes.fx.learned_ranges import META_RANGES
+from afmc.passes.layers import LayerRecord, layer_records
+from afmc.passes.registry import PassSpec, get_pass
+from afmc.passes.verify import VerificationError, check_graph, output_drift
+from afmc.targets import Target
+from afmc.train.trained_model import read_learned_ranges
+
+PRESERVE_TOLERANCE = 1e-5
+
+
+class StaticBatchWarning(UserWarning):
+    """A module could not be captured with a dynamic batch axis: its batch size is fixed."""
+
+
+class TorchFrontend:
+    """A torch program on its way through a compile (frontends.base.Frontend)."""
+
+    level = "fx"
+
+    def __init__(self, captured: CapturedModel, model_dir: Path | None = None, *,
+                 tokenizer: Tokenizer | None = None, recalibrate: bool = False,
+                 verify: bool = False, save_intermediate: bool = False) -> None:
+        self.captured = captured
+        self.program: fx.GraphModule = captured.graph_module
+        self.source = captured.source
+        self.inputs = [model_dir] if model_dir is not None else []
+        self.model_dir = model_dir
+        self.signature = module_signature(captured)
+        self.learned = None if recalibrate else read_learned_ranges(model_dir)
+        self.verify, self.save_intermediate = verify, save_intermediate
+        self._tokenizer, self._tokenizer_loaded = tokenizer, tokenizer is not None
+        self._reference = _reference_output(captured) if verify else None
+        self._steps = 0
+
+    def tokenizer(self) -> Tokenizer | None:
+        if not self._tokenizer_loaded and self.model_dir is not None:
+            try:
+                self._tokenizer = load_tokenizer(self.model_dir)
+            except ValueError:
+                self._tokenizer = None
+        self._tokenizer_loaded = True
+        return self._tokenizer
+
+    def default_passes(self, target: Target) -> tuple[str, ...]:
+        if self.learned is not None and target.trained_fx_passes is not None:
+            self.program.meta[META_RANGES] = self.learned
+            return target.trained_fx_passes
+        return target.fx_passes
+
+    def run_pass(self, spec: PassSpec, config: AfmcConfig, calibration: CalibrationData | None,
+                 staged: Path | None = None) -> dict[str, Any]:
+        self._steps += 1
+        name = spec if isinstance(spec, str) else type(spec).__name__
+        if isinstance(spec, str):
+            uses_data = get_pass(spec).uses_calibration
+            arguments = {"batches": calibration.tuples(self.signature.names)
+                         if calibration is not None else None} if uses_data else {}
+            spec = get_pass(spec).factory(config, **arguments)
+        outcome = spec(self.program)
+        self.program = outcome.graph_module if isinstance(outcome, PassResult) else outcome
+        check_graph(self.program, name)
+        result: dict[str, Any] = {"modified": bool(getattr(outcome, "modified", True))}
+        if self._reference is not None:
+            drift = output_drift(self.program, self.captured.example_inputs, self._reference)
+            result["output_drift"] = drift
+            if getattr(spec, "preserves_output", False) and drift > PRESERVE_TOLERANCE:
+                raise VerificationError(f"pass {name} must not change the output but "
+                                        f"moved it by {drift:.2e} (relative L2)")
+        if self.save_intermediate and staged is not None:
+            self._save_intermediate(staged / "intermediate", name)
+        return result
+
+    def lower(self) -> ir.Model:
+        captured = self.captured
+        model = lowering.export_program(self.program, captured.example_inputs,
+                                        captured.dynamic_shapes, captured.input_names,
+                                        captured.output_names)
+        _onnx_names(self.program, model)
+        return model
+
+    def layers(self) -> list[LayerRecord]:
+        return layer_records(self.program)
+
+    def record_fields(self) -> dict[str, Any]:
+        return {"inputs": list(self.captured.input_names),
+                "outputs": list(self.captured.output_names),
+                "fold_notes": self.program.meta.get("afmc_fold_notes", []),
+                "dependencies": analog_dependencies(self.program)}
+
+    def fidelity(self, target: Target, lowered: ir.Model, record: dict[str, Any],
+                 config: AfmcConfig, calibration: CalibrationData) -> dict[str, Any]:
+        from afmc.eval.fidelity import (
+            check_fidelity,
+            onnx_outputs,
+            program_checks,
+            torch_outputs,
+        )
+
+        held = bool(calibration.held)
+        batches = calibration.tuples(self.signature.names, held=held)[:None if held else 1]
+        fp = torch_outputs(self.captured.fp_module)
+        if target.post_lower is None:  # the analog torch program computes what the file does
+            chip, worst = program_checks(self.program, config.noise, batches[0])
+            return check_fidelity(fp, torch_outputs(self.program), batches, held, chip=chip,
+                                  worst_layers=worst)
+        return check_fidelity(fp, onnx_outputs(lowered, self.signature.names), batches, held)
+
+    def _save_intermediate(self, folder: Path, name: str) -> None:
+        folder.mkdir(exist_ok=True)
+        exported = torch.export.export(self.program, self.captured.example_inputs,
+                                       dynamic_shapes=self.captured.dynamic_shapes)
+        torch.export.save(exported, folder / f"{self._steps:02d}-{name}.pt2")
+
+
+def capture_with_batch_axis(module: nn.Module, example_inputs: tuple) -> CapturedModel:
+    """Capture `module` with a dynamic batch axis (module docstring); static if it fixes it."""
+    tensors = [isinstance(x, torch.Tensor) and x.dim() > 0 for x in example_inputs]
+    sizes = {x.shape[0] for x, is_tensor in zip(example_inputs, tensors, strict=True)
+             if is_tensor}
+    if len(sizes) == 1 and all(tensors):
+        batch = torch.export.Dim("batch")
+        examples = tuple(torch.cat([x, x]) if x.shape[0] == 1 else x for x in example_inputs)
+        try:
+            return capture_module(module, examples,
+                                  dynamic_shapes=tuple({0: batch} for _ in examples))
+        except CaptureError:
+            pass
+    captured = capture_module(module, example_inputs)
+    shapes = ", ".join(str(list(x.shape)) for x in example_inputs if isinstance(x, torch.Tensor))
+    warnings.warn(f"{type(module).__name__}: captured with the example's fixed shapes "
+                  f"({shapes}); its code does not allow a dynamic batch axis",
+                  StaticBatchWarning, stacklevel=2)
+    return captured
+
+
+def open_torch(model: Any, example_inputs: tuple | None, *, tokenizer: Tokenizer | None,
+               recalibrate: bool, verify: bool, save_intermediate: bool) -> TorchFrontend:
+    """The torch front end of an nn.Module, a CapturedModel, or a model directory / GGUF."""
+    from afmc.models import resolve_model_path
+
+    options = {"tokenizer": tokenizer, "recalibrate": recalibrate, "verify": verify,
+               "save_intermediate": save_intermediate}
+    if isinstance(model, CapturedModel):
+        return TorchFrontend(model, **options)
+    if isinstance(model, nn.Module):
+        if example_inputs is None:
+            raise ValueError("compile(nn.Module) needs example_inputs (a tuple of tensors)")
+        return TorchFrontend(capture_with_batch_axis(model, tuple(example_inputs)), **options)
+    path = resolve_model_path(str(model))
+    return TorchFrontend(capture_pretrained(path), path, **options)
+
+
+def module_signature(captured: CapturedModel) -> ModelSignature:
+    """The inputs of a captured program: example dtypes and ranks, dynamic axes by name."""
+    specs = captured.dynamic_shapes
+    per_input = list(specs.values() if isinstance(specs, dict) else specs or ())
+    inputs = []
+    for index, (name, example) in enumerate(zip(captured.input_names, captured.example_inputs,
+                                                strict=True)):
+        spec = per_input[index] if index < len(per_input) else None
+        axes = dict(spec.items() if isinstance(spec, dict) else enumerate(spec or ()))
+        shape = tuple(_axis_name(axes[axis]) if axes.get(axis) is not None else int(size)
+                      for axis, size in enumerate(example.shape))
+        dtype = _numpy_dtype(example.dtype)
+        inputs.append(InputSpec(name, dtype, shape))
+    config = _hf_config(captured.fp_module)
+    return ModelSignature(tuple(inputs), getattr(config, "vocab_size", None),
+                          getattr(config, "max_position_embeddings", None))
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    """The numpy dtype of a torch dtype; bfloat16 (none in numpy) is fed as float32."""
+    return np.dtype(torch.empty((), dtype=dtype).float().numpy().dtype
+                    if dtype == torch.bfloat16 else str(dtype).removeprefix("torch."))
+
+
+def _axis_name(dim: Any) -> str:
+    return getattr(dim, "__name__", None) or "dynamic"
+
+
+def _hf_config(module: nn.Module) -> Any:
+    """The Hugging Face config of a wrapped pretrained model, if the module holds one."""
+    for sub in module.modules():
+        config = getattr(sub, "config", None)
+        if config is not None and hasattr(config, "vocab_size"):
+            return config
+    return None
+
+
+def _reference_output(captured: CapturedModel) -> torch.Tensor:
+    with torch.no_grad():
+        output = captured.graph_module(*captured.example_inputs)
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _onnx_names(program: fx.GraphModule, lowered: ir.Model) -> None:
+    """Fill each analog record with the ONNX initializer names of its weight and ranges."""
+    by_range = {}
+    for node in lowering.analog_nodes(lowered):
+        weight = lowering.source_initializer(node.inputs[1])
+        by_range[node.inputs[2].name] = weight.name
+    for record in layer_records(program):
+        if record.placement == "analog" and record.input_range:
+            record.onnx_input_range = record.input_range
+            record.onnx_weight = by_range.get(record.input_range, "")
+            if not record.onnx_weight:
+                raise RuntimeError(f"lowering lost the analog layer {record.name}")
