@@ -12,7 +12,6 @@ output layer.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -30,10 +29,16 @@ from afmc.api import load_tokenizer_for
 from afmc.capture import CaptureError, capture_causal_lm, capture_module, export_onnx
 from afmc.capture.onnx_model import load_onnx_model
 from afmc.config import ConfigError, load_config
+from afmc.data.calibration import (
+    SYNTHETIC_SOURCE,
+    InputSpec,
+    ModelSignature,
+    SyntheticCalibrationWarning,
+    load_calibration,
+)
 from afmc.data.tokenizer import ByteTokenizer
 from afmc.eval.perplexity import perplexity
 from afmc.lowering import read_metadata
-from afmc.onnx_compile import calibration_from_file, compile_onnx
 from afmc.ops.analog_linear import analog_linear
 from afmc.passes.onnx.calibrate import CalibrateOnnxInputRanges
 from afmc.passes.onnx.fold_norms import FoldNorms
@@ -458,9 +463,14 @@ def _mlp_batches(count: int = 3) -> list[torch.Tensor]:
     return [torch.randn(4, 20, generator=generator) for _ in range(count)]
 
 
+def _compile_onnx(path, target="aimc", config=None, batches=None, output=None, **options):
+    """afmc.compile on an ONNX file, with the calibration batches in the 4th place."""
+    return afmc_compile(path, target, config, calibration=batches, output=output, **options)
+
+
 @pytest.fixture(scope="module")
 def mlp(tmp_path_factory) -> tuple[Path, Path, torch.nn.Module]:
-    """The MLP compiled by the torch path and, from its ONNX export, by compile_onnx."""
+    """The MLP compiled by the torch path and, from its ONNX export, by afmc.compile."""
     root = tmp_path_factory.mktemp("mlp")
     torch.manual_seed(0)
     module = _MLP().eval()
@@ -476,7 +486,7 @@ def mlp(tmp_path_factory) -> tuple[Path, Path, torch.nn.Module]:
         output=root / "torch",
         skip=["smooth-inputs"],  # the ONNX path has no smoothing pass
     )
-    compile_onnx(
+    _compile_onnx(
         root / "mlp.onnx", "aimc", config, [{"x": b.numpy()} for b in batches], root / "onnx"
     )
     return root / "torch", root / "onnx", module
@@ -484,7 +494,7 @@ def mlp(tmp_path_factory) -> tuple[Path, Path, torch.nn.Module]:
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory) -> tuple[Path, Path]:
-    """The tiny Llama compiled by the torch path and, from its ONNX export, by compile_onnx."""
+    """The tiny Llama compiled by the torch path and, from its ONNX export, by afmc.compile."""
     root = tmp_path_factory.mktemp("llama")
     captured = capture_causal_lm(tiny_model("llama"))
     export_onnx(captured, root / "llama.onnx")
@@ -498,7 +508,7 @@ def llama(tmp_path_factory) -> tuple[Path, Path]:
         output=root / "torch",
         skip=["smooth-inputs"],  # the ONNX path has no smoothing pass
     )
-    compile_onnx(
+    _compile_onnx(
         root / "llama.onnx",
         "aimc",
         config,
@@ -560,11 +570,13 @@ def test_llama_output_layout_matches_torch_path(llama):
         "onnx-place-layers",
         "onnx-insert-analog-linear",
         "onnx-calibrate",
+        "lower",
         "fidelity",
     ]
-    first_batch = np.random.default_rng(0).integers(0, 256, (2, 24))  # the fixture's
+    held_back = np.random.default_rng(1).integers(0, 256, (2, 24))  # the fixture's last batch
+    assert record["fidelity"]["data"] == "1 held-back calibration batch(es)"
     for key, seed in (("noise_free", None), ("chip_0", 0)):
-        expected = perplexity(open_chip(onnx_out, seed=seed).run, first_batch)
+        expected = perplexity(open_chip(onnx_out, seed=seed).run, held_back)
         assert record["fidelity"][key]["perplexity"] == pytest.approx(expected, rel=1e-5)
     assert read_metadata(onnx_out / "model.onnx")["layers"] == record["layers"]
     analog = [n for n in model.graph.node if n.domain == "afmc" and n.op_type == "AnalogLinear"]
@@ -596,7 +608,7 @@ def test_layer_norm_affine_is_folded_with_fp_outputs_kept(tmp_path):
         module.norm.bias.normal_()
     batches = _mlp_batches()
     export_onnx(capture_module(module, (batches[0],)), tmp_path / "mlp.onnx")
-    result = compile_onnx(
+    result = _compile_onnx(
         tmp_path / "mlp.onnx",
         "aimc",
         load_config(None, []),
@@ -642,7 +654,7 @@ def _conv_net(path: Path) -> dict[str, np.ndarray]:
 
 def test_conv_is_analog_via_im2col_and_dynamic_matmul_stays_digital(tmp_path):
     batch = _conv_net(tmp_path / "conv.onnx")
-    result = compile_onnx(
+    result = _compile_onnx(
         tmp_path / "conv.onnx", "aimc", load_config(None, []), [batch], tmp_path / "out"
     )
     assert [(r.name, r.placement) for r in result.layers] == [
@@ -661,24 +673,26 @@ def test_conv_is_analog_via_im2col_and_dynamic_matmul_stays_digital(tmp_path):
 def test_compile_onnx_errors_leave_no_output(tmp_path):
     batch = _conv_net(tmp_path / "conv.onnx")
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match="needs calibration data"):
-        compile_onnx(tmp_path / "conv.onnx", "aimc", None, None, out)
+    with pytest.warns(SyntheticCalibrationWarning, match="conv.onnx: no calibration data"):
+        synthetic = _compile_onnx(tmp_path / "conv.onnx", "aimc")
+    assert synthetic.record["calibration"] == SYNTHETIC_SOURCE
+    assert all(layer.calibrated for layer in synthetic.layers)
     with pytest.raises(KeyError, match="unknown target"):
-        compile_onnx(tmp_path / "conv.onnx", "tpu", None, [batch], out)
+        _compile_onnx(tmp_path / "conv.onnx", "tpu", None, [batch], out)
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     with pytest.raises(CaptureError, match="bad.onnx: not a valid ONNX model"):
-        compile_onnx(tmp_path / "bad.onnx", "aimc", None, [batch], out)
+        _compile_onnx(tmp_path / "bad.onnx", "aimc", None, [batch], out)
     with pytest.raises(CaptureError, match="ONNX file not found"):
-        compile_onnx(tmp_path / "absent.onnx", "aimc", None, [batch], out)
+        _compile_onnx(tmp_path / "absent.onnx", "aimc", None, [batch], out)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [
         "bad.onnx",
         "conv.onnx",
     ]
-    compiled = compile_onnx(tmp_path / "conv.onnx", "aimc", None, [batch], tmp_path / "first")
-    with pytest.raises(ValueError, match="already compiled by afmc"):
-        compile_onnx(compiled.output / "model.onnx", "aimc", None, [batch], out)
+    compiled = _compile_onnx(tmp_path / "conv.onnx", "aimc", None, [batch], tmp_path / "first")
+    with pytest.raises(CaptureError, match="already compiled by afmc"):
+        _compile_onnx(compiled.output / "model.onnx", "aimc", None, [batch], out)
     shutil.rmtree(tmp_path / "first")
-    result = compile_onnx(tmp_path / "conv.onnx", "fp", None, None, out)
+    result = _compile_onnx(tmp_path / "conv.onnx", "fp", None, None, out)
     assert result.record["summary"]["analog_layers"] == 0
     np.testing.assert_allclose(
         open_chip(out, seed=None).run(batch["img"]),
@@ -686,66 +700,58 @@ def test_compile_onnx_errors_leave_no_output(tmp_path):
         rtol=1e-6,
     )
     with pytest.raises(FileExistsError):
-        compile_onnx(tmp_path / "conv.onnx", "fp", None, None, out)
+        _compile_onnx(tmp_path / "conv.onnx", "fp", None, None, out)
 
 
 def test_pass_selection_and_custom_passes(tmp_path):
     batch = _conv_net(tmp_path / "conv.onnx")
     path = tmp_path / "conv.onnx"
     with pytest.raises(ValueError, match="runs on the torch program"):
-        compile_onnx(path, "aimc", None, [batch], passes=["onnx-place-layers", "calibrate"])
+        _compile_onnx(path, "aimc", None, [batch], passes=["onnx-place-layers", "calibrate"])
     with pytest.raises(ValueError, match="--skip onnx-fold-norms: not among"):
-        compile_onnx(
+        _compile_onnx(
             path, "aimc", None, [batch], passes=["onnx-place-layers"], skip=["onnx-fold-norms"]
         )
-    with pytest.raises(ValueError, match="does not take ONNX input"):
-        compile_onnx(path, "int8", None, [batch])
+    int8 = _compile_onnx(path, "int8", None, [batch])
+    assert [(layer.name, layer.precision) for layer in int8.layers] == [
+        ("conv", "int8"), ("head", "int8")]
     sort = ir.passes.common.TopologicalSortPass()
-    result = compile_onnx(
+    result = _compile_onnx(
         path, "aimc", None, None, skip=["onnx-calibrate"],
         passes=[*get_target("aimc").onnx_passes, sort],
     )
-    assert [step["name"] for step in result.record["passes"]][-2:] == [
+    assert [step["name"] for step in result.record["passes"]][-3:] == [
         "onnx-insert-analog-linear",
         "TopologicalSortPass",
+        "lower",
     ]
     assert all(not layer.calibrated for layer in result.layers)
 
 
-def test_calibration_from_file(tmp_path):
-    config = load_config(None, ["calibration.batch_size=4", "calibration.seq_len=8"])
+def test_calibration_from_files_and_text(tmp_path):
+    config = load_config(None, ["calibration.batch_size=4", "calibration.seq_len=8"]).calibration
+    two = ModelSignature((InputSpec("img", np.dtype("float32"), ("batch", 3)),
+                          InputSpec("mask", np.dtype("float32"), ("batch", 2))))
+
+    def no_tokenizer():
+        raise ValueError("needs a tokenizer")
+
     np.savez(tmp_path / "data.npz", img=np.zeros((10, 3)), mask=np.ones((10, 2)))
-    batches = calibration_from_file(tmp_path / "data.npz", ["img", "mask"], config)
-    assert [b["img"].shape[0] for b in batches] == [4, 4, 2] and set(batches[0]) == {"img", "mask"}
+    data = load_calibration(tmp_path / "data.npz", two, config, no_tokenizer)
+    assert [b["img"].shape[0] for b in data.batches] == [4, 4, 2]
+    assert set(data.batches[0]) == {"img", "mask"} and data.batches[0]["img"].dtype == np.float32
+    held = load_calibration(tmp_path / "data.npz", two, config, no_tokenizer, held_back=1)
+    assert len(held.batches) == 2 and held.held[0]["img"].shape == (2, 3)
+    other = ModelSignature((two.inputs[0], InputSpec("ids", np.dtype("int64"), ("batch", 8))))
     with pytest.raises(ValueError, match="no calibration array for input"):
-        calibration_from_file(tmp_path / "data.npz", ["img", "ids"], config)
+        load_calibration(tmp_path / "data.npz", other, config, no_tokenizer)
+    one = ModelSignature(two.inputs[:1])
     np.save(tmp_path / "one.npy", np.zeros((5, 3)))
-    assert len(calibration_from_file(tmp_path / "one.npy", ["img"], config)) == 2
+    assert len(load_calibration(tmp_path / "one.npy", one, config, no_tokenizer).batches) == 2
     text = tmp_path / "calib.txt"
     text.write_text("hello analog world " * 10)
-    ids = calibration_from_file(text, ["input_ids"], config, ByteTokenizer())
-    assert ids[0]["input_ids"].shape == (4, 8) and ids[0]["input_ids"].dtype == np.int64
+    ids = ModelSignature((InputSpec("input_ids", np.dtype("int64"), ("batch", "seq")),), 256)
+    windows = load_calibration(text, ids, config, ByteTokenizer).batches
+    assert windows[0]["input_ids"].shape == (4, 8) and windows[0]["input_ids"].dtype == np.int64
     with pytest.raises(ValueError, match="needs a tokenizer"):
-        calibration_from_file(text, ["input_ids"], config)
-
-
-def test_search_calibration_agrees_on_both_paths(tmp_path):
-    torch.manual_seed(0)
-    module = _MLP().eval()
-    batches = _mlp_batches()
-    export_onnx(capture_module(module, (batches[0],)), tmp_path / "mlp.onnx")
-    config = load_config(None, ["hardware.max_in=16", "calibration.method=search",
-                                "calibration.clip_weights=true"])
-    afmc_compile(module, "aimc", config, calibration=[(b,) for b in batches],
-                 example_inputs=(batches[0],), output=tmp_path / "torch", skip=["smooth-inputs"])
-    compile_onnx(tmp_path / "mlp.onnx", "aimc", config, [{"x": b.numpy()} for b in batches],
-                 tmp_path / "onnx")
-    torch_layers, onnx_layers = _analog_layers(tmp_path / "torch"), _analog_layers(
-        tmp_path / "onnx")
-    assert list(onnx_layers) == list(torch_layers)
-    for name, (ranges, weight, _) in onnx_layers.items():
-        np.testing.assert_allclose(ranges, torch_layers[name][0], rtol=1e-4)
-        np.testing.assert_allclose(weight, torch_layers[name][1], rtol=1e-5, atol=1e-7)
-    record = json.loads((tmp_path / "onnx" / "afmc.json").read_text())
-    assert all(layer["calibrated"] == "search" and layer["sqnr_db"] is not None
-               for layer in record["layers"] if layer["placement"] == "analog")
+        load_calibration(text, ids, config, no_tokenizer)

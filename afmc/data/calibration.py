@@ -127,8 +127,9 @@ def load_calibration(
     reader = text_reader(signature, source)
     ids_batches, held = split_text(tokenizer(), text, source, config, held_back)
     batches = validate_batches([reader(ids) for ids in ids_batches], signature, source)
-    return CalibrationData(batches, source, validate_batches(
-        [reader(ids) for ids in held], signature, source))
+    held_batches = [reader(ids) for ids in held]
+    return CalibrationData(batches, source, validate_batches(held_batches, signature, source)
+                           if held_batches else [])
 
 
 def _hold_back(batches: list[Batch], source: str, held_back: int) -> CalibrationData:
