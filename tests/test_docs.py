@@ -27,7 +27,8 @@ def test_readme_opens_with_the_two_commands():
 
 
 ENTRY_MODULES = ["afmc.api", "afmc.cli", "afmc.runtime.chip", "afmc.record", "afmc.report",
-                 "afmc.onnx_compile", "afmc.mapping", "afmc.passes", "afmc.targets.digital",
+                 "afmc.frontends", "afmc.data.calibration", "afmc.mapping", "afmc.passes",
+                 "afmc.targets.digital",
                  "afmc.eval.evaluate", "afmc.eval.fidelity", "afmc.eval.embedding",
                  "afmc.passes.range_search"]
 
@@ -38,3 +39,14 @@ def test_entry_module_imports_first(module):
     result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
                             text=True, cwd=ROOT)
     assert result.returncode == 0, f"{module}: {result.stderr.strip().splitlines()[-1]}"
+
+
+def test_quickstart_python_snippet_runs(tmp_path):
+    """The Python block of docs/quickstart.md runs as it is, in a fresh interpreter."""
+    text = (ROOT / "docs/quickstart.md").read_text()
+    snippet = text.split("```python\n", 1)[1].split("```", 1)[0]
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(1, 11, 256)"
+    assert (tmp_path / "out/tiny/model.onnx").is_file()

@@ -5,15 +5,15 @@ One layer for every front end (torch program, ONNX file). A batch is a dict from
 name to a numpy array. Rules:
 
 - Text (a file or stdlib:SPLIT) is tokenized into non-overlapping windows of
-  calibration.seq_len tokens (at most calibration.max_tokens; `held_back` more windows
+  calibration.seq_len tokens (at most the model's max_positions) (at most calibration.max_tokens; `held_back` more windows
   are kept apart for the compile's fidelity check). Each window feeds every input by its
   name: input_ids the ids, attention_mask ones, token_type_ids zeros, position_ids
   0..T-1; a model with another input cannot read text (an error naming it).
 - Tensor files (.npy, .npz keyed by input name, .pt; data.tensors) are cut into
   batches of calibration.batch_size samples, or, for a model whose inputs all fix the
   first axis, of that size (a ragged tail is dropped). Batches given in Python (tuples
-  in input order, or dicts) are taken as they are. With `held_back`, the last of two or
-  more tensor batches is kept apart for the fidelity check.
+  in input order, or dicts) are taken as they are, all for calibration (the fidelity
+  check then reads the first batch).
 - Every batch is then validated against the signature: the input names (missing or
   unknown), the dtype kind (ints for integer inputs, floats for float inputs; the width
   is cast to the model's), the rank, every static dimension, one batch size across the
@@ -111,8 +111,8 @@ def load_calibration(
     if not isinstance(data, (str, Path)):
         batches = [_as_dict(batch, signature.names, index) for index, batch in
                    enumerate(_iterate(data))]
-        return _hold_back(validate_batches(batches, signature, "calibration batches"),
-                          "user batches", held_back)
+        return CalibrationData(validate_batches(batches, signature, "calibration batches"),
+                               "user batches")
     source = str(data)
     if Path(source).suffix in TENSOR_SUFFIXES:
         static = _static_batch_size(signature)
@@ -122,22 +122,16 @@ def load_calibration(
         if static and len(batches) > 1:  # a model of fixed batch size: drop the ragged tail
             batches = [batch for batch in batches
                        if all(len(array) == static for array in batch.values())]
-        return _hold_back(validate_batches(batches, signature, source), source, held_back)
+        return CalibrationData(validate_batches(batches, signature, source), source)
     text = read_text(source)
     reader = text_reader(signature, source)
+    if signature.max_positions is not None and config.seq_len > signature.max_positions:
+        config = config.model_copy(update={"seq_len": signature.max_positions})
     ids_batches, held = split_text(tokenizer(), text, source, config, held_back)
     batches = validate_batches([reader(ids) for ids in ids_batches], signature, source)
     held_batches = [reader(ids) for ids in held]
     return CalibrationData(batches, source, validate_batches(held_batches, signature, source)
                            if held_batches else [])
-
-
-def _hold_back(batches: list[Batch], source: str, held_back: int) -> CalibrationData:
-    """Tensor batches, the last one held back for the fidelity check when asked and when
-    at least two remain."""
-    if held_back and len(batches) > 1:
-        return CalibrationData(batches[:-1], source, batches[-1:])
-    return CalibrationData(batches, source)
 
 
 def split_text(tokenizer: Tokenizer, text: str, source: str, calibration: CalibrationConfig,

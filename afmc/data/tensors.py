@@ -16,10 +16,13 @@ import torch
 SUFFIXES = (".npy", ".npz", ".pt")
 
 
-def _batched(arrays: list[torch.Tensor], batch_size: int, source: Path) -> list[tuple]:
-    count = arrays[0].shape[0] if arrays[0].dim() else 0
-    if count == 0 or any(a.shape[0] != count for a in arrays):
-        raise ValueError(f"{source}: calibration tensors are empty or differ in sample count")
+def _batched(arrays: dict[str, torch.Tensor], batch_size: int, source: Path) -> list[tuple]:
+    counts = {name: a.shape[0] if a.dim() else 0 for name, a in arrays.items()}
+    if 0 in counts.values() or len(set(counts.values())) > 1:
+        raise ValueError(f"{source}: calibration tensors are empty or differ in sample count "
+                         f"(first axis: {counts})")
+    arrays = list(arrays.values())
+    count = arrays[0].shape[0]
     return [tuple(a[i:i + batch_size] for a in arrays) for i in range(0, count, batch_size)]
 
 
@@ -44,12 +47,15 @@ def load_tensor_batches(path: Path, input_names: list[str], batch_size: int) -> 
     if isinstance(data, torch.Tensor):
         if len(input_names) != 1:
             raise ValueError(f"{path}: one array given, the model has inputs {input_names}")
-        return _batched([data], batch_size, path)
+        return _batched({input_names[0]: data}, batch_size, path)
     if isinstance(data, dict):
         missing = [name for name in input_names if name not in data]
-        if missing:
-            raise ValueError(f"{path}: no calibration array for input(s) {missing}")
-        return _batched([data[name] for name in input_names], batch_size, path)
+        unknown = [name for name in data if name not in input_names]
+        if missing or unknown:
+            raise ValueError(f"{path}: arrays {sorted(data)} do not match the model's inputs "
+                             f"{input_names}" + (f" (missing {missing})" if missing else "")
+                             + (f" (unknown {unknown})" if unknown else ""))
+        return _batched({name: data[name] for name in input_names}, batch_size, path)
     if isinstance(data, (list, tuple)) and data:
         return [tuple(item) if isinstance(item, (list, tuple)) else (item,) for item in data]
     raise ValueError(f"{path}: unsupported calibration content {type(data).__name__}")

@@ -87,7 +87,7 @@ def _token_ids(batch: tuple | Mapping) -> np.ndarray:
 def _is_language_model(batch: tuple | Mapping, output: np.ndarray) -> bool:
     ids = _token_ids(batch)
     return (ids.dtype == np.int64 and ids.ndim == 2 and output.ndim == 3
-            and tuple(output.shape[:2]) == ids.shape)
+            and tuple(output.shape[:2]) == ids.shape and output.shape[2] > ids.max())
 
 
 def _score(outputs: list[np.ndarray], batches: list[tuple], reference: list[np.ndarray],

@@ -32,6 +32,8 @@ from afmc.passes.onnx.place_layers import onnx_layer_records
 from afmc.passes.registry import PassSpec, get_pass
 from afmc.targets import Target
 
+POSITION_TABLES = ("position_embeddings.weight", "wpe.weight")
+
 
 class OnnxFrontend:
     """An ONNX model on its way through a compile (frontends.base.Frontend)."""
@@ -107,8 +109,9 @@ class OnnxFrontend:
 
 
 def onnx_signature(model: ir.Model) -> ModelSignature:
-    """The graph inputs (initializers excepted) and, when an embedding table reads
-    input_ids, the vocabulary size (the table's rows)."""
+    """The graph inputs (initializers excepted); when an embedding table reads input_ids,
+    the vocabulary size (the table's rows); with a learned position table (an initializer
+    named *position_embeddings.weight or *wpe.weight), the context length (its rows)."""
     inputs = []
     for value in model.graph.inputs:
         if value.name in model.graph.initializers:
@@ -119,7 +122,7 @@ def onnx_signature(model: ir.Model) -> ModelSignature:
         shape = None if value.shape is None else tuple(
             dim if isinstance(dim, int) else dim.value for dim in value.shape)
         inputs.append(InputSpec(value.name, dtype, shape))
-    return ModelSignature(tuple(inputs), _vocab_size(model))
+    return ModelSignature(tuple(inputs), _vocab_size(model), _max_positions(model))
 
 
 def _vocab_size(model: ir.Model) -> int | None:
@@ -129,6 +132,14 @@ def _vocab_size(model: ir.Model) -> int | None:
         if user.op_type == "Gather" and index == 1 and table is not None \
                 and table.const_value is not None and table.shape is not None:
             return int(table.shape[0])
+    return None
+
+
+def _max_positions(model: ir.Model) -> int | None:
+    """The rows of a learned position-embedding table (BERT, GPT-2), if the model has one."""
+    for name, value in model.graph.initializers.items():
+        if name.endswith(POSITION_TABLES) and value.shape is not None and len(value.shape) == 2:
+            return int(value.shape[0])
     return None
 
 

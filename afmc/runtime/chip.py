@@ -73,7 +73,7 @@ def programmed_weights(model: onnx.ModelProto, record: dict[str, Any], noise: No
     return programmed
 
 
-def open_chip(out_dir: Path, seed: int | None = 0, *, read_noise: float = 0.0,
+def open_chip(out_dir: str | Path, seed: int | None = 0, *, read_noise: float = 0.0,
               fp: bool = False, threads: int | None = None,
               noise: NoiseConfig | None = None) -> Chip:
     """A session for chip `seed` (None: the stored weights, no programming noise).
@@ -84,6 +84,7 @@ def open_chip(out_dir: Path, seed: int | None = 0, *, read_noise: float = 0.0,
     """
     if read_noise < 0:
         raise ValueError(f"read noise must be >= 0, got {read_noise}")
+    out_dir = Path(out_dir)
     record = load_record(out_dir)
     if is_digital(record):
         return _open_digital(out_dir, record, read_noise=read_noise, fp=fp, threads=threads)
