@@ -5,7 +5,7 @@ One layer for every front end (torch program, ONNX file). A batch is a dict from
 name to a numpy array. Rules:
 
 - Text (a file or stdlib:SPLIT) is tokenized into non-overlapping windows of
-  calibration.seq_len tokens (at most the model's max_positions) (at most calibration.max_tokens; `held_back` more windows
+  calibration.seq_len tokens, at most the model's max_positions (at most
   are kept apart for the compile's fidelity check). Each window feeds every input by its
   name: input_ids the ids, attention_mask ones, token_type_ids zeros, position_ids
   0..T-1; a model with another input cannot read text (an error naming it).
