@@ -36,7 +36,7 @@ from afmc.data.tokenizer import (
 from afmc.eval.perplexity import token_windows
 from afmc.layout import TOKENIZER_DIR
 from afmc.mapping import analog_dependencies
-from afmc.models import BUILTIN_MODELS, resolve_model_path
+from afmc.models import BUILTIN_MODELS, model_paths, resolve_model_path
 from afmc.onnx_compile import (
     OnnxCompileResult,
     calibration_from_file,
@@ -44,11 +44,12 @@ from afmc.onnx_compile import (
     is_onnx_file,
     onnx_input_names,
 )
+from afmc.output_dir import staged_output
 from afmc.passes.fx.learned_ranges import META_RANGES
 from afmc.passes.layers import LayerRecord, layer_records
 from afmc.passes.registry import PassSpec, get_pass, resolve_passes
 from afmc.passes.verify import VerificationError, check_graph, output_drift
-from afmc.record import StepTimer, build_record, publish_outputs
+from afmc.record import StepTimer, build_record, write_outputs
 from afmc.runtime.chip import Chip, load_record, open_chip
 from afmc.targets import LowerContext, Target, get_target
 from afmc.train.trained_model import TRAINING_RECORD, read_learned_ranges, trained_config
@@ -195,7 +196,7 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     chosen = get_target(target)
     timed = StepTimer(progress)
     timings = timed.timings
-    with lowering.staged_output(output, force) as staged:
+    with staged_output(output, force, model_paths(model)) as staged:
         captured, model_dir = timed("capture", lambda: _capture(model, example_inputs))
         lm_tokenizer = load_tokenizer(model_dir) if model_dir is not None else None
         learned = None if recalibrate else read_learned_ranges(model_dir)
@@ -247,8 +248,7 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
         result = CompileResult(program, lowered, record, None, lm_tokenizer, context.files)
         if staged is not None:
             timed.progress("write")
-            publish_outputs(staged, Path(output), result.model, result.record,
-                            result.tokenizer, result.files)
+            write_outputs(staged, result.model, result.record, result.tokenizer, result.files)
             result.output = Path(output)
         return result
 

@@ -28,11 +28,12 @@ from afmc.data.tensors import SUFFIXES as TENSOR_SUFFIXES
 from afmc.data.tensors import load_tensor_batches
 from afmc.data.text_source import read_text
 from afmc.data.tokenizer import Tokenizer
+from afmc.output_dir import staged_output
 from afmc.passes.fx.fold_common import NOTES_KEY
 from afmc.passes.layers import META_KEY, LayerRecord
 from afmc.passes.onnx.place_layers import onnx_layer_records
 from afmc.passes.registry import get_pass, resolve_passes
-from afmc.record import StepTimer, build_record, publish_outputs
+from afmc.record import StepTimer, build_record, write_outputs
 from afmc.targets import get_target
 
 Progress = Callable[[str], None]
@@ -89,7 +90,7 @@ def compile_onnx(
         )
     timed = StepTimer(progress)
     timings = timed.timings
-    with lowering.staged_output(output, force) as staged:
+    with staged_output(output, force, [path]) as staged:
         model = timed("load", lambda: load_onnx_model(path))
         if any(node.domain == ops.DOMAIN for node in model.graph):
             raise ValueError(
@@ -118,8 +119,7 @@ def compile_onnx(
         compiled = OnnxCompileResult(model, record, None, tokenizer)
         if staged is not None:
             timed.progress("write")
-            publish_outputs(staged, Path(output), compiled.model, compiled.record,
-                            compiled.tokenizer)
+            write_outputs(staged, compiled.model, compiled.record, compiled.tokenizer)
             compiled.output = Path(output)
         return compiled
 
