@@ -31,10 +31,11 @@ from afmc.data.calibration import (
 from afmc.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
 from afmc.frontends import Frontend, TorchFrontend, open_frontend
 from afmc.layout import TOKENIZER_DIR
-from afmc.models import BUILTIN_MODELS
+from afmc.models import BUILTIN_MODELS, model_paths
+from afmc.output_dir import staged_output
 from afmc.passes.layers import LayerRecord
 from afmc.passes.registry import PassSpec, get_pass, resolve_passes
-from afmc.record import StepTimer, build_record, publish_outputs
+from afmc.record import StepTimer, build_record, write_outputs
 from afmc.runtime.chip import Chip, load_record, open_chip
 from afmc.targets import LowerContext, Target, get_target
 from afmc.train.trained_model import TRAINING_RECORD, trained_config
@@ -106,7 +107,7 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     config = config or _trained_or_default_config(model)
     chosen = get_target(target)
     timed = StepTimer(progress)
-    with lowering.staged_output(output, force) as staged:
+    with staged_output(output, force, model_paths(model)) as staged:
         frontend = timed("load" if isinstance(model, (str, Path)) and
                          str(model).lower().endswith(".onnx") else "capture",
                          lambda: open_frontend(model, example_inputs,
@@ -139,8 +140,7 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
                                None, frontend.tokenizer(), context.files)
         if staged is not None:
             timed.progress("write")
-            publish_outputs(staged, Path(output), result.model, result.record,
-                            result.tokenizer, result.files)
+            write_outputs(staged, result.model, result.record, result.tokenizer, result.files)
             result.output = Path(output)
         return result
 

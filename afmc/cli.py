@@ -1,8 +1,9 @@
 """The afmc command line: compile, run, eval, passes, targets.
 
 Errors a user can cause (missing model, corrupt config, unknown target, empty
-calibration file, existing output) print one line on stderr and exit 1, and
-leave no output directory behind.
+calibration file, existing output, an output over the input) print one line on
+stderr and exit 1, and leave no output directory behind; so do SIGINT (exit 130)
+and SIGTERM (exit 143) during a compile.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ out = Console()
 def _user_errors() -> Iterator[None]:
     from afmc.capture import CaptureError
     from afmc.config import ConfigError
+    from afmc.interrupts import Terminated
     from afmc.passes.verify import VerificationError
 
     try:
@@ -42,6 +44,12 @@ def _user_errors() -> Iterator[None]:
         message = error.args[0] if error.args else str(error)
         typer.echo(f"error: {message}", err=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        raise typer.Exit(130) from None
+    except Terminated as stop:
+        typer.echo("error: terminated", err=True)
+        raise typer.Exit(stop.code) from None
 
 
 @contextlib.contextmanager
@@ -97,7 +105,11 @@ def compile(  # noqa: A001
     """Compile MODEL for a target: writes OUTPUT/model.onnx and OUTPUT/afmc.json."""
     with _user_errors():
         from afmc.config import load_config
+        from afmc.models import model_paths
+        from afmc.output_dir import check_output
 
+        check_output(output, [*model_paths(model), *(Path(path) for path in
+                                                     (calib, tokenizer, config) if path)])
         overrides = list(set_ or [])
         if digital:
             overrides.append(f"placement.digital={json.dumps(list(digital))}")

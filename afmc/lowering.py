@@ -11,11 +11,7 @@ atomically (capture.onnx_export.save_model: external data above 1 GiB).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,42 +102,3 @@ def source_initializer(value: ir.Value) -> ir.Value:
     if producer is not None and producer.domain == ops.DOMAIN and producer.op_type == "SliceInput":
         return producer.inputs[0]
     return value
-
-
-@contextmanager
-def staged_output(output: str | Path | None, force: bool) -> Iterator[Path | None]:
-    """A staging directory for `output` (None: no output), removed if the block fails.
-
-    The block writes there and publishes it with publish_directory; a failed
-    compile leaves neither a half-written `output` nor the staging directory.
-    """
-    if output is None:
-        yield None
-        return
-    staged = stage_directory(Path(output), force)
-    try:
-        yield staged
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-
-
-def stage_directory(target: Path, force: bool) -> Path:
-    """A fresh temporary directory beside `target`, to be published with publish_directory."""
-    if target.exists() and not force:
-        raise FileExistsError(f"{target}: output exists (use --force to overwrite)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    staged.chmod(0o755)
-    return staged
-
-
-def publish_directory(staged: Path, target: Path) -> None:
-    """Replace `target` by the fully written `staged` directory."""
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-        os.replace(target, old / "previous")
-        os.replace(staged, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staged, target)

@@ -20,7 +20,6 @@ from afmc.capture.onnx_export import save_model
 from afmc.config import AfmcConfig
 from afmc.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 from afmc.layout import MODEL_FILE, RECORD_FILE, TOKENIZER_DIR
-from afmc.lowering import publish_directory
 from afmc.mapping import map_all_strategies
 from afmc.passes.layers import LayerRecord
 
@@ -109,9 +108,3 @@ def write_outputs(staged: Path, model: ir.Model, record: dict[str, Any],
     if isinstance(tokenizer, HFTokenizer):
         tokenizer.tokenizer.save_pretrained(staged / TOKENIZER_DIR)
 
-
-def publish_outputs(staged: Path, target: Path, model: ir.Model, record: dict[str, Any],
-                    tokenizer: Tokenizer | None, files: dict[str, ir.Model] | None = None) -> None:
-    """Write the compiled model into `staged` (write_outputs), then move it to `target`."""
-    write_outputs(staged, model, record, tokenizer, files)
-    publish_directory(staged, target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,16 @@ def resolve_model_path(name_or_path: str) -> Path:
             f"nor a built-in model ({builtins})"
         )
     return path
+
+
+def model_paths(model: object) -> list[Path]:
+    """The paths a model argument reads: a built-in's directory, or the path given (a
+    directory, a GGUF or ONNX file); none for a model object (an nn.Module)."""
+    if isinstance(model, str) and model in BUILTIN_MODELS:
+        return [BUILTIN_MODELS[model]]
+    if isinstance(model, (str, os.PathLike)):
+        return [Path(model)]
+    return []
 
 
 def afmc_tiny_config(**overrides: object) -> LlamaConfig:

@@ -23,6 +23,8 @@ top-k 50). Rules:
   disk and generates the missing ones, so an interrupted run resumed gives the
   same bytes as an uninterrupted one. Different options are refused, naming
   the first that differs; ``force=True`` deletes the shards and starts over.
+- DATA may not be, hold or lie inside the teacher model, nor be the current
+  directory (afmc.output_dir.check_output; checked before the model loads).
 """
 
 from __future__ import annotations
@@ -96,11 +98,13 @@ def synthesize(
     """
     _check_options(tokens, seq_len, shard_sequences, batch_size, temperature, top_k, top_p,
                    prompt_tokens)
-    from afmc.models import BUILTIN_MODELS, resolve_model_path
+    from afmc.models import BUILTIN_MODELS, model_paths, resolve_model_path
+    from afmc.output_dir import check_output
 
     name = str(model)
     path = resolve_model_path(name)
     output = Path(output)
+    check_output(output, model_paths(model))
     if output.exists() and not output.is_dir():
         raise NotADirectoryError(f"{output}: exists and is not a directory")
     lm = _load_teacher(path)

@@ -21,6 +21,8 @@ processes, so every process holds the same weights and ranges. The result in
 OUT is a Hugging Face directory (the trained weights, LoRA merged) plus the
 learned input ranges (afmc_ranges.safetensors, by module name) and the training
 record (afmc_training.json); ``afmc compile OUT`` compiles it with those ranges.
+OUT may not be, hold or lie inside the model or the training data, nor be the
+current directory (afmc.output_dir.check_output; checked before any work).
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ from torch.nn.parallel import DistributedDataParallel
 from afmc.capture.hf import load_causal_lm
 from afmc.config import AfmcConfig, TrainingConfig, config_from_dict
 from afmc.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
-from afmc.models import resolve_model_path
+from afmc.models import model_paths, resolve_model_path
+from afmc.output_dir import check_output
 from afmc.train import checkpoint
 from afmc.train.analog_layer import (
     analog_layers,
@@ -204,6 +207,7 @@ def train(model: str | Path, data: str | Path, output: str | Path,
     is a time budget: training stops after the first step that ends past it (the schedule
     stays the one of training.steps), checkpoints and writes the result as at the end.
     """
+    check_output(output, [*model_paths(model), Path(str(data))])
     config = config or AfmcConfig()
     settings = config.training
     rank, world, device = _distributed(device)
