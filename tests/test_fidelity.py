@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 import afmc.api
 from afmc.cli import app
 from afmc.config import load_config
+from afmc.data.calibration import split_text
 from afmc.data.tokenizer import ByteTokenizer
 from afmc.eval.fidelity import FidelityWarning
 from afmc.eval.perplexity import perplexity
@@ -23,9 +24,9 @@ SETTINGS = ["calibration.seq_len=32", "calibration.max_tokens=256"]
 
 def _held_back_windows(text: str) -> np.ndarray:
     config = load_config(None, SETTINGS).calibration
-    batches, held = afmc.api.split_text(ByteTokenizer(), text, "calib", config, 2)
-    assert sum(len(b[0]) for b in batches) == 256 // 32 and len(held[0][0]) == 2
-    return held[0][0].numpy()
+    batches, held = split_text(ByteTokenizer(), text, "calib", config, 2)
+    assert sum(len(b) for b in batches) == 256 // 32 and len(held[0]) == 2
+    return held[0]
 
 
 def test_fidelity_matches_an_independent_evaluation(model_dirs, calibration_text, tmp_path):
