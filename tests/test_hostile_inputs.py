@@ -174,6 +174,24 @@ def _emptied(assets: Assets, tmp: Path, name: str) -> Path:
     return model
 
 
+def _custom_domain_onnx(path: Path) -> Path:
+    """An ONNX file with a MatMul and a com.example Swish node that has no local function."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
+    weight = numpy_helper.from_array(np.eye(8, dtype=np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Swish", ["h"], ["y"], name="act", domain="com.example")]
+    graph = helper.make_graph(nodes, "custom", [x], [y], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.example", 1)])
+    return _write(path, model.SerializeToString())
+
+
+def _calibration(path: Path) -> Path:
+    np.savez(path, x=np.ones((4, 1, 8), dtype=np.float32))
+    return path
+
+
 def _loop(tmp: Path) -> Path:
     (tmp / "loop").symlink_to(tmp / "loop")
     return tmp / "loop"
@@ -287,6 +305,10 @@ ROWS: list[tuple[str, Callable[[Path, Assets], Expect]]] = [
                                           "m.gguf", "cannot load the GGUF model")),
     ("paths-with-spaces-and-unicode-work", lambda t, a: _with(_synth(
         t / "dir ü", shutil.copytree(a.hf_dir, t / "my models" / "tïny model ✓")), kind="ok")),
+    ("onnx-custom-domain-without-function", lambda t, a: _with(Expect(
+        ["compile", str(_custom_domain_onnx(t / "m.onnx")), "-o", str(t / "o"), "--calib",
+         str(_calibration(t / "x.npz"))],
+        absent=[t / "o"]), "m.onnx", "'act'", "'com.example'")),
     # a compiled OUT directory: afmc.json, model.onnx, context length (afmc.runtime)
     ("record-corrupt-json", lambda t, a: _with(_report(_compiled(t / "o", record="{")),
                                                "afmc.json: not valid JSON", "line 1 column 2")),
