@@ -32,17 +32,28 @@ out = Console()
 
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
-    from afmc.capture import CaptureError
-    from afmc.config import ConfigError
+    """Print a user error as one line `error: ...` and exit 1, and every InputWarning as
+    one line `warning: ...` (afmc.user_errors); other errors keep their traceback."""
     from afmc.interrupts import Terminated
-    from afmc.passes.verify import VerificationError
+    from afmc.user_errors import InputWarning, is_user_error, user_message
+
+    show = warnings.showwarning
+
+    def show_input_warning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, InputWarning):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            show(message, category, filename, lineno, file, line)
 
     try:
-        yield
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, KeyError,
-            CaptureError, ConfigError, VerificationError) as error:
-        message = error.args[0] if error.args else str(error)
-        typer.echo(f"error: {message}", err=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", InputWarning)
+            warnings.showwarning = show_input_warning
+            yield
+    except Exception as error:
+        if not is_user_error(error):
+            raise
+        typer.echo(f"error: {user_message(error)}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)
@@ -249,8 +260,11 @@ def train(
     with _user_errors():
         import os
 
+        from afmc.train.options import check_train_options
+
+        check_train_options(data=data, steps=steps, lora_rank=lora_rank,
+                            max_minutes=max_minutes, device=device)
         from afmc.config import load_config
-        from afmc.train.trainer import train as train_model
 
         overrides = list(set_ or [])
         if steps is not None:
@@ -260,6 +274,8 @@ def train(
         if digital:
             overrides.append(f"placement.digital={json.dumps(list(digital))}")
         cfg = load_config(config, overrides)
+        from afmc.train.trainer import train as train_model
+
         if device.startswith("cuda"):
             import torch
 
@@ -383,6 +399,10 @@ def synth(
 ) -> None:
     """Sample training text from MODEL itself; rerun the same command to resume."""
     with _user_errors():
+        from afmc.train.synth_options import check_synth_options
+
+        check_synth_options(tokens, seq_len, shard_sequences, batch_size, temperature, top_k,
+                            top_p)
         from afmc.train.synth import synthesize
 
         bar = _progress()
@@ -417,8 +437,16 @@ def report(
 ) -> None:
     """Layers, tiles and utilization of a compiled model; draws its tile map as SVG."""
     with _user_errors():
+        from afmc.mapping import STRATEGIES
         from afmc.report import report as print_report
 
+        if strategy is not None and strategy not in STRATEGIES:
+            raise ValueError(f"--strategy {strategy!r}: unknown tile strategy (known: "
+                             f"{', '.join(STRATEGIES)})")
+        if svg is not None:
+            existing = next(parent for parent in svg.absolute().parents if parent.exists())
+            if not existing.is_dir():
+                raise NotADirectoryError(f"--svg {svg}: {existing} is not a directory")
         print_report(compiled, svg=svg, strategy=strategy, console=out)
 
 

@@ -3,14 +3,17 @@
 Every knob of the analog forward path (shared/HARDWARE.md, `afm` profile), the
 calibration and the programming-noise model is a field here. Configurations
 load from YAML or JSON and take CLI overrides of the form ``section.field=value``;
-unknown or invalid values are rejected with a message naming the field.
+unknown or invalid values are rejected with a message naming the file (or the
+override) and the field. Numbers must be finite (no inf or nan); ranges, bounds,
+resolutions, sizes and counts must be positive, noise and decay strengths >= 0.
+A configuration file must be UTF-8 and parse as YAML (JSON for ``*.json``);
+errors name the file and the line.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -30,7 +33,7 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class HardwareConfig(_Section):
@@ -216,7 +219,8 @@ class TrainingConfig(_Section):
     learning_rate: float = Field(2e-5, gt=0, description="AdamW learning rate of the weights.")
     range_learning_rate: float = Field(
         1e-3, gt=0, description="AdamW learning rate of the input ranges (no weight decay).")
-    betas: tuple[float, float] = (0.9, 0.98)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9, 0.98)
     eps: float = Field(1e-6, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup: float = Field(0.016, ge=0, lt=1, description="Warm-up fraction of the steps.")
@@ -270,27 +274,44 @@ def config_from_dict(data: dict[str, Any], source: str = "configuration") -> Afm
 def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = (),
                 base: dict[str, Any] | None = None) -> AfmcConfig:
     """Load a YAML/JSON file (or `base`, or the defaults) and apply ``section.field=value``
-    overrides."""
+    overrides; an invalid value's error names the override that set it, else the file."""
     data: dict[str, Any] = dict(base or {})
     source = "trained configuration" if base else "defaults"
     if path is not None:
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: configuration file not found")
-        try:
-            text = path.read_text()
-            loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as error:
-            raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: "
-                              f"{str(error).splitlines()[0]}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        data = loaded
+        data = _read_config_file(Path(path))
     for override in overrides:
         _apply_override(data, override)
-    return config_from_dict(data, source)
+    try:
+        return AfmcConfig.model_validate(data)
+    except ValidationError as error:
+        field = [str(part) for part in error.errors()[0]["loc"][:2]]
+        named = [o for o in overrides if o.partition("=")[0].strip().split(".") == field]
+        where = f"--set {named[-1]}" if named else source
+        raise ConfigError(f"{where}: {_describe(error)}") from None
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The mapping of sections in the YAML/JSON file `path` (see the module rules)."""
+    from afmc.input_files import parse_json, read_utf8_text
+
+    try:
+        text = read_utf8_text(path, "configuration file")
+        loaded = parse_json(text, path) if path.suffix == ".json" else yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML ({problem}{where})") from None
+    except (OSError, ValueError) as error:
+        from afmc.user_errors import user_message
+
+        raise ConfigError(user_message(error)) from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return loaded
 
 
 def _apply_override(data: dict[str, Any], override: str) -> None:

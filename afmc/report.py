@@ -8,11 +8,13 @@ configured strategy's, else one-per-tile; a stored map is used as stored, every
 other map is computed from the layers and the configuration. Prints a table of
 the layers and one of the tile totals of every strategy, and draws the map as
 SVG (default OUT/tile_map.svg).
+
+An afmc.json that is not JSON, lacks "config" or "layers", or whose entries lack
+a field the tables need is an error naming the file and the field.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from afmc.input_files import read_json_object
 from afmc.layout import RECORD_FILE
 from afmc.mapping import STRATEGIES, TileMap, map_tiles, write_tile_map_svg
 
@@ -121,11 +124,18 @@ def report(
     path = Path(out_dir) / RECORD_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{out_dir}: no {RECORD_FILE} (run 'afmc compile' first)")
-    record = json.loads(path.read_text())
-    chosen, maps = tile_maps(record, strategy)
+    record = read_json_object(path, "afmc record", ("config", "layers"))
+    try:
+        chosen, maps = tile_maps(record, strategy)
+        tables = layer_table(record["layers"], maps[chosen]), strategy_table(maps, chosen)
+    except KeyError as error:
+        raise ValueError(f"{path}: not a valid afmc record (no {error.args[0]!r} field)"
+                         ) from None
+    except TypeError as error:
+        raise ValueError(f"{path}: not a valid afmc record ({error})") from None
     console = console or Console()
-    console.print(layer_table(record["layers"], maps[chosen]))
-    console.print(strategy_table(maps, chosen))
+    console.print(tables[0])
+    console.print(tables[1])
     written = write_tile_map_svg(maps[chosen], svg or Path(out_dir) / SVG_FILE)
     console.print(f"tile map ({chosen}) -> {written}")
     return MappingReport(maps[chosen], maps, written)

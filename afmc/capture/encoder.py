@@ -24,6 +24,7 @@ from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
 from afmc.capture.errors import CaptureError, first_line
 from afmc.capture.hf import EXAMPLE_BATCH, attention_implementation, read_config
+from afmc.capture.loading_info import check_loading_info
 from afmc.capture.torch_module import CapturedModel, capture_module
 
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -65,16 +66,19 @@ def load_encoder(model_dir: Path) -> PreTrainedModel:
     """The bare encoder of `model_dir` (AutoModel), float32, eval mode, without its pooler.
 
     Raises:
-        CaptureError: the config or the weights cannot be loaded.
+        CaptureError: the config or the weights cannot be loaded, or the weights lack
+            a tensor or hold one of the wrong shape (capture.loading_info).
     """
     config = read_config(model_dir)
     model_class = AutoModel._model_mapping[type(config)]
     try:
-        model = AutoModel.from_pretrained(
+        model, info = AutoModel.from_pretrained(
             model_dir, local_files_only=True, dtype=torch.float32,
-            attn_implementation=attention_implementation(model_class))
+            attn_implementation=attention_implementation(model_class),
+            output_loading_info=True, ignore_mismatched_sizes=True)
     except Exception as exc:
         raise CaptureError(f"{model_dir}: cannot load the encoder ({first_line(exc)})") from exc
+    check_loading_info(model_dir, info)
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # its [CLS] output is unused by the mean pooling
     return model.eval()

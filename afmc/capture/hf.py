@@ -50,6 +50,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from afmc.capture.errors import CaptureError, first_line
 from afmc.capture.gguf import SUFFIX as GGUF_SUFFIX
 from afmc.capture.gguf import find_gguf, load_gguf_model
+from afmc.capture.loading_info import check_loading_info
 from afmc.capture.moe import densify_experts
 from afmc.capture.torch_module import CapturedModel, capture_module
 
@@ -111,7 +112,8 @@ def load_causal_lm(path: str | os.PathLike) -> PreTrainedModel:
 
     Raises:
         CaptureError: the path is missing, config.json is missing or unreadable,
-            the model type has no causal-LM class, or the weights cannot be loaded.
+            the model type has no causal-LM class, or the weights cannot be loaded,
+            lack a tensor or hold one of the wrong shape (capture.loading_info).
     """
     path = Path(path)
     if not path.exists():
@@ -125,12 +127,14 @@ def load_causal_lm(path: str | os.PathLike) -> PreTrainedModel:
     model_class = causal_lm_class(config, str(path / "config.json"))
     try:
         transformers.utils.logging.disable_progress_bar()
-        model = AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, dtype=torch.float32,
             attn_implementation=attention_implementation(model_class),
+            output_loading_info=True, ignore_mismatched_sizes=True,
         )
     except Exception as exc:
         raise CaptureError(f"{path}: cannot load the model ({first_line(exc)})") from exc
+    check_loading_info(path, info)
     return model.eval()
 
 

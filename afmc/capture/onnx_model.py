@@ -4,6 +4,10 @@ The file is parsed without reading external data (onnx_ir maps it lazily), so a
 large model loads quickly; every external tensor is then checked against its
 data file, so a missing or truncated `<name>.data` is reported here, naming the
 file and the first tensor it lacks, rather than deep inside a later pass.
+
+A node of a domain onnxruntime does not implement (not the standard one,
+ai.onnx.ml nor com.microsoft), for which the model holds no local
+function, is an error naming the node and its domain: nothing could run it.
 """
 
 from __future__ import annotations
@@ -15,13 +19,16 @@ import onnx_ir as ir
 
 from afmc.capture.errors import CaptureError, first_line
 
+RUNNABLE_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+
 
 def load_onnx_model(path: str | os.PathLike) -> ir.Model:
     """Load `path` as an onnx_ir model.
 
     Raises:
         CaptureError: the file is missing or not a readable ONNX model, the model has
-            no graph nodes, or an external data file is missing or too short.
+            no graph nodes, a node of an unknown domain has no local function, or an
+            external data file is missing or too short.
     """
     path = Path(path)
     if not path.is_file():
@@ -32,8 +39,19 @@ def load_onnx_model(path: str | os.PathLike) -> ir.Model:
         raise CaptureError(f"{path}: not a valid ONNX model ({first_line(exc)})") from exc
     if len(model.graph) == 0:
         raise CaptureError(f"{path}: the ONNX graph has no nodes")
+    _check_domains(path, model)
     _check_external_data(path, model)
     return model
+
+
+def _check_domains(path: Path, model: ir.Model) -> None:
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.domain not in RUNNABLE_DOMAINS and node.op_identifier() not in model.functions:
+            raise CaptureError(
+                f"{path}: node {node.name or node.op_type!r} is {node.op_type} of the custom "
+                f"domain {node.domain!r}, and the model holds no function for it "
+                "(onnxruntime cannot run it)"
+            )
 
 
 def _check_external_data(path: Path, model: ir.Model) -> None:

@@ -9,11 +9,16 @@ Optional read noise draws fresh output noise on every inference.
 A digital target (int8, int4; its record has a "digital" section) has no noise:
 every seed is the same one chip, the session runs the quantized file, and the FP
 view is the floating-point lowering stored beside it (OUT/reference.onnx).
+
+Bad input is a one-line error naming the file: OUT/afmc.json that is not JSON or
+lacks one of RECORD_KEYS, a model.onnx that does not parse or that onnxruntime
+cannot load or run. When the record holds "max_positions" (the language
+model's max_position_embeddings), running a longer sequence is an error naming
+the length and the limit.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +29,14 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from afmc.input_files import read_json_object
 from afmc.layout import MODEL_FILE, RECORD_FILE
 from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
-from afmc.runtime.sessions import session_options
+from afmc.runtime.sessions import open_session, run_session, session_options
 from afmc.runtime.views import fp_reference, with_read_noise
 
 INLINE_LIMIT = 3 << 29  # 1.5 GiB: protobuf cannot serialise a model over 2 GiB
+RECORD_KEYS = ("target", "inputs", "outputs", "config", "layers")
 
 
 def load_record(out_dir: Path) -> dict[str, Any]:
@@ -38,7 +45,27 @@ def load_record(out_dir: Path) -> dict[str, Any]:
     if not path.is_file() or not (out_dir / MODEL_FILE).is_file():
         raise FileNotFoundError(f"{out_dir}: not a compiled afmc model (no {RECORD_FILE} "
                                 f"and {MODEL_FILE}; run 'afmc compile' first)")
-    return json.loads(path.read_text())
+    return read_json_object(path, "afmc record", RECORD_KEYS)
+
+
+def load_model_file(path: Path) -> onnx.ModelProto:
+    """The ONNX model in `path` (external data loaded); ValueError naming it if corrupt."""
+    try:
+        return onnx.load(str(path))
+    except Exception as error:  # protobuf's DecodeError and onnx's errors vary by version
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(f"{path}: not a valid ONNX model ({first or type(error).__name__})"
+                         ) from None
+
+
+def check_sequence_length(inputs: tuple[np.ndarray, ...], max_positions: int | None) -> None:
+    """Raise ValueError when an input's sequence axis (axis 1) exceeds `max_positions`."""
+    if max_positions is None:
+        return
+    for array in inputs:
+        if array.ndim >= 2 and array.shape[1] > max_positions:
+            raise ValueError(f"a sequence of {array.shape[1]} tokens exceeds the model's "
+                             f"{max_positions} positions (max_position_embeddings)")
 
 
 @dataclass
@@ -49,14 +76,18 @@ class Chip:
     seed: int | None
     input_names: list[str]
     output_name: str
+    path: Path | None = None
+    max_positions: int | None = None
 
     def run(self, *inputs: np.ndarray) -> np.ndarray:
         """The first output for the model's inputs, given in the order of its graph inputs."""
         if len(inputs) != len(self.input_names):
             raise ValueError(f"the model takes {len(self.input_names)} input(s) "
                              f"({', '.join(self.input_names)}), got {len(inputs)}")
+        check_sequence_length(inputs, self.max_positions)
         feeds = dict(zip(self.input_names, inputs, strict=True))
-        return self.session.run([self.output_name], feeds)[0]
+        return run_session(self.session, [self.output_name], feeds,
+                           self.path or MODEL_FILE)[0]
 
 
 def programmed_weights(model: onnx.ModelProto, record: dict[str, Any], noise: NoiseConfig,
@@ -88,7 +119,7 @@ def open_chip(out_dir: str | Path, seed: int | None = 0, *, read_noise: float = 
     record = load_record(out_dir)
     if is_digital(record):
         return _open_digital(out_dir, record, read_noise=read_noise, fp=fp, threads=threads)
-    model = onnx.load(str(out_dir / MODEL_FILE))
+    model = load_model_file(out_dir / MODEL_FILE)
     if noise is None:
         noise = NoiseConfig.model_validate(record["config"]["noise"])
     if fp:
@@ -98,8 +129,9 @@ def open_chip(out_dir: str | Path, seed: int | None = 0, *, read_noise: float = 
         program_into(model, programmed_weights(model, record, noise, seed))
     if read_noise > 0 and not fp:
         model = with_read_noise(model, read_noise)
-    session = model_session(model, session_options(threads))
-    return Chip(session, seed, list(record["inputs"]), record["outputs"][0])
+    session = model_session(model, session_options(threads), out_dir / MODEL_FILE)
+    return Chip(session, seed, list(record["inputs"]), record["outputs"][0],
+                out_dir / MODEL_FILE, record.get("max_positions"))
 
 
 def program_into(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> None:
@@ -116,15 +148,17 @@ def program_into(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> None
                                                          initializer.name))
 
 
-def model_session(model: onnx.ModelProto, options: ort.SessionOptions) -> ort.InferenceSession:
-    """An onnxruntime session of an in-memory model; over 1.5 GiB via a temporary file."""
-    providers = ["CPUExecutionProvider"]
+def model_session(model: onnx.ModelProto, options: ort.SessionOptions,
+                  name: Path = Path(MODEL_FILE)) -> ort.InferenceSession:
+    """An onnxruntime session of an in-memory model; over 1.5 GiB via a temporary file.
+
+    `name` (the file the model came from) names it in a load error."""
     if model.ByteSize() < INLINE_LIMIT:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        return open_session(model.SerializeToString(), options, name)
     with tempfile.TemporaryDirectory(prefix="afmc-chip-") as tmp:
         path = Path(tmp) / MODEL_FILE
         onnx.save(model, str(path), save_as_external_data=True, location=f"{MODEL_FILE}.data")
-        return ort.InferenceSession(str(path), options, providers=providers)
+        return open_session(path, options, name)
 
 
 def is_digital(record: dict[str, Any]) -> bool:
@@ -139,6 +173,6 @@ def _open_digital(out_dir: Path, record: dict[str, Any], *, read_noise: float, f
         raise ValueError(f"read noise applies to analog targets; {out_dir} is a "
                          f"{record['target']} (digital) model")
     path = out_dir / (record["digital"]["reference"] if fp else MODEL_FILE)
-    session = ort.InferenceSession(str(path), session_options(threads),
-                                   providers=["CPUExecutionProvider"])
-    return Chip(session, None, list(record["inputs"]), record["outputs"][0])
+    session = open_session(path, session_options(threads), path)
+    return Chip(session, None, list(record["inputs"]), record["outputs"][0], path,
+                record.get("max_positions"))

@@ -1,14 +1,64 @@
-"""ONNX Runtime session options shared by the chip runtime and ORT-based calibration."""
+"""ONNX Runtime sessions shared by the chip runtime and ORT-based calibration.
+
+Rule: onnxruntime's own exception types (Fail, InvalidArgument, InvalidGraph, ...)
+derive from Exception only; `open_session` and `run_session` turn them into a
+one-line ValueError naming the model file, so a corrupt or unrunnable model.onnx
+is a user error, not a traceback.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import onnxruntime as ort
+
+PROVIDERS = ["CPUExecutionProvider"]
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """Quiet session options, with `threads` intra-op threads when given."""
+    """Silent session options (failures surface as exceptions), with `threads` intra-op
+    threads when given."""
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     if threads:
         options.intra_op_num_threads = threads
     return options
+
+
+def is_ort_error(error: BaseException) -> bool:
+    """Whether `error` is one of onnxruntime's exception types."""
+    return type(error).__module__.startswith("onnxruntime")
+
+
+def open_session(model: bytes | str | Path, options: ort.SessionOptions,
+                 name: Path) -> ort.InferenceSession:
+    """A CPU session of `model` (serialized bytes or a file); ValueError naming `name`."""
+    try:
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                    options, providers=PROVIDERS)
+    except Exception as error:
+        if not is_ort_error(error):
+            raise
+        raise ValueError(f"{name}: onnxruntime cannot load the model "
+                         f"({_first_line(error)})") from None
+
+
+def run_session(session: ort.InferenceSession, outputs: list[str],
+                feeds: dict[str, np.ndarray], name: Path | str) -> list[np.ndarray]:
+    """session.run(outputs, feeds); onnxruntime's failure a ValueError naming `name`."""
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4
+    try:
+        return session.run(outputs, feeds, quiet)
+    except Exception as error:
+        if not is_ort_error(error):
+            raise
+        raise ValueError(f"{name}: onnxruntime failed to run the model "
+                         f"({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

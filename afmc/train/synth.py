@@ -25,6 +25,9 @@ top-k 50). Rules:
   the first that differs; ``force=True`` deletes the shards and starts over.
 - DATA may not be, hold or lie inside the teacher model, nor be the current
   directory (afmc.output_dir.check_output; checked before the model loads).
+- Options out of range (afmc.train.synth_options) are refused before the model
+  loads, naming the option. A corrupt ``synth.json`` or shard is an error
+  naming the file.
 """
 
 from __future__ import annotations
@@ -36,12 +39,15 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
+
+from afmc.input_files import read_json_object
+from afmc.train.synth_options import check_synth_options
 
 RECORD = "synth.json"
 _SHARD = "shard-{:05d}.npy"
@@ -96,8 +102,8 @@ def synthesize(
         NotADirectoryError: ``output`` is a file.
         CaptureError: the model cannot be loaded.
     """
-    _check_options(tokens, seq_len, shard_sequences, batch_size, temperature, top_k, top_p,
-                   prompt_tokens)
+    check_synth_options(tokens, seq_len, shard_sequences, batch_size, temperature, top_k,
+                        top_p, prompt_tokens)
     from afmc.models import BUILTIN_MODELS, model_paths, resolve_model_path
     from afmc.output_dir import check_output
 
@@ -158,35 +164,16 @@ def load_token_sequences(data: Path) -> np.ndarray:
     record_path = data / RECORD
     if not record_path.is_file():
         raise FileNotFoundError(f"{data}: no {RECORD} (not the output of afmc synth)")
-    record = json.loads(record_path.read_text(encoding="utf-8"))
+    record = read_json_object(record_path, "afmc synth record",
+                              ("complete", "shards", "sequences", "seq_len"))
     if not record["complete"]:
         raise ValueError(f"{data} is incomplete; rerun afmc synth to finish it")
-    shards = [np.load(data / _SHARD.format(i)) for i in range(record["shards"])]
+    shards = [_load_shard(data / _SHARD.format(i)) for i in range(record["shards"])]
     ids = np.concatenate(shards).astype(np.int64)
     if ids.shape != (record["sequences"], record["seq_len"]):
         raise ValueError(f"{data}: shards hold {list(ids.shape)} tokens, {RECORD} says "
                          f"[{record['sequences']}, {record['seq_len']}]")
     return ids
-
-
-def _check_options(tokens: int, seq_len: int, shard_sequences: int, batch_size: int,
-                   temperature: float, top_k: int, top_p: float,
-                   prompt_tokens: Sequence[int] | None) -> None:
-    """Reject out-of-range options before the model is loaded."""
-    if tokens <= 0:
-        raise ValueError(f"--tokens must be positive, got {tokens}")
-    if seq_len < 2:
-        raise ValueError(f"--seq-len must be at least 2, got {seq_len}")
-    if shard_sequences < 1 or batch_size < 1:
-        raise ValueError("--shard-sequences and --batch-size must be at least 1")
-    if not temperature > 0:
-        raise ValueError(f"--temperature must be positive, got {temperature}")
-    if top_k < 0:
-        raise ValueError(f"--top-k must be >= 0 (0: off), got {top_k}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"--top-p must lie in (0, 1], got {top_p}")
-    if prompt_tokens is not None and not 0 < len(prompt_tokens) < seq_len:
-        raise ValueError(f"the prompt must hold 1 to {seq_len - 1} tokens (--seq-len {seq_len})")
 
 
 def _load_teacher(path: Path) -> PreTrainedModel:
@@ -222,7 +209,7 @@ def _prepare_output(output: Path, record: dict, force: bool) -> None:
         for old in [*output.glob("shard-*.npy"), recorded_path]:
             old.unlink(missing_ok=True)
     elif recorded_path.is_file():
-        recorded = json.loads(recorded_path.read_text(encoding="utf-8"))
+        recorded = read_json_object(recorded_path, "afmc synth record")
         for key in _OPTIONS:
             if recorded.get(key) != record[key]:
                 raise ValueError(
@@ -241,11 +228,19 @@ def _kept_shard(path: Path, rows: int, seq_len: int) -> bool:
     """Whether the shard ``path`` is on disk; raises ``ValueError`` when its shape is wrong."""
     if not path.is_file():
         return False
-    shard = np.load(path, mmap_mode="r")
+    shard = _load_shard(path, mmap_mode="r")
     if shard.shape != (rows, seq_len) or shard.dtype != np.int32:
         raise ValueError(f"{path}: holds {shard.dtype} {list(shard.shape)}, expected int32 "
                          f"[{rows}, {seq_len}] (use --force to start over)")
     return True
+
+
+def _load_shard(path: Path, mmap_mode: Literal["r"] | None = None) -> np.ndarray:
+    """The array in the shard file ``path``; ValueError naming it when it is not one."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, EOFError) as error:
+        raise ValueError(f"{path}: not a readable shard ({error})") from None
 
 
 def _shard_seed(seed: int, index: int) -> int:

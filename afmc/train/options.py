@@ -1,0 +1,38 @@
+"""The ranges of ``afmc train``'s own options, checked before anything loads.
+
+Rules: --steps >= 1, --lora-rank >= 0, --max-minutes positive and finite,
+--device cpu, cuda or cuda:N, and --data an afmc synth directory, a built-in
+text (stdlib:...) or a text file that read_text accepts (read here, so a bad
+file fails before the model loads). Each violation is a ValueError (or
+OSError) naming the option or the file.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from afmc.data.text_source import BUILTIN_TEXTS, read_text
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def check_train_options(*, data: str, steps: int | None, lora_rank: int | None,
+                        max_minutes: float | None, device: str) -> None:
+    """Raise naming the first option of ``afmc train`` that is out of range."""
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {steps}")
+    if lora_rank is not None and lora_rank < 0:
+        raise ValueError(f"--lora-rank must be >= 0 (0: full fine-tuning), got {lora_rank}")
+    if max_minutes is not None and not (math.isfinite(max_minutes) and max_minutes > 0):
+        raise ValueError(f"--max-minutes must be positive and finite, got {max_minutes}")
+    if not _DEVICE.fullmatch(device):
+        raise ValueError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    if data in BUILTIN_TEXTS or Path(data).is_dir():
+        return
+    if not data.startswith("stdlib:") and not Path(data).is_symlink() and \
+            not Path(data).exists():
+        raise FileNotFoundError(f"--data {data}: no such file or directory (expected afmc "
+                                f"synth output, a text file or one of {', '.join(BUILTIN_TEXTS)})")
+    read_text(data)
