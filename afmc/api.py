@@ -129,7 +129,9 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
         record = build_record(target=chosen.name, source=frontend.source, layers=layers,
                               config=config, timings=timed.timings,
                               calibration_source=data.source if data else None,
-                              tokenizer=frontend.tokenizer(), **frontend.record_fields())
+                              tokenizer=frontend.tokenizer(),
+                              max_positions=frontend.signature.max_positions,
+                              **frontend.record_fields())
         record.update(context.record)
         if data is not None and not data.synthetic and _checks_fidelity(chosen, config):
             record["fidelity"] = timed("fidelity", lambda: frontend.fidelity(

@@ -61,6 +61,7 @@ def build_record(
     tokenizer: Tokenizer | None,
     fold_notes: list[dict[str, Any]],
     dependencies: list[tuple[str, str]],
+    max_positions: int | None = None,
 ) -> dict[str, Any]:
     """The record of one compile."""
     analog = [layer for layer in layers if layer.placement == "analog"]
@@ -78,6 +79,7 @@ def build_record(
         "source": source,
         "inputs": inputs,
         "outputs": outputs,
+        "max_positions": max_positions,  # the longest sequence a text model takes, if known
         "tokenizer": tokenizer_kind(tokenizer),
         "calibration": calibration_source,
         "config": config.model_dump(mode="json"),

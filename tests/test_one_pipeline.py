@@ -277,3 +277,43 @@ def test_a_model_with_nothing_to_accelerate_says_so(tmp_path):
     np.savez(tmp_path / "xw.npz", x=np.ones((4, 4), np.float32), w=np.ones((4, 4), np.float32))
     with pytest.warns(NoAcceleratedLayersWarning, match="mm.onnx: no layer runs on the int8"):
         afmc.compile(tmp_path / "mm.onnx", "int8", calibration=tmp_path / "xw.npz")
+
+
+COMPILE_OPTION_CASES = [
+    (["--target", "tpu"], r"unknown target 'tpu' \(known: aimc, int8, int4, fp\)"),
+    (["--tokenizer", "/nonexistent"], r"no tokenizer for /nonexistent"),
+    (["--digital", "["], r"placement.digital\[0\]: bad pattern '\['"),
+    (["--digital", "nomatch"], r"placement.digital\[0\] \(regex 'nomatch' -> digital\) "
+                               r"matches no layer"),
+    (["--set", "calibration.method=bogus"], r"calibration.method: Input should be"),
+    (["--passes", "onnx-place-layers,calibrate"],
+     r"pass 'calibrate' runs on the torch program, not on this input"),
+    (["--passes", "bogus"], r"unknown pass 'bogus' \(known: "),
+    (["--skip", "calibrate"], r"--skip calibrate: not among the passes of this compile"),
+    (["--save-intermediate"], r"--verify and --save-intermediate apply to the torch path"),
+    (["--verify"], r"--verify and --save-intermediate apply to the torch path"),
+    (["--calib", "{tmp}/absent.npz"], r"absent.npz: calibration file not found"),
+    (["--calib", "{readme}"], r"text calibration feeds a model whose inputs are among "
+                              r"input_ids, .* this model takes features float32\[batch, 24\]"),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), COMPILE_OPTION_CASES,
+                         ids=[" ".join(case[0]) for case in COMPILE_OPTION_CASES])
+def test_every_compile_option_refuses_bad_values_in_one_line(exports, tmp_path, options,
+                                                              message):
+    from typer.testing import CliRunner
+
+    from afmc.cli import app
+
+    values = [option.format(tmp=tmp_path, readme=ROOT / "README.md") for option in options]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["compile", str(exports["mlp"]), "-o", str(out),
+                                      "--calib", str(exports["mlp"].parent / "calib.npz"),
+                                      *values])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and result.exception is None or \
+        isinstance(result.exception, SystemExit), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert __import__("re").search(message, lines[0]), lines[0]
+    assert not out.exists() and not list(tmp_path.glob(".out*")), "nothing left behind"
