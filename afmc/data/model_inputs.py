@@ -6,15 +6,15 @@ of input tuples (batches, joined along the first axis). Labels: a .npy of intege
 class ids, one per sample.
 
 Rules, each broken one a ValueError naming the file and the input or field:
-- names: every model input has an array, and every array is a model input;
-- dtype: an array is cast to the input's type when numpy calls the cast safe
-  (int32 -> int64, uint8 -> float32) or when both are floating point
-  (float64 -> float32); anything else (float for an integer input) is refused;
-- shape: the rank is the graph input's, and every dimension the graph fixes is
-  matched, except the first (samples): a fixed first dimension B is the compiled
-  batch size, so the sample count must be a multiple of B (run B at a time);
-- values: floating-point inputs are finite (no NaN or inf, also after the cast);
-- samples: the first dimension is the sample axis, the same (> 0) for all inputs;
+- samples: the first axis is the sample axis, of the same (> 0) length in every array;
+- batches: a model whose inputs fix the first axis to B (the compiled batch size)
+  runs B samples at a time, so the sample count must be a multiple of B; a model
+  with a free first axis runs BATCH_SIZE at a time;
+- every batch then passes the calibration checks against the model's signature
+  (data.calibration.validate_batches): input names (missing, unknown), dtype kind
+  (a float for an integer input is refused; the width is cast, float64 -> float32,
+  int32 -> int64), rank, every static dimension, finite values, token ids within
+  the vocabulary;
 - labels: integer, one dimension, one per sample, within [0, classes) of the
   first output, which must be [samples, classes] (checked once its size is known).
 """
@@ -27,18 +27,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from afmc.runtime.signature import TensorSpec
+from afmc.data.calibration import Batch, ModelSignature, validate_batches
+from afmc.data.tensors import SUFFIXES
 
-SUFFIXES = (".npy", ".npz", ".pt")
+BATCH_SIZE = 64
 
 
 @dataclass
 class ModelInputs:
-    """Checked input arrays in the model's input order, their sample count and batch size."""
+    """Checked input batches (dicts by input name, cast to the model's dtypes) and their
+    sample count."""
 
-    arrays: dict[str, np.ndarray]
+    batches: list[Batch]
     samples: int
-    batch: int | None  # the compiled (fixed) batch size; None: any
 
 
 def _numpy(path: Path, value: object) -> np.ndarray:
@@ -89,54 +90,22 @@ def read_arrays(path: Path, names: list[str]) -> dict[str, np.ndarray]:
     return dict(zip(names, arrays, strict=True))
 
 
-def _cast(path: Path, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
-    wanted = spec.dtype
-    if array.dtype == wanted:
-        return array
-    both_float = array.dtype.kind == "f" and wanted.kind == "f"
-    if both_float or np.can_cast(array.dtype, wanted, "safe"):
-        with np.errstate(over="ignore"):
-            return array.astype(wanted)
-    raise ValueError(f"{path}: input '{spec.name}' is {array.dtype}, the model takes "
-                     f"{wanted} (no safe cast)")
-
-
-def _check_shape(path: Path, spec: TensorSpec, array: np.ndarray) -> None:
-    if spec.shape is None:
-        return
-    if array.ndim != len(spec.shape):
-        raise ValueError(f"{path}: input '{spec.name}' has rank {array.ndim} "
-                         f"{list(array.shape)}, the model takes {spec.describe()}")
-    for axis, (got, fixed) in enumerate(zip(array.shape, spec.shape, strict=True)):
-        if axis and fixed is not None and got != fixed:
-            raise ValueError(f"{path}: input '{spec.name}' has size {got} on axis {axis}, "
-                             f"the model takes {spec.describe()}")
-
-
-def _check_finite(path: Path, spec: TensorSpec, given: np.ndarray, cast: np.ndarray) -> None:
-    if cast.dtype.kind not in "fc" or np.isfinite(cast).all():
-        return
-    if given.dtype.kind in "fc" and not np.isfinite(given).all():
-        raise ValueError(f"{path}: input '{spec.name}' has NaN or inf values")
-    raise ValueError(f"{path}: input '{spec.name}' has values beyond the range of {cast.dtype}")
-
-
-def _samples(path: Path, specs: list[TensorSpec], arrays: dict[str, np.ndarray]) -> int:
-    counts = {spec.name: arrays[spec.name].shape[0] if arrays[spec.name].ndim else 0
-              for spec in specs}
+def _samples(path: Path, arrays: dict[str, np.ndarray]) -> int:
+    counts = {name: array.shape[0] if array.ndim else 0 for name, array in arrays.items()}
     if len(set(counts.values())) != 1:
         raise ValueError(f"{path}: the inputs differ in sample count (first axis): "
                          + ", ".join(f"'{name}' {count}" for name, count in counts.items()))
     samples = next(iter(counts.values()))
     if samples == 0:
-        raise ValueError(f"{path}: input '{specs[0].name}' has no samples")
+        raise ValueError(f"{path}: input '{next(iter(counts))}' has no samples")
     return samples
 
 
-def _batch(path: Path, specs: list[TensorSpec], samples: int) -> int | None:
-    fixed = {spec.name: spec.shape[0] for spec in specs if spec.shape and spec.shape[0]}
+def _batch_size(path: Path, signature: ModelSignature, samples: int) -> int:
+    fixed = {spec.name: spec.shape[0] for spec in signature.inputs
+             if spec.shape and isinstance(spec.shape[0], int)}
     if not fixed:
-        return None
+        return BATCH_SIZE
     name, batch = next(iter(fixed.items()))
     if len(set(fixed.values())) > 1:
         raise ValueError(f"{path}: the model's inputs fix different first dimensions "
@@ -147,26 +116,14 @@ def _batch(path: Path, specs: list[TensorSpec], samples: int) -> int | None:
     return batch
 
 
-def load_inputs(path: Path, specs: list[TensorSpec]) -> ModelInputs:
-    """The model inputs in `path`, checked against the graph inputs `specs` (module rules)."""
-    names = [spec.name for spec in specs]
-    arrays = read_arrays(path, names)
-    missing = [name for name in names if name not in arrays]
-    if missing:
-        raise ValueError(f"{path}: no array for input(s) {', '.join(missing)} "
-                         f"(the model takes {', '.join(names)})")
-    unknown = [name for name in arrays if name not in names]
-    if unknown:
-        raise ValueError(f"{path}: unknown input(s) {', '.join(unknown)} "
-                         f"(the model takes {', '.join(names)})")
-    checked = {}
-    for spec in specs:
-        array = _cast(path, spec, arrays[spec.name])
-        _check_shape(path, spec, array)
-        _check_finite(path, spec, arrays[spec.name], array)
-        checked[spec.name] = array
-    samples = _samples(path, specs, checked)
-    return ModelInputs(checked, samples, _batch(path, specs, samples))
+def load_inputs(path: Path, signature: ModelSignature) -> ModelInputs:
+    """The model inputs in `path` as checked batches (rules in the module docstring)."""
+    arrays = read_arrays(path, signature.names)
+    samples = _samples(path, arrays)
+    step = _batch_size(path, signature, samples)
+    batches = [{name: array[start:start + step] for name, array in arrays.items()}
+               for start in range(0, samples, step)]
+    return ModelInputs(validate_batches(batches, signature, str(path)), samples)
 
 
 def load_labels(path: Path, samples: int) -> np.ndarray:

@@ -1,9 +1,8 @@
 """Run and evaluate any compiled model on tensor inputs, against its FP view.
 
 Rules:
-- inputs come from a tensor file checked by afmc.data.model_inputs before any run;
-  they run in batches of the compiled batch size (BATCH_SIZE when the batch is
-  free), and each output is joined along its first axis;
+- inputs come from a tensor file, batched and checked by afmc.data.model_inputs
+  before any run; each output is joined along its first axis over the batches;
 - the error of an output against the FP view (analog nodes in floating point; a
   digital target's reference.onnx): relative L2 error ||y - y_fp|| / ||y_fp|| over
   all samples and the mean cosine similarity per sample (embedding_error's rule,
@@ -33,9 +32,8 @@ from afmc.data.model_inputs import (
 )
 from afmc.eval.embedding import embedding_error
 from afmc.runtime.chip import Chip, is_digital, load_record, open_chip
-from afmc.runtime.signature import read_signature
+from afmc.runtime.signature import compiled_signature
 
-BATCH_SIZE = 64
 TOP1_SHOWN = 8
 
 
@@ -69,18 +67,14 @@ def top1(logits: np.ndarray) -> np.ndarray:
 def model_outputs(chip: Chip, inputs: ModelInputs) -> dict[str, np.ndarray]:
     """Every output of `chip` on `inputs`, by output name, batches joined on the first axis."""
     names = [output.name for output in chip.session.get_outputs()]
-    step = inputs.batch or BATCH_SIZE
-    parts: list[list[np.ndarray]] = [[] for _ in names]
-    for start in range(0, inputs.samples, step):
-        feeds = {name: array[start:start + step] for name, array in inputs.arrays.items()}
-        for part, value in zip(parts, chip.session.run(None, feeds), strict=True):
-            part.append(value)
-    return {name: np.concatenate(part) for name, part in zip(names, parts, strict=True)}
+    parts = [chip.session.run(None, batch) for batch in inputs.batches]
+    return {name: np.concatenate([part[index] for part in parts])
+            for index, name in enumerate(names)}
 
 
 def _inputs(out_dir: Path, inputs_file: Path) -> tuple[dict[str, Any], ModelInputs]:
     record = load_record(out_dir)
-    return record, load_inputs(inputs_file, read_signature(out_dir).inputs)
+    return record, load_inputs(inputs_file, compiled_signature(out_dir))
 
 
 @dataclass

@@ -1,60 +1,24 @@
-"""The input and output signature of a compiled model, read from OUT/model.onnx.
+"""The input signature of a compiled model, read from OUT/model.onnx without its weights.
 
-Only the graph is read (onnx.load with load_external_data=False): the weights,
-inline or in an external .data file, are not loaded. A dimension is an int when
-the graph fixes it and None when it is symbolic or unknown; a shape is None when
-the graph does not give the rank. Graph inputs that are initializers (older IR
-versions list them as inputs) are not model inputs and are left out.
+The graph is read with onnx.load(load_external_data=False): weights in an external
+.data file are not read (onnx_ir maps them lazily). The signature is the one the ONNX
+front end reads from any ONNX file (frontends.onnx_graph.onnx_signature): the graph
+inputs that are not initializers, and the vocabulary when an embedding reads input_ids.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import helper
+import onnx_ir as ir
 
+from afmc.data.calibration import ModelSignature
+from afmc.frontends.onnx_graph import onnx_signature
 from afmc.layout import MODEL_FILE
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output: its name, element type and (partly known) shape."""
-
-    name: str
-    dtype: np.dtype
-    shape: tuple[int | None, ...] | None
-
-    def describe(self) -> str:
-        """The spec as `float32[4, ?, 8]` (or `float32[...]` without a known rank)."""
-        dims = "..." if self.shape is None else ", ".join(
-            "?" if dim is None else str(dim) for dim in self.shape)
-        return f"{self.dtype}[{dims}]"
-
-
-@dataclass(frozen=True)
-class Signature:
-    """The model's inputs and outputs in graph order."""
-
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-
-
-def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
-    tensor = value.type.tensor_type
-    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))
-    shape = None
-    if tensor.HasField("shape"):
-        shape = tuple(dim.dim_value if dim.HasField("dim_value") else None
-                      for dim in tensor.shape.dim)
-    return TensorSpec(value.name, dtype, shape)
-
-
-def read_signature(out_dir: Path) -> Signature:
-    """The signature of OUT/model.onnx (rules in the module docstring)."""
-    graph = onnx.load(str(out_dir / MODEL_FILE), load_external_data=False).graph
-    weights = {init.name for init in graph.initializer}
-    return Signature([_spec(value) for value in graph.input if value.name not in weights],
-                     [_spec(value) for value in graph.output])
+def compiled_signature(out_dir: Path) -> ModelSignature:
+    """The inputs OUT/model.onnx takes (rules in the module docstring)."""
+    proto = onnx.load(str(out_dir / MODEL_FILE), load_external_data=False)
+    return onnx_signature(ir.from_proto(proto))
