@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,14 +194,22 @@ def _progress() -> Progress:
 @app.command()
 def run(
     compiled: Annotated[Path, typer.Argument(help="Output directory of afmc compile")],
-    text: Annotated[str, typer.Option(help="Text file (or stdlib:heldout)")],
+    text: Annotated[str | None, typer.Option(
+        help="Text file (or stdlib:heldout); language models and encoders")] = None,
+    inputs: Annotated[Path | None, typer.Option(
+        help="Tensors for any model: .npy, .npz keyed by input name, or .pt")] = None,
     seed: Annotated[int, typer.Option(help="Chip instance (programming-noise seed)")] = 0,
     read_noise: Annotated[float, typer.Option(help="Per-inference read noise (0: off)")] = 0.0,
     max_tokens: Annotated[int, typer.Option(help="Tokens of the text to run")] = 256,
     top_k: Annotated[int, typer.Option(help="Predictions to show")] = 5,
 ) -> None:
-    """Run the text through one chip instance: next-token predictions and a logits summary."""
+    """Run one chip instance: next-token predictions for --text, or for --inputs every
+    output with its error to the FP view."""
     with _user_errors():
+        _check_options(max_tokens=max_tokens, top_k=top_k, read_noise=read_noise)
+        if _tensor_source(compiled, text, inputs) is not None:
+            _run_tensors(compiled, inputs, seed, read_noise)
+            return
         from afmc.api import load_tokenizer_for
         from afmc.runtime.chip import open_chip
 
@@ -301,24 +310,39 @@ def train(
 @app.command("eval")
 def eval_(
     compiled: Annotated[Path, typer.Argument(help="Output directory of afmc compile")],
-    text: Annotated[str, typer.Option(help="Text file (or stdlib:heldout)")],
+    text: Annotated[str | None, typer.Option(
+        help="Text file (or stdlib:heldout); language models and encoders")] = None,
+    inputs: Annotated[Path | None, typer.Option(
+        help="Tensors for any model: .npy, .npz keyed by input name, or .pt")] = None,
+    labels: Annotated[Path | None, typer.Option(
+        help="With --inputs: class ids (.npy, one per sample) for the top-1 accuracy")] = None,
     seeds: Annotated[int, typer.Option(help="Chip instances (seeds 0..N-1)")] = 5,
     max_tokens: Annotated[int, typer.Option(help="Tokens of the text to score")] = 16384,
     seq_len: Annotated[int, typer.Option(help="Window length")] = 256,
     read_noise: Annotated[float, typer.Option(help="Per-inference read noise (0: off)")] = 0.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here")] = None,
 ) -> None:
-    """Perplexity per chip instance and mean +- std over seeds, next to the FP perplexity."""
+    """Scores per chip instance and mean +- std over seeds, next to the FP view: perplexity
+    for --text, or for --inputs the error of every output (and accuracy with --labels)."""
     with _user_errors():
+        from afmc.eval.json_out import check_json_path, write_json
+
+        _check_options(seeds=seeds, max_tokens=max_tokens, seq_len=seq_len,
+                       read_noise=read_noise)
+        if json_out is not None:
+            check_json_path(json_out)
+        if _tensor_source(compiled, text, inputs) is not None:
+            _eval_tensors(compiled, inputs, labels, seeds, read_noise, json_out)
+            return
+        if labels is not None:
+            raise ValueError("--labels goes with --inputs (tensors), not with --text")
         from afmc.api import load_tokenizer_for
         from afmc.eval.evaluate import evaluate
 
         tokenizer = load_tokenizer_for(compiled)
         ids = tokenizer.encode(read_text(text))
-        if seeds < 1:
-            raise ValueError("--seeds must be at least 1")
         if _is_encoder(compiled):
-            _eval_encoder(compiled, ids, seeds, seq_len, max_tokens, read_noise)
+            _eval_encoder(compiled, ids, seeds, seq_len, max_tokens, read_noise, json_out)
             return
         with _progress() as bar:
             task = bar.add_task("fp", total=None)
@@ -340,10 +364,112 @@ def eval_(
             out.print(f"FP perplexity {report.fp:.4f}; analog over {seeds} chip(s): "
                       f"{report.mean:.4f} +- {report.std:.4f} ({report.tokens} tokens)")
         if json_out:
-            json_out.write_text(json.dumps({"tokens": report.tokens, "fp": report.fp,
-                                            "noise_free": report.noise_free,
-                                            "chips": report.chips, "mean": report.mean,
-                                            "std": report.std}, indent=2))
+            write_json(json_out, {"tokens": report.tokens, "fp": report.fp,
+                                  "noise_free": report.noise_free, "chips": report.chips,
+                                  "mean": report.mean, "std": report.std})
+
+
+_MINIMUM = {"seeds": 1, "max_tokens": 1, "seq_len": 2, "top_k": 1}
+
+
+def _check_options(**options: float) -> None:
+    """A ValueError naming the first option out of range: --seeds, --max-tokens and --top-k
+    at least 1, --seq-len at least 2, --read-noise a finite number >= 0."""
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "read_noise":
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{flag} must be a finite number >= 0, got {value}")
+        elif value < _MINIMUM[name]:
+            raise ValueError(f"{flag} must be at least {_MINIMUM[name]}, got {value}")
+
+
+def _tensor_source(compiled: Path, text: str | None, inputs: Path | None) -> Path | None:
+    """The --inputs file, or None for --text; exactly one of the two, and --text only for a
+    model compiled with a tokenizer."""
+    from afmc.runtime.chip import load_record
+
+    if text is not None and inputs is not None:
+        raise ValueError("give either --text or --inputs, not both")
+    if text is None and inputs is None:
+        raise ValueError("give --text FILE (language models, encoders) or --inputs FILE "
+                         "(tensors keyed by input name)")
+    if text is not None and not load_record(compiled).get("tokenizer"):
+        raise ValueError(f"{compiled}: compiled model has no tokenizer; give --inputs FILE "
+                         "(tensors keyed by input name)")
+    return inputs
+
+
+def _run_tensors(compiled: Path, inputs: Path, seed: int, read_noise: float) -> None:
+    """afmc run --inputs: every output of chip `seed`, its statistics and error to FP."""
+    from afmc.eval.tensor_eval import TOP1_SHOWN, run_tensors
+
+    report = run_tensors(compiled, inputs, seed, read_noise=read_noise)
+    which = f"chip seed {report.seed}" if report.seed is not None \
+        else "digital model (no noise)"
+    out.print(f"{which}: {report.samples} samples from {inputs}")
+    table = Table(title="outputs vs the FP view", show_edge=False)
+    for column in ("output", "shape", "mean", "std", "relative error", "SQNR (dB)", "cosine"):
+        table.add_column(column)
+    for output in report.outputs:
+        table.add_row(output.name, str(output.shape), f"{output.mean:.4g}", f"{output.std:.4g}",
+                      f"{output.error.relative_error:.4g}", f"{output.error.sqnr_db:.2f}",
+                      f"{output.error.cosine:.4f}")
+    out.print(table)
+    for output in report.outputs:
+        if output.top1 is not None:
+            out.print(f"{output.name}: top-1 class of the first {len(output.top1)} sample(s) "
+                      f"{output.top1} (FP {output.fp_top1})"
+                      + (f", of {report.samples}" if report.samples > TOP1_SHOWN else ""))
+
+
+def _eval_tensors(compiled: Path, inputs: Path, labels: Path | None, seeds: int,
+                  read_noise: float, json_out: Path | None) -> None:
+    """afmc eval --inputs: error of every output per chip, mean +- std, and accuracy."""
+    from afmc.eval.json_out import write_json
+    from afmc.eval.tensor_eval import METRICS, evaluate_tensors
+
+    bar = _progress()
+    task = bar.add_task("chips", total=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.start()  # at the first report, after the checks: an error prints alone
+        bar.update(task, completed=done, total=total)
+
+    try:
+        report = evaluate_tensors(compiled, inputs, list(range(seeds)), labels_file=labels,
+                                  read_noise=read_noise, progress=progress)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
+    accuracy = report.fp_accuracy is not None
+    table = Table(title=f"outputs vs the FP view on {report.samples} samples (noise-free: "
+                        "the stored weights, no programming noise)", show_edge=False)
+    for column in ("chip", "output", "relative error", "SQNR (dB)", "cosine") \
+            + (("accuracy",) if accuracy else ()):
+        table.add_column(column)
+    rows = ([("noise-free", report.noise_free)] if report.noise_free else []) + [
+        (report.digital or f"seed {seed}", scores) for seed, scores in report.chips.items()]
+    for label, scores in rows:
+        for name, error in scores.errors.items():
+            table.add_row(label, name, f"{error.relative_error:.4g}", f"{error.sqnr_db:.2f}",
+                          f"{error.cosine:.4f}",
+                          *((f"{scores.accuracy:.4f}",) if accuracy else ()))
+    if not report.digital:
+        spread = report.accuracy_spread()
+        for index, label in enumerate(("mean", "std")):
+            for name in report.outputs:
+                cells = [report.spread(name, metric)[index] for metric in METRICS]
+                table.add_row(label, name, f"{cells[0]:.4g}", f"{cells[1]:.2f}",
+                              f"{cells[2]:.4f}",
+                              *((f"{spread[index]:.4f}",) if spread else ()))
+    out.print(table)
+    if accuracy:
+        out.print(f"FP accuracy {report.fp_accuracy:.4f}")
+    if report.digital:
+        out.print("digital target: one run, no programming noise (--seeds ignored)")
+    if json_out:
+        write_json(json_out, report.to_json())
 
 
 def _is_encoder(compiled: Path) -> bool:
@@ -368,7 +494,7 @@ def _run_encoder(compiled: Path, ids: np.ndarray, seed: int, read_noise: float) 
 
 
 def _eval_encoder(compiled: Path, ids: np.ndarray, seeds: int, seq_len: int, max_tokens: int,
-                  read_noise: float) -> None:
+                  read_noise: float, json_out: Path | None) -> None:
     """afmc eval on an encoder: relative error of the mean-pooled embeddings to the FP view."""
     from afmc.data.tokenizer import token_windows
     from afmc.eval.embedding import evaluate_encoder
@@ -380,6 +506,12 @@ def _eval_encoder(compiled: Path, ids: np.ndarray, seeds: int, seq_len: int, max
                   f"{error.relative_error:.4f}, cosine {error.cosine:.4f}")
     out.print(f"embedding relative error vs FP over {report.windows} windows: "
               f"{report.mean:.4f} +- {report.std:.4f}")
+    if json_out:
+        from afmc.eval.json_out import write_json
+
+        write_json(json_out, {"windows": report.windows, "digital": report.digital,
+                              "chips": {seed: vars(error) for seed, error in report.chips.items()},
+                              "mean": report.mean, "std": report.std})
 
 
 @app.command()

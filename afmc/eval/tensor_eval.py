@@ -1,0 +1,223 @@
+"""Run and evaluate any compiled model on tensor inputs, against its FP view.
+
+Rules:
+- inputs come from a tensor file, batched and checked by afmc.data.model_inputs
+  before any run; each output is joined along its first axis over the batches;
+- the error of an output against the FP view (analog nodes in floating point; a
+  digital target's reference.onnx): relative L2 error ||y - y_fp|| / ||y_fp|| over
+  all samples and the mean cosine similarity per sample (embedding_error's rule,
+  each sample flattened), and SQNR = -20 log10(relative error) dB (infinite for
+  an exact match);
+- accuracy: the argmax of the first output over its last axis against the labels;
+- eval: the FP view once, then for an analog target the stored weights without
+  programming noise (when it has analog layers) and each chip seed; a digital
+  target (int8, int4) has no noise and runs once, as chip 0 (seeds ignored).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from afmc.data.model_inputs import (
+    ModelInputs,
+    check_label_classes,
+    load_inputs,
+    load_labels,
+)
+from afmc.eval.embedding import embedding_error
+from afmc.runtime.chip import Chip, is_digital, load_record, open_chip
+from afmc.runtime.signature import compiled_signature
+
+TOP1_SHOWN = 8
+
+
+@dataclass
+class OutputError:
+    """How far one output is from the FP view (rules in the module docstring)."""
+
+    relative_error: float
+    sqnr_db: float
+    cosine: float
+
+
+METRICS = [item.name for item in fields(OutputError)]
+
+
+def output_error(got: np.ndarray, fp: np.ndarray) -> OutputError:
+    """The error of output `got` against the FP view's `fp` (same shape)."""
+    samples = fp.shape[0] if fp.ndim else 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        error = embedding_error(got.astype(np.float64).reshape(samples, -1),
+                                fp.astype(np.float64).reshape(samples, -1))
+        sqnr = -20 * math.log10(error.relative_error) if error.relative_error > 0 else math.inf
+    return OutputError(error.relative_error, sqnr, error.cosine)
+
+
+def top1(logits: np.ndarray) -> np.ndarray:
+    """The predicted class per sample: argmax over the last axis."""
+    return logits.argmax(-1)
+
+
+def model_outputs(chip: Chip, inputs: ModelInputs) -> dict[str, np.ndarray]:
+    """Every output of `chip` on `inputs`, by output name, batches joined on the first axis."""
+    names = [output.name for output in chip.session.get_outputs()]
+    parts = [chip.session.run(None, batch) for batch in inputs.batches]
+    return {name: np.concatenate([part[index] for part in parts])
+            for index, name in enumerate(names)}
+
+
+def _inputs(out_dir: Path, inputs_file: Path) -> tuple[dict[str, Any], ModelInputs]:
+    record = load_record(out_dir)
+    return record, load_inputs(inputs_file, compiled_signature(out_dir))
+
+
+@dataclass
+class OutputSummary:
+    """One output of one run: shape, statistics, error to FP and, 2-D, the top-1 classes."""
+
+    name: str
+    shape: list[int]
+    mean: float
+    std: float
+    error: OutputError
+    top1: list[int] | None = None  # the first TOP1_SHOWN samples, for a 2-D output
+    fp_top1: list[int] | None = None
+
+
+@dataclass
+class TensorRunReport:
+    """One chip's run on the inputs; seed None: no programming noise (a digital target)."""
+
+    seed: int | None
+    samples: int
+    outputs: list[OutputSummary]
+
+
+def run_tensors(out_dir: Path, inputs_file: Path, seed: int, *,
+                read_noise: float = 0.0) -> TensorRunReport:
+    """Run the inputs of `inputs_file` through chip `seed` and compare with the FP view."""
+    _, inputs = _inputs(out_dir, inputs_file)
+    chip = open_chip(out_dir, seed, read_noise=read_noise)
+    got = model_outputs(chip, inputs)
+    fp = model_outputs(open_chip(out_dir, fp=True), inputs)
+    summaries = []
+    for name, value in got.items():
+        summary = OutputSummary(name, list(value.shape), float(value.mean()), float(value.std()),
+                                output_error(value, fp[name]))
+        if value.ndim == 2:
+            summary.top1 = top1(value[:TOP1_SHOWN]).tolist()
+            summary.fp_top1 = top1(fp[name][:TOP1_SHOWN]).tolist()
+        summaries.append(summary)
+    return TensorRunReport(chip.seed, inputs.samples, summaries)
+
+
+@dataclass
+class ChipScores:
+    """One chip's error per output (by name) and, with labels, its accuracy."""
+
+    errors: dict[str, OutputError]
+    accuracy: float | None = None
+
+
+def _spread(values: list) -> tuple[float, float]:
+    """Mean and std; equal values (an infinite SQNR on every chip too) have std 0."""
+    if len(set(values)) == 1:
+        return float(values[0]), 0.0
+    with np.errstate(invalid="ignore"):
+        return float(np.mean(values)), float(np.std(values))
+
+
+@dataclass
+class TensorEvalReport:
+    """The FP accuracy, scores per chip seed, and their mean / std over seeds."""
+
+    samples: int
+    outputs: list[str]
+    fp_accuracy: float | None = None
+    chips: dict[int, ChipScores] = field(default_factory=dict)
+    noise_free: ChipScores | None = None
+    digital: str | None = None
+
+    def spread(self, output: str, metric: str) -> tuple[float, float]:
+        """Mean and std over chips of one metric (an OutputError field) of one output."""
+        return _spread([getattr(chip.errors[output], metric) for chip in self.chips.values()])
+
+    def accuracy_spread(self) -> tuple[float, float] | None:
+        """Mean and std of the accuracy over chips; None without labels."""
+        if self.fp_accuracy is None:
+            return None
+        return _spread([chip.accuracy for chip in self.chips.values()])
+
+    def to_json(self) -> dict[str, Any]:
+        """The numbers as JSON values; an infinite SQNR (exact match) is null."""
+
+        def number(value: float | None) -> float | None:
+            return value if value is not None and math.isfinite(value) else None
+
+        def scores(chip: ChipScores) -> dict[str, Any]:
+            return {"accuracy": chip.accuracy,
+                    "outputs": {name: {key: number(value)
+                                       for key, value in vars(error).items()}
+                                for name, error in chip.errors.items()}}
+
+        def over_chips(index: int) -> dict[str, Any]:
+            spread = self.accuracy_spread()
+            return {"accuracy": spread[index] if spread else None,
+                    "outputs": {name: {metric: number(self.spread(name, metric)[index])
+                                       for metric in METRICS}
+                                for name in self.outputs}}
+
+        return {"samples": self.samples, "outputs": self.outputs, "digital": self.digital,
+                "fp_accuracy": self.fp_accuracy,
+                "noise_free": scores(self.noise_free) if self.noise_free else None,
+                "chips": {str(seed): scores(chip) for seed, chip in self.chips.items()},
+                "mean": over_chips(0), "std": over_chips(1)}
+
+
+def _scores(got: dict[str, np.ndarray], fp: dict[str, np.ndarray],
+            labels: np.ndarray | None) -> ChipScores:
+    first = next(iter(got.values()))
+    return ChipScores({name: output_error(value, fp[name]) for name, value in got.items()},
+                      None if labels is None else float(np.mean(top1(first) == labels)))
+
+
+def evaluate_tensors(out_dir: Path, inputs_file: Path, seeds: list[int], *,
+                     labels_file: Path | None = None, read_noise: float = 0.0,
+                     progress: Callable[[int, int], None] | None = None) -> TensorEvalReport:
+    """Scores of each chip `seed` (and the FP accuracy) on the inputs of `inputs_file`.
+
+    `progress(done, total)` is called once the inputs are checked and after each chip.
+    """
+    record, inputs = _inputs(out_dir, inputs_file)
+    labels = None if labels_file is None else load_labels(labels_file, inputs.samples)
+    if is_digital(record):
+        chips: list[int | None] = [0]
+    elif record["summary"].get("analog_layers"):
+        chips = [None, *seeds]
+    else:
+        chips = list(seeds)
+    fp = model_outputs(open_chip(out_dir, fp=True), inputs)
+    first, logits = next(iter(fp.items()))
+    if labels_file is not None and labels is not None:
+        check_label_classes(labels_file, labels, first, logits)
+    report = TensorEvalReport(inputs.samples, list(fp),
+                              digital=record["target"] if is_digital(record) else None)
+    report.fp_accuracy = _scores(fp, fp, labels).accuracy
+    if progress:
+        progress(0, len(chips))
+    for done, seed in enumerate(chips, start=1):
+        chip = open_chip(out_dir, seed, read_noise=read_noise)
+        scores = _scores(model_outputs(chip, inputs), fp, labels)
+        if seed is None:
+            report.noise_free = scores
+        else:
+            report.chips[seed] = scores
+        if progress:
+            progress(done, len(chips))
+    return report
