@@ -227,13 +227,14 @@ def _check_array(array: np.ndarray, spec: InputSpec, signature: ModelSignature,
                                  f"{dim} ({spec.describe()})")
     if array.size == 0:
         raise ValueError(f"{where}: empty array (shape {list(array.shape)})")
+    array = array.astype(spec.dtype, copy=False)  # float64 beyond float32 becomes inf here
     if kind == "f" and not np.isfinite(array).all():
         bad = array[~np.isfinite(array)].flat[0]
         raise ValueError(f"{where}: {np.count_nonzero(~np.isfinite(array))} non-finite "
                          f"value(s) (first {bad})")
     if spec.name == "input_ids":
         _check_token_ids(array, signature, where)
-    return np.ascontiguousarray(array.astype(spec.dtype, copy=False))
+    return np.ascontiguousarray(array)
 
 
 def _check_token_ids(ids: np.ndarray, signature: ModelSignature, where: str) -> None:
