@@ -24,15 +24,14 @@ from afmc.capture.errors import CaptureError
 from afmc.capture.onnx_export import EXTERNAL_DATA_THRESHOLD_BYTES
 from afmc.capture.onnx_model import load_onnx_model
 from afmc.config import AfmcConfig
-from afmc.data.calibration import CalibrationData, InputSpec, ModelSignature
+from afmc.data.calibration import CalibrationData
+from afmc.data.onnx_signature import onnx_signature
 from afmc.data.tokenizer import Tokenizer, load_tokenizer
 from afmc.passes.fx.fold_common import NOTES_KEY
 from afmc.passes.layers import META_KEY, LayerRecord
 from afmc.passes.onnx.place_layers import onnx_layer_records
 from afmc.passes.registry import PassSpec, get_pass
 from afmc.targets import Target
-
-POSITION_TABLES = ("position_embeddings.weight", "wpe.weight")
 
 
 class OnnxFrontend:
@@ -106,41 +105,6 @@ class OnnxFrontend:
         names = self.signature.names
         return check_fidelity(onnx_outputs(self.model, names), onnx_outputs(lowered, names),
                               batches, held)
-
-
-def onnx_signature(model: ir.Model) -> ModelSignature:
-    """The graph inputs (initializers excepted); when an embedding table reads input_ids,
-    the vocabulary size (the table's rows); with a learned position table (an initializer
-    named *position_embeddings.weight or *wpe.weight), the context length (its rows)."""
-    inputs = []
-    for value in model.graph.inputs:
-        if value.name in model.graph.initializers:
-            continue
-        dtype = value.dtype.numpy() if value.dtype is not None else None
-        if dtype is None:
-            raise CaptureError(f"graph input {value.name!r} has no element type")
-        shape = None if value.shape is None else tuple(
-            dim if isinstance(dim, int) else dim.value for dim in value.shape)
-        inputs.append(InputSpec(value.name, dtype, shape))
-    return ModelSignature(tuple(inputs), _vocab_size(model), _max_positions(model))
-
-
-def _vocab_size(model: ir.Model) -> int | None:
-    ids = next((value for value in model.graph.inputs if value.name == "input_ids"), None)
-    for user, index in ids.uses() if ids is not None else ():
-        table = user.inputs[0]
-        if user.op_type == "Gather" and index == 1 and table is not None \
-                and table.const_value is not None and table.shape is not None:
-            return int(table.shape[0])
-    return None
-
-
-def _max_positions(model: ir.Model) -> int | None:
-    """The rows of a learned position-embedding table (BERT, GPT-2), if the model has one."""
-    for name, value in model.graph.initializers.items():
-        if name.endswith(POSITION_TABLES) and value.shape is not None and len(value.shape) == 2:
-            return int(value.shape[0])
-    return None
 
 
 def _external(model: ir.Model) -> list[ir.Value]:

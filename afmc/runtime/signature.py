@@ -2,7 +2,7 @@
 
 The graph is read with onnx.load(load_external_data=False): weights in an external
 .data file are not read (onnx_ir maps them lazily). The signature is the one the ONNX
-front end reads from any ONNX file (frontends.onnx_graph.onnx_signature): the graph
+front end reads from any ONNX file (data.onnx_signature): the graph
 inputs that are not initializers, and the vocabulary when an embedding reads input_ids.
 """
 
@@ -14,7 +14,7 @@ import onnx
 import onnx_ir as ir
 
 from afmc.data.calibration import ModelSignature
-from afmc.frontends.onnx_graph import onnx_signature
+from afmc.data.onnx_signature import onnx_signature
 from afmc.layout import MODEL_FILE
 
 
