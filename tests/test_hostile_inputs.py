@@ -1,6 +1,7 @@
 """The hostile-input corpus: bad files, paths and options given to the afmc command line.
 
-Rule (every row, run as a subprocess through the real CLI): bad input exits
+Rule (every row, through the real CLI: in-process with typer's CliRunner, and a few
+rows, one per area, as a subprocess of a fresh interpreter): bad input exits
 non-zero with exactly one stderr line ``error: ...`` that names the problem
 (file, field, tensor or option), no traceback, and leaves nothing at the output
 location; suspicious but usable input exits 0 with one named ``warning: ...``
@@ -18,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -356,22 +358,47 @@ ROWS: list[tuple[str, Callable[[Path, Assets], Expect]]] = [
 ]
 
 
+# One row per area also runs as a subprocess: a fresh interpreter, the real exit code.
+FRESH = {"config-not-utf8", "train-steps-zero", "synth-temperature-nan", "hf-missing-lm-head",
+         "onnx-custom-domain-without-function", "record-is-a-list", "report-unknown-strategy",
+         "text-random-bytes", "paths-with-spaces-and-unicode-work"}
+
+
+def _invoke(args: list[str], cwd: Path, fresh: bool) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of the CLI; an uncaught exception counts as a traceback."""
+    if fresh:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(CLI + args, capture_output=True, text=True, env=env, cwd=cwd,
+                              timeout=300)
+        return done.returncode, done.stdout, done.stderr
+    from typer.testing import CliRunner
+
+    from afmc.cli import app
+
+    result = CliRunner().invoke(app, args)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "Traceback (in-process)\n" + "".join(
+            traceback.format_exception(result.exception))
+    return result.exit_code, result.stdout, stderr
+
+
 @pytest.mark.parametrize("build", [pytest.param(build, id=name) for name, build in ROWS])
-def test_hostile_input(build, assets, tmp_path):
+def test_hostile_input(build, assets, tmp_path, monkeypatch, request):
     expect = build(tmp_path, assets)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(CLI + expect.args, capture_output=True, text=True, env=env,
-                            cwd=tmp_path, timeout=300)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert "Traceback" not in result.stderr, result.stderr
+    monkeypatch.chdir(tmp_path)
+    fresh = request.node.callspec.id in FRESH
+    code, stdout, stderr = _invoke(expect.args, tmp_path, fresh)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr, stderr
     if expect.kind == "error":
-        assert result.returncode != 0, result.stdout
-        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        assert code != 0, stdout
+        assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     else:
-        assert result.returncode == 0, result.stderr
+        assert code == 0, stderr
         prefix = "warning: " if expect.kind == "warning" else None
-        assert len(lines) == (1 if prefix else 0), result.stderr
-        assert prefix is None or lines[0].startswith(prefix), result.stderr
+        assert len(lines) == (1 if prefix else 0), stderr
+        assert prefix is None or lines[0].startswith(prefix), stderr
     for needle in expect.needles:
         assert needle in lines[0], lines[0]
     if expect.kind == "error":
