@@ -214,7 +214,8 @@ def run(
         from afmc.runtime.chip import open_chip
 
         tokenizer = load_tokenizer_for(compiled)
-        ids = tokenizer.encode(read_text(text))[:max_tokens]
+        ids = tokenizer.encode(read_text(text))[:_within_context(compiled, max_tokens,
+                                                                 "--max-tokens")]
         if ids.size == 0:
             raise ValueError(f"{text}: no tokens")
         if _is_encoder(compiled):
@@ -341,6 +342,7 @@ def eval_(
 
         tokenizer = load_tokenizer_for(compiled)
         ids = tokenizer.encode(read_text(text))
+        seq_len = _within_context(compiled, seq_len, "--seq-len")
         if _is_encoder(compiled):
             _eval_encoder(compiled, ids, seeds, seq_len, max_tokens, read_noise, json_out)
             return
@@ -470,6 +472,19 @@ def _eval_tensors(compiled: Path, inputs: Path, labels: Path | None, seeds: int,
         out.print("digital target: one run, no programming noise (--seeds ignored)")
     if json_out:
         write_json(json_out, report.to_json())
+
+
+def _within_context(compiled: Path, length: int, option: str) -> int:
+    """`length`, or the model's context (record max_positions) when it is shorter: a
+    sequence option is cut to what the model reads, with a note."""
+    from afmc.runtime.chip import load_record
+
+    limit = load_record(compiled).get("max_positions")
+    if limit is None or length <= limit:
+        return length
+    out.print(f"note: {option} {length} cut to {limit}, the model's context "
+              "(max_position_embeddings)")
+    return limit
 
 
 def _is_encoder(compiled: Path) -> bool:

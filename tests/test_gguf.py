@@ -146,7 +146,9 @@ def test_unsupported_gguf_architecture(tmp_path):
 
 
 def test_directory_with_two_ggufs(tiny_gguf, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
     for name in ("a.gguf", "b.gguf"):
-        (tmp_path / name).write_bytes(tiny_gguf.read_bytes())
-    _assert_one_line_error(["compile", str(tmp_path), "-o", str(tmp_path / "out")],
+        (folder / name).write_bytes(tiny_gguf.read_bytes())
+    _assert_one_line_error(["compile", str(folder), "-o", str(tmp_path / "out")],
                            "holds 2 GGUF files (a.gguf, b.gguf)")

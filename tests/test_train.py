@@ -222,7 +222,7 @@ def test_lora_trains_adapters_and_ranges_and_merges(tmp_path: Path):
 
 @pytest.mark.parametrize("args, message", [
     (["no-such-model", "--data", "stdlib:train"], "model not found: no-such-model"),
-    (["afmc-tiny", "--data", "missing.txt"], "missing.txt: text file not found"),
+    (["afmc-tiny", "--data", "missing.txt"], "--data missing.txt: no such file or directory"),
     (["afmc-tiny", "--data", "stdlib:train", "--resume"], "no checkpoint to resume from"),
     (["afmc-tiny", "--data", "stdlib:train", "--set", "training.batch_size=6",
       "--set", "training.grad_accumulation=4"], "training: Value error, batch_size (6)"),
