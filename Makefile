@@ -18,7 +18,7 @@ demo: install
 
 test: install-test
 	ruff check afmc tests benchmarks scripts
-	python -m pytest -q
+	python -m pytest -q -n 2
 
 bench: install-test
 	python benchmarks/sim_overhead.py

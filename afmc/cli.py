@@ -12,7 +12,7 @@ import contextlib
 import json
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -189,6 +189,24 @@ def _print_compile_summary(record: dict, output: Path) -> None:
 def _progress() -> Progress:
     return Progress("[progress.description]{task.description}", BarColumn(),
                     MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
+
+
+@contextlib.contextmanager
+def _bar_from_first_report(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress callback (done, total) whose bar appears at the first report, after the
+    checks, so that an error prints alone."""
+    bar = _progress()
+    task = bar.add_task(description, total=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.start()
+        bar.update(task, completed=done, total=total)
+
+    try:
+        yield progress
+    finally:
+        if bar.live.is_started:
+            bar.stop()
 
 
 @app.command()
@@ -431,19 +449,9 @@ def _eval_tensors(compiled: Path, inputs: Path, labels: Path | None, seeds: int,
     from afmc.eval.json_out import write_json
     from afmc.eval.tensor_eval import METRICS, evaluate_tensors
 
-    bar = _progress()
-    task = bar.add_task("chips", total=None)
-
-    def progress(done: int, total: int) -> None:
-        bar.start()  # at the first report, after the checks: an error prints alone
-        bar.update(task, completed=done, total=total)
-
-    try:
+    with _bar_from_first_report("chips") as progress:
         report = evaluate_tensors(compiled, inputs, list(range(seeds)), labels_file=labels,
                                   read_noise=read_noise, progress=progress)
-    finally:
-        if bar.live.is_started:
-            bar.stop()
     accuracy = report.fp_accuracy is not None
     table = Table(title=f"outputs vs the FP view on {report.samples} samples (noise-free: "
                         "the stored weights, no programming noise)", show_edge=False)
@@ -552,21 +560,11 @@ def synth(
                             top_p)
         from afmc.train.synth import synthesize
 
-        bar = _progress()
-        task = bar.add_task("tokens", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.start()  # at the first report, after the checks: an error prints alone
-            bar.update(task, completed=done, total=total)
-
-        try:
+        with _bar_from_first_report("tokens") as progress:
             result = synthesize(
                 model, output, tokens, seq_len=seq_len, shard_sequences=shard_sequences,
                 batch_size=batch_size, temperature=temperature, top_k=top_k, top_p=top_p,
                 seed=seed, force=force, progress=progress)
-        finally:
-            if bar.live.is_started:
-                bar.stop()
         kept = f" ({result.kept_shards} kept from an earlier run)" if result.kept_shards else ""
         shards = f"{result.shards} shard" + ("s" if result.shards > 1 else "")
         out.print(f"{result.sequences} sequences of {result.seq_len} tokens in {shards}{kept} "

@@ -39,7 +39,7 @@ import torch
 
 from afmc.config import CalibrationConfig
 from afmc.data.tensors import SUFFIXES as TENSOR_SUFFIXES
-from afmc.data.tensors import load_tensor_batches
+from afmc.data.tensors import load_tensor_batches, name_mismatch
 from afmc.data.text_source import read_text
 from afmc.data.tokenizer import Tokenizer, token_windows
 
@@ -195,12 +195,9 @@ def validate_batches(batches: list[Batch], signature: ModelSignature, source: st
     checked = []
     for index, batch in enumerate(batches):
         where = f"{source}: batch {index}"
-        missing = [name for name in specs if name not in batch]
-        unknown = [name for name in batch if name not in specs]
-        if missing or unknown:
-            raise ValueError(f"{where}: inputs {sorted(batch)} do not match the model's "
-                             f"{list(specs)}" + (f" (missing {missing})" if missing else "")
-                             + (f" (unknown {unknown})" if unknown else ""))
+        mismatch = name_mismatch(list(batch), list(specs))
+        if mismatch:
+            raise ValueError(f"{where}: inputs {mismatch}")
         arrays = {name: _check_array(np.asarray(batch[name]), specs[name], signature,
                                      f"{where}, input {name!r}") for name in specs}
         sizes = {name: a.shape[0] for name, a in arrays.items()

@@ -16,6 +16,17 @@ import torch
 SUFFIXES = (".npy", ".npz", ".pt")
 
 
+def name_mismatch(given: list[str], expected: list[str]) -> str | None:
+    """How the names `given` differ from the model's inputs `expected` (None: they match)."""
+    missing = [name for name in expected if name not in given]
+    unknown = [name for name in given if name not in expected]
+    if not missing and not unknown:
+        return None
+    return (f"{sorted(given)} do not match the model's inputs {expected}"
+            + (f" (missing {missing})" if missing else "")
+            + (f" (unknown {unknown})" if unknown else ""))
+
+
 def _batched(arrays: dict[str, torch.Tensor], batch_size: int, source: Path) -> list[tuple]:
     counts = {name: a.shape[0] if a.dim() else 0 for name, a in arrays.items()}
     if 0 in counts.values() or len(set(counts.values())) > 1:
@@ -49,12 +60,9 @@ def load_tensor_batches(path: Path, input_names: list[str], batch_size: int) -> 
             raise ValueError(f"{path}: one array given, the model has inputs {input_names}")
         return _batched({input_names[0]: data}, batch_size, path)
     if isinstance(data, dict):
-        missing = [name for name in input_names if name not in data]
-        unknown = [name for name in data if name not in input_names]
-        if missing or unknown:
-            raise ValueError(f"{path}: arrays {sorted(data)} do not match the model's inputs "
-                             f"{input_names}" + (f" (missing {missing})" if missing else "")
-                             + (f" (unknown {unknown})" if unknown else ""))
+        mismatch = name_mismatch(list(data), input_names)
+        if mismatch:
+            raise ValueError(f"{path}: arrays {mismatch}")
         return _batched({name: data[name] for name in input_names}, batch_size, path)
     if isinstance(data, (list, tuple)) and data:
         return [tuple(item) if isinstance(item, (list, tuple)) else (item,) for item in data]
