@@ -29,7 +29,7 @@ from afmc.data.calibration import (
     synthetic_calibration,
 )
 from afmc.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
-from afmc.frontends import Frontend, TorchFrontend, open_frontend
+from afmc.frontends import Frontend, is_onnx_file, open_frontend
 from afmc.layout import TOKENIZER_DIR
 from afmc.models import BUILTIN_MODELS, model_paths
 from afmc.output_dir import staged_output
@@ -108,8 +108,7 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     chosen = get_target(target)
     timed = StepTimer(progress)
     with staged_output(output, force, model_paths(model)) as staged:
-        frontend = timed("load" if isinstance(model, (str, Path)) and
-                         str(model).lower().endswith(".onnx") else "capture",
+        frontend = timed("load" if is_onnx_file(model) else "capture",
                          lambda: open_frontend(model, example_inputs,
                                                tokenizer=_tokenizer(tokenizer),
                                                recalibrate=recalibrate, verify=verify,
@@ -137,9 +136,8 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
             record["fidelity"] = timed("fidelity", lambda: frontend.fidelity(
                 chosen, lowered, record, config, data))
         lowering.set_metadata(lowered, {k: v for k, v in record.items() if k != "passes"})
-        result = CompileResult(lowered, record, layers,
-                               frontend.program if isinstance(frontend, TorchFrontend) else None,
-                               None, frontend.tokenizer(), context.files)
+        result = CompileResult(lowered, record, layers, frontend.program, None,
+                               frontend.tokenizer(), context.files)
         if staged is not None:
             timed.progress("write")
             write_outputs(staged, result.model, result.record, result.tokenizer, result.files)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import onnx_ir as ir
+from torch import fx
 
 from afmc.config import AfmcConfig
 from afmc.data.calibration import CalibrationData, ModelSignature
@@ -29,6 +30,7 @@ class Frontend(Protocol):
     level: Level  # the graph level its passes run on
     inputs: list[Path]  # the files it was read from (an output may not touch them)
     signature: ModelSignature
+    program: fx.GraphModule | None  # the torch program after the passes (torch front end)
 
     def tokenizer(self) -> Tokenizer | None:
         """The model's tokenizer, if it has one (loaded once, on first use)."""

@@ -38,6 +38,7 @@ class OnnxFrontend:
     """An ONNX model on its way through a compile (frontends.base.Frontend)."""
 
     level = "onnx"
+    program = None  # no torch program: the passes rewrite the ONNX graph
 
     def __init__(self, path: Path, tokenizer: Tokenizer | None = None,
                  verify: bool = False, save_intermediate: bool = False) -> None:
