@@ -334,3 +334,17 @@ def test_every_compile_option_refuses_bad_values_in_one_line(exports, tmp_path, 
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert __import__("re").search(message, lines[0]), lines[0]
     assert not out.exists() and not list(tmp_path.glob(".out*")), "nothing left behind"
+
+
+def test_recalibrate_without_learned_ranges_is_a_named_warning(exports, tmp_path):
+    from typer.testing import CliRunner
+
+    from afmc.cli import app
+
+    result = CliRunner().invoke(app, ["compile", str(exports["mlp"]), "-o", str(tmp_path / "o"),
+                                      "--calib", str(exports["mlp"].parent / "calib.npz"),
+                                      "--recalibrate"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: " + str(exports["mlp"]) + ": --recalibrate has nothing to replace (the model "
+        "holds no learned input ranges of afmc train); it is calibrated as usual"]

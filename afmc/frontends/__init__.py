@@ -8,7 +8,12 @@ from typing import Any
 from afmc.data.tokenizer import Tokenizer
 from afmc.frontends.base import Frontend
 from afmc.frontends.onnx_graph import OnnxFrontend, is_onnx_file
-from afmc.frontends.torch_program import StaticBatchWarning, TorchFrontend, open_torch
+from afmc.frontends.torch_program import (
+    StaticBatchWarning,
+    TorchFrontend,
+    open_torch,
+    warn_nothing_to_recalibrate,
+)
 
 
 def open_frontend(model: Any, example_inputs: tuple | None = None, *,
@@ -17,7 +22,10 @@ def open_frontend(model: Any, example_inputs: tuple | None = None, *,
     """An ONNX file (*.onnx) opens the ONNX front end; anything else (built-in name,
     Hugging Face directory, GGUF file, nn.Module, CapturedModel) the torch front end."""
     if is_onnx_file(model):
-        return OnnxFrontend(Path(model), tokenizer, verify, save_intermediate)
+        frontend = OnnxFrontend(Path(model), tokenizer, verify, save_intermediate)
+        if recalibrate:
+            warn_nothing_to_recalibrate(frontend.source)
+        return frontend
     return open_torch(model, example_inputs, tokenizer=tokenizer, recalibrate=recalibrate,
                       verify=verify, save_intermediate=save_intermediate)
 

@@ -33,6 +33,7 @@ from afmc.passes.registry import PassSpec, get_pass
 from afmc.passes.verify import VerificationError, check_graph, output_drift
 from afmc.targets import Target
 from afmc.train.trained_model import read_learned_ranges
+from afmc.user_errors import InputWarning
 
 PRESERVE_TOLERANCE = 1e-5
 
@@ -55,7 +56,10 @@ class TorchFrontend:
         self.inputs = [model_dir] if model_dir is not None else []
         self.model_dir = model_dir
         self.signature = module_signature(captured)
-        self.learned = None if recalibrate else read_learned_ranges(model_dir)
+        learned = read_learned_ranges(model_dir)
+        if recalibrate and learned is None:
+            warn_nothing_to_recalibrate(self.source)
+        self.learned = None if recalibrate else learned
         self.verify, self.save_intermediate = verify, save_intermediate
         self._tokenizer, self._tokenizer_loaded = tokenizer, tokenizer is not None
         self._reference = _reference_output(captured) if verify else None
@@ -139,6 +143,13 @@ class TorchFrontend:
         exported = torch.export.export(self.program, self.captured.example_inputs,
                                        dynamic_shapes=self.captured.dynamic_shapes)
         torch.export.save(exported, folder / f"{self._steps:02d}-{name}.pt2")
+
+
+def warn_nothing_to_recalibrate(source: str) -> None:
+    """--recalibrate on a model without learned input ranges: a named warning."""
+    warnings.warn(f"{source.split(':', 1)[-1]}: --recalibrate has nothing to replace (the model "
+                  "holds no learned input ranges of afmc train); it is calibrated as usual",
+                  InputWarning, stacklevel=3)
 
 
 def capture_with_batch_axis(module: nn.Module, example_inputs: tuple) -> CapturedModel:
