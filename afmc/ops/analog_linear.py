@@ -251,16 +251,39 @@ def _common_constants(noisy: bool) -> list:
     return nodes
 
 
+def _input_scale_per_column(slices: int) -> list:
+    """Nodes for in_scale_cols: h_in / r_s for every input column of slice s ([K], or [1]
+    with one slice). Weight-only: folded when the session loads the model."""
+    nodes = [
+        helper.make_node("Max", ["input_range", "tiny"], ["r"]),
+        helper.make_node("Div", ["h_in", "r"], ["in_scale"]),
+    ]
+    if slices == 1:
+        return nodes + [helper.make_node("Identity", ["in_scale"], ["in_scale_cols"])]
+    return nodes + [
+        ints_constant("slice_count", [slices]),
+        ints_constant("column", [-1, 1]),
+        ints_constant("minus_one", [-1]),
+        helper.make_node("Shape", ["W"], ["k_total"], start=-1),
+        helper.make_node("Div", ["k_total", "slice_count"], ["k"]),
+        helper.make_node("Concat", ["slice_count", "k"], ["scale_grid"], axis=0),
+        helper.make_node("Reshape", ["in_scale", "column"], ["in_scale_column"]),
+        helper.make_node("Expand", ["in_scale_column", "scale_grid"], ["in_scale_grid"]),
+        helper.make_node("Reshape", ["in_scale_grid", "minus_one"], ["in_scale_cols"]),
+    ]
+
+
 def sliced_function(op_type: str, opset: int, slices: int) -> FunctionProto:
     """The body of AnalogLinear / NoisyAnalogLinear specialised to `slices` equal slices.
 
-    Same numbers as the generic body, laid out for speed: X, W and the ranges are
-    split per slice, each slice multiplies by its own 2-D constant weight (which
-    onnxruntime prepacks), and the slice outputs are summed. The lowering gives
-    every analog node the overload ``n<slices>`` of its slice count.
+    Same numbers as the generic body, laid out for speed: the DAC runs once on all
+    of X (each column scaled by h_in / r of its slice, then one Clip and one Round),
+    the levels and W are split per slice, each slice multiplies by its own 2-D
+    constant weight (which onnxruntime prepacks), and the ADC outputs are summed.
+    The lowering gives every analog node the overload ``n<slices>`` of its slice count.
     """
     noisy = op_type == "NoisyAnalogLinear"
-    nodes = _common_constants(noisy)
+    nodes = _common_constants(noisy) + _input_scale_per_column(slices)
     if noisy:
         nodes += [
             helper.make_node("Constant", [], ["sqrt_n"], value_float=math.sqrt(slices)),
@@ -268,19 +291,25 @@ def sliced_function(op_type: str, opset: int, slices: int) -> FunctionProto:
             helper.make_node("Mul", ["out_bound", "sqrt_n"], ["noise_b"]),
             helper.make_node("Div", ["noise_a", "noise_b"], ["noise_std"]),
         ]
+    nodes += [
+        # DAC levels of all slices at once.
+        helper.make_node("Mul", ["X", "in_scale_cols"], ["x_scaled"]),
+        helper.make_node("Clip", ["x_scaled", "neg_h_in", "h_in"], ["x_clipped"]),
+        helper.make_node("Round", ["x_clipped"], ["q"]),
+    ]
     names = [f"_{i}" for i in range(slices)]
     if slices > 1:
         nodes += [
-            helper.make_node("Split", ["X"], [f"x{i}" for i in names], axis=-1,
+            helper.make_node("Split", ["q"], [f"q{i}" for i in names], axis=-1,
                              num_outputs=slices),
             helper.make_node("Split", ["W"], [f"w{i}" for i in names], axis=1,
                              num_outputs=slices),
-            helper.make_node("Split", ["input_range"], [f"r_raw{i}" for i in names], axis=0,
+            helper.make_node("Split", ["r"], [f"r{i}" for i in names], axis=0,
                              num_outputs=slices),
         ]
     else:
         nodes += [helper.make_node("Identity", [src], [f"{dst}_0"])
-                  for src, dst in (("X", "x"), ("W", "w"), ("input_range", "r_raw"))]
+                  for src, dst in (("q", "q"), ("W", "w"), ("r", "r"))]
     outputs = []
     for i in names:
         nodes += [
@@ -292,15 +321,10 @@ def sliced_function(op_type: str, opset: int, slices: int) -> FunctionProto:
             helper.make_node("Max", [f"w_max_raw{i}", "tiny"], [f"w_max{i}"]),
             helper.make_node("Div", [f"w_t{i}", f"w_max{i}"], [f"w_unit{i}"]),
             helper.make_node("Mul", [f"w_unit{i}", "w_scale"], [f"w_eff{i}"]),
-            helper.make_node("Max", [f"r_raw{i}", "tiny"], [f"r{i}"]),
-            helper.make_node("Div", ["h_in", f"r{i}"], [f"in_scale{i}"]),
             helper.make_node("Mul", [f"r{i}", "out_bound"], [f"bound_per_w{i}"]),
             helper.make_node("Mul", [f"bound_per_w{i}", f"w_max{i}"], [f"bound{i}"]),
             helper.make_node("Div", [f"bound{i}", "h_out"], [f"out_step{i}"]),
-            # DAC, crossbar MVM in ADC-level units.
-            helper.make_node("Mul", [f"x{i}", f"in_scale{i}"], [f"x_scaled{i}"]),
-            helper.make_node("Clip", [f"x_scaled{i}", "neg_h_in", "h_in"], [f"x_clipped{i}"]),
-            helper.make_node("Round", [f"x_clipped{i}"], [f"q{i}"]),
+            # Crossbar MVM in ADC-level units.
             helper.make_node("MatMul", [f"q{i}", f"w_eff{i}"], [f"z{i}"]),
         ]
         level = f"z{i}"
