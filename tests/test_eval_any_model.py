@@ -86,7 +86,8 @@ def mlp(tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(0)
     module = _MLP().eval()
     batches = [(torch.randn(BATCH, 8), torch.randint(0, 6, (BATCH,))) for _ in range(4)]
-    torch.onnx.export(module, batches[0], root / "mlp.onnx", dynamo=True, external_data=False)
+    torch.onnx.export(module, batches[0], root / "mlp.onnx", dynamo=True)  # weights in .data
+    assert (root / "mlp.onnx.data").is_file()
     afmc.compile(str(root / "mlp.onnx"), "aimc", output=root / "aimc",
                  calibration=[{"x": x.numpy(), "ids": ids.numpy()} for x, ids in batches])
     afmc.compile(str(root / "mlp.onnx"), "fp", output=root / "fp")
