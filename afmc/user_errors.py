@@ -57,14 +57,14 @@ def user_message(error: BaseException) -> str:
     if isinstance(error, KeyError):
         key = error.args[0] if error.args else "?"
         if isinstance(key, str) and " " in key:  # afmc's own message ("unknown target ...")
-            return _first_line(key)
+            return first_line(key, None)
         return f"missing key {key!r}"
     if isinstance(error, UnicodeDecodeError):
         return (f"not {error.encoding} text (byte 0x{error.object[error.start]:02x} at "
                 f"offset {error.start})")
     if isinstance(error, OSError) and len(error.args) == 1:
-        return _first_line(str(error.args[0]))
-    return _first_line(str(error)) or type(error).__name__
+        return first_line(str(error.args[0]), None)
+    return first_line(error, None)
 
 
 def _short(name: object) -> str:
@@ -75,6 +75,9 @@ def _short(name: object) -> str:
     return f"{text[:half]}...{text[-half:]}"
 
 
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else ""
+def first_line(error: BaseException | str, limit: int | None = 300) -> str:
+    """The first non-empty line of an exception's message (its type name when it has
+    none) or of a text (empty when it has none), shortened to `limit` characters."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else ("" if isinstance(error, str) else type(error).__name__)
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."

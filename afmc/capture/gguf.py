@@ -21,7 +21,8 @@ import torch
 import transformers
 from transformers import PreTrainedModel
 
-from afmc.capture.errors import CaptureError, first_line
+from afmc.capture.errors import CaptureError
+from afmc.user_errors import first_line
 
 SUFFIX = ".gguf"
 MAGIC = b"GGUF"

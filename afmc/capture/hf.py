@@ -47,12 +47,13 @@ from torch import nn
 from torch.export import Dim
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from afmc.capture.errors import CaptureError, first_line
+from afmc.capture.errors import CaptureError
 from afmc.capture.gguf import SUFFIX as GGUF_SUFFIX
 from afmc.capture.gguf import find_gguf, load_gguf_model
 from afmc.capture.loading_info import check_loading_info
 from afmc.capture.moe import densify_experts
 from afmc.capture.torch_module import CapturedModel, capture_module
+from afmc.user_errors import first_line
 
 EXAMPLE_BATCH = 2
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from afmc.capture.errors import CaptureError, first_line
+from afmc.capture.errors import CaptureError
+from afmc.user_errors import first_line
 
 RUNNABLE_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 

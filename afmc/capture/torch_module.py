@@ -48,8 +48,9 @@ import torch
 from torch import nn
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
-from afmc.capture.errors import CaptureError, first_line
+from afmc.capture.errors import CaptureError
 from afmc.capture.linear_form import linearize_transposed_products
+from afmc.user_errors import first_line
 
 _LIBRARY_DIRS = tuple(
     str(Path(p).resolve()) + os.sep

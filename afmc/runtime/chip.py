@@ -34,6 +34,7 @@ from afmc.layout import MODEL_FILE, RECORD_FILE
 from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
 from afmc.runtime.sessions import open_session, run_session, session_options
 from afmc.runtime.views import fp_reference, with_read_noise
+from afmc.user_errors import first_line
 
 INLINE_LIMIT = 3 << 29  # 1.5 GiB: protobuf cannot serialise a model over 2 GiB
 RECORD_KEYS = ("target", "inputs", "outputs", "config", "layers")
@@ -53,9 +54,7 @@ def load_model_file(path: Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(path))
     except Exception as error:  # protobuf's DecodeError and onnx's errors vary by version
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ValueError(f"{path}: not a valid ONNX model ({first or type(error).__name__})"
-                         ) from None
+        raise ValueError(f"{path}: not a valid ONNX model ({first_line(error, None)})") from None
 
 
 def check_sequence_length(inputs: tuple[np.ndarray, ...], max_positions: int | None) -> None:

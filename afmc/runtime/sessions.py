@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from afmc.user_errors import first_line
+
 PROVIDERS = ["CPUExecutionProvider"]
 
 
@@ -41,7 +43,7 @@ def open_session(model: bytes | str | Path, options: ort.SessionOptions,
         if not is_ort_error(error):
             raise
         raise ValueError(f"{name}: onnxruntime cannot load the model "
-                         f"({_first_line(error)})") from None
+                         f"({first_line(error)})") from None
 
 
 def run_session(session: ort.InferenceSession, outputs: list[str],
@@ -55,10 +57,4 @@ def run_session(session: ort.InferenceSession, outputs: list[str],
         if not is_ort_error(error):
             raise
         raise ValueError(f"{name}: onnxruntime failed to run the model "
-                         f"({_first_line(error)})") from None
-
-
-def _first_line(error: BaseException, limit: int = 300) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[0] if lines else type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+                         f"({first_line(error)})") from None
