@@ -39,7 +39,7 @@ import torch
 
 from afmc.config import CalibrationConfig
 from afmc.data.tensors import SUFFIXES as TENSOR_SUFFIXES
-from afmc.data.tensors import load_tensor_batches, name_mismatch
+from afmc.data.tensors import load_tensor_batches, name_mismatch, tensor_to_numpy
 from afmc.data.text_source import read_text
 from afmc.data.tokenizer import Tokenizer, token_windows
 
@@ -307,6 +307,4 @@ def _as_dict(batch: Any, names: list[str], index: int, source: str = "calibratio
 
 
 def _numpy(value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
+    return tensor_to_numpy(value) if isinstance(value, torch.Tensor) else np.asarray(value)

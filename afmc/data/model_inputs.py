@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from afmc.data.calibration import Batch, ModelSignature, validate_batches
-from afmc.data.tensors import SUFFIXES
+from afmc.data.tensors import read_tensor_file, tensor_to_numpy
 
 BATCH_SIZE = 64
 
@@ -44,8 +44,7 @@ class ModelInputs:
 
 def _numpy(path: Path, value: object) -> np.ndarray:
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+        return tensor_to_numpy(value)
     if isinstance(value, np.ndarray):
         return value
     raise ValueError(f"{path}: expected tensors, found {type(value).__name__}")
@@ -66,20 +65,7 @@ def _joined(path: Path, batches: list | tuple) -> list[np.ndarray]:
 
 def read_arrays(path: Path, names: list[str]) -> dict[str, np.ndarray]:
     """The file's arrays by input name (unchecked); a lone array or tuple is in input order."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: inputs file not found")
-    if path.suffix not in SUFFIXES:
-        raise ValueError(f"{path}: inputs must be one of {', '.join(SUFFIXES)}")
-    try:
-        if path.suffix == ".npy":
-            data: object = np.load(path)
-        elif path.suffix == ".npz":
-            with np.load(path) as archive:
-                data = {key: archive[key] for key in archive.files}
-        else:
-            data = torch.load(path, weights_only=True)
-    except (OSError, ValueError, RuntimeError, EOFError) as error:
-        raise ValueError(f"{path}: cannot read tensors: {error}") from None
+    data = read_tensor_file(path, "inputs")
     if isinstance(data, dict):
         return {str(key): _numpy(path, value) for key, value in data.items()}
     arrays = _joined(path, data) if isinstance(data, (list, tuple)) and data \

@@ -1,4 +1,7 @@
-"""Calibration tensors from files: .npy, .npz and .pt, batched along the first axis.
+"""Tensors from files (.npy, .npz and .pt), and calibration batches cut from them.
+
+read_tensor_file reads any of the three, for calibration and for afmc run/eval
+inputs alike. As calibration data (load_tensor_batches), batched along the first axis:
 
 - .npy: one array [samples, ...] for a single-input model;
 - .npz: one array per model input, keyed by input name;
@@ -27,8 +30,33 @@ def name_mismatch(given: list[str], expected: list[str]) -> str | None:
             + (f" (unknown {unknown})" if unknown else ""))
 
 
-def _batched(arrays: dict[str, torch.Tensor], batch_size: int, source: Path) -> list[tuple]:
-    counts = {name: a.shape[0] if a.dim() else 0 for name, a in arrays.items()}
+def read_tensor_file(path: Path, noun: str) -> object:
+    """The content of a .npy (an array), .npz (a dict of arrays) or .pt file (what torch
+    saved: a tensor, a dict or a list); errors name `path` and the `noun` file it is."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {noun} file not found")
+    if path.suffix not in SUFFIXES:
+        raise ValueError(f"{path}: {noun} file must be one of {', '.join(SUFFIXES)}")
+    try:
+        if path.suffix == ".npy":
+            return np.load(path)
+        if path.suffix == ".npz":
+            with np.load(path) as archive:
+                return {key: archive[key] for key in archive.files}
+        return torch.load(path, weights_only=True)
+    except (OSError, ValueError, RuntimeError, EOFError) as error:
+        raise ValueError(f"{path}: cannot read {noun} file: {error}") from None
+
+
+def tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A torch tensor as a numpy array (bfloat16, which numpy lacks, as float32)."""
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+
+def _batched(arrays: dict[str, np.ndarray | torch.Tensor], batch_size: int,
+             source: Path) -> list[tuple]:
+    counts = {name: a.shape[0] if len(a.shape) else 0 for name, a in arrays.items()}
     if 0 in counts.values() or len(set(counts.values())) > 1:
         raise ValueError(f"{source}: calibration tensors are empty or differ in sample count "
                          f"(first axis: {counts})")
@@ -39,23 +67,8 @@ def _batched(arrays: dict[str, torch.Tensor], batch_size: int, source: Path) -> 
 
 def load_tensor_batches(path: Path, input_names: list[str], batch_size: int) -> list[tuple]:
     """Calibration batches (tuples in input order) from a .npy / .npz / .pt file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: calibration file not found")
-    try:
-        if path.suffix == ".npy":
-            data: object = torch.from_numpy(np.load(path))
-        elif path.suffix == ".npz":
-            with np.load(path) as archive:
-                data = {key: torch.from_numpy(archive[key]) for key in archive.files}
-        elif path.suffix == ".pt":
-            data = torch.load(path, weights_only=True)
-        else:
-            raise ValueError(f"{path}: calibration tensors must be one of {', '.join(SUFFIXES)}")
-    except (OSError, ValueError, RuntimeError, EOFError) as error:
-        if isinstance(error, ValueError) and str(error).startswith(str(path)):
-            raise
-        raise ValueError(f"{path}: cannot read calibration tensors: {error}") from None
-    if isinstance(data, torch.Tensor):
+    data = read_tensor_file(path, "calibration")
+    if isinstance(data, (np.ndarray, torch.Tensor)):
         if len(input_names) != 1:
             raise ValueError(f"{path}: one array given, the model has inputs {input_names}")
         return _batched({input_names[0]: data}, batch_size, path)
