@@ -100,6 +100,9 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     `save_intermediate` saves the program after each pass as
     OUT/intermediate/NN-name.pt2 (torch.export.load; import afmc first).
 
+    `output` may not be, hold or lie inside the model, calibration or tokenizer files it
+    reads (output_dir.check_output, before any work).
+
     A model trained by `afmc train` (its directory holds learned input ranges) compiles
     for aimc with those ranges and the target's trained pass list, and with the trained
     configuration when `config` is None; `recalibrate` calibrates it as any other model.
@@ -107,7 +110,9 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     config = config or _trained_or_default_config(model)
     chosen = get_target(target)
     timed = StepTimer(progress)
-    with staged_output(output, force, model_paths(model)) as staged:
+    read = [*model_paths(model), *(Path(path) for path in (calibration, tokenizer)
+                                   if isinstance(path, (str, Path)))]
+    with staged_output(output, force, read) as staged:
         frontend = timed("load" if is_onnx_file(model) else "capture",
                          lambda: open_frontend(model, example_inputs,
                                                tokenizer=_tokenizer(tokenizer),
@@ -178,7 +183,7 @@ def _calibration(frontend: Frontend, target: Target, config: AfmcConfig,
         if not needs:
             return None
         data = synthetic_calibration(frontend.signature, config.calibration)
-        warnings.warn(f"{frontend.source.split(':', 1)[-1]}: no calibration data; input "
+        warnings.warn(f"{frontend.name}: no calibration data; input "
                       "ranges come from synthetic inputs drawn from the input signature "
                       "(pass --calib FILE for real ranges)", SyntheticCalibrationWarning,
                       stacklevel=3)
@@ -190,7 +195,7 @@ def _calibration(frontend: Frontend, target: Target, config: AfmcConfig,
         found = frontend.tokenizer()
         if found is None:
             raise ValueError(f"{given}: text calibration needs a tokenizer and "
-                             f"{frontend.source.split(':', 1)[-1]} has none (pass --tokenizer "
+                             f"{frontend.name} has none (pass --tokenizer "
                              "DIR, or tensors: .npy/.npz/.pt)")
         return found
 
@@ -205,7 +210,7 @@ def _warn_if_nothing_accelerated(frontend: Frontend, target: Target,
         return
     found = (f"all {len(layers)} static-weight layers are placed digital" if layers
              else "it has no MatMul, Gemm or Conv with a constant weight")
-    warnings.warn(f"{frontend.source.split(':', 1)[-1]}: no layer runs on the {target.name} "
+    warnings.warn(f"{frontend.name}: no layer runs on the {target.name} "
                   f"target: {found}; the output computes as the FP model",
                   NoAcceleratedLayersWarning, stacklevel=3)
 

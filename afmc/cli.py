@@ -117,11 +117,10 @@ def compile(  # noqa: A001
     """Compile MODEL for a target: writes OUTPUT/model.onnx and OUTPUT/afmc.json."""
     with _user_errors():
         from afmc.config import load_config
-        from afmc.models import model_paths
         from afmc.output_dir import check_output
 
-        check_output(output, [*model_paths(model), *(Path(path) for path in
-                                                     (calib, tokenizer, config) if path)])
+        if config is not None:  # the model, calibration and tokenizer: afmc.compile checks
+            check_output(output, [config])
         overrides = list(set_ or [])
         if digital:
             overrides.append(f"placement.digital={json.dumps(list(digital))}")
@@ -132,11 +131,7 @@ def compile(  # noqa: A001
         trained = trained_config(model) if config is None and Path(model).is_dir() else None
         cfg = load_config(config, overrides, base=trained)
         from afmc.api import compile as compile_model
-        from afmc.targets import get_target
 
-        get_target(target)
-        if output.exists() and not force:
-            raise FileExistsError(f"{output}: output exists (use --force to overwrite)")
         with _afmc_warnings(), console.status("compiling") as status:
             result = compile_model(
                 model, target, cfg, calibration=calib, output=output, force=force,

@@ -120,6 +120,12 @@ def _axis_names(
     return mapping
 
 
+def initializer_bytes(model: ir.Model) -> int:
+    """The bytes of the model's weights (its initializers), in memory or external."""
+    return sum(value.const_value.nbytes for value in model.graph.initializers.values()
+               if value.const_value is not None)
+
+
 def save_model(model: ir.Model, path: Path) -> None:
     """Write `model` to `path` atomically and self-contained.
 
@@ -129,12 +135,8 @@ def save_model(model: ir.Model, path: Path) -> None:
     never points outside its own folder.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    size = sum(
-        value.const_value.nbytes
-        for value in model.graph.initializers.values()
-        if value.const_value is not None
-    )
-    external = f"{path.name}.data" if size > EXTERNAL_DATA_THRESHOLD_BYTES else None
+    external = (f"{path.name}.data" if initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES
+                else None)
     if external is None:
         ir.external_data.load_to_model(model)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.tmp-") as tmp:

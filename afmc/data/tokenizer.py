@@ -100,6 +100,14 @@ def text_feeds(ids: np.ndarray, input_names: list[str]) -> list[np.ndarray]:
     return [fill[name]() for name in input_names]
 
 
+def find_tokenizer(model_dir: Path) -> Tokenizer | None:
+    """The tokenizer of `model_dir` (load_tokenizer), or None when it has none."""
+    try:
+        return load_tokenizer(model_dir)
+    except ValueError:
+        return None
+
+
 def load_tokenizer(model_dir: Path) -> Tokenizer:
     """The tokenizer of the Hugging Face model directory (or GGUF file) ``model_dir``.
 

@@ -24,7 +24,7 @@ def open_frontend(model: Any, example_inputs: tuple | None = None, *,
     if is_onnx_file(model):
         frontend = OnnxFrontend(Path(model), tokenizer, verify, save_intermediate)
         if recalibrate:
-            warn_nothing_to_recalibrate(frontend.source)
+            warn_nothing_to_recalibrate(frontend.name)
         return frontend
     return open_torch(model, example_inputs, tokenizer=tokenizer, recalibrate=recalibrate,
                       verify=verify, save_intermediate=save_intermediate)

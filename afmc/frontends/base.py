@@ -27,6 +27,7 @@ class Frontend(Protocol):
     """One model being compiled (the protocol every front end implements)."""
 
     source: str  # the record's "source": "hf:DIR", "torch:Class", "onnx:FILE"
+    name: str  # the model as messages name it: DIR, Class, FILE
     level: Level  # the graph level its passes run on
     inputs: list[Path]  # the files it was read from (an output may not touch them)
     signature: ModelSignature

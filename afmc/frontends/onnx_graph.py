@@ -21,12 +21,12 @@ import onnx_ir as ir
 import afmc.passes  # noqa: F401  (registers the passes)
 from afmc import ops
 from afmc.capture.errors import CaptureError
-from afmc.capture.onnx_export import EXTERNAL_DATA_THRESHOLD_BYTES
+from afmc.capture.onnx_export import EXTERNAL_DATA_THRESHOLD_BYTES, initializer_bytes
 from afmc.capture.onnx_model import load_onnx_model
 from afmc.config import AfmcConfig
 from afmc.data.calibration import CalibrationData
 from afmc.data.onnx_signature import onnx_signature
-from afmc.data.tokenizer import Tokenizer, load_tokenizer
+from afmc.data.tokenizer import Tokenizer, find_tokenizer
 from afmc.passes.fx.fold_common import NOTES_KEY
 from afmc.passes.layers import META_KEY, LayerRecord
 from afmc.passes.onnx.place_layers import onnx_layer_records
@@ -51,19 +51,16 @@ class OnnxFrontend:
             raise CaptureError(f"{path}: already compiled by afmc (it holds afmc nodes); "
                                "compile the original model")
         data_files = {Path(value.const_value.path) for value in _external(self.model)}
-        if _weight_bytes(self.model) <= EXTERNAL_DATA_THRESHOLD_BYTES:
+        if initializer_bytes(self.model) <= EXTERNAL_DATA_THRESHOLD_BYTES:
             ir.external_data.load_to_model(self.model)
-        self.source = f"onnx:{path}"
+        self.source, self.name = f"onnx:{path}", str(path)
         self.inputs = [path, *sorted(data_files)]
         self.signature = onnx_signature(self.model)
         self._tokenizer, self._tokenizer_loaded = tokenizer, tokenizer is not None
 
     def tokenizer(self) -> Tokenizer | None:
         if not self._tokenizer_loaded:
-            try:
-                self._tokenizer = load_tokenizer(self.path.parent)
-            except ValueError:
-                self._tokenizer = None
+            self._tokenizer = find_tokenizer(self.path.parent)
         self._tokenizer_loaded = True
         return self._tokenizer
 
@@ -111,11 +108,6 @@ class OnnxFrontend:
 def _external(model: ir.Model) -> list[ir.Value]:
     return [value for value in model.graph.initializers.values()
             if isinstance(value.const_value, ir.ExternalTensor)]
-
-
-def _weight_bytes(model: ir.Model) -> int:
-    return sum(value.const_value.nbytes for value in model.graph.initializers.values()
-               if value.const_value is not None)
 
 
 def analog_dependencies(model: ir.Model) -> list[tuple[str, str]]:

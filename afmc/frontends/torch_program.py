@@ -25,7 +25,7 @@ from afmc import lowering
 from afmc.capture import CapturedModel, CaptureError, capture_module, capture_pretrained
 from afmc.config import AfmcConfig
 from afmc.data.calibration import CalibrationData, InputSpec, ModelSignature
-from afmc.data.tokenizer import Tokenizer, load_tokenizer
+from afmc.data.tokenizer import Tokenizer, find_tokenizer
 from afmc.mapping import analog_dependencies
 from afmc.passes.fx.learned_ranges import META_RANGES
 from afmc.passes.layers import LayerRecord, layer_records
@@ -53,12 +53,13 @@ class TorchFrontend:
         self.captured = captured
         self.program: fx.GraphModule = captured.graph_module
         self.source = captured.source
+        self.name = captured.source.split(":", 1)[-1]
         self.inputs = [model_dir] if model_dir is not None else []
         self.model_dir = model_dir
         self.signature = module_signature(captured)
         learned = read_learned_ranges(model_dir)
         if recalibrate and learned is None:
-            warn_nothing_to_recalibrate(self.source)
+            warn_nothing_to_recalibrate(self.name)
         self.learned = None if recalibrate else learned
         self.verify, self.save_intermediate = verify, save_intermediate
         self._tokenizer, self._tokenizer_loaded = tokenizer, tokenizer is not None
@@ -67,10 +68,7 @@ class TorchFrontend:
 
     def tokenizer(self) -> Tokenizer | None:
         if not self._tokenizer_loaded and self.model_dir is not None:
-            try:
-                self._tokenizer = load_tokenizer(self.model_dir)
-            except ValueError:
-                self._tokenizer = None
+            self._tokenizer = find_tokenizer(self.model_dir)
         self._tokenizer_loaded = True
         return self._tokenizer
 
@@ -145,9 +143,9 @@ class TorchFrontend:
         torch.export.save(exported, folder / f"{self._steps:02d}-{name}.pt2")
 
 
-def warn_nothing_to_recalibrate(source: str) -> None:
-    """--recalibrate on a model without learned input ranges: a named warning."""
-    warnings.warn(f"{source.split(':', 1)[-1]}: --recalibrate has nothing to replace (the model "
+def warn_nothing_to_recalibrate(name: str) -> None:
+    """--recalibrate on the model `name` without learned input ranges: a named warning."""
+    warnings.warn(f"{name}: --recalibrate has nothing to replace (the model "
                   "holds no learned input ranges of afmc train); it is calibrated as usual",
                   InputWarning, stacklevel=3)
 
