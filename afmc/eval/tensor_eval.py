@@ -72,11 +72,6 @@ def model_outputs(chip: Chip, inputs: ModelInputs) -> dict[str, np.ndarray]:
             for index, name in enumerate(names)}
 
 
-def _inputs(out_dir: Path, inputs_file: Path) -> tuple[dict[str, Any], ModelInputs]:
-    record = load_record(out_dir)
-    return record, load_inputs(inputs_file, compiled_signature(out_dir))
-
-
 @dataclass
 class OutputSummary:
     """One output of one run: shape, statistics, error to FP and, 2-D, the top-1 classes."""
@@ -102,7 +97,7 @@ class TensorRunReport:
 def run_tensors(out_dir: Path, inputs_file: Path, seed: int, *,
                 read_noise: float = 0.0) -> TensorRunReport:
     """Run the inputs of `inputs_file` through chip `seed` and compare with the FP view."""
-    _, inputs = _inputs(out_dir, inputs_file)
+    inputs = load_inputs(inputs_file, compiled_signature(out_dir))
     chip = open_chip(out_dir, seed, read_noise=read_noise)
     got = model_outputs(chip, inputs)
     fp = model_outputs(open_chip(out_dir, fp=True), inputs)
@@ -194,7 +189,8 @@ def evaluate_tensors(out_dir: Path, inputs_file: Path, seeds: list[int], *,
 
     `progress(done, total)` is called once the inputs are checked and after each chip.
     """
-    record, inputs = _inputs(out_dir, inputs_file)
+    record = load_record(out_dir)
+    inputs = load_inputs(inputs_file, compiled_signature(out_dir))
     labels = None if labels_file is None else load_labels(labels_file, inputs.samples)
     if is_digital(record):
         chips: list[int | None] = [0]
@@ -204,7 +200,7 @@ def evaluate_tensors(out_dir: Path, inputs_file: Path, seeds: list[int], *,
         chips = list(seeds)
     fp = model_outputs(open_chip(out_dir, fp=True), inputs)
     first, logits = next(iter(fp.items()))
-    if labels_file is not None and labels is not None:
+    if labels is not None:
         check_label_classes(labels_file, labels, first, logits)
     report = TensorEvalReport(inputs.samples, list(fp),
                               digital=record["target"] if is_digital(record) else None)
