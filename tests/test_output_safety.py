@@ -226,22 +226,30 @@ def _intrude(out: Path, kind: str) -> None:
         out.write_text("another program's file")
 
 
-@pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "fallback"])
-@pytest.mark.parametrize("kind", ["directory", "empty directory", "file"])
-def test_output_that_appears_while_compiling_is_not_overwritten(tmp_path, monkeypatch,
-                                                                kind, renameat2):
+def _compile_while_intruding(out: Path, kind: str, renameat2: bool, monkeypatch,
+                             force: bool):
+    """Compile the MLP to `out` while another program creates `out` (a `kind`) during the
+    capture; without renameat2 when `renameat2` is False (the fallback path)."""
     if not renameat2:
         monkeypatch.setattr(output_dir, "_libc_renameat2", lambda: None)
     module, example = _mlp()
-    out = tmp_path / "out"
 
     def progress(step: str) -> None:
         if step == "capture":
             _intrude(out, kind)
 
+    return afmc.compile(module, "fp", example_inputs=example, output=out, force=force,
+                        progress=progress)
+
+
+@pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "fallback"])
+@pytest.mark.parametrize("kind", ["directory", "empty directory", "file"])
+def test_output_that_appears_while_compiling_is_not_overwritten(tmp_path, monkeypatch,
+                                                                kind, renameat2):
+    out = tmp_path / "out"
     with pytest.raises(FileExistsError, match=f"{out}: appeared while compiling "
                        r"\(another compile\?\); nothing overwritten, use --force"):
-        afmc.compile(module, "fp", example_inputs=example, output=out, progress=progress)
+        _compile_while_intruding(out, kind, renameat2, monkeypatch, force=False)
     assert _listing(tmp_path) == ["out"]
     if kind == "directory":
         assert _listing(out) == ["theirs.txt"]
@@ -254,17 +262,8 @@ def test_output_that_appears_while_compiling_is_not_overwritten(tmp_path, monkey
 @pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "fallback"])
 def test_force_replaces_an_output_that_appeared_while_compiling(tmp_path, monkeypatch,
                                                                 renameat2):
-    if not renameat2:
-        monkeypatch.setattr(output_dir, "_libc_renameat2", lambda: None)
-    module, example = _mlp()
     out = tmp_path / "out"
-
-    def progress(step: str) -> None:
-        if step == "capture":
-            _intrude(out, "directory")
-
-    result = afmc.compile(module, "fp", example_inputs=example, output=out, force=True,
-                          progress=progress)
+    result = _compile_while_intruding(out, "directory", renameat2, monkeypatch, force=True)
     assert result.output == out
     assert _listing(out) == ["afmc.json", "model.onnx"]
     assert _listing(tmp_path) == ["out"]
