@@ -62,8 +62,10 @@ def build_record(
     fold_notes: list[dict[str, Any]],
     dependencies: list[tuple[str, str]],
     max_positions: int | None = None,
+    kv_cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The record of one compile."""
+    """The record of one compile; "kv_cache" (afmc.data.kv_cache) only for a causal LM
+    compiled with its cache."""
     analog = [layer for layer in layers if layer.placement == "analog"]
     hardware = config.hardware
     on_tiles = [layer for layer in analog if layer.slice_sizes]  # lowered to crossbar ops
@@ -73,7 +75,7 @@ def build_record(
     for layer in on_tiles:  # the mapping also stays on the layer records (graph nodes)
         layer.tile_ids = tile_ids.get(layer.name, [])
         layer.tiles = len(layer.tile_ids)
-    return {
+    record = {
         "afmc_version": "0.1.0",
         "target": target,
         "source": source,
@@ -98,6 +100,9 @@ def build_record(
         "dependencies": [list(edge) for edge in dependencies],
         "passes": timings,
     }
+    if kv_cache is not None:
+        record["kv_cache"] = kv_cache
+    return record
 
 
 def write_outputs(staged: Path, model: ir.Model, record: dict[str, Any],

@@ -1,9 +1,13 @@
 """Hugging Face causal LM front end: load a local model directory and capture it.
 
-The model is wrapped in `CausalLMLogits`, whose forward takes only `input_ids`
-and returns only the logits with `use_cache=False`: no KV cache object and no
-attention mask (every position attends causally to the ones before it). The
-wrapper keeps the model under the attribute `lm`, so graph and ONNX names read
+With kv_cache=True (what `afmc compile` uses) the model is wrapped in
+`CausalLMWithCache` (afmc.capture.kv_cache): input_ids plus the past keys and
+values in, logits plus the present keys and values out, one graph for prefill
+and decode; a model whose cache that wrapper cannot hold is captured as below.
+Otherwise it is wrapped in `CausalLMLogits`, whose forward takes only `input_ids`
+and returns only the logits with `use_cache=False`. Neither takes an attention
+mask (every position attends causally to the ones before it). Both wrappers
+keep the model under the attribute `lm`, so graph and ONNX names read
 `lm.model.layers.0.self_attn.q_proj.weight` (Llama, Phi-3, Qwen2) or
 `lm.transformer.h.0.attn.c_attn.weight` (GPT-2).
 
@@ -50,12 +54,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from afmc.capture.errors import CaptureError
 from afmc.capture.gguf import SUFFIX as GGUF_SUFFIX
 from afmc.capture.gguf import find_gguf, load_gguf_model
+from afmc.capture.kv_cache import CausalLMWithCache, cache_spec, fill_empty_pasts
 from afmc.capture.loading_info import check_loading_info
 from afmc.capture.moe import densify_experts
 from afmc.capture.torch_module import CapturedModel, capture_module
 from afmc.user_errors import first_line
 
 EXAMPLE_BATCH = 2
+EXAMPLE_PAST = 5  # >= 2, or torch specialises the past axis
 
 
 def read_config(model_dir: Path) -> PretrainedConfig:
@@ -151,15 +157,19 @@ class CausalLMLogits(nn.Module):
 
 
 def capture_causal_lm(
-    model_dir_or_model: str | os.PathLike | PreTrainedModel, example_seq_len: int = 16
+    model_dir_or_model: str | os.PathLike | PreTrainedModel, example_seq_len: int = 16,
+    kv_cache: bool = False,
 ) -> CapturedModel:
     """Capture a causal LM (a local directory or a loaded model) as a CapturedModel.
 
     The graph takes "input_ids" (int64 [batch, seq], both dynamic) and returns
-    "logits" (float32 [batch, seq, vocab]). A loaded model is switched to eval
+    "logits" (float32 [batch, seq, vocab]). With `kv_cache`, and a model whose cache
+    capture.kv_cache.cache_spec describes, it also takes the pasts and returns the
+    presents (afmc.data.kv_cache; axis "past" dynamic from 0), and calling the graph
+    module with input_ids only fills empty pasts. A loaded model is switched to eval
     mode and used as it is (dtype and attention implementation unchanged), except
     that its mixture-of-experts blocks, if any, are made dense in place.
-    fp_module is the CausalLMLogits wrapper, so it is called like the graph.
+    fp_module is the wrapper, so it is called like the graph.
     """
     if isinstance(model_dir_or_model, (str, os.PathLike)):
         model = load_causal_lm(Path(model_dir_or_model))
@@ -174,16 +184,28 @@ def capture_causal_lm(
     example = torch.randint(
         model.config.vocab_size, (EXAMPLE_BATCH, example_seq_len), generator=generator
     )
-    dynamic_shapes = {"input_ids": {0: Dim("batch", min=1), 1: Dim("seq", min=1, max=max_len)}}
+    ids_axes = {0: Dim("batch", min=1), 1: Dim("seq", min=1, max=max_len)}
     densify_experts(model)
+    spec = cache_spec(model) if kv_cache else None
     try:
-        captured = capture_module(
-            CausalLMLogits(model),
-            (example,),
-            dynamic_shapes=dynamic_shapes,
-            input_names=["input_ids"],
-            output_names=["logits"],
-        )
+        if spec is None:
+            captured = capture_module(CausalLMLogits(model), (example,),
+                                      dynamic_shapes={"input_ids": ids_axes},
+                                      input_names=["input_ids"], output_names=["logits"])
+        else:
+            pasts = tuple(torch.randn((EXAMPLE_BATCH, spec.kv_heads, EXAMPLE_PAST,
+                                       spec.head_dim), generator=generator)
+                          for _ in spec.input_names)
+            past_axes = {0: ids_axes[0],
+                         2: Dim("past", min=0, max=None if max_len is None else max_len - 1)}
+            flat_shapes = (ids_axes, *(past_axes for _ in pasts))
+            captured = capture_module(CausalLMWithCache(model, spec), (example, *pasts),
+                                      dynamic_shapes=(ids_axes, flat_shapes[1:]),
+                                      input_names=["input_ids", *spec.input_names],
+                                      output_names=["logits", *spec.output_names])
+            # the graph module takes the pasts as flat inputs: re-export (lowering) with them
+            captured = replace(captured, dynamic_shapes=flat_shapes, kv_cache=spec)
+            captured.graph_module.register_forward_pre_hook(fill_empty_pasts(spec))
     except CaptureError as exc:
         raise CaptureError(f"model type {model.config.model_type!r}: {exc}") from exc
     return replace(captured, source=source)

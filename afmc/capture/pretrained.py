@@ -3,7 +3,7 @@
 Rule: a `*.gguf` file, or a directory with one `*.gguf` and no config.json, is a
 GGUF causal LM; a directory whose config is a BERT-like encoder
 (capture.encoder.is_encoder) is captured as an encoder; any other directory as
-a causal LM (capture.hf).
+a causal LM with its KV cache (capture.hf, capture.kv_cache).
 """
 
 from __future__ import annotations
@@ -21,4 +21,4 @@ def capture_pretrained(path: Path) -> CapturedModel:
     path = Path(path)
     if path.is_dir() and find_gguf(path) is None and is_encoder(read_config(path)):
         return capture_encoder(path)
-    return capture_causal_lm(path)
+    return capture_causal_lm(path, kv_cache=True)

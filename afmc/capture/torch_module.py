@@ -50,6 +50,7 @@ from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from afmc.capture.errors import CaptureError
 from afmc.capture.linear_form import linearize_transposed_products
+from afmc.data.kv_cache import KVCacheSpec
 from afmc.user_errors import first_line
 
 _LIBRARY_DIRS = tuple(
@@ -76,6 +77,8 @@ class CapturedModel:
         source: where the model came from (e.g. "torch:MyNet", "hf:/models/llama").
         fp_module: the original module, for reference outputs (shares parameters
             with graph_module).
+        kv_cache: the KV cache a causal LM takes and returns beside its data inputs and
+            first output (afmc.data.kv_cache); its pasts are the last inputs.
     """
 
     graph_module: torch.fx.GraphModule
@@ -85,6 +88,12 @@ class CapturedModel:
     output_names: list[str]
     source: str
     fp_module: nn.Module
+    kv_cache: KVCacheSpec | None = None
+
+    @property
+    def data_inputs(self) -> int:
+        """How many leading inputs carry data (all but the cache's pasts)."""
+        return len(self.input_names) - (len(self.kv_cache.input_names) if self.kv_cache else 0)
 
 
 def capture_module(

@@ -64,9 +64,10 @@ def torch_outputs(module: nn.Module) -> Outputs:
 
 def onnx_outputs(model: ir.Model | onnx.ModelProto, input_names: Sequence[str]) -> Outputs:
     """First output of an ONNX model through ONNX Runtime; batches are tuples in the order
-    of `input_names`, or mappings from input name."""
+    of `input_names`, or mappings from input name (a KV cache's pasts, if not given,
+    empty)."""
     from afmc.runtime.chip import model_session
-    from afmc.runtime.sessions import session_options
+    from afmc.runtime.sessions import complete_feeds, session_options
 
     proto = ir.serde.serialize_model(model) if isinstance(model, ir.Model) else model
     session = model_session(proto, session_options(None))
@@ -74,7 +75,8 @@ def onnx_outputs(model: ir.Model | onnx.ModelProto, input_names: Sequence[str]) 
     def run(batch: tuple | Mapping) -> np.ndarray:
         pairs = batch.items() if isinstance(batch, Mapping) else zip(input_names, batch,
                                                                       strict=True)
-        return session.run(None, {name: np.asarray(value) for name, value in pairs})[0]
+        feeds = {name: np.asarray(value) for name, value in pairs}
+        return session.run(None, complete_feeds(session, feeds))[0]
 
     return run
 

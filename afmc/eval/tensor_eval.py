@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from afmc.data.kv_cache import is_cache_name
 from afmc.data.model_inputs import (
     ModelInputs,
     check_label_classes,
@@ -32,6 +33,7 @@ from afmc.data.model_inputs import (
 )
 from afmc.eval.embedding import embedding_error
 from afmc.runtime.chip import Chip, is_digital, load_record, open_chip
+from afmc.runtime.sessions import complete_feeds
 from afmc.runtime.signature import compiled_signature
 
 TOP1_SHOWN = 8
@@ -65,9 +67,12 @@ def top1(logits: np.ndarray) -> np.ndarray:
 
 
 def model_outputs(chip: Chip, inputs: ModelInputs) -> dict[str, np.ndarray]:
-    """Every output of `chip` on `inputs`, by output name, batches joined on the first axis."""
-    names = [output.name for output in chip.session.get_outputs()]
-    parts = [chip.session.run(None, batch) for batch in inputs.batches]
+    """Every output of `chip` on `inputs`, by output name, batches joined on the first axis;
+    a KV cache's presents are left out (its pasts are fed empty)."""
+    names = [output.name for output in chip.session.get_outputs()
+             if not is_cache_name(output.name)]
+    parts = [chip.session.run(names, complete_feeds(chip.session, batch))
+             for batch in inputs.batches]
     return {name: np.concatenate([part[index] for part in parts])
             for index, name in enumerate(names)}
 

@@ -7,6 +7,9 @@ input's first axis, one shared Dim "batch"; an example batch of 1 is repeated to
 torch does not specialise it); a module whose code fixes its batch size is captured as
 it is, with a StaticBatchWarning. A directory trained by `afmc train` brings its learned
 input ranges, used by the target's trained pass list (unless `recalibrate`).
+A causal LM captured with its KV cache is calibrated and checked on input_ids with
+empty pasts (afmc.data.kv_cache); its signature and record "inputs" / "outputs"
+name the data only (input_ids, logits), and the record's "kv_cache" the cache.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 from afmc import lowering
 from afmc.capture import CapturedModel, CaptureError, capture_module, capture_pretrained
+from afmc.capture.kv_cache import empty_pasts
 from afmc.config import AfmcConfig
 from afmc.data.calibration import CalibrationData, InputSpec, ModelSignature
+from afmc.data.kv_cache import is_cache_name
 from afmc.data.tokenizer import Tokenizer, find_tokenizer
 from afmc.mapping import analog_dependencies
 from afmc.passes.fx.learned_ranges import META_RANGES
@@ -84,7 +89,7 @@ class TorchFrontend:
         name = spec if isinstance(spec, str) else type(spec).__name__
         if isinstance(spec, str):
             uses_data = get_pass(spec).uses_calibration
-            arguments = {"batches": calibration.tuples(self.signature.names)
+            arguments = {"batches": self._program_batches(calibration)
                          if calibration is not None else None} if uses_data else {}
             spec = get_pass(spec).factory(config, **arguments)
         outcome = spec(self.program)
@@ -113,10 +118,23 @@ class TorchFrontend:
         return layer_records(self.program)
 
     def record_fields(self) -> dict[str, Any]:
-        return {"inputs": list(self.captured.input_names),
-                "outputs": list(self.captured.output_names),
-                "fold_notes": self.program.meta.get("afmc_fold_notes", []),
-                "dependencies": analog_dependencies(self.program)}
+        captured = self.captured
+        fields = {"inputs": list(captured.input_names[:captured.data_inputs]),
+                  "outputs": [name for name in captured.output_names if not is_cache_name(name)],
+                  "fold_notes": self.program.meta.get("afmc_fold_notes", []),
+                  "dependencies": analog_dependencies(self.program)}
+        if captured.kv_cache is not None:
+            fields["kv_cache"] = captured.kv_cache.to_json()
+        return fields
+
+    def _program_batches(self, calibration: CalibrationData,
+                         held: bool = False) -> list[tuple[torch.Tensor, ...]]:
+        """The batches as the program's input tuples: the data inputs, then empty pasts."""
+        batches = calibration.tuples(self.signature.names, held=held)
+        spec = self.captured.kv_cache
+        if spec is None:
+            return batches
+        return [(*batch, *empty_pasts(spec, batch[0].shape[0])) for batch in batches]
 
     def fidelity(self, target: Target, lowered: ir.Model, record: dict[str, Any],
                  config: AfmcConfig, calibration: CalibrationData) -> dict[str, Any]:
@@ -128,13 +146,14 @@ class TorchFrontend:
         )
 
         held = bool(calibration.held)
-        batches = calibration.tuples(self.signature.names, held=held)[:None if held else 1]
+        batches = self._program_batches(calibration, held)[:None if held else 1]
         fp = torch_outputs(self.captured.fp_module)
         if target.post_lower is None:  # the analog torch program computes what the file does
             chip, worst = program_checks(self.program, config.noise, batches[0])
             return check_fidelity(fp, torch_outputs(self.program), batches, held, chip=chip,
                                   worst_layers=worst)
-        return check_fidelity(fp, onnx_outputs(lowered, self.signature.names), batches, held)
+        return check_fidelity(fp, onnx_outputs(lowered, self.captured.input_names), batches,
+                              held)
 
     def _save_intermediate(self, folder: Path, name: str) -> None:
         folder.mkdir(exist_ok=True)
@@ -189,12 +208,14 @@ def open_torch(model: Any, example_inputs: tuple | None, *, tokenizer: Tokenizer
 
 
 def module_signature(captured: CapturedModel) -> ModelSignature:
-    """The inputs of a captured program: example dtypes and ranks, dynamic axes by name."""
+    """The data inputs of a captured program (not a KV cache's pasts): example dtypes and
+    ranks, dynamic axes by name."""
     specs = captured.dynamic_shapes
     per_input = list(specs.values() if isinstance(specs, dict) else specs or ())
     inputs = []
-    for index, (name, example) in enumerate(zip(captured.input_names, captured.example_inputs,
-                                                strict=True)):
+    data = captured.data_inputs
+    for index, (name, example) in enumerate(zip(captured.input_names[:data],
+                                                captured.example_inputs[:data], strict=True)):
         spec = per_input[index] if index < len(per_input) else None
         axes = dict(spec.items() if isinstance(spec, dict) else enumerate(spec or ()))
         shape = tuple(_axis_name(axes[axis]) if axes.get(axis) is not None else int(size)

@@ -32,7 +32,7 @@ from onnx import numpy_helper
 from afmc.input_files import read_json_object
 from afmc.layout import MODEL_FILE, RECORD_FILE
 from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
-from afmc.runtime.sessions import open_session, run_session, session_options
+from afmc.runtime.sessions import complete_feeds, open_session, run_session, session_options
 from afmc.runtime.views import fp_reference, with_read_noise
 from afmc.user_errors import first_line
 
@@ -84,7 +84,7 @@ class Chip:
             raise ValueError(f"the model takes {len(self.input_names)} input(s) "
                              f"({', '.join(self.input_names)}), got {len(inputs)}")
         check_sequence_length(inputs, self.max_positions)
-        feeds = dict(zip(self.input_names, inputs, strict=True))
+        feeds = complete_feeds(self.session, dict(zip(self.input_names, inputs, strict=True)))
         return run_session(self.session, [self.output_name], feeds,
                            self.path or MODEL_FILE)[0]
 

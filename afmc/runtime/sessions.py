@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from afmc.data.kv_cache import KVCacheSpec, kv_cache_of_inputs, with_empty_pasts
 from afmc.user_errors import first_line
 
 PROVIDERS = ["CPUExecutionProvider"]
@@ -58,3 +59,14 @@ def run_session(session: ort.InferenceSession, outputs: list[str],
             raise
         raise ValueError(f"{name}: onnxruntime failed to run the model "
                          f"({first_line(error)})") from None
+
+
+def session_kv_cache(session: ort.InferenceSession) -> KVCacheSpec | None:
+    """The KV cache the session's model takes (afmc.data.kv_cache), or None."""
+    return kv_cache_of_inputs((arg.name, arg.shape) for arg in session.get_inputs())
+
+
+def complete_feeds(session: ort.InferenceSession,
+                   feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`feeds` with empty pasts added when the model has a KV cache and none is given."""
+    return with_empty_pasts(feeds, session_kv_cache(session))

@@ -13,6 +13,8 @@ Rules:
   tables stay float.
 - A digital.int4_keep_8bit pattern that matches no quantized layer or table of an int4
   compile is an error naming the pattern (the int8 target ignores the option).
+- The calibration batches of a causal LM compiled with its KV cache get empty pasts
+  (afmc.data.kv_cache), as every run with input_ids only.
 - The floating-point lowering is kept as OUT/reference.onnx: the FP view `afmc eval`
   compares against.
 - The record: each layer's `precision` ("int8", "int4", "fp") and placement "digital"
@@ -33,6 +35,7 @@ import numpy as np
 import onnx_ir as ir
 
 from afmc.config import DigitalConfig
+from afmc.data.kv_cache import kv_cache_of_inputs, with_empty_pasts
 from afmc.passes.name_rules import NameRules
 from afmc.targets import LowerContext
 from afmc.targets.embedding_tables import embedding_tables, quantize_table
@@ -97,7 +100,9 @@ def lower_digital(context: LowerContext, target: DigitalTarget) -> ir.Model:
     matmuls = layer_matmuls(model, [layer for layer in quantized if layer.name not in convs])
     nodes_of = matmuls | convs
     by_node = {node.name: layer.name for layer in quantized for node in nodes_of[layer.name]}
-    feeds = BatchFeeds(context.calibration) if context.calibration is not None else None
+    cache = kv_cache_of_inputs((value.name, value.shape) for value in model.graph.inputs)
+    feeds = BatchFeeds([with_empty_pasts(batch, cache) for batch in context.calibration]) \
+        if context.calibration is not None else None
     proto = ir.to_proto(model)
     if target == "int8":
         proto, renamed = quantize_int8(proto, list(by_node), feeds, config)
