@@ -1,4 +1,4 @@
-"""The afmc command line: compile, run, eval, passes, targets.
+"""The afmc command line: compile, run, eval, generate, passes, targets.
 
 Errors a user can cause (missing model, corrupt config, unknown target, empty
 calibration file, existing output, an output over the input) print one line on
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -384,12 +385,56 @@ def eval_(
                                   "mean": report.mean, "std": report.std})
 
 
-_MINIMUM = {"seeds": 1, "max_tokens": 1, "seq_len": 2, "top_k": 1}
+@app.command()
+def generate(
+    compiled: Annotated[Path, typer.Argument(help="Output directory of afmc compile")],
+    prompt: Annotated[str, typer.Option(help="The text to continue")],
+    seed: Annotated[int, typer.Option(help="Chip instance (programming-noise seed)")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most")] = 32,
+    temperature: Annotated[float, typer.Option(
+        help="Sampling temperature (0: greedy)")] = 0.0,
+    top_k: Annotated[int, typer.Option(help="Sample from the k most likely (0: off)")] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (1: off)")] = 1.0,
+    sample_seed: Annotated[int, typer.Option(help="Sampling seed")] = 0,
+    read_noise: Annotated[float, typer.Option(help="Per-inference read noise (0: off)")] = 0.0,
+    fp: Annotated[bool, typer.Option(help="Generate with the FP view instead of a chip")] = False,
+) -> None:
+    """Continue --prompt with a compiled language model (KV-cache decoding): prints the
+    generated text; the same seeds give the same text."""
+    with _user_errors():
+        _check_options(max_new_tokens=max_new_tokens, read_noise=read_noise)
+        from afmc.api import load_tokenizer_for
+        from afmc.runtime.chip import load_record, open_chip
+        from afmc.runtime.generation import GenerationOptions, check_language_model
+        from afmc.runtime.generation import generate as generate_tokens
+
+        record = load_record(compiled)
+        check_language_model(record)
+        tokenizer = load_tokenizer_for(compiled)
+        options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, sample_seed,
+                                    getattr(getattr(tokenizer, "tokenizer", None),
+                                            "eos_token_id", None))
+        options.check()
+        ids = tokenizer.encode(prompt)
+        chip = open_chip(compiled, None if fp else seed, fp=fp, read_noise=read_noise)
+        started = time.perf_counter()
+        result = generate_tokens(chip, record, ids, options)
+        seconds = time.perf_counter() - started
+        out.print(tokenizer.decode(result.tokens), markup=False, highlight=False)
+        which = "FP view" if fp else f"chip seed {seed}" if chip.seed is not None \
+            else "digital model (no noise)"
+        console.print(f"{which}: {len(result.tokens)} new tokens "
+                      f"({'eos' if result.stopped_at_eos else 'max-new-tokens'}), "
+                      f"{len(result.tokens) / seconds:.1f} tokens/s", highlight=False)
+
+
+_MINIMUM = {"seeds": 1, "max_tokens": 1, "seq_len": 2, "top_k": 1, "max_new_tokens": 1}
 
 
 def _check_options(**options: float) -> None:
-    """A ValueError naming the first option out of range: --seeds, --max-tokens and --top-k
-    at least 1, --seq-len at least 2, --read-noise a finite number >= 0."""
+    """A ValueError naming the first option out of range: --seeds, --max-tokens,
+    --max-new-tokens and --top-k at least 1, --seq-len at least 2, --read-noise a finite
+    number >= 0."""
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
         if name == "read_noise":
