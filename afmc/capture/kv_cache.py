@@ -37,7 +37,7 @@ def cache_spec(lm: PreTrainedModel) -> KVCacheSpec | None:
     None when it is not a DynamicCache of full-attention layers of one shape."""
     with torch.no_grad():
         output = lm(input_ids=torch.zeros((1, 2), dtype=torch.long), use_cache=True)
-    cache = getattr(output, "past_key_values", None)
+    cache = getattr(output, "cache", None)
     if type(cache) is not DynamicCache or not cache.layers \
             or any(type(layer) is not DynamicLayer for layer in cache.layers):
         return None
@@ -65,9 +65,9 @@ class CausalLMWithCache(nn.Module):
             cache.update(pasts[2 * layer], pasts[2 * layer + 1], layer)
         past = pasts[0].shape[2]
         positions = torch.arange(input_ids.shape[1], device=input_ids.device) + past
-        output = self.lm(input_ids=input_ids, past_key_values=cache, use_cache=True,
+        output = self.lm(input_ids=input_ids, cache=cache, use_cache=True,
                          position_ids=positions.unsqueeze(0).expand(input_ids.shape[0], -1))
-        presents = [tensor for layer in output.past_key_values.layers
+        presents = [tensor for layer in output.cache.layers
                     for tensor in (layer.keys, layer.values)]
         return (output.logits, *presents)
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from afmc.data.kv_cache import KVCacheSpec
-from afmc.runtime.sessions import run_session
+from afmc.runtime.sessions import complete_feeds, run_session
 
 Step = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -73,9 +73,15 @@ class Generation:
 
 
 def session_step(session: Any, name: str = "model.onnx") -> Step:
-    """The step callable of an onnxruntime session: every output, by name."""
+    """The step callable of an onnxruntime session: every output, by name (pasts not
+    given are fed empty, afmc.data.kv_cache)."""
     names = [output.name for output in session.get_outputs()]
-    return lambda feeds: dict(zip(names, run_session(session, names, feeds, name), strict=True))
+
+    def step(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = run_session(session, names, complete_feeds(session, feeds), name)
+        return dict(zip(names, outputs, strict=True))
+
+    return step
 
 
 def check_language_model(record: dict[str, Any]) -> None:
