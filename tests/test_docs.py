@@ -26,7 +26,7 @@ def test_readme_opens_with_the_two_commands():
 
 ENTRY_MODULES = ["afmc.api", "afmc.cli", "afmc.runtime.chip", "afmc.record", "afmc.report",
                  "afmc.frontends", "afmc.data.calibration", "afmc.mapping", "afmc.passes",
-                 "afmc.targets.digital",
+                 "afmc.targets.digital", "afmc.runtime.generation",
                  "afmc.eval.evaluate", "afmc.eval.fidelity", "afmc.eval.embedding",
                  "afmc.passes.range_search"]
 
