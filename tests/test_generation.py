@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 import afmc
 from afmc.capture.hf import load_causal_lm
 from afmc.cli import app
+from afmc.data.kv_cache import KVCacheSpec
 from afmc.models import BUILTIN_MODELS
 from afmc.runtime.chip import load_record, open_chip
 from afmc.runtime.generation import GenerationOptions, generate, next_token
@@ -30,11 +31,23 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> afmc.api.CompileResult:
     """afmc-tiny compiled for aimc with its defaults."""
-    out = tmp_path_factory.mktemp("gen") / "tiny"
-    afmc.compile("afmc-tiny", "aimc", output=out)
-    return out
+    return afmc.compile("afmc-tiny", "aimc", output=tmp_path_factory.mktemp("gen") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny(compiled: afmc.api.CompileResult) -> Path:
+    return compiled.output
+
+
+def test_program_runs_on_input_ids_alone(compiled: afmc.api.CompileResult):
+    ids = torch.randint(256, (2, 12), generator=torch.Generator().manual_seed(0))
+    spec = KVCacheSpec.from_json(compiled.record["kv_cache"])
+    empty = [torch.from_numpy(array) for array in spec.empty(2).values()]
+    with torch.no_grad():
+        alone, given = compiled.program(ids), compiled.program(ids, *empty)
+    assert alone[0].shape == (2, 12, 256) and torch.equal(alone[0], given[0])
 
 
 def test_record_and_file_declare_the_cache(tiny: Path):

@@ -205,7 +205,8 @@ def capture_causal_lm(
                                       output_names=["logits", *spec.output_names])
             # the graph module takes the pasts as flat inputs: re-export (lowering) with them
             captured = replace(captured, dynamic_shapes=flat_shapes, kv_cache=spec)
-            captured.graph_module.register_forward_pre_hook(fill_empty_pasts(spec))
+            captured.graph_module.register_forward_pre_hook(fill_empty_pasts(spec),
+                                                        prepend=True)
     except CaptureError as exc:
         raise CaptureError(f"model type {model.config.model_type!r}: {exc}") from exc
     return replace(captured, source=source)

@@ -79,7 +79,8 @@ def empty_pasts(spec: KVCacheSpec, batch: int) -> tuple[torch.Tensor, ...]:
 
 def fill_empty_pasts(spec: KVCacheSpec) -> Callable[[nn.Module, tuple], tuple | None]:
     """A forward pre-hook for the captured graph module: a call with input_ids only gets
-    empty pasts, so `program(input_ids)` runs as the model without a cache does."""
+    empty pasts, so `program(input_ids)` runs as the model without a cache does (register
+    it with prepend=True, ahead of torch.export's input checks)."""
 
     def hook(module: nn.Module, args: tuple) -> tuple | None:
         if len(args) != 1:
