@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -31,6 +32,9 @@ from afmc.eval.perplexity import next_token_nll
 from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.passes.layers import LayerRecord, layer_records
 from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
+
+if TYPE_CHECKING:
+    from afmc.runtime.chip import Chip
 
 PERPLEXITY_RATIO = 1.5
 RELATIVE_ERROR = 0.2
@@ -65,8 +69,7 @@ def torch_outputs(module: nn.Module) -> Outputs:
 def onnx_outputs(model: ir.Model | onnx.ModelProto, input_names: Sequence[str]) -> Outputs:
     """First output of an ONNX model through ONNX Runtime; batches are tuples in the order
     of `input_names`, or mappings from input name."""
-    from afmc.runtime.chip import model_session
-    from afmc.runtime.sessions import session_options
+    from afmc.runtime.sessions import model_session, session_options
 
     proto = ir.serde.serialize_model(model) if isinstance(model, ir.Model) else model
     session = model_session(proto, session_options(None))
@@ -229,20 +232,28 @@ def _warning(result: dict[str, Any]) -> str | None:
             + (f"; worst layers by output error: {worst}" if worst else "") + f"; next: {steps}")
 
 
+def onnx_chip_outputs(chip: Chip, input_names: Sequence[str]) -> Outputs:
+    """First output of `chip`; batches as for onnx_outputs."""
+
+    def run(batch: tuple | Mapping) -> np.ndarray:
+        values = [batch[name] for name in input_names] if isinstance(batch, Mapping) else batch
+        return chip.run(*(np.asarray(value) for value in values))
+
+    return run
+
+
 def onnx_fidelity(model: ir.Model, record: dict[str, Any], noise: NoiseConfig,
                   batches: list, held_back: bool = False) -> dict[str, Any]:
     """check_fidelity for an analog ONNX model (ONNX input): the file's FP view, the file,
     and chip 0 (the programmed weights of afmc run --seed 0), all through ONNX Runtime."""
-    from afmc.runtime.chip import program_into, programmed_weights
+    from afmc.runtime.analog import AnalogRuntime
     from afmc.runtime.views import fp_reference
 
     proto = ir.serde.serialize_model(model)
     names = record["inputs"]
     chip = None
     if noise.model != "none" and any(layer.get("onnx_weight") for layer in record["layers"]):
-        programmed = onnx.ModelProto()
-        programmed.CopyFrom(proto)
-        program_into(programmed, programmed_weights(programmed, record, noise, 0))
-        chip = onnx_outputs(programmed, names)
+        runtime = AnalogRuntime(Path.cwd(), record, proto)
+        chip = onnx_chip_outputs(runtime.chip(0, noise=noise), names)
     return check_fidelity(onnx_outputs(fp_reference(proto), names), onnx_outputs(proto, names),
                           batches, held_back, chip=chip)
