@@ -119,6 +119,10 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
                                                save_intermediate=save_intermediate))
         steps = _steps(frontend, chosen, passes, skip)
         data = _calibration(frontend, chosen, config, steps, model, calibration)
+        checks_fidelity = data is not None and not data.synthetic and _checks_fidelity(chosen,
+                                                                                      config)
+        if checks_fidelity:
+            timed("fp-reference", lambda: frontend.hold_reference(data))
         for spec in steps:
             name = spec if isinstance(spec, str) else type(spec).__name__
             outcome = timed(name, lambda spec=spec: frontend.run_pass(spec, config, data, staged))
@@ -137,7 +141,7 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
                               max_positions=frontend.signature.max_positions,
                               **frontend.record_fields())
         record.update(context.record)
-        if data is not None and not data.synthetic and _checks_fidelity(chosen, config):
+        if checks_fidelity:
             record["fidelity"] = timed("fidelity", lambda: frontend.fidelity(
                 chosen, lowered, record, config, data))
         lowering.set_metadata(lowered, {k: v for k, v in record.items() if k != "passes"})

@@ -211,7 +211,7 @@ def test_digital_target_runs_once(cnn, tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["digital"] == "int8" and list(report["chips"]) == ["0"]
     assert report["chips"]["0"]["outputs"]["output"]["relative_error"] > 0
-    assert "digital target: one run" in result.stdout
+    assert "int8 target: one run" in result.stdout
 
 
 # ------------------------------------------------------------------ bad input

@@ -565,6 +565,7 @@ def test_llama_output_layout_matches_torch_path(llama):
     assert (record["inputs"], record["outputs"]) == (["input_ids"], ["logits"])
     assert [step["name"] for step in record["passes"]] == [
         "load",
+        "fp-reference",
         "onnx-upgrade-opset",
         "onnx-fold-norms",
         "onnx-place-layers",

@@ -146,31 +146,34 @@ def _analog(records: list[LayerRecord]) -> list[LayerRecord]:
     return [r for r in records if r.placement == "analog" and r.input_range]
 
 
-def chip_outputs(program: fx.GraphModule, noise: NoiseConfig, seed: int) -> Outputs:
-    """Outputs of `program` with the programming noise of chip `seed` (same draws as afmc run).
+class _ProgrammedChip(fx.Interpreter):
+    """Runs an analog program with the programmed weights of chip `seed` in place of the
+    stored ones: each analog weight is programmed when the graph reads it (get_attr) and
+    freed after its last use, so one layer's programmed copy is alive at a time."""
 
-    The programmed weights are swapped in for each batch and the stored ones put back.
-    """
-    layers = _analog(layer_records(program))
-    programmed = {
-        record.weight: torch.from_numpy(program_weights(
-            program.get_parameter(record.weight).detach().float().numpy(),
-            record.slice_sizes, noise, layer_rng(seed, index)))
-        for index, record in enumerate(layers)
-    }
-    base = torch_outputs(program)
+    def __init__(self, program: fx.GraphModule, noise: NoiseConfig, seed: int) -> None:
+        super().__init__(program)
+        self.noise, self.seed = noise, seed
+        self.layers = {record.weight: (index, record)
+                       for index, record in enumerate(_analog(layer_records(program)))}
+
+    def get_attr(self, target, args, kwargs):
+        stored = super().get_attr(target, args, kwargs)
+        if target not in self.layers:
+            return stored
+        index, record = self.layers[target]
+        programmed = program_weights(stored.detach().float().numpy(), record.slice_sizes,
+                                     self.noise, layer_rng(self.seed, index))
+        return torch.from_numpy(programmed).to(stored.dtype)
+
+
+def chip_outputs(program: fx.GraphModule, noise: NoiseConfig, seed: int) -> Outputs:
+    """Outputs of `program` with the programming noise of chip `seed` (same draws as afmc
+    run), programmed layer by layer during each run (_ProgrammedChip)."""
 
     def run(batch: tuple) -> np.ndarray:
-        stored = {}
-        try:
-            for target, weight in programmed.items():
-                parameter = program.get_parameter(target)
-                stored[target] = parameter.data
-                parameter.data = weight.to(parameter.dtype)
-            return base(batch)
-        finally:
-            for target, data in stored.items():
-                program.get_parameter(target).data = data
+        with torch.no_grad():
+            return _first(_ProgrammedChip(program, noise, seed).run(*batch)).float().numpy()
 
     return run
 
@@ -184,15 +187,16 @@ def program_checks(program: fx.GraphModule, noise: NoiseConfig,
     return chip, layer_errors(program, batch)[:WORST_LAYERS]
 
 
-def check_fidelity(fp: Outputs, compiled: Outputs, batches: list, held_back: bool, *,
+def check_fidelity(reference: list[np.ndarray], compiled: Outputs, batches: list,
+                   held_back: bool, *,
                    chip: Outputs | None = None,
                    worst_layers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The fidelity entry of afmc.json; warns (FidelityWarning) when past the thresholds.
 
-    `fp` runs the FP model, `compiled` the compiled one without programming noise and
-    `chip` (analog targets) chip 0; `worst_layers` ranks the analog layers.
+    `reference` holds the FP model's output on each batch, `compiled` runs the compiled
+    model without programming noise and `chip` (analog targets) chip 0; `worst_layers`
+    ranks the analog layers.
     """
-    reference = [fp(batch) for batch in batches]
     language_model = _is_language_model(batches[0], reference[0])
     result: dict[str, Any] = {
         "data": f"{len(batches)} held-back calibration batch(es)" if held_back
@@ -255,5 +259,6 @@ def onnx_fidelity(model: ir.Model, record: dict[str, Any], noise: NoiseConfig,
     if noise.model != "none" and any(layer.get("onnx_weight") for layer in record["layers"]):
         runtime = AnalogRuntime(Path.cwd(), record, proto)
         chip = onnx_chip_outputs(runtime.chip(0, noise=noise), names)
-    return check_fidelity(onnx_outputs(fp_reference(proto), names), onnx_outputs(proto, names),
+    fp = onnx_outputs(fp_reference(proto), names)
+    return check_fidelity([fp(batch) for batch in batches], onnx_outputs(proto, names),
                           batches, held_back, chip=chip)

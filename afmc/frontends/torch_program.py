@@ -12,6 +12,7 @@ input ranges, used by the target's trained pass list (unless `recalibrate`).
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ class TorchFrontend:
         self.verify, self.save_intermediate = verify, save_intermediate
         self._tokenizer, self._tokenizer_loaded = tokenizer, tokenizer is not None
         self._reference = _reference_output(captured) if verify else None
+        self._fp_outputs: list[np.ndarray] = []
         self._steps = 0
 
     def tokenizer(self) -> Tokenizer | None:
@@ -118,6 +120,18 @@ class TorchFrontend:
                 "fold_notes": self.program.meta.get("afmc_fold_notes", []),
                 "dependencies": analog_dependencies(self.program)}
 
+    def hold_reference(self, calibration: CalibrationData) -> None:
+        """Run the FP model on the fidelity batches now, before any pass, and let it go
+        (unless verify still needs it): the passes replace every weight they fold, and
+        the FP module would otherwise keep the originals alive through the compile
+        (two copies of most weights of a language model)."""
+        from afmc.eval.fidelity import torch_outputs
+
+        fp = torch_outputs(self.captured.fp_module)
+        self._fp_outputs = [fp(batch) for batch in self._fidelity_batches(calibration)]
+        if not self.verify:
+            self.captured = replace(self.captured, fp_module=None)
+
     def fidelity(self, target: Target, lowered: ir.Model, record: dict[str, Any],
                  config: AfmcConfig, calibration: CalibrationData) -> dict[str, Any]:
         from afmc.eval.fidelity import (
@@ -127,14 +141,19 @@ class TorchFrontend:
             torch_outputs,
         )
 
+        batches = self._fidelity_batches(calibration)
         held = bool(calibration.held)
-        batches = calibration.tuples(self.signature.names, held=held)[:None if held else 1]
-        fp = torch_outputs(self.captured.fp_module)
+        fp = self._fp_outputs
         if target.post_lower is None:  # the analog torch program computes what the file does
             chip, worst = program_checks(self.program, config.noise, batches[0])
             return check_fidelity(fp, torch_outputs(self.program), batches, held, chip=chip,
                                   worst_layers=worst)
         return check_fidelity(fp, onnx_outputs(lowered, self.signature.names), batches, held)
+
+    def _fidelity_batches(self, calibration: CalibrationData) -> list[tuple]:
+        """The held-back batches, or the first calibration batch when none is held back."""
+        held = bool(calibration.held)
+        return calibration.tuples(self.signature.names, held=held)[:None if held else 1]
 
     def _save_intermediate(self, folder: Path, name: str) -> None:
         folder.mkdir(exist_ok=True)
