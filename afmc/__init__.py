@@ -1,7 +1,8 @@
 """afmc: the Analog Foundation Model Compiler.
 
 ``afmc.compile(model, target="aimc", config=...)`` compiles a model;
-``afmc.load(out_dir, seed=0)`` opens a compiled model as one chip instance.
+``afmc.load(out_dir)`` opens a compiled model once: ``.chip(seed)``, ``.fp_view()``,
+``.run(...)``.
 Both are imported on first use, so ``import afmc`` stays light.
 """
 

@@ -28,15 +28,14 @@ from afmc.data.calibration import (
     load_calibration,
     synthetic_calibration,
 )
-from afmc.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
+from afmc.data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from afmc.frontends import Frontend, is_onnx_file, open_frontend
-from afmc.layout import TOKENIZER_DIR
 from afmc.models import BUILTIN_MODELS, model_paths
 from afmc.output_dir import staged_output
 from afmc.passes.layers import LayerRecord
 from afmc.passes.registry import PassSpec, get_pass, resolve_passes
 from afmc.record import StepTimer, build_record, write_outputs
-from afmc.runtime.chip import Chip, load_record, open_chip
+from afmc.runtime.compiled import CompiledModel
 from afmc.targets import LowerContext, Target, get_target
 from afmc.train.trained_model import TRAINING_RECORD, trained_config
 
@@ -120,6 +119,10 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
                                                save_intermediate=save_intermediate))
         steps = _steps(frontend, chosen, passes, skip)
         data = _calibration(frontend, chosen, config, steps, model, calibration)
+        checks_fidelity = data is not None and not data.synthetic and _checks_fidelity(chosen,
+                                                                                      config)
+        if checks_fidelity:
+            timed("fp-reference", lambda: frontend.hold_reference(data))
         for spec in steps:
             name = spec if isinstance(spec, str) else type(spec).__name__
             outcome = timed(name, lambda spec=spec: frontend.run_pass(spec, config, data, staged))
@@ -130,14 +133,15 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
         context = LowerContext(lowered, config, layers, data.batches if data else None)
         if chosen.post_lower is not None:
             lowered = timed(f"lower-{chosen.name}", lambda: chosen.post_lower(context))
-        record = build_record(target=chosen.name, source=frontend.source, layers=layers,
-                              config=config, timings=timed.timings,
+        record = build_record(target=chosen.name, runtime=chosen.runtime,
+                              source=frontend.source, layers=layers, config=config,
+                              timings=timed.timings,
                               calibration_source=data.source if data else None,
                               tokenizer=frontend.tokenizer(),
                               max_positions=frontend.signature.max_positions,
                               **frontend.record_fields())
         record.update(context.record)
-        if data is not None and not data.synthetic and _checks_fidelity(chosen, config):
+        if checks_fidelity:
             record["fidelity"] = timed("fidelity", lambda: frontend.fidelity(
                 chosen, lowered, record, config, data))
         lowering.set_metadata(lowered, {k: v for k, v in record.items() if k != "passes"})
@@ -224,19 +228,7 @@ def _trained_or_default_config(model: Any) -> AfmcConfig:
     return AfmcConfig()
 
 
-def load_tokenizer_for(out_dir: Path) -> Tokenizer:
-    """The tokenizer a compiled language model was compiled with."""
-    kind = load_record(out_dir).get("tokenizer")
-    if kind == "bytes":
-        return ByteTokenizer()
-    if kind == TOKENIZER_DIR:
-        from transformers import AutoTokenizer
-
-        return HFTokenizer(AutoTokenizer.from_pretrained(out_dir / TOKENIZER_DIR,
-                                                         local_files_only=True))
-    raise ValueError(f"{out_dir}: compiled model has no tokenizer (not a language model)")
-
-
-def load(out_dir: str | Path, seed: int | None = 0, **options: Any) -> Chip:
-    """Open a compiled model (OUT of afmc compile) as chip `seed`; see runtime.chip.open_chip."""
-    return open_chip(Path(out_dir), seed, **options)
+def load(out_dir: str | Path) -> CompiledModel:
+    """Open a compiled model (OUT of afmc compile): its record and graph, read once, hand
+    out chips (`.chip(seed, read_noise=...)`), the FP view (`.fp_view()`) and `.run(...)`."""
+    return CompiledModel(out_dir)

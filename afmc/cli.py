@@ -15,7 +15,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -24,6 +24,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from afmc.data.text_source import read_text
+
+if TYPE_CHECKING:
+    from afmc.runtime.compiled import CompiledModel
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="afmc: compile neural networks for analog in-memory computing.")
@@ -221,26 +224,24 @@ def run(
     output with its error to the FP view."""
     with _user_errors():
         _check_options(max_tokens=max_tokens, top_k=top_k, read_noise=read_noise)
-        if _tensor_source(compiled, text, inputs) is not None:
-            _run_tensors(compiled, inputs, seed, read_noise)
+        model = _open_compiled(compiled)
+        if _tensor_source(model, text, inputs) is not None:
+            _run_tensors(model, inputs, seed, read_noise)
             return
-        from afmc.api import load_tokenizer_for
-        from afmc.runtime.chip import open_chip
-
-        tokenizer = load_tokenizer_for(compiled)
-        ids = tokenizer.encode(read_text(text))[:_within_context(compiled, max_tokens,
+        tokenizer = model.tokenizer()
+        ids = tokenizer.encode(read_text(text))[:_within_context(model, max_tokens,
                                                                  "--max-tokens")]
         if ids.size == 0:
             raise ValueError(f"{text}: no tokens")
-        if _is_encoder(compiled):
-            _run_encoder(compiled, ids, seed, read_noise)
+        if _is_encoder(model):
+            _run_encoder(model, ids, seed, read_noise)
             return
-        chip = open_chip(compiled, seed, read_noise=read_noise)
+        chip = model.chip(seed, read_noise=read_noise)
         logits = chip.run(ids[None, :])[0].astype(np.float64)
         log_probs = logits - logits.max(-1, keepdims=True)
         log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
         nll = -log_probs[:-1][np.arange(ids.size - 1), ids[1:]]
-        which = f"chip seed {seed}" if chip.seed is not None else "digital model (no noise)"
+        which = f"chip seed {seed}" if model.varies_by_seed else _noiseless(model)
         out.print(f"{which}: {ids.size} tokens, logits {list(logits.shape)}, "
                   f"mean {logits.mean():.4f}, std {logits.std():.4f}")
         if nll.size:
@@ -346,19 +347,18 @@ def eval_(
                        read_noise=read_noise)
         if json_out is not None:
             check_json_path(json_out)
-        if _tensor_source(compiled, text, inputs) is not None:
-            _eval_tensors(compiled, inputs, labels, seeds, read_noise, json_out)
+        model = _open_compiled(compiled)
+        if _tensor_source(model, text, inputs) is not None:
+            _eval_tensors(model, inputs, labels, seeds, read_noise, json_out)
             return
         if labels is not None:
             raise ValueError("--labels goes with --inputs (tensors), not with --text")
-        from afmc.api import load_tokenizer_for
         from afmc.eval.evaluate import evaluate
 
-        tokenizer = load_tokenizer_for(compiled)
-        ids = tokenizer.encode(read_text(text))
-        seq_len = _within_context(compiled, seq_len, "--seq-len")
-        if _is_encoder(compiled):
-            _eval_encoder(compiled, ids, seeds, seq_len, max_tokens, read_noise, json_out)
+        ids = model.tokenizer().encode(read_text(text))
+        seq_len = _within_context(model, seq_len, "--seq-len")
+        if _is_encoder(model):
+            _eval_encoder(model, ids, seeds, seq_len, max_tokens, read_noise, json_out)
             return
         with _progress() as bar:
             task = bar.add_task("fp", total=None)
@@ -369,13 +369,14 @@ def eval_(
             def progress(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            report = evaluate(compiled, ids, list(range(seeds)), seq_len=seq_len,
+            report = evaluate(model, ids, list(range(seeds)), seq_len=seq_len,
                               max_tokens=max_tokens, read_noise=read_noise,
                               on_result=on_result, progress=progress)
         if report.digital:
             out.print(f"FP perplexity {report.fp:.4f}; {report.digital} {report.mean:.4f} "
                       f"({report.mean / report.fp - 1:+.2%}), {report.tokens} tokens")
-            out.print("digital target: one run, no programming noise (--seeds ignored)")
+            out.print(f"{report.digital} target: one run, no programming noise "
+                      "(--seeds ignored)")
         else:
             out.print(f"FP perplexity {report.fp:.4f}; analog over {seeds} chip(s): "
                       f"{report.mean:.4f} +- {report.std:.4f} ({report.tokens} tokens)")
@@ -403,26 +404,24 @@ def generate(
     generated text; the same seeds give the same text."""
     with _user_errors():
         _check_options(max_new_tokens=max_new_tokens, read_noise=read_noise)
-        from afmc.api import load_tokenizer_for
-        from afmc.runtime.chip import load_record, open_chip
         from afmc.runtime.generation import GenerationOptions, check_language_model
         from afmc.runtime.generation import generate as generate_tokens
 
-        record = load_record(compiled)
-        check_language_model(record)
-        tokenizer = load_tokenizer_for(compiled)
+        model = _open_compiled(compiled)
+        check_language_model(model.record)
+        tokenizer = model.tokenizer()
         options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, sample_seed,
                                     getattr(getattr(tokenizer, "tokenizer", None),
                                             "eos_token_id", None))
         options.check()
         ids = tokenizer.encode(prompt)
-        chip = open_chip(compiled, None if fp else seed, fp=fp, read_noise=read_noise)
-        started = time.perf_counter()
-        result = generate_tokens(chip, record, ids, options)
+        chip = model.fp_view() if fp else model.chip(seed, read_noise=read_noise)
+        started = time.perf_counter()  # tokens/s of decoding, without the chip's start
+        result = generate_tokens(chip, model.record, ids, options)
         seconds = time.perf_counter() - started
         out.print(tokenizer.decode(result.tokens), markup=False, highlight=False)
-        which = "FP view" if fp else f"chip seed {seed}" if chip.seed is not None \
-            else "digital model (no noise)"
+        which = "FP view" if fp else f"chip seed {seed}" if model.varies_by_seed \
+            else _noiseless(model)
         console.print(f"{which}: {len(result.tokens)} new tokens "
                       f"({'eos' if result.stopped_at_eos else 'max-new-tokens'}), "
                       f"{len(result.tokens) / seconds:.1f} tokens/s", highlight=False)
@@ -444,29 +443,37 @@ def _check_options(**options: float) -> None:
             raise ValueError(f"{flag} must be at least {_MINIMUM[name]}, got {value}")
 
 
-def _tensor_source(compiled: Path, text: str | None, inputs: Path | None) -> Path | None:
+def _open_compiled(compiled: Path) -> CompiledModel:
+    """The compiled output OUT, opened once for the whole command."""
+    from afmc.runtime.compiled import CompiledModel
+
+    return CompiledModel(compiled)
+
+
+def _noiseless(model: CompiledModel) -> str:
+    return f"{model.target} model (no noise)"
+
+
+def _tensor_source(model: CompiledModel, text: str | None, inputs: Path | None) -> Path | None:
     """The --inputs file, or None for --text; exactly one of the two, and --text only for a
     model compiled with a tokenizer."""
-    from afmc.runtime.chip import load_record
-
     if text is not None and inputs is not None:
         raise ValueError("give either --text or --inputs, not both")
     if text is None and inputs is None:
         raise ValueError("give --text FILE (language models, encoders) or --inputs FILE "
                          "(tensors keyed by input name)")
-    if text is not None and not load_record(compiled).get("tokenizer"):
-        raise ValueError(f"{compiled}: compiled model has no tokenizer; give --inputs FILE "
+    if text is not None and not model.has_tokenizer:
+        raise ValueError(f"{model.out_dir}: compiled model has no tokenizer; give --inputs FILE "
                          "(tensors keyed by input name)")
     return inputs
 
 
-def _run_tensors(compiled: Path, inputs: Path, seed: int, read_noise: float) -> None:
+def _run_tensors(model: CompiledModel, inputs: Path, seed: int, read_noise: float) -> None:
     """afmc run --inputs: every output of chip `seed`, its statistics and error to FP."""
     from afmc.eval.tensor_eval import TOP1_SHOWN, run_tensors
 
-    report = run_tensors(compiled, inputs, seed, read_noise=read_noise)
-    which = f"chip seed {report.seed}" if report.seed is not None \
-        else "digital model (no noise)"
+    report = run_tensors(model, inputs, seed, read_noise=read_noise)
+    which = f"chip seed {seed}" if model.varies_by_seed else _noiseless(model)
     out.print(f"{which}: {report.samples} samples from {inputs}")
     table = Table(title="outputs vs the FP view", show_edge=False)
     for column in ("output", "shape", "mean", "std", "relative error", "SQNR (dB)", "cosine"):
@@ -483,14 +490,14 @@ def _run_tensors(compiled: Path, inputs: Path, seed: int, read_noise: float) -> 
                       + (f", of {report.samples}" if report.samples > TOP1_SHOWN else ""))
 
 
-def _eval_tensors(compiled: Path, inputs: Path, labels: Path | None, seeds: int,
+def _eval_tensors(model: CompiledModel, inputs: Path, labels: Path | None, seeds: int,
                   read_noise: float, json_out: Path | None) -> None:
     """afmc eval --inputs: error of every output per chip, mean +- std, and accuracy."""
     from afmc.eval.json_out import write_json
     from afmc.eval.tensor_eval import METRICS, evaluate_tensors
 
     with _bar_from_first_report("chips") as progress:
-        report = evaluate_tensors(compiled, inputs, list(range(seeds)), labels_file=labels,
+        report = evaluate_tensors(model, inputs, list(range(seeds)), labels_file=labels,
                                   read_noise=read_noise, progress=progress)
     accuracy = report.fp_accuracy is not None
     table = Table(title=f"outputs vs the FP view on {report.samples} samples (noise-free: "
@@ -517,17 +524,15 @@ def _eval_tensors(compiled: Path, inputs: Path, labels: Path | None, seeds: int,
     if accuracy:
         out.print(f"FP accuracy {report.fp_accuracy:.4f}")
     if report.digital:
-        out.print("digital target: one run, no programming noise (--seeds ignored)")
+        out.print(f"{report.digital} target: one run, no programming noise (--seeds ignored)")
     if json_out:
         write_json(json_out, report.to_json())
 
 
-def _within_context(compiled: Path, length: int, option: str) -> int:
+def _within_context(model: CompiledModel, length: int, option: str) -> int:
     """`length`, or the model's context (record max_positions) when it is shorter: a
     sequence option is cut to what the model reads, with a note."""
-    from afmc.runtime.chip import load_record
-
-    limit = load_record(compiled).get("max_positions")
+    limit = model.max_positions
     if limit is None or length <= limit:
         return length
     out.print(f"note: {option} {length} cut to {limit}, the model's context "
@@ -535,35 +540,33 @@ def _within_context(compiled: Path, length: int, option: str) -> int:
     return limit
 
 
-def _is_encoder(compiled: Path) -> bool:
+def _is_encoder(model: CompiledModel) -> bool:
     from afmc.eval.embedding import is_encoder
-    from afmc.runtime.chip import load_record
 
-    return is_encoder(load_record(compiled))
+    return is_encoder(model.record)
 
 
-def _run_encoder(compiled: Path, ids: np.ndarray, seed: int, read_noise: float) -> None:
+def _run_encoder(model: CompiledModel, ids: np.ndarray, seed: int, read_noise: float) -> None:
     """afmc run on an encoder: the text's embedding on chip `seed`, and its error to FP."""
     from afmc.eval.embedding import embedding_error, embeddings
-    from afmc.runtime.chip import open_chip
 
-    chip = open_chip(compiled, seed, read_noise=read_noise)
+    chip = model.chip(seed, read_noise=read_noise)
     got = embeddings(chip, ids[None, :])
-    error = embedding_error(got, embeddings(open_chip(compiled, fp=True), ids[None, :]))
-    which = f"chip seed {seed}" if chip.seed is not None else "digital model (no noise)"
+    error = embedding_error(got, embeddings(model.fp_view(), ids[None, :]))
+    which = f"chip seed {seed}" if model.varies_by_seed else _noiseless(model)
     out.print(f"{which}: {ids.size} tokens, embedding {list(got.shape)}, norm "
               f"{np.linalg.norm(got):.4f}; vs FP: relative error {error.relative_error:.4f}, "
               f"cosine {error.cosine:.4f}")
 
 
-def _eval_encoder(compiled: Path, ids: np.ndarray, seeds: int, seq_len: int, max_tokens: int,
+def _eval_encoder(model: CompiledModel, ids: np.ndarray, seeds: int, seq_len: int, max_tokens: int,
                   read_noise: float, json_out: Path | None) -> None:
     """afmc eval on an encoder: relative error of the mean-pooled embeddings to the FP view."""
     from afmc.data.tokenizer import token_windows
     from afmc.eval.embedding import evaluate_encoder
 
     windows = token_windows(ids, min(seq_len, len(ids)), max_tokens)
-    report = evaluate_encoder(compiled, windows, list(range(seeds)), read_noise=read_noise)
+    report = evaluate_encoder(model, windows, list(range(seeds)), read_noise=read_noise)
     for seed, error in report.chips.items():
         out.print(f"{report.digital or f'seed {seed}':>10}: embedding relative error "
                   f"{error.relative_error:.4f}, cosine {error.cosine:.4f}")

@@ -51,6 +51,7 @@ def tokenizer_kind(tokenizer: Tokenizer | None) -> str | None:
 def build_record(
     *,
     target: str,
+    runtime: str,
     source: str,
     inputs: list[str],
     outputs: list[str],
@@ -78,6 +79,7 @@ def build_record(
     record = {
         "afmc_version": "0.1.0",
         "target": target,
+        "runtime": runtime,  # how afmc.load runs it (afmc.runtime.compiled)
         "source": source,
         "inputs": inputs,
         "outputs": outputs,

@@ -125,7 +125,7 @@ def main() -> None:
         off_the_shelf = work / "off-the-shelf-aimc"
         timed("compile off-the-shelf aimc", lambda: afmc.compile(
             model, "aimc", calibration=calib, output=off_the_shelf, force=True))
-        ids = afmc.api.load_tokenizer_for(off_the_shelf).encode(apache_license())[:args.tokens]
+        ids = afmc.load(off_the_shelf).tokenizer().encode(apache_license())[:args.tokens]
         results["off-the-shelf aimc"] = timed("score off-the-shelf aimc",
                                               lambda: _score(off_the_shelf, ids, args.chips))
         fp = results["off-the-shelf aimc"]["fp"]
@@ -160,7 +160,7 @@ def main() -> None:
     timed("compile trained aimc", lambda: afmc.compile(checkpoint, "aimc", calibration=calib,
                                                        output=trained_aimc, force=True))
     if fp is None:
-        ids = afmc.api.load_tokenizer_for(trained_aimc).encode(apache_license())[:args.tokens]
+        ids = afmc.load(trained_aimc).tokenizer().encode(apache_license())[:args.tokens]
     results["trained aimc"] = timed("score trained aimc",
                                     lambda: _score(trained_aimc, ids, args.chips))
     fp = fp or results["trained aimc"]["fp"]

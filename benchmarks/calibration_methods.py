@@ -18,11 +18,11 @@ import tempfile
 from pathlib import Path
 
 from afmc.api import compile as afmc_compile
+from afmc.api import load
 from afmc.config import load_config
 from afmc.data.corpus import stdlib_text
 from afmc.data.tokenizer import ByteTokenizer, token_windows
 from afmc.eval.perplexity import perplexity
-from afmc.runtime.chip import open_chip
 
 METHODS = {
     "max": ["calibration.method=max"],
@@ -52,8 +52,8 @@ def main() -> None:
                 afmc_compile("afmc-tiny", "aimc", load_config(None, overrides), output=out,
                              skip=[] if smooth else ["smooth-inputs"])
                 if not results:
-                    results["fp"] = perplexity(open_chip(out, fp=True).run, windows)
-                results[label] = perplexity(open_chip(out, seed=None).run, windows)
+                    results["fp"] = perplexity(load(out).fp_view().run, windows)
+                results[label] = perplexity(load(out).chip(None).run, windows)
                 print(f"{label:40} analog perplexity (noise off) {results[label]:.4f}",
                       flush=True)
     print(f"{'fp':40} perplexity {results['fp']:.4f}  ({windows.size} held-out tokens)")

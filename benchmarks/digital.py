@@ -53,6 +53,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import afmc.api
+from afmc.api import load
 from afmc.config import load_config
 from afmc.data.corpus import stdlib_text
 from afmc.data.tokenizer import ByteTokenizer, token_windows
@@ -60,7 +61,7 @@ from afmc.eval.perplexity import perplexity
 from afmc.eval.timing import interleaved_samples
 from afmc.layout import MODEL_FILE
 from afmc.models import afmc_tiny_config
-from afmc.runtime.chip import Chip, load_record, open_chip
+from afmc.runtime.chip import Chip, load_record
 from afmc.runtime.kernels import executed_ops
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -141,7 +142,7 @@ def bench_model(
 ) -> None:
     """Print the table and kernels of one model; check the targets that apply to it."""
     chips: dict[str, Chip] = {
-        name: open_chip(out, seed=None, threads=args.threads) for name, out in outputs.items()
+        name: load(out).chip(None, threads=args.threads) for name, out in outputs.items()
     }
     rng = np.random.default_rng(0)
     one = rng.integers(0, 256, (1, 1), dtype=np.int64)

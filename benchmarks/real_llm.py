@@ -134,7 +134,7 @@ def main() -> None:
                                     skip=skip)
             seconds = time.perf_counter() - start
             if ids is None:
-                ids = afmc.api.load_tokenizer_for(out).encode(apache_license())[:args.tokens]
+                ids = afmc.load(out).tokenizer().encode(apache_license())[:args.tokens]
             report = evaluate(out, ids, list(range(args.seeds)), max_tokens=args.tokens)
             fp = fp or report.fp
             entry = {"target": target, "set": overrides, "skip": skip,

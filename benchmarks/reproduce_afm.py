@@ -167,20 +167,21 @@ def peak_to_rms(out: Path) -> float:
 
 def score_analog(out: Path, windows: np.ndarray, chips: int) -> dict[str, Any]:
     """FP view, noise-free analog, and every noise setting over `chips` chips of `out`."""
+    from afmc.api import load
     from afmc.eval.perplexity import perplexity
-    from afmc.runtime.chip import open_chip
     from afmc.runtime.noise import NoiseConfig
 
     started = time.perf_counter()
+    model = load(out)
     entry: dict[str, Any] = {
         "peak_to_rms": peak_to_rms(out),
-        "fp_view": perplexity(open_chip(out, fp=True).run, windows),
-        "noise_free": perplexity(open_chip(out, None).run, windows),
+        "fp_view": perplexity(model.fp_view().run, windows),
+        "noise_free": perplexity(model.chip(None).run, windows),
         "settings": {},
     }
     for label, fields, read in noise_settings():
         noise = NoiseConfig(**fields)
-        values = [perplexity(open_chip(out, seed, read_noise=read, noise=noise).run, windows)
+        values = [perplexity(model.chip(seed, read_noise=read, noise=noise).run, windows)
                   for seed in range(chips)]
         entry["settings"][label] = {"mean": float(np.mean(values)),
                                     "std": float(np.std(values)), "chips": values}
@@ -190,11 +191,11 @@ def score_analog(out: Path, windows: np.ndarray, chips: int) -> dict[str, Any]:
 
 
 def score_digital(out: Path, windows: np.ndarray) -> dict[str, Any]:
+    from afmc.api import load
     from afmc.eval.perplexity import perplexity
-    from afmc.runtime.chip import open_chip
 
     started = time.perf_counter()
-    value = perplexity(open_chip(out).run, windows)
+    value = perplexity(load(out).chip().run, windows)
     return {"perplexity": value, "eval_s": round(time.perf_counter() - started, 1)}
 
 

@@ -3,13 +3,13 @@
 What is measured (one process, CPU):
 
 1. ONNX Runtime, read noise off: latency of the compiled aimc model (8-bit DAC and ADC,
-   ``pcm`` programming noise of chip 0 swapped in by ``open_chip(out, seed=0)``) divided
-   by the latency of the FP view of the same file (``open_chip(out, fp=True)``), for
+   ``pcm`` programming noise of chip 0 swapped in by ``load(out).chip(0)``) divided
+   by the latency of the FP view of the same file (``load(out).fp_view()``), for
    (a) afmc-tiny on one batch of 128 tokens (``input_ids`` [1, 128]) and
    (b) one 2048x2048 linear layer (``nn.Linear`` in a tiny module, compiled with
    ``afmc.api.compile(module, "aimc", example_inputs=..., calibration=...)``) at batch 64
    (input [64, 2048]).
-2. The same with read noise on: ``open_chip(out, seed=0, read_noise=0.04)``, i.e. every
+2. The same with read noise on: ``load(out).chip(0, read_noise=0.04)``, i.e. every
    analog node becomes ``afmc.NoisyAnalogLinear`` with out_noise 0.04 (a fresh draw on every
    run).
 3. When aihwkit-lightning is installed: the forward time of its ``AnalogLinear`` (torch
@@ -77,8 +77,9 @@ from torch import nn
 
 import afmc.api
 import afmc.runtime.chip
+from afmc.api import load
 from afmc.eval.timing import interleaved_samples
-from afmc.runtime.chip import Chip, open_chip
+from afmc.runtime.chip import Chip
 
 TARGET_NO_READ_NOISE = 1.15
 TARGET_READ_NOISE = 1.6
@@ -173,15 +174,15 @@ def compile_timed(model: Any, out: Path, **kwargs: Any) -> float:
 def chip_sessions(out: Path, threads: int) -> dict[str, Chip]:
     """FP view, chip 0 (pcm programming noise), chip 0 with read noise; same threads."""
     return {
-        "fp": open_chip(out, fp=True, threads=threads),
-        "aimc": open_chip(out, seed=0, threads=threads),
-        "aimc + read noise": open_chip(out, seed=0, read_noise=READ_NOISE, threads=threads),
+        "fp": load(out).fp_view(threads=threads),
+        "aimc": load(out).chip(0, threads=threads),
+        "aimc + read noise": load(out).chip(0, read_noise=READ_NOISE, threads=threads),
     }
 
 
 def programming_noise_applied(out: Path, chip: Chip, inputs: np.ndarray, threads: int) -> bool:
     """Whether chip 0 computes something else than the stored weights do."""
-    stored = open_chip(out, seed=None, threads=threads).run(inputs)
+    stored = load(out).chip(None, threads=threads).run(inputs)
     return not np.array_equal(stored, chip.run(inputs))
 
 

@@ -90,7 +90,7 @@ def test_multi_input_chip(tmp_path):
     torch.manual_seed(0)
     afmc.api.compile(TwoInputMLP().eval(), "aimc", example_inputs=(x[:4], extra[:4]),
                      calibration=[(x, extra)], output=tmp_path / "out")
-    chip = afmc.api.load(tmp_path / "out", seed=1)
+    chip = afmc.api.load(tmp_path / "out").chip(1)
     assert chip.run(x[:4].numpy(), extra[:4].numpy()).shape == (4, 6)  # captured static shapes
     with pytest.raises(ValueError, match=r"takes 2 input\(s\) \(x, extra\), got 1"):
         chip.run(x.numpy())

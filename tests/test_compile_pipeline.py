@@ -20,9 +20,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from afmc.api import compile as afmc_compile
+from afmc.api import load
 from afmc.config import load_config
 from afmc.lowering import read_metadata
-from afmc.runtime.chip import open_chip
 
 ARCHITECTURES = ["llama", "phi3", "qwen2", "gpt2"]
 
@@ -55,7 +55,7 @@ def test_fp_view_equals_pytorch(architecture, compiled, model_dirs):
     out, _ = compiled[architecture]
     ids = _ids()
     expected = _hf_logits(model_dirs[architecture], ids)
-    got = open_chip(out, fp=True).run(ids)
+    got = load(out).fp_view().run(ids)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -63,7 +63,7 @@ def test_fp_target_equals_pytorch(model_dirs, tmp_path):
     result = afmc_compile(str(model_dirs["llama"]), "fp", output=tmp_path / "fp")
     assert result.record["summary"]["analog_layers"] == 0
     ids = _ids(2, 9)
-    got = open_chip(tmp_path / "fp", seed=None).run(ids)
+    got = load(tmp_path / "fp").chip(None).run(ids)
     np.testing.assert_allclose(got, _hf_logits(model_dirs["llama"], ids), rtol=1e-4, atol=1e-5)
 
 
@@ -86,8 +86,8 @@ def test_quantized_torch_program_matches_onnxruntime(architecture, compiled):
     ids = _ids()
     with torch.no_grad():
         torch_logits = result.program(torch.from_numpy(ids)).numpy()
-    ort_logits = open_chip(out, seed=None).run(ids)
-    fp_logits = open_chip(out, fp=True).run(ids)
+    ort_logits = load(out).chip(None).run(ids)
+    fp_logits = load(out).fp_view().run(ids)
     assert np.abs(torch_logits - fp_logits).max() > 1e-3, "quantization had no effect"
     assert np.abs(torch_logits - ort_logits).max() <= _output_adc_step(result)
 
@@ -116,10 +116,10 @@ def test_file_structure_and_metadata(architecture, compiled):
 def test_chips_reproduce_per_seed(compiled):
     out, _ = compiled["llama"]
     ids = _ids(2, 12)
-    first = open_chip(out, seed=3).run(ids)
-    again = open_chip(out, seed=3).run(ids)
-    other = open_chip(out, seed=4).run(ids)
-    clean = open_chip(out, seed=None).run(ids)
+    first = load(out).chip(3).run(ids)
+    again = load(out).chip(3).run(ids)
+    other = load(out).chip(4).run(ids)
+    clean = load(out).chip(None).run(ids)
     np.testing.assert_array_equal(first, again)
     assert np.abs(first - other).max() > 1e-3
     assert np.abs(first - clean).max() > 1e-3
@@ -128,10 +128,10 @@ def test_chips_reproduce_per_seed(compiled):
 def test_read_noise_is_fresh_per_inference(compiled):
     out, _ = compiled["llama"]
     ids = _ids(2, 12)
-    chip = open_chip(out, seed=3, read_noise=0.1)
+    chip = load(out).chip(3, read_noise=0.1)
     assert np.abs(chip.run(ids) - chip.run(ids)).max() > 0
     with pytest.raises(ValueError, match="read noise"):
-        open_chip(out, seed=3, read_noise=-1.0)
+        load(out).chip(3, read_noise=-1.0)
 
 
 def test_calibrated_ranges_follow_the_data(compiled):
@@ -144,7 +144,6 @@ def test_calibrated_ranges_follow_the_data(compiled):
 def test_chip_runs_the_programmed_weights_on_a_static_shape_model(tmp_path):
     """With static shapes onnxruntime folds the weight-only part of the analog body at
     load; the chip must still run the programmed (noisy) weights, not the stored ones."""
-    from afmc.runtime.chip import programmed_weights
     from afmc.runtime.noise import NoiseConfig
 
     torch.manual_seed(0)
@@ -155,12 +154,11 @@ def test_chip_runs_the_programmed_weights_on_a_static_shape_model(tmp_path):
     result = afmc_compile(module.eval(), "aimc", config, example_inputs=(x,),
                           calibration=[(x,)], output=tmp_path / "out")
     out = tmp_path / "out"
-    stored = open_chip(out, seed=None).run(x.numpy())
-    chip = open_chip(out, seed=5).run(x.numpy())
+    stored = load(out).chip(None).run(x.numpy())
+    chip = load(out).chip(5).run(x.numpy())
     assert np.abs(chip - stored).max() > 1e-3, "programming noise was folded away"
-    model = onnx.load(str(out / "model.onnx"))
-    weights = programmed_weights(model, result.record, NoiseConfig(model="additive",
-                                                                   additive_std=0.2), 5)
+    weights = dict(load(out).runtime.programmed(5, NoiseConfig(model="additive",
+                                                               additive_std=0.2)))
     program = result.program
     with torch.no_grad():
         for layer in result.layers:

@@ -29,12 +29,12 @@ from torch import nn
 from typer.testing import CliRunner
 
 from afmc.api import compile as afmc_compile
+from afmc.api import load
 from afmc.cli import app
 from afmc.config import ConfigError, DigitalConfig, load_config
 from afmc.data.corpus import stdlib_text
 from afmc.data.tokenizer import ByteTokenizer, token_windows
 from afmc.eval.perplexity import perplexity
-from afmc.runtime.chip import open_chip
 from afmc.runtime.kernels import executed_ops
 from afmc.targets.digital import precision_for
 
@@ -192,9 +192,9 @@ def _relative_rms(logits: np.ndarray, reference: np.ndarray) -> float:
 def test_afmc_tiny_logits_and_perplexity_within_bounds(tiny):
     windows = token_windows(ByteTokenizer().encode(stdlib_text("heldout")), 128, 2048)
     for target, bound in LOGITS_BOUND.items():
-        chip, reference = open_chip(tiny[target]), open_chip(tiny[target], fp=True)
+        chip, reference = load(tiny[target]).chip(), load(tiny[target]).fp_view()
         assert _relative_rms(chip.run(windows), reference.run(windows)) <= bound
-    int8, reference = open_chip(tiny["int8"]), open_chip(tiny["int8"], fp=True)
+    int8, reference = load(tiny["int8"]).chip(), load(tiny["int8"]).fp_view()
     ratio = perplexity(int8.run, windows) / perplexity(reference.run, windows)
     assert ratio - 1 <= INT8_PERPLEXITY_BOUND
 
@@ -205,16 +205,16 @@ def test_eval_and_run_on_the_cli(tiny):
             "eval", str(out), "--text", "stdlib:heldout", "--seq-len", "128", "--max-tokens", "1024"
         )
         assert "FP perplexity" in text and f"{target}:" in text
-        assert "digital target: one run" in text
+        assert f"{target} target: one run" in text
         assert "next-token accuracy" in _cli("run", str(out), "--text", "stdlib:heldout")
 
 
 def test_digital_chip_is_noiseless(tiny):
     ids = np.random.default_rng(0).integers(0, 256, (2, 9), dtype=np.int64)
     out = tiny["int8"]
-    np.testing.assert_array_equal(open_chip(out, seed=3).run(ids), open_chip(out, seed=4).run(ids))
+    np.testing.assert_array_equal(load(out).chip(3).run(ids), load(out).chip(4).run(ids))
     with pytest.raises(ValueError, match="read noise applies to analog targets"):
-        open_chip(out, seed=0, read_noise=0.1)
+        load(out).chip(0, read_noise=0.1)
 
 
 def test_bad_option_names_the_field(model_dirs, tmp_path):

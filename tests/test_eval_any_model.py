@@ -26,8 +26,8 @@ import torch
 from typer.testing import CliRunner
 
 import afmc
+from afmc.api import load
 from afmc.cli import app
-from afmc.runtime.chip import open_chip
 
 ROOT = Path(afmc.__file__).resolve().parent.parent
 BATCH = 4  # the ONNX export fixes it; a module is compiled with a dynamic batch axis
@@ -100,9 +100,12 @@ def mlp(tmp_path_factory) -> dict[str, Path]:
             "y": root / "y.npy", "root": root}
 
 
-def _outputs(out: Path, inputs: dict[str, np.ndarray], **chip: object) -> np.ndarray:
-    """The first output of a chip (open_chip options) on all samples, BATCH at a time."""
-    session = open_chip(out, **chip)
+def _outputs(out: Path, inputs: dict[str, np.ndarray], seed: int | None = 0,
+             **chip: object) -> np.ndarray:
+    """The first output of chip `seed` (fp=True: the FP view; other options as for
+    CompiledModel.chip) on all samples, BATCH at a time."""
+    model = load(out)
+    session = model.fp_view() if chip.pop("fp", False) else model.chip(seed, **chip)
     return np.concatenate([
         session.run(*(inputs[name][i:i + BATCH] for name in session.input_names))
         for i in range(0, SAMPLES, BATCH)]).astype(np.float64)
@@ -208,7 +211,7 @@ def test_digital_target_runs_once(cnn, tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["digital"] == "int8" and list(report["chips"]) == ["0"]
     assert report["chips"]["0"]["outputs"]["output"]["relative_error"] > 0
-    assert "digital target: one run" in result.stdout
+    assert "int8 target: one run" in result.stdout
 
 
 # ------------------------------------------------------------------ bad input

@@ -22,10 +22,10 @@ import transformers as hf
 from typer.testing import CliRunner
 
 from afmc.api import compile as afmc_compile
+from afmc.api import load
 from afmc.cli import app
 from afmc.config import load_config
 from afmc.eval.evaluate import evaluate
-from afmc.runtime.chip import open_chip
 
 VOCAB = 256
 TOKENS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -116,9 +116,9 @@ def test_aimc_fp_view_equals_transformers(family, family_dirs, calibration_text,
     if family in MOE:
         _assert_experts_analog(result)
     ids = _ids()
-    np.testing.assert_allclose(open_chip(out, fp=True).run(ids),
+    np.testing.assert_allclose(load(out).fp_view().run(ids),
                                _hf_logits(family_dirs[family], ids), rtol=1e-4, atol=1e-4)
-    assert np.isfinite(open_chip(out, seed=1).run(ids)).all()
+    assert np.isfinite(load(out).chip(1).run(ids)).all()
     report = evaluate(out, ids.reshape(-1), [0], seq_len=11)
     assert np.isfinite(report.fp) and np.isfinite(report.chips[0])
 
@@ -131,8 +131,8 @@ def test_digital_targets(family, target, family_dirs, calibration_text, tmp_path
                  calibration=calibration_text, output=out)
     ids = _ids()
     expected = _hf_logits(family_dirs[family], ids)
-    np.testing.assert_allclose(open_chip(out, fp=True).run(ids), expected, rtol=1e-4, atol=1e-4)
-    got = open_chip(out, seed=None).run(ids)
+    np.testing.assert_allclose(load(out).fp_view().run(ids), expected, rtol=1e-4, atol=1e-4)
+    got = load(out).chip(None).run(ids)
     assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 0.5
 
 
@@ -168,9 +168,9 @@ def test_encoder_compiles_runs_and_evaluates(family, family_dirs, calibration_te
     feeds["attention_mask"][1, 6:] = 0
     feeds = {name: feeds[name] for name in names}
     expected = _hf_embeddings(family_dirs[family], feeds)
-    fp = open_chip(out, fp=True).run(*feeds.values())
+    fp = load(out).fp_view().run(*feeds.values())
     np.testing.assert_allclose(fp, expected, rtol=1e-4, atol=1e-5)
-    analog = open_chip(out, seed=0).run(*feeds.values())
+    analog = load(out).chip(0).run(*feeds.values())
     assert np.linalg.norm(analog - expected) / np.linalg.norm(expected) < 0.5
     run = runner.invoke(app, ["run", str(out), "--text", str(calibration_text),
                               "--max-tokens", "100"])

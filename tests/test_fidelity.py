@@ -11,13 +11,13 @@ import torch
 from typer.testing import CliRunner
 
 import afmc.api
+from afmc.api import load
 from afmc.cli import app
 from afmc.config import load_config
 from afmc.data.calibration import split_text
 from afmc.data.tokenizer import ByteTokenizer
 from afmc.eval.fidelity import FidelityWarning
 from afmc.eval.perplexity import perplexity
-from afmc.runtime.chip import open_chip
 
 SETTINGS = ["calibration.seq_len=32", "calibration.max_tokens=256"]
 
@@ -37,9 +37,9 @@ def test_fidelity_matches_an_independent_evaluation(model_dirs, calibration_text
     assert fidelity == result.record["fidelity"]
     assert fidelity["data"].startswith("1 held-back")
     windows = _held_back_windows(calibration_text.read_text())
-    fp = perplexity(open_chip(out, fp=True).run, windows)
-    noise_free = perplexity(open_chip(out, seed=None).run, windows)
-    chip = perplexity(open_chip(out, seed=0).run, windows)
+    fp = perplexity(load(out).fp_view().run, windows)
+    noise_free = perplexity(load(out).chip(None).run, windows)
+    chip = perplexity(load(out).chip(0).run, windows)
     assert fidelity["fp_perplexity"] == pytest.approx(fp, rel=1e-4)
     assert fidelity["noise_free"]["perplexity"] == pytest.approx(noise_free, rel=1e-3)
     assert fidelity["chip_0"]["perplexity"] == pytest.approx(chip, rel=1e-3)

@@ -19,11 +19,12 @@ from torch import nn
 from typer.testing import CliRunner
 
 import afmc
+from afmc.api import load
 from afmc.capture.hf import load_causal_lm
 from afmc.cli import app
 from afmc.data.kv_cache import KVCacheSpec
 from afmc.models import BUILTIN_MODELS
-from afmc.runtime.chip import load_record, open_chip
+from afmc.runtime.chip import load_record
 from afmc.runtime.generation import GenerationOptions, generate, next_token
 
 PROMPT = list(b"The analog chip ")
@@ -64,7 +65,7 @@ def test_record_and_file_declare_the_cache(tiny: Path):
 
 def test_fp_view_greedy_equals_transformers(tiny: Path):
     lm = load_causal_lm(BUILTIN_MODELS["afmc-tiny"])
-    fp = open_chip(tiny, fp=True)
+    fp = load(tiny).fp_view()
     for prompt in (PROMPT, list(b"def ")):
         got = generate(fp, load_record(tiny), prompt, GenerationOptions(max_new_tokens=32))
         expected = lm.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)
@@ -73,7 +74,7 @@ def test_fp_view_greedy_equals_transformers(tiny: Path):
 
 def test_chip_decode_equals_its_full_forward(tiny: Path):
     record = load_record(tiny)
-    chip = open_chip(tiny, 0)
+    chip = load(tiny).chip(0)
     got = generate(chip, record, PROMPT, GenerationOptions(max_new_tokens=24))
     full = chip.run(np.array([PROMPT + got.tokens[:-1]]))[0]
     for step, (logits, token) in enumerate(zip(got.logits, got.tokens, strict=True)):
@@ -86,7 +87,7 @@ def test_chip_decode_equals_its_full_forward(tiny: Path):
 
 
 def test_sampling_is_seeded(tiny: Path):
-    chip, record = open_chip(tiny, 0), load_record(tiny)
+    chip, record = load(tiny).chip(0), load_record(tiny)
 
     def sample(seed: int) -> list[int]:
         options = GenerationOptions(max_new_tokens=24, temperature=1.0, top_k=50, top_p=0.95,
@@ -98,7 +99,7 @@ def test_sampling_is_seeded(tiny: Path):
 
 
 def test_eos_stops_and_is_kept(tiny: Path):
-    chip, record = open_chip(tiny, 0), load_record(tiny)
+    chip, record = load(tiny).chip(0), load_record(tiny)
     first = generate(chip, record, PROMPT, GenerationOptions(max_new_tokens=8)).tokens
     stopped = generate(chip, record, PROMPT, GenerationOptions(max_new_tokens=8,
                                                                eos_token_id=first[2]))
@@ -128,7 +129,7 @@ def test_cli_generates_the_greedy_text(tiny: Path):
     result = runner.invoke(app, ["generate", str(tiny), "--prompt", bytes(PROMPT).decode(),
                                  "--seed", "0", "--max-new-tokens", "12"])
     assert result.exit_code == 0, result.output
-    tokens = generate(open_chip(tiny, 0), load_record(tiny), PROMPT,
+    tokens = generate(load(tiny).chip(0), load_record(tiny), PROMPT,
                       GenerationOptions(max_new_tokens=12)).tokens
     assert result.stdout.rstrip("\n") == bytes(tokens).decode("utf-8", errors="replace")
     assert "12 new tokens" in result.stderr

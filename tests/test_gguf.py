@@ -21,10 +21,9 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from typer.testing import CliRunner
 
 from afmc.api import compile as afmc_compile
-from afmc.api import load_tokenizer_for
+from afmc.api import load
 from afmc.cli import app
 from afmc.config import load_config
-from afmc.runtime.chip import open_chip
 
 MERGES = ["t h", "th e", "i n", "a n", "e r"]
 HIDDEN, LAYERS, HEADS, KV_HEADS, FFN = 32, 2, 4, 2, 64
@@ -93,9 +92,9 @@ def test_cli_compiles_a_gguf_file_with_its_tokenizer(tiny_gguf, calibration_text
                                  str(calibration_text), "--set", "hardware.max_in=32"])
     assert result.exit_code == 0, result.output
     ids = _ids()
-    np.testing.assert_allclose(open_chip(out, fp=True).run(ids), _gguf_logits(tiny_gguf, ids),
+    np.testing.assert_allclose(load(out).fp_view().run(ids), _gguf_logits(tiny_gguf, ids),
                                rtol=1e-4, atol=1e-4)
-    tokenizer = load_tokenizer_for(out)
+    tokenizer = load(out).tokenizer()
     assert tokenizer.vocab_size == 262
     assert tokenizer.decode(tokenizer.encode("the thing")) == "the thing"
     run = runner.invoke(app, ["run", str(out), "--text", str(calibration_text)])
@@ -112,7 +111,7 @@ def test_directory_with_one_f16_gguf(calibration_text, tmp_path):
                           calibration=calibration_text, output=out)
     assert result.record["summary"]["analog_layers"] == 7 * LAYERS + 1
     ids = _ids()
-    np.testing.assert_allclose(open_chip(out, fp=True).run(ids),
+    np.testing.assert_allclose(load(out).fp_view().run(ids),
                                _gguf_logits(folder / "tiny-f16.gguf", ids), rtol=1e-4, atol=1e-4)
 
 

@@ -143,7 +143,7 @@ def test_onnx_export_compiles_for_every_target_into_a_self_contained_output(
     assert got.shape == expected.shape and np.isfinite(got).all()
     error = np.linalg.norm(got - expected) / np.linalg.norm(expected)
     assert (error < 1e-5) if target == "fp" else (0 < error < 0.5), error
-    chip = afmc.load(moved, seed=0).run(*feeds.values())
+    chip = afmc.load(moved).chip(0).run(*feeds.values())
     assert chip.shape == expected.shape
 
 
@@ -186,7 +186,7 @@ def test_token_ids_calibrate_a_model_directory_without_tokenizer_files(tmp_path)
                           output=tmp_path / "out")
     assert result.record["tokenizer"] is None and result.record["summary"]["analog_layers"] == 8
     assert result.record["max_positions"] == 64
-    chip = afmc.load(tmp_path / "out", seed=0)
+    chip = afmc.load(tmp_path / "out").chip(0)
     assert chip.run(np.zeros((1, 64), np.int64)).shape == (1, 64, 300)
     with pytest.raises(ValueError, match="65 tokens exceeds the model's 64 positions"):
         chip.run(np.zeros((1, 65), np.int64))

@@ -25,7 +25,7 @@ from conftest import tiny_model
 from onnx import TensorProto, helper, numpy_helper
 
 from afmc.api import compile as afmc_compile
-from afmc.api import load_tokenizer_for
+from afmc.api import load
 from afmc.capture import CaptureError, capture_causal_lm, capture_module, export_onnx
 from afmc.capture.onnx_model import load_onnx_model
 from afmc.config import ConfigError, load_config
@@ -46,7 +46,7 @@ from afmc.passes.onnx.insert_analog_linear import InsertOnnxAnalogLinear
 from afmc.passes.onnx.place_layers import PlaceOnnxLayers, onnx_layer_records
 from afmc.passes.onnx.static_layers import UnsupportedLayerWarning
 from afmc.passes.onnx.upgrade_opset import UpgradeOpset, default_opset
-from afmc.runtime.chip import load_record, open_chip
+from afmc.runtime.chip import load_record
 from afmc.runtime.views import fp_reference
 from afmc.targets import get_target
 
@@ -526,12 +526,12 @@ def _assert_paths_agree(torch_out: Path, onnx_out: Path, inputs: np.ndarray) -> 
         assert sizes == torch_layers[name][2]
         np.testing.assert_array_equal(weight, torch_layers[name][1])
         np.testing.assert_allclose(ranges, torch_layers[name][0], rtol=1e-5)
-    fp_torch = open_chip(torch_out, fp=True).run(inputs)
+    fp_torch = load(torch_out).fp_view().run(inputs)
     np.testing.assert_allclose(
-        open_chip(onnx_out, fp=True).run(inputs), fp_torch, rtol=1e-5, atol=1e-5
+        load(onnx_out).fp_view().run(inputs), fp_torch, rtol=1e-5, atol=1e-5
     )
-    analog_torch = open_chip(torch_out, seed=None).run(inputs)
-    analog_onnx = open_chip(onnx_out, seed=None).run(inputs)
+    analog_torch = load(torch_out).chip(None).run(inputs)
+    analog_onnx = load(onnx_out).chip(None).run(inputs)
     assert np.abs(analog_onnx - fp_torch).max() > 1e-3, "quantization had no effect"
     assert np.abs(analog_onnx - analog_torch).max() <= _output_adc_step(onnx_out)
 
@@ -543,7 +543,7 @@ def test_mlp_both_paths_agree(mlp):
     with torch.no_grad():
         expected = module(torch.from_numpy(inputs)).numpy()
     np.testing.assert_allclose(
-        open_chip(onnx_out, fp=True).run(inputs), expected, rtol=1e-5, atol=1e-5
+        load(onnx_out).fp_view().run(inputs), expected, rtol=1e-5, atol=1e-5
     )
 
 
@@ -565,6 +565,7 @@ def test_llama_output_layout_matches_torch_path(llama):
     assert (record["inputs"], record["outputs"]) == (["input_ids"], ["logits"])
     assert [step["name"] for step in record["passes"]] == [
         "load",
+        "fp-reference",
         "onnx-upgrade-opset",
         "onnx-fold-norms",
         "onnx-place-layers",
@@ -575,16 +576,16 @@ def test_llama_output_layout_matches_torch_path(llama):
     ]
     first_batch = np.random.default_rng(0).integers(0, 256, (2, 24))  # the fixture's
     for key, seed in (("noise_free", None), ("chip_0", 0)):
-        expected = perplexity(open_chip(onnx_out, seed=seed).run, first_batch)
+        expected = perplexity(load(onnx_out).chip(seed).run, first_batch)
         assert record["fidelity"][key]["perplexity"] == pytest.approx(expected, rel=1e-5)
     assert read_metadata(onnx_out / "model.onnx")["layers"] == record["layers"]
     analog = [n for n in model.graph.node if n.domain == "afmc" and n.op_type == "AnalogLinear"]
     assert len(analog) == record["summary"]["analog_layers"] == 15
-    assert isinstance(load_tokenizer_for(onnx_out), ByteTokenizer)
+    assert isinstance(load(onnx_out).tokenizer(), ByteTokenizer)
     ids = np.random.default_rng(10).integers(0, 256, (2, 12))
-    chip = open_chip(onnx_out, seed=3).run(ids)
-    np.testing.assert_array_equal(chip, open_chip(onnx_out, seed=3).run(ids))
-    assert np.abs(chip - open_chip(onnx_out, seed=None).run(ids)).max() > 1e-3
+    chip = load(onnx_out).chip(3).run(ids)
+    np.testing.assert_array_equal(chip, load(onnx_out).chip(3).run(ids))
+    assert np.abs(chip - load(onnx_out).chip(None).run(ids)).max() > 1e-3
 
 
 def test_fold_norms_on_the_exported_llama(llama):
@@ -624,7 +625,7 @@ def test_layer_norm_affine_is_folded_with_fp_outputs_kept(tmp_path):
     with torch.no_grad():
         expected = module(torch.from_numpy(inputs)).numpy()
     np.testing.assert_allclose(
-        open_chip(tmp_path / "out", fp=True).run(inputs), expected, rtol=1e-5, atol=1e-5
+        load(tmp_path / "out").fp_view().run(inputs), expected, rtol=1e-5, atol=1e-5
     )
 
 
@@ -663,10 +664,10 @@ def test_conv_is_analog_via_im2col_and_dynamic_matmul_stays_digital(tmp_path):
     assert result.layers[0].in_features == 27 and result.record["summary"]["tiles"] == 2
     gram = next(node for node in result.model.graph if node.op_type == "MatMul")
     assert gram.name == "gram", "the product of two activations stays a digital MatMul"
-    analog = open_chip(tmp_path / "out", seed=None).run(batch["img"])
-    fp = open_chip(tmp_path / "out", fp=True).run(batch["img"])
+    analog = load(tmp_path / "out").chip(None).run(batch["img"])
+    fp = load(tmp_path / "out").fp_view().run(batch["img"])
     assert 0 < np.abs(analog - fp).max() < 0.1 * np.abs(fp).max()
-    assert open_chip(tmp_path / "out", seed=0).run(batch["img"]).shape == (2, 5)
+    assert load(tmp_path / "out").chip(0).run(batch["img"]).shape == (2, 5)
 
 
 def test_compile_onnx_errors_leave_no_output(tmp_path):
@@ -694,7 +695,7 @@ def test_compile_onnx_errors_leave_no_output(tmp_path):
     result = _compile_onnx(tmp_path / "conv.onnx", "fp", None, None, out)
     assert result.record["summary"]["analog_layers"] == 0
     np.testing.assert_allclose(
-        open_chip(out, seed=None).run(batch["img"]),
+        load(out).chip(None).run(batch["img"]),
         _run(ir.load(tmp_path / "conv.onnx"), batch)[0],
         rtol=1e-6,
     )

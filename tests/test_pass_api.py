@@ -110,5 +110,5 @@ def test_top_level_compile_and_load(model_dirs, calibration_text, tmp_path):
                           output=tmp_path / "out")
     assert result.program is not None and result.model is not None
     assert result.record["summary"]["analog_layers"] > 0
-    chip = afmc.load(tmp_path / "out", seed=2)
+    chip = afmc.load(tmp_path / "out").chip(2)
     assert chip.run(torch.zeros((1, 4), dtype=torch.int64).numpy()).shape == (1, 4, 256)

@@ -76,7 +76,8 @@ class CapturedModel:
         output_names: one name per (flattened) graph output, for the ONNX file.
         source: where the model came from (e.g. "torch:MyNet", "hf:/models/llama").
         fp_module: the original module, for reference outputs (shares parameters
-            with graph_module).
+            with graph_module); None once a compile has taken its reference outputs
+            and released it.
         kv_cache: the KV cache a causal LM takes and returns beside its data inputs and
             first output (afmc.data.kv_cache); its pasts are the last inputs.
     """
@@ -87,7 +88,7 @@ class CapturedModel:
     input_names: list[str]
     output_names: list[str]
     source: str
-    fp_module: nn.Module
+    fp_module: nn.Module | None
     kv_cache: KVCacheSpec | None = None
 
     @property

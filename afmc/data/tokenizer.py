@@ -21,6 +21,8 @@ from typing import Protocol
 
 import numpy as np
 
+from afmc.layout import TOKENIZER_DIR
+
 _TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -134,3 +136,17 @@ def load_tokenizer(model_dir: Path) -> Tokenizer:
         f"no tokenizer for {model_dir}: it has no tokenizer files "
         f"({', '.join(_TOKENIZER_FILES)}) and config.json vocab_size is {vocab_size}, not 256"
     )
+
+
+def compiled_tokenizer(out_dir: Path, record: dict) -> Tokenizer:
+    """The tokenizer a compiled language model (OUT, its afmc.json `record`) was compiled
+    with; ValueError if it has none."""
+    kind = record.get("tokenizer")
+    if kind == "bytes":
+        return ByteTokenizer()
+    if kind == TOKENIZER_DIR:
+        from transformers import AutoTokenizer
+
+        return HFTokenizer(AutoTokenizer.from_pretrained(out_dir / TOKENIZER_DIR,
+                                                         local_files_only=True))
+    raise ValueError(f"{out_dir}: compiled model has no tokenizer (not a language model)")

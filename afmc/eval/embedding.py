@@ -10,14 +10,14 @@ instances as for language models; a digital target is scored once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from afmc.capture.encoder import OUTPUT
 from afmc.data.tokenizer import text_feeds
-from afmc.runtime.chip import Chip, is_digital, load_record, open_chip
+from afmc.runtime.chip import Chip
+from afmc.runtime.compiled import CompiledModel
 
 
 def is_encoder(record: dict[str, Any]) -> bool:
@@ -64,15 +64,14 @@ class EmbeddingReport:
         return float(np.std([e.relative_error for e in self.chips.values()]))
 
 
-def evaluate_encoder(out_dir: Path, windows: np.ndarray, seeds: list[int], *,
+def evaluate_encoder(model: CompiledModel, windows: np.ndarray, seeds: list[int], *,
                      read_noise: float = 0.0) -> EmbeddingReport:
     """The embedding error of each chip `seed` against the FP view on token `windows`."""
-    fp = embeddings(open_chip(out_dir, fp=True), windows)
-    record = load_record(out_dir)
+    fp = embeddings(model.fp_view(), windows)
     report = EmbeddingReport(len(windows))
-    if is_digital(record):
-        report.digital, seeds = record["target"], [0]
+    if not model.varies_by_seed:
+        report.digital, seeds = model.target, [0]
     for seed in seeds:
-        chip = open_chip(out_dir, seed, read_noise=read_noise)
+        chip = model.chip(seed, read_noise=read_noise)
         report.chips[seed] = embedding_error(embeddings(chip, windows), fp)
     return report

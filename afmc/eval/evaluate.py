@@ -3,21 +3,22 @@
 Each seed is one chip instance (one programming-noise draw); the report holds
 the FP perplexity of the same file (analog nodes computed in floating point),
 the perplexity per chip, and their mean and standard deviation over seeds.
-A digital target (int8, int4) has no noise: it is scored once, as chip 0, next
-to its FP reference, and `seeds` is ignored (report.digital names the target).
+A target whose chips do not vary by seed (int8, int4, fp) is scored once, as
+chip 0, next to its FP view, and `seeds` is ignored (report.digital names the
+target).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from afmc.data.tokenizer import token_windows
 from afmc.eval.perplexity import perplexity
-from afmc.runtime.chip import Chip, is_digital, load_record, open_chip
+from afmc.runtime.chip import Chip
+from afmc.runtime.compiled import CompiledModel
 
 
 @dataclass
@@ -44,27 +45,26 @@ def chip_perplexity(chip: Chip, windows: np.ndarray, batch_size: int,
     return perplexity(chip.run, windows, batch_size=batch_size, progress=progress)
 
 
-def evaluate(out_dir: Path, ids: np.ndarray, seeds: list[int], *, seq_len: int = 256,
+def evaluate(model: CompiledModel, ids: np.ndarray, seeds: list[int], *, seq_len: int = 256,
              max_tokens: int | None = 16384, batch_size: int = 8, read_noise: float = 0.0,
              on_result: Callable[[str, float], None] | None = None,
              progress: Callable[[int, int], None] | None = None) -> EvalReport:
     """Perplexity of the FP view and of each chip `seed` on the token ids `ids`."""
     windows = token_windows(ids, min(seq_len, len(ids)), max_tokens)
-    fp = chip_perplexity(open_chip(out_dir, fp=True), windows, batch_size, progress)
+    fp = chip_perplexity(model.fp_view(), windows, batch_size, progress)
     if on_result:
         on_result("fp", fp)
     report = EvalReport(int(windows.size), fp)
-    record = load_record(out_dir)
-    if is_digital(record):
-        report.digital = record["target"]
+    if not model.varies_by_seed:
+        report.digital = model.target
         seeds = [0]
-    elif record["summary"].get("analog_layers"):
-        chip = open_chip(out_dir, None, read_noise=read_noise)
+    elif model.record["summary"].get("analog_layers"):
+        chip = model.chip(None, read_noise=read_noise)
         report.noise_free = chip_perplexity(chip, windows, batch_size, progress)
         if on_result:
             on_result("analog, no programming noise", report.noise_free)
     for seed in seeds:
-        chip = open_chip(out_dir, seed, read_noise=read_noise)
+        chip = model.chip(seed, read_noise=read_noise)
         report.chips[seed] = chip_perplexity(chip, windows, batch_size, progress)
         if on_result:
             on_result(report.digital or f"seed {seed}", report.chips[seed])

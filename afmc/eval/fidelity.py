@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -31,6 +32,9 @@ from afmc.eval.perplexity import next_token_nll
 from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.passes.layers import LayerRecord, layer_records
 from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
+
+if TYPE_CHECKING:
+    from afmc.runtime.chip import Chip
 
 PERPLEXITY_RATIO = 1.5
 RELATIVE_ERROR = 0.2
@@ -66,8 +70,7 @@ def onnx_outputs(model: ir.Model | onnx.ModelProto, input_names: Sequence[str]) 
     """First output of an ONNX model through ONNX Runtime; batches are tuples in the order
     of `input_names`, or mappings from input name (a KV cache's pasts, if not given,
     empty)."""
-    from afmc.runtime.chip import model_session
-    from afmc.runtime.sessions import complete_feeds, session_options
+    from afmc.runtime.sessions import complete_feeds, model_session, session_options
 
     proto = ir.serde.serialize_model(model) if isinstance(model, ir.Model) else model
     session = model_session(proto, session_options(None))
@@ -145,31 +148,34 @@ def _analog(records: list[LayerRecord]) -> list[LayerRecord]:
     return [r for r in records if r.placement == "analog" and r.input_range]
 
 
-def chip_outputs(program: fx.GraphModule, noise: NoiseConfig, seed: int) -> Outputs:
-    """Outputs of `program` with the programming noise of chip `seed` (same draws as afmc run).
+class _ProgrammedChip(fx.Interpreter):
+    """Runs an analog program with the programmed weights of chip `seed` in place of the
+    stored ones: each analog weight is programmed when the graph reads it (get_attr) and
+    freed after its last use, so one layer's programmed copy is alive at a time."""
 
-    The programmed weights are swapped in for each batch and the stored ones put back.
-    """
-    layers = _analog(layer_records(program))
-    programmed = {
-        record.weight: torch.from_numpy(program_weights(
-            program.get_parameter(record.weight).detach().float().numpy(),
-            record.slice_sizes, noise, layer_rng(seed, index)))
-        for index, record in enumerate(layers)
-    }
-    base = torch_outputs(program)
+    def __init__(self, program: fx.GraphModule, noise: NoiseConfig, seed: int) -> None:
+        super().__init__(program)
+        self.noise, self.seed = noise, seed
+        self.layers = {record.weight: (index, record)
+                       for index, record in enumerate(_analog(layer_records(program)))}
+
+    def get_attr(self, target, args, kwargs):
+        stored = super().get_attr(target, args, kwargs)
+        if target not in self.layers:
+            return stored
+        index, record = self.layers[target]
+        programmed = program_weights(stored.detach().float().numpy(), record.slice_sizes,
+                                     self.noise, layer_rng(self.seed, index))
+        return torch.from_numpy(programmed).to(stored.dtype)
+
+
+def chip_outputs(program: fx.GraphModule, noise: NoiseConfig, seed: int) -> Outputs:
+    """Outputs of `program` with the programming noise of chip `seed` (same draws as afmc
+    run), programmed layer by layer during each run (_ProgrammedChip)."""
 
     def run(batch: tuple) -> np.ndarray:
-        stored = {}
-        try:
-            for target, weight in programmed.items():
-                parameter = program.get_parameter(target)
-                stored[target] = parameter.data
-                parameter.data = weight.to(parameter.dtype)
-            return base(batch)
-        finally:
-            for target, data in stored.items():
-                program.get_parameter(target).data = data
+        with torch.no_grad():
+            return _first(_ProgrammedChip(program, noise, seed).run(*batch)).float().numpy()
 
     return run
 
@@ -183,15 +189,16 @@ def program_checks(program: fx.GraphModule, noise: NoiseConfig,
     return chip, layer_errors(program, batch)[:WORST_LAYERS]
 
 
-def check_fidelity(fp: Outputs, compiled: Outputs, batches: list, held_back: bool, *,
+def check_fidelity(reference: list[np.ndarray], compiled: Outputs, batches: list,
+                   held_back: bool, *,
                    chip: Outputs | None = None,
                    worst_layers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The fidelity entry of afmc.json; warns (FidelityWarning) when past the thresholds.
 
-    `fp` runs the FP model, `compiled` the compiled one without programming noise and
-    `chip` (analog targets) chip 0; `worst_layers` ranks the analog layers.
+    `reference` holds the FP model's output on each batch, `compiled` runs the compiled
+    model without programming noise and `chip` (analog targets) chip 0; `worst_layers`
+    ranks the analog layers.
     """
-    reference = [fp(batch) for batch in batches]
     language_model = _is_language_model(batches[0], reference[0])
     result: dict[str, Any] = {
         "data": f"{len(batches)} held-back calibration batch(es)" if held_back
@@ -231,20 +238,29 @@ def _warning(result: dict[str, Any]) -> str | None:
             + (f"; worst layers by output error: {worst}" if worst else "") + f"; next: {steps}")
 
 
+def onnx_chip_outputs(chip: Chip, input_names: Sequence[str]) -> Outputs:
+    """First output of `chip`; batches as for onnx_outputs."""
+
+    def run(batch: tuple | Mapping) -> np.ndarray:
+        values = [batch[name] for name in input_names] if isinstance(batch, Mapping) else batch
+        return chip.run(*(np.asarray(value) for value in values))
+
+    return run
+
+
 def onnx_fidelity(model: ir.Model, record: dict[str, Any], noise: NoiseConfig,
                   batches: list, held_back: bool = False) -> dict[str, Any]:
     """check_fidelity for an analog ONNX model (ONNX input): the file's FP view, the file,
     and chip 0 (the programmed weights of afmc run --seed 0), all through ONNX Runtime."""
-    from afmc.runtime.chip import program_into, programmed_weights
+    from afmc.runtime.analog import AnalogRuntime
     from afmc.runtime.views import fp_reference
 
     proto = ir.serde.serialize_model(model)
     names = record["inputs"]
     chip = None
     if noise.model != "none" and any(layer.get("onnx_weight") for layer in record["layers"]):
-        programmed = onnx.ModelProto()
-        programmed.CopyFrom(proto)
-        program_into(programmed, programmed_weights(programmed, record, noise, 0))
-        chip = onnx_outputs(programmed, names)
-    return check_fidelity(onnx_outputs(fp_reference(proto), names), onnx_outputs(proto, names),
+        runtime = AnalogRuntime(Path.cwd(), record, proto)
+        chip = onnx_chip_outputs(runtime.chip(0, noise=noise), names)
+    fp = onnx_outputs(fp_reference(proto), names)
+    return check_fidelity([fp(batch) for batch in batches], onnx_outputs(proto, names),
                           batches, held_back, chip=chip)

@@ -32,9 +32,9 @@ from afmc.data.model_inputs import (
     load_labels,
 )
 from afmc.eval.embedding import embedding_error
-from afmc.runtime.chip import Chip, is_digital, load_record, open_chip
+from afmc.runtime.chip import Chip
+from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.sessions import complete_feeds
-from afmc.runtime.signature import compiled_signature
 
 TOP1_SHOWN = 8
 
@@ -99,13 +99,13 @@ class TensorRunReport:
     outputs: list[OutputSummary]
 
 
-def run_tensors(out_dir: Path, inputs_file: Path, seed: int, *,
+def run_tensors(model: CompiledModel, inputs_file: Path, seed: int, *,
                 read_noise: float = 0.0) -> TensorRunReport:
     """Run the inputs of `inputs_file` through chip `seed` and compare with the FP view."""
-    inputs = load_inputs(inputs_file, compiled_signature(out_dir))
-    chip = open_chip(out_dir, seed, read_noise=read_noise)
+    inputs = load_inputs(inputs_file, model.signature())
+    chip = model.chip(seed, read_noise=read_noise)
     got = model_outputs(chip, inputs)
-    fp = model_outputs(open_chip(out_dir, fp=True), inputs)
+    fp = model_outputs(model.fp_view(), inputs)
     summaries = []
     for name, value in got.items():
         summary = OutputSummary(name, list(value.shape), float(value.mean()), float(value.std()),
@@ -187,33 +187,32 @@ def _scores(got: dict[str, np.ndarray], fp: dict[str, np.ndarray],
                       None if labels is None else float(np.mean(top1(first) == labels)))
 
 
-def evaluate_tensors(out_dir: Path, inputs_file: Path, seeds: list[int], *,
+def evaluate_tensors(model: CompiledModel, inputs_file: Path, seeds: list[int], *,
                      labels_file: Path | None = None, read_noise: float = 0.0,
                      progress: Callable[[int, int], None] | None = None) -> TensorEvalReport:
     """Scores of each chip `seed` (and the FP accuracy) on the inputs of `inputs_file`.
 
     `progress(done, total)` is called once the inputs are checked and after each chip.
     """
-    record = load_record(out_dir)
-    inputs = load_inputs(inputs_file, compiled_signature(out_dir))
+    inputs = load_inputs(inputs_file, model.signature())
     labels = None if labels_file is None else load_labels(labels_file, inputs.samples)
-    if is_digital(record):
+    if not model.varies_by_seed:
         chips: list[int | None] = [0]
-    elif record["summary"].get("analog_layers"):
+    elif model.record["summary"].get("analog_layers"):
         chips = [None, *seeds]
     else:
         chips = list(seeds)
-    fp = model_outputs(open_chip(out_dir, fp=True), inputs)
+    fp = model_outputs(model.fp_view(), inputs)
     first, logits = next(iter(fp.items()))
     if labels is not None:
         check_label_classes(labels_file, labels, first, logits)
     report = TensorEvalReport(inputs.samples, list(fp),
-                              digital=record["target"] if is_digital(record) else None)
+                              digital=None if model.varies_by_seed else model.target)
     report.fp_accuracy = _scores(fp, fp, labels).accuracy
     if progress:
         progress(0, len(chips))
     for done, seed in enumerate(chips, start=1):
-        chip = open_chip(out_dir, seed, read_noise=read_noise)
+        chip = model.chip(seed, read_noise=read_noise)
         scores = _scores(model_outputs(chip, inputs), fp, labels)
         if seed is None:
             report.noise_free = scores

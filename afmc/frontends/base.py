@@ -58,6 +58,10 @@ class Frontend(Protocol):
         """The record's inputs, outputs, fold_notes and dependencies."""
         ...
 
+    def hold_reference(self, calibration: CalibrationData) -> None:
+        """Compute the FP outputs the fidelity check compares with, before the passes."""
+        ...
+
     def fidelity(self, target: Target, lowered: ir.Model, record: dict[str, Any],
                  config: AfmcConfig, calibration: CalibrationData) -> dict[str, Any]:
         """The compile's fidelity check of `lowered` against the FP model."""

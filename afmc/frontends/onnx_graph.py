@@ -92,6 +92,9 @@ class OnnxFrontend:
                 "fold_notes": self.model.meta.get(NOTES_KEY, []),
                 "dependencies": analog_dependencies(self.model)}
 
+    def hold_reference(self, calibration: CalibrationData) -> None:
+        """Nothing to hold: the FP reference is the input file, which the passes leave alone."""
+
     def fidelity(self, target: Target, lowered: ir.Model, record: dict[str, Any],
                  config: AfmcConfig, calibration: CalibrationData) -> dict[str, Any]:
         from afmc.eval.fidelity import check_fidelity, onnx_fidelity, onnx_outputs
@@ -101,7 +104,8 @@ class OnnxFrontend:
         if target.post_lower is None:
             return onnx_fidelity(lowered, record, config.noise, batches, held)
         names = self.signature.names
-        return check_fidelity(onnx_outputs(self.model, names), onnx_outputs(lowered, names),
+        fp = onnx_outputs(self.model, names)
+        return check_fidelity([fp(batch) for batch in batches], onnx_outputs(lowered, names),
                               batches, held)
 
 

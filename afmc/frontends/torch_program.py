@@ -15,6 +15,7 @@ name the data only (input_ids, logits), and the record's "kv_cache" the cache.
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ class TorchFrontend:
         self.verify, self.save_intermediate = verify, save_intermediate
         self._tokenizer, self._tokenizer_loaded = tokenizer, tokenizer is not None
         self._reference = _reference_output(captured) if verify else None
+        self._fp_outputs: list[np.ndarray] = []
         self._steps = 0
 
     def tokenizer(self) -> Tokenizer | None:
@@ -136,6 +138,18 @@ class TorchFrontend:
             return batches
         return [(*batch, *empty_pasts(spec, batch[0].shape[0])) for batch in batches]
 
+    def hold_reference(self, calibration: CalibrationData) -> None:
+        """Run the FP model on the fidelity batches now, before any pass, and let it go
+        (unless verify still needs it): the passes replace every weight they fold, and
+        the FP module would otherwise keep the originals alive through the compile
+        (two copies of most weights of a language model)."""
+        from afmc.eval.fidelity import torch_outputs
+
+        fp = torch_outputs(self.captured.fp_module)
+        self._fp_outputs = [fp(batch) for batch in self._fidelity_batches(calibration)]
+        if not self.verify:
+            self.captured = replace(self.captured, fp_module=None)
+
     def fidelity(self, target: Target, lowered: ir.Model, record: dict[str, Any],
                  config: AfmcConfig, calibration: CalibrationData) -> dict[str, Any]:
         from afmc.eval.fidelity import (
@@ -145,15 +159,21 @@ class TorchFrontend:
             torch_outputs,
         )
 
+        batches = self._fidelity_batches(calibration)
         held = bool(calibration.held)
-        batches = self._program_batches(calibration, held)[:None if held else 1]
-        fp = torch_outputs(self.captured.fp_module)
+        fp = self._fp_outputs
         if target.post_lower is None:  # the analog torch program computes what the file does
             chip, worst = program_checks(self.program, config.noise, batches[0])
             return check_fidelity(fp, torch_outputs(self.program), batches, held, chip=chip,
                                   worst_layers=worst)
         return check_fidelity(fp, onnx_outputs(lowered, self.captured.input_names), batches,
                               held)
+
+    def _fidelity_batches(self, calibration: CalibrationData) -> list[tuple]:
+        """The held-back batches, or the first calibration batch when none is held back, as
+        the program's input tuples."""
+        held = bool(calibration.held)
+        return self._program_batches(calibration, held)[:None if held else 1]
 
     def _save_intermediate(self, folder: Path, name: str) -> None:
         folder.mkdir(exist_ok=True)

@@ -3,7 +3,7 @@
 The file alone does not say which kernels run: when ONNX Runtime builds a session it
 fuses QuantizeLinear / DequantizeLinear around a MatMul into MatMulIntegerToFloat or
 QLinearMatMul, folds constant Transposes into weights, and so on. Rule: `executed_graph`
-builds a CPU session at full optimization (what open_chip does) with
+builds a CPU session at full optimization (what a chip's session does) with
 ``optimized_model_filepath`` set, and reads back the graph it wrote.
 """
 

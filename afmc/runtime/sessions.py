@@ -8,15 +8,18 @@ is a user error, not a traceback.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from afmc.data.kv_cache import KVCacheSpec, kv_cache_of_inputs, with_empty_pasts
 from afmc.user_errors import first_line
 
 PROVIDERS = ["CPUExecutionProvider"]
+INLINE_LIMIT = 3 << 29  # 1.5 GiB: protobuf cannot serialise a model over 2 GiB
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -70,3 +73,16 @@ def complete_feeds(session: ort.InferenceSession,
                    feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """`feeds` with empty pasts added when the model has a KV cache and none is given."""
     return with_empty_pasts(feeds, session_kv_cache(session))
+
+
+def model_session(model: onnx.ModelProto, options: ort.SessionOptions,
+                  name: Path = Path("model.onnx")) -> ort.InferenceSession:
+    """A session of an in-memory model with its weights; over 1.5 GiB via a temporary
+    file with external data. `name` (the file the model came from) names it in a
+    load error."""
+    if model.ByteSize() < INLINE_LIMIT:
+        return open_session(model.SerializeToString(), options, name)
+    with tempfile.TemporaryDirectory(prefix="afmc-session-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data")
+        return open_session(path, options, name)

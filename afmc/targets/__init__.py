@@ -38,13 +38,16 @@ class Target:
     """A compile target: its name, one line of description, and its FX passes in order.
 
     needs_calibration: whether the driver builds calibration batches, fixed or decided
-    by the configuration.
+    by the configuration. runtime: how the compiled output runs, written into the
+    record for afmc.load (afmc.runtime.compiled.RUNTIMES): "analog" samples programming
+    noise per chip, "stored" runs the file as it is.
     """
 
     name: str
     description: str
     fx_passes: tuple[str, ...]
     needs_calibration: bool | Callable[[AfmcConfig], bool]
+    runtime: str = "stored"
     post_lower: Callable[[LowerContext], ir.Model] | None = None
     onnx_passes: tuple[str, ...] | None = None  # for ONNX input; None: not supported
     # for a model trained by afmc train (learned input ranges); None: fx_passes
@@ -75,6 +78,7 @@ TARGETS: dict[str, Target] = {
         ("fold-batchnorm", "fold-norms", "place-layers", "smooth-inputs", "insert-analog-linear",
          "calibrate"),
         needs_calibration=True,
+        runtime="analog",
         onnx_passes=("onnx-upgrade-opset", "onnx-fold-norms", "onnx-place-layers",
                      "onnx-insert-analog-linear", "onnx-calibrate"),
         # The learned ranges belong to the inputs the layers saw in training: no norm
