@@ -165,3 +165,59 @@ def test_chip_runs_the_programmed_weights_on_a_static_shape_model(tmp_path):
             program.get_parameter(layer.weight).copy_(torch.from_numpy(weights[layer.onnx_weight]))
         expected = program(x).numpy()
     assert np.abs(chip - expected).max() <= _output_adc_step(result)
+
+
+def _folded_chip(out: Path, seed: int | None, fp: bool = False):
+    """Chip `seed` (or the FP view) the way onnxruntime folds it: the weights as external
+    initializers of the unprepared graph, the weight-only part of each body folded by
+    onnxruntime when the session starts."""
+    from afmc.runtime.analog import _point_outside
+    from afmc.runtime.views import fp_reference
+
+    runtime = load(out).runtime
+    weights = dict(runtime.programmed(seed, runtime.noise) if seed is not None
+                   else runtime.stored())
+    graph = onnx.ModelProto()
+    graph.CopyFrom(fp_reference(runtime.graph) if fp else runtime.graph)
+    for initializer in graph.graph.initializer:
+        if initializer.name in weights:
+            _point_outside(initializer, weights[initializer.name].nbytes)
+    return runtime._session(graph, weights, None, seed)
+
+
+@pytest.mark.parametrize("seed", [None, 3])
+def test_prepared_chip_equals_the_folded_body(compiled, seed):
+    """A chip's session takes the analog nodes in their prepared form (the weight-only part
+    computed in numpy): the same numbers as onnxruntime folding the file's body."""
+    out, _ = compiled["llama"]
+    ids = _ids(2, 12)
+    np.testing.assert_array_equal(load(out).chip(seed).run(ids),
+                                  _folded_chip(out, seed).run(ids))
+
+
+def test_fp_view_transposes_in_numpy(compiled):
+    out, _ = compiled["llama"]
+    ids = _ids(1, 9)
+    np.testing.assert_array_equal(load(out).fp_view().run(ids),
+                                  _folded_chip(out, None, fp=True).run(ids))
+
+
+def test_prepared_graph_leaves_no_raw_analog_weight(compiled):
+    from afmc.runtime.analog import prepared_graph
+
+    out, _ = compiled["llama"]
+    runtime = load(out).runtime
+    graph, values = prepared_graph(runtime.graph, runtime.stored())
+    analog = [node for node in graph.graph.node if node.domain == "afmc"
+              and node.op_type.endswith("AnalogLinear")]
+    raw = {layer["onnx_weight"] for layer in runtime.analog}
+    prepared = [node for node in analog if node.op_type == "PreparedAnalogLinear"]
+    assert prepared, "no analog node was prepared"
+    # Unequal slices keep their body: W comes through SliceInput, not straight from a weight.
+    assert all(node in prepared or node.input[1] not in raw for node in analog)
+    kept = raw & {init.name for init in graph.graph.initializer}
+    assert len(kept) == len(analog) - len(prepared)
+    layer = runtime.analog[0]
+    slices = len(layer["slice_sizes"])
+    assert values[f"{layer['onnx_weight']}::w_eff_0"].shape == (
+        layer["in_features"] // slices, layer["out_features"])

@@ -59,13 +59,14 @@ def evaluate(model: CompiledModel, ids: np.ndarray, seeds: list[int], *, seq_len
         report.digital = model.target
         seeds = [0]
     elif model.record["summary"].get("analog_layers"):
-        chip = model.chip(None, read_noise=read_noise)
-        report.noise_free = chip_perplexity(chip, windows, batch_size, progress)
+        report.noise_free = chip_perplexity(model.chip(None, read_noise=read_noise), windows,
+                                            batch_size, progress)
         if on_result:
             on_result("analog, no programming noise", report.noise_free)
     for seed in seeds:
-        chip = model.chip(seed, read_noise=read_noise)
-        report.chips[seed] = chip_perplexity(chip, windows, batch_size, progress)
+        # one chip alive at a time: the last one's session is freed before the next starts
+        report.chips[seed] = chip_perplexity(model.chip(seed, read_noise=read_noise), windows,
+                                             batch_size, progress)
         if on_result:
             on_result(report.digital or f"seed {seed}", report.chips[seed])
     return report

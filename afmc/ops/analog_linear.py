@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+import onnx
 import torch
 from onnx import FunctionProto, helper
 from onnxscript import values as onnxscript_values
@@ -441,3 +443,60 @@ def translate_analog_linear(
 
 
 TRANSLATIONS = {ANALOG_LINEAR: translate_analog_linear}
+
+
+ATTRIBUTE_DEFAULTS = {name: value for name, (value, _) in _ATTRIBUTES.items()}
+PREPARED_PREFIX = "Prepared"  # PreparedAnalogLinear, PreparedNoisyAnalogLinear
+_WEIGHT_ONLY = ("w", "w_t", "w_abs", "w_max_raw", "w_max", "w_unit", "w_eff")
+
+
+def prepared_function(op_type: str, opset: int, slices: int) -> FunctionProto:
+    """The runtime form of sliced_function(op_type, opset, slices): the same body less its
+    weight-only part, which comes in as inputs (PreparedAnalogLinear(X, input_range,
+    w_eff_0.., w_max_0..)), computed by prepare_weights.
+
+    A chip's programmed weights go into its session in this form, so onnxruntime has
+    nothing weight-sized to constant-fold when the session starts (folding the
+    weight-only part of every layer holds several copies of the weights at once).
+    Runtime only: afmc never writes it to a file.
+    """
+    body = sliced_function(op_type, opset, slices)
+    names = [f"_{i}" for i in range(slices)]
+    removed = {f"{stem}{i}" for stem in _WEIGHT_ONLY for i in names}
+    given = [f"w_eff{i}" for i in names] + [f"w_max{i}" for i in names]
+    nodes = []
+    for node in body.node:
+        if set(node.output) & removed:
+            continue
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        if copy.op_type == "Shape" and list(copy.input) == ["W"]:
+            copy.input[0] = "X"  # K, the last axis of X as of W
+        nodes.append(copy)
+    function = onnx.FunctionProto()
+    function.CopyFrom(body)
+    function.name = PREPARED_PREFIX + op_type
+    del function.input[:]
+    function.input.extend(["X", "input_range", *given])
+    del function.node[:]
+    function.node.extend(nodes)
+    return function
+
+
+def prepare_weights(weight: np.ndarray, slices: int, out_res: float, inp_res: float,
+                    out_bound: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The weight-only values of sliced_function for [N, K] weights: per slice, w_eff =
+    W_s^T / w_max * (h_out / h_in / out_bound) [k, N] and w_max = max(max_j |W_s|, tiny)
+    [N], in float32 with the body's operations in the body's order (so the numbers
+    are those onnxruntime folds from the body)."""
+    f32 = np.float32
+    h_in, h_out = f32(inp_res) / f32(2.0), f32(out_res) / f32(2.0)
+    w_scale = (h_out / h_in) / f32(out_bound)
+    effective, maxima = [], []
+    for part in np.split(np.asarray(weight, dtype=f32), slices, axis=1):
+        w_max = np.maximum(np.abs(part).max(axis=1), f32(_TINY))
+        w_eff = np.ascontiguousarray(part.T) / w_max
+        w_eff *= w_scale
+        effective.append(w_eff)
+        maxima.append(w_max)
+    return effective, maxima

@@ -3,16 +3,30 @@
 Rule: the graph of OUT/model.onnx is read once (weights left where they are: inline
 in the proto, or in OUT/model.onnx.data). A chip is one session whose analog
 weights are the programmed ones of its seed, sampled layer by layer from the
-stored weights (runtime.noise) and handed to onnxruntime as external initializers
-(SessionOptions.add_external_initializers): the session is built from the graph
-bytes with every analog initializer marked external, and the other external
-initializers are read by onnxruntime itself from OUT. So no model is ever
-serialised with its weights through protobuf (which cannot hold 2 GiB), the file is
-never rewritten, and onnxruntime constant-folds the weight-only part of the analog
-function bodies from the programmed weights, as it would from the stored ones.
-onnxruntime copies external initializers while it builds the session, so the
-programmed weights are dropped once the session exists: a chip holds what its
-session holds.
+stored weights (runtime.noise), and the file is never rewritten:
+
+- Each analog node of the chip's graph becomes its prepared form
+  (ops.analog_linear.prepared_function): the weight-only part of its body (per
+  slice W_s^T / w_max * scale and w_max) is computed in numpy from the programmed
+  weights, layer by layer (prepare_weights), so onnxruntime has nothing weight-sized
+  to constant-fold when the session starts. Folding it there holds several copies
+  of every weight at once (a 1.1B model went past 24 GB).
+- The prepared values, and the programmed weights of an analog node that keeps its
+  full body (unequal slices: W comes through SliceInput), are handed to onnxruntime
+  as external initializers (SessionOptions.add_external_initializers); the session
+  is built from the graph bytes, and the file's other external initializers are
+  read by onnxruntime itself from OUT. So no model is serialised with its weights
+  through protobuf (which cannot hold 2 GiB).
+- onnxruntime copies external initializers while it builds the session, so the
+  prepared values are dropped once the session exists, and the freed heap is given
+  back to the system (sessions.release_free_memory): a chip holds about what its
+  session holds.
+- Layers are programmed on all cores, each from its own random stream.
+- Above PREPACK_LIMIT of analog weights, chips and the FP view build their sessions
+  without prepacking MatMul weights: prepacking holds one more transient copy of
+  the weights while the session starts (1.1B model: peak 10.0 GB instead of 8.8),
+  and costs about 5% per inference without it (afmc-tiny, 128 tokens, aimc and FP
+  alike; docs/scaling.md).
 
 The FP view is the same graph with every analog node computed in floating point
 (views.fp_reference) on the stored weights; read noise is views.with_read_noise.
@@ -20,7 +34,10 @@ The FP view is the same graph with every analog node computed in floating point
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +46,22 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
+from afmc import ops
 from afmc.layout import MODEL_FILE
+from afmc.ops.analog_linear import (
+    ANALOG_OP_TYPES,
+    ATTRIBUTE_DEFAULTS,
+    PREPARED_PREFIX,
+    prepare_weights,
+    prepared_function,
+)
 from afmc.runtime.chip import Chip, chip_from_session
 from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
-from afmc.runtime.sessions import open_session, session_options
+from afmc.runtime.sessions import open_session, release_free_memory, session_options
 from afmc.runtime.views import fp_reference, with_read_noise
 
 PROGRAMMED = "programmed-weights"  # the location analog initializers point at in a chip
+PREPACK_LIMIT = 1 << 30  # analog weights (bytes) above which sessions do not prepack
 
 
 class AnalogRuntime:
@@ -48,6 +74,7 @@ class AnalogRuntime:
         self.path = out_dir / MODEL_FILE
         self.analog = [layer for layer in record["layers"] if layer.get("onnx_weight")]
         self.noise = NoiseConfig.model_validate(record["config"]["noise"])
+        self.initializers = {init.name: init for init in graph.graph.initializer}
 
     def chip(self, seed: int | None, *, read_noise: float = 0.0,
              noise: NoiseConfig | None = None, threads: int | None = None) -> Chip:
@@ -57,53 +84,148 @@ class AnalogRuntime:
         noise = noise or self.noise
         graph = with_read_noise(self.graph, read_noise) if read_noise > 0 else self.graph
         if seed is None or noise.model == "none":
-            return self._session(graph, {}, threads, None)
-        weights = dict(self.programmed(seed, noise))
-        return self._session(graph, weights, threads, seed)
+            weights = self.stored()
+        else:
+            weights = self.programmed(seed, noise)
+        graph, values = prepared_graph(graph, weights)
+        return self._session(graph, values, threads, seed if noise.model != "none" else None)
 
     def fp_view(self, threads: int | None = None) -> Chip:
-        """The floating-point model the analog one was compiled from, on the stored weights."""
-        return self._session(fp_reference(self.graph), {}, threads, None)
+        """The floating-point model the analog one was compiled from, on the stored weights
+        (each transposed in numpy, so onnxruntime has no weight to fold)."""
+        graph, values = prepared_graph(fp_reference(self.graph), self.stored())
+        return self._session(graph, values, threads, None)
 
     def programmed(self, seed: int, noise: NoiseConfig) -> Iterator[tuple[str, np.ndarray]]:
-        """(initializer name, programmed weights) of every analog layer of chip `seed`."""
-        initializers = {init.name: init for init in self.graph.graph.initializer}
-        for index, layer in enumerate(self.analog):
-            name = layer["onnx_weight"]
-            stored = numpy_helper.to_array(initializers[name], str(self.out_dir))
-            yield name, program_weights(stored.astype(np.float32, copy=False),
-                                        layer["slice_sizes"], noise, layer_rng(seed, index))
+        """(initializer name, programmed weights) of every analog layer of chip `seed`, in
+        layer order; layers are programmed on all cores (numpy releases the GIL), a few
+        ahead of the consumer. Each layer draws from its own stream, so the result does
+        not depend on the order the threads run in."""
+
+        def program(index: int) -> tuple[str, np.ndarray]:
+            layer = self.analog[index]
+            name, stored = self._stored(layer)
+            return name, program_weights(stored, layer["slice_sizes"], noise,
+                                         layer_rng(seed, index))
+
+        workers = os.cpu_count() or 1
+        with ThreadPoolExecutor(workers) as pool:
+            pending: deque[Future] = deque()
+            for index in range(len(self.analog)):
+                pending.append(pool.submit(program, index))
+                if len(pending) > 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+    def stored(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(initializer name, stored weights as float32) of every analog layer, one by one."""
+        return (self._stored(layer) for layer in self.analog)
+
+    def _stored(self, layer: dict[str, Any]) -> tuple[str, np.ndarray]:
+        name = layer["onnx_weight"]
+        stored = numpy_helper.to_array(self.initializers[name], str(self.out_dir))
+        return name, stored.astype(np.float32, copy=False)
 
     def _session(self, graph: onnx.ModelProto, weights: dict[str, np.ndarray],
                  threads: int | None, seed: int | None) -> Chip:
         options = session_options(threads)
         options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                          str(self.out_dir))
+        if self.record["summary"].get("analog_weights", 0) * 4 > PREPACK_LIMIT:
+            options.add_session_config_entry("session.disable_prepacking", "1")
         if weights:
-            graph = _with_external_placeholders(graph, weights)
             names = list(weights)
             values = [ort.OrtValue.ortvalue_from_numpy(weights.pop(name)) for name in names]
             options.add_external_initializers(names, values)
         session = open_session(graph.SerializeToString(), options, self.path)
+        del options, values
+        release_free_memory()
         return chip_from_session(session, seed, self.record, self.path)
 
 
-def _with_external_placeholders(model: onnx.ModelProto,
-                                weights: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of `model` whose initializers named in `weights` carry no data but point at
-    external data that add_external_initializers supplies."""
+def prepared_graph(model: onnx.ModelProto, weights: Iterable[tuple[str, np.ndarray]]
+                   ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A copy of `model` whose analog nodes take their prepared weights, and the values of
+    the initializers it adds (named WEIGHT::w_eff_I, WEIGHT::w_max_I) or replaces.
+
+    `weights` gives the (programmed or stored) weights by initializer name, consumed one
+    at a time: a node with an overload (equal slices) reading one of them directly
+    gets its prepared form; a 2-D Transpose that alone reads one (the FP view's)
+    becomes the transposed weights; any other consumer keeps the weights themselves.
+    """
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    for initializer in copy.graph.initializer:
-        if initializer.name not in weights:
-            continue
-        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data"):
-            initializer.ClearField(field)
-        del initializer.external_data[:]
-        initializer.data_type = TensorProto.FLOAT
-        initializer.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", PROGRAMMED), ("offset", "0"),
-                           ("length", str(weights[initializer.name].nbytes))):
-            entry = initializer.external_data.add()
-            entry.key, entry.value = key, value
-    return copy
+    graph = copy.graph
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    opset = next(o.version for o in copy.opset_import if o.domain in ("", "ai.onnx"))
+    values: dict[str, np.ndarray] = {}
+    functions: set[tuple[str, str]] = set()
+    for name, weight in weights:
+        users = readers.get(name, [])
+        preparable = [node for node in users if _preparable(node, name)]
+        if len(preparable) < len(users):
+            values[name] = weight
+        for node in preparable:
+            slices = int(node.overload.removeprefix("n"))
+            attributes = {a.name: a.f for a in node.attribute}
+            effective, maxima = prepare_weights(weight, slices, **{
+                key: attributes.get(key, default) for key, default in ATTRIBUTE_DEFAULTS.items()})
+            given = [f"{name}::w_eff_{i}" for i in range(slices)] + [
+                f"{name}::w_max_{i}" for i in range(slices)]
+            values.update(zip(given, [*effective, *maxima], strict=True))
+            key = (node.op_type, node.overload)
+            if key not in functions:
+                functions.add(key)
+                copy.functions.append(prepared_function(node.op_type, opset, slices))
+            node.op_type = PREPARED_PREFIX + node.op_type
+            x, _, input_range = node.input
+            del node.input[:]
+            node.input.extend([x, input_range, *given])
+    for node in [node for node in graph.node if _transposes_weight(node, values, readers)]:
+        values[node.output[0]] = np.ascontiguousarray(values.pop(node.input[0]).T)
+        graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    present = {init.name for init in graph.initializer}
+    for name, value in values.items():
+        if name not in present:
+            initializer = graph.initializer.add()
+            initializer.name = name
+            initializer.dims.extend(value.shape)
+    for initializer in graph.initializer:
+        if initializer.name in values:
+            _point_outside(initializer, values[initializer.name].nbytes)
+    return copy, values
+
+
+def _transposes_weight(node: onnx.NodeProto, values: dict[str, np.ndarray],
+                       readers: dict[str, list[onnx.NodeProto]]) -> bool:
+    """Whether `node` is a 2-D Transpose (the FP view's) that alone reads given weights."""
+    return (node.op_type == "Transpose" and node.domain == "" and node.input[0] in values
+            and len(readers[node.input[0]]) == 1 and values[node.input[0]].ndim == 2)
+
+
+def _preparable(node: onnx.NodeProto, weight: str) -> bool:
+    """Whether `node` is an analog node of equal slices reading `weight` as its W."""
+    return (node.domain == ops.DOMAIN and node.op_type in ANALOG_OP_TYPES
+            and node.overload.startswith("n") and len(node.input) == 3
+            and node.input[1] == weight)
+
+
+def _point_outside(initializer: onnx.TensorProto, nbytes: int) -> None:
+    """Make `initializer` carry no data but point at external data that
+    add_external_initializers supplies."""
+    for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data"):
+        initializer.ClearField(field)
+    del initializer.external_data[:]
+    initializer.data_type = TensorProto.FLOAT  # prepared and programmed values are float32
+    initializer.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", PROGRAMMED), ("offset", "0"), ("length", str(nbytes))):
+        entry = initializer.external_data.add()
+        entry.key, entry.value = key, value

@@ -8,6 +8,8 @@ is a user error, not a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import tempfile
 from pathlib import Path
 
@@ -86,3 +88,15 @@ def model_session(model: onnx.ModelProto, options: ort.SessionOptions,
         path = Path(tmp) / "model.onnx"
         onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data")
         return open_session(path, options, name)
+
+
+def release_free_memory() -> None:
+    """Give the heap memory freed so far back to the system (glibc's malloc_trim).
+
+    Many weight-sized arrays of a few MB each come from the heap once glibc has raised
+    its mmap threshold, and stay counted in the process's memory after they are
+    freed; a chip's session build frees a copy of every analog weight. No-op where
+    the C library has no malloc_trim.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
