@@ -348,3 +348,23 @@ def test_recalibrate_without_learned_ranges_is_a_named_warning(exports, tmp_path
     assert result.stderr.splitlines() == [
         "warning: " + str(exports["mlp"]) + ": --recalibrate has nothing to replace (the model "
         "holds no learned input ranges of afmc train); it is calibrated as usual"]
+
+
+def test_token_id_calibration_needs_no_tokenizer(tmp_path):
+    """A Hugging Face directory without tokenizer files (vocabulary 1000, so no byte
+    fallback) compiles from token ids, and its output runs from token-id inputs."""
+    config = hf.LlamaConfig(vocab_size=1000, hidden_size=32, intermediate_size=64,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            max_position_embeddings=64)
+    torch.manual_seed(0)
+    hf.LlamaForCausalLM(config).eval().save_pretrained(tmp_path / "lm")
+    ids = np.random.default_rng(0).integers(0, 1000, (6, 16), dtype=np.int64)
+    np.savez(tmp_path / "ids.npz", input_ids=ids)
+    result = afmc.compile(str(tmp_path / "lm"), "aimc", calibration=tmp_path / "ids.npz",
+                          output=tmp_path / "out")
+    assert result.record["tokenizer"] is None
+    assert result.record["calibration"].endswith("ids.npz")
+    model = afmc.load(tmp_path / "out")
+    assert model.chip(0).run(ids[:2]).shape == (2, 16, 1000)
+    with pytest.raises(ValueError, match="no tokenizer"):
+        model.tokenizer()
