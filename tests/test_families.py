@@ -119,7 +119,7 @@ def test_aimc_fp_view_equals_transformers(family, family_dirs, calibration_text,
     np.testing.assert_allclose(load(out).fp_view().run(ids),
                                _hf_logits(family_dirs[family], ids), rtol=1e-4, atol=1e-4)
     assert np.isfinite(load(out).chip(1).run(ids)).all()
-    report = evaluate(out, ids.reshape(-1), [0], seq_len=11)
+    report = evaluate(load(out), ids.reshape(-1), [0], seq_len=11)
     assert np.isfinite(report.fp) and np.isfinite(report.chips[0])
 
 

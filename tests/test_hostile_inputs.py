@@ -111,9 +111,9 @@ def _compiled(dst: Path, *, max_positions: int | None = None, model: bytes | Non
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     (dst / "model.onnx").write_bytes(model if model is not None else proto.SerializeToString())
     if record is None:
-        record = {"target": "aimc", "inputs": ["input_ids"], "outputs": ["logits"],
-                  "config": AfmcConfig().model_dump(mode="json"), "layers": [],
-                  "tokenizer": "bytes"}
+        record = {"target": "aimc", "runtime": "analog", "inputs": ["input_ids"],
+                  "outputs": ["logits"], "config": AfmcConfig().model_dump(mode="json"),
+                  "layers": [], "tokenizer": "bytes"}
         if max_positions is not None:
             record["max_positions"] = max_positions
     _write(dst / "afmc.json", record if isinstance(record, (bytes, str)) else json.dumps(record))

@@ -198,7 +198,7 @@ def evaluate_tensors(model: CompiledModel, inputs_file: Path, seeds: list[int], 
     labels = None if labels_file is None else load_labels(labels_file, inputs.samples)
     if not model.varies_by_seed:
         chips: list[int | None] = [0]
-    elif model.record["summary"].get("analog_layers"):
+    elif model.record.get("summary", {}).get("analog_layers"):
         chips = [None, *seeds]
     else:
         chips = list(seeds)

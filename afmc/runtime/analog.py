@@ -132,11 +132,13 @@ class AnalogRuntime:
         options = session_options(threads)
         options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                          str(self.out_dir))
-        if self.record["summary"].get("analog_weights", 0) * 4 > PREPACK_LIMIT:
+        if self.record.get("summary", {}).get("analog_weights", 0) * 4 > PREPACK_LIMIT:
             options.add_session_config_entry("session.disable_prepacking", "1")
-        if weights:
-            names = list(weights)
-            values = [ort.OrtValue.ortvalue_from_numpy(weights.pop(name)) for name in names]
+        # The OrtValues borrow the arrays' memory: they stay referenced until the session
+        # exists (onnxruntime copies external initializers while it builds it).
+        names = list(weights)
+        values = [ort.OrtValue.ortvalue_from_numpy(weights.pop(name)) for name in names]
+        if values:
             options.add_external_initializers(names, values)
         session = open_session(graph.SerializeToString(), options, self.path)
         del options, values
