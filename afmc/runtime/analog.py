@@ -75,6 +75,7 @@ class AnalogRuntime:
         self.analog = [layer for layer in record["layers"] if layer.get("onnx_weight")]
         self.noise = NoiseConfig.model_validate(record["config"]["noise"])
         self.initializers = {init.name: init for init in graph.graph.initializer}
+        self.plan = preparation(graph)
 
     def chip(self, seed: int | None, *, read_noise: float = 0.0,
              noise: NoiseConfig | None = None, threads: int | None = None) -> Chip:
@@ -83,30 +84,39 @@ class AnalogRuntime:
         every inference."""
         noise = noise or self.noise
         graph = with_read_noise(self.graph, read_noise) if read_noise > 0 else self.graph
-        if seed is None or noise.model == "none":
-            weights = self.stored()
-        else:
-            weights = self.programmed(seed, noise)
-        graph, values = prepared_graph(graph, weights)
-        return self._session(graph, values, threads, seed if noise.model != "none" else None)
+        seed = None if noise.model == "none" else seed
+        graph, values = prepared_graph(graph, self._layers(seed, noise, prepare=True))
+        return self._session(graph, values, threads, seed)
 
     def fp_view(self, threads: int | None = None) -> Chip:
         """The floating-point model the analog one was compiled from, on the stored weights
         (each transposed in numpy, so onnxruntime has no weight to fold)."""
-        graph, values = prepared_graph(fp_reference(self.graph), self.stored())
+        graph, values = prepared_graph(fp_reference(self.graph),
+                                       self._layers(None, self.noise, prepare=False))
         return self._session(graph, values, threads, None)
 
     def programmed(self, seed: int, noise: NoiseConfig) -> Iterator[tuple[str, np.ndarray]]:
-        """(initializer name, programmed weights) of every analog layer of chip `seed`, in
-        layer order; layers are programmed on all cores (numpy releases the GIL), a few
-        ahead of the consumer. Each layer draws from its own stream, so the result does
-        not depend on the order the threads run in."""
+        """(initializer name, programmed weights) of every analog layer of chip `seed`."""
+        return self._layers(seed, noise, prepare=False)
 
-        def program(index: int) -> tuple[str, np.ndarray]:
+    def _layers(self, seed: int | None, noise: NoiseConfig, *, prepare: bool
+                ) -> Iterator[tuple[str, np.ndarray | Prepared]]:
+        """(initializer name, weights) of every analog layer in layer order: programmed
+        for chip `seed` (None: as stored) and, with `prepare`, already in their prepared
+        form where the graph takes it (preparation). Layers run on all cores (numpy
+        releases the GIL), a few ahead of the consumer; each draws from its own stream,
+        so the result does not depend on the order the threads run in."""
+
+        def program(index: int) -> tuple[str, np.ndarray | Prepared]:
             layer = self.analog[index]
-            name, stored = self._stored(layer)
-            return name, program_weights(stored, layer["slice_sizes"], noise,
+            name, weight = self._stored(layer)
+            if seed is not None:
+                weight = program_weights(weight, layer["slice_sizes"], noise,
                                          layer_rng(seed, index))
+            if prepare and name in self.plan:
+                slices, attributes = self.plan[name]
+                return name, prepare_weights(weight, slices, **attributes)
+            return name, weight
 
         workers = os.cpu_count() or 1
         with ThreadPoolExecutor(workers) as pool:
@@ -146,15 +156,36 @@ class AnalogRuntime:
         return chip_from_session(session, seed, self.record, self.path)
 
 
-def prepared_graph(model: onnx.ModelProto, weights: Iterable[tuple[str, np.ndarray]]
+Prepared = tuple[list[np.ndarray], list[np.ndarray]]  # prepare_weights: w_eff, w_max per slice
+
+
+def preparation(model: onnx.ModelProto) -> dict[str, tuple[int, dict[str, float]]]:
+    """The weights that prepared_graph replaces by their prepared values (every reader a
+    node with equal slices): weight name -> (slices, prepare_weights' attributes)."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    plan = {}
+    for name, users in readers.items():
+        if len(users) == 1 and _preparable(users[0], name):
+            attributes = {a.name: a.f for a in users[0].attribute}
+            plan[name] = (int(users[0].overload.removeprefix("n")), {
+                key: attributes.get(key, default) for key, default in ATTRIBUTE_DEFAULTS.items()})
+    return plan
+
+
+def prepared_graph(model: onnx.ModelProto,
+                   weights: Iterable[tuple[str, np.ndarray | Prepared]]
                    ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """A copy of `model` whose analog nodes take their prepared weights, and the values of
     the initializers it adds (named WEIGHT::w_eff_I, WEIGHT::w_max_I) or replaces.
 
     `weights` gives the (programmed or stored) weights by initializer name, consumed one
-    at a time: a node with an overload (equal slices) reading one of them directly
-    gets its prepared form; a 2-D Transpose that alone reads one (the FP view's)
-    becomes the transposed weights; any other consumer keeps the weights themselves.
+    at a time, or their prepared values already (for a weight in `preparation`): a
+    node with an overload (equal slices) reading one of them directly gets its
+    prepared form; a 2-D Transpose that alone reads one (the FP view's) becomes the
+    transposed weights; any other consumer keeps the weights themselves.
     """
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -174,8 +205,9 @@ def prepared_graph(model: onnx.ModelProto, weights: Iterable[tuple[str, np.ndarr
         for node in preparable:
             slices = int(node.overload.removeprefix("n"))
             attributes = {a.name: a.f for a in node.attribute}
-            effective, maxima = prepare_weights(weight, slices, **{
-                key: attributes.get(key, default) for key, default in ATTRIBUTE_DEFAULTS.items()})
+            effective, maxima = weight if isinstance(weight, tuple) else prepare_weights(
+                weight, slices, **{key: attributes.get(key, default)
+                                   for key, default in ATTRIBUTE_DEFAULTS.items()})
             given = [f"{name}::w_eff_{i}" for i in range(slices)] + [
                 f"{name}::w_max_{i}" for i in range(slices)]
             values.update(zip(given, [*effective, *maxima], strict=True))
