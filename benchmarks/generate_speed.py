@@ -12,8 +12,8 @@ per token, the presents fed back as pasts), on
     save_pretrained to a temporary directory, no tokenizer), compiled for aimc with 8
     random token-id sequences of 64 as calibration (.npz).
 
-Variants: the FP view (``open_chip(out, fp=True)``) and chip 0 (``open_chip(out,
-seed=0)``: pcm programming noise, 8-bit DAC/ADC), timed round-robin, one generation of
+Variants: the FP view (``afmc.load(out).fp_view()``) and chip 0 (``afmc.load(out).chip(0)``:
+pcm programming noise, 8-bit DAC/ADC), timed round-robin, one generation of
 each per round with the order swapped every round, after one warm-up generation each.
 Printed per model: the median tokens/s of each, and the chip's tokens/s over the FP
 view's as the ratio of the medians and as the median of the per-round ratios (the
@@ -39,9 +39,8 @@ from sim_overhead import disable_spinning
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import afmc
-from afmc.runtime.chip import Chip, load_record, open_chip
+from afmc.runtime.chip import Chip
 from afmc.runtime.generation import GenerationOptions, generate
-from afmc.runtime.signature import compiled_signature
 
 CONFIG_100M = dict(vocab_size=16000, hidden_size=768, intermediate_size=2048,
                    num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4,
@@ -68,11 +67,12 @@ def tokens_per_second(chip: Chip, record: dict, prompt: list[int], new_tokens: i
 
 def bench(name: str, out: Path, args: argparse.Namespace) -> None:
     """Interleaved tokens/s of the FP view and chip 0 of the compiled model in `out`."""
-    record = load_record(out)
-    vocab = compiled_signature(out).vocab_size
+    model = afmc.load(out)
+    record = model.record
+    vocab = model.signature().vocab_size
     prompt = np.random.default_rng(1).integers(0, vocab, args.prompt_tokens).tolist()
-    chips = {"fp": open_chip(out, fp=True, threads=args.threads),
-             "aimc": open_chip(out, seed=0, threads=args.threads)}
+    chips = {"fp": model.fp_view(threads=args.threads),
+             "aimc": model.chip(0, threads=args.threads)}
     for chip in chips.values():
         tokens_per_second(chip, record, prompt, args.new_tokens)
     rates: dict[str, list[float]] = {key: [] for key in chips}

@@ -76,7 +76,9 @@ import torch
 from torch import nn
 
 import afmc.api
-import afmc.runtime.chip
+import afmc.runtime.analog
+import afmc.runtime.sessions
+import afmc.runtime.stored
 from afmc.api import load
 from afmc.eval.timing import interleaved_samples
 from afmc.runtime.chip import Chip
@@ -287,20 +289,23 @@ def bench_aihwkit(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def disable_spinning() -> None:
-    """Make every session open_chip creates block instead of spin-wait between parallel work.
+    """Make every session of a chip or FP view block instead of spin-wait between parallel
+    work.
 
     Each session has its own intra-op thread pool, whose workers keep spinning for a while
     after a run; with sessions interleaved on few cores, those spinning workers slow down the
-    next session. open_chip's options come from afmc.runtime.chip.session_options.
+    next session. The runtimes (afmc.runtime.analog, afmc.runtime.stored) take their
+    options from session_options.
     """
-    make_options = afmc.runtime.chip.session_options
+    make_options = afmc.runtime.sessions.session_options
 
     def options_without_spinning(threads: int | None = None) -> ort.SessionOptions:
         options = make_options(threads)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options
 
-    afmc.runtime.chip.session_options = options_without_spinning
+    afmc.runtime.analog.session_options = options_without_spinning
+    afmc.runtime.stored.session_options = options_without_spinning
 
 
 def main() -> None:

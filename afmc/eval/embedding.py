@@ -71,7 +71,7 @@ def evaluate_encoder(model: CompiledModel, windows: np.ndarray, seeds: list[int]
     report = EmbeddingReport(len(windows))
     if not model.varies_by_seed:
         report.digital, seeds = model.target, [0]
-    for seed in seeds:
-        chip = model.chip(seed, read_noise=read_noise)
-        report.chips[seed] = embedding_error(embeddings(chip, windows), fp)
+    for seed in seeds:  # one chip alive at a time
+        report.chips[seed] = embedding_error(
+            embeddings(model.chip(seed, read_noise=read_noise), windows), fp)
     return report

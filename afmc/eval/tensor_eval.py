@@ -212,8 +212,9 @@ def evaluate_tensors(model: CompiledModel, inputs_file: Path, seeds: list[int], 
     if progress:
         progress(0, len(chips))
     for done, seed in enumerate(chips, start=1):
-        chip = model.chip(seed, read_noise=read_noise)
-        scores = _scores(model_outputs(chip, inputs), fp, labels)
+        # one chip alive at a time
+        scores = _scores(model_outputs(model.chip(seed, read_noise=read_noise), inputs), fp,
+                         labels)
         if seed is None:
             report.noise_free = scores
         else:
