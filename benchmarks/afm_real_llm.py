@@ -55,9 +55,10 @@ def all_docstrings() -> str:
 
 
 def _score(out: Path, ids, chips: int) -> dict:
+    from afmc.api import load
     from afmc.eval.evaluate import evaluate
 
-    report = evaluate(out, ids, list(range(chips)), max_tokens=len(ids))
+    report = evaluate(load(out), ids, list(range(chips)), max_tokens=len(ids))
     if report.digital:
         return {"fp": report.fp, "perplexity": report.chips[0]}
     return {"fp": report.fp, "noise_free": report.noise_free, "chips_mean": report.mean,

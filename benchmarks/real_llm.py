@@ -133,9 +133,10 @@ def main() -> None:
             compiled = afmc.compile(model, target, config, calibration=calib, output=out,
                                     skip=skip)
             seconds = time.perf_counter() - start
+            loaded = afmc.load(out)
             if ids is None:
-                ids = afmc.load(out).tokenizer().encode(apache_license())[:args.tokens]
-            report = evaluate(out, ids, list(range(args.seeds)), max_tokens=args.tokens)
+                ids = loaded.tokenizer().encode(apache_license())[:args.tokens]
+            report = evaluate(loaded, ids, list(range(args.seeds)), max_tokens=args.tokens)
             fp = fp or report.fp
             entry = {"target": target, "set": overrides, "skip": skip,
                      "compile_s": round(seconds, 1),
