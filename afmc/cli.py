@@ -241,8 +241,7 @@ def run(
         log_probs = logits - logits.max(-1, keepdims=True)
         log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
         nll = -log_probs[:-1][np.arange(ids.size - 1), ids[1:]]
-        which = f"chip seed {seed}" if model.varies_by_seed else _noiseless(model)
-        out.print(f"{which}: {ids.size} tokens, logits {list(logits.shape)}, "
+        out.print(f"{_chip_label(model, seed)}: {ids.size} tokens, logits {list(logits.shape)}, "
                   f"mean {logits.mean():.4f}, std {logits.std():.4f}")
         if nll.size:
             out.print(f"next-token accuracy {np.mean(log_probs[:-1].argmax(-1) == ids[1:]):.3f}, "
@@ -375,8 +374,7 @@ def eval_(
         if report.digital:
             out.print(f"FP perplexity {report.fp:.4f}; {report.digital} {report.mean:.4f} "
                       f"({report.mean / report.fp - 1:+.2%}), {report.tokens} tokens")
-            out.print(f"{report.digital} target: one run, no programming noise "
-                      "(--seeds ignored)")
+            out.print(_one_run_note(report.digital))
         else:
             out.print(f"FP perplexity {report.fp:.4f}; analog over {seeds} chip(s): "
                       f"{report.mean:.4f} +- {report.std:.4f} ({report.tokens} tokens)")
@@ -420,8 +418,7 @@ def generate(
         result = generate_tokens(chip, model.record, ids, options)
         seconds = time.perf_counter() - started
         out.print(tokenizer.decode(result.tokens), markup=False, highlight=False)
-        which = "FP view" if fp else f"chip seed {seed}" if model.varies_by_seed \
-            else _noiseless(model)
+        which = "FP view" if fp else _chip_label(model, seed)
         console.print(f"{which}: {len(result.tokens)} new tokens "
                       f"({'eos' if result.stopped_at_eos else 'max-new-tokens'}), "
                       f"{len(result.tokens) / seconds:.1f} tokens/s", highlight=False)
@@ -450,8 +447,14 @@ def _open_compiled(compiled: Path) -> CompiledModel:
     return CompiledModel(compiled)
 
 
-def _noiseless(model: CompiledModel) -> str:
-    return f"{model.target} model (no noise)"
+def _chip_label(model: CompiledModel, seed: int) -> str:
+    """How run and generate name what they ran: the chip, or the one noiseless model."""
+    return f"chip seed {seed}" if model.varies_by_seed else f"{model.target} model (no noise)"
+
+
+def _one_run_note(target: str) -> str:
+    """eval's note for a target whose chips do not vary by seed."""
+    return f"{target} target: one run, no programming noise (--seeds ignored)"
 
 
 def _tensor_source(model: CompiledModel, text: str | None, inputs: Path | None) -> Path | None:
@@ -473,8 +476,7 @@ def _run_tensors(model: CompiledModel, inputs: Path, seed: int, read_noise: floa
     from afmc.eval.tensor_eval import TOP1_SHOWN, run_tensors
 
     report = run_tensors(model, inputs, seed, read_noise=read_noise)
-    which = f"chip seed {seed}" if model.varies_by_seed else _noiseless(model)
-    out.print(f"{which}: {report.samples} samples from {inputs}")
+    out.print(f"{_chip_label(model, seed)}: {report.samples} samples from {inputs}")
     table = Table(title="outputs vs the FP view", show_edge=False)
     for column in ("output", "shape", "mean", "std", "relative error", "SQNR (dB)", "cosine"):
         table.add_column(column)
@@ -524,7 +526,7 @@ def _eval_tensors(model: CompiledModel, inputs: Path, labels: Path | None, seeds
     if accuracy:
         out.print(f"FP accuracy {report.fp_accuracy:.4f}")
     if report.digital:
-        out.print(f"{report.digital} target: one run, no programming noise (--seeds ignored)")
+        out.print(_one_run_note(report.digital))
     if json_out:
         write_json(json_out, report.to_json())
 
@@ -553,8 +555,7 @@ def _run_encoder(model: CompiledModel, ids: np.ndarray, seed: int, read_noise: f
     chip = model.chip(seed, read_noise=read_noise)
     got = embeddings(chip, ids[None, :])
     error = embedding_error(got, embeddings(model.fp_view(), ids[None, :]))
-    which = f"chip seed {seed}" if model.varies_by_seed else _noiseless(model)
-    out.print(f"{which}: {ids.size} tokens, embedding {list(got.shape)}, norm "
+    out.print(f"{_chip_label(model, seed)}: {ids.size} tokens, embedding {list(got.shape)}, norm "
               f"{np.linalg.norm(got):.4f}; vs FP: relative error {error.relative_error:.4f}, "
               f"cosine {error.cosine:.4f}")
 

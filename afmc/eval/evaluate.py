@@ -58,7 +58,7 @@ def evaluate(model: CompiledModel, ids: np.ndarray, seeds: list[int], *, seq_len
     if not model.varies_by_seed:
         report.digital = model.target
         seeds = [0]
-    elif model.record.get("summary", {}).get("analog_layers"):
+    elif model.has_analog_layers:
         report.noise_free = chip_perplexity(model.chip(None, read_noise=read_noise), windows,
                                             batch_size, progress)
         if on_result:

@@ -70,16 +70,18 @@ def onnx_outputs(model: ir.Model | onnx.ModelProto, input_names: Sequence[str]) 
     """First output of an ONNX model through ONNX Runtime; batches are tuples in the order
     of `input_names`, or mappings from input name (a KV cache's pasts, if not given,
     empty)."""
-    from afmc.runtime.sessions import complete_feeds, model_session, session_options
+    from afmc.data.kv_cache import with_empty_pasts
+    from afmc.runtime.sessions import model_session, session_kv_cache, session_options
 
     proto = ir.serde.serialize_model(model) if isinstance(model, ir.Model) else model
     session = model_session(proto, session_options(None))
+    cache = session_kv_cache(session)
 
     def run(batch: tuple | Mapping) -> np.ndarray:
         pairs = batch.items() if isinstance(batch, Mapping) else zip(input_names, batch,
                                                                       strict=True)
         feeds = {name: np.asarray(value) for name, value in pairs}
-        return session.run(None, complete_feeds(session, feeds))[0]
+        return session.run(None, with_empty_pasts(feeds, cache))[0]
 
     return run
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from afmc.data.kv_cache import is_cache_name
+from afmc.data.kv_cache import is_cache_name, with_empty_pasts
 from afmc.data.model_inputs import (
     ModelInputs,
     check_label_classes,
@@ -34,7 +34,6 @@ from afmc.data.model_inputs import (
 from afmc.eval.embedding import embedding_error
 from afmc.runtime.chip import Chip
 from afmc.runtime.compiled import CompiledModel
-from afmc.runtime.sessions import complete_feeds
 
 TOP1_SHOWN = 8
 
@@ -71,7 +70,7 @@ def model_outputs(chip: Chip, inputs: ModelInputs) -> dict[str, np.ndarray]:
     a KV cache's presents are left out (its pasts are fed empty)."""
     names = [output.name for output in chip.session.get_outputs()
              if not is_cache_name(output.name)]
-    parts = [chip.session.run(names, complete_feeds(chip.session, batch))
+    parts = [chip.session.run(names, with_empty_pasts(batch, chip.kv_cache))
              for batch in inputs.batches]
     return {name: np.concatenate([part[index] for part in parts])
             for index, name in enumerate(names)}
@@ -198,7 +197,7 @@ def evaluate_tensors(model: CompiledModel, inputs_file: Path, seeds: list[int], 
     labels = None if labels_file is None else load_labels(labels_file, inputs.samples)
     if not model.varies_by_seed:
         chips: list[int | None] = [0]
-    elif model.record.get("summary", {}).get("analog_layers"):
+    elif model.has_analog_layers:
         chips = [None, *seeds]
     else:
         chips = list(seeds)

@@ -364,6 +364,11 @@ def slice_overload(slices: int) -> str:
     return f"n{slices}"
 
 
+def overload_slices(overload: str) -> int:
+    """The slice count of a slice_overload name ("n4" -> 4)."""
+    return int(overload.removeprefix("n"))
+
+
 @onnx_domain.register_function(
     "AnalogLinear", _INPUTS, _ATTRIBUTES,
     "Analog crossbar MVM: 8-bit DAC per input slice, MVM, 8-bit ADC per slice, digital sum.",

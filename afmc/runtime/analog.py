@@ -52,6 +52,7 @@ from afmc.ops.analog_linear import (
     ANALOG_OP_TYPES,
     ATTRIBUTE_DEFAULTS,
     PREPARED_PREFIX,
+    overload_slices,
     prepare_weights,
     prepared_function,
 )
@@ -162,17 +163,9 @@ Prepared = tuple[list[np.ndarray], list[np.ndarray]]  # prepare_weights: w_eff, 
 def preparation(model: onnx.ModelProto) -> dict[str, tuple[int, dict[str, float]]]:
     """The weights that prepared_graph replaces by their prepared values (every reader a
     node with equal slices): weight name -> (slices, prepare_weights' attributes)."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    plan = {}
-    for name, users in readers.items():
-        if len(users) == 1 and _preparable(users[0], name):
-            attributes = {a.name: a.f for a in users[0].attribute}
-            plan[name] = (int(users[0].overload.removeprefix("n")), {
-                key: attributes.get(key, default) for key, default in ATTRIBUTE_DEFAULTS.items()})
-    return plan
+    return {name: _preparation_of(users[0])
+            for name, users in _readers(model.graph).items()
+            if len(users) == 1 and _preparable(users[0], name)}
 
 
 def prepared_graph(model: onnx.ModelProto,
@@ -190,10 +183,7 @@ def prepared_graph(model: onnx.ModelProto,
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graph = copy.graph
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = _readers(graph)
     opset = next(o.version for o in copy.opset_import if o.domain in ("", "ai.onnx"))
     values: dict[str, np.ndarray] = {}
     functions: set[tuple[str, str]] = set()
@@ -203,11 +193,9 @@ def prepared_graph(model: onnx.ModelProto,
         if len(preparable) < len(users):
             values[name] = weight
         for node in preparable:
-            slices = int(node.overload.removeprefix("n"))
-            attributes = {a.name: a.f for a in node.attribute}
+            slices, attributes = _preparation_of(node)
             effective, maxima = weight if isinstance(weight, tuple) else prepare_weights(
-                weight, slices, **{key: attributes.get(key, default)
-                                   for key, default in ATTRIBUTE_DEFAULTS.items()})
+                weight, slices, **attributes)
             given = [f"{name}::w_eff_{i}" for i in range(slices)] + [
                 f"{name}::w_max_{i}" for i in range(slices)]
             values.update(zip(given, [*effective, *maxima], strict=True))
@@ -236,6 +224,22 @@ def prepared_graph(model: onnx.ModelProto,
         if initializer.name in values:
             _point_outside(initializer, values[initializer.name].nbytes)
     return copy, values
+
+
+def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """The nodes reading each value of `graph`, by value name."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def _preparation_of(node: onnx.NodeProto) -> tuple[int, dict[str, float]]:
+    """(slices, prepare_weights' attributes) of an analog node with equal slices."""
+    attributes = {a.name: a.f for a in node.attribute}
+    return overload_slices(node.overload), {
+        key: attributes.get(key, default) for key, default in ATTRIBUTE_DEFAULTS.items()}
 
 
 def _transposes_weight(node: onnx.NodeProto, values: dict[str, np.ndarray],

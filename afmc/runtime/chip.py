@@ -21,9 +21,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from afmc.data.kv_cache import KVCacheSpec, with_empty_pasts
 from afmc.input_files import read_json_object
 from afmc.layout import MODEL_FILE, RECORD_FILE
-from afmc.runtime.sessions import complete_feeds, run_session
+from afmc.runtime.sessions import run_session, session_kv_cache
 from afmc.user_errors import first_line
 
 RECORD_KEYS = ("target", "inputs", "outputs", "config", "layers")
@@ -67,6 +68,7 @@ class Chip:
     output_name: str
     path: Path | None = None
     max_positions: int | None = None
+    kv_cache: KVCacheSpec | None = None  # the pasts fed empty when only data is given
 
     def run(self, *inputs: np.ndarray) -> np.ndarray:
         """The first output for the model's inputs, given in the order of its graph inputs."""
@@ -74,7 +76,8 @@ class Chip:
             raise ValueError(f"the model takes {len(self.input_names)} input(s) "
                              f"({', '.join(self.input_names)}), got {len(inputs)}")
         check_sequence_length(inputs, self.max_positions)
-        feeds = complete_feeds(self.session, dict(zip(self.input_names, inputs, strict=True)))
+        feeds = with_empty_pasts(dict(zip(self.input_names, inputs, strict=True)),
+                                 self.kv_cache)
         return run_session(self.session, [self.output_name], feeds,
                            self.path or MODEL_FILE)[0]
 
@@ -83,4 +86,4 @@ def chip_from_session(session: ort.InferenceSession, seed: int | None,
                       record: dict[str, Any], path: Path) -> Chip:
     """A Chip of `session`, fed and read by the names of the compiled model's `record`."""
     return Chip(session, seed, list(record["inputs"]), record["outputs"][0], path,
-                record.get("max_positions"))
+                record.get("max_positions"), session_kv_cache(session))

@@ -87,6 +87,11 @@ class CompiledModel:
         return self.record.get("max_positions")
 
     @property
+    def has_analog_layers(self) -> bool:
+        """Whether any layer was compiled onto analog tiles."""
+        return bool(self.record.get("summary", {}).get("analog_layers"))
+
+    @property
     def has_tokenizer(self) -> bool:
         return bool(self.record.get("tokenizer"))
 
@@ -104,9 +109,7 @@ class CompiledModel:
 
     def run(self, *inputs: np.ndarray, seed: int | None = 0) -> np.ndarray:
         """The first output of chip `seed` for `inputs` (in the order of the graph inputs)."""
-        if seed not in self._chips:
-            self._chips[seed] = self.chip(seed)
-        return self._chips[seed].run(*inputs)
+        return self._kept_chip(seed).run(*inputs)
 
     def generate(self, prompt_ids: Sequence[int], options: GenerationOptions | None = None, *,
                  seed: int | None = 0, read_noise: float = 0.0, fp: bool = False) -> Generation:
@@ -120,8 +123,14 @@ class CompiledModel:
         elif read_noise > 0:
             chip = self.chip(seed, read_noise=read_noise)
         else:
-            chip = self._chips.get(seed) or self._chips.setdefault(seed, self.chip(seed))
+            chip = self._kept_chip(seed)
         return generate(chip, self.record, prompt_ids, options or GenerationOptions())
+
+    def _kept_chip(self, seed: int | None) -> Chip:
+        """Chip `seed` without read noise, opened on first use and kept for run/generate."""
+        if seed not in self._chips:
+            self._chips[seed] = self.chip(seed)
+        return self._chips[seed]
 
     def signature(self) -> ModelSignature:
         """The data inputs the model takes, read from its graph (data.onnx_signature): the

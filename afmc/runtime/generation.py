@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from afmc.data.kv_cache import KVCacheSpec
-from afmc.runtime.sessions import complete_feeds, run_session
+from afmc.data.kv_cache import KVCacheSpec, with_empty_pasts
+from afmc.runtime.sessions import run_session, session_kv_cache
 
 Step = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -76,9 +76,10 @@ def session_step(session: Any, name: str = "model.onnx") -> Step:
     """The step callable of an onnxruntime session: every output, by name (pasts not
     given are fed empty, afmc.data.kv_cache)."""
     names = [output.name for output in session.get_outputs()]
+    cache = session_kv_cache(session)
 
     def step(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = run_session(session, names, complete_feeds(session, feeds), name)
+        outputs = run_session(session, names, with_empty_pasts(feeds, cache), name)
         return dict(zip(names, outputs, strict=True))
 
     return step

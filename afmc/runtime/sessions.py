@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from afmc.data.kv_cache import KVCacheSpec, kv_cache_of_inputs, with_empty_pasts
+from afmc.data.kv_cache import KVCacheSpec, kv_cache_of_inputs
 from afmc.user_errors import first_line
 
 PROVIDERS = ["CPUExecutionProvider"]
@@ -67,14 +67,9 @@ def run_session(session: ort.InferenceSession, outputs: list[str],
 
 
 def session_kv_cache(session: ort.InferenceSession) -> KVCacheSpec | None:
-    """The KV cache the session's model takes (afmc.data.kv_cache), or None."""
+    """The KV cache the session's model takes (afmc.data.kv_cache), or None; read once per
+    session by whoever runs it, not per run."""
     return kv_cache_of_inputs((arg.name, arg.shape) for arg in session.get_inputs())
-
-
-def complete_feeds(session: ort.InferenceSession,
-                   feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """`feeds` with empty pasts added when the model has a KV cache and none is given."""
-    return with_empty_pasts(feeds, session_kv_cache(session))
 
 
 def model_session(model: onnx.ModelProto, options: ort.SessionOptions,

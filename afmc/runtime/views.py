@@ -14,7 +14,7 @@ import onnx
 from onnx import helper
 
 from afmc import ops
-from afmc.ops.analog_linear import ANALOG_OP_TYPES, sliced_function
+from afmc.ops.analog_linear import ANALOG_OP_TYPES, overload_slices, sliced_function
 
 
 def fp_reference(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -58,7 +58,7 @@ def with_read_noise(model: onnx.ModelProto, out_noise: float) -> onnx.ModelProto
             continue
         present.add(key)
         if node.overload:
-            slices = int(node.overload.removeprefix("n"))
+            slices = overload_slices(node.overload)
             noisy.functions.append(sliced_function("NoisyAnalogLinear", opset, slices))
         else:
             noisy.functions.extend(ops.function_protos({"NoisyAnalogLinear"}, opset))
