@@ -15,7 +15,9 @@ A row (slice) that is all zero has max |w| = 0 and stays exactly zero.
   weight whose *target* |g| < ``pcm_zero_threshold`` (0.6); scale back.
 - ``additive``: add N(0, (``additive_std`` (0.05) * max |w|)^2).
 - ``pcm-drift``: aihwkit 1.2.0 ``PCMLikeNoiseModel`` (max |w| = 25 uS on a g+/g- pair,
-  programming noise, drift to ``drift_time_s`` with t0 = 20 s, 1/f read noise) and, with
+  programming noise, drift to ``drift_time_s`` with t0 = 20 s, 1/f read noise); unlike the
+  others it scales the whole layer by its one max |w| (aihwkit's conductance converter),
+  unless ``drift_scaling`` is ``row``; and, with
   ``drift_compensation``, aihwkit's ``GlobalDriftCompensation``: one scalar per layer
   read out on the one-hot input vectors; see :func:`_pcm_drift_block` and
   :func:`_program_pcm_drift`.
@@ -53,6 +55,7 @@ _ZERO_CLIP = 1e-7
 CHUNK_VALUES = 1 << 16  # values per element-wise chunk of pcm programming (256 KB float32)
 
 NoiseModel = Literal["none", "pcm", "additive", "pcm-drift"]
+DriftScaling = Literal["layer", "row"]
 
 
 class NoiseConfig(BaseModel):
@@ -90,6 +93,13 @@ class NoiseConfig(BaseModel):
     )
     drift_compensation: bool = Field(
         True, description="pcm-drift: apply global drift compensation (one scalar per layer)."
+    )
+    drift_scaling: DriftScaling = Field(
+        "layer",
+        description="pcm-drift: conductance mapping. 'layer' (aihwkit's default, "
+        "SinglePairConductanceConverter): the largest |w| of the whole layer maps to g_max; "
+        "'row': each output row (each row of each input slice with per_slice) has its own "
+        "scale, a different and less noisy model.",
     )
 
 
@@ -272,6 +282,10 @@ def _program_pcm_drift(
 ) -> np.ndarray:
     """``pcm-drift`` on a whole layer, with optional global drift compensation.
 
+    With ``drift_scaling`` ``layer`` the layer's largest |w| maps to g_max for every
+    weight (w = 0 everywhere: the layer stays zero); with ``row`` each row (row slice)
+    scales by its own max, as the other models do.
+
     Compensation is aihwkit's ``GlobalDriftCompensation``: one scalar per layer,
     alpha = mean |output at t = 0| / mean |output at t|, read out once on the fixed
     input of the K one-hot vectors (identity), where the output is exactly the weights,
@@ -279,7 +293,13 @@ def _program_pcm_drift(
     """
     w0 = np.empty(w.shape, dtype=np.float32)
     wt = np.empty(w.shape, dtype=np.float32)
-    for cols, block, wmax in _blocks(w, sizes, config.per_slice):
+    if config.drift_scaling == "layer":
+        block = w.astype(np.float32, copy=False)
+        blocks = [(slice(0, w.shape[1]), block, np.full((w.shape[0], 1), np.abs(block).max(),
+                                                        dtype=np.float32))]
+    else:
+        blocks = _blocks(w, sizes, config.per_slice)
+    for cols, block, wmax in blocks:
         b0, bt = _pcm_drift_block(_unit(block, wmax), config.drift_time_s, rng)
         w0[:, cols], wt[:, cols] = b0 * wmax, bt * wmax
     if config.drift_compensation:
