@@ -27,6 +27,7 @@ from afmc.data.text_source import read_text
 
 if TYPE_CHECKING:
     from afmc.runtime.compiled import CompiledModel
+    from afmc.runtime.noise import NoiseConfig, NoiseModel
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="afmc: compile neural networks for analog in-memory computing.")
@@ -335,20 +336,39 @@ def eval_(
     max_tokens: Annotated[int, typer.Option(help="Tokens of the text to score")] = 16384,
     seq_len: Annotated[int, typer.Option(help="Window length")] = 256,
     read_noise: Annotated[float, typer.Option(help="Per-inference read noise (0: off)")] = 0.0,
+    drift: Annotated[str | None, typer.Option(
+        help="Times after programming to read every chip at, e.g. 0,3600,1d,1y "
+             "(pcm-drift; results in OUTPUT/eval/drift.json)")] = None,
+    noise: Annotated[str | None, typer.Option(
+        help="Programming-noise model: pcm, pcm-drift, additive or none "
+             "(default: the compiled one; pcm-drift with --drift)")] = None,
+    gdc: Annotated[bool | None, typer.Option(
+        "--gdc/--no-gdc", help="pcm-drift: global drift compensation (default: on)")] = None,
+    jobs: Annotated[int, typer.Option(
+        help="Chip instances evaluated at once, each in its own process")] = 1,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here")] = None,
 ) -> None:
     """Scores per chip instance and mean +- std over seeds, next to the FP view: perplexity
-    for --text, or for --inputs the error of every output (and accuracy with --labels)."""
+    for --text, or for --inputs the error of every output (and accuracy with --labels).
+    With --drift, every chip at every time (resumable: finished chips are kept in
+    OUTPUT/eval/drift.jsonl)."""
     with _user_errors():
+        from afmc.eval.drift import eval_noise, parse_times
         from afmc.eval.json_out import check_json_path, write_json
 
         _check_options(seeds=seeds, max_tokens=max_tokens, seq_len=seq_len,
-                       read_noise=read_noise)
+                       read_noise=read_noise, jobs=jobs)
+        times = parse_times(drift) if drift is not None else None
         if json_out is not None:
             check_json_path(json_out)
         model = _open_compiled(compiled)
+        noise_config = eval_noise(model, _noise_model(noise), gdc, times is not None)
+        if times is not None:
+            _eval_drift(model, text, inputs, seeds, times, noise_config, read_noise, jobs,
+                        max_tokens, seq_len, json_out)
+            return
         if _tensor_source(model, text, inputs) is not None:
-            _eval_tensors(model, inputs, labels, seeds, read_noise, json_out)
+            _eval_tensors(model, inputs, labels, seeds, read_noise, json_out, noise_config)
             return
         if labels is not None:
             raise ValueError("--labels goes with --inputs (tensors), not with --text")
@@ -357,7 +377,8 @@ def eval_(
         ids = model.tokenizer().encode(read_text(text))
         seq_len = _within_context(model, seq_len, "--seq-len")
         if _is_encoder(model):
-            _eval_encoder(model, ids, seeds, seq_len, max_tokens, read_noise, json_out)
+            _eval_encoder(model, ids, seeds, seq_len, max_tokens, read_noise, json_out,
+                          noise_config)
             return
         with _progress() as bar:
             task = bar.add_task("fp", total=None)
@@ -369,8 +390,8 @@ def eval_(
                 bar.update(task, completed=done, total=total)
 
             report = evaluate(model, ids, list(range(seeds)), seq_len=seq_len,
-                              max_tokens=max_tokens, read_noise=read_noise,
-                              on_result=on_result, progress=progress)
+                              max_tokens=max_tokens, read_noise=read_noise, noise=noise_config,
+                              jobs=jobs, on_result=on_result, progress=progress)
         if report.digital:
             out.print(f"FP perplexity {report.fp:.4f}; {report.digital} {report.mean:.4f} "
                       f"({report.mean / report.fp - 1:+.2%}), {report.tokens} tokens")
@@ -424,12 +445,13 @@ def generate(
                       f"{len(result.tokens) / seconds:.1f} tokens/s", highlight=False)
 
 
-_MINIMUM = {"seeds": 1, "max_tokens": 1, "seq_len": 2, "top_k": 1, "max_new_tokens": 1}
+_MINIMUM = {"seeds": 1, "max_tokens": 1, "seq_len": 2, "top_k": 1, "max_new_tokens": 1,
+            "jobs": 1}
 
 
 def _check_options(**options: float) -> None:
     """A ValueError naming the first option out of range: --seeds, --max-tokens,
-    --max-new-tokens and --top-k at least 1, --seq-len at least 2, --read-noise a finite
+    --max-new-tokens, --top-k and --jobs at least 1, --seq-len at least 2, --read-noise a finite
     number >= 0."""
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
@@ -493,14 +515,14 @@ def _run_tensors(model: CompiledModel, inputs: Path, seed: int, read_noise: floa
 
 
 def _eval_tensors(model: CompiledModel, inputs: Path, labels: Path | None, seeds: int,
-                  read_noise: float, json_out: Path | None) -> None:
+                  read_noise: float, json_out: Path | None, noise: NoiseConfig) -> None:
     """afmc eval --inputs: error of every output per chip, mean +- std, and accuracy."""
     from afmc.eval.json_out import write_json
     from afmc.eval.tensor_eval import METRICS, evaluate_tensors
 
     with _bar_from_first_report("chips") as progress:
         report = evaluate_tensors(model, inputs, list(range(seeds)), labels_file=labels,
-                                  read_noise=read_noise, progress=progress)
+                                  read_noise=read_noise, noise=noise, progress=progress)
     accuracy = report.fp_accuracy is not None
     table = Table(title=f"outputs vs the FP view on {report.samples} samples (noise-free: "
                         "the stored weights, no programming noise)", show_edge=False)
@@ -529,6 +551,75 @@ def _eval_tensors(model: CompiledModel, inputs: Path, labels: Path | None, seeds
         out.print(_one_run_note(report.digital))
     if json_out:
         write_json(json_out, report.to_json())
+
+
+def _noise_model(name: str | None) -> NoiseModel | None:
+    """--noise as a NoiseModel name (None: not given); ValueError for an unknown one."""
+    from typing import get_args
+
+    from afmc.runtime.noise import NoiseModel
+
+    known = get_args(NoiseModel)
+    if name is not None and name not in known:
+        raise ValueError(f"--noise {name!r}: unknown noise model (known: {', '.join(known)})")
+    return name
+
+
+def _time_label(seconds: float) -> str:
+    """A drift time as people say it: 0 s, 1 h, 1 d, 1 y (else seconds)."""
+    for unit, size in (("y", 31536000.0), ("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
+def _eval_drift(model: CompiledModel, text: str | None, inputs: Path | None, seeds: int,
+                times: list[float], noise: NoiseConfig, read_noise: float, jobs: int,
+                max_tokens: int, seq_len: int, json_out: Path | None) -> None:
+    """afmc eval --drift: every chip at every time, mean +- std per time, as a table and
+    as OUTPUT/eval/drift.json (points kept in drift.jsonl as they finish)."""
+    from afmc.data.model_inputs import load_inputs
+    from afmc.data.tokenizer import token_windows
+    from afmc.eval.drift import DRIFT_FILE, DRIFT_LOG, evaluate_drift
+    from afmc.eval.evaluate import chip_perplexity
+    from afmc.eval.json_out import write_json
+    from afmc.eval.sweep import OutputErrorScorer, PerplexityScorer
+    from afmc.layout import EVAL_DIR
+
+    if _tensor_source(model, text, inputs) is not None:
+        scorer = OutputErrorScorer.against_fp(model, load_inputs(inputs, model.signature()))
+        fp = None
+    else:
+        if _is_encoder(model):
+            raise ValueError("--drift on an encoder: give --inputs FILE (the error of its "
+                             "outputs against the FP view is the metric)")
+        ids = model.tokenizer().encode(read_text(text))
+        windows = token_windows(ids, min(_within_context(model, seq_len, "--seq-len"),
+                                         len(ids)), max_tokens)
+        scorer = PerplexityScorer(windows)
+        fp = chip_perplexity(model.fp_view(), windows, scorer.batch_size)
+        out.print(f"FP perplexity {fp:.4f} ({windows.size} tokens)")
+    results = model.out_dir / EVAL_DIR
+    results.mkdir(exist_ok=True)
+    with _progress() as bar:
+        task = bar.add_task(f"{seeds} chips x {len(times)} times", total=seeds * len(times))
+        report = evaluate_drift(model, scorer, fp, list(range(seeds)), times, noise,
+                                read_noise=read_noise, jobs=jobs, log=results / DRIFT_LOG,
+                                on_point=lambda *_: bar.advance(task))
+    metric = scorer.metric.replace("_", " ")
+    table = Table(title=f"{metric} over time after programming ({noise.model}, "
+                        f"drift compensation {'on' if noise.drift_compensation else 'off'})",
+                  show_edge=False)
+    for column in ("time", "mean", "std", *(f"seed {seed}" for seed in report.seeds[:8])):
+        table.add_column(column)
+    for row in report.summary():
+        table.add_row(_time_label(row["time_s"]), f"{row['mean']:.4f}", f"{row['std']:.4f}",
+                      *(f"{value:.4f}" for value in report.at(row["time_s"])[:8]))
+    out.print(table)
+    write_json(results / DRIFT_FILE, report.to_json())
+    if json_out:
+        write_json(json_out, report.to_json())
+    out.print(f"-> {results / DRIFT_FILE}")
 
 
 def _within_context(model: CompiledModel, length: int, option: str) -> int:
@@ -561,13 +652,14 @@ def _run_encoder(model: CompiledModel, ids: np.ndarray, seed: int, read_noise: f
 
 
 def _eval_encoder(model: CompiledModel, ids: np.ndarray, seeds: int, seq_len: int, max_tokens: int,
-                  read_noise: float, json_out: Path | None) -> None:
+                  read_noise: float, json_out: Path | None, noise: NoiseConfig) -> None:
     """afmc eval on an encoder: relative error of the mean-pooled embeddings to the FP view."""
     from afmc.data.tokenizer import token_windows
     from afmc.eval.embedding import evaluate_encoder
 
     windows = token_windows(ids, min(seq_len, len(ids)), max_tokens)
-    report = evaluate_encoder(model, windows, list(range(seeds)), read_noise=read_noise)
+    report = evaluate_encoder(model, windows, list(range(seeds)), read_noise=read_noise,
+                              noise=noise)
     for seed, error in report.chips.items():
         out.print(f"{report.digital or f'seed {seed}':>10}: embedding relative error "
                   f"{error.relative_error:.4f}, cosine {error.cosine:.4f}")

@@ -18,6 +18,7 @@ from afmc.capture.encoder import OUTPUT
 from afmc.data.tokenizer import text_feeds
 from afmc.runtime.chip import Chip
 from afmc.runtime.compiled import CompiledModel
+from afmc.runtime.noise import NoiseConfig
 
 
 def is_encoder(record: dict[str, Any]) -> bool:
@@ -65,7 +66,8 @@ class EmbeddingReport:
 
 
 def evaluate_encoder(model: CompiledModel, windows: np.ndarray, seeds: list[int], *,
-                     read_noise: float = 0.0) -> EmbeddingReport:
+                     read_noise: float = 0.0, noise: NoiseConfig | None = None
+                     ) -> EmbeddingReport:
     """The embedding error of each chip `seed` against the FP view on token `windows`."""
     fp = embeddings(model.fp_view(), windows)
     report = EmbeddingReport(len(windows))
@@ -73,5 +75,5 @@ def evaluate_encoder(model: CompiledModel, windows: np.ndarray, seeds: list[int]
         report.digital, seeds = model.target, [0]
     for seed in seeds:  # one chip alive at a time
         report.chips[seed] = embedding_error(
-            embeddings(model.chip(seed, read_noise=read_noise), windows), fp)
+            embeddings(model.chip(seed, read_noise=read_noise, noise=noise), windows), fp)
     return report

@@ -5,7 +5,7 @@ the FP perplexity of the same file (analog nodes computed in floating point),
 the perplexity per chip, and their mean and standard deviation over seeds.
 A target whose chips do not vary by seed (int8, int4, fp) is scored once, as
 chip 0, next to its FP view, and `seeds` is ignored (report.digital names the
-target).
+target). The chips are the points of an eval.sweep (one process, or `jobs`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import numpy as np
 
 from afmc.data.tokenizer import token_windows
 from afmc.eval.perplexity import perplexity
+from afmc.eval.sweep import PerplexityScorer, Point, run_sweep
 from afmc.runtime.chip import Chip
 from afmc.runtime.compiled import CompiledModel
+from afmc.runtime.noise import NoiseConfig
 
 
 @dataclass
@@ -47,26 +49,41 @@ def chip_perplexity(chip: Chip, windows: np.ndarray, batch_size: int,
 
 def evaluate(model: CompiledModel, ids: np.ndarray, seeds: list[int], *, seq_len: int = 256,
              max_tokens: int | None = 16384, batch_size: int = 8, read_noise: float = 0.0,
+             noise: NoiseConfig | None = None, jobs: int = 1,
              on_result: Callable[[str, float], None] | None = None,
              progress: Callable[[int, int], None] | None = None) -> EvalReport:
-    """Perplexity of the FP view and of each chip `seed` on the token ids `ids`."""
+    """Perplexity of the FP view and of each chip `seed` on the token ids `ids`; `noise`
+    replaces the compiled programming-noise model, and with `jobs` > 1 the chips run in
+    that many processes (eval.sweep). `progress(done, total)` follows the FP view's
+    windows, then the chips."""
     windows = token_windows(ids, min(seq_len, len(ids)), max_tokens)
     fp = chip_perplexity(model.fp_view(), windows, batch_size, progress)
     if on_result:
         on_result("fp", fp)
     report = EvalReport(int(windows.size), fp)
+    points: list[int | None] = list(seeds)
     if not model.varies_by_seed:
         report.digital = model.target
-        seeds = [0]
+        points = [0]
     elif model.has_analog_layers:
-        report.noise_free = chip_perplexity(model.chip(None, read_noise=read_noise), windows,
-                                            batch_size, progress)
+        points = [None, *points]
+    scored = 0
+
+    def on_point(point: Point, value: float, _: bool) -> None:
+        nonlocal scored
+        seed = point[0]
+        if seed is None:
+            report.noise_free = value
+        else:
+            report.chips[seed] = value
         if on_result:
-            on_result("analog, no programming noise", report.noise_free)
-    for seed in seeds:
-        # one chip alive at a time: the last one's session is freed before the next starts
-        report.chips[seed] = chip_perplexity(model.chip(seed, read_noise=read_noise), windows,
-                                             batch_size, progress)
-        if on_result:
-            on_result(report.digital or f"seed {seed}", report.chips[seed])
+            on_result(report.digital or ("analog, no programming noise" if seed is None
+                                         else f"seed {seed}"), value)
+        scored += 1
+        if progress:
+            progress(scored, len(points))
+
+    run_sweep(model, PerplexityScorer(windows, batch_size), [(seed, None) for seed in points],
+              noise=noise, read_noise=read_noise, jobs=jobs, on_point=on_point)
+    report.chips = {seed: report.chips[seed] for seed in points if seed is not None}
     return report

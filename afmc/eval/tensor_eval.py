@@ -34,6 +34,7 @@ from afmc.data.model_inputs import (
 from afmc.eval.embedding import embedding_error
 from afmc.runtime.chip import Chip
 from afmc.runtime.compiled import CompiledModel
+from afmc.runtime.noise import NoiseConfig
 
 TOP1_SHOWN = 8
 
@@ -188,8 +189,10 @@ def _scores(got: dict[str, np.ndarray], fp: dict[str, np.ndarray],
 
 def evaluate_tensors(model: CompiledModel, inputs_file: Path, seeds: list[int], *,
                      labels_file: Path | None = None, read_noise: float = 0.0,
+                     noise: NoiseConfig | None = None,
                      progress: Callable[[int, int], None] | None = None) -> TensorEvalReport:
-    """Scores of each chip `seed` (and the FP accuracy) on the inputs of `inputs_file`.
+    """Scores of each chip `seed` (and the FP accuracy) on the inputs of `inputs_file`;
+    `noise` replaces the compiled programming-noise model.
 
     `progress(done, total)` is called once the inputs are checked and after each chip.
     """
@@ -212,7 +215,8 @@ def evaluate_tensors(model: CompiledModel, inputs_file: Path, seeds: list[int], 
         progress(0, len(chips))
     for done, seed in enumerate(chips, start=1):
         # one chip alive at a time
-        scores = _scores(model_outputs(model.chip(seed, read_noise=read_noise), inputs), fp,
+        scores = _scores(model_outputs(model.chip(seed, read_noise=read_noise, noise=noise),
+                                       inputs), fp,
                          labels)
         if seed is None:
             report.noise_free = scores

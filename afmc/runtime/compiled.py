@@ -92,6 +92,11 @@ class CompiledModel:
         return bool(self.record.get("summary", {}).get("analog_layers"))
 
     @property
+    def noise(self) -> NoiseConfig:
+        """The programming-noise model the output was compiled with (chip's default)."""
+        return NoiseConfig.model_validate(self.record["config"]["noise"])
+
+    @property
     def has_tokenizer(self) -> bool:
         return bool(self.record.get("tokenizer"))
 
