@@ -42,6 +42,7 @@ Requests (tokens are the compiled model's tokenizer's, `model.tokenizer()`):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -109,8 +110,10 @@ class AfmcLM(TemplateLM):
         if path is None or path == "":
             raise ValueError("afmc model_args: path is missing (path=OUT, the output "
                              "directory of afmc compile)")
-        if isinstance(read_noise, bool) or not isinstance(read_noise, int | float):
-            raise ValueError(f"afmc model_args: read_noise must be a number, got {read_noise!r}")
+        if (isinstance(read_noise, bool) or not isinstance(read_noise, int | float)
+                or not math.isfinite(read_noise) or read_noise < 0):
+            raise ValueError(f"afmc model_args: read_noise must be a finite number >= 0, "
+                             f"got {read_noise!r}")
         self.fp = _boolean("fp", fp)
         if self.fp and read_noise:
             raise ValueError("afmc model_args: read_noise is a chip's, not the FP view's "
