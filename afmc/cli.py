@@ -1,4 +1,4 @@
-"""The afmc command line: compile, run, eval, generate, passes, targets.
+"""The afmc command line: compile, run, eval, generate, lm-eval, passes, targets.
 
 Errors a user can cause (missing model, corrupt config, unknown target, empty
 calibration file, existing output, an output over the input) print one line on
@@ -443,6 +443,28 @@ def generate(
         console.print(f"{which}: {len(result.tokens)} new tokens "
                       f"({'eos' if result.stopped_at_eos else 'max-new-tokens'}), "
                       f"{len(result.tokens) / seconds:.1f} tokens/s", highlight=False)
+
+
+@app.command("lm-eval", add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def lm_eval_command(ctx: typer.Context) -> None:
+    """lm-evaluation-harness with the model type "afmc" registered: every argument is
+    lm-eval's, e.g. --model afmc --model_args path=OUT,seed=0 --tasks NAME (docs/lm-eval.md)."""
+    with _user_errors():
+        import sys
+        from importlib.util import find_spec
+
+        if find_spec("lm_eval") is None:
+            raise ValueError("afmc lm-eval needs lm-eval 0.4: pip install 'afmc[lm-eval]'")
+        from lm_eval.__main__ import cli_evaluate
+
+        import afmc.eval.lm_eval_model  # noqa: F401  (registers the model type "afmc")
+
+        argv, sys.argv = sys.argv, ["lm-eval", *ctx.args]
+        try:
+            cli_evaluate()
+        finally:
+            sys.argv = argv
 
 
 _MINIMUM = {"seeds": 1, "max_tokens": 1, "seq_len": 2, "top_k": 1, "max_new_tokens": 1,

@@ -102,6 +102,7 @@ def test_an_interrupted_sweep_resumes_from_its_log(tiny, windows, tmp_path):
     assert full[(0, 3600.0)] == first[(0, 3600.0)]
     assert sorted(seen) == [((0, 3600.0), True), ((1, 3600.0), False)]
     lines = log.read_text().splitlines()
+    assert log.read_text().endswith("}\n") and "" not in lines
     assert len(lines) == 3 and json.loads(lines[-1])["seed"] == 1  # after the torn line
     # another read noise is another sweep: nothing of this log is reused
     assert logged_points(log, "another key") == {}

@@ -121,8 +121,11 @@ def _append(log: Path, key: str, point: Point, value: float) -> None:
     """One point as a line of its own, after a torn last line if there is one."""
     line = json.dumps({"key": key, "seed": point[0], "time_s": point[1], "value": value})
     with log.open("a+b") as file:
-        torn = file.tell() > 0 and (file.seek(-1, os.SEEK_END) or file.read(1) != b"\n")
-        file.write(((b"\n" if torn else b"") + line.encode() + b"\n"))
+        torn = False
+        if file.tell() > 0:
+            file.seek(-1, os.SEEK_END)
+            torn = file.read(1) != b"\n"
+        file.write((b"\n" if torn else b"") + line.encode() + b"\n")
         file.flush()
         os.fsync(file.fileno())
 

@@ -13,8 +13,9 @@
   (0: off) and then to the smallest set whose probability reaches top_p (1: off), as
   Hugging Face's samplers order them. The draws come from numpy's default_rng(seed),
   so the same seed and the same logits give the same tokens;
-- it stops after max_new_tokens tokens, or after the eos token (which is kept), and
-  the model is run once per new token.
+- it stops after max_new_tokens tokens, after the eos token (which is kept), or after
+  the first token for which `stop(tokens so far)` is true (stop sequences, lm-eval's
+  `until`), and the model is run once per new token.
 
 Errors (ValueError, one line): an option out of range, an empty prompt, a record that
 is not a causal LM (inputs exactly input_ids, first output logits), or a prompt plus
@@ -115,7 +116,8 @@ def _softmax(scores: np.ndarray) -> np.ndarray:
 
 
 def generate(model: Any, record: dict[str, Any], prompt_ids: Sequence[int],
-             options: GenerationOptions) -> Generation:
+             options: GenerationOptions,
+             stop: Callable[[list[int]], bool] | None = None) -> Generation:
     """Generate up to options.max_new_tokens tokens after `prompt_ids` (module rules)."""
     options.check()
     check_language_model(record)
@@ -138,7 +140,8 @@ def generate(model: Any, record: dict[str, Any], prompt_ids: Sequence[int],
         token = next_token(logits, options, rng)
         tokens.append(token)
         chosen_from.append(logits)
-        if token == options.eos_token_id or len(tokens) == options.max_new_tokens:
+        if (token == options.eos_token_id or len(tokens) == options.max_new_tokens
+                or (stop is not None and stop(tokens))):
             return Generation(tokens, chosen_from, token == options.eos_token_id)
         if spec is None:
             feeds = {"input_ids": np.concatenate([prompt, tokens])[None, :]}
