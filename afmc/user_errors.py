@@ -36,6 +36,11 @@ class InputWarning(UserWarning):
     """Input that is usable but suspicious (e.g. unused tensors in a checkpoint)."""
 
 
+class KernelWarning(InputWarning):
+    """afmc's fused runtime kernels cannot be built or loaded here (afmc.runtime.fused);
+    chips run the stock ONNX bodies instead, with the same results, more slowly."""
+
+
 def is_user_error(error: BaseException) -> bool:
     """Whether `error` is one a user's input causes (see the module rules)."""
     if isinstance(error, (OSError, ValueError, KeyError)):

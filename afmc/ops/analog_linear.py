@@ -505,3 +505,59 @@ def prepare_weights(weight: np.ndarray, slices: int, out_res: float, inp_res: fl
         effective.append(w_eff)
         maxima.append(w_max)
     return effective, maxima
+
+
+FUSED_PREFIX = "Fused"  # FusedAnalogLinear, FusedNoisyAnalogLinear
+KERNEL_DOMAIN = "afmc.kernels"  # afmc/runtime/fused: AnalogDAC, AnalogADC, NoisyAnalogADC
+
+
+def fused_function(op_type: str, opset: int, slices: int) -> FunctionProto:
+    """prepared_function(op_type, opset, slices) on the fused kernels of afmc.runtime.fused:
+    the same inputs and numbers, the DAC (Mul, Clip, Round, Split) one AnalogDAC and the
+    ADCs with their sum ([read noise,] Round, Clip, Mul per slice, Sum) one AnalogADC
+    (NoisyAnalogADC); the MatMuls stay onnxruntime's, on the prepacked 2-D weights, and
+    the scales (in_scale_cols, out_step per slice) stay the body's nodes on constants,
+    which onnxruntime folds. Runtime only, for sessions that register the kernels.
+    """
+    noisy = op_type == "NoisyAnalogLinear"
+    names = [f"_{i}" for i in range(slices)]
+    nodes = _common_constants(noisy) + _input_scale_per_column(slices)
+    for node in nodes:
+        if node.op_type == "Shape" and list(node.input) == ["W"]:
+            node.input[0] = "X"  # K, the last axis of X as of W
+    if noisy:
+        nodes += [
+            helper.make_node("Constant", [], ["sqrt_n"], value_float=math.sqrt(slices)),
+            helper.make_node("Mul", ["out_noise", "h_out"], ["noise_a"]),
+            helper.make_node("Mul", ["out_bound", "sqrt_n"], ["noise_b"]),
+            helper.make_node("Div", ["noise_a", "noise_b"], ["noise_std"]),
+        ]
+    nodes.append(helper.make_node("AnalogDAC", ["X", "in_scale_cols", "h_in"],
+                                  [f"q{i}" for i in names], domain=KERNEL_DOMAIN))
+    if slices > 1:
+        nodes.append(helper.make_node("Split", ["r"], [f"r{i}" for i in names], axis=0,
+                                      num_outputs=slices))
+    else:
+        nodes.append(helper.make_node("Identity", ["r"], ["r_0"]))
+    for i in names:
+        nodes += [
+            helper.make_node("Mul", [f"r{i}", "out_bound"], [f"bound_per_w{i}"]),
+            helper.make_node("Mul", [f"bound_per_w{i}", f"w_max{i}"], [f"bound{i}"]),
+            helper.make_node("Div", [f"bound{i}", "h_out"], [f"out_step{i}"]),
+            helper.make_node("MatMul", [f"q{i}", f"w_eff{i}"], [f"z{i}"]),
+        ]
+    levels = [f"z{i}" for i in names] + [f"out_step{i}" for i in names]
+    nodes.append(helper.make_node("NoisyAnalogADC", ["h_out", "noise_std", *levels], ["Y"],
+                                  domain=KERNEL_DOMAIN) if noisy else
+                 helper.make_node("AnalogADC", ["h_out", *levels], ["Y"],
+                                  domain=KERNEL_DOMAIN))
+    defaults: dict[str, float | list[int]] = {k: v for k, (v, _) in _ATTRIBUTES.items()}
+    if noisy:
+        defaults["out_noise"] = 0.04
+    given = [f"w_eff{i}" for i in names] + [f"w_max{i}" for i in names]
+    function = make_function(FUSED_PREFIX + op_type, ["X", "input_range", *given], ["Y"],
+                             nodes, opset, defaults,
+                             f"{op_type} on {slices} equal slice(s), fused kernels.")
+    function.opset_import.append(helper.make_opsetid(KERNEL_DOMAIN, 1))
+    function.overload = slice_overload(slices)
+    return function

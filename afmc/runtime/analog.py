@@ -22,6 +22,11 @@ stored weights (runtime.noise), and the file is never rewritten:
   back to the system (sessions.release_free_memory): a chip holds about what its
   session holds.
 - Layers are programmed on all cores, each from its own random stream.
+- Where afmc's fused kernels are available (runtime.fused; AFMC_KERNELS=0 turns them
+  off), a chip's analog nodes take the fused form of their prepared body
+  (ops.analog_linear.fused_function: one AnalogDAC and one AnalogADC around the
+  MatMuls, the same numbers) and its session registers the kernel library; without
+  them the prepared body of standard ops runs.
 - Above PREPACK_LIMIT of analog weights, chips and the FP view build their sessions
   without prepacking MatMul weights: prepacking holds one more transient copy of
   the weights while the session starts (1.1B model: peak 10.0 GB instead of 8.8),
@@ -44,18 +49,22 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from afmc import ops
 from afmc.layout import MODEL_FILE
 from afmc.ops.analog_linear import (
     ANALOG_OP_TYPES,
     ATTRIBUTE_DEFAULTS,
+    FUSED_PREFIX,
+    KERNEL_DOMAIN,
     PREPARED_PREFIX,
+    fused_function,
     overload_slices,
     prepare_weights,
     prepared_function,
 )
+from afmc.runtime import fused as fused_kernels
 from afmc.runtime.chip import Chip, chip_from_session
 from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
 from afmc.runtime.sessions import open_session, release_free_memory, session_options
@@ -86,8 +95,10 @@ class AnalogRuntime:
         noise = noise or self.noise
         graph = with_read_noise(self.graph, read_noise) if read_noise > 0 else self.graph
         seed = None if noise.model == "none" else seed
-        graph, values = prepared_graph(graph, self._layers(seed, noise, prepare=True))
-        return self._session(graph, values, threads, seed)
+        kernels = fused_kernels.enabled()
+        graph, values = prepared_graph(graph, self._layers(seed, noise, prepare=True),
+                                       fused=kernels)
+        return self._session(graph, values, threads, seed, kernels=kernels)
 
     def fp_view(self, threads: int | None = None) -> Chip:
         """The floating-point model the analog one was compiled from, on the stored weights
@@ -139,8 +150,10 @@ class AnalogRuntime:
         return name, stored.astype(np.float32, copy=False)
 
     def _session(self, graph: onnx.ModelProto, weights: dict[str, np.ndarray],
-                 threads: int | None, seed: int | None) -> Chip:
+                 threads: int | None, seed: int | None, *, kernels: bool = False) -> Chip:
         options = session_options(threads)
+        if kernels:
+            fused_kernels.register(options)
         options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                          str(self.out_dir))
         if self.record.get("summary", {}).get("analog_weights", 0) * 4 > PREPACK_LIMIT:
@@ -169,8 +182,8 @@ def preparation(model: onnx.ModelProto) -> dict[str, tuple[int, dict[str, float]
 
 
 def prepared_graph(model: onnx.ModelProto,
-                   weights: Iterable[tuple[str, np.ndarray | Prepared]]
-                   ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+                   weights: Iterable[tuple[str, np.ndarray | Prepared]], *,
+                   fused: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """A copy of `model` whose analog nodes take their prepared weights, and the values of
     the initializers it adds (named WEIGHT::w_eff_I, WEIGHT::w_max_I) or replaces.
 
@@ -178,7 +191,9 @@ def prepared_graph(model: onnx.ModelProto,
     at a time, or their prepared values already (for a weight in `preparation`): a
     node with an overload (equal slices) reading one of them directly gets its
     prepared form; a 2-D Transpose that alone reads one (the FP view's) becomes the
-    transposed weights; any other consumer keeps the weights themselves.
+    transposed weights; any other consumer keeps the weights themselves. With `fused`,
+    prepared nodes take the fused body (fused_function), whose session must register
+    afmc's kernel library (runtime.fused).
     """
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -187,6 +202,10 @@ def prepared_graph(model: onnx.ModelProto,
     opset = next(o.version for o in copy.opset_import if o.domain in ("", "ai.onnx"))
     values: dict[str, np.ndarray] = {}
     functions: set[tuple[str, str]] = set()
+    body, prefix = (fused_function, FUSED_PREFIX) if fused else (prepared_function,
+                                                                 PREPARED_PREFIX)
+    if fused:
+        copy.opset_import.append(helper.make_opsetid(KERNEL_DOMAIN, 1))
     for name, weight in weights:
         users = readers.get(name, [])
         preparable = [node for node in users if _preparable(node, name)]
@@ -202,8 +221,8 @@ def prepared_graph(model: onnx.ModelProto,
             key = (node.op_type, node.overload)
             if key not in functions:
                 functions.add(key)
-                copy.functions.append(prepared_function(node.op_type, opset, slices))
-            node.op_type = PREPARED_PREFIX + node.op_type
+                copy.functions.append(body(node.op_type, opset, slices))
+            node.op_type = prefix + node.op_type
             x, _, input_range = node.input
             del node.input[:]
             node.input.extend([x, input_range, *given])
