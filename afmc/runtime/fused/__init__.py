@@ -31,8 +31,8 @@ from afmc.user_errors import KernelWarning, first_line
 
 DOMAIN = "afmc.kernels"
 SOURCE = Path(__file__).with_name("analog.cc")
-FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-std=c++17",
-         "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp-simd",
+         "-std=c++17", "-shared", "-fPIC")
 
 
 def enabled() -> bool:

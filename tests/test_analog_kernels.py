@@ -1,0 +1,180 @@
+"""afmc's fused analog kernels (afmc.runtime.fused): chips give the stock bodies' outputs
+bit for bit, the read noise is fresh standard-normal noise of the specified std, and
+without the kernels everything runs as before."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from scipy import stats
+from torch import nn
+
+import afmc
+from afmc.api import load
+from afmc.config import load_config
+from afmc.data.kv_cache import KVCacheSpec
+from afmc.ops.analog_linear import KERNEL_DOMAIN
+from afmc.runtime import fused
+from afmc.user_errors import KernelWarning
+
+pytestmark = pytest.mark.skipif(not fused.enabled(), reason="no C++ compiler for the kernels")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """afmc-tiny compiled for aimc (its layers have one slice each)."""
+    return afmc.compile("afmc-tiny", "aimc", output=tmp_path_factory.mktemp("k") / "tiny").output
+
+
+class Wide(nn.Module):
+    """nn.Linear(1024, 64): four equal slices of 256 inputs at max_in=256."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(1024, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    batches = [(torch.randn(16, 1024),) for _ in range(2)]
+    return afmc.compile(Wide().eval(), "aimc", load_config(None, ["hardware.max_in=256"]),
+                        example_inputs=batches[0], calibration=batches,
+                        output=tmp_path_factory.mktemp("k") / "wide").output
+
+
+def _both(out: Path, monkeypatch: pytest.MonkeyPatch, inputs: np.ndarray, **chip) -> tuple:
+    """Chip outputs with the kernels and with the stock bodies (AFMC_KERNELS=0)."""
+    model = load(out)
+    monkeypatch.setenv("AFMC_KERNELS", "1")
+    with_kernels = model.chip(**chip).run(inputs)
+    monkeypatch.setenv("AFMC_KERNELS", "0")
+    stock = model.chip(**chip).run(inputs)
+    return with_kernels, stock
+
+
+def test_afmc_tiny_chip_is_bit_identical(tiny, monkeypatch):
+    ids = np.random.default_rng(0).integers(0, 256, (2, 40), dtype=np.int64)
+    for seed in (None, 3):
+        with_kernels, stock = _both(tiny, monkeypatch, ids, seed=seed)
+        np.testing.assert_array_equal(with_kernels, stock)
+
+
+def test_multi_slice_layer_is_bit_identical(wide, monkeypatch):
+    record = load(wide).record
+    assert [len(layer["slice_sizes"]) for layer in record["layers"]
+            if layer.get("onnx_weight")] == [4]
+    x = (np.random.default_rng(1).standard_normal((33, 1024)) * 2).astype(np.float32)
+    with_kernels, stock = _both(wide, monkeypatch, x, seed=5)
+    np.testing.assert_array_equal(with_kernels, stock)
+    assert np.count_nonzero(stock) > stock.size // 2
+
+
+def test_read_noise_matches_stock_in_spread_and_is_fresh(wide, monkeypatch):
+    x = np.random.default_rng(2).standard_normal((64, 1024)).astype(np.float32)
+    model = load(wide)
+    clean = model.chip(5).run(x)
+    spreads = {}
+    for setting in ("1", "0"):
+        monkeypatch.setenv("AFMC_KERNELS", setting)
+        chip = model.chip(5, read_noise=0.04)
+        runs = np.stack([chip.run(x) for _ in range(12)])
+        spreads[setting] = float(np.std(runs - clean))
+        if setting == "1":
+            assert not np.array_equal(runs[0], runs[1])
+            assert abs(float(np.mean(runs - clean))) < 0.05 * spreads[setting]
+    assert spreads["1"] == pytest.approx(spreads["0"], rel=0.05)
+
+
+def _noise_session(rows: int, columns: int, sigma: float) -> ort.InferenceSession:
+    """One NoisyAnalogADC with one slice: y = round(z + sigma * N(0, 1)) / sigma (h_out
+    far out of reach), so y - z / sigma is the unit normal to within 0.5 / sigma."""
+    constants = [numpy_helper.from_array(np.array(v, np.float32), name) for name, v in
+                 (("h_out", 1e9), ("sigma", sigma), ("step", np.full(columns, 1 / sigma)))]
+    node = helper.make_node("NoisyAnalogADC", ["h_out", "sigma", "Z", "step"], ["Y"],
+                            domain=KERNEL_DOMAIN)
+    graph = helper.make_graph(
+        [node], "noise", [helper.make_tensor_value_info("Z", TensorProto.FLOAT, [rows, columns])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [rows, columns])], constants)
+    model = helper.make_model(graph, ir_version=10, opset_imports=[
+        helper.make_opsetid("", 20), helper.make_opsetid(KERNEL_DOMAIN, 1)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    fused.register(options)
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def test_read_noise_is_standard_normal():
+    sigma, rows, columns = 2000.0, 1000, 300  # several parallel chunks
+    session = _noise_session(rows, columns, sigma)
+    z = np.zeros((rows, columns), np.float32)
+    first, second = (session.run(None, {"Z": z})[0].ravel().astype(np.float64)
+                     for _ in range(2))
+    n = first.size
+    assert abs(first.mean()) < 5 / np.sqrt(n)
+    assert first.std() == pytest.approx(1.0, abs=5 * np.sqrt(2 / n))
+    assert stats.kstest(first, "norm").pvalue > 1e-4
+    assert stats.kurtosis(first) == pytest.approx(0.0, abs=0.05)
+    assert np.mean(np.abs(first) > 3) == pytest.approx(2 * stats.norm.sf(3), rel=0.15)
+    # Fresh on every run, independent between runs and between the parallel chunks.
+    assert abs(np.corrcoef(first, second)[0, 1]) < 5 / np.sqrt(n)
+    halves = first.reshape(2, -1)
+    assert abs(np.corrcoef(halves[0], halves[1])[0, 1]) < 5 / np.sqrt(n / 2)
+    # Another session (another kernel) draws another stream.
+    third = _noise_session(rows, columns, sigma).run(None, {"Z": z})[0].ravel()
+    assert not np.array_equal(first, third)
+
+
+def test_noise_std_scales_and_adds_to_the_levels():
+    sigma = 4.0
+    session = _noise_session(500, 200, sigma)
+    z = np.full((500, 200), 3.0 * sigma, np.float32)  # level 12: y = 3 + N(0,1) rounded
+    y = session.run(None, {"Z": z})[0].astype(np.float64)
+    assert y.mean() == pytest.approx(3.0, abs=0.01)
+    # round(12 + 4 g) / 4: variance 1 + (1/4)^2 / 12 (the rounding, nearly uniform)
+    assert y.var() == pytest.approx(1 + 1 / 16 / 12, rel=0.02)
+
+
+def test_fallback_without_kernels_and_stock_file(tiny, monkeypatch):
+    ids = np.random.default_rng(3).integers(0, 256, (1, 16), dtype=np.int64)
+    monkeypatch.setenv("AFMC_KERNELS", "0")
+    assert not fused.enabled()
+    expected = load(tiny).chip(2).run(ids)
+    # The file afmc wrote runs in a stock onnxruntime, without the kernels' domain.
+    model = onnx.load(str(tiny / "model.onnx"), load_external_data=False)
+    assert KERNEL_DOMAIN not in {o.domain for o in model.opset_import}
+    session = ort.InferenceSession(str(tiny / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": ids} | KVCacheSpec.from_json(load(tiny).record["kv_cache"]).empty(1)
+    names = {i.name for i in session.get_inputs()}
+    plain = session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
+    stored = load(tiny).chip(None).run(ids)
+    np.testing.assert_array_equal(plain, stored)
+    assert expected.shape == plain.shape
+
+
+def test_failed_build_warns_once_and_falls_back(tiny, monkeypatch, tmp_path):
+    monkeypatch.setenv("AFMC_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")
+    fused.library.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert not fused.enabled()
+            assert not fused.enabled()
+            ids = np.arange(8, dtype=np.int64)[None]
+            assert load(tiny).chip(1).run(ids).shape == (1, 8, 256)
+        assert [w.category for w in caught if issubclass(w.category, KernelWarning)] \
+            == [KernelWarning]
+    finally:
+        fused.library.cache_clear()
