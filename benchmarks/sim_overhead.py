@@ -9,6 +9,9 @@ What is measured (one process, CPU):
    (b) one 2048x2048 linear layer (``nn.Linear`` in a tiny module, compiled with
    ``afmc.api.compile(module, "aimc", example_inputs=..., calibration=...)``) at batch 64
    (input [64, 2048]).
+   Each chip twice, in the same interleaved rounds: with afmc's fused runtime kernels
+   (``aimc kernels``: afmc.runtime.fused, when they build here) and with the stock ONNX
+   bodies (``aimc stock``: ``AFMC_KERNELS=0``).
 2. The same with read noise on: ``load(out).chip(0, read_noise=0.04)``, i.e. every
    analog node becomes ``afmc.NoisyAnalogLinear`` with out_noise 0.04 (a fresh draw on every
    run).
@@ -61,6 +64,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import tempfile
 import time
@@ -77,6 +81,7 @@ from torch import nn
 
 import afmc.api
 import afmc.runtime.analog
+import afmc.runtime.fused
 import afmc.runtime.sessions
 import afmc.runtime.stored
 from afmc.api import load
@@ -174,12 +179,26 @@ def compile_timed(model: Any, out: Path, **kwargs: Any) -> float:
 
 
 def chip_sessions(out: Path, threads: int) -> dict[str, Chip]:
-    """FP view, chip 0 (pcm programming noise), chip 0 with read noise; same threads."""
-    return {
-        "fp": load(out).fp_view(threads=threads),
-        "aimc": load(out).chip(0, threads=threads),
-        "aimc + read noise": load(out).chip(0, read_noise=READ_NOISE, threads=threads),
-    }
+    """FP view, chip 0 (pcm programming noise), chip 0 with read noise, each chip with
+    afmc's fused kernels (when they build here) and with the stock ONNX bodies
+    (AFMC_KERNELS=0); same threads."""
+    sessions = {"fp": load(out).fp_view(threads=threads)}
+    kernels = afmc.runtime.fused.enabled()
+    for suffix, setting in ((" kernels", "1"), (" stock", "0")):
+        if setting == "1" and not kernels:
+            continue
+        previous = os.environ.get("AFMC_KERNELS")
+        os.environ["AFMC_KERNELS"] = setting
+        try:
+            sessions[f"aimc{suffix}"] = load(out).chip(0, threads=threads)
+            sessions[f"aimc{suffix} + read noise"] = load(out).chip(
+                0, read_noise=READ_NOISE, threads=threads)
+        finally:
+            if previous is None:
+                del os.environ["AFMC_KERNELS"]
+            else:
+                os.environ["AFMC_KERNELS"] = previous
+    return sessions
 
 
 def programming_noise_applied(out: Path, chip: Chip, inputs: np.ndarray, threads: int) -> bool:
@@ -192,7 +211,7 @@ def bench_onnx(
     label: str, out: Path, inputs: np.ndarray, args: argparse.Namespace
 ) -> dict[str, Any]:
     chips = chip_sessions(out, args.threads)
-    applied = programming_noise_applied(out, chips["aimc"], inputs, args.threads)
+    applied = programming_noise_applied(out, chips["aimc stock"], inputs, args.threads)
     times = interleaved_samples(
         {name: (lambda chip=chip: chip.run(inputs)) for name, chip in chips.items()},
         args.repeats,
@@ -200,7 +219,8 @@ def bench_onnx(
     )
     del chips
     gc.collect()
-    targets = {"aimc": TARGET_NO_READ_NOISE, "aimc + read noise": TARGET_READ_NOISE}
+    targets = {f"aimc{kind}": TARGET_NO_READ_NOISE for kind in (" kernels", " stock")} | {
+        f"aimc{kind} + read noise": TARGET_READ_NOISE for kind in (" kernels", " stock")}
     results = summarize(times, "fp", targets)
     print_group(f"{label}: ONNX Runtime, {args.threads} intra-op threads", results)
     if not applied:

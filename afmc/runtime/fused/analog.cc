@@ -241,42 +241,45 @@ inline float log_unit(uint32_t bits) {
   return static_cast<float>(exponent) * 0.69314718f + 2.0f * t * series;
 }
 
-// Standard normals from 8 xoshiro256++ streams at once, by Box-Muller: one 64-bit draw
-// gives u in (0, 1] (top 31 bits) for the radius sqrt(-2 ln u), and an angle uniform on
-// the circle as a quadrant (2 low bits) and an angle in [-pi/4, pi/4) (24 bits), whose
-// sine and cosine are Taylor polynomials to degree 11 and 10 (error < 3e-8).
+// Standard normals from 8 xoshiro128++ streams at once, by Box-Muller: two 32-bit
+// draws give u in (0, 1] (31 bits of one) for the radius sqrt(-2 ln u), and an angle
+// uniform on the circle as a quadrant (2 bits of the other) and an angle in
+// [-pi/4, pi/4) (24 bits), whose sine and cosine are Taylor polynomials to degree 11
+// and 10 (error < 3e-8).
 class Normal {
  public:
   static constexpr int kLanes = 8;
-  static constexpr size_t kDraws = 64;          // 64-bit draws per step
+  static constexpr size_t kDraws = 64;          // pairs per step
   static constexpr size_t kBlock = 2 * kDraws;  // normals per step
 
   explicit Normal(uint64_t key) {
     for (int lane = 0; lane < kLanes; ++lane) {
-      s0_[lane] = splitmix64(&key);
-      s1_[lane] = splitmix64(&key);
-      s2_[lane] = splitmix64(&key);
-      s3_[lane] = splitmix64(&key);
+      uint64_t a = splitmix64(&key), b = splitmix64(&key);
+      s0_[lane] = static_cast<uint32_t>(a);
+      s1_[lane] = static_cast<uint32_t>(a >> 32);
+      s2_[lane] = static_cast<uint32_t>(b);
+      s3_[lane] = static_cast<uint32_t>(b >> 32) | 1u;  // never an all-zero state
     }
   }
 
   // Fills out[0, count) with N(0, 1) draws; count a multiple of kBlock.
   void fill(float* out, size_t count) {
-    uint32_t high[kDraws], low[kDraws];
+    uint32_t words[2 * kDraws];
+    const uint32_t* high = words;
+    const uint32_t* low = words + kDraws;
     for (size_t start = 0; start < count; start += kBlock) {
-      for (size_t step = 0; step < kDraws; step += kLanes) {
+      for (size_t step = 0; step < 2 * kDraws; step += kLanes) {
 #pragma omp simd
         for (int lane = 0; lane < kLanes; ++lane) {
-          uint64_t draw = rotl(s0_[lane] + s3_[lane], 23) + s0_[lane];
-          uint64_t t = s1_[lane] << 17;
+          uint32_t sum = s0_[lane] + s3_[lane];
+          words[step + lane] = ((sum << 7) | (sum >> 25)) + s0_[lane];
+          uint32_t t = s1_[lane] << 9;
           s2_[lane] ^= s0_[lane];
           s3_[lane] ^= s1_[lane];
           s1_[lane] ^= s2_[lane];
           s0_[lane] ^= s3_[lane];
           s2_[lane] ^= t;
-          s3_[lane] = rotl(s3_[lane], 45);
-          high[step + lane] = static_cast<uint32_t>(draw >> 32);
-          low[step + lane] = static_cast<uint32_t>(draw);
+          s3_[lane] = (s3_[lane] << 11) | (s3_[lane] >> 21);
         }
       }
       float* first = out + start;
@@ -305,7 +308,7 @@ class Normal {
   }
 
  private:
-  uint64_t s0_[kLanes], s1_[kLanes], s2_[kLanes], s3_[kLanes];
+  uint32_t s0_[kLanes], s1_[kLanes], s2_[kLanes], s3_[kLanes];
 };
 
 // ---------------------------------------------------------------- kernels
