@@ -12,12 +12,14 @@ per token, the presents fed back as pasts), on
     save_pretrained to a temporary directory, no tokenizer), compiled for aimc with 8
     random token-id sequences of 64 as calibration (.npz).
 
-Variants: the FP view (``afmc.load(out).fp_view()``) and chip 0 (``afmc.load(out).chip(0)``:
-pcm programming noise, 8-bit DAC/ADC), timed round-robin, one generation of
-each per round with the order swapped every round, after one warm-up generation each.
-Printed per model: the median tokens/s of each, and the chip's tokens/s over the FP
-view's as the ratio of the medians and as the median of the per-round ratios (the
-goal: >= 0.85x). ONNX Runtime runs ``--threads`` intra-op threads per session, without
+Variants (benchmarks/sim_overhead.chip_sessions): the FP view (``afmc.load(out).fp_view()``)
+and chip 0 (``afmc.load(out).chip(0)``: pcm programming noise, 8-bit DAC/ADC) with afmc's
+fused kernels and with the stock ONNX bodies (``AFMC_KERNELS=0``), each also with read
+noise 0.04, timed round-robin, one generation of each per round with the order rotated
+every round, after one warm-up generation each. Printed per model: the median tokens/s
+of each, and its time ratio to the FP view (FP tokens/s over its tokens/s) as the ratio
+of the medians and as the median of the per-round ratios (the goal: chip 0 at >= 0.85x
+the FP view's tokens/s). ONNX Runtime runs ``--threads`` intra-op threads per session, without
 spin-waiting (benchmarks/sim_overhead.disable_spinning).
 
     python benchmarks/generate_speed.py [--threads 2] [--rounds 10] [--new-tokens 64]
@@ -35,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sim_overhead import disable_spinning
+from sim_overhead import chip_sessions, disable_spinning
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import afmc
@@ -66,26 +68,31 @@ def tokens_per_second(chip: Chip, record: dict, prompt: list[int], new_tokens: i
 
 
 def bench(name: str, out: Path, args: argparse.Namespace) -> None:
-    """Interleaved tokens/s of the FP view and chip 0 of the compiled model in `out`."""
+    """Interleaved tokens/s of the FP view and the chips of sim_overhead.chip_sessions
+    (chip 0 with and without the fused kernels, each with and without read noise)."""
     model = afmc.load(out)
     record = model.record
     vocab = model.signature().vocab_size
     prompt = np.random.default_rng(1).integers(0, vocab, args.prompt_tokens).tolist()
-    chips = {"fp": model.fp_view(threads=args.threads),
-             "aimc": model.chip(0, threads=args.threads)}
+    chips = chip_sessions(out, args.threads)
     for chip in chips.values():
         tokens_per_second(chip, record, prompt, args.new_tokens)
-    rates: dict[str, list[float]] = {key: [] for key in chips}
+    keys = list(chips)
+    rates: dict[str, list[float]] = {key: [] for key in keys}
     for round_ in range(args.rounds):
-        for key in (("fp", "aimc") if round_ % 2 == 0 else ("aimc", "fp")):
+        shift = round_ % len(keys)
+        for key in keys[shift:] + keys[:shift]:
             rates[key].append(tokens_per_second(chips[key], record, prompt, args.new_tokens))
-    fp, aimc = (statistics.median(rates[key]) for key in ("fp", "aimc"))
-    per_round = statistics.median(a / f for a, f in zip(rates["aimc"], rates["fp"],
-                                                        strict=True))
+    fp = statistics.median(rates["fp"])
     print(f"{name}: {args.new_tokens} new tokens after {args.prompt_tokens}, "
-          f"{args.rounds} rounds: FP view {fp:.1f} tok/s, aimc chip 0 {aimc:.1f} tok/s; "
-          f"aimc / FP = {aimc / fp:.3f}x (median of per-round ratios {per_round:.3f}x; "
-          f"goal >= 0.85x)")
+          f"{args.rounds} rounds (time ratio = FP tok/s / variant tok/s; goal: aimc "
+          f"<= {1 / 0.85:.2f}x, i.e. >= 0.85x the FP view's tokens/s)")
+    for key in keys:
+        rate = statistics.median(rates[key])
+        per_round = statistics.median(f / v for f, v in zip(rates["fp"], rates[key],
+                                                            strict=True))
+        print(f"  {key:28} {rate:8.1f} tok/s  time ratio {fp / rate:.3f}x "
+              f"(median of per-round ratios {per_round:.3f}x)", flush=True)
 
 
 def compile_timed(model: str | Path, out: Path, **options: object) -> float:
