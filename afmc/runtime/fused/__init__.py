@@ -4,7 +4,7 @@ Rules:
 - The library is compiled on first use with the system C++ compiler ($CXX, else g++)
   into the cache directory ($AFMC_CACHE/kernels, else ~/.cache/afmc/kernels), named
   by a hash of the source, the compiler flags, the compiler's version and the machine
-  (its architecture and CPU model: -march=native); it is written to a temporary file
+  (its architecture, CPU model and CPU flags: -march=native); it is written to a temporary file
   and renamed, so processes building at once each see a whole library.
 - `AFMC_KERNELS=0` turns the kernels off. No compiler, a failed build or a library
   onnxruntime cannot load gives one KernelWarning per process, and None: chips then
@@ -103,11 +103,11 @@ def _build() -> Path:
 
 
 def _cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), or the processor string elsewhere."""
+    """The CPU's model name and feature flags (/proc/cpuinfo: what -march=native sees), or
+    the processor string elsewhere."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor()
+        return platform.processor()
+    wanted = [line for line in lines if line.startswith(("model name", "flags"))][:2]
+    return "\n".join(wanted) or platform.processor()
