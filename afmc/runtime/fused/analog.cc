@@ -198,10 +198,14 @@ OrtStatus* parallel_for(const OrtApi* api, OrtKernelContext* context, size_t tas
                                                              &body);
 }
 
-constexpr size_t kChunk = 1 << 14;  // elements per parallel task
+// Elements per parallel task: waking onnxruntime's workers costs tens of microseconds
+// (more without spin-waiting), so the cheap passes split only large tensors, and the
+// noise (about 1 ns per value) splits sooner.
+constexpr size_t kChunk = 1 << 17;
+constexpr size_t kNoiseChunk = 1 << 14;
 
-size_t tasks_for(size_t rows, size_t row_size, size_t* rows_per_task) {
-  *rows_per_task = std::max<size_t>(1, kChunk / std::max<size_t>(1, row_size));
+size_t tasks_for(size_t rows, size_t row_size, size_t chunk, size_t* rows_per_task) {
+  *rows_per_task = std::max<size_t>(1, chunk / std::max<size_t>(1, row_size));
   return (rows + *rows_per_task - 1) / *rows_per_task;
 }
 
@@ -356,7 +360,7 @@ OrtStatus* compute_dac(Kernel* kernel, OrtKernelContext* context) {
   const float* scales = scale.data;
   const bool per_column = scale.size != 1;
   size_t rows_per_task = 1;
-  const size_t tasks = tasks_for(rows, width, &rows_per_task);
+  const size_t tasks = tasks_for(rows, width, kChunk, &rows_per_task);
   auto body = [&](size_t task) {
     const size_t end = std::min(rows, (task + 1) * rows_per_task);
     for (size_t row = task * rows_per_task; row < end; ++row) {
@@ -417,7 +421,8 @@ OrtStatus* compute_adc(Kernel* kernel, OrtKernelContext* context) {
   const uint64_t run = kernel->runs.fetch_add(1, std::memory_order_relaxed);
   const uint64_t seed = kernel->seed;
   size_t rows_per_task = 1;
-  const size_t tasks = tasks_for(rows, width * slices, &rows_per_task);
+  const size_t tasks = tasks_for(rows, width * slices, noisy ? kNoiseChunk : kChunk,
+                                 &rows_per_task);
   const size_t padded = (width + Normal::kBlock - 1) / Normal::kBlock * Normal::kBlock;
   auto body = [&](size_t task) {
     uint64_t key = seed ^ (run * 0xD1B54A32D192ED03ull);
