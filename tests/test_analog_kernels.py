@@ -20,8 +20,9 @@ import afmc
 from afmc.api import load
 from afmc.config import load_config
 from afmc.data.kv_cache import KVCacheSpec
-from afmc.ops.analog_linear import KERNEL_DOMAIN
+from afmc.ops.analog_linear import KERNEL_DOMAIN, PRE_SCALED
 from afmc.runtime import fused
+from afmc.runtime.analog import prepared_graph
 from afmc.user_errors import KernelWarning
 
 pytestmark = pytest.mark.skipif(not fused.enabled(), reason="no C++ compiler for the kernels")
@@ -68,6 +69,47 @@ def test_afmc_tiny_chip_is_bit_identical(tiny, monkeypatch):
     for seed in (None, 3):
         with_kernels, stock = _both(tiny, monkeypatch, ids, seed=seed)
         np.testing.assert_array_equal(with_kernels, stock)
+
+
+def test_smoothing_scale_moves_into_the_dac(tiny):
+    runtime = load(tiny).runtime
+    graph, _ = prepared_graph(runtime.graph, runtime._layers(None, runtime.noise, prepare=True),
+                              fused=True)
+    fused_nodes = [node for node in graph.graph.node if node.op_type == "FusedAnalogLinear"]
+    pre_scaled = [node for node in fused_nodes if node.overload.endswith(PRE_SCALED)]
+    muls = sum(node.op_type == "Mul" for node in graph.graph.node)
+    stock_muls = sum(node.op_type == "Mul" for node in runtime.graph.graph.node)
+    assert len(fused_nodes) == 29 and len(pre_scaled) == 25
+    assert all("smooth_scale" in node.input[1] for node in pre_scaled)
+    assert stock_muls - muls == len({node.input[1] for node in pre_scaled})
+
+
+def test_dac_against_numpy():
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((3, 5, 96)) * 40).astype(np.float32)
+    x[0, 0, :4] = [0.5, 1.5, -2.5, 127.6]  # ties round to even; saturation
+    pre = rng.uniform(0.5, 2.0, 96).astype(np.float32)
+    pre[:4] = 1.0
+    scale = np.repeat(np.array([1.0, 0.5, 2.0], np.float32), 32)
+    scale[:4] = 1.0
+    h_in = np.float32(127.0)
+    node = helper.make_node("AnalogDAC", ["X", "S", "H", "P"], ["Q0", "Q1", "Q2"],
+                            domain=KERNEL_DOMAIN)
+    graph = helper.make_graph(
+        [node], "dac", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [3, 5, 96])],
+        [helper.make_tensor_value_info(f"Q{i}", TensorProto.FLOAT, None) for i in range(3)],
+        [numpy_helper.from_array(scale, "S"), numpy_helper.from_array(np.array(h_in), "H"),
+         numpy_helper.from_array(pre, "P")])
+    model = helper.make_model(graph, ir_version=10, opset_imports=[
+        helper.make_opsetid("", 20), helper.make_opsetid(KERNEL_DOMAIN, 1)])
+    options = ort.SessionOptions()
+    fused.register(options)
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    levels = np.concatenate(session.run(None, {"X": x}), axis=-1)
+    expected = np.rint(np.clip((x * pre) * scale, -h_in, h_in))
+    np.testing.assert_array_equal(levels, expected)
+    assert list(levels[0, 0, :4]) == [0.0, 2.0, -2.0, 127.0]
 
 
 def test_multi_slice_layer_is_bit_identical(wide, monkeypatch):

@@ -508,16 +508,21 @@ def prepare_weights(weight: np.ndarray, slices: int, out_res: float, inp_res: fl
 
 
 FUSED_PREFIX = "Fused"  # FusedAnalogLinear, FusedNoisyAnalogLinear
+PRE_SCALED = "s"  # overload suffix of a fused node whose X comes with a pre_scale
 KERNEL_DOMAIN = "afmc.kernels"  # afmc/runtime/fused: AnalogDAC, AnalogADC, NoisyAnalogADC
 
 
-def fused_function(op_type: str, opset: int, slices: int) -> FunctionProto:
+def fused_function(op_type: str, opset: int, slices: int,
+                   pre_scaled: bool = False) -> FunctionProto:
     """prepared_function(op_type, opset, slices) on the fused kernels of afmc.runtime.fused:
     the same inputs and numbers, the DAC (Mul, Clip, Round, Split) one AnalogDAC and the
     ADCs with their sum ([read noise,] Round, Clip, Mul per slice, Sum) one AnalogADC
     (NoisyAnalogADC); the MatMuls stay onnxruntime's, on the prepacked 2-D weights, and
     the scales (in_scale_cols, out_step per slice) stay the body's nodes on constants,
     which onnxruntime folds. Runtime only, for sessions that register the kernels.
+    With `pre_scaled` (overload suffix PRE_SCALED), a second input pre_scale [K]
+    multiplies X first, in the DAC's pass (the Mul by a constant vector, smoothing's,
+    that fed X).
     """
     noisy = op_type == "NoisyAnalogLinear"
     names = [f"_{i}" for i in range(slices)]
@@ -532,7 +537,8 @@ def fused_function(op_type: str, opset: int, slices: int) -> FunctionProto:
             helper.make_node("Mul", ["out_bound", "sqrt_n"], ["noise_b"]),
             helper.make_node("Div", ["noise_a", "noise_b"], ["noise_std"]),
         ]
-    nodes.append(helper.make_node("AnalogDAC", ["X", "in_scale_cols", "h_in"],
+    dac_inputs = ["X", "in_scale_cols", "h_in"] + (["pre_scale"] if pre_scaled else [])
+    nodes.append(helper.make_node("AnalogDAC", dac_inputs,
                                   [f"q{i}" for i in names], domain=KERNEL_DOMAIN))
     if slices > 1:
         nodes.append(helper.make_node("Split", ["r"], [f"r{i}" for i in names], axis=0,
@@ -555,9 +561,10 @@ def fused_function(op_type: str, opset: int, slices: int) -> FunctionProto:
     if noisy:
         defaults["out_noise"] = 0.04
     given = [f"w_eff{i}" for i in names] + [f"w_max{i}" for i in names]
-    function = make_function(FUSED_PREFIX + op_type, ["X", "input_range", *given], ["Y"],
+    inputs = ["X", "pre_scale"] if pre_scaled else ["X"]
+    function = make_function(FUSED_PREFIX + op_type, [*inputs, "input_range", *given], ["Y"],
                              nodes, opset, defaults,
                              f"{op_type} on {slices} equal slice(s), fused kernels.")
     function.opset_import.append(helper.make_opsetid(KERNEL_DOMAIN, 1))
-    function.overload = slice_overload(slices)
+    function.overload = slice_overload(slices) + (PRE_SCALED if pre_scaled else "")
     return function

@@ -58,6 +58,7 @@ from afmc.ops.analog_linear import (
     ATTRIBUTE_DEFAULTS,
     FUSED_PREFIX,
     KERNEL_DOMAIN,
+    PRE_SCALED,
     PREPARED_PREFIX,
     fused_function,
     overload_slices,
@@ -226,6 +227,8 @@ def prepared_graph(model: onnx.ModelProto,
             x, _, input_range = node.input
             del node.input[:]
             node.input.extend([x, input_range, *given])
+    if fused:
+        _absorb_pre_scales(copy, values, opset)
     for node in [node for node in graph.node if _transposes_weight(node, values, readers)]:
         values[node.output[0]] = np.ascontiguousarray(values.pop(node.input[0]).T)
         graph.node.remove(node)
@@ -243,6 +246,52 @@ def prepared_graph(model: onnx.ModelProto,
         if initializer.name in values:
             _point_outside(initializer, values[initializer.name].nbytes)
     return copy, values
+
+
+def _absorb_pre_scales(model: onnx.ModelProto, values: dict[str, np.ndarray],
+                       opset: int) -> None:
+    """Move each Mul of a value by a constant float vector [K] (smoothing's scale) whose
+    output only fused analog nodes read as their X into those nodes' AnalogDAC, as its
+    pre_scale input (fused_function with pre_scaled): one element-wise pass less, the
+    same float32 operations in the same order."""
+    graph = model.graph
+    inputs = {value.name for value in graph.input}
+    constants = {init.name: list(init.dims) for init in graph.initializer
+                 if init.data_type == TensorProto.FLOAT and init.name not in inputs}
+    outputs = {value.name for value in graph.output}
+    producers = {out: node for node in graph.node for out in node.output}
+    present = {(f.name, f.overload) for f in model.functions}
+    absorbed = []
+    for name, users in _readers(graph).items():
+        mul = producers.get(name)
+        if (mul is None or mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx")
+                or mul.input[0] == mul.input[1] or name in outputs
+                or not all(_fused_x(user, name) for user in users)
+                or len({user.overload for user in users}) > 1):
+            continue
+        slices = overload_slices(users[0].overload)
+        width = values[users[0].input[2]].shape[0] * slices  # w_eff_0: [k, N]
+        scale = next((i for i in mul.input if constants.get(i) == [width]), None)
+        if scale is None:
+            continue
+        x = next(i for i in mul.input if i != scale)
+        for user in users:
+            user.input[0] = x
+            user.input.insert(1, scale)
+            user.overload += PRE_SCALED
+            if (user.op_type, user.overload) not in present:
+                present.add((user.op_type, user.overload))
+                model.functions.append(fused_function(
+                    user.op_type.removeprefix(FUSED_PREFIX), opset, slices, pre_scaled=True))
+        absorbed.append(mul)
+    for mul in absorbed:
+        graph.node.remove(mul)
+
+
+def _fused_x(node: onnx.NodeProto, name: str) -> bool:
+    """Whether `node` is a fused analog node (not pre-scaled yet) reading `name` as X."""
+    return (node.op_type.startswith(FUSED_PREFIX) and node.input[0] == name
+            and not node.overload.endswith(PRE_SCALED) and name not in node.input[1:])
 
 
 def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:

@@ -6,9 +6,10 @@
 // each in one pass, with the same float32 operations in the same order, so without
 // read noise their output is bit-identical to the stock body:
 //
-//   AnalogDAC(X, in_scale_cols, h_in) -> Q_0, ..., Q_{n-1}
+//   AnalogDAC(X, in_scale_cols, h_in[, pre_scale]) -> Q_0, ..., Q_{n-1}
 //       q = nearbyint(min(max(x * s, -h_in), h_in)) for each column, written straight
-//       into the n equal slices of the last axis (the stock body's Split).
+//       into the n equal slices of the last axis (the stock body's Split); with
+//       pre_scale [K], x = X * pre_scale first (a per-column Mul before the node).
 //   AnalogADC(h_out, Z_0, ..., Z_{n-1}, out_step_0, ..., out_step_{n-1}) -> Y
 //       y = sum over s of min(max(nearbyint(z_s), -h_out), h_out) * out_step_s,
 //       summed left to right as onnxruntime's Sum does.
@@ -83,6 +84,7 @@ enum Slot : size_t {
 constexpr int kErrorInvalidArgument = 2;  // OrtErrorCode ORT_INVALID_ARGUMENT
 constexpr int kFloat = 1;                 // ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT
 constexpr int kRequired = 0;              // OrtCustomOpInputOutputCharacteristic
+constexpr int kOptional = 1;
 constexpr int kVariadic = 2;
 constexpr int kMemDefault = 0;            // OrtMemTypeDefault
 
@@ -339,13 +341,21 @@ OrtStatus* compute_dac(Kernel* kernel, OrtKernelContext* context) {
   if (!status) status = input(api, context, 1, &scale);
   if (!status) status = input(api, context, 2, &h_in);
   if (status) return status;
+  size_t count = 0;
+  ORT_CALL(api, kKernelContextGetInputCount, CountFn, context, &count);
+  Tensor pre;
+  if (count > 3) {
+    const OrtValue* value = nullptr;
+    ORT_CALL(api, kKernelContextGetInput, InputFn, context, 3, &value);
+    if (value && (status = read_tensor(api, value, &pre))) return status;
+  }
   size_t slices = 0;
   ORT_CALL(api, kKernelContextGetOutputCount, CountFn, context, &slices);
   const size_t width = static_cast<size_t>(x.last());
   if (slices == 0 || x.shape.empty() || width % slices != 0 || h_in.size != 1 ||
-      (scale.size != 1 && scale.size != width)) {
+      (scale.size != 1 && scale.size != width) || (pre.data && pre.size != width)) {
     return error(api, "AnalogDAC: X's last axis must split into the outputs, in_scale_cols "
-                      "must have 1 or K values and h_in one");
+                      "must have 1 or K values, pre_scale K and h_in one");
   }
   const size_t slice = width / slices;
   std::vector<int64_t> shape = x.shape;
@@ -368,7 +378,14 @@ OrtStatus* compute_dac(Kernel* kernel, OrtKernelContext* context) {
         const float* source = in + row * width + s * slice;
         const float* factor = per_column ? scales + s * slice : scales;
         float* target = outs[s] + row * slice;
-        if (per_column) {
+        if (pre.data) {  // (x * pre) * s: the Mul this input replaces, then the DAC's
+          const float* before = pre.data + s * slice;
+          const float f = factor[0];
+          for (size_t c = 0; c < slice; ++c) {
+            const float x = source[c] * before[c];
+            target[c] = std::nearbyint(clip(x * (per_column ? factor[c] : f), low, high));
+          }
+        } else if (per_column) {
           for (size_t c = 0; c < slice; ++c) {
             target[c] = std::nearbyint(clip(source[c] * factor[c], low, high));
           }
@@ -478,7 +495,7 @@ OpDef make_op(const char* name, Kind kind) {
   OpDef d{};
   d.name = name;
   d.kind = kind;
-  d.inputs = kind == Kind::kDac ? 3 : kind == Kind::kAdc ? 2 : 3;
+  d.inputs = kind == Kind::kDac ? 4 : kind == Kind::kAdc ? 2 : 3;
   d.outputs = 1;
   CustomOp& op = d.op;
   op.version = kCustomOpVersion;
@@ -490,7 +507,8 @@ OpDef make_op(const char* name, Kind kind) {
   op.GetOutputTypeCount = [](const CustomOp* o) { return def(o).outputs; };
   op.KernelDestroy = [](void* kernel) { delete static_cast<Kernel*>(kernel); };
   op.GetInputCharacteristic = [](const CustomOp* o, size_t index) {
-    return def(o).kind != Kind::kDac && index + 1 == def(o).inputs ? kVariadic : kRequired;
+    if (index + 1 < def(o).inputs) return kRequired;
+    return def(o).kind == Kind::kDac ? kOptional : kVariadic;
   };
   op.GetOutputCharacteristic = [](const CustomOp* o, size_t) {
     return def(o).kind == Kind::kDac ? kVariadic : kRequired;
