@@ -57,7 +57,7 @@ SECTIONS = {
 }
 NOT_RECORDED = "not recorded"
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1000px; padding: 1em 2em;
+body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1100px; padding: 1em 2em;
        color: #222; line-height: 1.4; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; }
 h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
@@ -91,13 +91,19 @@ def value_text(value: Any) -> str:
     return str(value)
 
 
+def seconds_text(seconds: float) -> str:
+    """Whole seconds as an integer (2592000), others in %g form."""
+    return f"{seconds:.0f}" if float(seconds).is_integer() else f"{seconds:g}"
+
+
 def table(
-    headers: Sequence[str],
+    headers: Sequence[str] | None,
     rows: Iterable[Sequence[Any]],
     numeric: Iterable[int] = (),
     total: Sequence[Any] | None = None,
 ) -> str:
-    """An HTML table of escaped cells; columns in `numeric` are right-aligned."""
+    """An HTML table of escaped cells (no header row for `headers` None); columns in
+    `numeric` are right-aligned; a `total` row is set apart."""
     right = set(numeric)
 
     def cells(values: Sequence[Any], tag: str) -> str:
@@ -110,7 +116,8 @@ def table(
     body = "".join(f"<tr>{cells(row, 'td')}</tr>" for row in rows)
     if total is not None:
         body += f'<tr class="total">{cells(total, "td")}</tr>'
-    return f"<table><thead><tr>{cells(headers, 'th')}</tr></thead><tbody>{body}</tbody></table>"
+    head = "" if headers is None else f"<thead><tr>{cells(headers, 'th')}</tr></thead>"
+    return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
 def image(png: bytes, alt: str) -> str:
@@ -137,7 +144,7 @@ def config_section(facts: RecordFacts) -> str:
         ("tokenizer", facts.tokenizer),
         ("afmc version", facts.afmc_version),
     ]
-    parts = [table(("", ""), [(key, NOT_RECORDED if v is None else v) for key, v in model])]
+    parts = [table(None, [(key, NOT_RECORDED if v is None else v) for key, v in model])]
     if facts.summary is not None:
         summary = []
         for key, value in facts.summary.items():
@@ -148,7 +155,7 @@ def config_section(facts: RecordFacts) -> str:
             else:
                 text = value_text(value)
             summary.append((key.replace("_", " "), text))
-        parts.append("<h3>Summary</h3>" + table(("", ""), summary))
+        parts.append("<h3>Summary</h3>" + table(None, summary))
     grid = []
     for name in ("hardware", "calibration", "noise"):
         section = facts.config.get(name)
@@ -211,7 +218,7 @@ def drift_section(drift: DriftResult) -> str:
     noise = ", ".join(f"{key} {value_text(value)}" for key, value in drift.noise.items())
     fp = "-" if drift.fp is None else f"{drift.fp:.4f}"
     rows = [
-        (report_plots.time_label(p.time_s), f"{p.time_s:g}", f"{p.mean:.4f}", f"{p.std:.4f}",
+        (report_plots.time_label(p.time_s), seconds_text(p.time_s), f"{p.mean:.4f}", f"{p.std:.4f}",
          p.chips, _vs_fp(p.mean, drift.fp, drift.metric))
         for p in drift.summary
     ]
@@ -238,18 +245,20 @@ def sensitivity_section(result: SensitivityResult) -> str:
     ]
     fp = "-" if result.fp is None else f"{result.fp:.4f}"
     if result.budget is None:
-        suggestion = ("No budget was given, so there is no keep-digital suggestion "
-                      "(afmc eval --sensitivity --budget X%).")
+        suggestion = ("<p><strong>No budget was given, so there is no keep-digital "
+                      "suggestion (afmc eval --sensitivity --budget X%).</strong></p>")
     else:
         allowed = report_plots.budget_line(result)
         bound = "" if allowed is None else f" (metric at most {allowed:.4f})"
+        analog = len(result.layers) - len(result.keep_digital)
         names = ", ".join(result.keep_digital) or "none"
-        suggestion = (f"Budget {result.budget:.2%}{bound}: keep {len(result.keep_digital)} "
-                      f"layer(s) digital: {names}.")
+        suggestion = (f"<p><strong>Budget {result.budget:.2%}{bound}: {analog} layer(s) "
+                      f"analog, {len(result.keep_digital)} kept digital.</strong></p>"
+                      f'<p class="muted">Kept digital: <code>{escape(names)}</code></p>')
     return (
         f"<p>Metric: {escape(report_plots.METRIC_LABEL[result.metric])}, chip seed "
         f"{result.seed}; FP view {fp}; all layers analog {result.all_analog:.4f}.</p>"
-        f"<p><strong>{escape(suggestion)}</strong></p>"
+        + suggestion
         + image(report_plots.sensitivity_bars(result), "delta per layer")
         + image(report_plots.sensitivity_curve(result), "cumulative curve")
         + table(("rank", "layer", "SQNR dB", "relative error", "value", "delta",

@@ -6,9 +6,10 @@ Rules:
   metadata, so the same results give the same bytes.
 - Text from result files is drawn literally: a "$" never starts mathtext.
 - Drift: time after programming on a symmetric-log axis, linear below the first
-  positive time so that t = 0 is shown, ticks at the measured times labelled in
-  s/min/h/d/y; the mean over chips as a line, mean +- std as a band, each
-  chip's value as a dot, the FP view as a dashed line.
+  positive time so that t = 0 is shown (from -1/4 of that time to 1.6 x the
+  last), ticks at the measured times labelled in s/min/h/d/y; the mean over
+  chips as a line, mean +- std as a band, each chip's value as a dot, the FP
+  view as a dashed line.
 - Sensitivity: the delta of every layer (only that layer analog) as bars in
   ranking order, the layers the suggestion keeps digital in another colour; the
   cumulative curve (layers made analog one by one) with the FP view, the budget
@@ -67,6 +68,7 @@ def _time_axis(axes: Axes, times: Sequence[float]) -> None:
     positive = [time for time in times if time > 0]
     if positive:
         axes.set_xscale("symlog", linthresh=min(positive), linscale=0.5)
+        axes.set_xlim(-0.25 * min(positive), max(positive) * 1.6)
     axes.set_xticks(list(times), [time_label(time) for time in times])
     axes.set_xticks([], minor=True)
     axes.set_xlabel("time after programming (symmetric log scale, linear below the first "
@@ -116,7 +118,7 @@ def sensitivity_bars(result: SensitivityResult) -> bytes:
     legend = [Patch(color=ANALOG_COLOUR, label="analog in the suggestion")]
     if keep:
         legend.append(Patch(color=DIGITAL_COLOUR, label="kept digital in the suggestion"))
-    axes.legend(handles=legend, loc="lower right", fontsize=9)
+    axes.legend(handles=legend, loc="upper right", fontsize=9)
     axes.set_title("per-layer sensitivity (ranked, least harmful first)")
     axes.grid(axis="x", alpha=0.3)
     return _png(figure)

@@ -155,7 +155,8 @@ def test_page_shows_every_section_with_the_numbers_of_the_files(out: Path):
         values = [c["value"] for c in drift["chips"] if c["time_s"] == point["time_s"]]
         assert f"{np.mean(values):.4f}" in cells and f"{np.std(values):.4f}" in cells
         assert f"{np.mean(values) / fp - 1:+.2%}" in cells
-    assert ["1 d", "86400"] == cells[12:14]  # the third time: label, then seconds
+    assert cells[12:14] == ["1 d", "86400"]  # the third time: label, then seconds
+    assert cells[18:20] == ["30 d", "2592000"]
 
     sensitivity = results["sensitivity"]
     cells = _cells(_section(page, "sensitivity"))
