@@ -209,6 +209,10 @@ def placement_section(layers: list[dict[str, Any]], chosen: str,
     )
 
 
+def _fp_text(fp: float | None) -> str:
+    return "the reference of the error" if fp is None else f"{fp:.4f}"
+
+
 def _vs_fp(value: float, fp: float | None, metric: str) -> str:
     return "-" if fp is None or metric != "perplexity" or fp == 0 else f"{value / fp - 1:+.2%}"
 
@@ -216,7 +220,7 @@ def _vs_fp(value: float, fp: float | None, metric: str) -> str:
 def drift_section(drift: DriftResult) -> str:
     """The drift figure and the mean +- std over chips at every time."""
     noise = ", ".join(f"{key} {value_text(value)}" for key, value in drift.noise.items())
-    fp = "-" if drift.fp is None else f"{drift.fp:.4f}"
+    fp = _fp_text(drift.fp)
     rows = [
         (report_plots.time_label(p.time_s), seconds_text(p.time_s), f"{p.mean:.4f}", f"{p.std:.4f}",
          p.chips, _vs_fp(p.mean, drift.fp, drift.metric))
@@ -225,7 +229,7 @@ def drift_section(drift: DriftResult) -> str:
     return (
         f"<p>Metric: {escape(report_plots.METRIC_LABEL[drift.metric])}; FP view: {fp}; "
         f"read noise {drift.read_noise:g}.</p>"
-        f'<p class="muted">Noise: {escape(noise)}</p>'
+        + (f'<p class="muted">Noise: {escape(noise)}</p>' if noise else "")
         + image(report_plots.drift_figure(drift), "metric against drift time")
         + table(("time", "seconds", "mean", "std", "chips", "mean vs FP"), rows,
                 numeric=(1, 2, 3, 4, 5))
@@ -243,7 +247,7 @@ def sensitivity_section(result: SensitivityResult) -> str:
          "digital" if layer.name in keep else "analog")
         for rank, layer in enumerate(result.layers, start=1)
     ]
-    fp = "-" if result.fp is None else f"{result.fp:.4f}"
+    fp = _fp_text(result.fp)
     if result.budget is None:
         suggestion = ("<p><strong>No budget was given, so there is no keep-digital "
                       "suggestion (afmc eval --sensitivity --budget X%).</strong></p>")

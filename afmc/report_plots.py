@@ -11,7 +11,8 @@ Rules:
   chips as a line, mean +- std as a band, each chip's value as a dot, the FP
   view as a dashed line.
 - Sensitivity: the delta of every layer (only that layer analog) as bars in
-  ranking order, the layers the suggestion keeps digital in another colour; the
+  ranking order, the layers the suggestion (if a budget was given) keeps
+  digital in another colour; the
   cumulative curve (layers made analog one by one) with the FP view, the budget
   line (FP * (1 + budget) for perplexity, the budget itself for relative error)
   and the all-analog value.
@@ -66,13 +67,14 @@ def _new(height: float) -> Figure:
 
 def _time_axis(axes: Axes, times: Sequence[float]) -> None:
     positive = [time for time in times if time > 0]
+    label = "time after programming"
     if positive:
         axes.set_xscale("symlog", linthresh=min(positive), linscale=0.5)
         axes.set_xlim(-0.25 * min(positive), max(positive) * 1.6)
+        label += " (symmetric log scale, linear below the first positive time)"
     axes.set_xticks(list(times), [time_label(time) for time in times])
     axes.set_xticks([], minor=True)
-    axes.set_xlabel("time after programming (symmetric log scale, linear below the first "
-                    "positive time)")
+    axes.set_xlabel(label)
 
 
 def drift_figure(drift: DriftResult) -> bytes:
@@ -115,10 +117,11 @@ def sensitivity_bars(result: SensitivityResult) -> bytes:
     delta = ("perplexity - FP perplexity" if result.metric == "perplexity"
              else "relative output error")
     axes.set_xlabel(f"{delta}, only this layer analog (chip {result.seed})")
-    legend = [Patch(color=ANALOG_COLOUR, label="analog in the suggestion")]
-    if keep:
-        legend.append(Patch(color=DIGITAL_COLOUR, label="kept digital in the suggestion"))
-    axes.legend(handles=legend, loc="upper right", fontsize=9)
+    if result.budget is not None:
+        legend = [Patch(color=ANALOG_COLOUR, label="analog in the suggestion")]
+        if keep:
+            legend.append(Patch(color=DIGITAL_COLOUR, label="kept digital in the suggestion"))
+        axes.legend(handles=legend, loc="upper right", fontsize=9)
     axes.set_title("per-layer sensitivity (ranked, least harmful first)")
     axes.grid(axis="x", alpha=0.3)
     return _png(figure)

@@ -245,3 +245,25 @@ def test_a_broken_result_file_is_one_line_and_leaves_no_page(out: Path, kind, br
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert str(path) in lines[0]
     assert sorted(p.name for p in out.iterdir()) == [RECORD_FILE, EVAL_DIR]
+
+
+def test_relative_error_results_without_fp_or_budget(out: Path):
+    """Results of a model without a tokenizer: metric relative_error, fp null, no budget,
+    one drift time."""
+    results = _write_results(out)
+    drift = {**results["drift"], "metric": "relative_error", "fp": None, "times_s": [0],
+             "noise": {}, "chips": [c for c in results["drift"]["chips"] if c["time_s"] == 0],
+             "summary": results["drift"]["summary"][:1]}
+    sensitivity = {**results["sensitivity"], "metric": "relative_error", "fp": None,
+                   "budget": None, "keep_digital": []}
+    write_json(out / EVAL_DIR / "drift.json", drift)
+    write_json(out / EVAL_DIR / "sensitivity.json", sensitivity)
+    assert _report(out).exit_code == 0
+    page = (out / "report.html").read_text()
+    cells = _cells(_section(page, "drift"))
+    assert cells == ["0", "0", f"{drift['summary'][0]['mean']:.4f}",
+                     f"{drift['summary'][0]['std']:.4f}", "5", "-"]
+    section = _section(page, "sensitivity")
+    assert "No budget was given" in section and "Kept digital" not in section
+    assert _cells(section).count("analog") == len(sensitivity["layers"])
+    assert page.count("<img") == 5
