@@ -261,7 +261,7 @@ def sensitivity_section(result: SensitivityResult) -> str:
                       f'<p class="muted">Kept digital: <code>{escape(names)}</code></p>')
     return (
         f"<p>Metric: {escape(report_plots.METRIC_LABEL[result.metric])}, chip seed "
-        f"{result.seed}; FP view {fp}; all layers analog {result.all_analog:.4f}.</p>"
+        f"{result.seed}; FP view: {fp}; all layers analog {result.all_analog:.4f}.</p>"
         + suggestion
         + image(report_plots.sensitivity_bars(result), "delta per layer")
         + image(report_plots.sensitivity_curve(result), "cumulative curve")
