@@ -737,8 +737,11 @@ def report(
     strategy: Annotated[str | None, typer.Option(
         help="Tile strategy to show: one-per-tile, packed or diagonal "
              "(default: the compiled one)")] = None,
+    html: Annotated[Path | None, typer.Option(
+        help="Write the report page here (default OUTPUT/report.html)")] = None,
 ) -> None:
-    """Layers, tiles and utilization of a compiled model; draws its tile map as SVG."""
+    """Layers, tiles and utilization of a compiled model; draws its tile map as SVG and
+    writes one self-contained HTML page with the evaluation results of OUTPUT/eval."""
     with _user_errors():
         from afmc.mapping import STRATEGIES
         from afmc.report import report as print_report
@@ -746,11 +749,15 @@ def report(
         if strategy is not None and strategy not in STRATEGIES:
             raise ValueError(f"--strategy {strategy!r}: unknown tile strategy (known: "
                              f"{', '.join(STRATEGIES)})")
-        if svg is not None:
-            existing = next(parent for parent in svg.absolute().parents if parent.exists())
+        for option, path in (("--svg", svg), ("--html", html)):
+            if path is None:
+                continue
+            if path.is_dir():
+                raise IsADirectoryError(f"{option} {path}: is a directory")
+            existing = next(parent for parent in path.absolute().parents if parent.exists())
             if not existing.is_dir():
-                raise NotADirectoryError(f"--svg {svg}: {existing} is not a directory")
-        print_report(compiled, svg=svg, strategy=strategy, console=out)
+                raise NotADirectoryError(f"{option} {path}: {existing} is not a directory")
+        print_report(compiled, svg=svg, strategy=strategy, console=out, html=html)
 
 
 @passes_app.command("list")
