@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -358,6 +359,7 @@ def eval_(
 
         _check_options(seeds=seeds, max_tokens=max_tokens, seq_len=seq_len,
                        read_noise=read_noise, jobs=jobs)
+        jobs = _within_cores(jobs)
         times = parse_times(drift) if drift is not None else None
         if json_out is not None:
             check_json_path(json_out)
@@ -573,6 +575,16 @@ def _eval_tensors(model: CompiledModel, inputs: Path, labels: Path | None, seeds
         out.print(_one_run_note(report.digital))
     if json_out:
         write_json(json_out, report.to_json())
+
+
+def _within_cores(jobs: int) -> int:
+    """--jobs, or the machine's core count when it has fewer, with a note: more processes
+    than cores only share them."""
+    cores = os.cpu_count() or 1
+    if jobs <= cores:
+        return jobs
+    out.print(f"note: --jobs {jobs} cut to {cores}, the cores of this machine")
+    return cores
 
 
 def _noise_model(name: str | None) -> NoiseModel | None:
