@@ -336,12 +336,32 @@ def eval_(
     seq_len: Annotated[int, typer.Option(help="Window length")] = 256,
     read_noise: Annotated[float, typer.Option(help="Per-inference read noise (0: off)")] = 0.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here")] = None,
+    task: Annotated[Path | None, typer.Option(
+        help="JSONL task {prompt, answer} per line: accuracy of voting over samples")] = None,
+    samples: Annotated[int, typer.Option(help="With --task: samples per problem")] = 8,
+    vote: Annotated[str, typer.Option(help="With --task: how samples vote")] = "majority",
+    temperature: Annotated[float, typer.Option(
+        help="With --task: sampling temperature (0: greedy)")] = 1.0,
 ) -> None:
     """Scores per chip instance and mean +- std over seeds, next to the FP view: perplexity
-    for --text, or for --inputs the error of every output (and accuracy with --labels)."""
+    for --text, for --inputs the error of every output (and accuracy with --labels), or
+    for --task the accuracy of a majority vote over n = 1, 2, 4, ... samples (written to
+    OUT/eval/test_time_compute.json)."""
     with _user_errors():
         from afmc.eval.json_out import check_json_path, write_json
 
+        if task is not None:
+            from afmc.eval.test_time_compute import accuracy_table, eval_task
+
+            if text is not None or inputs is not None:
+                raise ValueError("give either --task or --text/--inputs, not both")
+            _check_options(seeds=seeds, read_noise=read_noise)
+            with _bar_from_first_report("problems") as progress:
+                result = eval_task(_open_compiled(compiled), task, samples=samples, vote=vote,
+                                   seeds=seeds, temperature=temperature,
+                                   read_noise=read_noise, progress=progress)
+            out.print(accuracy_table(result))
+            return
         _check_options(seeds=seeds, max_tokens=max_tokens, seq_len=seq_len,
                        read_noise=read_noise)
         if json_out is not None:
