@@ -7,7 +7,7 @@ then afmc.eval.test_time_compute on ``--task`` (default afmc-adder's 200 held-ou
 3-digit + 3-digit problems): ``--samples`` (16) answers per problem at
 ``--temperature`` (1.0), majority vote over the first n = 1, 2, 4, ... samples, for
 the FP view and chips 0..``--seeds``-1 (pcm programming noise, 8-bit DAC/ADC), plus
-the FP view's greedy accuracy (temperature 0) for reference.
+the greedy accuracy (temperature 0) of each for reference.
 
 Prints the accuracy table, writes OUT/eval/test_time_compute.json and the figure
 ``--figure`` (docs/test-time-compute.png: accuracy vs n, log2 x axis, one line per
@@ -74,12 +74,14 @@ def main() -> None:
         console.print(f"compiled {args.model} for aimc in {time.perf_counter() - start:.1f} s")
         model = afmc.load(out)
         start = time.perf_counter()
-        greedy = sweep_task(model, args.task, samples=1, seeds=[], temperature=0.0)
+        greedy = sweep_task(model, args.task, samples=1, seeds=range(args.seeds),
+                            temperature=0.0)
         fp_greedy = greedy["curves"][0]["accuracy"][0]
         result = eval_task(model, args.task, samples=args.samples, vote="majority",
                            seeds=args.seeds, temperature=args.temperature)
-        console.print(f"sweep: {time.perf_counter() - start:.1f} s; "
-                      f"FP greedy accuracy {fp_greedy:.3f}")
+        console.print(f"sweep: {time.perf_counter() - start:.1f} s; greedy accuracy "
+                      "(temperature 0): " + ", ".join(f"{c['label']} {c['accuracy'][0]:.3f}"
+                                                      for c in greedy["curves"]))
         console.print(accuracy_table(result))
         plot(result, fp_greedy, f"{Path(args.model).name} on aimc, temperature "
              f"{args.temperature:g}", args.figure)

@@ -141,3 +141,6 @@ def test_cli_bad_task_is_one_line(adder: Path, tmp_path: Path):
         f"error: {bad} line 2: not valid JSON (Expecting value)"]
     vote = runner.invoke(app, ["eval", str(adder), "--task", str(bad), "--vote", "mean"])
     assert vote.stderr.splitlines() == ["error: --vote must be one of majority, got 'mean'"]
+    cold = runner.invoke(app, ["eval", str(adder), "--task", str(bad), "--temperature", "-1"])
+    assert cold.stderr.splitlines() == [
+        "error: --temperature must be a finite number >= 0 (0: greedy), got -1.0"]

@@ -23,6 +23,7 @@ once and its answer counted N times. A target whose chips do not vary by seed
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -161,7 +162,9 @@ def check_options(samples: int, vote: str, temperature: float) -> None:
         raise ValueError(f"--samples must be at least 1, got {samples}")
     if vote not in VOTES:
         raise ValueError(f"--vote must be one of {', '.join(VOTES)}, got {vote!r}")
-    GenerationOptions(temperature=temperature).check()
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"--temperature must be a finite number >= 0 (0: greedy), "
+                         f"got {temperature}")
 
 
 def sweep_task(model: CompiledModel, task: Path, *, samples: int, seeds: Sequence[int],
