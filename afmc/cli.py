@@ -348,15 +348,34 @@ def eval_(
     jobs: Annotated[int, typer.Option(
         help="Chip instances evaluated at once, each in its own process")] = 1,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here")] = None,
+    task: Annotated[Path | None, typer.Option(
+        help="JSONL task {prompt, answer} per line: accuracy of voting over samples")] = None,
+    samples: Annotated[int, typer.Option(help="With --task: samples per problem")] = 8,
+    vote: Annotated[str, typer.Option(help="With --task: how samples vote")] = "majority",
+    temperature: Annotated[float, typer.Option(
+        help="With --task: sampling temperature (0: greedy)")] = 1.0,
 ) -> None:
     """Scores per chip instance and mean +- std over seeds, next to the FP view: perplexity
-    for --text, or for --inputs the error of every output (and accuracy with --labels).
-    With --drift, every chip at every time (resumable: finished chips are kept in
-    OUTPUT/eval/drift.jsonl)."""
+    for --text, for --inputs the error of every output (and accuracy with --labels), or
+    for --task the accuracy of a majority vote over n = 1, 2, 4, ... samples (written to
+    OUT/eval/test_time_compute.json). With --drift, every chip at every time (resumable:
+    finished chips are kept in OUTPUT/eval/drift.jsonl)."""
     with _user_errors():
         from afmc.eval.drift import eval_noise, parse_times
         from afmc.eval.json_out import check_json_path, write_json
 
+        if task is not None:
+            from afmc.eval.test_time_compute import accuracy_table, eval_task
+
+            if text is not None or inputs is not None:
+                raise ValueError("give either --task or --text/--inputs, not both")
+            _check_options(seeds=seeds, read_noise=read_noise)
+            with _bar_from_first_report("problems") as progress:
+                result = eval_task(_open_compiled(compiled), task, samples=samples, vote=vote,
+                                   seeds=seeds, temperature=temperature,
+                                   read_noise=read_noise, progress=progress)
+            out.print(accuracy_table(result))
+            return
         _check_options(seeds=seeds, max_tokens=max_tokens, seq_len=seq_len,
                        read_noise=read_noise, jobs=jobs)
         jobs = _within_cores(jobs)
@@ -383,13 +402,13 @@ def eval_(
                           noise_config)
             return
         with _progress() as bar:
-            task = bar.add_task("fp", total=None)
+            bar_task = bar.add_task("fp", total=None)
 
             def on_result(name: str, value: float) -> None:
                 out.print(f"{name:>30}: perplexity {value:.4f}")
 
             def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
+                bar.update(bar_task, completed=done, total=total)
 
             report = evaluate(model, ids, list(range(seeds)), seq_len=seq_len,
                               max_tokens=max_tokens, read_noise=read_noise, noise=noise_config,
