@@ -164,8 +164,8 @@ def check_sensitivity(model: CompiledModel) -> list[str]:
     """The analog layer names of `model`; a ValueError unless it is an aimc output with
     analog layers."""
     if not model.varies_by_seed:
-        raise ValueError(f"--sensitivity: {model.out_dir} is a {model.target} output; "
-                         "per-layer sensitivity needs an aimc output (analog layers)")
+        raise ValueError(f"--sensitivity: {model.out_dir}: the {model.target} target has no "
+                         "analog chips; per-layer sensitivity needs an aimc output")
     names = [layer["name"] for layer in model.record["layers"] if layer.get("onnx_weight")]
     if not names:
         raise ValueError(f"--sensitivity: {model.out_dir} has no analog layers")
@@ -247,10 +247,11 @@ def ranking_table(report: SensitivityReport) -> Table:
     lm = report.fp is not None
     table = Table(title=f"analog layers alone on chip {report.seed}, by increasing harm "
                         "(cumulative: this layer and those above analog)", show_edge=False)
-    for column in ("#", "layer", "SQNR (dB)", "relative error",
-                   *(("perplexity", "delta") if lm else ()), "cumulative",
-                   *(("placement",) if report.budget is not None else ())):
-        table.add_column(column)
+    table.add_column("#", justify="right")
+    table.add_column("layer", overflow="fold", min_width=16)
+    for column in ("SQNR dB", "rel. error", *(("perplexity", "delta") if lm else ()),
+                   "cumulative", *(("place",) if report.budget is not None else ())):
+        table.add_column(column, justify="right", no_wrap=True)
     for index, (layer, point) in enumerate(zip(report.layers, report.cumulative, strict=True),
                                            start=1):
         place = "digital" if layer.name in report.keep_digital else "analog"
