@@ -261,3 +261,34 @@ def test_sensitivity_of_a_stored_output_is_a_one_line_error(small, tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --sensitivity: ")
     assert "the int8 target has no analog chips; per-layer sensitivity needs" in lines[0]
+
+
+def test_sensitivity_of_a_model_that_is_not_a_language_model(tmp_path):
+    """--inputs: the metric is the relative error of the outputs, delta that error."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(),
+                                 torch.nn.Linear(32, 4)).eval()
+    calibration = [(torch.randn(4, 16),) for _ in range(4)]
+    out = afmc.compile(module, "aimc", example_inputs=calibration[0], calibration=calibration,
+                       output=tmp_path / "mlp").output
+    model = load(out)
+    x = np.random.default_rng(3).standard_normal((8, 16)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", **{model.record["inputs"][0]: x})
+    result = runner.invoke(app, ["eval", str(out), "--inputs", str(tmp_path / "x.npz"),
+                                 "--sensitivity", "--budget", "100%"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "eval" / "sensitivity.json").read_text())
+    assert report["metric"] == "relative_error" and report["fp"] is None
+    fp = model.fp_view().run(x).astype(np.float64)
+
+    def error(layers: list[str] | None) -> float:
+        got = model.chip(0, analog_layers=layers).run(x).astype(np.float64)
+        return float(np.linalg.norm(got - fp) / np.linalg.norm(fp))
+
+    assert len(report["layers"]) == 2
+    for layer in report["layers"]:
+        assert layer["value"] == layer["delta"] == layer["relative_error"]
+        assert layer["value"] == pytest.approx(error([layer["name"]]), rel=1e-6)
+    assert report["all_analog"] == pytest.approx(error(None), rel=1e-6)
+    assert report["keep_digital"] == [] and report["budget"] == 1.0
+    assert (out / "eval" / "keep-digital.yaml").is_file()
