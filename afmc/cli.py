@@ -375,6 +375,10 @@ def eval_(
         from afmc.eval.drift import eval_noise, parse_times
         from afmc.eval.json_out import check_json_path, write_json
 
+        modes = [flag for flag, given in (("--task", task is not None), ("--drift", bool(drift)),
+                                          ("--sensitivity", sensitivity)) if given]
+        if len(modes) > 1:
+            raise ValueError(f"{' and '.join(modes)} are separate evaluations: give one")
         if task is not None:
             from afmc.eval.test_time_compute import accuracy_table, eval_task
 
@@ -393,7 +397,7 @@ def eval_(
         times = parse_times(drift) if drift is not None else None
         if json_out is not None:
             check_json_path(json_out)
-        fraction = _sensitivity_options(sensitivity, times, seed, budget, rules)
+        fraction = _sensitivity_options(sensitivity, seed, budget, rules)
         model = _open_compiled(compiled)
         noise_config = eval_noise(model, _noise_model(noise), gdc, times is not None)
         if sensitivity:
@@ -691,19 +695,16 @@ def _eval_drift(model: CompiledModel, text: str | None, inputs: Path | None, see
     out.print(f"-> {results / DRIFT_FILE}")
 
 
-def _sensitivity_options(sensitivity: bool, times: list[float] | None, seed: int,
-                         budget: str | None, rules: Path | None) -> float | None:
+def _sensitivity_options(sensitivity: bool, seed: int, budget: str | None,
+                         rules: Path | None) -> float | None:
     """--budget as a fraction (None: not given); ValueError for a bad --seed or --budget,
-    for --budget/--rules without --sensitivity (--rules without --budget), or with
-    --drift."""
+    or for --budget/--rules without --sensitivity (--rules without --budget)."""
     from afmc.eval.sensitivity import parse_budget
 
     if not sensitivity:
         if budget is not None or rules is not None:
             raise ValueError("--budget and --rules go with --sensitivity")
         return None
-    if times is not None:
-        raise ValueError("give either --sensitivity or --drift, not both")
     if seed < 0:
         raise ValueError(f"--seed must be at least 0, got {seed}")
     if rules is not None and budget is None:

@@ -241,7 +241,8 @@ def sensitivity_section(result: SensitivityResult) -> str:
     keep = set(result.keep_digital)
     after = {point.added: point.value for point in result.cumulative}
     rows = [
-        (rank, layer.name, f"{layer.sqnr_db:.1f}", f"{layer.relative_error:.4f}",
+        (rank, layer.name, "inf" if layer.sqnr_db is None else f"{layer.sqnr_db:.1f}",
+         f"{layer.relative_error:.4f}",
          f"{layer.value:.4f}", f"{layer.delta:+.4f}",
          f"{after[layer.name]:.4f}" if layer.name in after else "-",
          "digital" if layer.name in keep else "analog")

@@ -61,7 +61,7 @@ class DriftResult(_Schema):
 
 class LayerSensitivity(_Schema):
     name: str
-    sqnr_db: float
+    sqnr_db: float | None  # None: no error at all (infinite SQNR)
     relative_error: float
     value: float
     delta: float
