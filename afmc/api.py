@@ -30,7 +30,7 @@ from afmc.data.calibration import (
 )
 from afmc.data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from afmc.frontends import Frontend, is_onnx_file, open_frontend
-from afmc.models import BUILTIN_MODELS, model_paths
+from afmc.models import BUILTIN_CALIBRATION, model_paths
 from afmc.output_dir import staged_output
 from afmc.passes.layers import LayerRecord
 from afmc.passes.registry import PassSpec, get_pass, resolve_passes
@@ -87,7 +87,7 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     `model`: a built-in name (afmc-tiny), a Hugging Face directory, a GGUF file, an ONNX
     file (`*.onnx`), an nn.Module (with `example_inputs`; its batch axis is dynamic) or
     a CapturedModel. `calibration`: a text file or stdlib:SPLIT (text models; default
-    for afmc-tiny: its calibration text), a tensor file (.npy/.npz/.pt), or an iterable
+    for a built-in model: its own text), a tensor file (.npy/.npz/.pt), or an iterable
     of input batches (tuples in input order, or dicts by input name); without it,
     targets that calibrate use synthetic inputs drawn from the input signature, with a
     SyntheticCalibrationWarning. `tokenizer` (a directory, "bytes" or a Tokenizer)
@@ -176,13 +176,13 @@ def _checks_fidelity(target: Target, config: AfmcConfig) -> bool:
 
 def _calibration(frontend: Frontend, target: Target, config: AfmcConfig,
                  steps: list[PassSpec], model: Any, given: Any) -> CalibrationData | None:
-    """The compile's calibration data: the given data, afmc-tiny's calibration text, or
+    """The compile's calibration data: the given data, a built-in model's own text, or
     (when the target needs data and none is given) synthetic inputs, with a warning."""
     uses_data = any(isinstance(step, str) and get_pass(step).uses_calibration
                     for step in steps)
     needs = target.calibrates(config) and (uses_data or target.post_lower is not None)
-    if given is None and isinstance(model, str) and model in BUILTIN_MODELS:
-        given = "stdlib:calibration"
+    if given is None and isinstance(model, str) and model in BUILTIN_CALIBRATION:
+        given = BUILTIN_CALIBRATION[model]
     if given is None:
         if not needs:
             return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -347,22 +348,62 @@ def eval_(
     jobs: Annotated[int, typer.Option(
         help="Chip instances evaluated at once, each in its own process")] = 1,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here")] = None,
+    task: Annotated[Path | None, typer.Option(
+        help="JSONL task {prompt, answer} per line: accuracy of voting over samples")] = None,
+    samples: Annotated[int, typer.Option(help="With --task: samples per problem")] = 8,
+    vote: Annotated[str, typer.Option(help="With --task: how samples vote")] = "majority",
+    temperature: Annotated[float, typer.Option(
+        help="With --task: sampling temperature (0: greedy)")] = 1.0,
+    sensitivity: Annotated[bool, typer.Option(
+        help="Each analog layer alone on chip --seed, ranked, and the cumulative curve "
+             "(results in OUTPUT/eval/sensitivity.json)")] = False,
+    seed: Annotated[int, typer.Option(help="--sensitivity: the chip instance")] = 0,
+    budget: Annotated[str | None, typer.Option(
+        help="--sensitivity: allowed perplexity increase over FP (relative error for "
+             "--inputs), e.g. 1%; suggests the layers to keep digital")] = None,
+    rules: Annotated[Path | None, typer.Option(
+        help="--budget: write the keep-digital configuration here "
+             "(default OUTPUT/eval/keep-digital.yaml)")] = None,
 ) -> None:
     """Scores per chip instance and mean +- std over seeds, next to the FP view: perplexity
-    for --text, or for --inputs the error of every output (and accuracy with --labels).
-    With --drift, every chip at every time (resumable: finished chips are kept in
-    OUTPUT/eval/drift.jsonl)."""
+    for --text, for --inputs the error of every output (and accuracy with --labels), or
+    for --task the accuracy of a majority vote over n = 1, 2, 4, ... samples (written to
+    OUT/eval/test_time_compute.json). With --drift, every chip at every time (resumable:
+    finished chips are kept in OUTPUT/eval/drift.jsonl). With --sensitivity, every analog
+    layer alone, ranked (OUT/eval/sensitivity.json)."""
     with _user_errors():
         from afmc.eval.drift import eval_noise, parse_times
         from afmc.eval.json_out import check_json_path, write_json
 
+        modes = [flag for flag, given in (("--task", task is not None), ("--drift", bool(drift)),
+                                          ("--sensitivity", sensitivity)) if given]
+        if len(modes) > 1:
+            raise ValueError(f"{' and '.join(modes)} are separate evaluations: give one")
+        if task is not None:
+            from afmc.eval.test_time_compute import accuracy_table, eval_task
+
+            if text is not None or inputs is not None:
+                raise ValueError("give either --task or --text/--inputs, not both")
+            _check_options(seeds=seeds, read_noise=read_noise)
+            with _bar_from_first_report("problems") as progress:
+                result = eval_task(_open_compiled(compiled), task, samples=samples, vote=vote,
+                                   seeds=seeds, temperature=temperature,
+                                   read_noise=read_noise, progress=progress)
+            out.print(accuracy_table(result))
+            return
         _check_options(seeds=seeds, max_tokens=max_tokens, seq_len=seq_len,
                        read_noise=read_noise, jobs=jobs)
+        jobs = _within_cores(jobs)
         times = parse_times(drift) if drift is not None else None
         if json_out is not None:
             check_json_path(json_out)
+        fraction = _sensitivity_options(sensitivity, seed, budget, rules)
         model = _open_compiled(compiled)
         noise_config = eval_noise(model, _noise_model(noise), gdc, times is not None)
+        if sensitivity:
+            _eval_sensitivity(model, text, inputs, seed, fraction, rules, noise_config,
+                              read_noise, max_tokens, seq_len, json_out)
+            return
         if times is not None:
             _eval_drift(model, text, inputs, seeds, times, noise_config, read_noise, jobs,
                         max_tokens, seq_len, json_out)
@@ -381,13 +422,13 @@ def eval_(
                           noise_config)
             return
         with _progress() as bar:
-            task = bar.add_task("fp", total=None)
+            bar_task = bar.add_task("fp", total=None)
 
             def on_result(name: str, value: float) -> None:
                 out.print(f"{name:>30}: perplexity {value:.4f}")
 
             def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
+                bar.update(bar_task, completed=done, total=total)
 
             report = evaluate(model, ids, list(range(seeds)), seq_len=seq_len,
                               max_tokens=max_tokens, read_noise=read_noise, noise=noise_config,
@@ -575,6 +616,16 @@ def _eval_tensors(model: CompiledModel, inputs: Path, labels: Path | None, seeds
         write_json(json_out, report.to_json())
 
 
+def _within_cores(jobs: int) -> int:
+    """--jobs, or the machine's core count when it has fewer, with a note: more processes
+    than cores only share them."""
+    cores = os.cpu_count() or 1
+    if jobs <= cores:
+        return jobs
+    out.print(f"note: --jobs {jobs} cut to {cores}, the cores of this machine")
+    return cores
+
+
 def _noise_model(name: str | None) -> NoiseModel | None:
     """--noise as a NoiseModel name (None: not given); ValueError for an unknown one."""
     from typing import get_args
@@ -642,6 +693,72 @@ def _eval_drift(model: CompiledModel, text: str | None, inputs: Path | None, see
     if json_out:
         write_json(json_out, report.to_json())
     out.print(f"-> {results / DRIFT_FILE}")
+
+
+def _sensitivity_options(sensitivity: bool, seed: int, budget: str | None,
+                         rules: Path | None) -> float | None:
+    """--budget as a fraction (None: not given); ValueError for a bad --seed or --budget,
+    or for --budget/--rules without --sensitivity (--rules without --budget)."""
+    from afmc.eval.sensitivity import parse_budget
+
+    if not sensitivity:
+        if budget is not None or rules is not None:
+            raise ValueError("--budget and --rules go with --sensitivity")
+        return None
+    if seed < 0:
+        raise ValueError(f"--seed must be at least 0, got {seed}")
+    if rules is not None and budget is None:
+        raise ValueError("--rules needs --budget (the keep-digital suggestion)")
+    if rules is not None and not rules.parent.is_dir():
+        raise ValueError(f"--rules {rules}: directory does not exist")
+    return None if budget is None else parse_budget(budget)
+
+
+def _eval_sensitivity(model: CompiledModel, text: str | None, inputs: Path | None, seed: int,
+                      budget: float | None, rules: Path | None, noise: NoiseConfig,
+                      read_noise: float, max_tokens: int, seq_len: int,
+                      json_out: Path | None) -> None:
+    """afmc eval --sensitivity: the ranking table, the cumulative curve, OUTPUT/eval/
+    sensitivity.json and, with --budget, the keep-digital configuration."""
+    from afmc.data.model_inputs import load_inputs
+    from afmc.data.tokenizer import token_windows
+    from afmc.eval import sensitivity as sens
+    from afmc.eval.json_out import write_json
+    from afmc.layout import EVAL_DIR
+
+    sens.check_sensitivity(model)
+    if _tensor_source(model, text, inputs) is not None:
+        scorer: sens.Scorer = sens.OutputsScorer(model, load_inputs(inputs, model.signature()))
+    else:
+        if _is_encoder(model):
+            raise ValueError("--sensitivity on an encoder: give --inputs FILE (the error of "
+                             "its outputs against the FP view is the metric)")
+        ids = model.tokenizer().encode(read_text(text))
+        windows = token_windows(ids, min(_within_context(model, seq_len, "--seq-len"),
+                                         len(ids)), max_tokens)
+        scorer = sens.LogitsScorer(model.fp_view(), windows)
+        out.print(f"FP perplexity {scorer.fp:.4f} ({windows.size} tokens)")
+    with _bar_from_first_report("layer chips") as progress:
+        report = sens.measure_sensitivity(model, scorer, seed, noise=noise,
+                                          read_noise=read_noise, progress=progress)
+    if budget is not None:
+        sens.suggest(report, budget)
+    out.print(sens.ranking_table(report))
+    lm = report.fp is not None
+    out.print(f"all analog: {report.metric.replace('_', ' ')} {report.all_analog:.4f}"
+              + (f" (FP {report.fp:.4f}, {report.all_analog / report.fp - 1:+.2%})" if lm
+                 else ""))
+    results = model.out_dir / EVAL_DIR
+    results.mkdir(exist_ok=True)
+    if budget is not None:
+        path = rules or results / sens.RULES_FILE
+        sens.write_rules(path, model.record, report.keep_digital)
+        out.print(f"budget {budget:.2%}: {len(report.layers) - len(report.keep_digital)} "
+                  f"layer(s) analog, {len(report.keep_digital)} kept digital -> {path}")
+    write_json(results / sens.SENSITIVITY_FILE, report.to_json())
+    if json_out:
+        write_json(json_out, report.to_json())
+    out.print(f"-> {results / sens.SENSITIVITY_FILE}")
 
 
 def _within_context(model: CompiledModel, length: int, option: str) -> int:
@@ -737,8 +854,11 @@ def report(
     strategy: Annotated[str | None, typer.Option(
         help="Tile strategy to show: one-per-tile, packed or diagonal "
              "(default: the compiled one)")] = None,
+    html: Annotated[Path | None, typer.Option(
+        help="Write the report page here (default OUTPUT/report.html)")] = None,
 ) -> None:
-    """Layers, tiles and utilization of a compiled model; draws its tile map as SVG."""
+    """Layers, tiles and utilization of a compiled model; draws its tile map as SVG and
+    writes one self-contained HTML page with the evaluation results of OUTPUT/eval."""
     with _user_errors():
         from afmc.mapping import STRATEGIES
         from afmc.report import report as print_report
@@ -746,11 +866,15 @@ def report(
         if strategy is not None and strategy not in STRATEGIES:
             raise ValueError(f"--strategy {strategy!r}: unknown tile strategy (known: "
                              f"{', '.join(STRATEGIES)})")
-        if svg is not None:
-            existing = next(parent for parent in svg.absolute().parents if parent.exists())
+        for option, path in (("--svg", svg), ("--html", html)):
+            if path is None:
+                continue
+            if path.is_dir():
+                raise IsADirectoryError(f"{option} {path}: is a directory")
+            existing = next(parent for parent in path.absolute().parents if parent.exists())
             if not existing.is_dir():
-                raise NotADirectoryError(f"--svg {svg}: {existing} is not a directory")
-        print_report(compiled, svg=svg, strategy=strategy, console=out)
+                raise NotADirectoryError(f"{option} {path}: {existing} is not a directory")
+        print_report(compiled, svg=svg, strategy=strategy, console=out, html=html)
 
 
 @passes_app.command("list")

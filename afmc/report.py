@@ -6,11 +6,15 @@ tile_cols, and tile_strategy when the configuration has it) and, when present,
 The map shown is the requested strategy's, else the stored map's, else the
 configured strategy's, else one-per-tile; a stored map is used as stored, every
 other map is computed from the layers and the configuration. Prints a table of
-the layers and one of the tile totals of every strategy, and draws the map as
-SVG (default OUT/tile_map.svg).
+the layers and one of the tile totals of every strategy, draws the map as SVG
+(default OUT/tile_map.svg) and writes the report page (afmc.report_html; default
+OUT/report.html) with the evaluation results of OUT/eval.
 
 An afmc.json that is not JSON, lacks "config" or "layers", or whose entries lack
-a field the tables need is an error naming the file and the field.
+a field the tables need is an error naming the file and the field; so is a
+broken result file in OUT/eval. Everything is read and the page built before
+anything is printed or written, so an error leaves no new file; the page is
+written to a temporary file and moved into place (never half a page).
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from afmc.eval.json_out import write_text_atomic
 from afmc.input_files import read_json_object
 from afmc.layout import RECORD_FILE
 from afmc.mapping import STRATEGIES, TileMap, map_tiles, write_tile_map_svg
+from afmc.report_html import HTML_FILE, build_page
 
 DEFAULT_STRATEGY = "one-per-tile"
 SVG_FILE = "tile_map.svg"
@@ -33,11 +39,12 @@ SVG_FILE = "tile_map.svg"
 
 @dataclass
 class MappingReport:
-    """What report() found: the map it drew, the map of every strategy, the SVG written."""
+    """What report() found: the map it drew, the map of every strategy, the files written."""
 
     tile_map: TileMap
     strategies: dict[str, TileMap]
     svg: Path
+    html: Path
 
 
 def tile_maps(
@@ -80,13 +87,12 @@ def layer_table(layers: list[dict[str, Any]], tile_map: TileMap) -> Table:
         "placement",
     ):
         table.add_column(column, justify="left" if column in ("layer", "placement") else "right")
-    tiles, cells = tile_map.layer_tiles(), tile_map.layer_cells()
+    tiles, share = tile_map.layer_tiles(), tile_map.layer_utilization()
     for layer in layers:
         name, shape = layer["name"], f"{layer['out_features']} x {layer['in_features']}"
         mapped = ("-", "-", "-")
         if name in tiles:
-            share = cells[name] / (tiles[name] * tile_map.tile_cells)
-            mapped = (str(len(layer["slice_sizes"])), str(tiles[name]), f"{share:.1%}")
+            mapped = (str(len(layer["slice_sizes"])), str(tiles[name]), f"{share[name]:.1%}")
         table.add_row(escape(name), shape, *mapped, layer["placement"])
     table.add_section()
     table.add_row(
@@ -119,8 +125,10 @@ def report(
     svg: Path | None = None,
     strategy: str | None = None,
     console: Console | None = None,
+    html: Path | None = None,
 ) -> MappingReport:
-    """Print the layer and strategy tables of OUT/afmc.json and draw its tile map as SVG."""
+    """Print the layer and strategy tables of OUT/afmc.json, draw its tile map as SVG and
+    write the report page (module rules)."""
     path = Path(out_dir) / RECORD_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{out_dir}: no {RECORD_FILE} (run 'afmc compile' first)")
@@ -128,6 +136,7 @@ def report(
     try:
         chosen, maps = tile_maps(record, strategy)
         tables = layer_table(record["layers"], maps[chosen]), strategy_table(maps, chosen)
+        page = build_page(Path(out_dir), record, path, chosen, maps)
     except KeyError as error:
         raise ValueError(f"{path}: not a valid afmc record (no {error.args[0]!r} field)"
                          ) from None
@@ -138,4 +147,8 @@ def report(
     console.print(tables[1])
     written = write_tile_map_svg(maps[chosen], svg or Path(out_dir) / SVG_FILE)
     console.print(f"tile map ({chosen}) -> {written}")
-    return MappingReport(maps[chosen], maps, written)
+    page_path = Path(html or Path(out_dir) / HTML_FILE)
+    page_path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(page_path, page)
+    console.print(f"report page -> {page_path}")
+    return MappingReport(maps[chosen], maps, written, page_path)

@@ -28,7 +28,8 @@ ENTRY_MODULES = ["afmc.api", "afmc.cli", "afmc.runtime.chip", "afmc.record", "af
                  "afmc.frontends", "afmc.data.calibration", "afmc.mapping", "afmc.passes",
                  "afmc.targets.digital", "afmc.runtime.generation",
                  "afmc.eval.evaluate", "afmc.eval.fidelity", "afmc.eval.embedding",
-                 "afmc.passes.range_search", "afmc.eval.lm_eval_model"]
+                 "afmc.passes.range_search", "afmc.eval.lm_eval_model",
+                 "afmc.eval.test_time_compute"]
 
 
 def test_entry_modules_import_first():

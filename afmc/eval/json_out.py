@@ -3,6 +3,7 @@
 The directory of the file must exist (checked first, so a long evaluation does
 not end in an error); the file is written to a temporary file in that directory
 and moved over the target with os.replace, so a reader never sees half a file.
+write_text_atomic does the same for any text (the report page).
 """
 
 from __future__ import annotations
@@ -25,10 +26,16 @@ def check_json_path(path: Path) -> None:
 def write_json(path: Path, data: Any) -> None:
     """Write `data` to `path` as indented JSON, atomically (rules in the module docstring)."""
     check_json_path(path)
+    write_text_atomic(path, json.dumps(data, indent=2))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` through a temporary file beside it and os.replace."""
+    path = Path(path)
     handle, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(data, file, indent=2)
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(staged, 0o666 & ~mask)  # mkstemp makes it private; as a plain write would

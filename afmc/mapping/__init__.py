@@ -8,7 +8,7 @@ layer/tile graph (graph.py) and its picture (svg.py).
 from afmc.mapping.blocks import Block, LayerShape, TileMappingError, analog_layers, layer_blocks
 from afmc.mapping.graph import analog_dependencies, layer_graph
 from afmc.mapping.strategies import STRATEGIES, map_all_strategies, map_tiles
-from afmc.mapping.svg import write_tile_map_svg
+from afmc.mapping.svg import tile_map_svg, write_tile_map_svg
 from afmc.mapping.tile_map import Placement, TileMap
 
 __all__ = [
@@ -24,5 +24,6 @@ __all__ = [
     "layer_graph",
     "map_all_strategies",
     "map_tiles",
+    "tile_map_svg",
     "write_tile_map_svg",
 ]

@@ -35,8 +35,9 @@ def _text(x: float, y: float, content: str, size: int = 12, **attributes: str) -
     return f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}"{extra}>{escape(content)}</text>'
 
 
-def write_tile_map_svg(tile_map: TileMap, path: Path) -> Path:
-    """Draw `tile_map` into the SVG file `path` (parents created); returns `path`."""
+def tile_map_svg(tile_map: TileMap, namespace: bool = True) -> str:
+    """The SVG document of `tile_map`; without `namespace`, the root has no xmlns (an
+    element to put inline in an HTML page, where the parser supplies it)."""
     per_row = max(1, min(20, math.ceil(math.sqrt(tile_map.tiles))))
     side = max(48, min(200, 800 // per_row))
     scale = side / max(tile_map.rows, tile_map.cols)
@@ -106,11 +107,17 @@ def write_tile_map_svg(tile_map: TileMap, path: Path) -> Path:
         )
     width = max(MARGIN * 2 + per_row * (tile_w + GAP), 640)
     height = legend_top + len(layers) * LINE + MARGIN
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+    xmlns = ' xmlns="http://www.w3.org/2000/svg"' if namespace else ""
+    return (
+        f'<svg{xmlns} width="{width:.0f}" height="{height:.0f}" '
         f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="sans-serif" '
         f'style="background:#ffffff">\n' + "\n".join(body) + "\n</svg>\n"
     )
+
+
+def write_tile_map_svg(tile_map: TileMap, path: Path) -> Path:
+    """Draw `tile_map` into the SVG file `path` (parents created); returns `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tile_map_svg(tile_map))
     return path

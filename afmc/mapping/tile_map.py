@@ -146,6 +146,14 @@ class TileMap:
             cells[placement.block.layer] += placement.block.cells
         return dict(cells)
 
+    def layer_utilization(self) -> dict[str, float]:
+        """Each layer's cells / cells of the tiles holding it."""
+        tiles = self.layer_tiles()
+        return {
+            layer: cells / (tiles[layer] * self.tile_cells)
+            for layer, cells in self.layer_cells().items()
+        }
+
     def to_json(self) -> dict[str, Any]:
         """The JSON form (docs/tile-mapping.md); derived keys are recomputed by from_json."""
         return {

@@ -13,6 +13,13 @@ _HERE = Path(__file__).resolve().parent
 
 BUILTIN_MODELS: dict[str, Path] = {
     "afmc-tiny": _HERE / "afmc-tiny",
+    "afmc-adder": _HERE / "afmc-adder",
+}
+
+# a built-in model's default calibration text (afmc compile without --calib)
+BUILTIN_CALIBRATION: dict[str, str] = {
+    "afmc-tiny": "stdlib:calibration",
+    "afmc-adder": str(_HERE / "afmc-adder" / "calibration.txt"),
 }
 
 

@@ -35,13 +35,18 @@ stored weights (runtime.noise), and the file is never rewritten:
 
 The FP view is the same graph with every analog node computed in floating point
 (views.fp_reference) on the stored weights; read noise is views.with_read_noise.
+A chip of some analog layers only (`analog_layers`, by layer name; per-layer
+sensitivity, eval.sensitivity) is the FP view but for those layers: only they are
+programmed, each from the stream it has in the full chip (its index among all
+analog layers), so a layer's programmed weights do not depend on the subset, and
+read noise applies to them alone.
 """
 
 from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -89,17 +94,34 @@ class AnalogRuntime:
         self.plan = preparation(graph)
 
     def chip(self, seed: int | None, *, read_noise: float = 0.0,
-             noise: NoiseConfig | None = None, threads: int | None = None) -> Chip:
+             noise: NoiseConfig | None = None, threads: int | None = None,
+             analog_layers: Collection[str] | None = None) -> Chip:
         """Chip `seed` (None: the stored weights, no programming noise), with `noise`
         replacing the record's programming-noise model and `read_noise` drawn fresh on
-        every inference."""
+        every inference; with `analog_layers` (layer names), only those layers are
+        analog and the others computed in floating point (module docstring)."""
         noise = noise or self.noise
-        graph = with_read_noise(self.graph, read_noise) if read_noise > 0 else self.graph
+        graph = self.graph
+        kept = None if analog_layers is None else self.analog_weights(analog_layers)
+        if kept is not None:
+            graph = fp_reference(graph, kept)
+        graph = with_read_noise(graph, read_noise) if read_noise > 0 else graph
         seed = None if noise.model == "none" else seed
         kernels = fused_kernels.enabled()
-        graph, values = prepared_graph(graph, self._layers(seed, noise, prepare=True),
-                                       fused=kernels)
+        graph, values = prepared_graph(graph, self._layers(seed, noise, prepare=True,
+                                                           analog=kept), fused=kernels)
         return self._session(graph, values, threads, seed, kernels=kernels)
+
+    def analog_weights(self, names: Collection[str]) -> set[str]:
+        """The weight initializers of the analog layers `names`; a ValueError naming the
+        first name that is not an analog layer of this output."""
+        weights = {layer["name"]: layer["onnx_weight"] for layer in self.analog}
+        for name in names:
+            if name not in weights:
+                raise ValueError(f"{name!r} is not an analog layer of {self.out_dir} "
+                                 f"({len(weights)} analog layers, e.g. "
+                                 f"{next(iter(weights), 'none')!r})")
+        return {weights[name] for name in names}
 
     def fp_view(self, threads: int | None = None) -> Chip:
         """The floating-point model the analog one was compiled from, on the stored weights
@@ -112,17 +134,20 @@ class AnalogRuntime:
         """(initializer name, programmed weights) of every analog layer of chip `seed`."""
         return self._layers(seed, noise, prepare=False)
 
-    def _layers(self, seed: int | None, noise: NoiseConfig, *, prepare: bool
-                ) -> Iterator[tuple[str, np.ndarray | Prepared]]:
+    def _layers(self, seed: int | None, noise: NoiseConfig, *, prepare: bool,
+                analog: set[str] | None = None) -> Iterator[tuple[str, np.ndarray | Prepared]]:
         """(initializer name, weights) of every analog layer in layer order: programmed
         for chip `seed` (None: as stored) and, with `prepare`, already in their prepared
-        form where the graph takes it (preparation). Layers run on all cores (numpy
+        form where the graph takes it (preparation); with `analog` (initializer names),
+        the layers not in it are given as stored. Layers run on all cores (numpy
         releases the GIL), a few ahead of the consumer; each draws from its own stream,
         so the result does not depend on the order the threads run in."""
 
         def program(index: int) -> tuple[str, np.ndarray | Prepared]:
             layer = self.analog[index]
             name, weight = self._stored(layer)
+            if analog is not None and name not in analog:
+                return name, weight
             if seed is not None:
                 weight = program_weights(weight, layer["slice_sizes"], noise,
                                          layer_rng(seed, index))

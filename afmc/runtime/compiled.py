@@ -15,7 +15,7 @@ give different chips.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -43,7 +43,8 @@ class Runtime(Protocol):
                  graph: onnx.ModelProto) -> None: ...
 
     def chip(self, seed: int | None, *, read_noise: float = 0.0,
-             noise: NoiseConfig | None = None, threads: int | None = None) -> Chip: ...
+             noise: NoiseConfig | None = None, threads: int | None = None,
+             analog_layers: Collection[str] | None = None) -> Chip: ...
 
     def fp_view(self, threads: int | None = None) -> Chip: ...
 
@@ -101,12 +102,16 @@ class CompiledModel:
         return bool(self.record.get("tokenizer"))
 
     def chip(self, seed: int | None = 0, *, read_noise: float = 0.0,
-             noise: NoiseConfig | None = None, threads: int | None = None) -> Chip:
+             noise: NoiseConfig | None = None, threads: int | None = None,
+             analog_layers: Collection[str] | None = None) -> Chip:
         """Chip `seed`; `noise` replaces the record's programming-noise model and
-        `read_noise` (relative std) adds fresh output noise on every inference."""
+        `read_noise` (relative std) adds fresh output noise on every inference.
+        `analog_layers` (layer names of the record, aimc only): only those layers are
+        analog, the others computed in floating point on the stored weights (None: all)."""
         if read_noise < 0:
             raise ValueError(f"read noise must be >= 0, got {read_noise}")
-        return self.runtime.chip(seed, read_noise=read_noise, noise=noise, threads=threads)
+        return self.runtime.chip(seed, read_noise=read_noise, noise=noise, threads=threads,
+                                 analog_layers=analog_layers)
 
     def fp_view(self, threads: int | None = None) -> Chip:
         """The floating-point model of the same output."""

@@ -1,7 +1,8 @@
 """The runtime of outputs that run as stored: the digital targets (int8, int4) and fp.
 
 Rule: nothing is sampled, so every seed is the same one chip: a session of
-OUT/model.onnx. Read noise is an analog effect and is refused. The FP view is the
+OUT/model.onnx. Read noise and a subset of analog layers are analog notions and
+are refused. The FP view is the
 floating-point lowering the target kept beside the model (the record's
 "digital" section names it, OUT/reference.onnx), or, for the fp target, the model
 itself.
@@ -9,6 +10,7 @@ itself.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +34,15 @@ class StoredRuntime:
         self.reference = out_dir / (reference or MODEL_FILE)
 
     def chip(self, seed: int | None, *, read_noise: float = 0.0,
-             noise: NoiseConfig | None = None, threads: int | None = None) -> Chip:
+             noise: NoiseConfig | None = None, threads: int | None = None,
+             analog_layers: Collection[str] | None = None) -> Chip:
         """The stored model (`seed` and `noise` do not change it)."""
         del noise
-        if read_noise > 0:
-            raise ValueError(f"read noise applies to analog targets; {self.out_dir} is a "
-                             f"{self.record['target']} model")
+        for option, given in (("read noise", read_noise > 0),
+                              ("analog_layers", analog_layers is not None)):
+            if given:
+                raise ValueError(f"{option} applies to analog targets; {self.out_dir} is a "
+                                 f"{self.record['target']} model")
         return self._open(self.out_dir / MODEL_FILE, threads)
 
     def fp_view(self, threads: int | None = None) -> Chip:

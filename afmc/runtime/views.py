@@ -2,13 +2,17 @@
 
 - fp_reference: every afmc analog linear node becomes MatMul(X, Transpose(W)), the
   floating-point model the analog one was compiled from (SliceInput pads X and W
-  alike with zeros, so the product is unchanged).
+  alike with zeros, so the product is unchanged); with `keep`, the nodes whose
+  weight (the initializer behind W, through SliceInput) is named there stay analog,
+  a model in which only those layers are analog.
 - with_read_noise: every AnalogLinear becomes NoisyAnalogLinear with the given
   out_noise (a fresh draw on each run); out_noise must be > 0, since a noise node
   with a standard deviation of 0 is never emitted.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 import onnx
 from onnx import helper
@@ -17,13 +21,16 @@ from afmc import ops
 from afmc.ops.analog_linear import ANALOG_OP_TYPES, overload_slices, sliced_function
 
 
-def fp_reference(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `model` with every analog linear node computed in floating point."""
+def fp_reference(model: onnx.ModelProto, keep: Collection[str] = ()) -> onnx.ModelProto:
+    """A copy of `model` with every analog linear node computed in floating point, but
+    those whose weight initializer is in `keep`."""
     fp = onnx.ModelProto()
     fp.CopyFrom(model)
+    producers = {output: node for node in fp.graph.node for output in node.output}
     nodes = []
     for node in fp.graph.node:
-        if node.domain == ops.DOMAIN and node.op_type in ANALOG_OP_TYPES:
+        if (node.domain == ops.DOMAIN and node.op_type in ANALOG_OP_TYPES
+                and _weight_of(node, producers) not in keep):
             x, w = node.input[0], node.input[1]
             transposed = f"{node.output[0]}__fp_weight_t"
             nodes.append(helper.make_node("Transpose", [w], [transposed], perm=[1, 0],
@@ -35,6 +42,15 @@ def fp_reference(model: onnx.ModelProto) -> onnx.ModelProto:
     del fp.graph.node[:]
     fp.graph.node.extend(nodes)
     return fp
+
+
+def _weight_of(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> str:
+    """The initializer behind an analog node's W: its input, or afmc.SliceInput's."""
+    producer = producers.get(node.input[1])
+    if producer is not None and producer.domain == ops.DOMAIN and \
+            producer.op_type == "SliceInput":
+        return producer.input[0]
+    return node.input[1]
 
 
 def with_read_noise(model: onnx.ModelProto, out_noise: float) -> onnx.ModelProto:

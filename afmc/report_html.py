@@ -1,0 +1,355 @@
+"""The report page: one self-contained HTML file about a compiled output directory.
+
+Rules:
+- Six sections, in this order and with these ids: "config" (afmc.json: source,
+  target, version, summary, config hardware/calibration/noise), "placement"
+  (layers table with placement and rule, tiles per strategy, the tile map SVG
+  inline), "drift" (eval/drift.json), "sensitivity" (eval/sensitivity.json),
+  "test-time-compute" (eval/test_time_compute.json) and "passes" (afmc.json
+  "passes").
+- Self-contained: figures are PNG data URIs (afmc.report_plots), the tile map
+  is inline SVG, the style sheet is inline; no scripts, no external file,
+  font or link (the only links are to the page's own sections).
+- A section whose file is absent says "Not evaluated yet", names the file and
+  gives the command that makes it (with --text for a model with a tokenizer,
+  --inputs otherwise). A result file that is present but broken is an error
+  (afmc.report_results) and no page is built.
+- Every string taken from a file is escaped (html.escape).
+- Numbers: metric values, std and deltas with 4 decimals, SQNR with 1 (dB),
+  seconds with 3, accuracy with 3, shares and utilization as percent with 1.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+from collections.abc import Iterable, Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from afmc import report_plots
+from afmc.layout import EVAL_DIR
+from afmc.mapping import TileMap, tile_map_svg
+from afmc.report_results import (
+    DRIFT_FILE,
+    SENSITIVITY_FILE,
+    TEST_TIME_COMPUTE_FILE,
+    DriftResult,
+    EvalResults,
+    PassTime,
+    RecordFacts,
+    SensitivityResult,
+    TtcResult,
+    read_eval_results,
+    validated,
+)
+
+HTML_FILE = "report.html"
+SECTIONS = {
+    "config": "Model and hardware configuration",
+    "placement": "Placement and tile map",
+    "drift": "Accuracy against drift time",
+    "sensitivity": "Per-layer sensitivity",
+    "test-time-compute": "Test-time compute",
+    "passes": "Compile log",
+}
+NOT_RECORDED = "not recorded"
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1100px; padding: 1em 2em;
+       color: #222; line-height: 1.4; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
+h3 { font-size: 1.05em; margin: 1.2em 0 0.4em; }
+nav a { margin-right: 1em; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+th, td { padding: 0.2em 0.7em; border-bottom: 1px solid #e4e4e4; text-align: left;
+         vertical-align: top; }
+th { background: #f3f3f3; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.total td { font-weight: bold; border-top: 2px solid #bbb; }
+.grid { display: flex; flex-wrap: wrap; gap: 0 2em; }
+img, svg { max-width: 100%; height: auto; display: block; margin: 0.5em 0; }
+.absent { background: #fff6dd; border-left: 4px solid #e0b000; padding: 0.5em 1em; }
+pre { background: #f3f3f3; padding: 0.5em 1em; overflow-x: auto; }
+code { font-size: 0.95em; }
+.muted { color: #666; }
+"""
+
+
+def value_text(value: Any) -> str:
+    """A configuration value as text: numbers in %g form, lists and objects as JSON."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def seconds_text(seconds: float) -> str:
+    """Whole seconds as an integer (2592000), others in %g form."""
+    return f"{seconds:.0f}" if float(seconds).is_integer() else f"{seconds:g}"
+
+
+def table(
+    headers: Sequence[str] | None,
+    rows: Iterable[Sequence[Any]],
+    numeric: Iterable[int] = (),
+    total: Sequence[Any] | None = None,
+) -> str:
+    """An HTML table of escaped cells (no header row for `headers` None); columns in
+    `numeric` are right-aligned; a `total` row is set apart."""
+    right = set(numeric)
+
+    def cells(values: Sequence[Any], tag: str) -> str:
+        return "".join(
+            f'<{tag} class="num">{escape(str(v))}</{tag}>' if i in right
+            else f"<{tag}>{escape(str(v))}</{tag}>"
+            for i, v in enumerate(values)
+        )
+
+    body = "".join(f"<tr>{cells(row, 'td')}</tr>" for row in rows)
+    if total is not None:
+        body += f'<tr class="total">{cells(total, "td")}</tr>'
+    head = "" if headers is None else f"<thead><tr>{cells(headers, 'th')}</tr></thead>"
+    return f"<table>{head}<tbody>{body}</tbody></table>"
+
+
+def image(png: bytes, alt: str) -> str:
+    """`png` as an <img> with a base64 data URI."""
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
+
+
+def absent(path: Path, command: str) -> str:
+    """The note for a result file not made yet, with the command that makes it."""
+    return (
+        f'<div class="absent"><p>Not evaluated yet: <code>{escape(str(path))}</code> is '
+        f"absent. Make it with:</p><pre>{escape(command)}</pre></div>"
+    )
+
+
+def config_section(facts: RecordFacts) -> str:
+    """Source, target, version and summary of the compile, and its configuration."""
+    model = [
+        ("source model", facts.source),
+        ("target", facts.target),
+        ("runtime", facts.runtime),
+        ("calibration data", facts.calibration),
+        ("tokenizer", facts.tokenizer),
+        ("afmc version", facts.afmc_version),
+    ]
+    parts = [table(None, [(key, NOT_RECORDED if v is None else v) for key, v in model])]
+    if facts.summary is not None:
+        summary = []
+        for key, value in facts.summary.items():
+            if key == "tile_utilization" and isinstance(value, (int, float)):
+                text = f"{value:.1%}"
+            elif isinstance(value, dict):
+                text = ", ".join(f"{name} {value_text(v)}" for name, v in value.items())
+            else:
+                text = value_text(value)
+            summary.append((key.replace("_", " "), text))
+        parts.append("<h3>Summary</h3>" + table(None, summary))
+    grid = []
+    for name in ("hardware", "calibration", "noise"):
+        section = facts.config.get(name)
+        body = (f'<p class="muted">{NOT_RECORDED}</p>' if section is None else
+                table(("field", "value"), [(k, value_text(v)) for k, v in section.items()]))
+        grid.append(f"<div><h3>config {name}</h3>{body}</div>")
+    parts.append(f'<div class="grid">{"".join(grid)}</div>')
+    return "".join(parts)
+
+
+def placement_section(layers: list[dict[str, Any]], chosen: str,
+                      maps: dict[str, TileMap]) -> str:
+    """The layers with their placement and rule, tiles per strategy, the map inline."""
+    tile_map = maps[chosen]
+    tiles, share = tile_map.layer_tiles(), tile_map.layer_utilization()
+    analog = sum(layer["placement"] == "analog" for layer in layers)
+    rows = []
+    for index, layer in enumerate(layers):
+        name = layer["name"]
+        sqnr = layer.get("sqnr_db")
+        rows.append((
+            index, name, f"{layer['out_features']} x {layer['in_features']}",
+            layer["placement"], layer["rule"],
+            len(layer["slice_sizes"]) if name in tiles else "-",
+            tiles.get(name, "-"),
+            f"{share[name]:.1%}" if name in share else "-",
+            "-" if sqnr is None else f"{sqnr:.1f}",
+        ))
+    layer_table = table(
+        ("#", "layer", "shape [out x in]", "placement", "rule (why)", "slices", "tiles",
+         "utilization", "SQNR dB"),
+        rows, numeric=(0, 5, 6, 7, 8),
+        total=("", f"{analog} analog, {len(layers) - analog} digital", "", "", "", "",
+               tile_map.tiles, f"{tile_map.utilization:.1%}", ""),
+    )
+    strategies = table(
+        ("strategy", "tiles", "utilization"),
+        [(f"{name} (shown)" if name == chosen else name, m.tiles, f"{m.utilization:.1%}")
+         for name, m in maps.items()],
+        numeric=(1, 2),
+    )
+    return (
+        f"<p>{len(layers)} static-weight layers on tiles of {tile_map.rows} x "
+        f"{tile_map.cols} cells. Utilization: the layer's cells / cells of the tiles "
+        f"holding it. SQNR: the calibration search's worst slice.</p>"
+        f"<h3>Layers</h3>{layer_table}"
+        f"<h3>Tiles per strategy</h3>{strategies}"
+        f"<h3>Tile map ({escape(chosen)})</h3>"
+        f'<p class="muted">Hover over a block for its layer, slice and position.</p>'
+        f"{tile_map_svg(tile_map, namespace=False)}"
+    )
+
+
+def _fp_text(fp: float | None) -> str:
+    return "the reference of the error" if fp is None else f"{fp:.4f}"
+
+
+def _vs_fp(value: float, fp: float | None, metric: str) -> str:
+    return "-" if fp is None or metric != "perplexity" or fp == 0 else f"{value / fp - 1:+.2%}"
+
+
+def drift_section(drift: DriftResult) -> str:
+    """The drift figure and the mean +- std over chips at every time."""
+    noise = ", ".join(f"{key} {value_text(value)}" for key, value in drift.noise.items())
+    fp = _fp_text(drift.fp)
+    rows = [
+        (report_plots.time_label(p.time_s), seconds_text(p.time_s), f"{p.mean:.4f}", f"{p.std:.4f}",
+         p.chips, _vs_fp(p.mean, drift.fp, drift.metric))
+        for p in drift.summary
+    ]
+    return (
+        f"<p>Metric: {escape(report_plots.METRIC_LABEL[drift.metric])}; FP view: {fp}; "
+        f"read noise {drift.read_noise:g}.</p>"
+        + (f'<p class="muted">Noise: {escape(noise)}</p>' if noise else "")
+        + image(report_plots.drift_figure(drift), "metric against drift time")
+        + table(("time", "seconds", "mean", "std", "chips", "mean vs FP"), rows,
+                numeric=(1, 2, 3, 4, 5))
+    )
+
+
+def sensitivity_section(result: SensitivityResult) -> str:
+    """The ranking, the cumulative curve and the keep-digital suggestion."""
+    keep = set(result.keep_digital)
+    after = {point.added: point.value for point in result.cumulative}
+    rows = [
+        (rank, layer.name, "inf" if layer.sqnr_db is None else f"{layer.sqnr_db:.1f}",
+         f"{layer.relative_error:.4f}",
+         f"{layer.value:.4f}", f"{layer.delta:+.4f}",
+         f"{after[layer.name]:.4f}" if layer.name in after else "-",
+         "digital" if layer.name in keep else "analog")
+        for rank, layer in enumerate(result.layers, start=1)
+    ]
+    fp = _fp_text(result.fp)
+    if result.budget is None:
+        suggestion = ("<p><strong>No budget was given, so there is no keep-digital "
+                      "suggestion (afmc eval --sensitivity --budget X%).</strong></p>")
+    else:
+        allowed = report_plots.budget_line(result)
+        bound = "" if allowed is None else f" (metric at most {allowed:.4f})"
+        analog = len(result.layers) - len(result.keep_digital)
+        names = ", ".join(result.keep_digital) or "none"
+        suggestion = (f"<p><strong>Budget {result.budget:.2%}{bound}: {analog} layer(s) "
+                      f"analog, {len(result.keep_digital)} kept digital.</strong></p>"
+                      f'<p class="muted">Kept digital: <code>{escape(names)}</code></p>')
+    return (
+        f"<p>Metric: {escape(report_plots.METRIC_LABEL[result.metric])}, chip seed "
+        f"{result.seed}; FP view: {fp}; all layers analog {result.all_analog:.4f}.</p>"
+        + suggestion
+        + image(report_plots.sensitivity_bars(result), "delta per layer")
+        + image(report_plots.sensitivity_curve(result), "cumulative curve")
+        + table(("rank", "layer", "SQNR dB", "relative error", "value", "delta",
+                 "cumulative value", "suggestion"), rows, numeric=(0, 2, 3, 4, 5, 6))
+    )
+
+
+def ttc_section(result: TtcResult) -> str:
+    """Accuracy against samples per problem for every curve."""
+    rows = [
+        (curve.label, "-" if curve.seed is None else curve.seed,
+         *(f"{accuracy:.3f}" for accuracy in curve.accuracy))
+        for curve in result.curves
+    ]
+    headers = ("curve", "seed", *(f"n = {n}" for n in result.samples))
+    return (
+        f"<p>Task {escape(result.task)}: {result.problems} problems, {escape(result.vote)} "
+        f"vote over n samples at temperature {result.temperature:g}.</p>"
+        + image(report_plots.ttc_figure(result), "accuracy against samples")
+        + table(headers, rows, numeric=range(1, len(headers)))
+    )
+
+
+def passes_section(passes: list[PassTime]) -> str:
+    """The time of every compile pass as a table and a bar chart."""
+    total = sum(step.seconds for step in passes)
+    rows = [
+        (step.name, f"{step.seconds:.3f}", f"{step.seconds / total:.1%}" if total else "-",
+         "-" if step.modified is None else ("yes" if step.modified else "no"))
+        for step in passes
+    ]
+    return (
+        table(("pass", "seconds", "share", "modified the graph"), rows, numeric=(1, 2),
+              total=("total", f"{total:.3f}", "100.0%" if total else "-", ""))
+        + image(report_plots.passes_figure(passes), "seconds per pass")
+    )
+
+
+def commands(out_dir: Path, text_model: bool) -> dict[str, str]:
+    """The command that makes each result file of `out_dir`."""
+    out, data = shlex.quote(str(out_dir)), "--text FILE" if text_model else "--inputs FILE"
+    return {
+        "drift": f"afmc eval {out} {data} --drift 0,3600,86400 --seeds 5",
+        "sensitivity": f"afmc eval {out} --sensitivity {data} --budget 1%",
+        "test-time-compute": f"afmc eval {out} --task FILE --samples 8 --vote majority",
+    }
+
+
+def section_bodies(out_dir: Path, record: dict[str, Any], facts: RecordFacts,
+                   results: EvalResults, chosen: str, maps: dict[str, TileMap]) -> dict[str, str]:
+    """The body of every section, by id."""
+    folder = Path(out_dir) / EVAL_DIR
+    make = commands(out_dir, facts.tokenizer is not None)
+    return {
+        "config": config_section(facts),
+        "placement": placement_section(record["layers"], chosen, maps),
+        "drift": absent(folder / DRIFT_FILE, make["drift"]) if results.drift is None
+        else drift_section(results.drift),
+        "sensitivity": absent(folder / SENSITIVITY_FILE, make["sensitivity"])
+        if results.sensitivity is None else sensitivity_section(results.sensitivity),
+        "test-time-compute": absent(folder / TEST_TIME_COMPUTE_FILE, make["test-time-compute"])
+        if results.test_time_compute is None else ttc_section(results.test_time_compute),
+        "passes": '<p class="absent">This afmc.json has no compile log ("passes"); '
+        "compile again to record one.</p>" if facts.passes is None
+        else passes_section(facts.passes),
+    }
+
+
+def build_page(out_dir: Path, record: dict[str, Any], record_path: Path, chosen: str,
+               maps: dict[str, TileMap]) -> str:
+    """The page of `out_dir` (module rules); `record` was read from `record_path`, `maps`
+    holds every strategy's tile map and `chosen` names the one drawn."""
+    facts = validated(record_path, record, RecordFacts, "afmc record")
+    bodies = section_bodies(out_dir, record, facts, read_eval_results(out_dir), chosen, maps)
+    title = f"afmc report: {facts.source or out_dir}"
+    nav = "".join(f'<a href="#{key}">{escape(name)}</a>' for key, name in SECTIONS.items())
+    sections = "".join(
+        f'<section id="{key}"><h2>{number}. {escape(SECTIONS[key])}</h2>{bodies[key]}</section>'
+        for number, key in enumerate(SECTIONS, start=1)
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>{escape(title)}</h1>"
+        f'<p class="muted">Output directory <code>{escape(str(out_dir))}</code>, target '
+        f"{escape(facts.target or NOT_RECORDED)}.</p><nav>{nav}</nav>{sections}"
+        "</body></html>\n"
+    )
