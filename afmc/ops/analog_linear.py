@@ -526,10 +526,15 @@ def fused_function(op_type: str, opset: int, slices: int,
     """
     noisy = op_type == "NoisyAnalogLinear"
     names = [f"_{i}" for i in range(slices)]
-    nodes = _common_constants(noisy) + _input_scale_per_column(slices)
-    for node in nodes:
+    nodes = []
+    for node in _common_constants(noisy) + _input_scale_per_column(slices):
         if node.op_type == "Shape" and list(node.input) == ["W"]:
-            node.input[0] = "X"  # K, the last axis of X as of W
+            # K from the constant w_eff_0 [k, N] (not from X, whose shape onnxruntime
+            # does not know after a kernel's output), so in_scale_cols folds.
+            nodes += [helper.make_node("Shape", ["w_eff_0"], ["k_slice"], start=0, end=1),
+                      helper.make_node("Mul", ["k_slice", "slice_count"], ["k_total"])]
+        else:
+            nodes.append(node)
     if noisy:
         nodes += [
             helper.make_node("Constant", [], ["sqrt_n"], value_float=math.sqrt(slices)),
