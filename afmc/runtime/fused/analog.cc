@@ -20,7 +20,7 @@
 // with -ffp-contract=off: a fused multiply-add would change the last bit of the sum.
 //
 // Read noise: every kernel (one per node) draws a 64-bit seed from std::random_device
-// when it is created and counts its runs; run c, chunk t draws from its own xoshiro256++
+// when it is created and counts its runs; run c, chunk t draws from its own xoshiro128++
 // streams keyed by (seed, c, t), so the noise is fresh per run, independent across
 // chunks, and the same whichever thread runs a chunk. Normals come from Box-Muller on
 // 8 streams at once (polynomial log and sin/cos, relative error below 1e-7), which the
