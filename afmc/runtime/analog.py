@@ -92,6 +92,7 @@ class AnalogRuntime:
         self.noise = NoiseConfig.model_validate(record["config"]["noise"])
         self.initializers = {init.name: init for init in graph.graph.initializer}
         self.plan = preparation(graph)
+        self.kernels = True  # chips use afmc.kernels where they are built (runtime.fused)
 
     def chip(self, seed: int | None, *, read_noise: float = 0.0,
              noise: NoiseConfig | None = None, threads: int | None = None,
@@ -107,10 +108,21 @@ class AnalogRuntime:
             graph = fp_reference(graph, kept)
         graph = with_read_noise(graph, read_noise) if read_noise > 0 else graph
         seed = None if noise.model == "none" else seed
-        kernels = fused_kernels.enabled()
-        graph, values = prepared_graph(graph, self._layers(seed, noise, prepare=True,
+        kernels = self.kernels and fused_kernels.enabled()
+        fused, values = prepared_graph(graph, self._layers(seed, noise, prepare=True,
                                                            analog=kept), fused=kernels)
-        return self._session(graph, values, threads, seed, kernels=kernels)
+        try:
+            return self._session(fused, values, threads, seed, kernels=kernels)
+        except ValueError:
+            if not kernels:
+                raise
+            # onnxruntime refuses the fused bodies in some graphs (seen: every ONNX file
+            # exported by torch.onnx; type inference through the function fails, cause
+            # not found): this output's chips run the stock bodies, the same numbers.
+            self.kernels = False
+        graph, values = prepared_graph(graph, self._layers(seed, noise, prepare=True,
+                                                           analog=kept))
+        return self._session(graph, values, threads, seed)
 
     def analog_weights(self, names: Collection[str]) -> set[str]:
         """The weight initializers of the analog layers `names`; a ValueError naming the
