@@ -275,6 +275,17 @@ def _input_scale_per_column(slices: int) -> list:
     ]
 
 
+def _noise_std_nodes(slices: int) -> list:
+    """noise_std = out_noise * h_out / (out_bound * sqrt(slices)): the read-noise std in
+    ADC levels of a body with `slices` equal slices."""
+    return [
+        helper.make_node("Constant", [], ["sqrt_n"], value_float=math.sqrt(slices)),
+        helper.make_node("Mul", ["out_noise", "h_out"], ["noise_a"]),
+        helper.make_node("Mul", ["out_bound", "sqrt_n"], ["noise_b"]),
+        helper.make_node("Div", ["noise_a", "noise_b"], ["noise_std"]),
+    ]
+
+
 def sliced_function(op_type: str, opset: int, slices: int) -> FunctionProto:
     """The body of AnalogLinear / NoisyAnalogLinear specialised to `slices` equal slices.
 
@@ -287,12 +298,7 @@ def sliced_function(op_type: str, opset: int, slices: int) -> FunctionProto:
     noisy = op_type == "NoisyAnalogLinear"
     nodes = _common_constants(noisy) + _input_scale_per_column(slices)
     if noisy:
-        nodes += [
-            helper.make_node("Constant", [], ["sqrt_n"], value_float=math.sqrt(slices)),
-            helper.make_node("Mul", ["out_noise", "h_out"], ["noise_a"]),
-            helper.make_node("Mul", ["out_bound", "sqrt_n"], ["noise_b"]),
-            helper.make_node("Div", ["noise_a", "noise_b"], ["noise_std"]),
-        ]
+        nodes += _noise_std_nodes(slices)
     nodes += [
         # DAC levels of all slices at once.
         helper.make_node("Mul", ["X", "in_scale_cols"], ["x_scaled"]),
@@ -536,12 +542,7 @@ def fused_function(op_type: str, opset: int, slices: int,
         else:
             nodes.append(node)
     if noisy:
-        nodes += [
-            helper.make_node("Constant", [], ["sqrt_n"], value_float=math.sqrt(slices)),
-            helper.make_node("Mul", ["out_noise", "h_out"], ["noise_a"]),
-            helper.make_node("Mul", ["out_bound", "sqrt_n"], ["noise_b"]),
-            helper.make_node("Div", ["noise_a", "noise_b"], ["noise_std"]),
-        ]
+        nodes += _noise_std_nodes(slices)
     dac_inputs = ["X", "in_scale_cols", "h_in"] + (["pre_scale"] if pre_scaled else [])
     nodes.append(helper.make_node("AnalogDAC", dac_inputs,
                                   [f"q{i}" for i in names], domain=KERNEL_DOMAIN))
