@@ -616,6 +616,20 @@ def _eval_tensors(model: CompiledModel, inputs: Path, labels: Path | None, seeds
         write_json(json_out, report.to_json())
 
 
+def _lm_windows(model: CompiledModel, text: str, seq_len: int, max_tokens: int,
+                option: str) -> np.ndarray:
+    """The token windows of --text for `option` on a language model; a ValueError for an
+    encoder, which `option` scores by its outputs (--inputs)."""
+    from afmc.data.tokenizer import token_windows
+
+    if _is_encoder(model):
+        raise ValueError(f"{option} on an encoder: give --inputs FILE (the error of its "
+                         "outputs against the FP view is the metric)")
+    ids = model.tokenizer().encode(read_text(text))
+    return token_windows(ids, min(_within_context(model, seq_len, "--seq-len"), len(ids)),
+                         max_tokens)
+
+
 def _within_cores(jobs: int) -> int:
     """--jobs, or the machine's core count when it has fewer, with a note: more processes
     than cores only share them."""
@@ -652,7 +666,6 @@ def _eval_drift(model: CompiledModel, text: str | None, inputs: Path | None, see
     """afmc eval --drift: every chip at every time, mean +- std per time, as a table and
     as OUTPUT/eval/drift.json (points kept in drift.jsonl as they finish)."""
     from afmc.data.model_inputs import load_inputs
-    from afmc.data.tokenizer import token_windows
     from afmc.eval.drift import DRIFT_FILE, DRIFT_LOG, evaluate_drift
     from afmc.eval.evaluate import chip_perplexity
     from afmc.eval.json_out import write_json
@@ -663,12 +676,7 @@ def _eval_drift(model: CompiledModel, text: str | None, inputs: Path | None, see
         scorer = OutputErrorScorer.against_fp(model, load_inputs(inputs, model.signature()))
         fp = None
     else:
-        if _is_encoder(model):
-            raise ValueError("--drift on an encoder: give --inputs FILE (the error of its "
-                             "outputs against the FP view is the metric)")
-        ids = model.tokenizer().encode(read_text(text))
-        windows = token_windows(ids, min(_within_context(model, seq_len, "--seq-len"),
-                                         len(ids)), max_tokens)
+        windows = _lm_windows(model, text, seq_len, max_tokens, "--drift")
         scorer = PerplexityScorer(windows)
         fp = chip_perplexity(model.fp_view(), windows, scorer.batch_size)
         out.print(f"FP perplexity {fp:.4f} ({windows.size} tokens)")
@@ -721,7 +729,6 @@ def _eval_sensitivity(model: CompiledModel, text: str | None, inputs: Path | Non
     """afmc eval --sensitivity: the ranking table, the cumulative curve, OUTPUT/eval/
     sensitivity.json and, with --budget, the keep-digital configuration."""
     from afmc.data.model_inputs import load_inputs
-    from afmc.data.tokenizer import token_windows
     from afmc.eval import sensitivity as sens
     from afmc.eval.json_out import write_json
     from afmc.layout import EVAL_DIR
@@ -730,12 +737,7 @@ def _eval_sensitivity(model: CompiledModel, text: str | None, inputs: Path | Non
     if _tensor_source(model, text, inputs) is not None:
         scorer: sens.Scorer = sens.OutputsScorer(model, load_inputs(inputs, model.signature()))
     else:
-        if _is_encoder(model):
-            raise ValueError("--sensitivity on an encoder: give --inputs FILE (the error of "
-                             "its outputs against the FP view is the metric)")
-        ids = model.tokenizer().encode(read_text(text))
-        windows = token_windows(ids, min(_within_context(model, seq_len, "--seq-len"),
-                                         len(ids)), max_tokens)
+        windows = _lm_windows(model, text, seq_len, max_tokens, "--sensitivity")
         scorer = sens.LogitsScorer(model.fp_view(), windows)
         out.print(f"FP perplexity {scorer.fp:.4f} ({windows.size} tokens)")
     with _bar_from_first_report("layer chips") as progress:
