@@ -195,6 +195,26 @@ def test_prepared_chip_equals_the_folded_body(compiled, seed):
                                   _folded_chip(out, seed).run(ids))
 
 
+def test_large_chip_computes_on_its_arrays_in_place(compiled, monkeypatch):
+    """Above PREPACK_LIMIT a chip's session reads afmc's prepared arrays in place (shared
+    initializers, no copy): the same outputs as the copying path, and the chip holds
+    the arrays its session computes on (zeroing them changes the output)."""
+    from afmc.runtime import analog
+
+    out, _ = compiled["llama"]
+    ids = _ids(2, 12)
+    copied, fp = load(out).chip(3), load(out).fp_view().run(ids)
+    assert copied.borrowed is None
+    monkeypatch.setattr(analog, "PREPACK_LIMIT", 0)
+    np.testing.assert_array_equal(load(out).fp_view().run(ids), fp)
+    shared = load(out).chip(3)
+    np.testing.assert_array_equal(shared.run(ids), copied.run(ids))
+    assert shared.borrowed
+    for array in shared.borrowed:
+        array[...] = 0
+    assert not np.array_equal(shared.run(ids), copied.run(ids))
+
+
 def test_fp_view_transposes_in_numpy(compiled):
     out, _ = compiled["llama"]
     ids = _ids(1, 9)

@@ -13,25 +13,26 @@ stored weights (runtime.noise), and the file is never rewritten:
   of every weight at once (a 1.1B model went past 24 GB).
 - The prepared values, and the programmed weights of an analog node that keeps its
   full body (unequal slices: W comes through SliceInput), are handed to onnxruntime
-  as external initializers (SessionOptions.add_external_initializers); the session
-  is built from the graph bytes, and the file's other external initializers are
-  read by onnxruntime itself from OUT. So no model is serialised with its weights
-  through protobuf (which cannot hold 2 GiB).
-- onnxruntime copies external initializers while it builds the session, so the
-  prepared values are dropped once the session exists, and the freed heap is given
-  back to the system (sessions.release_free_memory): a chip holds about what its
-  session holds.
+  from memory; the session is built from the graph bytes, and the file's other
+  external initializers are read by onnxruntime itself from OUT. So no model is
+  serialised with its weights through protobuf (which cannot hold 2 GiB).
+- Above PREPACK_LIMIT of analog weights, sessions do not prepack MatMul weights, and
+  the values go in as shared initializers (SessionOptions.add_initializer): the
+  session computes on afmc's arrays in place, which the Chip keeps alive, so a chip
+  holds one copy of its weights and its start copies none (1.1B model: the copy was
+  4.1 GB of fresh memory, most of the session's start). Without prepacking a MatMul
+  costs about 5% more per inference (afmc-tiny, 128 tokens, aimc and FP alike;
+  docs/scaling.md), and prepacking a shared initializer would be a second copy.
+  Below the limit the values are external initializers
+  (SessionOptions.add_external_initializers): onnxruntime copies and prepacks them,
+  afmc drops its arrays once the session exists and gives the freed heap back to
+  the system (sessions.release_free_memory).
 - Layers are programmed on all cores, each from its own random stream.
 - Where afmc's fused kernels are available (runtime.fused; AFMC_KERNELS=0 turns them
   off), a chip's analog nodes take the fused form of their prepared body
   (ops.analog_linear.fused_function: one AnalogDAC and one AnalogADC around the
   MatMuls, the same numbers) and its session registers the kernel library; without
   them the prepared body of standard ops runs.
-- Above PREPACK_LIMIT of analog weights, chips and the FP view build their sessions
-  without prepacking MatMul weights: prepacking holds one more transient copy of
-  the weights while the session starts (1.1B model: peak 10.0 GB instead of 8.8),
-  and costs about 5% per inference without it (afmc-tiny, 128 tokens, aimc and FP
-  alike; docs/scaling.md).
 
 The FP view is the same graph with every analog node computed in floating point
 (views.fp_reference) on the stored weights; read noise is views.with_read_noise.
@@ -76,7 +77,7 @@ from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
 from afmc.runtime.sessions import open_session, release_free_memory, session_options
 from afmc.runtime.views import fp_reference, with_read_noise
 
-PROGRAMMED = "programmed-weights"  # the location analog initializers point at in a chip
+EFFECTIVE = "::w_eff_"  # prepared_graph's names of the prepared weights: WEIGHT::w_eff_I
 PREPACK_LIMIT = 1 << 30  # analog weights (bytes) above which sessions do not prepack
 
 
@@ -194,18 +195,37 @@ class AnalogRuntime:
             fused_kernels.register(options)
         options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                          str(self.out_dir))
-        if self.record.get("summary", {}).get("analog_weights", 0) * 4 > PREPACK_LIMIT:
+        shared = self.record.get("summary", {}).get("analog_weights", 0) * 4 > PREPACK_LIMIT
+        if shared:
             options.add_session_config_entry("session.disable_prepacking", "1")
-        # The OrtValues borrow the arrays' memory: they stay referenced until the session
-        # exists (onnxruntime copies external initializers while it builds it).
+        readers = _readers(graph.graph)
+        in_place = [name for name in weights
+                    if shared and all(_multiplies(node, name) for node in readers[name])]
+        # The OrtValues borrow the arrays' memory and options keeps bare pointers to the
+        # shared ones: all stay referenced until the session exists.
+        borrowed = [weights.pop(name) for name in in_place]
+        shared_values = [ort.OrtValue.ortvalue_from_numpy(array) for array in borrowed]
+        for name, value in zip(in_place, shared_values, strict=True):
+            options.add_initializer(name, value)
         names = list(weights)
         values = [ort.OrtValue.ortvalue_from_numpy(weights.pop(name)) for name in names]
         if values:
             options.add_external_initializers(names, values)
         session = open_session(graph.SerializeToString(), options, self.path)
-        del options, values
-        release_free_memory()
-        return chip_from_session(session, seed, self.record, self.path)
+        del options, values, shared_values
+        release_free_memory()  # onnxruntime copied the external initializers
+        return chip_from_session(session, seed, self.record, self.path, borrowed=borrowed)
+
+
+def _multiplies(node: onnx.NodeProto, name: str) -> bool:
+    """Whether `node` only multiplies `name` as a matrix with a computed operand, so
+    onnxruntime never folds it and a session can read it in place: a MatMul's second
+    input (the FP view's weights) or a w_eff input of a prepared or fused analog node
+    (its body's MatMul)."""
+    if node.op_type == "MatMul" and node.domain == "":
+        return list(node.input).index(name) == 1 and node.input[0] != name
+    return (node.op_type.startswith((PREPARED_PREFIX, FUSED_PREFIX))
+            and node.domain == ops.DOMAIN and EFFECTIVE in name)
 
 
 Prepared = tuple[list[np.ndarray], list[np.ndarray]]  # prepare_weights: w_eff, w_max per slice
@@ -253,7 +273,7 @@ def prepared_graph(model: onnx.ModelProto,
             slices, attributes = _preparation_of(node)
             effective, maxima = weight if isinstance(weight, tuple) else prepare_weights(
                 weight, slices, **attributes)
-            given = [f"{name}::w_eff_{i}" for i in range(slices)] + [
+            given = [f"{name}{EFFECTIVE}{i}" for i in range(slices)] + [
                 f"{name}::w_max_{i}" for i in range(slices)]
             values.update(zip(given, [*effective, *maxima], strict=True))
             key = (node.op_type, node.overload)
@@ -362,13 +382,15 @@ def _preparable(node: onnx.NodeProto, weight: str) -> bool:
 
 
 def _point_outside(initializer: onnx.TensorProto, nbytes: int) -> None:
-    """Make `initializer` carry no data but point at external data that
-    add_external_initializers supplies."""
+    """Make `initializer` carry no data but point at external data that the chip's
+    session supplies from memory. onnxruntime checks that the named file exists in the
+    model's folder (OUT) but reads nothing from it: the location is MODEL_FILE, which
+    every output has."""
     for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data"):
         initializer.ClearField(field)
     del initializer.external_data[:]
     initializer.data_type = TensorProto.FLOAT  # prepared and programmed values are float32
     initializer.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", PROGRAMMED), ("offset", "0"), ("length", str(nbytes))):
+    for key, value in (("location", MODEL_FILE), ("offset", "0"), ("length", str(nbytes))):
         entry = initializer.external_data.add()
         entry.key, entry.value = key, value

@@ -69,6 +69,7 @@ class Chip:
     path: Path | None = None
     max_positions: int | None = None
     kv_cache: KVCacheSpec | None = None  # the pasts fed empty when only data is given
+    borrowed: list[np.ndarray] | None = None  # weights the session reads in place
 
     def run(self, *inputs: np.ndarray) -> np.ndarray:
         """The first output for the model's inputs, given in the order of its graph inputs."""
@@ -83,7 +84,9 @@ class Chip:
 
 
 def chip_from_session(session: ort.InferenceSession, seed: int | None,
-                      record: dict[str, Any], path: Path) -> Chip:
-    """A Chip of `session`, fed and read by the names of the compiled model's `record`."""
+                      record: dict[str, Any], path: Path, *,
+                      borrowed: list[np.ndarray] | None = None) -> Chip:
+    """A Chip of `session`, fed and read by the names of the compiled model's `record`;
+    `borrowed`: values the session computes on in place (kept alive with the chip)."""
     return Chip(session, seed, list(record["inputs"]), record["outputs"][0], path,
-                record.get("max_positions"), session_kv_cache(session))
+                record.get("max_positions"), session_kv_cache(session), borrowed or None)
