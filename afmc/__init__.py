@@ -12,8 +12,12 @@ __all__ = ["compile", "load"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name == "load":  # the runtime alone: opening a compiled model imports no compiler
+        from afmc.runtime.compiled import load
+
+        return load
+    if name == "compile":
         from afmc import api
 
-        return getattr(api, name)
+        return api.compile
     raise AttributeError(f"module 'afmc' has no attribute {name!r}")

@@ -35,7 +35,7 @@ from afmc.output_dir import staged_output
 from afmc.passes.layers import LayerRecord
 from afmc.passes.registry import PassSpec, get_pass, resolve_passes
 from afmc.record import StepTimer, build_record, write_outputs
-from afmc.runtime.compiled import CompiledModel
+from afmc.runtime.compiled import CompiledModel, load  # noqa: F401  (afmc.api.load)
 from afmc.targets import LowerContext, Target, get_target
 from afmc.train.trained_model import TRAINING_RECORD, trained_config
 
@@ -226,9 +226,3 @@ def _trained_or_default_config(model: Any) -> AfmcConfig:
         if trained is not None:
             return config_from_dict(trained, str(Path(model) / TRAINING_RECORD))
     return AfmcConfig()
-
-
-def load(out_dir: str | Path) -> CompiledModel:
-    """Open a compiled model (OUT of afmc compile): its record and graph, read once, hand
-    out chips (`.chip(seed, read_noise=...)`), the FP view (`.fp_view()`) and `.run(...)`."""
-    return CompiledModel(out_dir)

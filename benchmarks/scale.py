@@ -18,7 +18,10 @@ compare like with like:
 Ratios: time against the baseline of the same run; memory against the FP32 weight
 bytes (parameters x 4).
 
-    python benchmarks/scale.py [--work DIR] [--layers 22] [--keep]
+    python benchmarks/scale.py [--work DIR] [--layers 22] [--steps export,compile,...]
+
+With --steps, only those steps run (on the model and output kept in --work from an
+earlier run); a ratio is printed where both of its steps ran.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pathlib import Path
 SHAPE = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
          "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000,
          "max_position_embeddings": 2048}
+STEPS = ("export", "compile", "fp-session", "chip", "eval")
 CALIB_WINDOWS = 4
 SEQ_LEN = 128
 
@@ -140,14 +144,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, help="keep the model and outputs here")
     parser.add_argument("--layers", type=int, default=SHAPE["num_hidden_layers"])
+    parser.add_argument("--steps", default=",".join(STEPS),
+                        help=f"comma-separated steps to run, of {', '.join(STEPS)}")
     args = parser.parse_args()
+    steps = [step.strip() for step in args.steps.split(",") if step.strip()]
+    unknown = sorted(set(steps) - set(STEPS))
+    if unknown:
+        parser.error(f"--steps: unknown step(s) {', '.join(unknown)}; "
+                     f"expected some of {', '.join(STEPS)}")
     with tempfile.TemporaryDirectory(prefix="afmc-scale-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        run(work, args.layers)
+        run(work, args.layers, steps)
 
 
-def run(work: Path, layers: int) -> None:
+def run(work: Path, layers: int, steps: list[str]) -> None:
     import numpy as np
 
     model_dir, out, fp_onnx = work / "model", work / "out", work / "fp" / "model.onnx"
@@ -165,24 +176,32 @@ def run(work: Path, layers: int) -> None:
 
     fp_onnx.parent.mkdir(exist_ok=True)
     rows = {}
-    rows["export (baseline)"] = measured(EXPORT, str(model_dir), str(fp_onnx))
-    if out.exists():
-        import shutil
+    if "export" in steps:
+        rows["export (baseline)"] = measured(EXPORT, str(model_dir), str(fp_onnx))
+    if "compile" in steps:
+        if out.exists():
+            import shutil
 
-        shutil.rmtree(out)
-    rows["afmc compile"] = measured(COMPILE, str(model_dir), str(ids), str(out))
-    fp_session = measured(FP_SESSION, str(fp_onnx))
-    chip = measured(CHIP, str(out), "1")
-    rows["fp session (baseline)"] = (float(fp_session[2]), fp_session[1], "")
-    rows["afmc chip start"] = (float(chip[2]), chip[1], "")
-    rows["afmc eval --seeds 3"] = measured(EVAL, str(out), str(text))
+            shutil.rmtree(out)
+        rows["afmc compile"] = measured(COMPILE, str(model_dir), str(ids), str(out))
+    if "fp-session" in steps:
+        fp_session = measured(FP_SESSION, str(fp_onnx))
+        rows["fp session (baseline)"] = (float(fp_session[2]), fp_session[1], "")
+    if "chip" in steps:
+        chip = measured(CHIP, str(out), "1")
+        rows["afmc chip start"] = (float(chip[2]), chip[1], "")
+    if "eval" in steps:
+        rows["afmc eval --seeds 3"] = measured(EVAL, str(out), str(text))
 
     print(f"{'step':24} {'seconds':>9} {'peak RSS GB':>12} {'RSS / FP32 weights':>19}")
     for name, (seconds, rss, _) in rows.items():
         print(f"{name:24} {seconds:9.1f} {rss:12.2f} {rss / weight_gb:18.2f}x")
-    export_s, chip_s = rows["export (baseline)"][0], rows["afmc chip start"][0]
-    print(f"compile time / export time: {rows['afmc compile'][0] / export_s:.2f}x")
-    print(f"chip start / fp session load: {chip_s / rows['fp session (baseline)'][0]:.2f}x")
+    for label, step, baseline in (("compile time / export time", "afmc compile",
+                                   "export (baseline)"),
+                                  ("chip start / fp session load", "afmc chip start",
+                                   "fp session (baseline)")):
+        if step in rows and baseline in rows:
+            print(f"{label}: {rows[step][0] / rows[baseline][0]:.2f}x")
 
 
 def _parameters(config: dict) -> int:

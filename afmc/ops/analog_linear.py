@@ -37,7 +37,7 @@ from onnxscript import values as onnxscript_values
 from afmc.ops import onnx_domain
 from afmc.ops.onnx_domain import attribute_constant, ints_constant, make_function
 
-_TINY = torch.finfo(torch.float32).tiny
+TINY = torch.finfo(torch.float32).tiny
 
 
 def slice_sizes(in_features: int, max_in: int) -> list[int]:
@@ -66,11 +66,11 @@ def _slice_forward(
     out_noise: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One slice: returns (ADC output, quantized input, pre-ADC output)."""
-    r = r.clamp_min(_TINY)
+    r = r.clamp_min(TINY)
     in_step = 2 * r / inp_res
     x_q = torch.round(x_s.clamp(-r, r) / in_step) * in_step
     y = x_q @ w_s.T
-    w_max = w_s.abs().amax(dim=1).clamp_min(_TINY)
+    w_max = w_s.abs().amax(dim=1).clamp_min(TINY)
     if out_noise > 0:
         y = y + (out_noise * r / math.sqrt(count)) * w_max * torch.randn_like(y)
     bound = out_bound * r * w_max
@@ -130,7 +130,7 @@ def _backward(ctx, grad_output: torch.Tensor):
                                            strict=True)):
         r = input_range[index]
         _, x_q, y = _slice_forward(x_s, w_s, r, len(sizes), inp_res, out_res, out_bound, 0.0)
-        bound = out_bound * r.clamp_min(_TINY) * w_s.abs().amax(dim=1).clamp_min(_TINY)
+        bound = out_bound * r.clamp_min(TINY) * w_s.abs().amax(dim=1).clamp_min(TINY)
         out_step = 2 * bound / out_res
         g_y = grad_output * ((torch.round(y / out_step) * out_step).abs() <= bound)
         g_clamped = g_y @ w_s
@@ -239,7 +239,7 @@ def _common_constants(noisy: bool) -> list:
         attribute_constant("out_res", "out_res"),
         attribute_constant("out_bound", "out_bound"),
         helper.make_node("Constant", [], ["two"], value_float=2.0),
-        helper.make_node("Constant", [], ["tiny"], value_float=_TINY),
+        helper.make_node("Constant", [], ["tiny"], value_float=TINY),
         helper.make_node("Div", ["inp_res", "two"], ["h_in"]),
         helper.make_node("Div", ["out_res", "two"], ["h_out"]),
         helper.make_node("Neg", ["h_in"], ["neg_h_in"]),
@@ -494,6 +494,14 @@ def prepared_function(op_type: str, opset: int, slices: int) -> FunctionProto:
     return function
 
 
+def prepared_scale(out_res: float, inp_res: float, out_bound: float) -> np.float32:
+    """The factor of w_eff = W_s^T / w_max * (h_out / h_in / out_bound), in float32 as the
+    body computes it."""
+    f32 = np.float32
+    h_in, h_out = f32(inp_res) / f32(2.0), f32(out_res) / f32(2.0)
+    return (h_out / h_in) / f32(out_bound)
+
+
 def prepare_weights(weight: np.ndarray, slices: int, out_res: float, inp_res: float,
                     out_bound: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The weight-only values of sliced_function for [N, K] weights: per slice, w_eff =
@@ -501,11 +509,10 @@ def prepare_weights(weight: np.ndarray, slices: int, out_res: float, inp_res: fl
     [N], in float32 with the body's operations in the body's order (so the numbers
     are those onnxruntime folds from the body)."""
     f32 = np.float32
-    h_in, h_out = f32(inp_res) / f32(2.0), f32(out_res) / f32(2.0)
-    w_scale = (h_out / h_in) / f32(out_bound)
+    w_scale = prepared_scale(out_res, inp_res, out_bound)
     effective, maxima = [], []
     for part in np.split(np.asarray(weight, dtype=f32), slices, axis=1):
-        w_max = np.maximum(np.abs(part).max(axis=1), f32(_TINY))
+        w_max = np.maximum(np.abs(part).max(axis=1), f32(TINY))
         w_eff = np.ascontiguousarray(part.T) / w_max
         w_eff *= w_scale
         effective.append(w_eff)

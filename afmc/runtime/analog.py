@@ -56,6 +56,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from afmc import ops
 from afmc.layout import MODEL_FILE
@@ -66,14 +67,17 @@ from afmc.ops.analog_linear import (
     KERNEL_DOMAIN,
     PRE_SCALED,
     PREPARED_PREFIX,
+    TINY,
     fused_function,
     overload_slices,
     prepare_weights,
     prepared_function,
+    prepared_scale,
 )
 from afmc.runtime import fused as fused_kernels
 from afmc.runtime.chip import Chip, chip_from_session
-from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
+from afmc.runtime.fused import programming
+from afmc.runtime.noise import NoiseConfig, layer_rng, program_prepared, program_weights
 from afmc.runtime.sessions import open_session, release_free_memory, session_options
 from afmc.runtime.views import fp_reference, with_read_noise
 
@@ -161,12 +165,20 @@ class AnalogRuntime:
             name, weight = self._stored(layer)
             if analog is not None and name not in analog:
                 return name, weight
+            prepared = prepare and name in self.plan
+            if seed is not None and prepared:
+                slices, attributes = self.plan[name]
+                fast = program_prepared(weight, layer["slice_sizes"], noise,
+                                        layer_rng(seed, index), slices,
+                                        prepared_scale(**attributes), np.float32(TINY))
+                if fast is not None:
+                    return name, fast
             if seed is not None:
                 weight = program_weights(weight, layer["slice_sizes"], noise,
                                          layer_rng(seed, index))
-            if prepare and name in self.plan:
+            if prepared:
                 slices, attributes = self.plan[name]
-                return name, prepare_weights(weight, slices, **attributes)
+                return name, prepared_values(weight, slices, attributes)
             return name, weight
 
         workers = os.cpu_count() or 1
@@ -184,8 +196,15 @@ class AnalogRuntime:
         return (self._stored(layer) for layer in self.analog)
 
     def _stored(self, layer: dict[str, Any]) -> tuple[str, np.ndarray]:
+        """(name, the layer's stored weights as float32): float32 external data is mapped
+        from the file (read-only pages of the page cache, no copy)."""
         name = layer["onnx_weight"]
-        stored = numpy_helper.to_array(self.initializers[name], str(self.out_dir))
+        initializer = self.initializers[name]
+        if initializer.data_type == TensorProto.FLOAT and uses_external_data(initializer):
+            info = ExternalDataInfo(initializer)
+            return name, np.memmap(self.out_dir / info.location, dtype=np.float32, mode="r",
+                                   offset=info.offset or 0, shape=tuple(initializer.dims))
+        stored = numpy_helper.to_array(initializer, str(self.out_dir))
         return name, stored.astype(np.float32, copy=False)
 
     def _session(self, graph: onnx.ModelProto, weights: dict[str, np.ndarray],
@@ -228,7 +247,7 @@ def _multiplies(node: onnx.NodeProto, name: str) -> bool:
             and node.domain == ops.DOMAIN and EFFECTIVE in name)
 
 
-Prepared = tuple[list[np.ndarray], list[np.ndarray]]  # prepare_weights: w_eff, w_max per slice
+Prepared = programming.Prepared  # prepare_weights: w_eff, w_max per slice
 
 
 def preparation(model: onnx.ModelProto) -> dict[str, tuple[int, dict[str, float]]]:
@@ -271,8 +290,8 @@ def prepared_graph(model: onnx.ModelProto,
             values[name] = weight
         for node in preparable:
             slices, attributes = _preparation_of(node)
-            effective, maxima = weight if isinstance(weight, tuple) else prepare_weights(
-                weight, slices, **attributes)
+            effective, maxima = weight if isinstance(weight, tuple) else prepared_values(
+                weight, slices, attributes)
             given = [f"{name}{EFFECTIVE}{i}" for i in range(slices)] + [
                 f"{name}::w_max_{i}" for i in range(slices)]
             values.update(zip(given, [*effective, *maxima], strict=True))
@@ -303,6 +322,13 @@ def prepared_graph(model: onnx.ModelProto,
         if initializer.name in values:
             _point_outside(initializer, values[initializer.name].nbytes)
     return copy, values
+
+
+def prepared_values(weight: np.ndarray, slices: int, attributes: dict[str, float]) -> Prepared:
+    """prepare_weights(weight, slices, **attributes), on afmc's programming kernel where it
+    is built (one pass, the same numbers: runtime.fused.programming)."""
+    fast = programming.prepare(weight, slices, prepared_scale(**attributes), np.float32(TINY))
+    return fast if fast is not None else prepare_weights(weight, slices, **attributes)
 
 
 def _absorb_pre_scales(model: onnx.ModelProto, values: dict[str, np.ndarray],

@@ -162,3 +162,9 @@ class CompiledModel:
         from afmc.data.tokenizer import compiled_tokenizer
 
         return compiled_tokenizer(self.out_dir, self.record)
+
+
+def load(out_dir: str | Path) -> CompiledModel:
+    """Open a compiled model (OUT of afmc compile): its record and graph, read once, hand
+    out chips (`.chip(seed, read_noise=...)`), the FP view (`.fp_view()`) and `.run(...)`."""
+    return CompiledModel(out_dir)

@@ -31,6 +31,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from afmc.runtime.fused import programming
+
 # AFM evaluation cubic for the programming-noise std, highest power first (numpy.polyval).
 PCM_SIGMA_OD = (
     2.939751381126213e-05,
@@ -45,6 +47,7 @@ PCM_SIGMA_TD = (
     2.110295720240385,
 )
 PCM_SIGMA_BRANCH = 52.5  # |g| <= 52.5 uses the OD cubic, above it the TD cubic
+PCM_SIGMA = (PCM_SIGMA_OD, PCM_SIGMA_TD, PCM_SIGMA_BRANCH)
 
 # aihwkit PCMLikeNoiseModel constants (conductances in uS).
 DRIFT_G_MAX = 25.0
@@ -170,6 +173,8 @@ def program_weights(
         return w.astype(np.float32, copy=True)
     if config.model == "pcm-drift":
         return _program_pcm_drift(w, sizes, config, rng)
+    if config.model == "pcm" and programming.available():
+        return _program_pcm_fused(w, sizes, config, rng)
     noisy = _pcm_block if config.model == "pcm" else _additive_block
     out = np.empty(w.shape, dtype=np.float32)
     for cols, block, wmax in _blocks(w, sizes, config.per_slice):
@@ -222,6 +227,46 @@ def _pcm_block(
         g *= wmax[part] / gmax
         noise[part] = g
     return noise
+
+
+def program_prepared(weight: np.ndarray, slice_sizes: Sequence[int], config: NoiseConfig,
+                     rng: np.random.Generator, slices: int, w_scale: np.float32,
+                     tiny: np.float32) -> programming.Prepared | None:
+    """The prepared form (ops.analog_linear.prepare_weights with `slices`, `w_scale` and
+    `tiny`) of :func:`program_weights`' result, sampled straight into it by afmc's
+    programming kernel (runtime.fused.programming) without holding the programmed layer
+    whole; bit-identical to preparing program_weights' weights. None unless the model
+    is ``pcm`` and the kernel is available."""
+    if config.model != "pcm" or not programming.available():
+        return None
+    w = np.asarray(weight)
+    noise, bounds = _pcm_draws(w, [int(s) for s in slice_sizes], config, rng)
+    return programming.program_pcm_prepared(
+        w, noise, bounds, PCM_SIGMA, config.pcm_gmax, config.pcm_scale,
+        config.pcm_zero_threshold, slices, w_scale, tiny)
+
+
+def _program_pcm_fused(w: np.ndarray, sizes: list[int], config: NoiseConfig,
+                       rng: np.random.Generator) -> np.ndarray:
+    """``pcm`` on afmc's programming kernel (runtime.fused.programming): one pass over the
+    layer, bit-identical to :func:`_pcm_block` block by block."""
+    noise, bounds = _pcm_draws(w, sizes, config, rng)
+    return programming.program_pcm(w, noise, bounds, PCM_SIGMA, config.pcm_gmax,
+                                   config.pcm_scale, config.pcm_zero_threshold)
+
+
+def _pcm_draws(w: np.ndarray, sizes: list[int], config: NoiseConfig,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(the layer's N(0, 1) draws for the pcm kernels, the scaling blocks' column bounds):
+    the draws of every block in the stream's order, as :func:`_pcm_block` takes them,
+    block after block, each [N, block width] row-major."""
+    rows, cols = w.shape
+    bounds = np.cumsum([0, *sizes]) if config.per_slice else np.array([0, cols])
+    noise = np.empty(rows * cols, dtype=np.float32)
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        rng.standard_normal(dtype=np.float32,
+                            out=noise[rows * start:rows * stop].reshape(rows, stop - start))
+    return noise, bounds
 
 
 def _additive_block(

@@ -1,14 +1,16 @@
-"""Fused analog kernels: an onnxruntime custom-op library built from analog.cc.
+"""Fused analog kernels: one library built from analog.cc (an onnxruntime custom-op
+library) and programming.cc (chip programming, called through ctypes by
+fused.programming).
 
 Rules:
 - The library is compiled on first use with the system C++ compiler ($CXX, else g++)
   into the cache directory ($AFMC_CACHE/kernels, else ~/.cache/afmc/kernels), named
-  by a hash of the source, the compiler flags, the compiler's version and the machine
+  by a hash of the sources, the compiler flags, the compiler's version and the machine
   (its architecture, CPU model and CPU flags: -march=native); it is written to a temporary file
   and renamed, so processes building at once each see a whole library.
 - `AFMC_KERNELS=0` turns the kernels off. No compiler, a failed build or a library
   onnxruntime cannot load gives one KernelWarning per process, and None: chips then
-  run the stock ONNX bodies, whose outputs are the same.
+  run the stock ONNX bodies and program in numpy, with the same outputs.
 - Only chip sessions register the library (SessionOptions.register_custom_ops_library);
   the ONNX file afmc writes never names the domain, so a stock onnxruntime runs it.
 """
@@ -30,9 +32,9 @@ import onnxruntime as ort
 from afmc.user_errors import KernelWarning, first_line
 
 DOMAIN = "afmc.kernels"
-SOURCE = Path(__file__).with_name("analog.cc")
-FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp-simd",
-         "-std=c++17", "-shared", "-fPIC")
+SOURCES = (Path(__file__).with_name("analog.cc"), Path(__file__).with_name("programming.cc"))
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
+         "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC")
 
 
 def enabled() -> bool:
@@ -82,7 +84,8 @@ def _build() -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                              check=True, timeout=60).stdout.splitlines()[0]
     key = hashlib.sha256("\0".join([
-        SOURCE.read_text(), " ".join(FLAGS), version, platform.machine(), _cpu_model(),
+        *(source.read_text() for source in SOURCES), " ".join(FLAGS), version,
+        platform.machine(), _cpu_model(),
     ]).encode()).hexdigest()[:20]
     target = cache_dir() / f"afmc_kernels-{key}.so"
     if target.exists():
@@ -91,10 +94,10 @@ def _build() -> Path:
     handle, temporary = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=target.parent)
     os.close(handle)
     try:
-        result = subprocess.run([compiler, *FLAGS, "-o", temporary, str(SOURCE)],
+        result = subprocess.run([compiler, *FLAGS, "-o", temporary, *map(str, SOURCES)],
                                 capture_output=True, text=True, timeout=300)
         if result.returncode != 0:
-            raise RuntimeError(f"{compiler} failed on {SOURCE.name}: "
+            raise RuntimeError(f"{compiler} failed on the kernels: "
                                f"{first_line(result.stderr.strip() or 'no output')}")
         os.replace(temporary, target)
     finally:
