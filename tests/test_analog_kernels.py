@@ -220,3 +220,51 @@ def test_failed_build_warns_once_and_falls_back(tiny, monkeypatch, tmp_path):
             == [KernelWarning]
     finally:
         fused.library.cache_clear()
+
+
+@pytest.mark.parametrize(("shape", "sizes", "per_slice", "scale"), [
+    ((300, 700), [256, 256, 188], True, 1.0),  # unequal slices
+    ((64, 512), [256, 256], False, 1.0),  # one scaling block per row
+    ((96, 1024), [256] * 4, True, 2.0),  # pcm_scale 2
+])
+def test_programming_kernels_equal_numpy(shape, sizes, per_slice, scale, monkeypatch):
+    """The pcm model and the prepared form on the programming kernels (runtime.fused.
+    programming) give numpy's numbers bit for bit, all-zero rows included."""
+    from afmc.ops.analog_linear import TINY, prepare_weights, prepared_scale
+    from afmc.runtime.fused import programming
+    from afmc.runtime.noise import NoiseConfig, layer_rng, program_prepared, program_weights
+
+    weight = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    weight[3] = 0.0
+    config = NoiseConfig(model="pcm", per_slice=per_slice, pcm_scale=scale)
+    attributes = {"out_res": 254.0, "inp_res": 254.0, "out_bound": 12.0}
+    slices = len(sizes) if len(set(sizes)) == 1 else 1
+    w_scale, tiny = prepared_scale(**attributes), np.float32(TINY)
+    fast = program_weights(weight, sizes, config, layer_rng(1, 2))
+    fast_prepared = program_prepared(weight, sizes, config, layer_rng(1, 2), slices, w_scale,
+                                     tiny)
+    fast_prepare = programming.prepare(fast, slices, w_scale, tiny)
+    monkeypatch.setenv("AFMC_KERNELS", "0")
+    assert not programming.available()
+    assert program_prepared(weight, sizes, config, layer_rng(1, 2), slices, w_scale,
+                            tiny) is None
+    slow = program_weights(weight, sizes, config, layer_rng(1, 2))
+    np.testing.assert_array_equal(fast, slow)
+    assert np.all(slow[3] == 0) and not np.array_equal(slow, weight)
+    expected = prepare_weights(slow, slices, **attributes)
+    for got in (fast_prepared, fast_prepare):
+        for got_part, want_part in zip([*got[0], *got[1]], [*expected[0], *expected[1]],
+                                       strict=True):
+            np.testing.assert_array_equal(got_part, want_part)
+
+
+def test_chip_programmed_by_kernels_equals_numpy(wide, monkeypatch):
+    """A whole chip programmed on the kernels equals the chip programmed in numpy."""
+    from afmc.runtime.fused import programming
+
+    x = np.random.default_rng(0).standard_normal((4, 1024)).astype(np.float32)
+    assert programming.available()
+    fast = load(wide).chip(7).run(x)
+    monkeypatch.setattr(programming, "available", lambda: False)
+    monkeypatch.setattr(programming, "_library", lambda: None)
+    np.testing.assert_array_equal(load(wide).chip(7).run(x), fast)

@@ -23,10 +23,14 @@ _INTS = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
 _I64, _F32 = ctypes.c_int64, ctypes.c_float
 
 
-@functools.cache
 def _library() -> ctypes.CDLL | None:
-    if not fused.enabled():
-        return None
+    """The kernel library's programming functions, or None where the kernels are off
+    (AFMC_KERNELS=0, read on every call) or not built."""
+    return _functions() if fused.enabled() else None
+
+
+@functools.cache
+def _functions() -> ctypes.CDLL:
     library = ctypes.CDLL(str(fused.library()))
     library.afmc_program_pcm.restype = None
     library.afmc_program_pcm.argtypes = [_FLOATS, _FLOATS, _FLOATS, _I64, _I64, _INTS, _I64,
