@@ -94,6 +94,10 @@ class CalibrationConfig(_Section):
     search_rows: int = Field(
         256, gt=0, description="search: input rows per layer on which each slice's range is "
         "chosen by its output error.")
+    search_outputs: int | None = Field(
+        512, gt=0, description="search: weight rows (output channels) per slice, evenly "
+        "spaced, whose output error chooses the range (null: every row). The search's cost "
+        "is one [search_rows, k] x [k, search_outputs] product per candidate range.")
     clip_weights: bool = Field(
         False, description="search: also choose a clipping bound per weight row (multiples of "
         "the row's std) with the range. The clipped weights are programmed and stored, so "

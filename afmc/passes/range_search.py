@@ -10,6 +10,12 @@ couples the two: a smaller r or w_max gives finer DAC and ADC steps but clips
 more inputs or weights. Search: r over a log grid below the largest |x|, then
 the rows' clipping at that r (rows are independent given r), then r again on a
 finer grid around the first choice.
+
+The range is chosen on the error of at most ``outputs`` weight rows (output
+channels), evenly spaced over the layer: each row's error is a term of the sum,
+so a sample of rows estimates it, and the search's cost (one [R, k] x [k, N]
+product per candidate range) stops growing with N. Row clipping, which
+chooses per row, and the reported SQNR use every row.
 """
 
 from __future__ import annotations
@@ -48,18 +54,22 @@ def slice_output(x: torch.Tensor, weight: torch.Tensor, input_range: float, inp_
 
 
 def search_slice(x: torch.Tensor, weight: torch.Tensor, inp_res: float, out_res: float,
-                 out_bound: float, clip_weights: bool) -> SliceChoice:
-    """Input range (and row clipping) of one slice that minimise its output error."""
+                 out_bound: float, clip_weights: bool, outputs: int | None = None) -> SliceChoice:
+    """Input range (and row clipping) of one slice that minimise its output error, the
+    range chosen on at most `outputs` evenly spaced weight rows (None: all)."""
     x, weight = x.float(), weight.float()
     reference = x @ weight.T
     top = float(x.abs().max().clamp_min(_TINY))
+    sample = _output_sample(weight.shape[0], outputs)
 
-    def row_errors(r: float, w: torch.Tensor) -> torch.Tensor:
-        diff = slice_output(x, w, r, inp_res, out_res, out_bound) - reference
+    def row_errors(r: float, w: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        expected = reference if rows is None else reference[:, rows]
+        diff = slice_output(x, w, r, inp_res, out_res, out_bound) - expected
         return diff.square().mean(dim=0)
 
     def best_range(candidates: list[float], w: torch.Tensor) -> float:
-        errors = [float(row_errors(r, w).sum()) for r in candidates]
+        part = w if sample is None else w[sample]
+        errors = [float(row_errors(r, part, sample).sum()) for r in candidates]
         return candidates[min(range(len(errors)), key=errors.__getitem__)]
 
     r = best_range([top * f for f in COARSE_FRACTIONS], weight)
@@ -82,6 +92,14 @@ def search_slice(x: torch.Tensor, weight: torch.Tensor, inp_res: float, out_res:
     return SliceChoice(r, chosen, int(clipped.sum()), sqnr)
 
 
+def _output_sample(rows: int, outputs: int | None) -> torch.Tensor | None:
+    """`outputs` evenly spaced row indices of `rows` (first and last included), or None
+    when that is all of them."""
+    if outputs is None or rows <= outputs:
+        return None
+    return torch.linspace(0, rows - 1, outputs).round().long().unique()
+
+
 @dataclass(frozen=True)
 class LayerChoice:
     """The search's outcome for every slice of one layer."""
@@ -99,9 +117,9 @@ class LayerChoice:
 
 def search_layer(samples: list[torch.Tensor], weight: torch.Tensor, sizes: list[int],
                  inp_res: float, out_res: float, out_bound: float,
-                 clip_weights: bool) -> LayerChoice:
+                 clip_weights: bool, outputs: int | None = None) -> LayerChoice:
     """search_slice for each input slice of a [N, K] crossbar weight."""
-    choices = [search_slice(x, w_s, inp_res, out_res, out_bound, clip_weights)
+    choices = [search_slice(x, w_s, inp_res, out_res, out_bound, clip_weights, outputs)
                for x, w_s in zip(samples, torch.split(weight, list(sizes), dim=-1),
                                  strict=True)]
     clipped = sum(choice.clipped_rows for choice in choices)

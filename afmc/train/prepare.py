@@ -91,6 +91,7 @@ def _prepare_layer(layer: AnalogTrainingLinear, observer: _Observer,
         scale = layer.input_scale.detach().float().cpu()
         samples = (observer.sample() / scale).split(layer.sizes, dim=1)
         choice = search_layer(list(samples), weight * scale, layer.sizes, hardware.inp_res,
-                              hardware.out_res, hardware.out_bound, clip_weights=False)
+                              hardware.out_res, hardware.out_bound, clip_weights=False,
+                              outputs=config.calibration.search_outputs)
         layer.input_range.data.copy_(torch.tensor(choice.input_ranges))
         layer.range_init_steps.fill_(config.training.range_init_batches)

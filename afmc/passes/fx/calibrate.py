@@ -144,7 +144,8 @@ class CalibrateInputRanges(PassBase):
         weight_target, sizes = node.args[1].target, node.args[3]
         weight = gm.get_parameter(weight_target).detach()
         choice = search_layer([slot.sample() for slot in slots], weight, list(sizes),
-                              *node.args[4:7], self.config.clip_weights)
+                              *node.args[4:7], self.config.clip_weights,
+                              self.config.search_outputs)
         if choice.weight is not None:
             replace_parameter(gm, weight_target, choice.weight.to(weight.dtype))
         choice.annotate(node.meta[META_KEY])

@@ -103,7 +103,8 @@ class CalibrateOnnxInputRanges(ir.passes.InPlacePass):
         hardware = [float(node.attributes[key].value)
                     for key in ("inp_res", "out_res", "out_bound")]
         choice = search_layer([slot.sample() for slot in slots], weight, record.slice_sizes,
-                              *hardware, self.config.clip_weights)
+                              *hardware, self.config.clip_weights,
+                              self.config.search_outputs)
         if choice.weight is not None:
             weight_value.const_value = ir.tensor(choice.weight.numpy(), name=weight_value.name)
         choice.annotate(record)
