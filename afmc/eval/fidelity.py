@@ -136,14 +136,16 @@ class _LayerErrors(fx.Interpreter):
         return super().run_node(node)
 
 
-def layer_errors(program: fx.GraphModule, batch: tuple) -> list[dict[str, Any]]:
-    """Analog layers by relative output error on `batch`, worst first."""
+def layer_errors(program: fx.GraphModule,
+                 batch: tuple) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """(analog layers by relative output error on `batch`, worst first; the program's
+    first output on `batch`, which that run computes anyway)."""
     interpreter = _LayerErrors(program)
     with torch.no_grad():
-        interpreter.run(*batch)
+        output = _first(interpreter.run(*batch)).float().numpy()
     ranked = [{"name": name, "relative_error": float(np.sqrt(err / max(sig, 1e-30)))}
               for name, (err, sig) in interpreter.sums.items()]
-    return sorted(ranked, key=lambda item: -item["relative_error"])
+    return sorted(ranked, key=lambda item: -item["relative_error"]), output
 
 
 def _analog(records: list[LayerRecord]) -> list[LayerRecord]:
@@ -182,13 +184,21 @@ def chip_outputs(program: fx.GraphModule, noise: NoiseConfig, seed: int) -> Outp
     return run
 
 
-def program_checks(program: fx.GraphModule, noise: NoiseConfig,
-                   batch: tuple) -> tuple[Outputs | None, list[dict[str, Any]] | None]:
-    """(chip 0, worst layers) of an analog torch program; (None, None) without analog layers."""
+def program_checks(program: fx.GraphModule, noise: NoiseConfig, batches: list[tuple]
+                   ) -> tuple[Outputs, Outputs | None, list[dict[str, Any]] | None]:
+    """(outputs without programming noise, chip 0, worst layers) of an analog torch
+    program; (outputs, None, None) without analog layers. The layers are ranked in the
+    noise-free run of the first batch, whose output is kept: one run, not two."""
+    compiled = torch_outputs(program)
     if not _analog(layer_records(program)):
-        return None, None
+        return compiled, None, None
+    worst, first = layer_errors(program, batches[0])
+
+    def noise_free(batch: tuple) -> np.ndarray:
+        return first if batch is batches[0] else compiled(batch)
+
     chip = chip_outputs(program, noise, 0) if noise.model != "none" else None
-    return chip, layer_errors(program, batch)[:WORST_LAYERS]
+    return noise_free, chip, worst[:WORST_LAYERS]
 
 
 def check_fidelity(reference: list[np.ndarray], compiled: Outputs, batches: list,

@@ -152,20 +152,14 @@ class TorchFrontend:
 
     def fidelity(self, target: Target, lowered: ir.Model, record: dict[str, Any],
                  config: AfmcConfig, calibration: CalibrationData) -> dict[str, Any]:
-        from afmc.eval.fidelity import (
-            check_fidelity,
-            onnx_outputs,
-            program_checks,
-            torch_outputs,
-        )
+        from afmc.eval.fidelity import check_fidelity, onnx_outputs, program_checks
 
         batches = self._fidelity_batches(calibration)
         held = bool(calibration.held)
         fp = self._fp_outputs
         if target.post_lower is None:  # the analog torch program computes what the file does
-            chip, worst = program_checks(self.program, config.noise, batches[0])
-            return check_fidelity(fp, torch_outputs(self.program), batches, held, chip=chip,
-                                  worst_layers=worst)
+            compiled, chip, worst = program_checks(self.program, config.noise, batches)
+            return check_fidelity(fp, compiled, batches, held, chip=chip, worst_layers=worst)
         return check_fidelity(fp, onnx_outputs(lowered, self.captured.input_names), batches,
                               held)
 
