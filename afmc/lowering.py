@@ -22,7 +22,7 @@ from torch import fx
 from afmc import ops
 from afmc.capture.onnx_export import to_onnx_model
 from afmc.ops import onnx_domain
-from afmc.ops.analog_linear import ANALOG_OP_TYPES, slice_overload, sliced_function
+from afmc.ops.analog_linear_onnx import ANALOG_OP_TYPES, slice_overload, sliced_function
 
 METADATA_KEY = "afmc"
 
@@ -46,7 +46,7 @@ def attach_afmc_functions(model: ir.Model) -> None:
 
     Each analog linear node gets the overload of its slice count (the length of
     its input_range) and the function body specialised to it
-    (analog_linear.sliced_function); other afmc ops get their generic body.
+    (analog_linear_onnx.sliced_function); other afmc ops get their generic body.
     """
     nodes = [node for node in model.graph.all_nodes() if node.domain == ops.DOMAIN]
     if not nodes:

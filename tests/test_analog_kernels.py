@@ -20,7 +20,7 @@ import afmc
 from afmc.api import load
 from afmc.config import load_config
 from afmc.data.kv_cache import KVCacheSpec
-from afmc.ops.analog_linear import KERNEL_DOMAIN, PRE_SCALED
+from afmc.ops.analog_linear_onnx import KERNEL_DOMAIN, PRE_SCALED
 from afmc.runtime import fused
 from afmc.runtime.analog import prepared_graph
 from afmc.user_errors import KernelWarning
@@ -230,7 +230,7 @@ def test_failed_build_warns_once_and_falls_back(tiny, monkeypatch, tmp_path):
 def test_programming_kernels_equal_numpy(shape, sizes, per_slice, scale, monkeypatch):
     """The pcm model and the prepared form on the programming kernels (runtime.fused.
     programming) give numpy's numbers bit for bit, all-zero rows included."""
-    from afmc.ops.analog_linear import TINY, prepare_weights, prepared_scale
+    from afmc.ops.analog_linear_onnx import TINY, prepare_weights, prepared_scale
     from afmc.runtime.fused import programming
     from afmc.runtime.noise import NoiseConfig, layer_rng, program_prepared, program_weights
 

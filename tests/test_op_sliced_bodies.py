@@ -10,7 +10,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import afmc.ops
-from afmc.ops.analog_linear import slice_sizes, sliced_function
+from afmc.ops.analog_linear import slice_sizes
+from afmc.ops.analog_linear_onnx import sliced_function
 
 OPSET = 20
 

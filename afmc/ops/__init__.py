@@ -1,11 +1,26 @@
 """The afmc op set: torch custom ops, their ONNX functions, and the translation between them.
 
-Importing this package registers every op with torch and with the ONNX domain `afmc`.
+Importing this package registers every op's ONNX function with the domain `afmc`
+(afmc.ops.analog_linear_onnx, no torch); the torch ops and the translation table
+(`TRANSLATIONS`, `analog_linear`) load with torch on first use, so a compiled model
+opens and runs without importing torch.
 """
 
-from afmc.ops import analog_linear
+from typing import Any
+
+from afmc.ops import analog_linear_onnx  # noqa: F401  (registers the ONNX functions)
 from afmc.ops.onnx_domain import DOMAIN, VERSION, function_protos
 
-TRANSLATIONS = {**analog_linear.TRANSLATIONS}
-
 __all__ = ["DOMAIN", "VERSION", "TRANSLATIONS", "analog_linear", "function_protos"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TRANSLATIONS":
+        from afmc.ops import analog_linear
+
+        return {**analog_linear.TRANSLATIONS}
+    if name == "analog_linear":  # registers afmc::analog_linear with torch
+        import importlib
+
+        return importlib.import_module("afmc.ops.analog_linear")
+    raise AttributeError(f"module 'afmc.ops' has no attribute {name!r}")

@@ -6,7 +6,7 @@ weights are the programmed ones of its seed, sampled layer by layer from the
 stored weights (runtime.noise), and the file is never rewritten:
 
 - Each analog node of the chip's graph becomes its prepared form
-  (ops.analog_linear.prepared_function): the weight-only part of its body (per
+  (ops.analog_linear_onnx.prepared_function): the weight-only part of its body (per
   slice W_s^T / w_max * scale and w_max) is computed in numpy from the programmed
   weights, layer by layer (prepare_weights), so onnxruntime has nothing weight-sized
   to constant-fold when the session starts. Folding it there holds several copies
@@ -30,7 +30,7 @@ stored weights (runtime.noise), and the file is never rewritten:
 - Layers are programmed on all cores, each from its own random stream.
 - Where afmc's fused kernels are available (runtime.fused; AFMC_KERNELS=0 turns them
   off), a chip's analog nodes take the fused form of their prepared body
-  (ops.analog_linear.fused_function: one AnalogDAC and one AnalogADC around the
+  (ops.analog_linear_onnx.fused_function: one AnalogDAC and one AnalogADC around the
   MatMuls, the same numbers) and its session registers the kernel library; without
   them the prepared body of standard ops runs.
 
@@ -60,7 +60,7 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from afmc import ops
 from afmc.layout import MODEL_FILE
-from afmc.ops.analog_linear import (
+from afmc.ops.analog_linear_onnx import (
     ANALOG_OP_TYPES,
     ATTRIBUTE_DEFAULTS,
     FUSED_PREFIX,

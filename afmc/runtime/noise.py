@@ -232,7 +232,7 @@ def _pcm_block(
 def program_prepared(weight: np.ndarray, slice_sizes: Sequence[int], config: NoiseConfig,
                      rng: np.random.Generator, slices: int, w_scale: np.float32,
                      tiny: np.float32) -> programming.Prepared | None:
-    """The prepared form (ops.analog_linear.prepare_weights with `slices`, `w_scale` and
+    """The prepared form (ops.analog_linear_onnx.prepare_weights with `slices`, `w_scale` and
     `tiny`) of :func:`program_weights`' result, sampled straight into it by afmc's
     programming kernel (runtime.fused.programming) without holding the programmed layer
     whole; bit-identical to preparing program_weights' weights. None unless the model

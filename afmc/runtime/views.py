@@ -18,7 +18,7 @@ import onnx
 from onnx import helper
 
 from afmc import ops
-from afmc.ops.analog_linear import ANALOG_OP_TYPES, overload_slices, sliced_function
+from afmc.ops.analog_linear_onnx import ANALOG_OP_TYPES, overload_slices, sliced_function
 
 
 def fp_reference(model: onnx.ModelProto, keep: Collection[str] = ()) -> onnx.ModelProto:

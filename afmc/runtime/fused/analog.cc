@@ -1,6 +1,6 @@
 // Fused analog kernels for onnxruntime: a custom-op library, domain "afmc.kernels".
 //
-// The stock bodies of afmc's analog nodes (afmc/ops/analog_linear.py, sliced_function)
+// The stock bodies of afmc's analog nodes (afmc/ops/analog_linear_onnx.py, sliced_function)
 // run the DAC as three element-wise ops (Mul, Clip, Round) and the ADC as three to six
 // per slice (RandomNormalLike, Mul, Add, Round, Clip, Mul) plus a Sum. These kernels do
 // each in one pass, with the same float32 operations in the same order, so without

@@ -8,7 +8,7 @@
 //
 //   afmc_program_pcm:          runtime/noise.py _pcm_block over every scaling block of a
 //                              layer.
-//   afmc_prepare:              ops/analog_linear.py prepare_weights.
+//   afmc_prepare:              ops/analog_linear_onnx.py prepare_weights.
 //   afmc_program_pcm_prepared: both, 32 rows at a time through a small buffer, so the
 //                              programmed layer is never held whole.
 

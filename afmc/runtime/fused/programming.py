@@ -1,7 +1,7 @@
 """Chip programming on afmc's kernel library (programming.cc), through ctypes.
 
 Rule: each function does what the numpy code it stands for does (runtime.noise's pcm
-model, ops.analog_linear.prepare_weights), with the same float32 operations in the same
+model, ops.analog_linear_onnx.prepare_weights), with the same float32 operations in the same
 order, so its results are bit-identical; it returns None where the library is not
 available (AFMC_KERNELS=0, no compiler: fused.enabled()), and the caller runs the
 numpy code. ctypes releases the GIL during a call, so layers programmed on a thread
