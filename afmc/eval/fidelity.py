@@ -163,6 +163,11 @@ class _ProgrammedChip(fx.Interpreter):
         self.layers = {record.weight: (index, record)
                        for index, record in enumerate(_analog(layer_records(program)))}
 
+    def run_node(self, node: fx.Node):
+        if node.op == "get_attr" and not node.users:
+            return None  # read by nobody: not programmed (the interpreter would hold it)
+        return super().run_node(node)
+
     def get_attr(self, target, args, kwargs):
         stored = super().get_attr(target, args, kwargs)
         if target not in self.layers:

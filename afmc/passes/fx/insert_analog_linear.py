@@ -87,7 +87,8 @@ class InsertAnalogLinear(PassBase):
         analog.meta[META_KEY] = record
         layer.node.replace_all_uses_with(out)
         graph.erase_node(layer.node)
-        if weight_target != layer.weight.target and not layer.weight.users:
+        if not layer.weight.users:  # the analog op reads its own get_attr, next to it
             graph.erase_node(layer.weight)
-            owner, _ = _owner(gm, layer.weight.target)
-            delattr(owner, layer.weight.target.rsplit(".", 1)[-1])
+            if weight_target != layer.weight.target:
+                owner, _ = _owner(gm, layer.weight.target)
+                delattr(owner, layer.weight.target.rsplit(".", 1)[-1])
