@@ -13,6 +13,7 @@ import torch
 from onnxscript import opset18 as op
 from torch import nn
 from transformers import (
+    AutoModelForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -302,3 +303,50 @@ def test_large_weights_go_to_external_data(tmp_path, monkeypatch):
     (got,) = _session(path).run(["output"], {"x": images.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(got, captured.graph_module(images).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "phi3", "qwen2", "gpt2"])
+def test_sixteen_bit_checkpoint_loads_as_its_float32_load(architecture, model_dirs, tmp_path,
+                                                         monkeypatch):
+    """A bfloat16 safetensors directory is loaded in bfloat16 and upcast tensor by tensor
+    (afmc.capture.upcast): every parameter and buffer, and the logits, equal
+    transformers' float32 load of the same files."""
+    from afmc.capture import hf
+    from afmc.capture.hf import load_causal_lm, read_config
+    from afmc.capture.upcast import stored_dtype, upcast_in_place
+
+    upcasts = []
+    monkeypatch.setattr(hf, "upcast_in_place",
+                        lambda model: upcasts.append(upcast_in_place(model)) or upcasts[-1])
+
+    directory = tmp_path / "bf16"
+    model = AutoModelForCausalLM.from_pretrained(model_dirs[architecture])
+    model.to(torch.bfloat16).save_pretrained(directory)
+    assert stored_dtype(read_config(directory), directory) == torch.bfloat16
+    got = load_causal_lm(directory)
+    assert upcasts == [True]  # loaded in 16 bits and upcast, not loaded again
+    expected = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    got_state, expected_state = got.state_dict(), expected.state_dict()
+    assert got_state.keys() == expected_state.keys()
+    for name, tensor in expected_state.items():
+        assert got_state[name].dtype == tensor.dtype, name
+        assert torch.equal(got_state[name], tensor), name
+    for (name, buffer), (_, reference) in zip(got.named_buffers(), expected.named_buffers(),
+                                              strict=True):
+        assert buffer.dtype == reference.dtype and torch.equal(buffer, reference), name
+    ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(got(ids).logits, expected(ids).logits)
+
+
+def test_upcast_refuses_a_sixteen_bit_buffer_computed_at_init():
+    """A non-persistent buffer made in 16 bits at initialisation cannot be upcast exactly:
+    upcast_in_place says so (the loader then loads in float32)."""
+    from afmc.capture.upcast import upcast_in_place
+
+    module = nn.Linear(4, 4).to(torch.bfloat16)
+    module.register_buffer("frequencies", torch.ones(4, dtype=torch.bfloat16), persistent=False)
+    assert not upcast_in_place(module)
+    module.frequencies = torch.ones(4)
+    assert upcast_in_place(module)
+    assert module.weight.dtype == torch.float32 and module.bias.dtype == torch.float32

@@ -3,6 +3,7 @@ the largest |x|, clipping only where it helps, and the calibrate pass installs i
 
 from __future__ import annotations
 
+import pytest
 import torch
 from test_calibration import TwoInputMLP, _data
 
@@ -44,6 +45,23 @@ def test_search_beats_every_coarse_range_and_the_maximum():
     assert torch.equal(choice.weight, w)
     signal = float((x @ w.T).square().sum())
     assert abs(choice.sqnr_db - 10 * torch.log10(torch.tensor(signal / best)).item()) < 1e-3
+
+
+def test_search_on_a_sample_of_outputs():
+    """search_outputs: with at least N outputs the sample is every row (the same choice);
+    with fewer, the range is chosen on evenly spaced rows, first and last included, and
+    stays within one fine step of the full search's on a wide layer."""
+    from afmc.passes.range_search import FINE_FACTORS, _output_sample
+
+    x, w = _heavy_tailed(n=2048)
+    full = search_slice(x, w, *HW, clip_weights=False)
+    assert search_slice(x, w, *HW, clip_weights=False, outputs=2048) == full
+    sample = _output_sample(2048, 256)
+    assert sample.tolist()[:2] == [0, 8] and sample.tolist()[-1] == 2047
+    assert len(sample) == 256 and _output_sample(100, 256) is None
+    sampled = search_slice(x, w, *HW, clip_weights=False, outputs=256)
+    assert abs(sampled.input_range / full.input_range - 1) <= FINE_FACTORS[5] - 1 + 1e-9
+    assert sampled.sqnr_db == pytest.approx(full.sqnr_db, abs=0.3)
 
 
 def test_clipping_is_kept_only_where_it_lowers_the_row_error():

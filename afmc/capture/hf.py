@@ -58,6 +58,7 @@ from afmc.capture.kv_cache import CausalLMWithCache, cache_spec, fill_empty_past
 from afmc.capture.loading_info import check_loading_info
 from afmc.capture.moe import densify_experts
 from afmc.capture.torch_module import CapturedModel, capture_module
+from afmc.capture.upcast import stored_dtype, upcast_in_place
 from afmc.user_errors import first_line
 
 EXAMPLE_BATCH = 2
@@ -132,17 +133,30 @@ def load_causal_lm(path: str | os.PathLike) -> PreTrainedModel:
         raise CaptureError(f"{path}: not a model directory nor a GGUF file (*{GGUF_SUFFIX})")
     config = read_config(path)
     model_class = causal_lm_class(config, str(path / "config.json"))
+    sixteen_bit = stored_dtype(config, path)
+    if sixteen_bit is not None:  # afmc.capture.upcast: not held twice in float32
+        model, info = _from_pretrained(path, model_class, sixteen_bit)
+        if upcast_in_place(model):
+            check_loading_info(path, info)
+            return model.eval()
+        del model, info
+    model, info = _from_pretrained(path, model_class, torch.float32)
+    check_loading_info(path, info)
+    return model.eval()
+
+
+def _from_pretrained(path: Path, model_class: type[PreTrainedModel],
+                     dtype: torch.dtype) -> tuple[PreTrainedModel, dict]:
+    """transformers' from_pretrained of a local directory in `dtype`, with loading info."""
     try:
         transformers.utils.logging.disable_progress_bar()
-        model, info = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, dtype=torch.float32,
+        return AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=dtype,
             attn_implementation=attention_implementation(model_class),
             output_loading_info=True, ignore_mismatched_sizes=True,
         )
     except Exception as exc:
         raise CaptureError(f"{path}: cannot load the model ({first_line(exc)})") from exc
-    check_loading_info(path, info)
-    return model.eval()
 
 
 class CausalLMLogits(nn.Module):
