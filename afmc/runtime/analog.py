@@ -7,8 +7,10 @@ stored weights (runtime.noise), and the file is never rewritten:
 
 - Each analog node of the chip's graph becomes its prepared form
   (ops.analog_linear_onnx.prepared_function): the weight-only part of its body (per
-  slice W_s^T / w_max * scale and w_max) is computed in numpy from the programmed
-  weights, layer by layer (prepare_weights), so onnxruntime has nothing weight-sized
+  slice W_s^T / w_max * scale and w_max) is computed from the programmed weights,
+  layer by layer, on afmc's programming kernel (runtime.fused.programming, straight
+  from the noise draws for pcm) or else in numpy (prepare_weights), with the same
+  numbers, so onnxruntime has nothing weight-sized
   to constant-fold when the session starts. Folding it there holds several copies
   of every weight at once (a 1.1B model went past 24 GB).
 - The prepared values, and the programmed weights of an analog node that keeps its
