@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,15 +25,29 @@ from afmc.layout import MODEL_FILE, RECORD_FILE, TOKENIZER_DIR
 from afmc.mapping import map_all_strategies
 from afmc.passes.layers import LayerRecord
 
+COLLECT_ABOVE = 2 << 30  # resident bytes above which StepTimer collects after each step
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux /proc/self/statm); COLLECT_ABOVE + 1 where
+    it cannot be read, so the garbage is collected there."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return COLLECT_ABOVE + 1
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
 
 class StepTimer:
     """Runs compile steps, announcing each to `progress` and recording its wall time.
 
-    After each step the garbage is collected: a pass that rewrites the program leaves
-    the old graph module behind in reference cycles that hold the weights it replaced,
-    and Python's cycle collector runs by object counts, not bytes, so without this a
-    1.1B-parameter compile kept several steps' weights alive at once (peak RSS 10.0 GB
-    against 6.9 GB; docs/scaling.md).
+    After each step, when the process holds more than COLLECT_ABOVE, the garbage is
+    collected: a pass that rewrites the program leaves the old graph module behind in
+    reference cycles that hold the weights it replaced, and Python's cycle collector
+    runs by object counts, not bytes, so without this a 1.1B-parameter compile kept
+    several steps' weights alive at once (peak RSS 10.0 GB against 6.3 GB;
+    docs/scaling.md). A collection costs about 0.2 s with torch loaded, which small
+    models do not need to pay after every step.
     """
 
     def __init__(self, progress: Callable[[str], None] | None = None) -> None:
@@ -43,7 +58,8 @@ class StepTimer:
         self.progress(name)
         started = time.perf_counter()
         value = step()
-        gc.collect()
+        if resident_bytes() > COLLECT_ABOVE:
+            gc.collect()
         self.timings.append({"name": name, "seconds": round(time.perf_counter() - started, 3)})
         return value
 

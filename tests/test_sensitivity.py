@@ -121,13 +121,19 @@ def test_one_layer_chip_is_the_fp_view_but_that_layer(small, windows):
 
 def test_only_the_kept_layers_are_programmed(small, monkeypatch):
     programmed = []
-    original = analog.program_weights
 
-    def counting(weight, *args):
-        programmed.append(weight.shape)
-        return original(weight, *args)
+    def counting(original):
+        def program(weight, *args):
+            result = original(weight, *args)
+            if result is not None:
+                programmed.append(weight.shape)
+            return result
+        return program
 
-    monkeypatch.setattr(analog, "program_weights", counting)
+    # A layer is programmed by program_prepared (straight into its prepared form, on
+    # the kernels; None without them) or else by program_weights.
+    for name in ("program_weights", "program_prepared"):
+        monkeypatch.setattr(analog, name, counting(getattr(analog, name)))
     kept = {HEAD, "lm.model.layers.0.mlp.down_proj"}
     load(small).chip(0, analog_layers=kept)
     assert sorted(programmed) == sorted(
