@@ -230,7 +230,7 @@ def test_failed_build_warns_once_and_falls_back(tiny, monkeypatch, tmp_path):
 def test_programming_kernels_equal_numpy(shape, sizes, per_slice, scale, monkeypatch):
     """The pcm model and the prepared form on the programming kernels (runtime.fused.
     programming) give numpy's numbers bit for bit, all-zero rows included."""
-    from afmc.ops.analog_linear_onnx import TINY, prepare_weights, prepared_scale
+    from afmc.ops.analog_linear_onnx import prepare_weights
     from afmc.runtime.fused import programming
     from afmc.runtime.noise import NoiseConfig, layer_rng, program_prepared, program_weights
 
@@ -239,15 +239,13 @@ def test_programming_kernels_equal_numpy(shape, sizes, per_slice, scale, monkeyp
     config = NoiseConfig(model="pcm", per_slice=per_slice, pcm_scale=scale)
     attributes = {"out_res": 254.0, "inp_res": 254.0, "out_bound": 12.0}
     slices = len(sizes) if len(set(sizes)) == 1 else 1
-    w_scale, tiny = prepared_scale(**attributes), np.float32(TINY)
     fast = program_weights(weight, sizes, config, layer_rng(1, 2))
-    fast_prepared = program_prepared(weight, sizes, config, layer_rng(1, 2), slices, w_scale,
-                                     tiny)
-    fast_prepare = programming.prepare(fast, slices, w_scale, tiny)
+    fast_prepared = program_prepared(weight, sizes, config, layer_rng(1, 2), slices, attributes)
+    fast_prepare = programming.prepare(fast, slices, attributes)
     monkeypatch.setenv("AFMC_KERNELS", "0")
     assert not programming.available()
-    assert program_prepared(weight, sizes, config, layer_rng(1, 2), slices, w_scale,
-                            tiny) is None
+    assert program_prepared(weight, sizes, config, layer_rng(1, 2), slices,
+                            attributes) is None
     slow = program_weights(weight, sizes, config, layer_rng(1, 2))
     np.testing.assert_array_equal(fast, slow)
     assert np.all(slow[3] == 0) and not np.array_equal(slow, weight)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import mmap
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -84,6 +86,14 @@ def _drop_file_pages(start: int, size: int, mapped: list[tuple[int, int]]) -> No
     low, high = -(-start // page) * page, (start + size) // page * page
     if high <= low or not any(a <= low and high <= b for a, b in mapped):
         return
+    madvise = _madvise()
+    if madvise is not None:
+        madvise(ctypes.c_void_p(low), ctypes.c_size_t(high - low), _MADV_DONTNEED)
+
+
+@functools.cache
+def _madvise() -> Callable[..., int] | None:
+    """The C library's madvise, loaded once, or None where there is none."""
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.madvise(ctypes.c_void_p(low), ctypes.c_size_t(high - low), _MADV_DONTNEED)
+        return ctypes.CDLL("libc.so.6", use_errno=True).madvise
+    return None

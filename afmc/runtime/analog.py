@@ -69,16 +69,15 @@ from afmc.ops.analog_linear_onnx import (
     KERNEL_DOMAIN,
     PRE_SCALED,
     PREPARED_PREFIX,
-    TINY,
     fused_function,
     overload_slices,
     prepare_weights,
     prepared_function,
-    prepared_scale,
 )
 from afmc.runtime import fused as fused_kernels
 from afmc.runtime.chip import Chip, chip_from_session
 from afmc.runtime.fused import programming
+from afmc.runtime.fused.programming import Prepared
 from afmc.runtime.noise import NoiseConfig, layer_rng, program_prepared, program_weights
 from afmc.runtime.sessions import open_session, release_free_memory, session_options
 from afmc.runtime.views import fp_reference, with_read_noise
@@ -167,21 +166,16 @@ class AnalogRuntime:
             name, weight = self._stored(layer)
             if analog is not None and name not in analog:
                 return name, weight
-            prepared = prepare and name in self.plan
-            if seed is not None and prepared:
-                slices, attributes = self.plan[name]
+            plan = self.plan.get(name) if prepare else None  # (slices, attributes)
+            if seed is not None and plan is not None:
                 fast = program_prepared(weight, layer["slice_sizes"], noise,
-                                        layer_rng(seed, index), slices,
-                                        prepared_scale(**attributes), np.float32(TINY))
+                                        layer_rng(seed, index), *plan)
                 if fast is not None:
                     return name, fast
             if seed is not None:
                 weight = program_weights(weight, layer["slice_sizes"], noise,
                                          layer_rng(seed, index))
-            if prepared:
-                slices, attributes = self.plan[name]
-                return name, prepared_values(weight, slices, attributes)
-            return name, weight
+            return name, weight if plan is None else prepared_values(weight, *plan)
 
         workers = os.cpu_count() or 1
         with ThreadPoolExecutor(workers) as pool:
@@ -247,9 +241,6 @@ def _multiplies(node: onnx.NodeProto, name: str) -> bool:
         return list(node.input).index(name) == 1 and node.input[0] != name
     return (node.op_type.startswith((PREPARED_PREFIX, FUSED_PREFIX))
             and node.domain == ops.DOMAIN and EFFECTIVE in name)
-
-
-Prepared = programming.Prepared  # prepare_weights: w_eff, w_max per slice
 
 
 def preparation(model: onnx.ModelProto) -> dict[str, tuple[int, dict[str, float]]]:
@@ -329,7 +320,7 @@ def prepared_graph(model: onnx.ModelProto,
 def prepared_values(weight: np.ndarray, slices: int, attributes: dict[str, float]) -> Prepared:
     """prepare_weights(weight, slices, **attributes), on afmc's programming kernel where it
     is built (one pass, the same numbers: runtime.fused.programming)."""
-    fast = programming.prepare(weight, slices, prepared_scale(**attributes), np.float32(TINY))
+    fast = programming.prepare(weight, slices, attributes)
     return fast if fast is not None else prepare_weights(weight, slices, **attributes)
 
 

@@ -230,20 +230,20 @@ def _pcm_block(
 
 
 def program_prepared(weight: np.ndarray, slice_sizes: Sequence[int], config: NoiseConfig,
-                     rng: np.random.Generator, slices: int, w_scale: np.float32,
-                     tiny: np.float32) -> programming.Prepared | None:
-    """The prepared form (ops.analog_linear_onnx.prepare_weights with `slices`, `w_scale` and
-    `tiny`) of :func:`program_weights`' result, sampled straight into it by afmc's
-    programming kernel (runtime.fused.programming) without holding the programmed layer
-    whole; bit-identical to preparing program_weights' weights. None unless the model
-    is ``pcm`` and the kernel is available."""
+                     rng: np.random.Generator, slices: int,
+                     attributes: dict[str, float]) -> programming.Prepared | None:
+    """The prepared form (ops.analog_linear_onnx.prepare_weights with `slices` and the
+    analog node's `attributes`) of :func:`program_weights`' result, sampled straight into
+    it by afmc's programming kernel (runtime.fused.programming) without holding the
+    programmed layer whole; bit-identical to preparing program_weights' weights. None
+    unless the model is ``pcm`` and the kernel is available."""
     if config.model != "pcm" or not programming.available():
         return None
     w = np.asarray(weight)
     noise, bounds = _pcm_draws(w, [int(s) for s in slice_sizes], config, rng)
     return programming.program_pcm_prepared(
         w, noise, bounds, PCM_SIGMA, config.pcm_gmax, config.pcm_scale,
-        config.pcm_zero_threshold, slices, w_scale, tiny)
+        config.pcm_zero_threshold, slices, attributes)
 
 
 def _program_pcm_fused(w: np.ndarray, sizes: list[int], config: NoiseConfig,

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from afmc.ops.analog_linear_onnx import TINY, prepared_scale
 from afmc.runtime import fused
 
 _FLOATS = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
@@ -71,8 +72,8 @@ def program_pcm(weight: np.ndarray, noise: np.ndarray, bounds: Sequence[int],
 
 def program_pcm_prepared(weight: np.ndarray, noise: np.ndarray, bounds: Sequence[int],
                          sigma: PcmSigma, gmax: float, scale: float, threshold: float,
-                         slices: int, w_scale: np.float32, tiny: np.float32) -> Prepared | None:
-    """prepare(program_pcm(...), slices, w_scale, tiny) without the programmed layer ever
+                         slices: int, attributes: dict[str, float]) -> Prepared | None:
+    """prepare(program_pcm(...), slices, attributes) without the programmed layer ever
     held whole; None without the library."""
     library = _library()
     if library is None:
@@ -80,19 +81,20 @@ def program_pcm_prepared(weight: np.ndarray, noise: np.ndarray, bounds: Sequence
     effective, maxima = _prepared_arrays(weight.shape, slices)
     library.afmc_program_pcm_prepared(
         _f32(weight), noise, *weight.shape, *_pcm_args(bounds, sigma, gmax, scale, threshold),
-        slices, w_scale, tiny, effective, maxima)
+        slices, prepared_scale(**attributes), np.float32(TINY), effective, maxima)
     return list(effective), list(maxima)
 
 
-def prepare(weight: np.ndarray, slices: int, w_scale: np.float32,
-            tiny: np.float32) -> Prepared | None:
-    """prepare_weights' (w_eff per slice [k, N], w_max per slice [N]) of float32 [N, K]
-    `weight`, computed in one pass; None without the library."""
+def prepare(weight: np.ndarray, slices: int, attributes: dict[str, float]) -> Prepared | None:
+    """prepare_weights(weight, slices, **attributes) (w_eff per slice [k, N], w_max per
+    slice [N]) of float32 [N, K] `weight`, computed in one pass; None without the
+    library."""
     library = _library()
     if library is None:
         return None
     effective, maxima = _prepared_arrays(weight.shape, slices)
-    library.afmc_prepare(_f32(weight), *weight.shape, slices, w_scale, tiny, effective, maxima)
+    library.afmc_prepare(_f32(weight), *weight.shape, slices, prepared_scale(**attributes),
+                         np.float32(TINY), effective, maxima)
     return list(effective), list(maxima)
 
 
