@@ -61,15 +61,16 @@ def search_slice(x: torch.Tensor, weight: torch.Tensor, inp_res: float, out_res:
     reference = x @ weight.T
     top = float(x.abs().max().clamp_min(_TINY))
     sample = _output_sample(weight.shape[0], outputs)
+    sampled_reference = reference if sample is None else reference[:, sample]
 
-    def row_errors(r: float, w: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        expected = reference if rows is None else reference[:, rows]
+    def row_errors(r: float, w: torch.Tensor, expected: torch.Tensor = reference
+                   ) -> torch.Tensor:
         diff = slice_output(x, w, r, inp_res, out_res, out_bound) - expected
         return diff.square().mean(dim=0)
 
     def best_range(candidates: list[float], w: torch.Tensor) -> float:
         part = w if sample is None else w[sample]
-        errors = [float(row_errors(r, part, sample).sum()) for r in candidates]
+        errors = [float(row_errors(r, part, sampled_reference).sum()) for r in candidates]
         return candidates[min(range(len(errors)), key=errors.__getitem__)]
 
     r = best_range([top * f for f in COARSE_FRACTIONS], weight)
