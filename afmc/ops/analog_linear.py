@@ -53,6 +53,25 @@ def _slices(tensor: torch.Tensor, sizes: Sequence[int]) -> tuple[torch.Tensor, .
     return torch.split(tensor, list(sizes), dim=-1)
 
 
+def dac(x_s: torch.Tensor, r: torch.Tensor | float, inp_res: float) -> torch.Tensor:
+    """The DAC of one slice at static range r: a new tensor of x_s's levels."""
+    in_step = 2 * r / inp_res
+    return x_s.clamp(-r, r).div_(in_step).round_().mul_(in_step)
+
+
+def adc_(y: torch.Tensor, r: torch.Tensor | float, w_max: torch.Tensor, out_res: float,
+         out_bound: float) -> torch.Tensor:
+    """The ADC of one slice's product y (rows' w_max), in place on y."""
+    bound = out_bound * r * w_max
+    out_step = 2 * bound / out_res
+    return y.div_(out_step).round_().mul_(out_step).clamp_(-bound, bound)
+
+
+def row_max_abs(w_s: torch.Tensor) -> torch.Tensor:
+    """w_max per weight row of a slice (floored at the smallest normal float)."""
+    return w_s.abs().amax(dim=1).clamp_min(TINY)
+
+
 def _slice_forward(
     x_s: torch.Tensor,
     w_s: torch.Tensor,
@@ -62,18 +81,18 @@ def _slice_forward(
     out_res: float,
     out_bound: float,
     out_noise: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One slice: returns (ADC output, quantized input, pre-ADC output)."""
+    keep_pre_adc: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One slice: (ADC output, quantized input, pre-ADC output if `keep_pre_adc` else
+    None)."""
     r = r.clamp_min(TINY)
-    in_step = 2 * r / inp_res
-    x_q = torch.round(x_s.clamp(-r, r) / in_step) * in_step
+    x_q = dac(x_s, r, inp_res)
     y = x_q @ w_s.T
-    w_max = w_s.abs().amax(dim=1).clamp_min(TINY)
+    w_max = row_max_abs(w_s)
     if out_noise > 0:
-        y = y + (out_noise * r / math.sqrt(count)) * w_max * torch.randn_like(y)
-    bound = out_bound * r * w_max
-    out_step = 2 * bound / out_res
-    return torch.clamp(torch.round(y / out_step) * out_step, -bound, bound), x_q, y
+        y.add_((out_noise * r / math.sqrt(count)) * w_max * torch.randn_like(y))
+    pre_adc = y.clone() if keep_pre_adc else None
+    return adc_(y, r, w_max, out_res, out_bound), x_q, pre_adc
 
 
 @torch.library.custom_op("afmc::analog_linear", mutates_args=())
@@ -89,13 +108,13 @@ def analog_linear(
 ) -> torch.Tensor:
     """Analog crossbar linear layer without bias; see the module docstring."""
     w_slices = _slices(weight, slice_sizes)
-    out = torch.zeros(*x.shape[:-1], weight.shape[0], dtype=x.dtype, device=x.device)
+    out = None
     for index, (x_s, w_s) in enumerate(zip(_slices(x, slice_sizes), w_slices, strict=True)):
         y_s, _, _ = _slice_forward(
             x_s, w_s, input_range[index], len(slice_sizes), inp_res, out_res, out_bound,
             out_noise,
         )
-        out = out + y_s
+        out = y_s if out is None else out.add_(y_s)
     return out
 
 
@@ -127,8 +146,9 @@ def _backward(ctx, grad_output: torch.Tensor):
     for index, (x_s, w_s) in enumerate(zip(_slices(x, sizes), _slices(weight, sizes),
                                            strict=True)):
         r = input_range[index]
-        _, x_q, y = _slice_forward(x_s, w_s, r, len(sizes), inp_res, out_res, out_bound, 0.0)
-        bound = out_bound * r.clamp_min(TINY) * w_s.abs().amax(dim=1).clamp_min(TINY)
+        _, x_q, y = _slice_forward(x_s, w_s, r, len(sizes), inp_res, out_res, out_bound, 0.0,
+                                   keep_pre_adc=True)
+        bound = out_bound * r.clamp_min(TINY) * row_max_abs(w_s)
         out_step = 2 * bound / out_res
         g_y = grad_output * ((torch.round(y / out_step) * out_step).abs() <= bound)
         g_clamped = g_y @ w_s

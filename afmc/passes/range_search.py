@@ -14,8 +14,9 @@ finer grid around the first choice.
 The range is chosen on the error of at most ``outputs`` weight rows (output
 channels), evenly spaced over the layer: each row's error is a term of the sum,
 so a sample of rows estimates it, and the search's cost (one [R, k] x [k, N]
-product per candidate range) stops growing with N. Row clipping, which
-chooses per row, and the reported SQNR use every row.
+product per candidate range) stops growing with N. The reported SQNR is the
+chosen setting's on the same rows; row clipping, which chooses per row, scores
+every row.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from afmc.ops.analog_linear import adc_, dac, row_max_abs
 from afmc.passes.layers import LayerRecord
 
 COARSE_FRACTIONS = tuple(2.0 ** (-step / 2) for step in range(13))  # 1 .. 1/64 of max |x|
@@ -45,12 +47,25 @@ class SliceChoice:
 def slice_output(x: torch.Tensor, weight: torch.Tensor, input_range: float, inp_res: float,
                  out_res: float, out_bound: float) -> torch.Tensor:
     """DAC, crossbar product and ADC of one slice (HARDWARE.md steps 2-6, no noise)."""
-    in_step = 2 * input_range / inp_res
-    x_q = torch.round(x.clamp(-input_range, input_range) / in_step) * in_step
-    y = x_q @ weight.T
-    bound = out_bound * input_range * weight.abs().amax(dim=1).clamp_min(_TINY)
-    out_step = 2 * bound / out_res
-    return torch.clamp(torch.round(y / out_step) * out_step, -bound, bound)
+    y = dac(x, input_range, inp_res) @ weight.T
+    return adc_(y, input_range, row_max_abs(weight), out_res, out_bound)
+
+
+class _SliceScorer:
+    """Output errors of one slice's weights (or a subset of their rows) at candidate
+    ranges: slice_output's numbers, with the rows' w_max taken once."""
+
+    def __init__(self, x: torch.Tensor, weight: torch.Tensor, inp_res: float, out_res: float,
+                 out_bound: float) -> None:
+        self.x, self.weight = x, weight
+        self.inp_res, self.out_res, self.out_bound = inp_res, out_res, out_bound
+        self.w_max = row_max_abs(weight)
+
+    def row_errors(self, input_range: float, expected: torch.Tensor) -> torch.Tensor:
+        """Mean squared error per weight row of the slice's output against `expected`."""
+        y = dac(self.x, input_range, self.inp_res) @ self.weight.T
+        y = adc_(y, input_range, self.w_max, self.out_res, self.out_bound)
+        return y.sub_(expected).square_().mean(dim=0)
 
 
 def search_slice(x: torch.Tensor, weight: torch.Tensor, inp_res: float, out_res: float,
@@ -58,39 +73,45 @@ def search_slice(x: torch.Tensor, weight: torch.Tensor, inp_res: float, out_res:
     """Input range (and row clipping) of one slice that minimise its output error, the
     range chosen on at most `outputs` evenly spaced weight rows (None: all)."""
     x, weight = x.float(), weight.float()
-    reference = x @ weight.T
     top = float(x.abs().max().clamp_min(_TINY))
     sample = _output_sample(weight.shape[0], outputs)
-    sampled_reference = reference if sample is None else reference[:, sample]
+    sampled = weight if sample is None else weight[sample]
+    sampled_reference = x @ sampled.T
+    hardware = (inp_res, out_res, out_bound)
 
-    def row_errors(r: float, w: torch.Tensor, expected: torch.Tensor = reference
-                   ) -> torch.Tensor:
-        diff = slice_output(x, w, r, inp_res, out_res, out_bound) - expected
-        return diff.square().mean(dim=0)
-
-    def best_range(candidates: list[float], w: torch.Tensor) -> float:
-        part = w if sample is None else w[sample]
-        errors = [float(row_errors(r, part, sampled_reference).sum()) for r in candidates]
+    def best_range(candidates: list[float], scorer: _SliceScorer) -> float:
+        errors = [float(scorer.row_errors(r, sampled_reference).sum()) for r in candidates]
         return candidates[min(range(len(errors)), key=errors.__getitem__)]
 
-    r = best_range([top * f for f in COARSE_FRACTIONS], weight)
+    scorer = _SliceScorer(x, sampled, *hardware)
+    r = best_range([top * f for f in COARSE_FRACTIONS], scorer)
     chosen, clipped = weight, torch.zeros(weight.shape[0], dtype=torch.bool)
     if clip_weights:
-        best = row_errors(r, weight)
-        std = weight.std(dim=1, keepdim=True)
-        chosen = weight.clone()
-        for ratio in CLIP_RATIOS:
-            candidate = torch.minimum(torch.maximum(weight, -ratio * std), ratio * std)
-            errors = row_errors(r, candidate)
-            better = errors < best
-            best = torch.where(better, errors, best)
-            chosen[better] = candidate[better]
-            clipped |= better
-    r = best_range([r * f for f in FINE_FACTORS], chosen)
-    error = float(row_errors(r, chosen).sum())
-    signal = float(reference.square().mean(dim=0).sum())
+        chosen, clipped = _clip_rows(x, weight, r, hardware)
+        scorer = _SliceScorer(x, chosen if sample is None else chosen[sample], *hardware)
+    r = best_range([r * f for f in FINE_FACTORS], scorer)
+    error = float(scorer.row_errors(r, sampled_reference).sum())
+    signal = float(sampled_reference.square().mean(dim=0).sum())
     sqnr = 10 * torch.log10(torch.tensor(max(signal, _TINY) / max(error, _TINY))).item()
     return SliceChoice(r, chosen, int(clipped.sum()), sqnr)
+
+
+def _clip_rows(x: torch.Tensor, weight: torch.Tensor, input_range: float,
+               hardware: tuple[float, float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights with each row clipped at the CLIP_RATIOS bound that lowers its error at
+    `input_range` most, which rows were clipped); every row is scored."""
+    reference = x @ weight.T
+    best = _SliceScorer(x, weight, *hardware).row_errors(input_range, reference)
+    std = weight.std(dim=1, keepdim=True)
+    chosen, clipped = weight.clone(), torch.zeros(weight.shape[0], dtype=torch.bool)
+    for ratio in CLIP_RATIOS:
+        candidate = torch.minimum(torch.maximum(weight, -ratio * std), ratio * std)
+        errors = _SliceScorer(x, candidate, *hardware).row_errors(input_range, reference)
+        better = errors < best
+        best = torch.where(better, errors, best)
+        chosen[better] = candidate[better]
+        clipped |= better
+    return chosen, clipped
 
 
 def _output_sample(rows: int, outputs: int | None) -> torch.Tensor | None:
