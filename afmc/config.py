@@ -95,7 +95,7 @@ class CalibrationConfig(_Section):
         256, gt=0, description="search: input rows per layer on which each slice's range is "
         "chosen by its output error.")
     search_outputs: int | None = Field(
-        1024, gt=0, description="search: weight rows (output channels) per slice, evenly "
+        512, gt=0, description="search: weight rows (output channels) per slice, evenly "
         "spaced, whose output error chooses the range (null: every row). The search's cost "
         "is one [search_rows, k] x [k, search_outputs] product per candidate range.")
     clip_weights: bool = Field(
