@@ -123,6 +123,8 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
                                                                                       config)
         if checks_fidelity:
             timed("fp-reference", lambda: frontend.hold_reference(data))
+        else:
+            frontend.hold_reference(None)
         for spec in steps:
             name = spec if isinstance(spec, str) else type(spec).__name__
             outcome = timed(name, lambda spec=spec: frontend.run_pass(spec, config, data, staged))

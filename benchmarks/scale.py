@@ -10,6 +10,9 @@ compare like with like:
 - export: plain torch.export + torch.onnx.export(dynamo=True) + save with external
   data, in one process (the FP baseline for compile);
 - compile: ``afmc compile DIR --target aimc --calib ids.npz`` (token ids, no tokenizer);
+- compile-lean: the same without the steps that run the model for accuracy (``--set
+  calibration.method=max --set calibration.held_back=0 --skip smooth-inputs``: max
+  calibration, no smoothing, no fidelity check), the cost of the pipeline itself;
 - fp-session: a plain onnxruntime session of the FP export (the baseline for chips);
 - chip: ``afmc.load(OUT).chip(seed)``: programming noise sampled for every analog
   layer and the session built, then one forward pass;
@@ -39,7 +42,9 @@ from pathlib import Path
 SHAPE = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
          "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000,
          "max_position_embeddings": 2048}
-STEPS = ("export", "compile", "fp-session", "chip", "eval")
+STEPS = ("export", "compile", "compile-lean", "fp-session", "chip", "eval")
+LEAN = ("--set", "calibration.method=max", "--set", "calibration.held_back=0",
+        "--skip", "smooth-inputs")
 CALIB_WINDOWS = 4
 SEQ_LEN = 128
 
@@ -108,7 +113,7 @@ COMPILE = """
     import sys
     from afmc.cli import app
     sys.argv = ["afmc", "compile", sys.argv[1], "--target", "aimc", "--calib", sys.argv[2],
-                "-o", sys.argv[3]]
+                "-o", sys.argv[3], *sys.argv[4:]]
     app()
 """
 
@@ -184,6 +189,10 @@ def run(work: Path, layers: int, steps: list[str]) -> None:
 
             shutil.rmtree(out)
         rows["afmc compile"] = measured(COMPILE, str(model_dir), str(ids), str(out))
+    if "compile-lean" in steps:
+        with tempfile.TemporaryDirectory(prefix="afmc-lean-", dir=work) as lean:
+            rows["afmc compile, lean"] = measured(COMPILE, str(model_dir), str(ids),
+                                                  str(Path(lean) / "out"), *LEAN)
     if "fp-session" in steps:
         fp_session = measured(FP_SESSION, str(fp_onnx))
         rows["fp session (baseline)"] = (float(fp_session[2]), fp_session[1], "")
@@ -197,6 +206,8 @@ def run(work: Path, layers: int, steps: list[str]) -> None:
     for name, (seconds, rss, _) in rows.items():
         print(f"{name:24} {seconds:9.1f} {rss:12.2f} {rss / weight_gb:18.2f}x")
     for label, step, baseline in (("compile time / export time", "afmc compile",
+                                   "export (baseline)"),
+                                  ("lean compile time / export time", "afmc compile, lean",
                                    "export (baseline)"),
                                   ("chip start / fp session load", "afmc chip start",
                                    "fp session (baseline)")):

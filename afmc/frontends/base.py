@@ -58,8 +58,9 @@ class Frontend(Protocol):
         """The record's inputs, outputs, fold_notes and dependencies."""
         ...
 
-    def hold_reference(self, calibration: CalibrationData) -> None:
-        """Compute the FP outputs the fidelity check compares with, before the passes."""
+    def hold_reference(self, calibration: CalibrationData | None) -> None:
+        """Compute the FP outputs the fidelity check compares with (None: no check), before
+        the passes, and release what only they needed."""
         ...
 
     def fidelity(self, target: Target, lowered: ir.Model, record: dict[str, Any],

@@ -92,7 +92,7 @@ class OnnxFrontend:
                 "fold_notes": self.model.meta.get(NOTES_KEY, []),
                 "dependencies": analog_dependencies(self.model)}
 
-    def hold_reference(self, calibration: CalibrationData) -> None:
+    def hold_reference(self, calibration: CalibrationData | None) -> None:
         """Nothing to hold: the FP reference is the input file, which the passes leave alone."""
 
     def fidelity(self, target: Target, lowered: ir.Model, record: dict[str, Any],

@@ -138,15 +138,16 @@ class TorchFrontend:
             return batches
         return [(*batch, *empty_pasts(spec, batch[0].shape[0])) for batch in batches]
 
-    def hold_reference(self, calibration: CalibrationData) -> None:
-        """Run the FP model on the fidelity batches now, before any pass, and let it go
-        (unless verify still needs it): the passes replace every weight they fold, and
-        the FP module would otherwise keep the originals alive through the compile
-        (two copies of most weights of a language model)."""
+    def hold_reference(self, calibration: CalibrationData | None) -> None:
+        """Run the FP model on the fidelity batches now (None: no fidelity check), before
+        any pass, and let it go (unless verify still needs it): the passes replace every
+        weight they fold, and the FP module would otherwise keep the originals alive
+        through the compile (two copies of most weights of a language model)."""
         from afmc.eval.fidelity import torch_outputs
 
-        fp = torch_outputs(self.captured.fp_module)
-        self._fp_outputs = [fp(batch) for batch in self._fidelity_batches(calibration)]
+        if calibration is not None:
+            fp = torch_outputs(self.captured.fp_module)
+            self._fp_outputs = [fp(batch) for batch in self._fidelity_batches(calibration)]
         if not self.verify:
             self.captured = replace(self.captured, fp_module=None)
 
