@@ -10,7 +10,7 @@ from test_calibration import TwoInputMLP, _data
 import afmc.api
 from afmc.config import load_config
 from afmc.ops.analog_linear import ANALOG_LINEAR, analog_linear
-from afmc.passes.range_search import COARSE_FRACTIONS, search_slice, slice_output
+from afmc.passes.range_search import COARSE_FRACTIONS, SliceModel, search_slice
 
 HW = (254.0, 254.0, 14.0)
 
@@ -25,14 +25,14 @@ def _heavy_tailed(rows: int = 256, k: int = 64, n: int = 32) -> tuple[torch.Tens
 
 
 def _error(x, w_programmed, r, w_reference) -> float:
-    return float((slice_output(x, w_programmed, r, *HW) - x @ w_reference.T).square().sum())
+    return float((SliceModel(x, w_programmed, *HW).output(r) - x @ w_reference.T).square().sum())
 
 
-def test_slice_output_is_the_analog_op_on_one_slice():
+def test_slice_model_is_the_analog_op_on_one_slice():
     x, w = _heavy_tailed()
     r = 5.0
     expected = analog_linear(x, w, torch.tensor([r]), [x.shape[1]], *HW, 0.0)
-    torch.testing.assert_close(slice_output(x, w, r, *HW), expected)
+    torch.testing.assert_close(SliceModel(x, w, *HW).output(r), expected)
 
 
 def test_search_beats_every_coarse_range_and_the_maximum():

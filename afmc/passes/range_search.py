@@ -44,16 +44,10 @@ class SliceChoice:
     sqnr_db: float  # of the chosen setting, on the sample
 
 
-def slice_output(x: torch.Tensor, weight: torch.Tensor, input_range: float, inp_res: float,
-                 out_res: float, out_bound: float) -> torch.Tensor:
-    """DAC, crossbar product and ADC of one slice (HARDWARE.md steps 2-6, no noise)."""
-    y = dac(x, input_range, inp_res) @ weight.T
-    return adc_(y, input_range, row_max_abs(weight), out_res, out_bound)
-
-
-class _SliceScorer:
-    """Output errors of one slice's weights (or a subset of their rows) at candidate
-    ranges: slice_output's numbers, with the rows' w_max taken once."""
+class SliceModel:
+    """One slice's DAC, crossbar product and ADC (HARDWARE.md steps 2-6, no noise) for
+    fixed inputs and weights (or a subset of their rows) at any input range, the rows'
+    w_max taken once."""
 
     def __init__(self, x: torch.Tensor, weight: torch.Tensor, inp_res: float, out_res: float,
                  out_bound: float) -> None:
@@ -61,11 +55,14 @@ class _SliceScorer:
         self.inp_res, self.out_res, self.out_bound = inp_res, out_res, out_bound
         self.w_max = row_max_abs(weight)
 
+    def output(self, input_range: float) -> torch.Tensor:
+        """The slice's output [R, N] at static input range `input_range`."""
+        y = dac(self.x, input_range, self.inp_res) @ self.weight.T
+        return adc_(y, input_range, self.w_max, self.out_res, self.out_bound)
+
     def row_errors(self, input_range: float, expected: torch.Tensor) -> torch.Tensor:
         """Mean squared error per weight row of the slice's output against `expected`."""
-        y = dac(self.x, input_range, self.inp_res) @ self.weight.T
-        y = adc_(y, input_range, self.w_max, self.out_res, self.out_bound)
-        return y.sub_(expected).square_().mean(dim=0)
+        return self.output(input_range).sub_(expected).square_().mean(dim=0)
 
 
 def search_slice(x: torch.Tensor, weight: torch.Tensor, inp_res: float, out_res: float,
@@ -79,18 +76,18 @@ def search_slice(x: torch.Tensor, weight: torch.Tensor, inp_res: float, out_res:
     sampled_reference = x @ sampled.T
     hardware = (inp_res, out_res, out_bound)
 
-    def best_range(candidates: list[float], scorer: _SliceScorer) -> float:
-        errors = [float(scorer.row_errors(r, sampled_reference).sum()) for r in candidates]
+    def best_range(candidates: list[float], model: SliceModel) -> float:
+        errors = [float(model.row_errors(r, sampled_reference).sum()) for r in candidates]
         return candidates[min(range(len(errors)), key=errors.__getitem__)]
 
-    scorer = _SliceScorer(x, sampled, *hardware)
-    r = best_range([top * f for f in COARSE_FRACTIONS], scorer)
+    model = SliceModel(x, sampled, *hardware)
+    r = best_range([top * f for f in COARSE_FRACTIONS], model)
     chosen, clipped = weight, torch.zeros(weight.shape[0], dtype=torch.bool)
     if clip_weights:
         chosen, clipped = _clip_rows(x, weight, r, hardware)
-        scorer = _SliceScorer(x, chosen if sample is None else chosen[sample], *hardware)
-    r = best_range([r * f for f in FINE_FACTORS], scorer)
-    error = float(scorer.row_errors(r, sampled_reference).sum())
+        model = SliceModel(x, chosen if sample is None else chosen[sample], *hardware)
+    r = best_range([r * f for f in FINE_FACTORS], model)
+    error = float(model.row_errors(r, sampled_reference).sum())
     signal = float(sampled_reference.square().mean(dim=0).sum())
     sqnr = 10 * torch.log10(torch.tensor(max(signal, _TINY) / max(error, _TINY))).item()
     return SliceChoice(r, chosen, int(clipped.sum()), sqnr)
@@ -101,12 +98,12 @@ def _clip_rows(x: torch.Tensor, weight: torch.Tensor, input_range: float,
     """(weights with each row clipped at the CLIP_RATIOS bound that lowers its error at
     `input_range` most, which rows were clipped); every row is scored."""
     reference = x @ weight.T
-    best = _SliceScorer(x, weight, *hardware).row_errors(input_range, reference)
+    best = SliceModel(x, weight, *hardware).row_errors(input_range, reference)
     std = weight.std(dim=1, keepdim=True)
     chosen, clipped = weight.clone(), torch.zeros(weight.shape[0], dtype=torch.bool)
     for ratio in CLIP_RATIOS:
         candidate = torch.minimum(torch.maximum(weight, -ratio * std), ratio * std)
-        errors = _SliceScorer(x, candidate, *hardware).row_errors(input_range, reference)
+        errors = SliceModel(x, candidate, *hardware).row_errors(input_range, reference)
         better = errors < best
         best = torch.where(better, errors, best)
         chosen[better] = candidate[better]
