@@ -51,8 +51,8 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def calibration_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A calibration text file (this repository's own source, a few KB)."""
+    """A calibration text file (4000 characters of this repository's source, frozen in
+    tests/data so that editing the code does not change the tests' data)."""
     path = tmp_path_factory.mktemp("calib") / "calib.txt"
-    source = Path(__file__).resolve().parents[1] / "afmc" / "ops" / "analog_linear.py"
-    path.write_text(source.read_text()[:4000])
+    path.write_text((Path(__file__).resolve().parent / "data" / "calibration.txt").read_text())
     return path
