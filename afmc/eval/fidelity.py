@@ -17,10 +17,8 @@ the worst layers and the next steps; the result is stored in afmc.json under
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +32,7 @@ from afmc.eval.perplexity import next_token_nll
 from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.passes.layers import LayerRecord, layer_records
 from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
+from afmc.runtime.threads import in_order_on_threads
 
 if TYPE_CHECKING:
     from afmc.runtime.chip import Chip
@@ -156,23 +155,22 @@ def _analog(records: list[LayerRecord]) -> list[LayerRecord]:
 
 class _ProgrammedChip(fx.Interpreter):
     """Runs an analog program with the programmed weights of chip `seed` in place of the
-    stored ones: each analog weight is programmed when the graph reads it (get_attr) and
-    freed after its last use. The next LOOKAHEAD layers in graph order are programmed on
-    worker threads meanwhile (each on its own random stream, so the numbers do not
-    depend on the threads), so at most 1 + LOOKAHEAD programmed copies are alive."""
+    stored ones: each analog weight is programmed for the graph's read of it (get_attr)
+    and freed after its last use. The reads come in graph order, so the next LOOKAHEAD
+    layers are programmed on worker threads meanwhile (each on its own random stream,
+    so the numbers do not depend on the threads): at most 1 + LOOKAHEAD programmed
+    copies are alive."""
 
     LOOKAHEAD = 2
 
-    def __init__(self, program: fx.GraphModule, noise: NoiseConfig, seed: int,
-                 pool: ThreadPoolExecutor) -> None:
+    def __init__(self, program: fx.GraphModule, noise: NoiseConfig, seed: int) -> None:
         super().__init__(program)
-        self.noise, self.seed, self.pool = noise, seed, pool
+        self.noise, self.seed = noise, seed
         self.layers = {record.weight: (index, record)
                        for index, record in enumerate(_analog(layer_records(program)))}
-        self.order = [node.target for node in program.graph.nodes
-                      if node.op == "get_attr" and node.users and node.target in self.layers]
-        self.pending: dict[str, Future] = {}
-        self.submitted = 0
+        reads = [node.target for node in program.graph.nodes
+                 if node.op == "get_attr" and node.users and node.target in self.layers]
+        self.programmed = in_order_on_threads(self._program, reads, ahead=self.LOOKAHEAD)
 
     def run_node(self, node: fx.Node):
         if node.op == "get_attr" and not node.users:
@@ -182,13 +180,7 @@ class _ProgrammedChip(fx.Interpreter):
     def get_attr(self, target, args, kwargs):
         if target not in self.layers:
             return super().get_attr(target, args, kwargs)
-        while self.submitted < len(self.order) and (
-                target not in self.pending or len(self.pending) <= self.LOOKAHEAD):
-            ahead = self.order[self.submitted]
-            self.pending[ahead] = self.pool.submit(self._program, ahead)
-            self.submitted += 1
-        future = self.pending.pop(target, None)  # None: a weight read a second time
-        return self._program(target) if future is None else future.result()
+        return next(self.programmed)
 
     def _program(self, target: str) -> torch.Tensor:
         stored = self.fetch_attr(target)
@@ -203,9 +195,8 @@ def chip_outputs(program: fx.GraphModule, noise: NoiseConfig, seed: int) -> Outp
     run), programmed layer by layer during each run (_ProgrammedChip)."""
 
     def run(batch: tuple) -> np.ndarray:
-        with torch.no_grad(), ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-            chip = _ProgrammedChip(program, noise, seed, pool)
-            return _first(chip.run(*batch)).float().numpy()
+        with torch.no_grad():
+            return _first(_ProgrammedChip(program, noise, seed).run(*batch)).float().numpy()
 
     return run
 

@@ -48,9 +48,7 @@ read noise applies to them alone.
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import Collection, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +78,7 @@ from afmc.runtime.fused import programming
 from afmc.runtime.fused.programming import Prepared
 from afmc.runtime.noise import NoiseConfig, layer_rng, program_prepared, program_weights
 from afmc.runtime.sessions import open_session, release_free_memory, session_options
+from afmc.runtime.threads import in_order_on_threads
 from afmc.runtime.views import fp_reference, with_read_noise
 
 EFFECTIVE = "::w_eff_"  # prepared_graph's names of the prepared weights: WEIGHT::w_eff_I
@@ -177,15 +176,8 @@ class AnalogRuntime:
                                          layer_rng(seed, index))
             return name, weight if plan is None else prepared_values(weight, *plan)
 
-        workers = os.cpu_count() or 1
-        with ThreadPoolExecutor(workers) as pool:
-            pending: deque[Future] = deque()
-            for index in range(len(self.analog)):
-                pending.append(pool.submit(program, index))
-                if len(pending) > 2 * workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+        yield from in_order_on_threads(program, range(len(self.analog)),
+                                       ahead=2 * (os.cpu_count() or 1))
 
     def stored(self) -> Iterator[tuple[str, np.ndarray]]:
         """(initializer name, stored weights as float32) of every analog layer, one by one."""
