@@ -25,13 +25,12 @@ from dataclasses import dataclass
 
 import torch
 
-from afmc.ops.analog_linear import adc_, dac, row_max_abs
+from afmc.ops.analog_linear import TINY, adc_, dac, row_max_abs
 from afmc.passes.layers import LayerRecord
 
 COARSE_FRACTIONS = tuple(2.0 ** (-step / 2) for step in range(13))  # 1 .. 1/64 of max |x|
 FINE_FACTORS = tuple(2.0 ** (step / 8) for step in range(-4, 5))
 CLIP_RATIOS = (8.0, 6.0, 5.0, 4.0, 3.5, 3.0, 2.5)
-_TINY = torch.finfo(torch.float32).tiny
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,7 @@ def search_slice(x: torch.Tensor, weight: torch.Tensor, inp_res: float, out_res:
     """Input range (and row clipping) of one slice that minimise its output error, the
     range chosen on at most `outputs` evenly spaced weight rows (None: all)."""
     x, weight = x.float(), weight.float()
-    top = float(x.abs().max().clamp_min(_TINY))
+    top = float(x.abs().max().clamp_min(TINY))
     sample = _output_sample(weight.shape[0], outputs)
     sampled = weight if sample is None else weight[sample]
     sampled_reference = x @ sampled.T
@@ -89,7 +88,7 @@ def search_slice(x: torch.Tensor, weight: torch.Tensor, inp_res: float, out_res:
     r = best_range([r * f for f in FINE_FACTORS], model)
     error = float(model.row_errors(r, sampled_reference).sum())
     signal = float(sampled_reference.square().mean(dim=0).sum())
-    sqnr = 10 * torch.log10(torch.tensor(max(signal, _TINY) / max(error, _TINY))).item()
+    sqnr = 10 * torch.log10(torch.tensor(max(signal, TINY) / max(error, TINY))).item()
     return SliceChoice(r, chosen, int(clipped.sum()), sqnr)
 
 
