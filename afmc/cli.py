@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from afmc.data.text_source import read_text
+from afmc.eval.spread import json_number, spread_label, std_text
 
 if TYPE_CHECKING:
     from afmc.runtime.compiled import CompiledModel
@@ -365,7 +366,7 @@ def eval_(
         help="--budget: write the keep-digital configuration here "
              "(default OUTPUT/eval/keep-digital.yaml)")] = None,
 ) -> None:
-    """Scores per chip instance and mean +- std over seeds, next to the FP view: perplexity
+    """Scores per chip instance and mean +- sample std over seeds, next to the FP view: perplexity
     for --text, for --inputs the error of every output (and accuracy with --labels), or
     for --task the accuracy of a majority vote over n = 1, 2, 4, ... samples (written to
     OUT/eval/test_time_compute.json). With --drift, every chip at every time (resumable:
@@ -439,11 +440,12 @@ def eval_(
             out.print(_one_run_note(report.digital))
         else:
             out.print(f"FP perplexity {report.fp:.4f}; analog over {seeds} chip(s): "
-                      f"{report.mean:.4f} +- {report.std:.4f} ({report.tokens} tokens)")
+                      f"{report.mean:.4f} +- {std_text(report.std)} "
+                      f"({spread_label(len(report.chips))}; {report.tokens} tokens)")
         if json_out:
             write_json(json_out, {"tokens": report.tokens, "fp": report.fp,
                                   "noise_free": report.noise_free, "chips": report.chips,
-                                  "mean": report.mean, "std": report.std})
+                                  "mean": report.mean, "std": json_number(report.std)})
 
 
 @app.command()
@@ -537,6 +539,11 @@ def _chip_label(model: CompiledModel, seed: int) -> str:
     return f"chip seed {seed}" if model.varies_by_seed else f"{model.target} model (no noise)"
 
 
+def _number_text(value: float, spec: str) -> str:
+    """`value` formatted by `spec`; "n/a" for NaN (the sample std of one chip)."""
+    return "n/a" if math.isnan(value) else format(value, spec)
+
+
 def _one_run_note(target: str) -> str:
     """eval's note for a target whose chips do not vary by seed."""
     return f"{target} target: one run, no programming noise (--seeds ignored)"
@@ -579,7 +586,8 @@ def _run_tensors(model: CompiledModel, inputs: Path, seed: int, read_noise: floa
 
 def _eval_tensors(model: CompiledModel, inputs: Path, labels: Path | None, seeds: int,
                   read_noise: float, json_out: Path | None, noise: NoiseConfig) -> None:
-    """afmc eval --inputs: error of every output per chip, mean +- std, and accuracy."""
+    """afmc eval --inputs: error of every output per chip, mean +- sample std, and
+    accuracy."""
     from afmc.eval.json_out import write_json
     from afmc.eval.tensor_eval import METRICS, evaluate_tensors
 
@@ -587,8 +595,9 @@ def _eval_tensors(model: CompiledModel, inputs: Path, labels: Path | None, seeds
         report = evaluate_tensors(model, inputs, list(range(seeds)), labels_file=labels,
                                   read_noise=read_noise, noise=noise, progress=progress)
     accuracy = report.fp_accuracy is not None
+    over = "" if report.digital else f"; {spread_label(len(report.chips))}"
     table = Table(title=f"outputs vs the FP view on {report.samples} samples (noise-free: "
-                        "the stored weights, no programming noise)", show_edge=False)
+                        f"the stored weights, no programming noise{over})", show_edge=False)
     for column in ("chip", "output", "relative error", "SQNR (dB)", "cosine") \
             + (("accuracy",) if accuracy else ()):
         table.add_column(column)
@@ -601,12 +610,12 @@ def _eval_tensors(model: CompiledModel, inputs: Path, labels: Path | None, seeds
                           *((f"{scores.accuracy:.4f}",) if accuracy else ()))
     if not report.digital:
         spread = report.accuracy_spread()
-        for index, label in enumerate(("mean", "std")):
+        for index, label in enumerate(("mean", "sample std")):
             for name in report.outputs:
                 cells = [report.spread(name, metric)[index] for metric in METRICS]
-                table.add_row(label, name, f"{cells[0]:.4g}", f"{cells[1]:.2f}",
-                              f"{cells[2]:.4f}",
-                              *((f"{spread[index]:.4f}",) if spread else ()))
+                table.add_row(label, name, _number_text(cells[0], ".4g"),
+                              _number_text(cells[1], ".2f"), _number_text(cells[2], ".4f"),
+                              *((_number_text(spread[index], ".4f"),) if spread else ()))
     out.print(table)
     if accuracy:
         out.print(f"FP accuracy {report.fp_accuracy:.4f}")
@@ -663,7 +672,7 @@ def _time_label(seconds: float) -> str:
 def _eval_drift(model: CompiledModel, text: str | None, inputs: Path | None, seeds: int,
                 times: list[float], noise: NoiseConfig, read_noise: float, jobs: int,
                 max_tokens: int, seq_len: int, json_out: Path | None) -> None:
-    """afmc eval --drift: every chip at every time, mean +- std per time, as a table and
+    """afmc eval --drift: every chip at every time, mean +- sample std per time, as a table and
     as OUTPUT/eval/drift.json (points kept in drift.jsonl as they finish)."""
     from afmc.data.model_inputs import load_inputs
     from afmc.eval.drift import DRIFT_FILE, DRIFT_LOG, evaluate_drift
@@ -689,12 +698,14 @@ def _eval_drift(model: CompiledModel, text: str | None, inputs: Path | None, see
                                 on_point=lambda *_: bar.advance(task))
     metric = scorer.metric.replace("_", " ")
     table = Table(title=f"{metric} over time after programming ({noise.model}, "
-                        f"drift compensation {'on' if noise.drift_compensation else 'off'})",
+                        f"drift compensation {'on' if noise.drift_compensation else 'off'}; "
+                        f"{spread_label(len(report.seeds))})",
                   show_edge=False)
-    for column in ("time", "mean", "std", *(f"seed {seed}" for seed in report.seeds[:8])):
+    for column in ("time", "mean", "sample std",
+                   *(f"seed {seed}" for seed in report.seeds[:8])):
         table.add_column(column)
     for row in report.summary():
-        table.add_row(_time_label(row["time_s"]), f"{row['mean']:.4f}", f"{row['std']:.4f}",
+        table.add_row(_time_label(row["time_s"]), f"{row['mean']:.4f}", std_text(row["std"]),
                       *(f"{value:.4f}" for value in report.at(row["time_s"])[:8]))
     out.print(table)
     write_json(results / DRIFT_FILE, report.to_json())
@@ -805,13 +816,14 @@ def _eval_encoder(model: CompiledModel, ids: np.ndarray, seeds: int, seq_len: in
         out.print(f"{report.digital or f'seed {seed}':>10}: embedding relative error "
                   f"{error.relative_error:.4f}, cosine {error.cosine:.4f}")
     out.print(f"embedding relative error vs FP over {report.windows} windows: "
-              f"{report.mean:.4f} +- {report.std:.4f}")
+              f"{report.mean:.4f} +- {std_text(report.std)} "
+              f"({spread_label(len(report.chips))})")
     if json_out:
         from afmc.eval.json_out import write_json
 
         write_json(json_out, {"windows": report.windows, "digital": report.digital,
                               "chips": {seed: vars(error) for seed, error in report.chips.items()},
-                              "mean": report.mean, "std": report.std})
+                              "mean": report.mean, "std": json_number(report.std)})
 
 
 @app.command()

@@ -54,6 +54,10 @@ class HardwareConfig(_Section):
     tile_strategy: Literal["one-per-tile", "packed", "diagonal"] = Field(
         "one-per-tile", description="How analog weight blocks are assigned to tiles "
         "(docs/tile-mapping.md).")
+    devices_per_weight: int = Field(
+        1, ge=1, description="Device pairs each weight is programmed on; the read-out "
+        "averages them, so programming noise variance / d; costs d times the tiles "
+        "(docs/evaluation.md).")
 
     @model_validator(mode="after")
     def _slices_fit_tiles(self) -> HardwareConfig:
@@ -98,6 +102,10 @@ class CalibrationConfig(_Section):
         512, gt=0, description="search: weight rows (output channels) per slice, evenly "
         "spaced, whose output error chooses the range (null: every row). The search's cost "
         "is one [search_rows, k] x [k, search_outputs] product per candidate range.")
+    objective: Literal["chip", "noise-free"] = Field(
+        "chip", description="search (and the chip-aware passes): score the expected output "
+        "error on a chip of noise.model (quantization plus the programming noise's closed-form "
+        "variance), or the noise-free error only.")
     clip_weights: bool = Field(
         False, description="search: also choose a clipping bound per weight row (multiples of "
         "the row's std) with the range. The clipped weights are programmed and stored, so "
@@ -111,6 +119,30 @@ class SmoothingConfig(_Section):
     # pcm chips but 1.3x worse without noise (docs/real-models.md).
     alpha: float = Field(0.85, ge=0, le=1, description="Migration strength: 0 leaves the "
                          "inputs as they are, 1 moves their whole range into the weights.")
+    alphas: tuple[float, ...] = Field(
+        (0.3, 0.5, 0.7, 0.85), min_length=1, description="chip-smooth-inputs (the aimc "
+        "target): the strengths among which each layer group's is chosen by its expected chip "
+        "error, besides no smoothing.")
+
+    @field_validator("alphas")
+    @classmethod
+    def _alphas_in_range(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 <= alpha <= 1 for alpha in value):
+            raise ValueError("every alpha must be in [0, 1]")
+        return value
+
+
+class OutlierConfig(_Section):
+    """The split-outliers pass: each crossbar row slice's largest weights in an exact digital
+    sparse path (afmc/passes/fx/split_outliers.py)."""
+
+    budget: float = Field(
+        0.01, ge=0, le=0.25, description="Fraction of all analog weights that may move to the "
+        "digital sparse path, given out by the chip objective (0: no split).")
+    max_per_slice: int = Field(
+        16, ge=1, description="Most outlier weights per row and input slice of one layer.")
+    sample_rows: int = Field(
+        128, gt=0, description="Calibration input rows per layer that score the split.")
 
 
 class PlacementRule(_Section):
@@ -255,6 +287,7 @@ class AfmcConfig(_Section):
     hardware: HardwareConfig = HardwareConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     smoothing: SmoothingConfig = SmoothingConfig()
+    outliers: OutlierConfig = OutlierConfig()
     noise: NoiseConfig = NoiseConfig()
     placement: PlacementConfig = PlacementConfig()
     digital: DigitalConfig = DigitalConfig()

@@ -23,6 +23,8 @@ from afmc import ops
 from afmc.capture.onnx_export import to_onnx_model
 from afmc.ops import onnx_domain
 from afmc.ops.analog_linear_onnx import ANALOG_OP_TYPES, slice_overload, sliced_function
+from afmc.ops.sparse_outliers_onnx import OP_TYPE as SPARSE_OUTLIERS
+from afmc.ops.sparse_outliers_onnx import slot_overload, sparse_outliers_function
 
 METADATA_KEY = "afmc"
 
@@ -46,26 +48,40 @@ def attach_afmc_functions(model: ir.Model) -> None:
 
     Each analog linear node gets the overload of its slice count (the length of
     its input_range) and the function body specialised to it
-    (analog_linear_onnx.sliced_function); other afmc ops get their generic body.
+    (analog_linear_onnx.sliced_function), each SparseOutliers node that of its
+    weights per row (sparse_outliers_onnx); other afmc ops get their generic body.
     """
     nodes = [node for node in model.graph.all_nodes() if node.domain == ops.DOMAIN]
     if not nodes:
         return
     opset = model.opset_imports.get("", onnx_domain.MIN_OPSET)
     model.opset_imports[ops.DOMAIN] = ops.VERSION
-    protos, generic = {}, set()
+    protos, slots, generic = {}, set(), set()
     for node in nodes:
         if node.op_type in ANALOG_OP_TYPES:
             slices = _slice_count(node)
             node.overload = slice_overload(slices)
             protos[(node.op_type, slices)] = None
+        elif node.op_type == SPARSE_OUTLIERS:
+            count = _static_dim(node.inputs[2], 1, "values")
+            node.overload = slot_overload(count)
+            slots.add(count)
         else:
             generic.add(node.op_type)
     functions = ops.function_protos(generic, opset) + [
-        sliced_function(op_type, opset, slices) for op_type, slices in sorted(protos)]
+        sliced_function(op_type, opset, slices) for op_type, slices in sorted(protos)] + [
+        sparse_outliers_function(opset, count) for count in sorted(slots)]
     for proto in functions:
         function = ir.serde.deserialize_function(proto)
         model.functions[function.identifier()] = function
+
+
+def _static_dim(value: ir.Value | None, axis: int, what: str) -> int:
+    """The static size of `value`'s axis `axis` (an initializer's shape)."""
+    shape = None if value is None else value.shape
+    if shape is None or len(shape) <= axis or not isinstance(shape[axis], int):
+        raise ValueError(f"afmc node input {what}: axis {axis} must be static")
+    return shape[axis]
 
 
 def _slice_count(node: ir.Node) -> int:

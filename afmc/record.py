@@ -73,6 +73,19 @@ def tokenizer_kind(tokenizer: Tokenizer | None) -> str | None:
     return None
 
 
+def outlier_summary(analog: list[LayerRecord]) -> dict[str, Any]:
+    """The digital sparse path of split-outliers over the analog layers: its nonzero weights
+    (a sparse engine's MACs per token, too), their share of the analog weights, and the
+    bytes the file stores for them (float32 values and int64 column indices per slot)."""
+    weights = sum(layer.outlier_weights for layer in analog)
+    slots = sum(layer.outliers_per_slice * len(layer.slice_sizes) * layer.out_features
+                for layer in analog)
+    total = sum(layer.in_features * layer.out_features for layer in analog)
+    return {"layers": sum(1 for layer in analog if layer.outlier_weights),
+            "weights": weights, "share": weights / total if total else 0.0,
+            "macs_per_token": weights, "bytes": slots * 12}
+
+
 def build_record(
     *,
     target: str,
@@ -95,7 +108,9 @@ def build_record(
     analog = [layer for layer in layers if layer.placement == "analog"]
     hardware = config.hardware
     on_tiles = [layer for layer in analog if layer.slice_sizes]  # lowered to crossbar ops
-    maps = map_all_strategies(on_tiles, hardware.tile_rows, hardware.tile_cols)
+    maps = {name: m.replicated(hardware.devices_per_weight)  # d copies: d-fold tiles
+            for name, m in map_all_strategies(on_tiles, hardware.tile_rows,
+                                              hardware.tile_cols).items()}
     tile_map = maps[hardware.tile_strategy]
     tile_ids = tile_map.layer_tile_ids()
     for layer in on_tiles:  # the mapping also stays on the layer records (graph nodes)
@@ -120,6 +135,7 @@ def build_record(
             "tile_utilization": tile_map.utilization,
             "tiles_by_strategy": {name: m.tiles for name, m in maps.items()},
             "analog_weights": sum(layer.in_features * layer.out_features for layer in analog),
+            "outliers": outlier_summary(analog),
         },
         "layers": [layer.to_json() for layer in layers],
         "fold_notes": list(fold_notes),

@@ -63,6 +63,7 @@ def tile_maps(
         raise ValueError(f"unknown tile strategy {chosen!r} (known: {', '.join(STRATEGIES)})")
     maps = {
         name: map_tiles(record["layers"], hardware["tile_rows"], hardware["tile_cols"], name)
+        .replicated(hardware.get("devices_per_weight", 1))
         for name in STRATEGIES
         if stored is None or name != stored.strategy
     }
@@ -84,6 +85,7 @@ def layer_table(layers: list[dict[str, Any]], tile_map: TileMap) -> Table:
         "slices",
         "tiles",
         "utilization",
+        "digital outliers",
         "placement",
     ):
         table.add_column(column, justify="left" if column in ("layer", "placement") else "right")
@@ -93,14 +95,18 @@ def layer_table(layers: list[dict[str, Any]], tile_map: TileMap) -> Table:
         mapped = ("-", "-", "-")
         if name in tiles:
             mapped = (str(len(layer["slice_sizes"])), str(tiles[name]), f"{share[name]:.1%}")
-        table.add_row(escape(name), shape, *mapped, layer["placement"])
+        outliers = layer.get("outlier_weights", 0)
+        table.add_row(escape(name), shape, *mapped, f"{outliers:,}" if outliers else "-",
+                      layer["placement"])
     table.add_section()
+    moved = sum(layer.get("outlier_weights", 0) for layer in layers)
     table.add_row(
         f"total ({len(tiles)} analog)",
         "",
         "",
         str(tile_map.tiles),
         f"{tile_map.utilization:.1%}",
+        f"{moved:,}" if moved else "-",
         "",
     )
     return table
@@ -145,6 +151,12 @@ def report(
     console = console or Console()
     console.print(tables[0])
     console.print(tables[1])
+    outliers = record.get("summary", {}).get("outliers")
+    if outliers and outliers["weights"]:
+        console.print(f"digital sparse path (split-outliers): {outliers['weights']:,} weights "
+                      f"in {outliers['layers']} layers, {outliers['share']:.2%} of the analog "
+                      f"weights; {outliers['macs_per_token']:,} MACs per token; "
+                      f"{outliers['bytes']:,} bytes stored")
     written = write_tile_map_svg(maps[chosen], svg or Path(out_dir) / SVG_FILE)
     console.print(f"tile map ({chosen}) -> {written}")
     page_path = Path(html or Path(out_dir) / HTML_FILE)

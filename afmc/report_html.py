@@ -15,7 +15,8 @@ Rules:
   --inputs otherwise). A result file that is present but broken is an error
   (afmc.report_results) and no page is built.
 - Every string taken from a file is escaped (html.escape).
-- Numbers: metric values, std and deltas with 4 decimals, SQNR with 1 (dB),
+- Numbers: metric values, std and deltas with 4 decimals (the std over chips is the
+  sample std, ddof=1; "n/a" over one chip), SQNR with 1 (dB),
   seconds with 3, accuracy with 3, shares and utilization as percent with 1.
 """
 
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from afmc import report_plots
+from afmc.eval.spread import std_text
 from afmc.layout import EVAL_DIR
 from afmc.mapping import TileMap, tile_map_svg
 from afmc.report_results import (
@@ -218,12 +220,12 @@ def _vs_fp(value: float, fp: float | None, metric: str) -> str:
 
 
 def drift_section(drift: DriftResult) -> str:
-    """The drift figure and the mean +- std over chips at every time."""
+    """The drift figure and the mean +- sample std over chips at every time."""
     noise = ", ".join(f"{key} {value_text(value)}" for key, value in drift.noise.items())
     fp = _fp_text(drift.fp)
     rows = [
-        (report_plots.time_label(p.time_s), seconds_text(p.time_s), f"{p.mean:.4f}", f"{p.std:.4f}",
-         p.chips, _vs_fp(p.mean, drift.fp, drift.metric))
+        (report_plots.time_label(p.time_s), seconds_text(p.time_s), f"{p.mean:.4f}",
+         std_text(p.std), p.chips, _vs_fp(p.mean, drift.fp, drift.metric))
         for p in drift.summary
     ]
     return (
@@ -231,7 +233,7 @@ def drift_section(drift: DriftResult) -> str:
         f"read noise {drift.read_noise:g}.</p>"
         + (f'<p class="muted">Noise: {escape(noise)}</p>' if noise else "")
         + image(report_plots.drift_figure(drift), "metric against drift time")
-        + table(("time", "seconds", "mean", "std", "chips", "mean vs FP"), rows,
+        + table(("time", "seconds", "mean", "sample std", "chips", "mean vs FP"), rows,
                 numeric=(1, 2, 3, 4, 5))
     )
 

@@ -8,8 +8,8 @@ Rules:
 - Drift: time after programming on a symmetric-log axis, linear below the first
   positive time so that t = 0 is shown (from -1/4 of that time to 1.6 x the
   last), ticks at the measured times labelled in s/min/h/d/y; the mean over
-  chips as a line, mean +- std as a band, each chip's value as a dot, the FP
-  view as a dashed line.
+  chips as a line, mean +- sample std (ddof=1; none over one chip) as a band, each
+  chip's value as a dot, the FP view as a dashed line.
 - Sensitivity: the delta of every layer (only that layer analog) as bars in
   ranking order, the layers the suggestion (if a budget was given) keeps
   digital in another colour; the
@@ -78,15 +78,18 @@ def _time_axis(axes: Axes, times: Sequence[float]) -> None:
 
 
 def drift_figure(drift: DriftResult) -> bytes:
-    """Mean +- std over chips against time after programming (module rules)."""
+    """Mean +- sample std over chips against time after programming (module rules)."""
     figure = _new(4.2)
     axes = figure.add_subplot()
     times = [point.time_s for point in drift.summary]
     means = [point.mean for point in drift.summary]
-    stds = [point.std for point in drift.summary]
-    axes.fill_between(times, [m - s for m, s in zip(means, stds, strict=True)],
-                      [m + s for m, s in zip(means, stds, strict=True)],
-                      color=ANALOG_COLOUR, alpha=0.2, label="mean +- std over chips")
+    stds = [0.0 if point.std is None else point.std for point in drift.summary]
+    chips = max((point.chips for point in drift.summary), default=0)
+    if chips > 1:
+        axes.fill_between(times, [m - s for m, s in zip(means, stds, strict=True)],
+                          [m + s for m, s in zip(means, stds, strict=True)],
+                          color=ANALOG_COLOUR, alpha=0.2,
+                          label=f"mean +- sample std over {chips} chips")
     axes.scatter([chip.time_s for chip in drift.chips], [chip.value for chip in drift.chips],
                  s=12, color=ANALOG_COLOUR, alpha=0.45, label="one chip")
     axes.plot(times, means, "o-", color=ANALOG_COLOUR, label="mean over chips")
@@ -94,7 +97,6 @@ def drift_figure(drift: DriftResult) -> bytes:
         axes.axhline(drift.fp, color=FP_COLOUR, linestyle="--", label=f"FP view {drift.fp:.4g}")
     _time_axis(axes, sorted(set(times) | set(drift.times_s)))
     axes.set_ylabel(METRIC_LABEL[drift.metric])
-    chips = max((point.chips for point in drift.summary), default=0)
     axes.set_title(f"{METRIC_LABEL[drift.metric]} against drift time ({chips} chips, "
                    f"read noise {drift.read_noise:g})")
     axes.grid(alpha=0.3)

@@ -42,7 +42,7 @@ class DriftChip(_Schema):
 class DriftPoint(_Schema):
     time_s: float
     mean: float
-    std: float
+    std: float | None  # the sample std (ddof=1) over the chips; None (null): one chip
     chips: int
 
 

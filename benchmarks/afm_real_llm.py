@@ -57,20 +57,24 @@ def all_docstrings() -> str:
 def _score(out: Path, ids, chips: int) -> dict:
     from afmc.api import load
     from afmc.eval.evaluate import evaluate
+    from afmc.eval.spread import json_number
 
     report = evaluate(load(out), ids, list(range(chips)), max_tokens=len(ids))
     if report.digital:
         return {"fp": report.fp, "perplexity": report.chips[0]}
     return {"fp": report.fp, "noise_free": report.noise_free, "chips_mean": report.mean,
-            "chips_std": report.std, "chips": report.chips}
+            "chips_std": json_number(report.std),  # sample std (ddof=1); None: one chip
+            "chips": report.chips}
 
 
 def _line(name: str, entry: dict, fp: float) -> str:
+    from afmc.eval.spread import std_text
+
     if "perplexity" in entry:
         return f"{name:24} {entry['perplexity']:9.2f} ({entry['perplexity'] / fp:5.2f}x FP)"
     return (f"{name:24} noise-free {entry['noise_free']:9.2f} ({entry['noise_free'] / fp:5.2f}x)"
-            f"  pcm chips {entry['chips_mean']:9.2f} +- {entry['chips_std']:7.2f} "
-            f"({entry['chips_mean'] / fp:5.2f}x)")
+            f"  pcm chips {entry['chips_mean']:9.2f} +- {std_text(entry['chips_std'], 2):>7} "
+            f"({entry['chips_mean'] / fp:5.2f}x; sample std over {len(entry['chips'])} chips)")
 
 
 def main() -> None:

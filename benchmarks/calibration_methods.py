@@ -1,7 +1,7 @@
 """Does the calibration method matter? afmc-tiny's analog perplexity (noise off) per method.
 
 For each method (max, percentile 99.995, kappa-std with kappa 18 and 3, search
-with and without row clipping), without and with the smooth-inputs pass,
+with and without row clipping), without and with the chip-smooth-inputs pass,
 afmc-tiny is compiled for aimc with 8-bit DAC/ADC, calibrated on its training
 text, and its held-out perplexity is measured on the stored (noise-free)
 weights, next to the FP perplexity of the same file. benchmarks/real_llm.py
@@ -47,10 +47,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for index, (method, overrides) in enumerate(METHODS.items()):
             for smooth in (False, True):
-                label = f"{method}{' + smooth-inputs' if smooth else ''}"
+                label = f"{method}{' + chip-smooth-inputs' if smooth else ''}"
                 out = Path(tmp) / f"m{index}{smooth:d}"
                 afmc_compile("afmc-tiny", "aimc", load_config(None, overrides), output=out,
-                             skip=[] if smooth else ["smooth-inputs"])
+                             skip=[] if smooth else ["chip-smooth-inputs"])
                 if not results:
                     results["fp"] = perplexity(load(out).fp_view().run, windows)
                 results[label] = perplexity(load(out).chip(None).run, windows)

@@ -6,11 +6,11 @@ Apache-2.0 license text, never calibrated on). The model is compiled once for ai
 the defaults (``--set`` overrides allowed), then every chip seed is read at every drift
 time with the pcm-drift noise model chosen at evaluation (afmc.eval.drift): one
 conductance scale per layer (aihwkit's default) with and without global drift
-compensation, and per-row scaling with it; printed: mean +- std perplexity over chips
+compensation, and per-row scaling with it; printed: mean +- sample std perplexity over chips
 per time, next to the FP perplexity and the compiled pcm model's chips.
 
     python benchmarks/drift_real_llm.py [--seeds 3] [--times 0,1h,1d,1y] [--tokens 1024]
-        [--jobs 1] [--set calibration.method=max] [--json PATH]
+        [--jobs 1] [--set calibration.method=max] [--json PATH] [--compiled OUT]
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--compiled", type=Path, default=None,
+                        help="an aimc output of the model already compiled (e.g. by "
+                        "real_llm.py --keep DIR: DIR/aimc), instead of compiling here")
     args = parser.parse_args()
 
     import afmc
@@ -46,6 +49,7 @@ def main() -> None:
     from afmc.data.tokenizer import token_windows
     from afmc.eval.drift import eval_noise, evaluate_drift, parse_times
     from afmc.eval.evaluate import chip_perplexity, evaluate
+    from afmc.eval.spread import json_number, spread_label, std_text
     from afmc.eval.sweep import PerplexityScorer
 
     times = parse_times(args.times)
@@ -55,18 +59,22 @@ def main() -> None:
         calib.write_text(english_docstrings(), encoding="utf-8")
         config = load_config(None, [*args.overrides,
                                     f"calibration.max_tokens={args.calib_tokens}"])
-        started = time.perf_counter()
-        afmc.compile(gguf_path(), "aimc", config, calibration=calib, output=Path(tmp) / "out")
-        print(f"compiled in {time.perf_counter() - started:.0f} s", flush=True)
-        model = afmc.load(Path(tmp) / "out")
+        out = args.compiled or Path(tmp) / "out"
+        if args.compiled is None:
+            started = time.perf_counter()
+            afmc.compile(gguf_path(), "aimc", config, calibration=calib, output=out)
+            print(f"compiled in {time.perf_counter() - started:.0f} s", flush=True)
+        model = afmc.load(out)
         ids = model.tokenizer().encode(apache_license())[:args.tokens]
         windows = token_windows(ids, min(256, len(ids)), args.tokens)
         scorer = PerplexityScorer(windows)
         fp = chip_perplexity(model.fp_view(), windows, scorer.batch_size)
         pcm = evaluate(model, ids, seeds, max_tokens=args.tokens)
-        print(f"FP perplexity {fp:.2f}; compiled pcm model: {pcm.mean:.2f} +- {pcm.std:.2f} "
-              f"over {len(seeds)} chips ({len(ids)} tokens)", flush=True)
-        results = {"fp": fp, "pcm": {"mean": pcm.mean, "std": pcm.std}, "drift": {}}
+        print(f"FP perplexity {fp:.2f}; compiled pcm model: {pcm.mean:.2f} +- "
+              f"{std_text(pcm.std, 2)} ({spread_label(len(seeds))}; {len(ids)} tokens)",
+              flush=True)
+        results = {"fp": fp, "pcm": {"mean": pcm.mean, "std": json_number(pcm.std)},
+                   "drift": {}}
         for scaling, gdc in (("layer", True), ("layer", False), ("row", True)):
             noise = eval_noise(model, "pcm-drift", gdc, drifting=True).model_copy(
                 update={"drift_scaling": scaling})
@@ -75,7 +83,8 @@ def main() -> None:
             results["drift"][label] = report.summary()
             for row in report.summary():
                 print(f"{label:28} t = {row['time_s']:>10.0f} s: perplexity "
-                      f"{row['mean']:10.2f} +- {row['std']:.2f}", flush=True)
+                      f"{row['mean']:10.2f} +- {std_text(row['std'], 2)} "
+                      f"({spread_label(row['chips'])})", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -8,10 +8,10 @@ fidelity check); held-out text, never calibrated on: the first ``--tokens``
 tokens of the Apache-2.0 license text that ships with transformers. Each row
 is compiled from the GGUF file by ``afmc.compile`` and scored through ONNX Runtime on the written
 files (``afmc.eval.evaluate``): analog rows without programming noise and over
-``--seeds`` pcm chips (mean +- std), digital rows once, all against the FP
+``--seeds`` pcm chips (mean +- sample std), digital rows once, all against the FP
 perplexity of the same run.
 
-    python benchmarks/real_llm.py [--rows aimc-default,aimc] [--seeds 5] [--json PATH]
+    python benchmarks/real_llm.py [--rows aimc,aimc-split] [--seeds 5] [--json PATH] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -34,13 +34,24 @@ CALIBRATION_MODULES = ("subprocess.py", "threading.py", "logging/__init__.py", "
                        "inspect.py", "typing.py")
 
 # name: (target, --set overrides, passes to skip)
+OLD_OBJECTIVE = ["calibration.objective=noise-free", "outliers.budget=0"]
 ROWS: dict[str, tuple[str, list[str], list[str]]] = {
-    "aimc-default": ("aimc", ["calibration.method=max"], ["smooth-inputs"]),
-    "aimc-search": ("aimc", ["calibration.method=search"], ["smooth-inputs"]),
-    "aimc-search-clip": ("aimc", ["calibration.clip_weights=true"], ["smooth-inputs"]),
+    # the compile before the chip objective (issue 21): noise-free search, smooth-inputs
+    # at alpha 0.85, no split
+    "aimc-noise-free-objective": ("aimc", [*OLD_OBJECTIVE, "smoothing.alphas=[0.85]"], []),
+    "aimc-default": ("aimc", ["calibration.method=max", "outliers.budget=0"],
+                     ["chip-smooth-inputs"]),
+    "aimc-search": ("aimc", ["calibration.method=search", *OLD_OBJECTIVE],
+                    ["chip-smooth-inputs"]),
+    # each lever of the chip objective alone, then all together (the default)
+    "aimc-chip-ranges": ("aimc", ["outliers.budget=0", "smoothing.alphas=[0.85]"], []),
+    "aimc-chip-smoothing": ("aimc", ["outliers.budget=0"], []),
+    "aimc-split": ("aimc", ["smoothing.alphas=[0.85]"], []),
     "aimc": ("aimc", [], []),
+    "aimc-lm-head-digital": ("aimc", ["placement.lm_head=digital"], []),
+    "aimc-split2": ("aimc", ["outliers.budget=0.02"], []),
+    "aimc-d4": ("aimc", ["hardware.devices_per_weight=4"], []),
     "aimc-clip": ("aimc", ["calibration.clip_weights=true"], []),
-    "aimc-alpha0.5": ("aimc", ["smoothing.alpha=0.5"], []),
     "int8-default": ("int8", [], ["smooth-inputs"]),
     "int8": ("int8", [], []),
     "int8-alpha0.5": ("int8", ["smoothing.alpha=0.5"], []),
@@ -55,9 +66,8 @@ ROWS: dict[str, tuple[str, list[str], list[str]]] = {
     "int4-gptq-b32-asym": ("int4", ["digital.int4_block_size=32", "digital.int4_symmetric=false",
                                     "digital.int4_algorithm=gptq"], []),
 }
-DEFAULT_ROWS = ("aimc-default", "aimc", "aimc-alpha0.5", "aimc-clip", "int8-default", "int8",
-                "int8-alpha0.5", "int4-rtn-b128", "int4-rtn-b32", "int4-gptq-b128",
-                "int4-rtn-b32-asym", "int4-gptq-b32-asym")
+DEFAULT_ROWS = ("aimc-noise-free-objective", "aimc-chip-ranges", "aimc-chip-smoothing",
+                "aimc-split", "aimc", "aimc-lm-head-digital", "int8", "int4-rtn-b32-asym")
 
 
 def gguf_path() -> Path:
@@ -108,6 +118,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1024, help="held-out tokens to score")
     parser.add_argument("--calib-tokens", type=int, default=8192)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="write the compiled outputs under this folder and keep them")
     args = parser.parse_args()
     rows = [row.strip() for row in args.rows.split(",") if row.strip()]
     unknown = [row for row in rows if row not in ROWS]
@@ -128,10 +140,10 @@ def main() -> None:
             target, overrides, skip = ROWS[row]
             config = load_config(None, [*overrides,
                                         f"calibration.max_tokens={args.calib_tokens}"])
-            out = Path(tmp) / row
+            out = (args.keep or Path(tmp)) / row
             start = time.perf_counter()
             compiled = afmc.compile(model, target, config, calibration=calib, output=out,
-                                    skip=skip)
+                                    skip=skip, force=True)
             seconds = time.perf_counter() - start
             loaded = afmc.load(out)
             if ids is None:
@@ -140,7 +152,8 @@ def main() -> None:
             fp = fp or report.fp
             entry = {"target": target, "set": overrides, "skip": skip,
                      "compile_s": round(seconds, 1),
-                     "fidelity": compiled.record.get("fidelity")}
+                     "fidelity": compiled.record.get("fidelity"),
+                     "outliers": compiled.record["summary"].get("outliers")}
             if report.digital:
                 entry["perplexity"] = report.chips[0]
             else:
@@ -160,7 +173,10 @@ def _print_row(row: str, entry: dict, fp: float) -> None:
     else:
         text = (f"noise-free {entry['noise_free']:8.2f} ({entry['noise_free'] / fp:5.2f}x FP), "
                 f"pcm chips {entry['chips_mean']:.2f} +- {entry['chips_std']:.2f} "
-                f"({entry['chips_mean'] / fp:5.2f}x FP)")
+                f"({entry['chips_mean'] / fp:5.2f}x FP; +- sample std over "
+                f"{len(entry['chips'])} chips)")
+        share = (entry.get("outliers") or {}).get("share", 0.0)
+        text += f", digital share {100 * share:.2f}%"
     print(f"{row:18} {text}  compile {entry['compile_s']:.0f} s", flush=True)
 
 

@@ -13,7 +13,7 @@ programming-noise model with its std scaled x1, x2, x4 (NoiseConfig.pcm_scale),
 and additive noise of 5, 10, 20 % of each row slice's max |w|. Every analog model
 is scored on the same `--chips` chip instances (seeds 0..chips-1) per setting:
 held-out perplexity (stdlib:heldout, first `--tokens` byte tokens, windows of
-256) through ONNX Runtime on the compiled files, mean +- std over chips.
+256) through ONNX Runtime on the compiled files, mean +- sample std (ddof=1) over chips.
 
     python benchmarks/reproduce_afm.py [--quick] [--steps 24] [--chips 10] [--tokens 4096]
         [--device cpu|cuda] [--out DIR] [--json PATH] [--plot docs/reproduction.png]
@@ -169,6 +169,7 @@ def score_analog(out: Path, windows: np.ndarray, chips: int) -> dict[str, Any]:
     """FP view, noise-free analog, and every noise setting over `chips` chips of `out`."""
     from afmc.api import load
     from afmc.eval.perplexity import perplexity
+    from afmc.eval.spread import json_number, mean_std, spread_label, std_text
     from afmc.runtime.noise import NoiseConfig
 
     started = time.perf_counter()
@@ -183,9 +184,10 @@ def score_analog(out: Path, windows: np.ndarray, chips: int) -> dict[str, Any]:
         noise = NoiseConfig(**fields)
         values = [perplexity(model.chip(seed, read_noise=read, noise=noise).run, windows)
                   for seed in range(chips)]
-        entry["settings"][label] = {"mean": float(np.mean(values)),
-                                    "std": float(np.std(values)), "chips": values}
-        print(f"    {label:14} {np.mean(values):.4f} +- {np.std(values):.4f}", flush=True)
+        mean, std = mean_std(values)
+        entry["settings"][label] = {"mean": mean, "std": json_number(std), "chips": values}
+        print(f"    {label:14} {mean:.4f} +- {std_text(std)} ({spread_label(len(values))})",
+              flush=True)
     entry["eval_s"] = round(time.perf_counter() - started, 1)
     return entry
 
@@ -257,7 +259,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     """Markdown tables: without read noise (and the noise-free analog column), then with it;
-    mean +- std over chips and the change over FP. FP and int4 rows have no noise."""
+    mean +- sample std over chips and the change over FP. FP and int4 rows have no noise."""
+    from afmc.eval.spread import std_text
+
     fp, rows = result["fp"], result["rows"]
     labels = [label for label, _, _ in noise_settings()]
     half = len(labels) // 2
@@ -280,7 +284,7 @@ def table(result: dict[str, Any]) -> str:
                 first) else []
             for label in part:
                 value = entry["settings"][label]
-                cells.append(f"{value['mean']:.4f} +- {value['std']:.4f} "
+                cells.append(f"{value['mean']:.4f} +- {std_text(value['std'])} "
                              f"({_pct(value['mean'], fp)})")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -334,7 +338,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 suffix = f" +r{READ_NOISE:g}" if read else ""
                 stats = [entry["settings"][label_of(x) + suffix] for x in xs]
                 mean = np.array([s["mean"] for s in stats])
-                std = np.array([s["std"] for s in stats])
+                std = np.array([s["std"] or 0.0 for s in stats])  # None: one chip
                 wide = name == "trained (noise + clip)"  # drawn wide: clip only lies on it
                 axis.plot(xs, mean, style, marker="o", color=colours[name],
                           linewidth=4 if wide else 1.5, alpha=0.6 if wide else 1.0,
@@ -354,7 +358,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     axes[0].set_xticklabels([f"x{x:g}" for x in PCM_SCALES])
     axes[0].set_ylabel(f"held-out perplexity ({result['tokens']} tokens)")
     axes[1].legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"afmc-tiny under programming noise: mean +- std over {result['chips']} chips "
+    fig.suptitle(f"afmc-tiny under programming noise: mean +- sample std over "
+                 f"{result['chips']} chips "
                  f"(solid: no read noise, dashed: read noise {READ_NOISE:g})")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,8 @@ compare like with like:
   data, in one process (the FP baseline for compile);
 - compile: ``afmc compile DIR --target aimc --calib ids.npz`` (token ids, no tokenizer);
 - compile-lean: the same without the steps that run the model for accuracy (``--set
-  calibration.method=max --set calibration.held_back=0 --skip smooth-inputs``: max
+  calibration.method=max --set calibration.held_back=0 --skip chip-smooth-inputs
+  --skip split-outliers``: max
   calibration, no smoothing, no fidelity check), the cost of the pipeline itself;
 - fp-session: a plain onnxruntime session of the FP export (the baseline for chips);
 - chip: ``afmc.load(OUT).chip(seed)``: programming noise sampled for every analog
@@ -44,7 +45,7 @@ SHAPE = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22
          "max_position_embeddings": 2048}
 STEPS = ("export", "compile", "compile-lean", "fp-session", "chip", "eval")
 LEAN = ("--set", "calibration.method=max", "--set", "calibration.held_back=0",
-        "--skip", "smooth-inputs")
+        "--skip", "chip-smooth-inputs", "--skip", "split-outliers")
 CALIB_WINDOWS = 4
 SEQ_LEN = 128
 

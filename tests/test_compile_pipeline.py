@@ -176,9 +176,9 @@ def _folded_chip(out: Path, seed: int | None, fp: bool = False):
 
     runtime = load(out).runtime
     weights = dict(runtime.programmed(seed, runtime.noise) if seed is not None
-                   else runtime.stored())
+                   else runtime.stored(whole=fp))
     graph = onnx.ModelProto()
-    graph.CopyFrom(fp_reference(runtime.graph) if fp else runtime.graph)
+    graph.CopyFrom(fp_reference(runtime.graph, whole_weights=True) if fp else runtime.graph)
     for initializer in graph.graph.initializer:
         if initializer.name in weights:
             _point_outside(initializer, weights[initializer.name].nbytes)

@@ -113,3 +113,24 @@ def test_the_fp_model_is_let_go_before_the_passes(model_dirs, calibration_text, 
                               calibration=calibration_text)
     assert holding and not any(holding)
     assert ("fidelity" in result.record) == (settings is SETTINGS)
+
+
+def test_advice_names_only_the_levers_not_already_on():
+    from afmc.eval.fidelity import advice
+
+    defaults = load_config(None).model_dump(mode="json")
+    ran = [{"name": name, "modified": True} for name in
+           ("place-layers", "chip-smooth-inputs", "insert-analog-linear", "split-outliers",
+            "calibrate")]
+    text = advice({"runtime": "analog", "config": defaults, "passes": ran})
+    for lever in ("calibration.method", "smooth-inputs", "split-outliers"):
+        assert lever not in text
+    assert "devices_per_weight" in text and "placement.lm_head=digital" in text
+    lean = load_config(None, ["calibration.method=max", "hardware.devices_per_weight=2",
+                              "placement.lm_head=digital"]).model_dump(mode="json")
+    text = advice({"runtime": "analog", "config": lean, "passes": ran[:1] + ran[2:3]})
+    assert "calibration.method=search" in text and "chip-smooth-inputs" in text
+    assert "split-outliers" in text
+    assert "devices_per_weight" not in text and "lm_head" not in text
+    assert advice({"runtime": "stored", "config": defaults, "passes": ran}).startswith(
+        "keep the worst layers digital")

@@ -86,9 +86,10 @@ def test_verify_records_drift_per_pass(model_dirs, calibration_text, tmp_path):
         "insert-analog-linear"]
     saved = sorted((tmp_path / "out" / "intermediate").glob("*.pt2"))
     assert [p.name for p in saved] == ["01-fold-batchnorm.pt2", "02-fold-norms.pt2",
-                                      "03-place-layers.pt2", "04-smooth-inputs.pt2",
-                                      "05-insert-analog-linear.pt2", "06-calibrate.pt2"]
-    assert drift["fold-norms"] < 1e-5 and drift["smooth-inputs"] < 1e-5
+                                      "03-place-layers.pt2", "04-chip-smooth-inputs.pt2",
+                                      "05-insert-analog-linear.pt2", "06-split-outliers.pt2",
+                                      "07-calibrate.pt2"]
+    assert drift["fold-norms"] < 1e-5 and drift["chip-smooth-inputs"] < 1e-5
     reloaded = torch.export.load(saved[-1]).module()
     ids = torch.randint(0, 256, (2, 7))
     pasts = KVCacheSpec.from_json(result.record["kv_cache"]).empty(2).values()

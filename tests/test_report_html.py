@@ -64,7 +64,8 @@ def _drift(fp: float) -> dict:
     summary = []
     for t in TIMES:
         values = np.array([chip["value"] for chip in chips if chip["time_s"] == t])
-        summary.append({"time_s": t, "mean": float(values.mean()), "std": float(values.std()),
+        summary.append({"time_s": t, "mean": float(values.mean()),
+                        "std": float(values.std(ddof=1)),
                         "chips": len(values)})
     return {"kind": "drift", "metric": "perplexity",
             "noise": {"model": "pcm", "drift_compensation": True, "pcm_gmax": 180.0},
@@ -153,7 +154,7 @@ def test_page_shows_every_section_with_the_numbers_of_the_files(out: Path):
     cells = _cells(_section(page, "drift"))
     for point in drift["summary"]:
         values = [c["value"] for c in drift["chips"] if c["time_s"] == point["time_s"]]
-        assert f"{np.mean(values):.4f}" in cells and f"{np.std(values):.4f}" in cells
+        assert f"{np.mean(values):.4f}" in cells and f"{np.std(values, ddof=1):.4f}" in cells
         assert f"{np.mean(values) / fp - 1:+.2%}" in cells
     assert cells[12:14] == ["1 d", "86400"]  # the third time: label, then seconds
     assert cells[18:20] == ["30 d", "2592000"]

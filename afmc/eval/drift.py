@@ -7,7 +7,8 @@ Rules:
 - Every chip seed is read at every time (eval.sweep: the same seed is the same chip
   over time); the metric is the perplexity of a language model's token windows, or
   for any other model the relative error of its outputs against the FP view.
-- Per time: mean and (population) standard deviation over the chips; the report is
+- Per time: mean and sample standard deviation (ddof=1; null for one chip) over the
+  chips (afmc.eval.spread); the report is
   written as OUT/eval/drift.json (schema in docs/evaluation.md), its points as they
   finish to OUT/eval/drift.jsonl, from which an interrupted sweep resumes.
 """
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from afmc.eval.spread import json_number, sample_std
 from afmc.eval.sweep import Point, Scorer, run_sweep
 from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.noise import NoiseConfig, NoiseModel
@@ -85,7 +87,7 @@ class DriftReport:
 
     def summary(self) -> list[dict[str, Any]]:
         return [{"time_s": t, "mean": float(np.mean(self.at(t))),
-                 "std": float(np.std(self.at(t))), "chips": len(self.seeds)}
+                 "std": json_number(sample_std(self.at(t))), "chips": len(self.seeds)}
                 for t in self.times]
 
     def to_json(self) -> dict[str, Any]:

@@ -4,7 +4,8 @@ An encoder compiled by afmc outputs the mean-pooled embedding of each window
 ([batch, hidden]). Its error on a text is the relative L2 error
 ||E_chip - E_fp|| / ||E_fp|| over all windows' embeddings, next to the mean
 cosine similarity of each window's embedding to the FP one. Seeds are chip
-instances as for language models; a digital target is scored once.
+instances as for language models (mean and sample std over them, afmc.eval.spread); a
+digital target is scored once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from afmc.capture.encoder import OUTPUT
 from afmc.data.tokenizer import text_feeds
+from afmc.eval.spread import sample_std
 from afmc.runtime.chip import Chip
 from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.noise import NoiseConfig
@@ -62,7 +64,8 @@ class EmbeddingReport:
 
     @property
     def std(self) -> float:
-        return float(np.std([e.relative_error for e in self.chips.values()]))
+        """The sample std (ddof=1) over the chips; NaN for fewer than 2 (eval.spread)."""
+        return sample_std(e.relative_error for e in self.chips.values())
 
 
 def evaluate_encoder(model: CompiledModel, windows: np.ndarray, seeds: list[int], *,

@@ -2,7 +2,8 @@
 
 Each seed is one chip instance (one programming-noise draw); the report holds
 the FP perplexity of the same file (analog nodes computed in floating point),
-the perplexity per chip, and their mean and standard deviation over seeds.
+the perplexity per chip, and their mean and sample standard deviation (ddof=1)
+over seeds (afmc.eval.spread).
 A target whose chips do not vary by seed (int8, int4, fp) is scored once, as
 chip 0, next to its FP view, and `seeds` is ignored (report.digital names the
 target). The chips are the points of an eval.sweep (one process, or `jobs`).
@@ -17,6 +18,7 @@ import numpy as np
 
 from afmc.data.tokenizer import token_windows
 from afmc.eval.perplexity import perplexity
+from afmc.eval.spread import sample_std
 from afmc.eval.sweep import PerplexityScorer, Point, run_sweep
 from afmc.runtime.chip import Chip
 from afmc.runtime.compiled import CompiledModel
@@ -25,7 +27,7 @@ from afmc.runtime.noise import NoiseConfig
 
 @dataclass
 class EvalReport:
-    """FP perplexity, perplexity per seed, and their mean / std over seeds."""
+    """FP perplexity, perplexity per seed, and their mean / sample std over seeds."""
 
     tokens: int
     fp: float
@@ -39,7 +41,8 @@ class EvalReport:
 
     @property
     def std(self) -> float:
-        return float(np.std(list(self.chips.values()))) if self.chips else float("nan")
+        """The sample std (ddof=1) over the chips; NaN for fewer than 2 (eval.spread)."""
+        return sample_std(self.chips.values())
 
 
 def chip_perplexity(chip: Chip, windows: np.ndarray, batch_size: int,

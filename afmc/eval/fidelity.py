@@ -13,6 +13,11 @@ Above the thresholds (perplexity over PERPLEXITY_RATIO x FP, or a relative
 error over RELATIVE_ERROR without programming noise) a FidelityWarning names
 the worst layers and the next steps; the result is stored in afmc.json under
 "fidelity" either way.
+
+The numbers are the same on any number of threads (they are written into the ONNX
+metadata, so they must be for one compile to give one file): the per-layer sums of
+squares are taken by numpy's pairwise sum on one thread (`sum_of_squares`), not by a
+whole-tensor torch sum, whose partial sums follow torch.get_num_threads().
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ if TYPE_CHECKING:
 
 PERPLEXITY_RATIO = 1.5
 RELATIVE_ERROR = 0.2
+CHIP_PERPLEXITY_RATIO = 3.0  # chip 0 above this times FP perplexity also warns
 WORST_LAYERS = 5
 
 Outputs = Callable[[tuple], np.ndarray]
@@ -115,6 +121,16 @@ def _score(outputs: list[np.ndarray], batches: list[tuple], reference: list[np.n
     return scores
 
 
+def sum_of_squares(tensor: torch.Tensor) -> float:
+    """sum(tensor ** 2) in float64, the same on any number of threads.
+
+    torch sums a whole tensor of 32768 or more elements as one partial sum per thread
+    (at::parallel_reduce), so its last bits change with torch.get_num_threads(); numpy's
+    pairwise sum of a contiguous array runs on one thread in a fixed order."""
+    values = np.ascontiguousarray(tensor.detach().to("cpu", torch.float64).numpy())
+    return float(np.square(values).sum())
+
+
 class _LayerErrors(fx.Interpreter):
     """Runs an analog program and sums, per analog layer, |analog - x W^T|^2 and |x W^T|^2."""
 
@@ -128,8 +144,8 @@ class _LayerErrors(fx.Interpreter):
             exact = torch.nn.functional.linear(args[0], args[1])
             name = self.current.meta["afmc"].name
             sums = self.sums.setdefault(name, [0.0, 0.0])
-            sums[0] += float((out - exact).double().square().sum())
-            sums[1] += float(exact.double().square().sum())
+            sums[0] += sum_of_squares(out - exact)
+            sums[1] += sum_of_squares(exact)
         return out
 
     def run_node(self, node: fx.Node):
@@ -163,9 +179,10 @@ class _ProgrammedChip(fx.Interpreter):
 
     LOOKAHEAD = 2
 
-    def __init__(self, program: fx.GraphModule, noise: NoiseConfig, seed: int) -> None:
+    def __init__(self, program: fx.GraphModule, noise: NoiseConfig, seed: int,
+                 devices: int = 1) -> None:
         super().__init__(program)
-        self.noise, self.seed = noise, seed
+        self.noise, self.seed, self.devices = noise, seed, devices
         self.layers = {record.weight: (index, record)
                        for index, record in enumerate(_analog(layer_records(program)))}
         reads = [node.target for node in program.graph.nodes
@@ -186,22 +203,26 @@ class _ProgrammedChip(fx.Interpreter):
         stored = self.fetch_attr(target)
         index, record = self.layers[target]
         programmed = program_weights(stored.detach().float().numpy(), record.slice_sizes,
-                                     self.noise, layer_rng(self.seed, index))
+                                     self.noise, layer_rng(self.seed, index), self.devices)
         return torch.from_numpy(programmed).to(stored.dtype)
 
 
-def chip_outputs(program: fx.GraphModule, noise: NoiseConfig, seed: int) -> Outputs:
+def chip_outputs(program: fx.GraphModule, noise: NoiseConfig, seed: int,
+                 devices: int = 1) -> Outputs:
     """Outputs of `program` with the programming noise of chip `seed` (same draws as afmc
-    run), programmed layer by layer during each run (_ProgrammedChip)."""
+    run), programmed layer by layer during each run (_ProgrammedChip), with `devices`
+    device pairs per weight."""
 
     def run(batch: tuple) -> np.ndarray:
         with torch.no_grad():
-            return _first(_ProgrammedChip(program, noise, seed).run(*batch)).float().numpy()
+            chip = _ProgrammedChip(program, noise, seed, devices)
+            return _first(chip.run(*batch)).float().numpy()
 
     return run
 
 
-def program_checks(program: fx.GraphModule, noise: NoiseConfig, batches: list[tuple]
+def program_checks(program: fx.GraphModule, noise: NoiseConfig, batches: list[tuple],
+                   devices: int = 1
                    ) -> tuple[Outputs, Outputs | None, list[dict[str, Any]] | None]:
     """(outputs without programming noise, chip 0, worst layers) of an analog torch
     program; (outputs, None, None) without analog layers. The layers are ranked in the
@@ -214,19 +235,21 @@ def program_checks(program: fx.GraphModule, noise: NoiseConfig, batches: list[tu
     def noise_free(batch: tuple) -> np.ndarray:
         return first if batch is batches[0] else compiled(batch)
 
-    chip = chip_outputs(program, noise, 0) if noise.model != "none" else None
+    chip = chip_outputs(program, noise, 0, devices) if noise.model != "none" else None
     return noise_free, chip, worst[:WORST_LAYERS]
 
 
 def check_fidelity(reference: list[np.ndarray], compiled: Outputs, batches: list,
                    held_back: bool, *,
                    chip: Outputs | None = None,
-                   worst_layers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                   worst_layers: list[dict[str, Any]] | None = None,
+                   record: dict[str, Any] | None = None) -> dict[str, Any]:
     """The fidelity entry of afmc.json; warns (FidelityWarning) when past the thresholds.
 
     `reference` holds the FP model's output on each batch, `compiled` runs the compiled
     model without programming noise and `chip` (analog targets) chip 0; `worst_layers`
-    ranks the analog layers.
+    ranks the analog layers; the warning's advice names only the levers that the
+    compile's `record` (its configuration and passes) does not already use.
     """
     language_model = _is_language_model(batches[0], reference[0])
     result: dict[str, Any] = {
@@ -242,13 +265,34 @@ def check_fidelity(reference: list[np.ndarray], compiled: Outputs, batches: list
                                   language_model)
     if worst_layers is not None:
         result["worst_layers"] = worst_layers
-    result["warning"] = _warning(result)
+    result["warning"] = _warning(result, advice(record or {}))
     if result["warning"]:
         warnings.warn(result["warning"], FidelityWarning, stacklevel=2)
     return result
 
 
-def _warning(result: dict[str, Any]) -> str | None:
+def advice(record: dict[str, Any]) -> str:
+    """What to try next, naming only the levers the compile of `record` has not used."""
+    config = record.get("config", {})
+    ran = {step["name"] for step in record.get("passes", []) if step.get("modified", True)}
+    steps = ["keep the worst layers digital (--digital REGEX)"]
+    if record.get("runtime") == "analog":
+        if config.get("calibration", {}).get("method") not in (None, "search"):
+            steps.append("calibration.method=search")
+        if not ran & {"smooth-inputs", "chip-smooth-inputs"}:
+            steps.append("the chip-smooth-inputs pass")
+        if "split-outliers" not in ran:
+            steps.append("the split-outliers pass (outliers.budget=0.01)")
+        if config.get("placement", {}).get("lm_head", "digital") == "analog":
+            steps.append("placement.lm_head=digital (the LM head is the most noise-sensitive "
+                         "layer of an LLM: docs/real-models.md)")
+        if config.get("hardware", {}).get("devices_per_weight", 1) == 1:
+            steps.append("hardware.devices_per_weight=2 or 4 (that many times the tiles)")
+    steps.append("adapt the model by hardware-aware training")
+    return ", ".join(steps[:-1]) + " or " + steps[-1]
+
+
+def _warning(result: dict[str, Any], steps: str) -> str | None:
     noise_free = result["noise_free"]
     problems = []
     if "perplexity" in noise_free and \
@@ -257,12 +301,14 @@ def _warning(result: dict[str, Any]) -> str | None:
                         f"vs {result['fp_perplexity']:.4g} FP")
     if noise_free["relative_error"] > RELATIVE_ERROR:
         problems.append(f"relative output error {noise_free['relative_error']:.3g}")
+    chip = result.get("chip_0", {})
+    if "perplexity" in chip and chip["perplexity"] > CHIP_PERPLEXITY_RATIO * \
+            result["fp_perplexity"]:
+        problems.append(f"perplexity {chip['perplexity']:.4g} on chip 0")
     if not problems:
         return None
     worst = ", ".join(f"{layer['name']} ({layer['relative_error']:.2g})"
                       for layer in result.get("worst_layers", [])[:3])
-    steps = ("keep the worst layers digital (--digital REGEX), try calibration.method=search "
-             "with the smooth-inputs pass, or adapt the model by hardware-aware training")
     return (f"the compiled model is far from FP on held-back data: {'; '.join(problems)}"
             + (f"; worst layers by output error: {worst}" if worst else "") + f"; next: {steps}")
 
@@ -292,4 +338,4 @@ def onnx_fidelity(model: ir.Model, record: dict[str, Any], noise: NoiseConfig,
         chip = onnx_chip_outputs(runtime.chip(0, noise=noise), names)
     fp = onnx_outputs(fp_reference(proto), names)
     return check_fidelity([fp(batch) for batch in batches], onnx_outputs(proto, names),
-                          batches, held_back, chip=chip)
+                          batches, held_back, chip=chip, record=record)

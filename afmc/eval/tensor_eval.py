@@ -11,7 +11,9 @@ Rules:
 - accuracy: the argmax of the first output over its last axis against the labels;
 - eval: the FP view once, then for an analog target the stored weights without
   programming noise (when it has analog layers) and each chip seed; a digital
-  target (int8, int4) has no noise and runs once, as chip 0 (seeds ignored).
+  target (int8, int4) has no noise and runs once, as chip 0 (seeds ignored);
+- over the chips: the mean and the sample std (ddof=1; null for one chip) of each
+  score (afmc.eval.spread).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from afmc.data.model_inputs import (
     load_labels,
 )
 from afmc.eval.embedding import embedding_error
+from afmc.eval.spread import mean_std
 from afmc.runtime.chip import Chip
 from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.noise import NoiseConfig
@@ -126,16 +129,14 @@ class ChipScores:
 
 
 def _spread(values: list) -> tuple[float, float]:
-    """Mean and std; equal values (an infinite SQNR on every chip too) have std 0."""
-    if len(set(values)) == 1:
-        return float(values[0]), 0.0
-    with np.errstate(invalid="ignore"):
-        return float(np.mean(values)), float(np.std(values))
+    """Mean and sample std (ddof=1, NaN for one chip); equal values (an infinite SQNR on
+    every chip too) have std 0 (afmc.eval.spread)."""
+    return mean_std(values)
 
 
 @dataclass
 class TensorEvalReport:
-    """The FP accuracy, scores per chip seed, and their mean / std over seeds."""
+    """The FP accuracy, scores per chip seed, and their mean / sample std over seeds."""
 
     samples: int
     outputs: list[str]
@@ -145,11 +146,12 @@ class TensorEvalReport:
     digital: str | None = None
 
     def spread(self, output: str, metric: str) -> tuple[float, float]:
-        """Mean and std over chips of one metric (an OutputError field) of one output."""
+        """Mean and sample std over chips of one metric (an OutputError field) of one
+        output."""
         return _spread([getattr(chip.errors[output], metric) for chip in self.chips.values()])
 
     def accuracy_spread(self) -> tuple[float, float] | None:
-        """Mean and std of the accuracy over chips; None without labels."""
+        """Mean and sample std of the accuracy over chips; None without labels."""
         if self.fp_accuracy is None:
             return None
         return _spread([chip.accuracy for chip in self.chips.values()])

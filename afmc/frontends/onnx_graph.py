@@ -106,7 +106,7 @@ class OnnxFrontend:
         names = self.signature.names
         fp = onnx_outputs(self.model, names)
         return check_fidelity([fp(batch) for batch in batches], onnx_outputs(lowered, names),
-                              batches, held)
+                              batches, held, record=record)
 
 
 def _external(model: ir.Model) -> list[ir.Value]:

@@ -159,10 +159,12 @@ class TorchFrontend:
         held = bool(calibration.held)
         fp = self._fp_outputs
         if target.post_lower is None:  # the analog torch program computes what the file does
-            compiled, chip, worst = program_checks(self.program, config.noise, batches)
-            return check_fidelity(fp, compiled, batches, held, chip=chip, worst_layers=worst)
+            compiled, chip, worst = program_checks(self.program, config.noise, batches,
+                                                   config.hardware.devices_per_weight)
+            return check_fidelity(fp, compiled, batches, held, chip=chip, worst_layers=worst,
+                                  record=record)
         return check_fidelity(fp, onnx_outputs(lowered, self.captured.input_names), batches,
-                              held)
+                              held, record=record)
 
     def _fidelity_batches(self, calibration: CalibrationData) -> list[tuple]:
         """The held-back batches, or the first calibration batch when none is held back, as
@@ -279,3 +281,6 @@ def _onnx_names(program: fx.GraphModule, lowered: ir.Model) -> None:
             record.onnx_weight = by_range.get(record.input_range, "")
             if not record.onnx_weight:
                 raise RuntimeError(f"lowering lost the analog layer {record.name}")
+            for name in (record.outlier_indices, record.outlier_values):
+                if name and name not in lowered.graph.initializers:
+                    raise RuntimeError(f"lowering lost the outliers {name} of {record.name}")

@@ -3,13 +3,15 @@
 Rules a TileMap holds (checked on construction): tile ids run 0..tiles-1 and
 every tile holds at least one block; a block lies inside its tile (offset >= 0,
 offset + size <= tile rows/cols); blocks on one tile do not overlap; no block is
-placed twice. Utilization of a tile = cells its blocks use / (rows * cols);
-overall = all used cells / (tiles * rows * cols), 0 for an empty map.
+placed twice -- with `devices` d > 1 (``hardware.devices_per_weight``, see
+TileMap.replicated) every block is placed exactly d times, once per copy of the map.
+Utilization of a tile = cells its blocks use / (rows * cols); overall = all used
+cells / (tiles * rows * cols), 0 for an empty map.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,20 +62,28 @@ class Placement:
 
 @dataclass(frozen=True)
 class TileMap:
-    """The placement of every analog block on `tiles` tiles of `rows` x `cols` cells."""
+    """The placement of every analog block on `tiles` tiles of `rows` x `cols` cells;
+    each block `devices` times (on `devices` copies of the weights, see replicated)."""
 
     strategy: str
     rows: int
     cols: int
     tiles: int
     placements: tuple[Placement, ...]
+    devices: int = 1
 
     def __post_init__(self) -> None:
         self._validate()
 
     def _validate(self) -> None:
-        if len({p.block for p in self.placements}) != len(self.placements):
-            raise TileMappingError(f"{self.strategy}: a block is placed more than once")
+        if self.devices < 1:
+            raise TileMappingError(f"{self.strategy}: devices must be >= 1, got {self.devices}")
+        for block, count in Counter(p.block for p in self.placements).items():
+            if count != self.devices:
+                raise TileMappingError(
+                    f"{self.strategy}: a block is placed more than once" if self.devices == 1
+                    else f"{self.strategy}: {block} is placed {count} times, not once per "
+                    f"device copy ({self.devices})")
         for placement in self.placements:
             block = placement.block
             if not 0 <= placement.tile < self.tiles:
@@ -106,6 +116,20 @@ class TileMap:
                             f"{self.strategy}: {first.block} and "
                             f"{second.block} overlap on tile {tile}"
                         )
+
+    def replicated(self, devices: int) -> TileMap:
+        """The map of `devices` copies of the weights (``hardware.devices_per_weight``:
+        each weight on d device pairs): copy c repeats this map's placements on tiles
+        c * tiles .. (c + 1) * tiles - 1, so tiles and every layer's tiles are d-fold and
+        the utilization is unchanged. This map itself for devices = 1."""
+        if devices < 1:
+            raise TileMappingError(f"{self.strategy}: devices must be >= 1, got {devices}")
+        if devices == 1:
+            return self
+        copies = tuple(Placement(p.block, p.tile + copy * self.tiles, p.row, p.col)
+                       for copy in range(devices) for p in self.placements)
+        return TileMap(self.strategy, self.rows, self.cols, self.tiles * devices, copies,
+                       self.devices * devices)
 
     def by_tile(self) -> list[list[Placement]]:
         """The placements of each tile, tile 0 first."""
@@ -161,6 +185,7 @@ class TileMap:
             "tile_rows": self.rows,
             "tile_cols": self.cols,
             "tiles": self.tiles,
+            "devices": self.devices,
             "utilization": self.utilization,
             "tile_utilization": self.tile_utilization(),
             "layer_tiles": self.layer_tiles(),
@@ -177,4 +202,5 @@ class TileMap:
             int(data["tile_cols"]),
             int(data["tiles"]),
             placements,
+            int(data.get("devices", 1)),
         )

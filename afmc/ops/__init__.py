@@ -8,7 +8,7 @@ opens and runs without importing torch.
 
 from typing import Any
 
-from afmc.ops import analog_linear_onnx  # noqa: F401  (registers the ONNX functions)
+from afmc.ops import analog_linear_onnx, sparse_outliers_onnx  # noqa: F401  (ONNX schemas)
 from afmc.ops.onnx_domain import DOMAIN, VERSION, function_protos
 
 __all__ = ["DOMAIN", "VERSION", "TRANSLATIONS", "analog_linear", "function_protos"]
@@ -16,9 +16,9 @@ __all__ = ["DOMAIN", "VERSION", "TRANSLATIONS", "analog_linear", "function_proto
 
 def __getattr__(name: str) -> Any:
     if name == "TRANSLATIONS":
-        from afmc.ops import analog_linear
+        from afmc.ops import analog_linear, sparse_outliers
 
-        return {**analog_linear.TRANSLATIONS}
+        return {**analog_linear.TRANSLATIONS, **sparse_outliers.TRANSLATIONS}
     if name == "analog_linear":  # registers afmc::analog_linear with torch
         import importlib
 

@@ -36,6 +36,12 @@ class LayerRecord:
     clipped_rows: int = 0  # calibration method search: weight rows programmed clipped
     sqnr_db: float | None = None  # search: worst slice's output SQNR on the calibration sample
     precision: str = ""  # digital targets: "int8", "int4" or "fp" (the stored weight format)
+    # split-outliers: weights per row and input slice in the exact digital sparse path, how
+    # many of them are nonzero, and the initializers (torch targets = ONNX names) holding them
+    outliers_per_slice: int = 0
+    outlier_weights: int = 0
+    outlier_indices: str = ""
+    outlier_values: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,14 +2,16 @@
 
 Rule, for one input slice of one analog layer (sample inputs x [R, k], weights
 W_s [N, k]): choose the static input range r and, per weight row j, a clipping
-bound c_j * std(W_s[j]) (c_j from CLIP_RATIOS, or none) that minimise
-``|| analog(x; r, clip(W_s)) - x @ W_s^T ||^2``, the error of the slice's whole
-DAC + crossbar + ADC path (HARDWARE.md steps 2-6, no noise) against the FP
-product with the original weights. The ADC bound ``out_bound * r * w_max``
-couples the two: a smaller r or w_max gives finer DAC and ADC steps but clips
-more inputs or weights. Search: r over a log grid below the largest |x|, then
-the rows' clipping at that r (rows are independent given r), then r again on a
-finer grid around the first choice.
+bound c_j * std(W_s[j]) (c_j from CLIP_RATIOS, or none) that minimise the expected
+error on the chip, ``|| analog(x; r, E[clip(W_s)]) - x @ W_s^T ||^2 +
+sum_j E[dac(x)^2] @ v_j``: the error of the slice's whole DAC + crossbar + ADC path
+(HARDWARE.md steps 2-6) against the FP product with the original weights, with the
+programmed weights' expectation and variance v of the noise model compiled for
+(afmc.passes.chip_error; noise model ``none``: the noise-free error). The ADC
+bound ``out_bound * r * w_max`` couples the two: a smaller r or w_max gives finer
+DAC and ADC steps but clips more inputs or weights. Search: r over a log grid
+below the largest |x|, then the rows' clipping at that r (rows are independent
+given r), then r again on a finer grid around the first choice.
 
 The range is chosen on the error of at most ``outputs`` weight rows (output
 channels), evenly spaced over the layer: each row's error is a term of the sum,
@@ -23,10 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from afmc.ops.analog_linear import TINY, adc_, dac, row_max_abs
+from afmc.passes.chip_error import noise_error, noise_scales, weight_noise
 from afmc.passes.layers import LayerRecord
+from afmc.runtime.noise import NoiseConfig
 
 COARSE_FRACTIONS = tuple(2.0 ** (-step / 2) for step in range(13))  # 1 .. 1/64 of max |x|
 FINE_FACTORS = tuple(2.0 ** (step / 8) for step in range(-4, 5))
@@ -43,66 +48,111 @@ class SliceChoice:
     sqnr_db: float  # of the chosen setting, on the sample
 
 
+def total(values: torch.Tensor) -> float:
+    """The sum of `values` in float64, in a fixed order (numpy's pairwise sum): torch
+    splits large sums over threads, so their last bits, and a choice made on them, would
+    follow the thread count."""
+    return float(np.sum(values.detach().double().numpy()))
+
+
+@dataclass(frozen=True)
+class ChipNoise:
+    """The programming noise a slice's search scores: the noise model, the device pairs
+    per weight, and the rows' noise scale (None: the slice's own row maxima)."""
+
+    model: NoiseConfig
+    devices: int = 1
+    scale: torch.Tensor | None = None  # [N]
+
+    def rows(self, rows: torch.Tensor | None) -> ChipNoise:
+        """The same noise for a subset of the slice's rows."""
+        if self.scale is None or rows is None:
+            return self
+        return ChipNoise(self.model, self.devices, self.scale[rows])
+
+
 class SliceModel:
-    """One slice's DAC, crossbar product and ADC (HARDWARE.md steps 2-6, no noise) for
-    fixed inputs and weights (or a subset of their rows) at any input range, the rows'
-    w_max taken once."""
+    """One slice's DAC, crossbar product and ADC (HARDWARE.md steps 2-6) for fixed inputs
+    and weights (or a subset of their rows) at any input range, the rows' w_max taken
+    once; with `noise`, the product is that of the expected programmed weights and the
+    row errors add the programming noise's expected contribution."""
 
     def __init__(self, x: torch.Tensor, weight: torch.Tensor, inp_res: float, out_res: float,
-                 out_bound: float) -> None:
-        self.x, self.weight = x, weight
+                 out_bound: float, noise: ChipNoise | None = None) -> None:
+        self.x = x
         self.inp_res, self.out_res, self.out_bound = inp_res, out_res, out_bound
         self.w_max = row_max_abs(weight)
+        self.weight, self.variance = weight, None
+        if noise is not None:
+            scale = self.w_max if noise.scale is None else noise.scale
+            self.weight, self.variance = weight_noise(weight, scale, noise.model, noise.devices)
 
-    def output(self, input_range: float) -> torch.Tensor:
-        """The slice's output [R, N] at static input range `input_range`."""
-        y = dac(self.x, input_range, self.inp_res) @ self.weight.T
-        return adc_(y, input_range, self.w_max, self.out_res, self.out_bound)
+    def output(self, input_range: float, x_q: torch.Tensor | None = None) -> torch.Tensor:
+        """The slice's output [R, N] at static input range `input_range` (`x_q`: the
+        inputs' DAC levels at that range, if already at hand)."""
+        if x_q is None:
+            x_q = dac(self.x, input_range, self.inp_res)
+        return adc_(x_q @ self.weight.T, input_range, self.w_max, self.out_res,
+                    self.out_bound)
 
     def row_errors(self, input_range: float, expected: torch.Tensor) -> torch.Tensor:
-        """Mean squared error per weight row of the slice's output against `expected`."""
-        return self.output(input_range).sub_(expected).square_().mean(dim=0)
+        """Expected squared error per weight row of the slice's output against
+        `expected`, averaged over the inputs."""
+        x_q = dac(self.x, input_range, self.inp_res)
+        errors = self.output(input_range, x_q).sub_(expected).square_().mean(dim=0)
+        if self.variance is not None:
+            errors += noise_error(x_q.square_().mean(dim=0), self.variance)
+        return errors
 
 
 def search_slice(x: torch.Tensor, weight: torch.Tensor, inp_res: float, out_res: float,
-                 out_bound: float, clip_weights: bool, outputs: int | None = None) -> SliceChoice:
-    """Input range (and row clipping) of one slice that minimise its output error, the
-    range chosen on at most `outputs` evenly spaced weight rows (None: all)."""
+                 out_bound: float, clip_weights: bool, outputs: int | None = None,
+                 noise: ChipNoise | None = None,
+                 fractions: tuple[float, ...] = COARSE_FRACTIONS) -> SliceChoice:
+    """Input range (and row clipping) of one slice that minimise its expected output error
+    on the chip (`noise`; None: noise-free), the range chosen on at most `outputs` evenly
+    spaced weight rows (None: all) from `fractions` of the largest |x|, then refined."""
     x, weight = x.float(), weight.float()
     top = float(x.abs().max().clamp_min(TINY))
     sample = _output_sample(weight.shape[0], outputs)
     sampled = weight if sample is None else weight[sample]
     sampled_reference = x @ sampled.T
     hardware = (inp_res, out_res, out_bound)
+    sampled_noise = None if noise is None else noise.rows(sample)
 
     def best_range(candidates: list[float], model: SliceModel) -> float:
-        errors = [float(model.row_errors(r, sampled_reference).sum()) for r in candidates]
+        errors = [total(model.row_errors(r, sampled_reference)) for r in candidates]
         return candidates[min(range(len(errors)), key=errors.__getitem__)]
 
-    model = SliceModel(x, sampled, *hardware)
-    r = best_range([top * f for f in COARSE_FRACTIONS], model)
+    model = SliceModel(x, sampled, *hardware, sampled_noise)
+    r = best_range([top * f for f in fractions], model)
     chosen, clipped = weight, torch.zeros(weight.shape[0], dtype=torch.bool)
     if clip_weights:
-        chosen, clipped = _clip_rows(x, weight, r, hardware)
-        model = SliceModel(x, chosen if sample is None else chosen[sample], *hardware)
+        chosen, clipped = _clip_rows(x, weight, r, hardware, noise)
+        model = SliceModel(x, chosen if sample is None else chosen[sample], *hardware,
+                           None if noise is None else ChipNoise(noise.model, noise.devices))
     r = best_range([r * f for f in FINE_FACTORS], model)
-    error = float(model.row_errors(r, sampled_reference).sum())
-    signal = float(sampled_reference.square().mean(dim=0).sum())
+    error = total(model.row_errors(r, sampled_reference))
+    signal = total(sampled_reference.square().mean(dim=0))
     sqnr = 10 * torch.log10(torch.tensor(max(signal, TINY) / max(error, TINY))).item()
     return SliceChoice(r, chosen, int(clipped.sum()), sqnr)
 
 
 def _clip_rows(x: torch.Tensor, weight: torch.Tensor, input_range: float,
-               hardware: tuple[float, float, float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights with each row clipped at the CLIP_RATIOS bound that lowers its error at
-    `input_range` most, which rows were clipped); every row is scored."""
+               hardware: tuple[float, float, float], noise: ChipNoise | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights with each row clipped at the CLIP_RATIOS bound that lowers its expected
+    error at `input_range` most, which rows were clipped); every row is scored, the
+    clipped rows' noise at their own (smaller) max |w|."""
     reference = x @ weight.T
-    best = SliceModel(x, weight, *hardware).row_errors(input_range, reference)
+    best = SliceModel(x, weight, *hardware, noise).row_errors(input_range, reference)
+    clipped_noise = None if noise is None else ChipNoise(noise.model, noise.devices)
     std = weight.std(dim=1, keepdim=True)
     chosen, clipped = weight.clone(), torch.zeros(weight.shape[0], dtype=torch.bool)
     for ratio in CLIP_RATIOS:
         candidate = torch.minimum(torch.maximum(weight, -ratio * std), ratio * std)
-        errors = SliceModel(x, candidate, *hardware).row_errors(input_range, reference)
+        errors = SliceModel(x, candidate, *hardware, clipped_noise).row_errors(input_range,
+                                                                              reference)
         better = errors < best
         best = torch.where(better, errors, best)
         chosen[better] = candidate[better]
@@ -135,11 +185,15 @@ class LayerChoice:
 
 def search_layer(samples: list[torch.Tensor], weight: torch.Tensor, sizes: list[int],
                  inp_res: float, out_res: float, out_bound: float,
-                 clip_weights: bool, outputs: int | None = None) -> LayerChoice:
-    """search_slice for each input slice of a [N, K] crossbar weight."""
-    choices = [search_slice(x, w_s, inp_res, out_res, out_bound, clip_weights, outputs)
-               for x, w_s in zip(samples, torch.split(weight, list(sizes), dim=-1),
-                                 strict=True)]
+                 clip_weights: bool, outputs: int | None = None,
+                 noise: NoiseConfig | None = None, devices: int = 1) -> LayerChoice:
+    """search_slice for each input slice of a [N, K] crossbar weight, scored on the chip
+    of the noise model `noise` with `devices` device pairs per weight (None: noise-free)."""
+    scales = noise_scales(weight, sizes, noise) if noise is not None else [None] * len(sizes)
+    choices = [search_slice(x, w_s, inp_res, out_res, out_bound, clip_weights, outputs,
+                            None if noise is None else ChipNoise(noise, devices, scale))
+               for x, w_s, scale in zip(samples, torch.split(weight, list(sizes), dim=-1),
+                                        scales, strict=True)]
     clipped = sum(choice.clipped_rows for choice in choices)
     return LayerChoice(
         [choice.input_range for choice in choices],

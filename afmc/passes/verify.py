@@ -4,11 +4,16 @@
   carries its LayerRecord with slice sizes that match its weight and its
   input-range parameter (one range per slice), and a hardware configuration.
 - output_drift (with --verify): the relative L2 difference of the program's
-  output to the FP model's on the example inputs.
+  output to the FP model's on the example inputs, in float64 by numpy's one-thread
+  pairwise sum (a whole-tensor torch norm changes its last bits with the thread count,
+  and the value is recorded in afmc.json).
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import fx
 
@@ -51,4 +56,10 @@ def output_drift(gm: fx.GraphModule, example_inputs: tuple, reference: torch.Ten
     with torch.no_grad():
         output = gm(*example_inputs)
     output = output[0] if isinstance(output, (tuple, list)) else output
-    return float((output - reference).norm() / reference.norm().clamp_min(1e-12))
+    return _norm(output - reference) / max(_norm(reference), 1e-12)
+
+
+def _norm(tensor: torch.Tensor) -> float:
+    """The L2 norm of `tensor` in float64, the same on any number of threads."""
+    values = np.ascontiguousarray(tensor.detach().to("cpu", torch.float64).numpy())
+    return math.sqrt(float(np.square(values).sum()))

@@ -95,6 +95,8 @@ class AnalogRuntime:
         self.path = out_dir / MODEL_FILE
         self.analog = [layer for layer in record["layers"] if layer.get("onnx_weight")]
         self.noise = NoiseConfig.model_validate(record["config"]["noise"])
+        # device pairs per weight, averaged (runtime.noise); hardware, kept under any noise=
+        self.devices = int(record["config"]["hardware"].get("devices_per_weight", 1))
         self.initializers = {init.name: init for init in graph.graph.initializer}
         self.plan = preparation(graph)
         self.kernels = True  # chips use afmc.kernels where they are built (runtime.fused)
@@ -110,7 +112,7 @@ class AnalogRuntime:
         graph = self.graph
         kept = None if analog_layers is None else self.analog_weights(analog_layers)
         if kept is not None:
-            graph = fp_reference(graph, kept)
+            graph = fp_reference(graph, kept, whole_weights=True)
         graph = with_read_noise(graph, read_noise) if read_noise > 0 else graph
         seed = None if noise.model == "none" else seed
         kernels = self.kernels and fused_kernels.enabled()
@@ -142,9 +144,11 @@ class AnalogRuntime:
 
     def fp_view(self, threads: int | None = None) -> Chip:
         """The floating-point model the analog one was compiled from, on the stored weights
-        (each transposed in numpy, so onnxruntime has no weight to fold)."""
-        graph, values = prepared_graph(fp_reference(self.graph),
-                                       self._layers(None, self.noise, prepare=False))
+        (each transposed in numpy, so onnxruntime has no weight to fold; a split layer's
+        outliers put back into its weights, so the view is bit for bit the unsplit one)."""
+        graph, values = prepared_graph(fp_reference(self.graph, whole_weights=True),
+                                       self._layers(None, self.noise, prepare=False,
+                                                    analog=set()))
         return self._session(graph, values, threads, None)
 
     def programmed(self, seed: int, noise: NoiseConfig) -> Iterator[tuple[str, np.ndarray]]:
@@ -156,7 +160,8 @@ class AnalogRuntime:
         """(initializer name, weights) of every analog layer in layer order: programmed
         for chip `seed` (None: as stored) and, with `prepare`, already in their prepared
         form where the graph takes it (preparation); with `analog` (initializer names),
-        the layers not in it are given as stored. Layers run on all cores (numpy
+        the layers not in it are given as stored, with their outliers (split-outliers)
+        put back (the FP view computes them on the whole weights). Layers run on all cores (numpy
         releases the GIL), a few ahead of the consumer; each draws from its own stream,
         so the result does not depend on the order the threads run in."""
 
@@ -164,24 +169,27 @@ class AnalogRuntime:
             layer = self.analog[index]
             name, weight = self._stored(layer)
             if analog is not None and name not in analog:
-                return name, weight
+                return name, self._whole(layer, weight)
             plan = self.plan.get(name) if prepare else None  # (slices, attributes)
             if seed is not None and plan is not None:
                 fast = program_prepared(weight, layer["slice_sizes"], noise,
-                                        layer_rng(seed, index), *plan)
+                                        layer_rng(seed, index), *plan, self.devices)
                 if fast is not None:
                     return name, fast
             if seed is not None:
                 weight = program_weights(weight, layer["slice_sizes"], noise,
-                                         layer_rng(seed, index))
+                                         layer_rng(seed, index), self.devices)
             return name, weight if plan is None else prepared_values(weight, *plan)
 
         yield from in_order_on_threads(program, range(len(self.analog)),
                                        ahead=2 * (os.cpu_count() or 1))
 
-    def stored(self) -> Iterator[tuple[str, np.ndarray]]:
-        """(initializer name, stored weights as float32) of every analog layer, one by one."""
-        return (self._stored(layer) for layer in self.analog)
+    def stored(self, *, whole: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+        """(initializer name, stored weights as float32) of every analog layer, one by one;
+        with `whole`, a split layer's outliers put back (the weights its FP view uses)."""
+        for layer in self.analog:
+            name, weight = self._stored(layer)
+            yield name, self._whole(layer, weight) if whole else weight
 
     def _stored(self, layer: dict[str, Any]) -> tuple[str, np.ndarray]:
         """(name, the layer's stored weights as float32): float32 external data is mapped
@@ -194,6 +202,18 @@ class AnalogRuntime:
                                    offset=info.offset or 0, shape=tuple(initializer.dims))
         stored = numpy_helper.to_array(initializer, str(self.out_dir))
         return name, stored.astype(np.float32, copy=False)
+
+    def _whole(self, layer: dict[str, Any], weight: np.ndarray) -> np.ndarray:
+        """A layer's stored (dense) weights with its outliers back in place: W itself,
+        bit for bit, for a layer split by split-outliers; else `weight` unchanged."""
+        if not layer.get("outlier_values"):
+            return weight
+        indices, values = (numpy_helper.to_array(self.initializers[layer[key]],
+                                                 str(self.out_dir))
+                           for key in ("outlier_indices", "outlier_values"))
+        whole = np.array(weight, dtype=np.float32)
+        np.put_along_axis(whole, indices, values.astype(np.float32), axis=1)
+        return whole
 
     def _session(self, graph: onnx.ModelProto, weights: dict[str, np.ndarray],
                  threads: int | None, seed: int | None, *, kernels: bool = False) -> Chip:

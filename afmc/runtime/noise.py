@@ -21,10 +21,19 @@ A row (slice) that is all zero has max |w| = 0 and stays exactly zero.
   ``drift_compensation``, aihwkit's ``GlobalDriftCompensation``: one scalar per layer
   read out on the one-hot input vectors; see :func:`_pcm_drift_block` and
   :func:`_program_pcm_drift`.
+
+With ``devices`` d > 1 (``hardware.devices_per_weight``: each weight programmed on d
+device pairs, the read-out averaging them) a programmed weight is the mean of d
+independent programmings of its target; the deterministic parts of a model stay (pcm's
+zeroing of small targets, pcm-drift's mean decay). ``pcm`` and ``additive`` are Gaussian
+around the target, so the mean of d draws is drawn exactly as one draw with its std
+divided by sqrt(d) (the same random stream, the same kernels); ``pcm-drift`` (clamped,
+non-Gaussian) averages d full device-pair draws. See :func:`program_weights`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
@@ -147,6 +156,7 @@ def program_weights(
     slice_sizes: Sequence[int],
     config: NoiseConfig,
     rng: np.random.Generator,
+    devices: int = 1,
 ) -> np.ndarray:
     """Sample the programmed weights of one layer on one chip instance.
 
@@ -155,6 +165,14 @@ def program_weights(
         slice_sizes: sizes of the layer's input slices, summing to K (e.g. [512, 512, 488]).
         config: the noise model and its parameters.
         rng: the layer's random stream (see :func:`layer_rng`).
+        devices: device pairs per weight (``hardware.devices_per_weight``), whose readings
+            the chip averages. ``pcm``: the mean of d copies g + sigma(|g|) N_i is exactly
+            g + sigma(|g|) / sqrt(d) N (one draw per weight, as for d = 1), still 0 where
+            the target |g| < pcm_zero_threshold; ``additive``: std / sqrt(d), likewise
+            exact; ``pcm-drift``: the mean over d independent device-pair draws
+            (programming, drift exponent, read noise each), drawn one copy after the
+            other from `rng`; with compensation, alpha is read out on the averaged
+            weights. d = 1 gives the same numbers as without the argument.
 
     Returns:
         The programmed weights, float32 [N, K].
@@ -172,7 +190,8 @@ def program_weights(
     if config.model == "none":
         return w.astype(np.float32, copy=True)
     if config.model == "pcm-drift":
-        return _program_pcm_drift(w, sizes, config, rng)
+        return _program_pcm_drift(w, sizes, config, rng, _devices(devices))
+    config = averaged(config, devices)
     if config.model == "pcm" and programming.available():
         return _program_pcm_fused(w, sizes, config, rng)
     noisy = _pcm_block if config.model == "pcm" else _additive_block
@@ -180,6 +199,26 @@ def program_weights(
     for cols, block, wmax in _blocks(w, sizes, config.per_slice):
         out[:, cols] = noisy(block, wmax, config, rng)
     return out
+
+
+def _devices(devices: int) -> int:
+    """`devices` checked: an int >= 1."""
+    if isinstance(devices, bool) or int(devices) != devices or devices < 1:
+        raise ValueError(f"devices (device pairs per weight) must be an integer >= 1, "
+                         f"got {devices!r}")
+    return int(devices)
+
+
+def averaged(config: NoiseConfig, devices: int) -> NoiseConfig:
+    """The ``pcm`` / ``additive`` model of the mean of `devices` independent programmings:
+    its Gaussian noise std (pcm_scale, additive_std) divided by sqrt(devices); `config`
+    itself for one device (so d = 1 is bit-identical to no averaging)."""
+    devices = _devices(devices)
+    if devices == 1:
+        return config
+    root = math.sqrt(devices)
+    return config.model_copy(update={"pcm_scale": config.pcm_scale / root,
+                                     "additive_std": config.additive_std / root})
 
 
 def _blocks(
@@ -231,14 +270,17 @@ def _pcm_block(
 
 def program_prepared(weight: np.ndarray, slice_sizes: Sequence[int], config: NoiseConfig,
                      rng: np.random.Generator, slices: int,
-                     attributes: dict[str, float]) -> programming.Prepared | None:
+                     attributes: dict[str, float],
+                     devices: int = 1) -> programming.Prepared | None:
     """The prepared form (ops.analog_linear_onnx.prepare_weights with `slices` and the
-    analog node's `attributes`) of :func:`program_weights`' result, sampled straight into
-    it by afmc's programming kernel (runtime.fused.programming) without holding the
-    programmed layer whole; bit-identical to preparing program_weights' weights. None
-    unless the model is ``pcm`` and the kernel is available."""
+    analog node's `attributes`) of :func:`program_weights`' result (with the same
+    `devices`), sampled straight into it by afmc's programming kernel
+    (runtime.fused.programming) without holding the programmed layer whole; bit-identical
+    to preparing program_weights' weights. None unless the model is ``pcm`` and the kernel
+    is available."""
     if config.model != "pcm" or not programming.available():
         return None
+    config = averaged(config, devices)
     w = np.asarray(weight)
     noise, bounds = _pcm_draws(w, [int(s) for s in slice_sizes], config, rng)
     return programming.program_pcm_prepared(
@@ -323,13 +365,18 @@ def _pcm_drift_block(
 
 
 def _program_pcm_drift(
-    w: np.ndarray, sizes: list[int], config: NoiseConfig, rng: np.random.Generator
+    w: np.ndarray, sizes: list[int], config: NoiseConfig, rng: np.random.Generator,
+    devices: int = 1,
 ) -> np.ndarray:
     """``pcm-drift`` on a whole layer, with optional global drift compensation.
 
     With ``drift_scaling`` ``layer`` the layer's largest |w| maps to g_max for every
     weight (w = 0 everywhere: the layer stays zero); with ``row`` each row (row slice)
     scales by its own max, as the other models do.
+
+    With `devices` d > 1 every block is d device pairs per weight, each drawn in full by
+    :func:`_pcm_drift_block` (copy after copy, from `rng`), and the weights at t = 0 and
+    at t are the means of the d pairs' readings.
 
     Compensation is aihwkit's ``GlobalDriftCompensation``: one scalar per layer,
     alpha = mean |output at t = 0| / mean |output at t|, read out once on the fixed
@@ -345,7 +392,13 @@ def _program_pcm_drift(
     else:
         blocks = _blocks(w, sizes, config.per_slice)
     for cols, block, wmax in blocks:
-        b0, bt = _pcm_drift_block(_unit(block, wmax), config.drift_time_s, rng)
+        unit = _unit(block, wmax)
+        b0, bt = _pcm_drift_block(unit, config.drift_time_s, rng)
+        for _ in range(devices - 1):
+            c0, ct = _pcm_drift_block(unit, config.drift_time_s, rng)
+            b0, bt = b0 + c0, bt + ct
+        if devices > 1:
+            b0, bt = b0 / np.float32(devices), bt / np.float32(devices)
         w0[:, cols], wt[:, cols] = b0 * wmax, bt * wmax
     if config.drift_compensation:
         readout_t = np.abs(wt).mean(dtype=np.float64)

@@ -4,7 +4,10 @@
   floating-point model the analog one was compiled from (SliceInput pads X and W
   alike with zeros, so the product is unchanged); with `keep`, the nodes whose
   weight (the initializer behind W, through SliceInput) is named there stay analog,
-  a model in which only those layers are analog.
+  a model in which only those layers are analog. A layer split by split-outliers
+  (Add(analog, afmc.SparseOutliers)) computed in floating point keeps its sparse path
+  (FP to rounding), or, with `whole_weights` (the runtime hands such a layer its whole
+  weights, outliers put back), drops it: then the view is bit for bit the unsplit one.
 - with_read_noise: every AnalogLinear becomes NoisyAnalogLinear with the given
   out_noise (a fresh draw on each run); out_noise must be > 0, since a noise node
   with a standard deviation of 0 is never emitted.
@@ -19,16 +22,33 @@ from onnx import helper
 
 from afmc import ops
 from afmc.ops.analog_linear_onnx import ANALOG_OP_TYPES, overload_slices, sliced_function
+from afmc.ops.sparse_outliers_onnx import OP_TYPE as SPARSE_OUTLIERS
 
 
-def fp_reference(model: onnx.ModelProto, keep: Collection[str] = ()) -> onnx.ModelProto:
+def fp_reference(model: onnx.ModelProto, keep: Collection[str] = (), *,
+                 whole_weights: bool = False) -> onnx.ModelProto:
     """A copy of `model` with every analog linear node computed in floating point, but
-    those whose weight initializer is in `keep`."""
+    those whose weight initializer is in `keep`; with `whole_weights`, the sparse paths
+    of the FP-computed split layers dropped (module docstring)."""
     fp = onnx.ModelProto()
     fp.CopyFrom(model)
     producers = {output: node for node in fp.graph.node for output in node.output}
+    to_fp = {node.output[0] for node in fp.graph.node
+             if node.domain == ops.DOMAIN and node.op_type in ANALOG_OP_TYPES
+             and _weight_of(node, producers) not in keep}
+    dropped = set()
+    for node in fp.graph.node if whole_weights else ():
+        sparse = producers.get(node.input[1]) if len(node.input) == 2 else None
+        if (node.op_type == "Add" and node.domain == "" and node.input[0] in to_fp
+                and sparse is not None and sparse.domain == ops.DOMAIN
+                and sparse.op_type == SPARSE_OUTLIERS):
+            node.op_type = "Identity"
+            del node.input[1:]
+            dropped.add(sparse.output[0])
     nodes = []
     for node in fp.graph.node:
+        if node.output and node.output[0] in dropped:
+            continue
         if (node.domain == ops.DOMAIN and node.op_type in ANALOG_OP_TYPES
                 and _weight_of(node, producers) not in keep):
             x, w = node.input[0], node.input[1]

@@ -75,8 +75,8 @@ TARGETS: dict[str, Target] = {
     "aimc": Target(
         "aimc",
         "analog in-memory computing: 8-bit DAC/ADC crossbar layers, programming noise per chip",
-        ("fold-batchnorm", "fold-norms", "place-layers", "smooth-inputs", "insert-analog-linear",
-         "calibrate"),
+        ("fold-batchnorm", "fold-norms", "place-layers", "chip-smooth-inputs",
+         "insert-analog-linear", "split-outliers", "calibrate"),
         needs_calibration=True,
         runtime="analog",
         onnx_passes=("onnx-upgrade-opset", "onnx-fold-norms", "onnx-place-layers",

@@ -9,10 +9,12 @@ FP model), observe |x| per input slice, and set r_s by the configured method:
   random sample of at most 2^20 values per slice and batch (fixed seed);
 - ``kappa-std``: the running mean over batches of kappa * std(x_s)
   (HARDWARE.md, AFM kappa = 18);
-- ``search``: the range that minimises the slice's output error under the
-  whole DAC + ADC model on a sample of at most ``search_rows`` input rows
-  (afmc.passes.range_search), and with ``clip_weights`` each weight row's
-  clipping bound with it (the programmed weights are then the clipped ones).
+- ``search``: the range that minimises the slice's expected output error on the
+  chip (the whole DAC + ADC model plus the programming noise of ``noise.model``, with
+  ``calibration.objective=chip``; without the noise with ``noise-free``) on a sample
+  of at most ``search_rows`` input rows (afmc.passes.range_search), and with
+  ``clip_weights`` each weight row's clipping bound with it (the programmed weights
+  are then the clipped ones).
 """
 
 from __future__ import annotations
@@ -79,7 +81,10 @@ class SliceObserver:
         return rows[pick[:self.config.search_rows]]
 
 
-class _ObservingInterpreter(fx.Interpreter):
+class AnalogInputInterpreter(fx.Interpreter):
+    """Runs a program with every analog linear in floating point (x @ W^T), handing each
+    one's input, node and slice sizes to `observe`."""
+
     def __init__(self, gm: fx.GraphModule, observe: Callable[[fx.Node, torch.Tensor], None]):
         super().__init__(gm)
         self.observe = observe
@@ -104,6 +109,8 @@ class CalibrateInputRanges(PassBase):
                  progress: Callable[[int], None] | None = None) -> None:
         super().__init__()
         self.config = config.calibration
+        self.noise = config.noise if config.calibration.objective == "chip" else None
+        self.devices = config.hardware.devices_per_weight
         self.batches = batches
         self.progress = progress
 
@@ -119,7 +126,7 @@ class CalibrateInputRanges(PassBase):
             for slot, part in zip(slots, torch.split(x, list(sizes), dim=-1), strict=True):
                 slot.update(part)
 
-        interpreter = _ObservingInterpreter(graph_module, observe)
+        interpreter = AnalogInputInterpreter(graph_module, observe)
         count = 0
         with torch.no_grad():
             for batch in self.batches:
@@ -145,7 +152,7 @@ class CalibrateInputRanges(PassBase):
         weight = gm.get_parameter(weight_target).detach()
         choice = search_layer([slot.sample() for slot in slots], weight, list(sizes),
                               *node.args[4:7], self.config.clip_weights,
-                              self.config.search_outputs)
+                              self.config.search_outputs, self.noise, self.devices)
         if choice.weight is not None:
             replace_parameter(gm, weight_target, choice.weight.to(weight.dtype))
         choice.annotate(node.meta[META_KEY])

@@ -89,9 +89,11 @@ def smoothing_scale(x_max: torch.Tensor, w_max: torch.Tensor, alpha: float) -> t
     scale = torch.ones_like(x_max)
     if not valid.any():
         return scale
-    log_s = alpha * x_max[valid].log() - (1 - alpha) * w_max[valid].log()
+    # in float64: the scales' last bits then depend on neither the CPU's vector width
+    # nor the thread count (deterministic compiles)
+    log_s = alpha * x_max[valid].double().log() - (1 - alpha) * w_max[valid].double().log()
     log_s = log_s - log_s.mean()
-    scale[valid] = log_s.exp().clamp(1 / _SCALE_LIMIT, _SCALE_LIMIT)
+    scale[valid] = log_s.exp().clamp(1 / _SCALE_LIMIT, _SCALE_LIMIT).to(scale.dtype)
     return scale
 
 

@@ -49,6 +49,8 @@ class CalibrateOnnxInputRanges(ir.passes.InPlacePass):
     ) -> None:
         super().__init__()
         self.config = config.calibration
+        self.noise = config.noise if config.calibration.objective == "chip" else None
+        self.devices = config.hardware.devices_per_weight
         self.batches = batches
         self.progress = progress
 
@@ -104,7 +106,7 @@ class CalibrateOnnxInputRanges(ir.passes.InPlacePass):
                     for key in ("inp_res", "out_res", "out_bound")]
         choice = search_layer([slot.sample() for slot in slots], weight, record.slice_sizes,
                               *hardware, self.config.clip_weights,
-                              self.config.search_outputs)
+                              self.config.search_outputs, self.noise, self.devices)
         if choice.weight is not None:
             weight_value.const_value = ir.tensor(choice.weight.numpy(), name=weight_value.name)
         choice.annotate(record)

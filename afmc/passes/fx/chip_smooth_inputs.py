@@ -1,0 +1,140 @@
+"""Smoothing for the chip: each layer group's strength chosen by its expected chip error.
+
+Rule: as smooth-inputs (SmoothQuant scales s_k = a_k^alpha / w_k^(1 - alpha) per input
+channel of a group of crossbar layers reading the same activation, x / s and W diag(s),
+exact in FP), but alpha is chosen per group from ``smoothing.alphas``, or no smoothing
+at all, by the sum over the group's layers of their expected relative output error on
+a chip of ``noise.model`` (afmc.passes.layer_score: DAC and ADC at each slice's best
+coarse input range, plus the programming noise's closed form; with the outlier split
+that the split-outliers pass will make at ``outliers.budget``, modelled as that
+fraction of every row slice). Smoothing moves activation outliers into weight
+columns, and the programming noise of a row scales with its largest weight, so a
+group is smoothed only as far as the chip gains from it; a group whose chip error
+smoothing does not lower is left as it is. The note of each group names the chosen
+alpha and the scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import fx
+from torch.fx.passes.infra.pass_base import PassResult
+
+from afmc.config import AfmcConfig
+from afmc.ops.analog_linear import slice_sizes
+from afmc.passes.fx.fold_common import record_note
+from afmc.passes.fx.smooth_inputs import (
+    SmoothInputs,
+    accelerator_groups,
+    smoothing_scale,
+    weight_matrix,
+)
+from afmc.passes.fx.static_linear import find_static_linears
+from afmc.passes.layer_score import LayerScore
+from afmc.passes.range_search import ChipNoise
+from afmc.passes.registry import register_pass
+
+
+def channel_statistics(gm: fx.GraphModule, nodes: Iterable[fx.Node], batches: Iterable[tuple],
+                       rows: int) -> tuple[dict[fx.Node, torch.Tensor],
+                                           dict[fx.Node, torch.Tensor]]:
+    """(max |x_k| per last-axis channel, up to `rows` rows drawn uniformly) of each node's
+    value over the batches (fixed seed)."""
+    watched = set(nodes)
+    maxima: dict[fx.Node, torch.Tensor] = {}
+    samples: dict[fx.Node, list[torch.Tensor]] = {}
+    generator = torch.Generator().manual_seed(0)
+
+    class Observer(fx.Interpreter):
+        def run_node(self, node: fx.Node):
+            value = super().run_node(node)
+            if node in watched:
+                flat = value.detach().reshape(-1, value.shape[-1]).float()
+                amax = flat.abs().amax(0)
+                maxima[node] = torch.maximum(maxima[node], amax) if node in maxima else amax
+                pick = torch.randperm(flat.shape[0], generator=generator)[:rows]
+                samples.setdefault(node, []).append(flat[pick])
+            return value
+
+    observer = Observer(gm)
+    with torch.no_grad():
+        for batch in batches:
+            observer.run(*batch)
+    drawn = {}
+    for node, parts in samples.items():
+        flat = torch.cat(parts)
+        drawn[node] = flat[torch.randperm(flat.shape[0], generator=generator)[:rows]]
+    return maxima, drawn
+
+
+@register_pass("chip-smooth-inputs", "fx", uses_calibration=True)
+class ChipSmoothInputs(SmoothInputs):
+    """Smooth each crossbar layer group at the alpha (or none) that its chip error favours."""
+
+    def __init__(self, config: AfmcConfig, batches: Iterable[tuple] | None = None) -> None:
+        super().__init__(config, batches)
+        self.alphas = config.smoothing.alphas
+        self.hardware = config.hardware
+        self.rows = config.outliers.sample_rows
+        self.budget = config.outliers.budget
+        self.noise = None
+        if config.calibration.objective == "chip":
+            self.noise = ChipNoise(config.noise, config.hardware.devices_per_weight)
+
+    def call(self, graph_module: fx.GraphModule) -> PassResult:
+        if self.batches is None:
+            raise ValueError("chip-smooth-inputs: no calibration data given")
+        groups = accelerator_groups(graph_module)
+        maxima, samples = channel_statistics(graph_module, groups, self.batches, self.rows)
+        linears = {layer.node: layer for layer in find_static_linears(graph_module)}
+        modified = False
+        for x, layers in groups.items():
+            if x not in maxima:
+                continue
+            names = ", ".join(layer.name for layer in layers)
+            weights = [weight_matrix(graph_module, layer).float() for layer in layers]
+            w_max = torch.stack([w.abs().amax(0) for w in weights]).amax(0)
+            scores = {None: self._score(samples[x], weights, None)}
+            scales = {}
+            for alpha in self.alphas:
+                scales[alpha] = smoothing_scale(maxima[x], w_max, alpha)
+                scores[alpha] = self._score(samples[x], weights, scales[alpha])
+            best = min(scores, key=lambda a: (scores[a], -1 if a is None else a))
+            listing = ", ".join(f"{'none' if a is None else f'{a:g}'}: {score:.3g}"
+                                for a, score in scores.items())
+            if best is None:
+                record_note(graph_module, names, False,
+                            f"not smoothed: the chip error is lowest without ({listing})")
+                continue
+            scale = scales[best]
+            for layer in layers:
+                self._scale_columns(graph_module, layer, scale)
+            where = self._divide_input(graph_module, x, layers, scale, linears)
+            record_note(graph_module, names, True,
+                        f"smoothed (alpha {best:g} by chip error: {listing}; channel scales "
+                        f"{float(scale.min()):.3g}..{float(scale.max()):.3g}); 1/s {where}")
+            modified = True
+        if modified:
+            graph_module.graph.lint()
+            graph_module.recompile()
+        return PassResult(graph_module, modified)
+
+    def _score(self, x: torch.Tensor, weights: list[torch.Tensor],
+               scale: torch.Tensor | None) -> float:
+        """Sum of the group's layers' expected relative chip errors with channel scales
+        `scale` (None: unsmoothed)."""
+        hw = self.hardware
+        if scale is not None:
+            x = x / scale
+        total = 0.0
+        for weight in weights:
+            sizes = slice_sizes(weight.shape[1], hw.max_in)
+            scaled = weight if scale is None else weight * scale
+            split = min(round(self.budget * min(sizes)), min(sizes))
+            parts = list(torch.split(x, sizes, dim=-1))
+            score = LayerScore(parts, scaled, sizes, (hw.inp_res, hw.out_res, hw.out_bound),
+                               self.noise, (split,))
+            total += score.errors[split]
+        return total

@@ -1,0 +1,181 @@
+"""Outlier split: the largest weights of each crossbar row slice go to an exact digital path.
+
+Rule (dense + sparse, as SqueezeLLM splits digital weights): for an analog layer and
+a count m, the m largest |w| of every row of every input slice leave the crossbar:
+the layer becomes ``analog_linear(x, W_dense) + sparse_outliers(x, indices, values)``
+where W_dense is W with those weights set to 0 and (indices, values) hold them
+exactly, M = m * slices per row. In floating point the two parts add up to
+``x @ W^T``: the program's FP output is unchanged (to rounding), and the file's FP view
+is bit for bit the unsplit one (the runtime puts the values back into W). On a chip
+the tile holds only W_dense, whose rows have a smaller max |w|, so its programming
+noise (which scales with the row's max |w|) and its ADC step shrink.
+
+m is chosen per layer by the chip objective (afmc.passes.chip_error): for every
+candidate m up to ``outliers.max_per_slice``, the layer's expected relative output
+error on a chip of ``noise.model`` (each slice at its best input range of a coarse
+search, on ``outliers.sample_rows`` calibration inputs and at most 128 sampled
+rows). The digital weights are then given out greedily across all analog layers,
+each step to the layer whose error falls most per weight moved, until
+``outliers.budget`` (a fraction of all analog weights) is spent. A layer whose error
+no candidate lowers keeps m = 0.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+
+import torch
+from torch import fx
+from torch.fx.passes.infra.pass_base import PassBase, PassResult
+
+from afmc.config import AfmcConfig
+from afmc.ops.analog_linear import ANALOG_LINEAR
+from afmc.ops.sparse_outliers import SPARSE_OUTLIERS
+from afmc.passes.fx.calibrate import AnalogInputInterpreter
+from afmc.passes.fx.fold_common import replace_parameter
+from afmc.passes.layer_score import LayerScore, dense_part, split_indices
+from afmc.passes.layers import META_KEY
+from afmc.passes.range_search import ChipNoise
+from afmc.passes.registry import register_pass
+
+CANDIDATES = (0, 1, 2, 4, 8, 16)  # outlier weights per row and input slice
+
+
+def allocate(scores: dict[fx.Node, LayerScore], weights_per_count: dict[fx.Node, int],
+             budget: int) -> dict[fx.Node, int]:
+    """Greedy: repeatedly move the layer to the candidate count whose error falls most per
+    digital weight added, while the total stays within `budget` weights."""
+    chosen = {node: 0 for node in scores}
+    spent = 0
+    heap: list[tuple[float, int, fx.Node, int]] = []
+    order = {node: index for index, node in enumerate(scores)}
+
+    def push(node: fx.Node) -> None:
+        errors, current = scores[node].errors, chosen[node]
+        best = None
+        for count, error in errors.items():
+            if count <= current:
+                continue
+            gain = (errors[current] - error) / ((count - current) * weights_per_count[node])
+            if gain > 0 and (best is None or gain > best[0]):
+                best = (gain, count)
+        if best is not None:
+            heapq.heappush(heap, (-best[0], order[node], node, best[1]))
+
+    for node in scores:
+        push(node)
+    while heap:
+        _, _, node, count = heapq.heappop(heap)
+        extra = (count - chosen[node]) * weights_per_count[node]
+        if spent + extra > budget:
+            continue
+        spent += extra
+        chosen[node] = count
+        push(node)
+    return chosen
+
+
+@register_pass("split-outliers", "fx", uses_calibration=True)
+class SplitOutliers(PassBase):
+    """Move each analog row slice's largest weights to an exact digital sparse path."""
+
+    def __init__(self, config: AfmcConfig, batches: Iterable[tuple] | None = None) -> None:
+        super().__init__()
+        self.outliers = config.outliers
+        self.noise = None
+        if config.calibration.objective == "chip":
+            self.noise = ChipNoise(config.noise, config.hardware.devices_per_weight)
+        self.batches = batches
+
+    def call(self, graph_module: fx.GraphModule) -> PassResult:
+        nodes = [node for node in graph_module.graph.nodes
+                 if node.op == "call_function" and node.target is ANALOG_LINEAR]
+        if not nodes or self.outliers.budget == 0:
+            return PassResult(graph_module, False)
+        if self.batches is None:
+            raise ValueError("split-outliers: no calibration data given")
+        samples = self._samples(graph_module)
+        candidates = tuple(c for c in CANDIDATES if c <= self.outliers.max_per_slice)
+        scores, per_count = {}, {}
+        for node in nodes:
+            if node not in samples:
+                continue
+            weight = graph_module.get_parameter(node.args[1].target)
+            sizes = list(node.args[3])
+            usable = tuple(c for c in candidates if c <= min(sizes))
+            scores[node] = LayerScore(samples[node], weight, sizes, tuple(node.args[4:7]),
+                                      self.noise, usable)
+            per_count[node] = weight.shape[0] * len(sizes)
+        total = sum(graph_module.get_parameter(n.args[1].target).numel() for n in nodes)
+        chosen = allocate(scores, per_count, int(self.outliers.budget * total))
+        modified = False
+        for node, count in chosen.items():
+            if count:
+                self._split(graph_module, node, count)
+                modified = True
+        if modified:
+            graph_module.graph.lint()
+            graph_module.recompile()
+        return PassResult(graph_module, modified)
+
+    def _samples(self, gm: fx.GraphModule) -> dict[fx.Node, list[torch.Tensor]]:
+        """Up to sample_rows calibration input rows per slice of every analog node."""
+        generator = torch.Generator().manual_seed(0)
+        rows: dict[fx.Node, list[torch.Tensor]] = {}
+        limit = self.outliers.sample_rows
+
+        def observe(node: fx.Node, x: torch.Tensor, sizes: list[int]) -> None:
+            flat = x.detach().reshape(-1, x.shape[-1]).float()
+            pick = torch.randperm(flat.shape[0], generator=generator)[:limit]
+            rows.setdefault(node, []).append(flat[pick])
+
+        interpreter = AnalogInputInterpreter(gm, observe)
+        with torch.no_grad():
+            for batch in self.batches:
+                interpreter.run(*batch)
+        samples = {}
+        for node, parts in rows.items():
+            flat = torch.cat(parts)
+            flat = flat[torch.randperm(flat.shape[0], generator=generator)[:limit]]
+            samples[node] = list(torch.split(flat, list(node.args[3]), dim=-1))
+        return samples
+
+    @staticmethod
+    def _split(gm: fx.GraphModule, node: fx.Node, count: int) -> None:
+        """Rewrite `node` into analog(W_dense) + sparse_outliers(indices, values)."""
+        target = node.args[1].target
+        weight = gm.get_parameter(target).detach()
+        sizes = list(node.args[3])
+        indices = split_indices(weight, sizes, count)
+        values = weight.gather(1, indices)
+        replace_parameter(gm, target, dense_part(weight, indices))
+        owner_path, _, _ = target.rpartition(".")
+        owner = gm.get_submodule(owner_path)
+        suffix, index = "", 0
+        while hasattr(owner, f"outlier_indices{suffix}"):
+            index += 1
+            suffix = f"_{index}"
+        owner.register_buffer(f"outlier_indices{suffix}", indices)
+        owner.register_parameter(f"outlier_values{suffix}", torch.nn.Parameter(values))
+        prefix = f"{owner_path}." if owner_path else ""
+        index_target = f"{prefix}outlier_indices{suffix}"
+        value_target = f"{prefix}outlier_values{suffix}"
+        graph = gm.graph
+        with graph.inserting_after(node):
+            index_node = graph.get_attr(index_target)
+        with graph.inserting_after(index_node):
+            value_node = graph.get_attr(value_target)
+        with graph.inserting_after(value_node):
+            sparse = graph.call_function(SPARSE_OUTLIERS, (node.args[0], index_node, value_node))
+        with graph.inserting_after(sparse):
+            total = graph.call_function(torch.ops.aten.add.Tensor, (node, sparse))
+        node.replace_all_uses_with(total, delete_user_cb=lambda user: user is not total)
+        for new in (sparse, total):
+            if "val" in node.meta:
+                new.meta["val"] = node.meta["val"]
+        record = node.meta[META_KEY]
+        record.outliers_per_slice = count
+        record.outlier_weights = int(values.ne(0).sum())
+        record.outlier_indices = index_target
+        record.outlier_values = value_target

@@ -1,0 +1,104 @@
+"""The chip objective's closed form (afmc.passes.chip_error) against sampled chips of the
+runtime's noise models, and the range search that scores it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from afmc.passes.chip_error import noise_error, noise_scales, weight_noise
+from afmc.passes.range_search import search_layer
+from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
+
+SIZES = [96, 96]
+
+
+def _layer(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Heavy-tailed weights [48, 192] (Student t, as LLM rows) and inputs [40, 192]."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.distributions.StudentT(3.0).sample((48, 192)) * 0.02
+    x = torch.randn(40, 192, generator=generator)
+    x[:, 7] *= 12.0  # an outlier input channel
+    return weight, x
+
+
+def _sampled_error(weight: torch.Tensor, x: torch.Tensor, noise: NoiseConfig,
+                   chips: int, devices: int = 1) -> torch.Tensor:
+    """Mean over chips of the squared output error per row [N] (no DAC/ADC)."""
+    total = torch.zeros(weight.shape[0], dtype=torch.float64)
+    w = weight.numpy()
+    for seed in range(chips):
+        programmed = program_weights(w, SIZES, noise, layer_rng(seed, 0), devices=devices)
+        error = x.double() @ (torch.from_numpy(np.asarray(programmed)).double()
+                              - weight.double()).T
+        total += error.square().mean(dim=0)
+    return total / chips
+
+
+def _closed_form(weight: torch.Tensor, x: torch.Tensor, noise: NoiseConfig,
+                 devices: int = 1) -> torch.Tensor:
+    """The expected squared output error per row [N] by the closed form."""
+    total = torch.zeros(weight.shape[0], dtype=torch.float64)
+    scales = noise_scales(weight, SIZES, noise)
+    for x_s, w_s, scale in zip(torch.split(x, SIZES, dim=-1), torch.split(weight, SIZES, dim=-1),
+                               scales, strict=True):
+        expected, variance = weight_noise(w_s, scale, noise, devices)
+        bias = (x_s @ (expected - w_s).T).double().square().mean(dim=0)
+        total += bias + noise_error(x_s.square().mean(dim=0), variance).double()
+    return total
+
+
+@pytest.mark.parametrize(("noise", "devices", "tolerance"), [
+    (NoiseConfig(model="pcm"), 1, 0.08),
+    (NoiseConfig(model="pcm"), 4, 0.08),
+    (NoiseConfig(model="pcm", per_slice=False), 1, 0.08),
+    (NoiseConfig(model="additive"), 1, 0.08),
+    (NoiseConfig(model="additive"), 3, 0.08),
+    # conductances clamped at 0 make the zero device's noise half-normal: the closed form
+    # is an upper estimate there, so a wider band
+    (NoiseConfig(model="pcm-drift", drift_time_s=0.0, drift_compensation=False), 1, 0.35),
+    (NoiseConfig(model="pcm-drift", drift_time_s=86400.0), 1, 0.35),
+])
+def test_closed_form_matches_sampled_chips(noise, devices, tolerance):
+    weight, x = _layer()
+    sampled = _sampled_error(weight, x, noise, chips=300, devices=devices)
+    expected = _closed_form(weight, x, noise, devices)
+    ratio = float(expected.sum() / sampled.sum())
+    assert abs(ratio - 1) < tolerance, ratio
+    # row by row, too: the rows with the largest max |w| carry the most noise
+    per_row = (expected / sampled).numpy()
+    assert np.median(np.abs(per_row - 1)) < 2 * tolerance
+
+
+def test_pcm_zeroes_exactly_the_weights_the_closed_form_names():
+    weight, _ = _layer()
+    w_s = weight[:, :96]
+    expected, variance = weight_noise(w_s, w_s.abs().amax(dim=1), NoiseConfig(model="pcm"))
+    zeroed = expected == 0
+    programmed = program_weights(w_s.numpy(), [96], NoiseConfig(model="pcm"), layer_rng(0, 0))
+    assert torch.equal(torch.from_numpy(np.asarray(programmed)) == 0, zeroed | (w_s == 0))
+    assert bool((variance[zeroed] == 0).all())
+
+
+def test_devices_divide_the_variance():
+    weight, _ = _layer()
+    scale = weight.abs().amax(dim=1)
+    _, one = weight_noise(weight, scale, NoiseConfig(model="pcm"), 1)
+    _, four = weight_noise(weight, scale, NoiseConfig(model="pcm"), 4)
+    torch.testing.assert_close(four * 4, one)
+
+
+def test_range_search_scores_the_chip():
+    """With programming noise the search's objective rises by the closed-form term, so the
+    reported SQNR of the chosen range falls; the noise-free search is unchanged by it."""
+    weight, x = _layer()
+    samples = list(torch.split(x, SIZES, dim=-1))
+    hardware = (254.0, 254.0, 14.0)
+    clean = search_layer(samples, weight, SIZES, *hardware, False)
+    chip = search_layer(samples, weight, SIZES, *hardware, False, noise=NoiseConfig())
+    assert chip.sqnr_db < clean.sqnr_db - 1
+    none = search_layer(samples, weight, SIZES, *hardware, False,
+                        noise=NoiseConfig(model="none"))
+    assert none.input_ranges == clean.input_ranges and none.sqnr_db == clean.sqnr_db
