@@ -27,6 +27,7 @@ from afmc.config import AfmcConfig
 from afmc.data.calibration import CalibrationData
 from afmc.data.onnx_signature import onnx_signature
 from afmc.data.tokenizer import Tokenizer, find_tokenizer
+from afmc.ops.sparse_outliers_onnx import OP_TYPE as SPARSE_OUTLIERS_OP
 from afmc.passes.fx.fold_common import NOTES_KEY
 from afmc.passes.layers import META_KEY, LayerRecord
 from afmc.passes.onnx.place_layers import onnx_layer_records
@@ -118,7 +119,8 @@ def analog_dependencies(model: ir.Model) -> list[tuple[str, str]]:
     """(producer, consumer) pairs of analog layers, consumers in graph order.
 
     The rule of mapping.analog_dependencies on the ONNX graph: layer B depends on layer A
-    when A's output reaches B's input through digital nodes only.
+    when A's output reaches B's input through digital nodes only; a layer's
+    SparseOutliers path carries nothing past it.
     """
     reaching: dict[ir.Value, frozenset[str]] = {}
     edges: list[tuple[str, str]] = []
@@ -132,8 +134,9 @@ def analog_dependencies(model: ir.Model) -> list[tuple[str, str]]:
         name = _analog_name(node)
         if name is not None:
             edges.extend((source, name) for source in sorted(sources))
+        carried = frozenset() if node.op_type == SPARSE_OUTLIERS_OP else frozenset(sources)
         for output in node.outputs:
-            reaching[output] = frozenset(sources)
+            reaching[output] = carried
     return edges
 
 

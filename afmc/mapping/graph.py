@@ -5,7 +5,9 @@ layer A when A's output reaches B's input through digital nodes only (norms,
 attention, activations, residual adds, digital-placed layers); a path through
 another analog layer makes a dependency on that layer instead. So q/k/v feed
 o_proj through attention, and through the residual stream every o_proj and
-down_proj feeds all later layers that read that stream.
+down_proj feeds all later layers that read that stream. A layer's digital sparse
+path (afmc::sparse_outliers, from the split-outliers pass) is part of that layer: it
+reads the layer's input and adds to its output, so it carries no dependency past it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import fx
 
 from afmc.mapping.blocks import TileMappingError, layer_field
 from afmc.mapping.tile_map import TileMap
+from afmc.ops.sparse_outliers import SPARSE_OUTLIERS
 from afmc.passes.layers import META_KEY
 
 TILE_PREFIX = "tile:"  # tile nodes are "tile:0", "tile:1", ... (":" is never in a module path)
@@ -43,7 +46,7 @@ def analog_dependencies(gm: fx.GraphModule) -> list[tuple[str, str]]:
         name = _analog_name(node)
         if name is not None:
             edges.extend((source, name) for source in sorted(sources))
-        reaching[node] = frozenset(sources)
+        reaching[node] = frozenset() if node.target is SPARSE_OUTLIERS else frozenset(sources)
     return edges
 
 
