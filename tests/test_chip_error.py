@@ -9,6 +9,7 @@ import torch
 
 from afmc.passes.chip_error import noise_error, noise_scales, weight_noise
 from afmc.passes.range_search import search_layer
+from afmc.passes.row_sample import WeightedRows
 from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
 
 SIZES = [96, 96]
@@ -94,7 +95,7 @@ def test_range_search_scores_the_chip():
     """With programming noise the search's objective rises by the closed-form term, so the
     reported SQNR of the chosen range falls; the noise-free search is unchanged by it."""
     weight, x = _layer()
-    samples = list(torch.split(x, SIZES, dim=-1))
+    samples = WeightedRows.uniform(x).split(SIZES)
     hardware = (254.0, 254.0, 14.0)
     clean = search_layer(samples, weight, SIZES, *hardware, False)
     chip = search_layer(samples, weight, SIZES, *hardware, False, noise=NoiseConfig())

@@ -11,6 +11,7 @@ import afmc.api
 from afmc.config import load_config
 from afmc.ops.analog_linear import ANALOG_LINEAR, analog_linear
 from afmc.passes.range_search import COARSE_FRACTIONS, SliceModel, search_slice
+from afmc.passes.row_sample import WeightedRows
 
 HW = (254.0, 254.0, 14.0)
 
@@ -25,19 +26,19 @@ def _heavy_tailed(rows: int = 256, k: int = 64, n: int = 32) -> tuple[torch.Tens
 
 
 def _error(x, w_programmed, r, w_reference) -> float:
-    return float((SliceModel(x, w_programmed, *HW).output(r) - x @ w_reference.T).square().sum())
+    return float((SliceModel(WeightedRows.uniform(x), w_programmed, *HW).output(r) - x @ w_reference.T).square().sum())
 
 
 def test_slice_model_is_the_analog_op_on_one_slice():
     x, w = _heavy_tailed()
     r = 5.0
     expected = analog_linear(x, w, torch.tensor([r]), [x.shape[1]], *HW, 0.0)
-    torch.testing.assert_close(SliceModel(x, w, *HW).output(r), expected)
+    torch.testing.assert_close(SliceModel(WeightedRows.uniform(x), w, *HW).output(r), expected)
 
 
 def test_search_beats_every_coarse_range_and_the_maximum():
     x, w = _heavy_tailed()
-    choice = search_slice(x, w, *HW, clip_weights=False)
+    choice = search_slice(WeightedRows.uniform(x), w, *HW, clip_weights=False)
     top = float(x.abs().max())
     best = _error(x, w, choice.input_range, w)
     assert all(best <= _error(x, w, top * f, w) + 1e-9 for f in COARSE_FRACTIONS)
@@ -54,20 +55,20 @@ def test_search_on_a_sample_of_outputs():
     from afmc.passes.range_search import FINE_FACTORS, _output_sample
 
     x, w = _heavy_tailed(n=2048)
-    full = search_slice(x, w, *HW, clip_weights=False)
-    assert search_slice(x, w, *HW, clip_weights=False, outputs=2048) == full
+    full = search_slice(WeightedRows.uniform(x), w, *HW, clip_weights=False)
+    assert search_slice(WeightedRows.uniform(x), w, *HW, clip_weights=False, outputs=2048) == full
     sample = _output_sample(2048, 256)
     assert sample.tolist()[:2] == [0, 8] and sample.tolist()[-1] == 2047
     assert len(sample) == 256 and _output_sample(100, 256) is None
-    sampled = search_slice(x, w, *HW, clip_weights=False, outputs=256)
+    sampled = search_slice(WeightedRows.uniform(x), w, *HW, clip_weights=False, outputs=256)
     assert abs(sampled.input_range / full.input_range - 1) <= FINE_FACTORS[5] - 1 + 1e-9
     assert sampled.sqnr_db == pytest.approx(full.sqnr_db, abs=0.3)
 
 
 def test_clipping_is_kept_only_where_it_lowers_the_row_error():
     x, w = _heavy_tailed()
-    plain = search_slice(x, w, *HW, clip_weights=False)
-    clipped = search_slice(x, w, *HW, clip_weights=True)
+    plain = search_slice(WeightedRows.uniform(x), w, *HW, clip_weights=False)
+    clipped = search_slice(WeightedRows.uniform(x), w, *HW, clip_weights=True)
     assert _error(x, clipped.weight, clipped.input_range, w) <= _error(
         x, w, plain.input_range, w)
     changed = (clipped.weight != w).any(dim=1)

@@ -1,6 +1,7 @@
 """A layer's expected relative error on the chip, for the compile's discrete choices.
 
-Rule: for weights W [N, K] in input slices and calibration inputs x per slice, the
+Rule: for weights W [N, K] in input slices and calibration input rows x per slice
+(weighted by their frequency, afmc.passes.row_sample), the
 score of a choice (a smoothing strength, a number of outliers split off) is the
 layer's expected squared output error on a chip of the noise model compiled for
 (range_search.SliceModel with afmc.passes.chip_error's closed form), each slice at
@@ -17,6 +18,7 @@ import torch
 
 from afmc.passes.chip_error import noise_scales
 from afmc.passes.range_search import ChipNoise, SliceModel, total
+from afmc.passes.row_sample import WeightedRows
 
 RANGE_FRACTIONS = tuple(2.0 ** -step for step in range(7))  # of the slice's largest |x|
 SCORED_ROWS = 128
@@ -41,18 +43,18 @@ def dense_part(weight: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 class LayerScore:
     """Expected relative chip error of one analog layer for each candidate count."""
 
-    def __init__(self, samples: list[torch.Tensor], weight: torch.Tensor, sizes: list[int],
+    def __init__(self, samples: list[WeightedRows], weight: torch.Tensor, sizes: list[int],
                  hardware: tuple[float, float, float], noise: ChipNoise | None,
                  candidates: tuple[int, ...]) -> None:
         rows = torch.linspace(0, weight.shape[0] - 1, min(SCORED_ROWS, weight.shape[0]))
         self.rows = rows.round().long().unique()
         self.weight = weight.detach().float()
         self.sizes, self.hardware, self.noise = sizes, hardware, noise
-        self.samples = [x.float() for x in samples]
+        self.samples = [WeightedRows(rows.x.float(), rows.weights) for rows in samples]
         sampled = self.weight[self.rows]
         parts = torch.split(sampled, list(sizes), dim=-1)
-        self.signal = sum(total((x @ w.T).square().mean(dim=0))
-                          for x, w in zip(self.samples, parts, strict=True))
+        self.signal = sum(total(rows.mean((rows.x @ w.T).square()))
+                          for rows, w in zip(self.samples, parts, strict=True))
         self.errors = {count: self.error(count) for count in candidates}
 
     def error(self, count: int) -> float:
@@ -64,13 +66,13 @@ class LayerScore:
         scales = noise_scales(dense, self.sizes, noise.model) if noise is not None \
             else [None] * len(self.sizes)
         error = 0.0
-        for x, w_s, scale in zip(self.samples, torch.split(dense, list(self.sizes), dim=-1),
-                                 scales, strict=True):
-            reference = x @ w_s.T
+        for rows, w_s, scale in zip(self.samples, torch.split(dense, list(self.sizes), dim=-1),
+                                    scales, strict=True):
+            reference = rows.x @ w_s.T
             slice_noise = None if noise is None else ChipNoise(noise.model, noise.devices,
                                                                scale)
-            model = SliceModel(x, w_s, *self.hardware, slice_noise)
-            top = float(x.abs().max().clamp_min(1e-12))
+            model = SliceModel(rows, w_s, *self.hardware, slice_noise)
+            top = float(rows.x.abs().max().clamp_min(1e-12))
             error += min(total(model.row_errors(top * f, reference))
                          for f in RANGE_FRACTIONS)
         return error / max(self.signal, 1e-30)

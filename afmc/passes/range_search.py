@@ -1,17 +1,19 @@
 """Output-error search of a crossbar slice's input range and its rows' weight clipping.
 
-Rule, for one input slice of one analog layer (sample inputs x [R, k], weights
-W_s [N, k]): choose the static input range r and, per weight row j, a clipping
-bound c_j * std(W_s[j]) (c_j from CLIP_RATIOS, or none) that minimise the expected
-error on the chip, ``|| analog(x; r, E[clip(W_s)]) - x @ W_s^T ||^2 +
-sum_j E[dac(x)^2] @ v_j``: the error of the slice's whole DAC + crossbar + ADC path
-(HARDWARE.md steps 2-6) against the FP product with the original weights, with the
-programmed weights' expectation and variance v of the noise model compiled for
-(afmc.passes.chip_error; noise model ``none``: the noise-free error). The ADC
-bound ``out_bound * r * w_max`` couples the two: a smaller r or w_max gives finer
-DAC and ADC steps but clips more inputs or weights. Search: r over a log grid
-below the largest |x|, then the rows' clipping at that r (rows are independent
-given r), then r again on a finer grid around the first choice.
+Rule, for one input slice of one analog layer (sample inputs x [R, k] with row
+weights, afmc.passes.row_sample; weights W_s [N, k]): choose the static input range r
+and, per weight row j, a clipping bound c_j * std(W_s[j]) (c_j from CLIP_RATIOS, or
+none) that minimise the expected error on the chip, the rows' weighted mean of
+
+    || analog(x; r, E[clip(W_s)]) - x @ W_s^T ||^2 + sum_j dac(x)^2 @ v_j:
+
+the error of the slice's whole DAC + crossbar + ADC path (HARDWARE.md steps 2-6) against the FP product
+with the original weights, with the programmed weights' expectation and variance v of
+the noise model compiled for (afmc.passes.chip_error; noise model ``none``: the
+noise-free error). The ADC bound ``out_bound * r * w_max`` couples the two: a smaller
+r or w_max gives finer DAC and ADC steps but clips more inputs or weights. Search: r
+over a log grid below the largest |x|, then the rows' clipping at that r (rows are
+independent given r), then r again on a finer grid around the first choice.
 
 The range is chosen on the error of at most ``outputs`` weight rows (output
 channels), evenly spaced over the layer: each row's error is a term of the sum,
@@ -31,6 +33,7 @@ import torch
 from afmc.ops.analog_linear import TINY, adc_, dac, row_max_abs
 from afmc.passes.chip_error import noise_error, noise_scales, weight_noise
 from afmc.passes.layers import LayerRecord
+from afmc.passes.row_sample import WeightedRows
 from afmc.runtime.noise import NoiseConfig
 
 COARSE_FRACTIONS = tuple(2.0 ** (-step / 2) for step in range(13))  # 1 .. 1/64 of max |x|
@@ -72,14 +75,15 @@ class ChipNoise:
 
 
 class SliceModel:
-    """One slice's DAC, crossbar product and ADC (HARDWARE.md steps 2-6) for fixed inputs
-    and weights (or a subset of their rows) at any input range, the rows' w_max taken
-    once; with `noise`, the product is that of the expected programmed weights and the
-    row errors add the programming noise's expected contribution."""
+    """One slice's DAC, crossbar product and ADC (HARDWARE.md steps 2-6) for fixed
+    weighted input rows and weights (or a subset of their rows) at any input range, the
+    rows' w_max taken once; with `noise`, the product is that of the expected programmed
+    weights and the row errors add the programming noise's expected contribution."""
 
-    def __init__(self, x: torch.Tensor, weight: torch.Tensor, inp_res: float, out_res: float,
-                 out_bound: float, noise: ChipNoise | None = None) -> None:
-        self.x = x
+    def __init__(self, rows: WeightedRows, weight: torch.Tensor, inp_res: float,
+                 out_res: float, out_bound: float, noise: ChipNoise | None = None) -> None:
+        self.rows = rows
+        self.x = rows.x
         self.inp_res, self.out_res, self.out_bound = inp_res, out_res, out_bound
         self.w_max = row_max_abs(weight)
         self.weight, self.variance = weight, None
@@ -97,22 +101,23 @@ class SliceModel:
 
     def row_errors(self, input_range: float, expected: torch.Tensor) -> torch.Tensor:
         """Expected squared error per weight row of the slice's output against
-        `expected`, averaged over the inputs."""
+        `expected`, the weighted mean over the input rows."""
         x_q = dac(self.x, input_range, self.inp_res)
-        errors = self.output(input_range, x_q).sub_(expected).square_().mean(dim=0)
+        errors = self.rows.mean(self.output(input_range, x_q).sub_(expected).square_())
         if self.variance is not None:
-            errors += noise_error(x_q.square_().mean(dim=0), self.variance)
+            errors += noise_error(self.rows.mean(x_q.square_()), self.variance)
         return errors
 
 
-def search_slice(x: torch.Tensor, weight: torch.Tensor, inp_res: float, out_res: float,
+def search_slice(rows: WeightedRows, weight: torch.Tensor, inp_res: float, out_res: float,
                  out_bound: float, clip_weights: bool, outputs: int | None = None,
                  noise: ChipNoise | None = None,
                  fractions: tuple[float, ...] = COARSE_FRACTIONS) -> SliceChoice:
     """Input range (and row clipping) of one slice that minimise its expected output error
     on the chip (`noise`; None: noise-free), the range chosen on at most `outputs` evenly
     spaced weight rows (None: all) from `fractions` of the largest |x|, then refined."""
-    x, weight = x.float(), weight.float()
+    rows = WeightedRows(rows.x.float(), rows.weights)
+    x, weight = rows.x, weight.float()
     top = float(x.abs().max().clamp_min(TINY))
     sample = _output_sample(weight.shape[0], outputs)
     sampled = weight if sample is None else weight[sample]
@@ -124,35 +129,35 @@ def search_slice(x: torch.Tensor, weight: torch.Tensor, inp_res: float, out_res:
         errors = [total(model.row_errors(r, sampled_reference)) for r in candidates]
         return candidates[min(range(len(errors)), key=errors.__getitem__)]
 
-    model = SliceModel(x, sampled, *hardware, sampled_noise)
+    model = SliceModel(rows, sampled, *hardware, sampled_noise)
     r = best_range([top * f for f in fractions], model)
     chosen, clipped = weight, torch.zeros(weight.shape[0], dtype=torch.bool)
     if clip_weights:
-        chosen, clipped = _clip_rows(x, weight, r, hardware, noise)
-        model = SliceModel(x, chosen if sample is None else chosen[sample], *hardware,
+        chosen, clipped = _clip_rows(rows, weight, r, hardware, noise)
+        model = SliceModel(rows, chosen if sample is None else chosen[sample], *hardware,
                            None if noise is None else ChipNoise(noise.model, noise.devices))
     r = best_range([r * f for f in FINE_FACTORS], model)
     error = total(model.row_errors(r, sampled_reference))
-    signal = total(sampled_reference.square().mean(dim=0))
+    signal = total(rows.mean(sampled_reference.square()))
     sqnr = 10 * torch.log10(torch.tensor(max(signal, TINY) / max(error, TINY))).item()
     return SliceChoice(r, chosen, int(clipped.sum()), sqnr)
 
 
-def _clip_rows(x: torch.Tensor, weight: torch.Tensor, input_range: float,
+def _clip_rows(rows: WeightedRows, weight: torch.Tensor, input_range: float,
                hardware: tuple[float, float, float], noise: ChipNoise | None
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(weights with each row clipped at the CLIP_RATIOS bound that lowers its expected
     error at `input_range` most, which rows were clipped); every row is scored, the
     clipped rows' noise at their own (smaller) max |w|."""
-    reference = x @ weight.T
-    best = SliceModel(x, weight, *hardware, noise).row_errors(input_range, reference)
+    reference = rows.x @ weight.T
+    best = SliceModel(rows, weight, *hardware, noise).row_errors(input_range, reference)
     clipped_noise = None if noise is None else ChipNoise(noise.model, noise.devices)
     std = weight.std(dim=1, keepdim=True)
     chosen, clipped = weight.clone(), torch.zeros(weight.shape[0], dtype=torch.bool)
     for ratio in CLIP_RATIOS:
         candidate = torch.minimum(torch.maximum(weight, -ratio * std), ratio * std)
-        errors = SliceModel(x, candidate, *hardware, clipped_noise).row_errors(input_range,
-                                                                              reference)
+        errors = SliceModel(rows, candidate, *hardware, clipped_noise).row_errors(
+            input_range, reference)
         better = errors < best
         best = torch.where(better, errors, best)
         chosen[better] = candidate[better]
@@ -183,7 +188,7 @@ class LayerChoice:
         record.sqnr_db = round(self.sqnr_db, 2)
 
 
-def search_layer(samples: list[torch.Tensor], weight: torch.Tensor, sizes: list[int],
+def search_layer(samples: list[WeightedRows], weight: torch.Tensor, sizes: list[int],
                  inp_res: float, out_res: float, out_bound: float,
                  clip_weights: bool, outputs: int | None = None,
                  noise: NoiseConfig | None = None, devices: int = 1) -> LayerChoice:

@@ -25,6 +25,7 @@ from torch import nn
 from afmc.config import AfmcConfig
 from afmc.passes.fx.smooth_inputs import smoothing_scale
 from afmc.passes.range_search import search_layer
+from afmc.passes.row_sample import WeightedRows
 from afmc.train.analog_layer import AnalogTrainingLinear, analog_layers
 
 
@@ -89,8 +90,9 @@ def _prepare_layer(layer: AnalogTrainingLinear, observer: _Observer,
         layer.input_scale.copy_(scale.to(layer.input_scale))
     if config.training.range_init == "search":
         scale = layer.input_scale.detach().float().cpu()
-        samples = (observer.sample() / scale).split(layer.sizes, dim=1)
-        choice = search_layer(list(samples), weight * scale, layer.sizes, hardware.inp_res,
+        samples = [WeightedRows.uniform(x)
+                   for x in (observer.sample() / scale).split(layer.sizes, dim=1)]
+        choice = search_layer(samples, weight * scale, layer.sizes, hardware.inp_res,
                               hardware.out_res, hardware.out_bound, clip_weights=False,
                               outputs=config.calibration.search_outputs)
         layer.input_range.data.copy_(torch.tensor(choice.input_ranges))

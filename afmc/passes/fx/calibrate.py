@@ -12,7 +12,8 @@ FP model), observe |x| per input slice, and set r_s by the configured method:
 - ``search``: the range that minimises the slice's expected output error on the
   chip (the whole DAC + ADC model plus the programming noise of ``noise.model``, with
   ``calibration.objective=chip``; without the noise with ``noise-free``) on a sample
-  of at most ``search_rows`` input rows (afmc.passes.range_search), and with
+  of at most ``search_rows`` uniform input rows plus the slice's extreme rows, each
+  weighted by its frequency (afmc.passes.row_sample, afmc.passes.range_search), and with
   ``clip_weights`` each weight row's clipping bound with it (the programmed weights
   are then the clipped ones).
 """
@@ -32,6 +33,7 @@ from afmc.passes.fx.fold_common import replace_parameter
 from afmc.passes.layers import META_KEY
 from afmc.passes.range_search import search_layer
 from afmc.passes.registry import register_pass
+from afmc.passes.row_sample import RowSampler, WeightedRows
 
 _SAMPLE = 1 << 20
 _FLOOR = 1e-6
@@ -46,6 +48,7 @@ class SliceObserver:
         self.maximum = 0.0
         self.stds: list[float] = []
         self.samples: list[np.ndarray] = []
+        self.rows = RowSampler(config.search_rows) if config.method == "search" else None
 
     def update(self, values: torch.Tensor) -> None:
         flat = values.detach().reshape(-1).abs().float()
@@ -55,9 +58,7 @@ class SliceObserver:
         elif method == "kappa-std":
             self.stds.append(float(values.detach().float().std()))
         elif method == "search":
-            rows = values.detach().reshape(-1, values.shape[-1]).float()
-            pick = torch.randperm(rows.shape[0], generator=self.generator)
-            self.samples.append(rows[pick[:self.config.search_rows]])
+            self.rows.add(values)
         else:
             if flat.numel() > _SAMPLE:
                 index = torch.randint(flat.numel(), (_SAMPLE,), generator=self.generator)
@@ -74,11 +75,9 @@ class SliceObserver:
             value = float(np.percentile(np.concatenate(self.samples), self.config.percentile))
         return max(value, _FLOOR)
 
-    def sample(self) -> torch.Tensor:
-        """search: at most search_rows input rows drawn uniformly from every batch."""
-        rows = torch.cat(self.samples)
-        pick = torch.randperm(rows.shape[0], generator=self.generator)
-        return rows[pick[:self.config.search_rows]]
+    def sample(self) -> WeightedRows:
+        """search: at most search_rows uniform input rows and the extreme ones, weighted."""
+        return self.rows.sample()
 
 
 class AnalogInputInterpreter(fx.Interpreter):

@@ -1,17 +1,18 @@
 """Smoothing for the chip: each layer group's strength chosen by its expected chip error.
 
 Rule: as smooth-inputs (SmoothQuant scales s_k = a_k^alpha / w_k^(1 - alpha) per input
-channel of a group of crossbar layers reading the same activation, x / s and W diag(s),
-exact in FP), but alpha is chosen per group from ``smoothing.alphas``, or no smoothing
-at all, by the sum over the group's layers of their expected relative output error on
-a chip of ``noise.model`` (afmc.passes.layer_score: DAC and ADC at each slice's best
-coarse input range, plus the programming noise's closed form; with the outlier split
-that the split-outliers pass will make at ``outliers.budget``, modelled as that
-fraction of every row slice). Smoothing moves activation outliers into weight
-columns, and the programming noise of a row scales with its largest weight, so a
-group is smoothed only as far as the chip gains from it; a group whose chip error
-smoothing does not lower is left as it is. The note of each group names the chosen
-alpha and the scores.
+channel of a group of crossbar layers reading the same activation, x / s and W
+diag(s), exact in FP), but alpha is chosen per group from ``smoothing.alphas``, or no
+smoothing at all, by the sum over the group's layers of their expected relative output
+error on a chip of ``noise.model`` on the calibration rows of afmc.passes.row_sample
+(uniform ones and the extreme ones, weighted by frequency; afmc.passes.layer_score:
+DAC and ADC at each slice's best coarse input range, plus the programming noise's
+closed form; with the outlier split that the split-outliers pass will make at
+``outliers.budget``, modelled as that fraction of every row slice). Smoothing moves
+activation outliers into weight columns, and the programming noise of a row scales
+with its largest weight, so a group is smoothed only as far as the chip gains from it;
+a group whose chip error smoothing does not lower is left as it is. The note of each
+group names the chosen alpha and the scores.
 """
 
 from __future__ import annotations
@@ -35,17 +36,17 @@ from afmc.passes.fx.static_linear import find_static_linears
 from afmc.passes.layer_score import LayerScore
 from afmc.passes.range_search import ChipNoise
 from afmc.passes.registry import register_pass
+from afmc.passes.row_sample import RowSampler, WeightedRows
 
 
 def channel_statistics(gm: fx.GraphModule, nodes: Iterable[fx.Node], batches: Iterable[tuple],
                        rows: int) -> tuple[dict[fx.Node, torch.Tensor],
-                                           dict[fx.Node, torch.Tensor]]:
-    """(max |x_k| per last-axis channel, up to `rows` rows drawn uniformly) of each node's
-    value over the batches (fixed seed)."""
+                                           dict[fx.Node, WeightedRows]]:
+    """(max |x_k| per last-axis channel, a RowSampler sample of `rows` uniform rows and
+    the extreme ones) of each node's value over the batches."""
     watched = set(nodes)
     maxima: dict[fx.Node, torch.Tensor] = {}
-    samples: dict[fx.Node, list[torch.Tensor]] = {}
-    generator = torch.Generator().manual_seed(0)
+    samplers: dict[fx.Node, RowSampler] = {}
 
     class Observer(fx.Interpreter):
         def run_node(self, node: fx.Node):
@@ -54,19 +55,14 @@ def channel_statistics(gm: fx.GraphModule, nodes: Iterable[fx.Node], batches: It
                 flat = value.detach().reshape(-1, value.shape[-1]).float()
                 amax = flat.abs().amax(0)
                 maxima[node] = torch.maximum(maxima[node], amax) if node in maxima else amax
-                pick = torch.randperm(flat.shape[0], generator=generator)[:rows]
-                samples.setdefault(node, []).append(flat[pick])
+                samplers.setdefault(node, RowSampler(rows)).add(flat)
             return value
 
     observer = Observer(gm)
     with torch.no_grad():
         for batch in batches:
             observer.run(*batch)
-    drawn = {}
-    for node, parts in samples.items():
-        flat = torch.cat(parts)
-        drawn[node] = flat[torch.randperm(flat.shape[0], generator=generator)[:rows]]
-    return maxima, drawn
+    return maxima, {node: sampler.sample() for node, sampler in samplers.items()}
 
 
 @register_pass("chip-smooth-inputs", "fx", uses_calibration=True)
@@ -121,20 +117,19 @@ class ChipSmoothInputs(SmoothInputs):
             graph_module.recompile()
         return PassResult(graph_module, modified)
 
-    def _score(self, x: torch.Tensor, weights: list[torch.Tensor],
+    def _score(self, rows: WeightedRows, weights: list[torch.Tensor],
                scale: torch.Tensor | None) -> float:
         """Sum of the group's layers' expected relative chip errors with channel scales
         `scale` (None: unsmoothed)."""
         hw = self.hardware
         if scale is not None:
-            x = x / scale
+            rows = WeightedRows(rows.x / scale, rows.weights)
         total = 0.0
         for weight in weights:
             sizes = slice_sizes(weight.shape[1], hw.max_in)
             scaled = weight if scale is None else weight * scale
             split = min(round(self.budget * min(sizes)), min(sizes))
-            parts = list(torch.split(x, sizes, dim=-1))
-            score = LayerScore(parts, scaled, sizes, (hw.inp_res, hw.out_res, hw.out_bound),
-                               self.noise, (split,))
+            score = LayerScore(rows.split(sizes), scaled, sizes,
+                               (hw.inp_res, hw.out_res, hw.out_bound), self.noise, (split,))
             total += score.errors[split]
         return total

@@ -13,8 +13,9 @@ noise (which scales with the row's max |w|) and its ADC step shrink.
 m is chosen per layer by the chip objective (afmc.passes.chip_error): for every
 candidate m up to ``outliers.max_per_slice``, the layer's expected relative output
 error on a chip of ``noise.model`` (each slice at its best input range of a coarse
-search, on ``outliers.sample_rows`` calibration inputs and at most 128 sampled
-rows). The digital weights are then given out greedily across all analog layers,
+search, on ``outliers.sample_rows`` uniform calibration input rows plus the extreme
+ones, weighted by their frequency (afmc.passes.row_sample), and at most 128 sampled
+weight rows). The digital weights are then given out greedily across all analog layers,
 each step to the layer whose error falls most per weight moved, until
 ``outliers.budget`` (a fraction of all analog weights) is spent. A layer whose error
 no candidate lowers keeps m = 0.
@@ -38,6 +39,7 @@ from afmc.passes.layer_score import LayerScore, dense_part, split_indices
 from afmc.passes.layers import META_KEY
 from afmc.passes.range_search import ChipNoise
 from afmc.passes.registry import register_pass
+from afmc.passes.row_sample import RowSampler, WeightedRows
 
 CANDIDATES = (0, 1, 2, 4, 8, 16)  # outlier weights per row and input slice
 
@@ -119,27 +121,19 @@ class SplitOutliers(PassBase):
             graph_module.recompile()
         return PassResult(graph_module, modified)
 
-    def _samples(self, gm: fx.GraphModule) -> dict[fx.Node, list[torch.Tensor]]:
-        """Up to sample_rows calibration input rows per slice of every analog node."""
-        generator = torch.Generator().manual_seed(0)
-        rows: dict[fx.Node, list[torch.Tensor]] = {}
-        limit = self.outliers.sample_rows
+    def _samples(self, gm: fx.GraphModule) -> dict[fx.Node, list[WeightedRows]]:
+        """The weighted calibration input rows of every analog node, cut into its slices."""
+        samplers: dict[fx.Node, RowSampler] = {}
 
         def observe(node: fx.Node, x: torch.Tensor, sizes: list[int]) -> None:
-            flat = x.detach().reshape(-1, x.shape[-1]).float()
-            pick = torch.randperm(flat.shape[0], generator=generator)[:limit]
-            rows.setdefault(node, []).append(flat[pick])
+            samplers.setdefault(node, RowSampler(self.outliers.sample_rows)).add(x)
 
         interpreter = AnalogInputInterpreter(gm, observe)
         with torch.no_grad():
             for batch in self.batches:
                 interpreter.run(*batch)
-        samples = {}
-        for node, parts in rows.items():
-            flat = torch.cat(parts)
-            flat = flat[torch.randperm(flat.shape[0], generator=generator)[:limit]]
-            samples[node] = list(torch.split(flat, list(node.args[3]), dim=-1))
-        return samples
+        return {node: sampler.sample().split(list(node.args[3]))
+                for node, sampler in samplers.items()}
 
     @staticmethod
     def _split(gm: fx.GraphModule, node: fx.Node, count: int) -> None:
