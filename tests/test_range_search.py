@@ -26,7 +26,8 @@ def _heavy_tailed(rows: int = 256, k: int = 64, n: int = 32) -> tuple[torch.Tens
 
 
 def _error(x, w_programmed, r, w_reference) -> float:
-    return float((SliceModel(WeightedRows.uniform(x), w_programmed, *HW).output(r) - x @ w_reference.T).square().sum())
+    model = SliceModel(WeightedRows.uniform(x), w_programmed, *HW)
+    return float((model.output(r) - x @ w_reference.T).square().sum())
 
 
 def test_slice_model_is_the_analog_op_on_one_slice():
