@@ -96,8 +96,9 @@ class CalibrationConfig(_Section):
         2, ge=0, description="Token windows of calibration text held back from calibration "
         "for the fidelity check that ends a compile (0: no check).")
     search_rows: int = Field(
-        256, gt=0, description="search: input rows per layer on which each slice's range is "
-        "chosen by its output error.")
+        256, gt=0, description="search: uniform input rows per layer on which each slice's "
+        "range is chosen by its output error, with an eighth as many extreme rows (largest "
+        "max |x|, afmc.passes.row_sample) weighted by their frequency.")
     search_outputs: int | None = Field(
         512, gt=0, description="search: weight rows (output channels) per slice, evenly "
         "spaced, whose output error chooses the range (null: every row). The search's cost "
@@ -142,7 +143,9 @@ class OutlierConfig(_Section):
     max_per_slice: int = Field(
         16, ge=1, description="Most outlier weights per row and input slice of one layer.")
     sample_rows: int = Field(
-        128, gt=0, description="Calibration input rows per layer that score the split.")
+        128, gt=0, description="Uniform calibration input rows per layer that score the "
+        "split and chip-smooth-inputs, with an eighth as many extreme rows weighted by their "
+        "frequency (afmc.passes.row_sample).")
 
 
 class PlacementRule(_Section):

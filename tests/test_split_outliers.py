@@ -22,7 +22,7 @@ from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.ops.sparse_outliers import SPARSE_OUTLIERS
 from afmc.ops.sparse_outliers_onnx import slot_overload, sparse_outliers_function
 from afmc.passes.fx.calibrate import AnalogInputInterpreter
-from afmc.passes.fx.split_outliers import allocate
+from afmc.passes.fx.split_outliers import allocate, lm_heads
 from afmc.passes.layers import META_KEY
 from afmc.passes.registry import get_pass
 
@@ -209,3 +209,24 @@ def test_file_runs_in_a_plain_onnxruntime_elsewhere(compiled, tmp_path):
     logits = session.run(None, feeds)[0]
     clean = afmc.api.load(compiled["split"]).chip(None).run(_ids())
     np.testing.assert_allclose(logits, clean, rtol=1e-4, atol=1e-4)
+
+
+def test_the_lm_head_is_found_and_counts_as_all_others_together():
+    """The LM head is found by its name rule; with the importance the pass gives it, a
+    smaller relative gain per weight than another layer's still wins."""
+    model = tiny_model("llama").eval()
+    config = load_config(None, [])
+    gm = capture_causal_lm(model).graph_module
+    for name in ("fold-norms", "place-layers", "insert-analog-linear"):
+        gm = get_pass(name).factory(config)(gm).graph_module
+    nodes = [node for node in gm.graph.nodes if node.target is ANALOG_LINEAR]
+    assert [node.meta[META_KEY].name for node in lm_heads(nodes)] == ["lm.lm_head"]
+
+    class Score:
+        def __init__(self, errors):
+            self.errors = errors
+
+    scores = {"head": Score({0: 1.0, 1: 0.9}), "mlp": Score({0: 1.0, 1: 0.5})}
+    per_count = {"head": 10, "mlp": 10}
+    assert allocate(scores, per_count, 10) == {"head": 0, "mlp": 1}
+    assert allocate(scores, per_count, 10, {"head": 14.0}) == {"head": 1, "mlp": 0}
