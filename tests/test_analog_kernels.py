@@ -119,6 +119,52 @@ def test_dac_against_numpy():
     assert list(levels[0, 0, :4]) == [0.0, 2.0, -2.0, 127.0]
 
 
+def test_sparse_outliers_kernel_is_the_stock_body_bit_for_bit():
+    """The kernel's SparseOutliers against the function body a stock onnxruntime runs:
+    the same float32 sums in the same slot order, 3-D X with 70 rows (3 blocks)."""
+    from afmc import ops
+    from afmc.ops.sparse_outliers_onnx import slot_overload, sparse_outliers_function
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 35, 48)).astype(np.float32)
+    indices = np.sort(rng.choice(48, (40, 6)), axis=1).astype(np.int64)
+    values = rng.standard_normal((40, 6)).astype(np.float32)
+    values[3] = 0.0  # a padded row
+
+    def run(domain: str) -> np.ndarray:
+        node = helper.make_node("SparseOutliers", ["X", "I", "V"], ["Y"], domain=domain)
+        functions = []
+        if domain == ops.DOMAIN:
+            node.overload = slot_overload(6)
+            functions = [sparse_outliers_function(20, 6)]
+        graph = helper.make_graph(
+            [node], "sparse", [helper.make_tensor_value_info("X", TensorProto.FLOAT, x.shape)],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(indices, "I"), numpy_helper.from_array(values, "V")])
+        model = helper.make_model(graph, ir_version=10, functions=functions, opset_imports=[
+            helper.make_opsetid("", 20), helper.make_opsetid(domain, 1)])
+        options = ort.SessionOptions()
+        if domain == KERNEL_DOMAIN:
+            fused.register(options)
+        session = ort.InferenceSession(model.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        return session.run(None, {"X": x})[0]
+
+    kernel, stock = run(KERNEL_DOMAIN), run(ops.DOMAIN)
+    np.testing.assert_array_equal(kernel, stock)
+    expected = np.einsum("bsnm,nm->bsn", x[..., indices.reshape(-1)].reshape(2, 35, 40, 6),
+                         values)
+    np.testing.assert_allclose(kernel, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_chips_run_the_sparse_path_on_the_kernel(tiny):
+    runtime = load(tiny).runtime
+    graph, _ = prepared_graph(runtime.graph, runtime._layers(None, runtime.noise, prepare=True),
+                              fused=True)
+    sparse = [node for node in graph.graph.node if node.op_type == "SparseOutliers"]
+    assert sparse and all(node.domain == KERNEL_DOMAIN for node in sparse)
+
+
 def test_multi_slice_layer_is_bit_identical(wide, monkeypatch):
     record = load(wide).record
     assert [len(layer["slice_sizes"]) for layer in record["layers"]

@@ -72,6 +72,7 @@ from afmc.ops.analog_linear_onnx import (
     prepare_weights,
     prepared_function,
 )
+from afmc.ops.sparse_outliers_onnx import OP_TYPE as SPARSE_OUTLIERS
 from afmc.runtime import fused as fused_kernels
 from afmc.runtime.chip import Chip, chip_from_session
 from afmc.runtime.fused import programming
@@ -310,6 +311,7 @@ def prepared_graph(model: onnx.ModelProto,
             node.input.extend([x, input_range, *given])
     if fused:
         _absorb_pre_scales(copy, values, opset)
+        _sparse_on_kernels(graph)
     for node in [node for node in graph.node if _transposes_weight(node, values, readers)]:
         values[node.output[0]] = np.ascontiguousarray(values.pop(node.input[0]).T)
         graph.node.remove(node)
@@ -374,6 +376,15 @@ def _absorb_pre_scales(model: onnx.ModelProto, values: dict[str, np.ndarray],
         absorbed.append(mul)
     for mul in absorbed:
         graph.node.remove(mul)
+
+
+def _sparse_on_kernels(graph: onnx.GraphProto) -> None:
+    """Run every afmc.SparseOutliers node on the kernel library's SparseOutliers (the same
+    float32 sums in the same order as its stock body, one pass over X instead of M)."""
+    for node in graph.node:
+        if node.domain == ops.DOMAIN and node.op_type == SPARSE_OUTLIERS:
+            node.domain = KERNEL_DOMAIN
+            node.overload = ""
 
 
 def _fused_x(node: onnx.NodeProto, name: str) -> bool:

@@ -83,6 +83,7 @@ enum Slot : size_t {
 
 constexpr int kErrorInvalidArgument = 2;  // OrtErrorCode ORT_INVALID_ARGUMENT
 constexpr int kFloat = 1;                 // ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT
+constexpr int kInt64 = 7;                 // ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64
 constexpr int kRequired = 0;              // OrtCustomOpInputOutputCharacteristic
 constexpr int kOptional = 1;
 constexpr int kVariadic = 2;
@@ -144,7 +145,8 @@ OrtStatus* error(const OrtApi* api, const std::string& message) {
   return slot<StatusFn>(api, kCreateStatus)(kErrorInvalidArgument, message.c_str());
 }
 
-// A float tensor: its data, shape and element count.
+// A tensor: its data (float; SparseOutliers reads its int64 indices through it), shape and
+// element count.
 struct Tensor {
   float* data = nullptr;
   std::vector<int64_t> shape;
@@ -325,7 +327,7 @@ inline float clip(float v, float low, float high) {
   return v > high ? high : v;
 }
 
-enum class Kind { kDac, kAdc, kNoisyAdc };
+enum class Kind { kDac, kAdc, kNoisyAdc, kSparse };
 
 struct Kernel {
   const OrtApi* api;
@@ -465,6 +467,55 @@ OrtStatus* compute_adc(Kernel* kernel, OrtKernelContext* context) {
   return parallel_for(api, context, tasks, body);
 }
 
+// SparseOutliers (afmc.ops.sparse_outliers_onnx): Y[r, j] = sum_t X[r, indices[j, t]] *
+// values[j, t], the slots added in order t = 0 .. M-1 from 0 as the stock body adds them
+// (float32, no fused multiply-add: bit for bit its output). Rows of X go in blocks of
+// kSparseRows, so each weight row's indices and values are read once per block.
+constexpr size_t kSparseRows = 32;
+
+OrtStatus* compute_sparse(Kernel* kernel, OrtKernelContext* context) {
+  const OrtApi* api = kernel->api;
+  Tensor x, indices, values;
+  OrtStatus* status = input(api, context, 0, &x);
+  if (!status) status = input(api, context, 1, &indices);
+  if (!status) status = input(api, context, 2, &values);
+  if (status) return status;
+  if (x.shape.empty() || indices.shape.size() != 2 || values.shape != indices.shape) {
+    return error(api, "SparseOutliers: indices and values must be [N, M] alike, X [..., K]");
+  }
+  const size_t width = static_cast<size_t>(x.last());
+  const size_t outs = static_cast<size_t>(indices.shape[0]);
+  const size_t slots = static_cast<size_t>(indices.shape[1]);
+  const int64_t* index = reinterpret_cast<const int64_t*>(indices.data);
+  for (size_t i = 0; i < indices.size; ++i) {
+    if (index[i] < 0 || static_cast<size_t>(index[i]) >= width) {
+      return error(api, "SparseOutliers: an index is outside X's last axis");
+    }
+  }
+  std::vector<int64_t> shape = x.shape;
+  shape.back() = static_cast<int64_t>(outs);
+  float* y = nullptr;
+  if ((status = output(api, context, 0, shape, &y))) return status;
+  const size_t rows = width ? x.size / width : 0;
+  const size_t tasks = (rows + kSparseRows - 1) / kSparseRows;
+  const float* in = x.data;
+  const float* weight = values.data;
+  auto body = [&](size_t task) {
+    const size_t first = task * kSparseRows, end = std::min(rows, first + kSparseRows);
+    for (size_t j = 0; j < outs; ++j) {
+      const int64_t* at = index + j * slots;
+      const float* value = weight + j * slots;
+      for (size_t row = first; row < end; ++row) {
+        const float* source = in + row * width;
+        float total = 0.0f;
+        for (size_t t = 0; t < slots; ++t) total += source[at[t]] * value[t];
+        y[row * outs + j] = total;
+      }
+    }
+  };
+  return parallel_for(api, context, tasks, body);
+}
+
 // ---------------------------------------------------------------- op descriptors
 
 struct OpDef {
@@ -487,27 +538,32 @@ OrtStatus* create_kernel(const CustomOp* op, const OrtApi* api, const OrtKernelI
 
 OrtStatus* compute(void* state, OrtKernelContext* context) {
   Kernel* kernel = static_cast<Kernel*>(state);
-  return kernel->kind == Kind::kDac ? compute_dac(kernel, context)
-                                    : compute_adc(kernel, context);
+  switch (kernel->kind) {
+    case Kind::kDac: return compute_dac(kernel, context);
+    case Kind::kSparse: return compute_sparse(kernel, context);
+    default: return compute_adc(kernel, context);
+  }
 }
 
 OpDef make_op(const char* name, Kind kind) {
   OpDef d{};
   d.name = name;
   d.kind = kind;
-  d.inputs = kind == Kind::kDac ? 4 : kind == Kind::kAdc ? 2 : 3;
+  d.inputs = kind == Kind::kDac ? 4 : kind == Kind::kAdc ? 2 : 3;  // kNoisyAdc, kSparse: 3
   d.outputs = 1;
   CustomOp& op = d.op;
   op.version = kCustomOpVersion;
   op.GetName = [](const CustomOp* o) { return def(o).name; };
   op.GetExecutionProviderType = [](const CustomOp*) -> const char* { return nullptr; };
-  op.GetInputType = [](const CustomOp*, size_t) { return kFloat; };
+  op.GetInputType = [](const CustomOp* o, size_t index) {
+    return def(o).kind == Kind::kSparse && index == 1 ? kInt64 : kFloat;
+  };
   op.GetInputTypeCount = [](const CustomOp* o) { return def(o).inputs; };
   op.GetOutputType = [](const CustomOp*, size_t) { return kFloat; };
   op.GetOutputTypeCount = [](const CustomOp* o) { return def(o).outputs; };
   op.KernelDestroy = [](void* kernel) { delete static_cast<Kernel*>(kernel); };
   op.GetInputCharacteristic = [](const CustomOp* o, size_t index) {
-    if (index + 1 < def(o).inputs) return kRequired;
+    if (index + 1 < def(o).inputs || def(o).kind == Kind::kSparse) return kRequired;
     return def(o).kind == Kind::kDac ? kOptional : kVariadic;
   };
   op.GetOutputCharacteristic = [](const CustomOp* o, size_t) {
@@ -526,11 +582,13 @@ OpDef make_op(const char* name, Kind kind) {
 const OpDef kDac = make_op("AnalogDAC", Kind::kDac);
 const OpDef kAdc = make_op("AnalogADC", Kind::kAdc);
 const OpDef kNoisyAdc = make_op("NoisyAnalogADC", Kind::kNoisyAdc);
+const OpDef kSparse = make_op("SparseOutliers", Kind::kSparse);
 
 }  // namespace
 
 // Entry point of SessionOptions.register_custom_ops_library: adds the domain
-// "afmc.kernels" with AnalogDAC, AnalogADC and NoisyAnalogADC to `options`.
+// "afmc.kernels" with AnalogDAC, AnalogADC, NoisyAnalogADC and SparseOutliers to
+// `options`.
 extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(
     OrtSessionOptions* options, const ApiBase* base) {
   const OrtApi* api = base->GetApi(kApiVersion);
@@ -541,7 +599,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(
   }
   OrtCustomOpDomain* domain = nullptr;
   ORT_CALL(api, kCreateCustomOpDomain, CreateDomainFn, "afmc.kernels", &domain);
-  for (const OpDef* op : {&kDac, &kAdc, &kNoisyAdc}) {
+  for (const OpDef* op : {&kDac, &kAdc, &kNoisyAdc, &kSparse}) {
     ORT_CALL(api, kCustomOpDomainAdd, DomainAddFn, domain, &op->op);
   }
   ORT_CALL(api, kAddCustomOpDomain, AddDomainFn, options, domain);
