@@ -104,13 +104,8 @@ class ChipSmoothInputs(SmoothInputs):
                 record_note(graph_module, names, False,
                             f"not smoothed: the chip error is lowest without ({listing})")
                 continue
-            scale = scales[best]
-            for layer in layers:
-                self._scale_columns(graph_module, layer, scale)
-            where = self._divide_input(graph_module, x, layers, scale, linears)
-            record_note(graph_module, names, True,
-                        f"smoothed (alpha {best:g} by chip error: {listing}; channel scales "
-                        f"{float(scale.min()):.3g}..{float(scale.max()):.3g}); 1/s {where}")
+            self._smooth(graph_module, x, layers, scales[best], linears,
+                         f"alpha {best:g} by chip error: {listing}")
             modified = True
         if modified:
             graph_module.graph.lint()

@@ -131,23 +131,28 @@ class SmoothInputs(PassBase):
         linears = {layer.node: layer for layer in find_static_linears(graph_module)}
         modified = False
         for x, layers in groups.items():
-            names = ", ".join(layer.name for layer in layers)
             if x not in maxima:
                 continue
             w_max = torch.stack([weight_matrix(graph_module, layer).abs().amax(0).float()
                                  for layer in layers]).amax(0)
             scale = smoothing_scale(maxima[x], w_max, self.alpha)
-            for layer in layers:
-                self._scale_columns(graph_module, layer, scale)
-            where = self._divide_input(graph_module, x, layers, scale, linears)
-            record_note(graph_module, names, True,
-                        f"smoothed (alpha {self.alpha:g}, channel scales "
-                        f"{float(scale.min()):.3g}..{float(scale.max()):.3g}); 1/s {where}")
+            self._smooth(graph_module, x, layers, scale, linears, f"alpha {self.alpha:g}")
             modified = True
         if modified:
             graph_module.graph.lint()
             graph_module.recompile()
         return PassResult(graph_module, modified)
+
+    def _smooth(self, gm: fx.GraphModule, x: fx.Node, layers: list[StaticLinear],
+                scale: torch.Tensor, linears: dict[fx.Node, StaticLinear], how: str) -> None:
+        """Smooth the group `layers` reading `x` by `scale` (W diag(s), x / s) and note it,
+        with `how` the strength was chosen."""
+        for layer in layers:
+            self._scale_columns(gm, layer, scale)
+        where = self._divide_input(gm, x, layers, scale, linears)
+        record_note(gm, ", ".join(layer.name for layer in layers), True,
+                    f"smoothed ({how}, channel scales {float(scale.min()):.3g}.."
+                    f"{float(scale.max()):.3g}); 1/s {where}")
 
     @staticmethod
     def _scale_columns(gm: fx.GraphModule, layer: StaticLinear, scale: torch.Tensor) -> None:
