@@ -11,6 +11,7 @@ per time, next to the FP perplexity and the compiled pcm model's chips.
 
     python benchmarks/drift_real_llm.py [--seeds 3] [--times 0,1h,1d,1y] [--tokens 1024]
         [--jobs 1] [--set calibration.method=max] [--json PATH] [--compiled OUT]
+        [--variants layer-gdc,layer,row-gdc]
 """
 
 from __future__ import annotations
@@ -39,10 +40,18 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--variants", default="layer-gdc,layer,row-gdc",
+                        help="comma-separated pcm-drift variants: conductance scale per "
+                        "layer or row, -gdc: with global drift compensation")
     parser.add_argument("--compiled", type=Path, default=None,
                         help="an aimc output of the model already compiled (e.g. by "
                         "real_llm.py --keep DIR: DIR/aimc), instead of compiling here")
     args = parser.parse_args()
+    variants = [(v.removesuffix("-gdc"), v.endswith("-gdc")) for v in args.variants.split(",")]
+    unknown = [v for v, (scaling, _) in zip(args.variants.split(","), variants, strict=True)
+               if scaling not in ("layer", "row")]
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)} (layer, layer-gdc, row, row-gdc)")
 
     import afmc
     from afmc.config import load_config
@@ -75,7 +84,7 @@ def main() -> None:
               flush=True)
         results = {"fp": fp, "pcm": {"mean": pcm.mean, "std": json_number(pcm.std)},
                    "drift": {}}
-        for scaling, gdc in (("layer", True), ("layer", False), ("row", True)):
+        for scaling, gdc in variants:
             noise = eval_noise(model, "pcm-drift", gdc, drifting=True).model_copy(
                 update={"drift_scaling": scaling})
             report = evaluate_drift(model, scorer, fp, seeds, times, noise, jobs=args.jobs)

@@ -470,7 +470,8 @@ OrtStatus* compute_adc(Kernel* kernel, OrtKernelContext* context) {
 // SparseOutliers (afmc.ops.sparse_outliers_onnx): Y[r, j] = sum_t X[r, indices[j, t]] *
 // values[j, t], the slots added in order t = 0 .. M-1 from 0 as the stock body adds them
 // (float32, no fused multiply-add: bit for bit its output). Rows of X go in blocks of
-// kSparseRows, so each weight row's indices and values are read once per block.
+// kSparseRows, transposed to [K, kSparseRows], so each weight row's indices and values
+// are read once per block and every slot is one vector multiply-add over the block.
 constexpr size_t kSparseRows = 32;
 
 OrtStatus* compute_sparse(Kernel* kernel, OrtKernelContext* context) {
@@ -501,16 +502,24 @@ OrtStatus* compute_sparse(Kernel* kernel, OrtKernelContext* context) {
   const float* in = x.data;
   const float* weight = values.data;
   auto body = [&](size_t task) {
-    const size_t first = task * kSparseRows, end = std::min(rows, first + kSparseRows);
+    const size_t first = task * kSparseRows;
+    const size_t count = std::min(rows, first + kSparseRows) - first;
+    std::vector<float> columns(width * kSparseRows, 0.0f);  // X's block, [K, kSparseRows]
+    for (size_t r = 0; r < count; ++r) {
+      const float* source = in + (first + r) * width;
+      for (size_t k = 0; k < width; ++k) columns[k * kSparseRows + r] = source[k];
+    }
+    float total[kSparseRows];
     for (size_t j = 0; j < outs; ++j) {
       const int64_t* at = index + j * slots;
       const float* value = weight + j * slots;
-      for (size_t row = first; row < end; ++row) {
-        const float* source = in + row * width;
-        float total = 0.0f;
-        for (size_t t = 0; t < slots; ++t) total += source[at[t]] * value[t];
-        y[row * outs + j] = total;
+      for (size_t r = 0; r < kSparseRows; ++r) total[r] = 0.0f;
+      for (size_t t = 0; t < slots; ++t) {
+        const float* column = columns.data() + at[t] * kSparseRows;
+        const float v = value[t];
+        for (size_t r = 0; r < kSparseRows; ++r) total[r] += column[r] * v;
       }
+      for (size_t r = 0; r < count; ++r) y[(first + r) * outs + j] = total[r];
     }
   };
   return parallel_for(api, context, tasks, body);
