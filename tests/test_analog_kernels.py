@@ -82,13 +82,15 @@ def test_smoothing_scale_moves_into_the_dac(tiny):
     stock = runtime.graph.graph.node
     smoothed = {node.output[0] for node in stock
                 if node.op_type == "Mul" and "smooth_scale" in node.input[1]}
-    readers = {name: [node for node in stock if name in node.input] for name in smoothed}
-    # a smoothed input that a split layer's SparseOutliers path also reads keeps its Mul
-    only_analog = [user for users in readers.values()
-                   if all(user.op_type == "AnalogLinear" for user in users) for user in users]
-    assert len(fused_nodes) == 29 and len(pre_scaled) == len(only_analog) > 0
+    reads_smoothed = [node for node in stock
+                      if node.op_type == "AnalogLinear" and node.input[0] in smoothed]
+    assert len(fused_nodes) == 29 and len(pre_scaled) == len(reads_smoothed) > 0
     assert all("smooth_scale" in node.input[1] for node in pre_scaled)
-    assert stock_muls - muls == len({node.input[1] for node in pre_scaled})
+    # a split layer's SparseOutliers kernel takes the same scale as its fourth input
+    sparse_scaled = [node for node in graph.graph.node if node.op_type == "SparseOutliers"
+                     and len(node.input) == 4]
+    assert sparse_scaled and all("smooth_scale" in node.input[3] for node in sparse_scaled)
+    assert stock_muls - muls == len(smoothed)  # every smoothing Mul is gone
 
 
 def test_dac_against_numpy():
@@ -155,6 +157,23 @@ def test_sparse_outliers_kernel_is_the_stock_body_bit_for_bit():
     expected = np.einsum("bsnm,nm->bsn", x[..., indices.reshape(-1)].reshape(2, 35, 40, 6),
                          values)
     np.testing.assert_allclose(kernel, expected, rtol=1e-5, atol=1e-5)
+    # with a pre_scale (a smoothing Mul absorbed): the stock body on X * pre_scale
+    pre = rng.uniform(0.5, 2.0, 48).astype(np.float32)
+    node = helper.make_node("SparseOutliers", ["X", "I", "V", "P"], ["Y"],
+                            domain=KERNEL_DOMAIN)
+    graph = helper.make_graph(
+        [node], "scaled", [helper.make_tensor_value_info("X", TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(indices, "I"), numpy_helper.from_array(values, "V"),
+         numpy_helper.from_array(pre, "P")])
+    options = ort.SessionOptions()
+    fused.register(options)
+    session = ort.InferenceSession(helper.make_model(graph, ir_version=10, opset_imports=[
+        helper.make_opsetid("", 20), helper.make_opsetid(KERNEL_DOMAIN, 1)]).SerializeToString(),
+        options, providers=["CPUExecutionProvider"])
+    scaled = session.run(None, {"X": x})[0]
+    x = x * pre
+    np.testing.assert_array_equal(scaled, run(ops.DOMAIN))
 
 
 def test_chips_run_the_sparse_path_on_the_kernel(tiny):

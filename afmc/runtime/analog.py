@@ -310,8 +310,8 @@ def prepared_graph(model: onnx.ModelProto,
             del node.input[:]
             node.input.extend([x, input_range, *given])
     if fused:
-        _absorb_pre_scales(copy, values, opset)
         _sparse_on_kernels(graph)
+        _absorb_pre_scales(copy, values, opset)
     for node in [node for node in graph.node if _transposes_weight(node, values, readers)]:
         values[node.output[0]] = np.ascontiguousarray(values.pop(node.input[0]).T)
         graph.node.remove(node)
@@ -341,9 +341,10 @@ def prepared_values(weight: np.ndarray, slices: int, attributes: dict[str, float
 def _absorb_pre_scales(model: onnx.ModelProto, values: dict[str, np.ndarray],
                        opset: int) -> None:
     """Move each Mul of a value by a constant float vector [K] (smoothing's scale) whose
-    output only fused analog nodes read as their X into those nodes' AnalogDAC, as its
-    pre_scale input (fused_function with pre_scaled): one element-wise pass less, the
-    same float32 operations in the same order."""
+    output only fused analog nodes (and a split layer's kernel SparseOutliers) read as
+    their X into those nodes' AnalogDAC, as its pre_scale input (fused_function with
+    pre_scaled; the SparseOutliers kernel's fourth input): one element-wise pass less,
+    the same float32 operations in the same order."""
     graph = model.graph
     inputs = {value.name for value in graph.input}
     constants = {init.name: list(init.dims) for init in graph.initializer
@@ -356,8 +357,11 @@ def _absorb_pre_scales(model: onnx.ModelProto, values: dict[str, np.ndarray],
         mul = producers.get(name)
         if (mul is None or mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx")
                 or mul.input[0] == mul.input[1] or name in outputs
-                or not all(_fused_x(user, name) for user in users)
-                or len({user.overload for user in users}) > 1):
+                or not all(_fused_x(user, name) or _sparse_x(user, name) for user in users)):
+            continue
+        sparse = [user for user in users if _sparse_x(user, name)]
+        users = [user for user in users if user not in sparse]
+        if not users or len({user.overload for user in users}) > 1:
             continue
         slices = overload_slices(users[0].overload)
         width = values[users[0].input[2]].shape[0] * slices  # w_eff_0: [k, N]
@@ -373,6 +377,9 @@ def _absorb_pre_scales(model: onnx.ModelProto, values: dict[str, np.ndarray],
                 present.add((user.op_type, user.overload))
                 model.functions.append(fused_function(
                     user.op_type.removeprefix(FUSED_PREFIX), opset, slices, pre_scaled=True))
+        for user in sparse:
+            user.input[0] = x
+            user.input.append(scale)
         absorbed.append(mul)
     for mul in absorbed:
         graph.node.remove(mul)
@@ -391,6 +398,12 @@ def _fused_x(node: onnx.NodeProto, name: str) -> bool:
     """Whether `node` is a fused analog node (not pre-scaled yet) reading `name` as X."""
     return (node.op_type.startswith(FUSED_PREFIX) and node.input[0] == name
             and not node.overload.endswith(PRE_SCALED) and name not in node.input[1:])
+
+
+def _sparse_x(node: onnx.NodeProto, name: str) -> bool:
+    """Whether `node` is a kernel SparseOutliers (no pre_scale yet) reading `name` as X."""
+    return (node.domain == KERNEL_DOMAIN and node.op_type == SPARSE_OUTLIERS
+            and len(node.input) == 3 and node.input[0] == name)
 
 
 def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:

@@ -472,6 +472,7 @@ OrtStatus* compute_adc(Kernel* kernel, OrtKernelContext* context) {
 // (float32, no fused multiply-add: bit for bit its output). Rows of X go in blocks of
 // kSparseRows, transposed to [K, kSparseRows], so each weight row's indices and values
 // are read once per block and every slot is one vector multiply-add over the block.
+// With a fourth input pre_scale [K], X * pre_scale is read (the Mul it replaces).
 constexpr size_t kSparseRows = 32;
 
 OrtStatus* compute_sparse(Kernel* kernel, OrtKernelContext* context) {
@@ -481,10 +482,20 @@ OrtStatus* compute_sparse(Kernel* kernel, OrtKernelContext* context) {
   if (!status) status = input(api, context, 1, &indices);
   if (!status) status = input(api, context, 2, &values);
   if (status) return status;
-  if (x.shape.empty() || indices.shape.size() != 2 || values.shape != indices.shape) {
-    return error(api, "SparseOutliers: indices and values must be [N, M] alike, X [..., K]");
+  size_t count = 0;
+  ORT_CALL(api, kKernelContextGetInputCount, CountFn, context, &count);
+  Tensor pre;
+  if (count > 3) {
+    const OrtValue* value = nullptr;
+    ORT_CALL(api, kKernelContextGetInput, InputFn, context, 3, &value);
+    if (value && (status = read_tensor(api, value, &pre))) return status;
   }
   const size_t width = static_cast<size_t>(x.last());
+  if (x.shape.empty() || indices.shape.size() != 2 || values.shape != indices.shape ||
+      (pre.data && pre.size != width)) {
+    return error(api, "SparseOutliers: indices and values must be [N, M] alike, X [..., K], "
+                      "pre_scale K");
+  }
   const size_t outs = static_cast<size_t>(indices.shape[0]);
   const size_t slots = static_cast<size_t>(indices.shape[1]);
   const int64_t* index = reinterpret_cast<const int64_t*>(indices.data);
@@ -501,13 +512,16 @@ OrtStatus* compute_sparse(Kernel* kernel, OrtKernelContext* context) {
   const size_t tasks = (rows + kSparseRows - 1) / kSparseRows;
   const float* in = x.data;
   const float* weight = values.data;
+  const float* scale = pre.data;
   auto body = [&](size_t task) {
     const size_t first = task * kSparseRows;
-    const size_t count = std::min(rows, first + kSparseRows) - first;
+    const size_t block = std::min(rows, first + kSparseRows) - first;
     std::vector<float> columns(width * kSparseRows, 0.0f);  // X's block, [K, kSparseRows]
-    for (size_t r = 0; r < count; ++r) {
+    for (size_t r = 0; r < block; ++r) {
       const float* source = in + (first + r) * width;
-      for (size_t k = 0; k < width; ++k) columns[k * kSparseRows + r] = source[k];
+      for (size_t k = 0; k < width; ++k) {
+        columns[k * kSparseRows + r] = scale ? source[k] * scale[k] : source[k];
+      }
     }
     float total[kSparseRows];
     for (size_t j = 0; j < outs; ++j) {
@@ -519,7 +533,7 @@ OrtStatus* compute_sparse(Kernel* kernel, OrtKernelContext* context) {
         const float v = value[t];
         for (size_t r = 0; r < kSparseRows; ++r) total[r] += column[r] * v;
       }
-      for (size_t r = 0; r < count; ++r) y[(first + r) * outs + j] = total[r];
+      for (size_t r = 0; r < block; ++r) y[(first + r) * outs + j] = total[r];
     }
   };
   return parallel_for(api, context, tasks, body);
@@ -558,7 +572,7 @@ OpDef make_op(const char* name, Kind kind) {
   OpDef d{};
   d.name = name;
   d.kind = kind;
-  d.inputs = kind == Kind::kDac ? 4 : kind == Kind::kAdc ? 2 : 3;  // kNoisyAdc, kSparse: 3
+  d.inputs = kind == Kind::kDac || kind == Kind::kSparse ? 4 : kind == Kind::kAdc ? 2 : 3;
   d.outputs = 1;
   CustomOp& op = d.op;
   op.version = kCustomOpVersion;
@@ -572,8 +586,8 @@ OpDef make_op(const char* name, Kind kind) {
   op.GetOutputTypeCount = [](const CustomOp* o) { return def(o).outputs; };
   op.KernelDestroy = [](void* kernel) { delete static_cast<Kernel*>(kernel); };
   op.GetInputCharacteristic = [](const CustomOp* o, size_t index) {
-    if (index + 1 < def(o).inputs || def(o).kind == Kind::kSparse) return kRequired;
-    return def(o).kind == Kind::kDac ? kOptional : kVariadic;
+    if (index + 1 < def(o).inputs) return kRequired;
+    return def(o).kind == Kind::kDac || def(o).kind == Kind::kSparse ? kOptional : kVariadic;
   };
   op.GetOutputCharacteristic = [](const CustomOp* o, size_t) {
     return def(o).kind == Kind::kDac ? kVariadic : kRequired;
