@@ -178,6 +178,17 @@ OrtStatus* input(const OrtApi* api, OrtKernelContext* context, size_t index, Ten
   return read_tensor(api, value, out);
 }
 
+// Input `index` where the node has it (an optional input); else `out` stays empty.
+OrtStatus* optional_input(const OrtApi* api, OrtKernelContext* context, size_t index,
+                          Tensor* out) {
+  size_t count = 0;
+  ORT_CALL(api, kKernelContextGetInputCount, CountFn, context, &count);
+  if (count <= index) return nullptr;
+  const OrtValue* value = nullptr;
+  ORT_CALL(api, kKernelContextGetInput, InputFn, context, index, &value);
+  return value ? read_tensor(api, value, out) : nullptr;
+}
+
 OrtStatus* output(const OrtApi* api, OrtKernelContext* context, size_t index,
                   const std::vector<int64_t>& shape, float** data) {
   OrtValue* value = nullptr;
@@ -343,14 +354,8 @@ OrtStatus* compute_dac(Kernel* kernel, OrtKernelContext* context) {
   if (!status) status = input(api, context, 1, &scale);
   if (!status) status = input(api, context, 2, &h_in);
   if (status) return status;
-  size_t count = 0;
-  ORT_CALL(api, kKernelContextGetInputCount, CountFn, context, &count);
   Tensor pre;
-  if (count > 3) {
-    const OrtValue* value = nullptr;
-    ORT_CALL(api, kKernelContextGetInput, InputFn, context, 3, &value);
-    if (value && (status = read_tensor(api, value, &pre))) return status;
-  }
+  if ((status = optional_input(api, context, 3, &pre))) return status;
   size_t slices = 0;
   ORT_CALL(api, kKernelContextGetOutputCount, CountFn, context, &slices);
   const size_t width = static_cast<size_t>(x.last());
@@ -482,14 +487,8 @@ OrtStatus* compute_sparse(Kernel* kernel, OrtKernelContext* context) {
   if (!status) status = input(api, context, 1, &indices);
   if (!status) status = input(api, context, 2, &values);
   if (status) return status;
-  size_t count = 0;
-  ORT_CALL(api, kKernelContextGetInputCount, CountFn, context, &count);
   Tensor pre;
-  if (count > 3) {
-    const OrtValue* value = nullptr;
-    ORT_CALL(api, kKernelContextGetInput, InputFn, context, 3, &value);
-    if (value && (status = read_tensor(api, value, &pre))) return status;
-  }
+  if ((status = optional_input(api, context, 3, &pre))) return status;
   const size_t width = static_cast<size_t>(x.last());
   if (x.shape.empty() || indices.shape.size() != 2 || values.shape != indices.shape ||
       (pre.data && pre.size != width)) {
