@@ -53,14 +53,14 @@ def test_search_on_a_sample_of_outputs():
     """search_outputs: with at least N outputs the sample is every row (the same choice);
     with fewer, the range is chosen on evenly spaced rows, first and last included, and
     stays within one fine step of the full search's on a wide layer."""
-    from afmc.passes.range_search import FINE_FACTORS, _output_sample
+    from afmc.passes.range_search import FINE_FACTORS, output_sample
 
     x, w = _heavy_tailed(n=2048)
     full = search_slice(WeightedRows.uniform(x), w, *HW, clip_weights=False)
     assert search_slice(WeightedRows.uniform(x), w, *HW, clip_weights=False, outputs=2048) == full
-    sample = _output_sample(2048, 256)
+    sample = output_sample(2048, 256)
     assert sample.tolist()[:2] == [0, 8] and sample.tolist()[-1] == 2047
-    assert len(sample) == 256 and _output_sample(100, 256) is None
+    assert len(sample) == 256 and output_sample(100, 256) is None
     sampled = search_slice(WeightedRows.uniform(x), w, *HW, clip_weights=False, outputs=256)
     assert abs(sampled.input_range / full.input_range - 1) <= FINE_FACTORS[5] - 1 + 1e-9
     assert sampled.sqnr_db == pytest.approx(full.sqnr_db, abs=0.3)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from afmc.passes.chip_error import noise_scales
-from afmc.passes.range_search import ChipNoise, SliceModel, total
+from afmc.passes.range_search import ChipNoise, SliceModel, output_sample, total
 from afmc.passes.row_sample import WeightedRows
 
 RANGE_FRACTIONS = tuple(2.0 ** -step for step in range(7))  # of the slice's largest |x|
@@ -46,8 +46,8 @@ class LayerScore:
     def __init__(self, samples: list[WeightedRows], weight: torch.Tensor, sizes: list[int],
                  hardware: tuple[float, float, float], noise: ChipNoise | None,
                  candidates: tuple[int, ...]) -> None:
-        rows = torch.linspace(0, weight.shape[0] - 1, min(SCORED_ROWS, weight.shape[0]))
-        self.rows = rows.round().long().unique()
+        sample = output_sample(weight.shape[0], SCORED_ROWS)
+        self.rows = torch.arange(weight.shape[0]) if sample is None else sample
         self.weight = weight.detach().float()
         self.sizes, self.hardware, self.noise = sizes, hardware, noise
         self.samples = [WeightedRows(rows.x.float(), rows.weights) for rows in samples]

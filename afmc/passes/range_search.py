@@ -120,7 +120,7 @@ def search_slice(rows: WeightedRows, weight: torch.Tensor, inp_res: float, out_r
     rows = WeightedRows(rows.x.float(), rows.weights)
     x, weight = rows.x, weight.float()
     top = float(x.abs().max().clamp_min(TINY))
-    sample = _output_sample(weight.shape[0], outputs)
+    sample = output_sample(weight.shape[0], outputs)
     sampled = weight if sample is None else weight[sample]
     sampled_reference = x @ sampled.T
     hardware = (inp_res, out_res, out_bound)
@@ -166,7 +166,7 @@ def _clip_rows(rows: WeightedRows, weight: torch.Tensor, input_range: float,
     return chosen, clipped
 
 
-def _output_sample(rows: int, outputs: int | None) -> torch.Tensor | None:
+def output_sample(rows: int, outputs: int | None) -> torch.Tensor | None:
     """`outputs` evenly spaced row indices of `rows` (first and last included), or None
     when that is all of them."""
     if outputs is None or rows <= outputs:
