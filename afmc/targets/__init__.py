@@ -91,7 +91,7 @@ TARGETS: dict[str, Target] = {
         ("place-layers", "smooth-inputs"),
         needs_calibration=True,
         post_lower=_int8,
-        onnx_passes=("onnx-upgrade-opset", "onnx-place-layers"),
+        onnx_passes=("onnx-upgrade-opset", "onnx-place-integer-layers"),
     ),
     "int4": Target(
         "int4",
@@ -99,7 +99,7 @@ TARGETS: dict[str, Target] = {
         ("place-layers",),
         needs_calibration=lambda config: config.digital.int4_algorithm == "gptq",
         post_lower=_int4,
-        onnx_passes=("onnx-upgrade-opset", "onnx-place-layers"),
+        onnx_passes=("onnx-upgrade-opset", "onnx-place-integer-layers"),
     ),
     "fp": Target("fp", "floating-point reference: the captured model, lowered unchanged", (),
                  needs_calibration=False, onnx_passes=()),

@@ -11,7 +11,11 @@ weight is a [in, out] initializer, see weight_layout). Rules:
 - Format qdq: QuantizeLinear on the input, DequantizeLinear on the int8 weight, the
   MatMul's output left in float; ONNX Runtime fuses the three into MatMulIntegerToFloat
   (an integer GEMM with a float result). A Conv's output is quantized too, so ONNX Runtime
-  fuses it into QLinearConv. Format qoperator: QLinearMatMul, whose output is
+  fuses it into QLinearConv. A Relu or Clip that is a Conv's only reader is fused into it
+  (fused_activations), as an integer accelerator applies the activation before it
+  re-quantizes: the Conv's output is quantized over the activation's output range (ReLU6:
+  [0, 6]), not over the raw sums, which would spend most of the 256 levels on values the
+  activation discards. Format qoperator: QLinearMatMul, whose output is
   re-quantized to 8 bit and dequantized for the float ops that follow.
 - Every requested node must come out quantized; one that does not is an error.
 """
@@ -46,6 +50,7 @@ def quantize_int8(
     """Quantize the MatMul and Conv nodes named `nodes`; return the model and each node's
     quantized name."""
     qdq = config.int8_format == "qdq"
+    activations = fused_activations(model, nodes)
     extra = {"MatMulConstBOnly": True, "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}}
     if qdq:
         extra["OpTypesToExcludeOutputQuantization"] = ["MatMul"]
@@ -60,8 +65,8 @@ def quantize_int8(
                 str(target),
                 reader,
                 quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
-                op_types_to_quantize=["MatMul", "Conv"],
-                nodes_to_quantize=list(nodes),
+                op_types_to_quantize=["MatMul", "Conv", *ACTIVATIONS],
+                nodes_to_quantize=[*nodes, *activations],
                 per_channel=config.int8_per_channel,
                 reduce_range=False,
                 activation_type=QuantType.QUInt8,
@@ -72,6 +77,27 @@ def quantize_int8(
             )
         quantized = onnx.load(str(target))
     return quantized, _quantized_nodes(quantized, nodes, qdq)
+
+
+ACTIVATIONS = ("Relu", "Clip")
+
+
+def fused_activations(model: onnx.ModelProto, nodes: list[str]) -> list[str]:
+    """The Relu and Clip nodes that are the only reader of a Conv in `nodes`."""
+    chosen = set(nodes)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    graph_outputs = {output.name for output in model.graph.output}
+    fused = []
+    for node in model.graph.node:
+        if node.op_type != "Conv" or node.name not in chosen or node.output[0] in graph_outputs:
+            continue
+        after = readers.get(node.output[0], [])
+        if len(after) == 1 and after[0].op_type in ACTIVATIONS and after[0].name:
+            fused.append(after[0].name)
+    return fused
 
 
 def _quantized_nodes(model: onnx.ModelProto, names: list[str], qdq: bool) -> dict[str, str]:

@@ -84,7 +84,8 @@ class InsertOnnxAnalogLinear(ir.passes.InPlacePass):
         modified = False
         for layer in find_static_layers(graph):
             record = layer.node.meta.get(META_KEY)
-            if record is None or record.placement != "analog" or layer.unsupported:
+            if (record is None or record.placement != "analog" or layer.unsupported
+                    or layer.crossbar_limit):
                 continue
             _rewrite(graph, names, layer, record, self.hardware)
             modified = True

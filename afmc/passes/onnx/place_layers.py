@@ -21,11 +21,20 @@ from afmc.config import AfmcConfig
 from afmc.passes.fx.place_layers import DEFAULT_RULE
 from afmc.passes.layers import META_KEY, LayerRecord
 from afmc.passes.name_rules import PlacementRules
-from afmc.passes.onnx.static_layers import UnsupportedLayerWarning, find_static_layers
+from afmc.passes.onnx.static_layers import (
+    OnnxLayer,
+    UnsupportedLayerWarning,
+    find_static_layers,
+)
 from afmc.passes.registry import register_pass
 
 PLACEMENT_PROP = "afmc.placement"
 LAYER_PROP = "afmc.layer"
+NAMES_SHOWN = 6
+
+
+class GroupedConvolutionWarning(UnsupportedLayerWarning):
+    """Grouped convolutions stay digital in an analog compile: crossbars hold group 1 only."""
 
 
 def onnx_layer_records(model: ir.Model) -> list[LayerRecord]:
@@ -37,6 +46,8 @@ def onnx_layer_records(model: ir.Model) -> list[LayerRecord]:
 class PlaceOnnxLayers(ir.passes.InPlacePass):
     """Mark each static-weight ONNX layer analog or digital (first matching rule wins)."""
 
+    crossbars = True  # the accelerator is crossbars: grouped convolutions stay digital
+
     def __init__(self, config: AfmcConfig) -> None:
         super().__init__()
         self.placement = config.placement
@@ -45,16 +56,18 @@ class PlaceOnnxLayers(ir.passes.InPlacePass):
         rules = PlacementRules(self.placement)
         layers = find_static_layers(model.graph)
         names: set[str] = set()
+        grouped: list[str] = []
         for layer in layers:
             name = _unique(layer.name, names)
             placement, rule = rules.decide([name, layer.weight.name or ""], layer.node.op_type)
-            if layer.unsupported:
-                rule = f"digital: {layer.unsupported}"
-                warnings.warn(
-                    f"{name}: stays digital: {layer.unsupported}",
-                    UnsupportedLayerWarning,
-                    stacklevel=1,
-                )
+            limit = self._limit(layer)
+            if limit:
+                rule = f"digital: {limit}"
+                if layer.unsupported:
+                    warnings.warn(f"{name}: stays digital: {limit}", UnsupportedLayerWarning,
+                                  stacklevel=1)
+                else:
+                    grouped.append(name)
                 placement = "digital"
             else:
                 rule = rule or DEFAULT_RULE
@@ -69,7 +82,24 @@ class PlaceOnnxLayers(ir.passes.InPlacePass):
             layer.node.metadata_props[LAYER_PROP] = name
             layer.node.metadata_props[PLACEMENT_PROP] = placement
         rules.check_all_used()
+        if grouped:
+            shown = ", ".join(grouped[:NAMES_SHOWN]) + (", ..." if len(grouped) > NAMES_SHOWN
+                                                         else "")
+            warnings.warn(f"{len(grouped)} grouped convolution(s) stay digital (crossbars hold "
+                          f"group 1 only): {shown}", GroupedConvolutionWarning, stacklevel=1)
         return ir.passes.PassResult(model, bool(layers))
+
+    def _limit(self, layer: OnnxLayer) -> str:
+        """Why `layer` cannot go on this accelerator ('' when it can)."""
+        return layer.unsupported or (layer.crossbar_limit if self.crossbars else "")
+
+
+@register_pass("onnx-place-integer-layers", "onnx")
+class PlaceOnnxIntegerLayers(PlaceOnnxLayers):
+    """Mark each static-weight ONNX layer for the integer accelerator (grouped convolutions
+    included) or floating point (first matching rule wins)."""
+
+    crossbars = False
 
 
 def _unique(name: str, taken: set[str]) -> str:

@@ -6,12 +6,14 @@ Constant node's value):
 - ``MatMul(X, W)`` with W [K, N], or W = ``Transpose(V, perm=[1, 0])`` with V [N, K];
 - ``Gemm(A, B, C)`` with B constant: B is [K, N], or [N, K] with transB=1 (transA,
   alpha and beta are handled where the layer is rewritten);
-- ``Conv(X, W)`` with W [N, C, k1, ...] and group 1: an im2col product with W as
-  [N, C * k1 * ...].
+- ``Conv(X, W)`` with W [N, C / group, k1, ...]: an im2col product with W as
+  [N, C / group * k1 * ...] per group. A grouped convolution (``groups`` > 1, depthwise
+  included) is a layer that an integer accelerator computes but crossbars do not hold
+  (afmc maps group 1 only): the placement pass decides by target.
 
 Layers that stay digital, with the reason in `unsupported` (the placement pass
 records and warns): a constant left MatMul/Gemm operand (W @ X), a MatMul weight
-of rank other than 2, a grouped convolution, a weight that is not float32 or is
+of rank other than 2, a weight that is not float32 or is
 computed from constants by another node (DequantizeLinear, Cast: fold constants
 first), and ops with a constant matrix operand that afmc does not map
 (ConvTranspose, Einsum, quantized and contrib matrix products). A MatMul of two
@@ -20,7 +22,9 @@ control-flow nodes and model-local functions are not searched.
 
 The layer name is the module path the torch exporter records in the node's
 ``pkg.torch.onnx.name_scopes`` metadata (the same name the torch path gives the
-layer), else the node name, else the weight's name.
+layer), else the node name, else the weight's name. A Conv into which the exporter's
+optimizer fused a batch norm carries the norm's scope: it is named after its weight's
+module instead (``_blocks.0._depthwise_conv.weight`` -> ``_blocks.0._depthwise_conv``).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ _UNMAPPED = {
     "DynamicQuantizeMatMul",
 }
 _NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+_REWRITE_RULES = "pkg.onnxscript.rewriter.rule_name"
 
 
 class UnsupportedLayerWarning(UserWarning):
@@ -66,6 +71,15 @@ class OnnxLayer:
     in_features: int
     out_features: int
     unsupported: str = ""
+    groups: int = 1  # a Conv's group attribute
+
+    @property
+    def crossbar_limit(self) -> str:
+        """Why crossbars cannot hold this layer though an integer accelerator can ('' if they
+        can)."""
+        if self.groups != 1:
+            return f"grouped Conv (group={self.groups}): crossbars hold group 1 only"
+        return ""
 
     @property
     def weight_input(self) -> ir.Value:
@@ -90,7 +104,11 @@ def crossbar_matrix(layer: OnnxLayer) -> np.ndarray:
 
 
 def layer_name(node: ir.Node, weight: ir.Value) -> str:
-    """The torch exporter's module path of `node`, else the node name, else `weight`'s name."""
+    """The torch exporter's module path of `node`, else the node name, else `weight`'s name
+    (a Conv with a fused batch norm: the module of its weight)."""
+    fused_norm = "BatchNorm" in node.metadata_props.get(_REWRITE_RULES, "")
+    if fused_norm and weight.name and weight.name.endswith(".weight"):
+        return weight.name.removesuffix(".weight")
     scopes = node.metadata_props.get(_NAME_SCOPES)
     if scopes:
         try:
@@ -131,12 +149,14 @@ def _make(
     in_features: int,
     out_features: int,
     unsupported: str = "",
+    groups: int = 1,
 ) -> OnnxLayer:
     stored = ir.convenience.get_const_tensor(weight)
     if not unsupported and stored is not None and stored.dtype != ir.DataType.FLOAT:
         unsupported = f"{stored.dtype.name.lower()} weight (afmc analog ops take float32)"
     return OnnxLayer(
-        node, layer_name(node, weight), weight, layout, in_features, out_features, unsupported
+        node, layer_name(node, weight), weight, layout, in_features, out_features, unsupported,
+        groups,
     )
 
 
@@ -226,9 +246,8 @@ def _conv(node: ir.Node) -> OnnxLayer | None:
             )
         return None
     in_features, out_features = int(math.prod(value.shape[1:])), int(value.shape[0])
-    group = node.attributes.get_int("group", 1)
-    reason = f"grouped Conv (group={group}): afmc maps group 1 only" if group != 1 else ""
-    return _make(node, w, "conv", in_features, out_features, reason)
+    groups = node.attributes.get_int("group", 1)
+    return _make(node, w, "conv", in_features, out_features, groups=groups)
 
 
 def _unmapped(node: ir.Node) -> OnnxLayer | None:

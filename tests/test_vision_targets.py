@@ -1,0 +1,148 @@
+"""A small MobileNet-style CNN exported as a user would, through int8 and aimc (issue 26).
+
+The network has what real mobile CNNs have: batch norm after every convolution (with
+trained-like statistics, which the exporter's optimizer fuses into the convolution), ReLU6,
+a depthwise convolution, a residual Add, global pooling and a linear classifier.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+import afmc.api
+from afmc.passes.onnx.place_layers import GroupedConvolutionWarning
+from afmc.targets.ort_quant import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+    quiet,
+)
+
+BATCH = 4
+
+
+def _conv_bn(cin: int, cout: int, kernel: int, groups: int = 1, act: bool = True) -> nn.Module:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, padding=kernel // 2, groups=groups,
+                                         bias=False), nn.BatchNorm2d(cout)]
+    if act:
+        layers.append(nn.ReLU6())
+    return nn.Sequential(*layers)
+
+
+class TinyMobileNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = _conv_bn(3, 16, 3)
+        self.expand = _conv_bn(16, 32, 1)
+        self.depthwise = _conv_bn(32, 32, 3, groups=32)
+        self.project = _conv_bn(32, 16, 1, act=False)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.project(self.depthwise(self.expand(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def _trained_like(model: nn.Module) -> nn.Module:
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            count = module.num_features
+            module.running_mean.copy_(torch.randn(count, generator=generator) * 0.5)
+            module.running_var.copy_(torch.rand(count, generator=generator) * 2 + 0.2)
+            module.weight.data.copy_(torch.rand(count, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(count, generator=generator) * 0.3 + 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np.ndarray]:
+    """The exported CNN (dynamo=True, external data), a calibration file and held-out images."""
+    folder = tmp_path_factory.mktemp("cnn")
+    torch.manual_seed(0)
+    model = _trained_like(TinyMobileNet())
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((48, 3, 16, 16)).astype(np.float32)
+    with quiet(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.from_numpy(images[:BATCH]),),
+                          str(folder / "model.onnx"), dynamo=True, external_data=True)
+    np.save(folder / "calib.npy", images[:16])
+    return folder / "model.onnx", folder / "calib.npy", images[16:]
+
+
+def _logits(path: Path, images: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: images[start:start + BATCH]})[0]
+                           for start in range(0, len(images), BATCH)])
+
+
+def _relative(got: np.ndarray, fp: np.ndarray) -> float:
+    return float(np.linalg.norm(got - fp) / np.linalg.norm(fp))
+
+
+class _Batches(CalibrationDataReader):
+    def __init__(self, name: str, images: np.ndarray) -> None:
+        self._next = iter([{name: images[start:start + BATCH]}
+                           for start in range(0, len(images), BATCH)])
+
+    def get_next(self) -> dict | None:
+        return next(self._next, None)
+
+
+def test_int8_quantizes_every_convolution_with_its_activation_and_matches_ort(cnn, tmp_path):
+    model, calib, held_out = cnn
+    out = tmp_path / "int8"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = afmc.api.compile(model, "int8", calibration=calib, output=out)
+    layers = {layer.name: layer for layer in result.layers}
+    # the exporter fuses each batch norm into its convolution; the layer keeps the conv's name
+    assert set(layers) == {"stem.0", "expand.0", "depthwise.0", "project.0", "head"}
+    assert {layer.precision for layer in layers.values()} == {"int8"}, "depthwise included"
+    graph = onnx.load(str(out / "model.onnx")).graph
+    assert not [node for node in graph.node if node.op_type == "Clip"], \
+        "every ReLU6 is fused into its convolution's output quantization"
+    initializers = {tensor.name: onnx.numpy_helper.to_array(tensor)
+                    for tensor in graph.initializer}
+    relu6_scales = [float(initializers[node.input[1]]) for node in graph.node
+                    if node.op_type == "QuantizeLinear"
+                    and int(initializers[node.input[2]]) == 0]
+    assert len(relu6_scales) >= 3 and max(relu6_scales) <= 6 / 255 * (1 + 1e-6), \
+        "a ReLU6 output is quantized over [0, its largest value <= 6]"
+
+    fp = _logits(model, held_out)
+    name = ort.InferenceSession(str(model)).get_inputs()[0].name
+    with quiet():
+        quantize_static(str(model), str(tmp_path / "ort.onnx"),
+                        _Batches(name, np.load(calib)), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+    ours = _relative(afmc.api.load(out).run(held_out[:BATCH]), fp[:BATCH])
+    theirs = _relative(_logits(tmp_path / "ort.onnx", held_out[:BATCH]), fp[:BATCH])
+    assert 0 < ours <= theirs * 1.05, (ours, theirs)
+
+
+def test_aimc_keeps_grouped_convolutions_digital_with_one_warning(cnn, tmp_path):
+    model, calib, _ = cnn
+    with pytest.warns(GroupedConvolutionWarning) as caught:
+        result = afmc.api.compile(model, "aimc", calibration=calib, output=tmp_path / "aimc")
+    grouped = [warning for warning in caught if warning.category is GroupedConvolutionWarning]
+    assert len(grouped) == 1
+    assert str(grouped[0].message).startswith("1 grouped convolution(s) stay digital")
+    assert "depthwise.0" in str(grouped[0].message)
+    placements = {layer.name: layer.placement for layer in result.layers}
+    assert placements == {"stem.0": "analog", "expand.0": "analog", "depthwise.0": "digital",
+                          "project.0": "analog", "head": "analog"}
