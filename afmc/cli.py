@@ -570,12 +570,13 @@ def _run_tensors(model: CompiledModel, inputs: Path, seed: int, read_noise: floa
     report = run_tensors(model, inputs, seed, read_noise=read_noise)
     out.print(f"{_chip_label(model, seed)}: {report.samples} samples from {inputs}")
     table = Table(title="outputs vs the FP view", show_edge=False)
-    for column in ("output", "shape", "mean", "std", "relative error", "SQNR (dB)", "cosine"):
+    for column in ("output", "shape", "mean", "std", "relative error", "SQNR (dB)", "cosine",
+                   "top-1 agreement"):
         table.add_column(column)
     for output in report.outputs:
         table.add_row(output.name, str(output.shape), f"{output.mean:.4g}", f"{output.std:.4g}",
                       f"{output.error.relative_error:.4g}", f"{output.error.sqnr_db:.2f}",
-                      f"{output.error.cosine:.4f}")
+                      f"{output.error.cosine:.4f}", _number_text(output.error.agreement, ".4f"))
     out.print(table)
     for output in report.outputs:
         if output.top1 is not None:
@@ -598,15 +599,15 @@ def _eval_tensors(model: CompiledModel, inputs: Path, labels: Path | None, seeds
     over = "" if report.digital else f"; {spread_label(len(report.chips))}"
     table = Table(title=f"outputs vs the FP view on {report.samples} samples (noise-free: "
                         f"the stored weights, no programming noise{over})", show_edge=False)
-    for column in ("chip", "output", "relative error", "SQNR (dB)", "cosine") \
-            + (("accuracy",) if accuracy else ()):
+    for column in ("chip", "output", "relative error", "SQNR (dB)", "cosine",
+                   "top-1 agreement") + (("accuracy",) if accuracy else ()):
         table.add_column(column)
     rows = ([("noise-free", report.noise_free)] if report.noise_free else []) + [
         (report.digital or f"seed {seed}", scores) for seed, scores in report.chips.items()]
     for label, scores in rows:
         for name, error in scores.errors.items():
             table.add_row(label, name, f"{error.relative_error:.4g}", f"{error.sqnr_db:.2f}",
-                          f"{error.cosine:.4f}",
+                          f"{error.cosine:.4f}", _number_text(error.agreement, ".4f"),
                           *((f"{scores.accuracy:.4f}",) if accuracy else ()))
     if not report.digital:
         spread = report.accuracy_spread()
@@ -615,6 +616,7 @@ def _eval_tensors(model: CompiledModel, inputs: Path, labels: Path | None, seeds
                 cells = [report.spread(name, metric)[index] for metric in METRICS]
                 table.add_row(label, name, _number_text(cells[0], ".4g"),
                               _number_text(cells[1], ".2f"), _number_text(cells[2], ".4f"),
+                              _number_text(cells[3], ".4f"),
                               *((_number_text(spread[index], ".4f"),) if spread else ()))
     out.print(table)
     if accuracy:

