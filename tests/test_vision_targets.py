@@ -146,3 +146,23 @@ def test_aimc_keeps_grouped_convolutions_digital_with_one_warning(cnn, tmp_path)
     placements = {layer.name: layer.placement for layer in result.layers}
     assert placements == {"stem.0": "analog", "expand.0": "analog", "depthwise.0": "digital",
                           "project.0": "analog", "head": "analog"}
+
+
+def test_chips_of_an_exported_cnn_run_on_the_fused_kernels(cnn, tmp_path):
+    """The analog outputs of a torch.onnx export are typed, so onnxruntime takes the fused
+    bodies (it cannot infer a type through afmc.kernels ops): no fallback, same numbers."""
+    from afmc.runtime import fused
+
+    if not fused.enabled():
+        pytest.skip("no C++ compiler: the fused kernels are not built here")
+    model, calib, held_out = cnn
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        afmc.api.compile(model, "aimc", calibration=calib, output=tmp_path / "aimc")
+    compiled = afmc.api.load(tmp_path / "aimc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a KernelWarning (fallback) fails the test
+        fused_out = compiled.chip(1).run(held_out[:BATCH])
+    assert compiled.runtime.kernels
+    compiled.runtime.kernels = False
+    np.testing.assert_array_equal(compiled.chip(1).run(held_out[:BATCH]), fused_out)

@@ -34,7 +34,8 @@ stored weights (runtime.noise), and the file is never rewritten:
   off), a chip's analog nodes take the fused form of their prepared body
   (ops.analog_linear_onnx.fused_function: one AnalogDAC and one AnalogADC around the
   MatMuls, the same numbers) and its session registers the kernel library; without
-  them the prepared body of standard ops runs.
+  them the prepared body of standard ops runs. A graph onnxruntime refuses in fused
+  form runs the stock bodies, with one KernelWarning naming the cause.
 
 The FP view is the same graph with every analog node computed in floating point
 (views.fp_reference) on the stored weights; read noise is views.with_read_noise.
@@ -48,6 +49,7 @@ read noise applies to them alone.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,7 @@ from afmc.runtime.noise import NoiseConfig, layer_rng, program_prepared, program
 from afmc.runtime.sessions import open_session, release_free_memory, session_options
 from afmc.runtime.threads import in_order_on_threads
 from afmc.runtime.views import fp_reference, with_read_noise
+from afmc.user_errors import KernelWarning, first_line
 
 EFFECTIVE = "::w_eff_"  # prepared_graph's names of the prepared weights: WEIGHT::w_eff_I
 PREPACK_LIMIT = 1 << 30  # analog weights (bytes) above which sessions do not prepack
@@ -121,13 +124,16 @@ class AnalogRuntime:
                                                            analog=kept), fused=kernels)
         try:
             return self._session(fused, values, threads, seed, kernels=kernels)
-        except ValueError:
+        except ValueError as error:
             if not kernels:
                 raise
-            # onnxruntime refuses the fused bodies in some graphs (seen: every ONNX file
-            # exported by torch.onnx; type inference through the function fails, cause
-            # not found): this output's chips run the stock bodies, the same numbers.
+            # onnxruntime refused the fused bodies (seen when an analog node's output had
+            # no type: it cannot infer one through afmc.kernels ops; insert-analog-linear
+            # now types it): this output's chips run the stock bodies, the same numbers.
             self.kernels = False
+            warnings.warn(f"{self.path}: chips run the stock ONNX bodies, not afmc's fused "
+                          f"kernels (the same numbers, slower): {first_line(error)}",
+                          KernelWarning, stacklevel=2)
         graph, values = prepared_graph(graph, self._layers(seed, noise, prepare=True,
                                                            analog=kept))
         return self._session(graph, values, threads, seed)

@@ -147,6 +147,9 @@ def _rewrite(
             "AnalogLinear", [x_in, w_in, input_range], domain=onnx_domain.DOMAIN, **attributes
         )
     analog = y.producer()
+    # Typed, so that onnxruntime need not infer it through the function body: a chip's
+    # fused form of that body holds afmc.kernels ops, which it cannot infer through.
+    y.dtype = ir.DataType.FLOAT
     y = _bias(graph, names, build, layer, y)
     if node.op_type == "Conv":
         rank = len(constant(layer.weight).shape)
