@@ -753,3 +753,14 @@ def test_calibration_from_files_and_text(tmp_path):
     assert windows[0]["input_ids"].shape == (4, 8) and windows[0]["input_ids"].dtype == np.int64
     with pytest.raises(ValueError, match="needs a tokenizer"):
         load_calibration(text, ids, config, no_tokenizer)
+    # an export at a static [3, 5]: windows of 5 tokens in whole batches of 3, mask included
+    fixed = ModelSignature((InputSpec("input_ids", np.dtype("int64"), (3, 5)),
+                            InputSpec("attention_mask", np.dtype("int64"), (3, 5))), 256)
+    data = load_calibration(text, fixed, config, ByteTokenizer, held_back=2)
+    assert {b["input_ids"].shape for b in data.batches + data.held} == {(3, 5)}
+    assert len(data.batches) == 190 // 5 // 3 - 1 and len(data.held) == 1
+    short = tmp_path / "short.txt"
+    short.write_text("0123456789")  # two windows, the model takes batches of 3
+    with pytest.raises(ValueError, match=r"short.txt: the text gives 2 window\(s\) of 5 "
+                                         r"tokens; the model takes batches of 3"):
+        load_calibration(short, fixed, config, ByteTokenizer)

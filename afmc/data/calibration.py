@@ -5,10 +5,14 @@ One layer for every front end (torch program, ONNX file). A batch is a dict from
 name to a numpy array. Rules:
 
 - Text (a file or stdlib:SPLIT) is tokenized into non-overlapping windows of
-  calibration.seq_len tokens, at most the model's max_positions (at most
-  are kept apart for the compile's fidelity check). Each window feeds every input by its
-  name: input_ids the ids, attention_mask ones, token_type_ids zeros, position_ids
-  0..T-1; a model with another input cannot read text (an error naming it).
+  calibration.seq_len tokens (a model whose input_ids fix the sequence length: that
+  length; one that fixes the batch size: batches of exactly that many windows, the
+  ragged rest dropped, an error when the text does not fill one), at most the model's
+  max_positions, over at most calibration.max_tokens; the windows after those (a
+  static-batch model: one whole batch) are kept apart for the compile's fidelity check.
+  Each window feeds every input by its name: input_ids the ids, attention_mask ones,
+  token_type_ids zeros, position_ids 0..T-1; a model with another input cannot read
+  text (an error naming it).
 - Tensor files (.npy, .npz keyed by input name, .pt; data.tensors) are cut into
   batches of calibration.batch_size samples, or, for a model whose inputs all fix the
   first axis, of that size (a ragged tail is dropped). Batches given in Python (tuples
@@ -127,7 +131,20 @@ def load_calibration(
     reader = text_reader(signature, source)
     if signature.max_positions is not None and config.seq_len > signature.max_positions:
         config = config.model_copy(update={"seq_len": signature.max_positions})
+    static, length = _static_batch_size(signature), _static_sequence_length(signature)
+    if static or length:
+        config = config.model_copy(update={"batch_size": static or config.batch_size,
+                                           "seq_len": length or config.seq_len})
+        held_back = static if held_back and static else held_back
     ids_batches, held = split_text(tokenizer(), text, source, config, held_back)
+    if static:  # a model of fixed batch size: whole batches only
+        windows = sum(len(ids) for ids in ids_batches)
+        ids_batches = [ids for ids in ids_batches if len(ids) == static]
+        held = [ids for ids in held if len(ids) == static]
+        if not ids_batches:
+            raise ValueError(f"{source}: the text gives {windows} window(s) of "
+                             f"{config.seq_len} tokens; the model takes batches of {static}: "
+                             "give more text")
     batches = validate_batches([reader(ids) for ids in ids_batches], signature, source)
     held_batches = [reader(ids) for ids in held]
     return CalibrationData(batches, source, validate_batches(held_batches, signature, source)
@@ -250,6 +267,13 @@ def _static_batch_size(signature: ModelSignature) -> int | None:
     """The first-axis size every input fixes, if all do and agree (a static-batch model)."""
     sizes = {spec.shape[0] if spec.shape else None for spec in signature.inputs}
     return sizes.pop() if len(sizes) == 1 and isinstance(next(iter(sizes)), int) else None
+
+
+def _static_sequence_length(signature: ModelSignature) -> int | None:
+    """The sequence length input_ids fixes (its second axis), if it does."""
+    spec = next((spec for spec in signature.inputs if spec.name == "input_ids"), None)
+    shape = spec.shape if spec is not None else None
+    return shape[1] if shape and len(shape) > 1 and isinstance(shape[1], int) else None
 
 
 def _dynamic(spec: InputSpec, axis: int) -> bool:
