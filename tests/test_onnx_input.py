@@ -484,7 +484,7 @@ def mlp(tmp_path_factory) -> tuple[Path, Path, torch.nn.Module]:
         calibration=[(b,) for b in batches],
         example_inputs=(batches[0],),
         output=root / "torch",
-        skip=["chip-smooth-inputs", "split-outliers"],  # not on the ONNX path
+        skip=["chip-smooth-inputs"],  # not on the ONNX path
     )
     _compile_onnx(
         root / "mlp.onnx", "aimc", config, [{"x": b.numpy()} for b in batches], root / "onnx"
@@ -506,7 +506,7 @@ def llama(tmp_path_factory) -> tuple[Path, Path]:
         config,
         calibration=[(torch.from_numpy(i),) for i in ids],
         output=root / "torch",
-        skip=["chip-smooth-inputs", "split-outliers"],  # not on the ONNX path
+        skip=["chip-smooth-inputs"],  # not on the ONNX path
     )
     _compile_onnx(
         root / "llama.onnx",
@@ -570,6 +570,7 @@ def test_llama_output_layout_matches_torch_path(llama):
         "onnx-fold-norms",
         "onnx-place-layers",
         "onnx-insert-analog-linear",
+        "onnx-split-outliers",
         "onnx-calibrate",
         "lower",
         "fidelity",
@@ -654,8 +655,9 @@ def _conv_net(path: Path) -> dict[str, np.ndarray]:
 
 def test_conv_is_analog_via_im2col_and_dynamic_matmul_stays_digital(tmp_path):
     batch = _conv_net(tmp_path / "conv.onnx")
-    result = _compile_onnx(
-        tmp_path / "conv.onnx", "aimc", load_config(None, []), [batch], tmp_path / "out"
+    result = _compile_onnx(  # no outlier split: the im2col numerics alone (split: its tests)
+        tmp_path / "conv.onnx", "aimc", load_config(None, ["outliers.budget=0"]), [batch],
+        tmp_path / "out"
     )
     assert [(r.name, r.placement) for r in result.layers] == [
         ("conv", "analog"),
@@ -721,7 +723,7 @@ def test_pass_selection_and_custom_passes(tmp_path):
         passes=[*get_target("aimc").onnx_passes, sort],
     )
     assert [step["name"] for step in result.record["passes"]][-3:] == [
-        "onnx-insert-analog-linear",
+        "onnx-split-outliers",
         "TopologicalSortPass",
         "lower",
     ]

@@ -22,8 +22,8 @@ from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.ops.sparse_outliers import SPARSE_OUTLIERS
 from afmc.ops.sparse_outliers_onnx import slot_overload, sparse_outliers_function
 from afmc.passes.fx.calibrate import AnalogInputInterpreter
-from afmc.passes.fx.split_outliers import allocate, lm_heads
 from afmc.passes.layers import META_KEY
+from afmc.passes.outlier_allocation import allocate, importance
 from afmc.passes.registry import get_pass
 
 SETTINGS = ["calibration.seq_len=32", "calibration.max_tokens=256"]
@@ -101,11 +101,7 @@ def test_budget_zero_changes_nothing():
 
 
 def test_allocation_follows_the_error_per_weight_and_the_budget():
-    class Score:
-        def __init__(self, errors):
-            self.errors = errors
-
-    scores = {"a": Score({0: 1.0, 1: 0.5, 2: 0.45}), "b": Score({0: 1.0, 1: 0.9, 2: 0.2})}
+    scores = {"a": {0: 1.0, 1: 0.5, 2: 0.45}, "b": {0: 1.0, 1: 0.9, 2: 0.2}}
     per_count = {"a": 10, "b": 10}
     # b's step to 2 gains 0.4 per 10 weights, better than a's 0.5 per 10 weights? no: a's
     # first step gains 0.05 per weight, b's two steps 0.04 per weight
@@ -220,13 +216,11 @@ def test_the_lm_head_is_found_and_counts_as_all_others_together():
     for name in ("fold-norms", "place-layers", "insert-analog-linear"):
         gm = get_pass(name).factory(config)(gm).graph_module
     nodes = [node for node in gm.graph.nodes if node.target is ANALOG_LINEAR]
-    assert [node.meta[META_KEY].name for node in lm_heads(nodes)] == ["lm.lm_head"]
+    weights = importance({node: node.meta[META_KEY].name for node in nodes})
+    assert [node.meta[META_KEY].name for node in weights] == ["lm.lm_head"]
+    assert list(weights.values()) == [float(len(nodes) - 1)]
 
-    class Score:
-        def __init__(self, errors):
-            self.errors = errors
-
-    scores = {"head": Score({0: 1.0, 1: 0.9}), "mlp": Score({0: 1.0, 1: 0.5})}
+    scores = {"head": {0: 1.0, 1: 0.9}, "mlp": {0: 1.0, 1: 0.5}}
     per_count = {"head": 10, "mlp": 10}
     assert allocate(scores, per_count, 10) == {"head": 0, "mlp": 1}
     assert allocate(scores, per_count, 10, {"head": 14.0}) == {"head": 1, "mlp": 0}

@@ -7,6 +7,7 @@ a depthwise convolution, a residual Add, global pooling and a linear classifier.
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 import afmc.api
+from afmc.config import load_config
 from afmc.passes.onnx.place_layers import GroupedConvolutionWarning
 from afmc.targets.ort_quant import (
     CalibrationDataReader,
@@ -166,3 +168,36 @@ def test_chips_of_an_exported_cnn_run_on_the_fused_kernels(cnn, tmp_path):
     assert compiled.runtime.kernels
     compiled.runtime.kernels = False
     np.testing.assert_array_equal(compiled.chip(1).run(held_out[:BATCH]), fused_out)
+
+
+def test_onnx_split_outliers_keeps_the_fp_view_and_programs_the_dense_part(cnn, tmp_path):
+    """onnx-split-outliers on a torch.onnx export: the split file's FP view is bit for bit
+    the unsplit one, chips program only the dense part, a plain onnxruntime runs the file
+    from another folder and matches the noise-free chip."""
+    model, calib, held_out = cnn
+    outs = {}
+    for name, budget in (("split", 0.05), ("whole", 0.0)):
+        config = load_config(None, [f"outliers.budget={budget}"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            afmc.api.compile(model, "aimc", config, calibration=calib, output=tmp_path / name)
+        outs[name] = afmc.api.load(tmp_path / name)
+    split = outs["split"]
+    layers = [layer for layer in split.record["layers"] if layer.get("outlier_values")]
+    assert layers and split.record["summary"]["outliers"]["weights"] == sum(
+        layer["outlier_weights"] for layer in layers)
+    steps = {step["name"]: step for step in split.record["passes"]}
+    assert steps["onnx-split-outliers"]["modified"]
+    x = held_out[:BATCH]
+    np.testing.assert_array_equal(split.fp_view().run(x), outs["whole"].fp_view().run(x))
+    programmed = dict(split.runtime.programmed(0, split.noise))
+    for layer in layers:
+        indices = onnx.numpy_helper.to_array(split.runtime.initializers[layer["outlier_indices"]],
+                                             str(tmp_path / "split"))
+        assert np.all(np.take_along_axis(programmed[layer["onnx_weight"]], indices, 1) == 0)
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "split", moved)
+    graph = onnx.load(str(moved / "model.onnx")).graph
+    assert sum(node.op_type == "SparseOutliers" for node in graph.node) == len(layers)
+    np.testing.assert_allclose(_logits(moved / "model.onnx", x), split.chip(None).run(x),
+                               rtol=1e-4, atol=1e-4)

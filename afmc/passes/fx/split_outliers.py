@@ -10,7 +10,8 @@ is bit for bit the unsplit one (the runtime puts the values back into W). On a c
 the tile holds only W_dense, whose rows have a smaller max |w|, so its programming
 noise (which scales with the row's max |w|) and its ADC step shrink.
 
-m is chosen per layer by the chip objective (afmc.passes.chip_error): for every
+m is chosen per layer by the chip objective (afmc.passes.chip_error; the choice is
+afmc.passes.outlier_allocation's, shared with onnx-split-outliers): for every
 candidate m up to ``outliers.max_per_slice``, the layer's expected relative output
 error on a chip of ``noise.model`` (each slice at its best input range of a coarse
 search, on ``outliers.sample_rows`` uniform calibration input rows plus the extreme
@@ -30,8 +31,6 @@ stayed at 3.2x FP.
 
 from __future__ import annotations
 
-import heapq
-import re
 from collections.abc import Iterable
 
 import torch
@@ -45,55 +44,10 @@ from afmc.passes.fx.calibrate import AnalogInputInterpreter
 from afmc.passes.fx.fold_common import replace_parameter
 from afmc.passes.layer_score import LayerScore, dense_part, split_indices
 from afmc.passes.layers import META_KEY
-from afmc.passes.name_rules import LM_HEAD
+from afmc.passes.outlier_allocation import allocate, candidates, importance
 from afmc.passes.range_search import ChipNoise
 from afmc.passes.registry import register_pass
 from afmc.passes.row_sample import RowSampler, WeightedRows
-
-CANDIDATES = (0, 1, 2, 4, 8, 16)  # outlier weights per row and input slice
-
-
-def lm_heads(nodes: list[fx.Node]) -> list[fx.Node]:
-    """The analog `nodes` named as an LM head (name_rules.LM_HEAD)."""
-    return [node for node in nodes if re.search(LM_HEAD, node.meta[META_KEY].name)]
-
-
-def allocate(scores: dict[fx.Node, LayerScore], weights_per_count: dict[fx.Node, int],
-             budget: int, importance: dict[fx.Node, float] | None = None
-             ) -> dict[fx.Node, int]:
-    """Greedy: repeatedly move the layer to the candidate count whose error, times its
-    `importance` (default 1), falls most per digital weight added, while the total stays
-    within `budget` weights."""
-    importance = importance or {}
-    chosen = {node: 0 for node in scores}
-    spent = 0
-    heap: list[tuple[float, int, fx.Node, int]] = []
-    order = {node: index for index, node in enumerate(scores)}
-
-    def push(node: fx.Node) -> None:
-        errors, current = scores[node].errors, chosen[node]
-        best = None
-        for count, error in errors.items():
-            if count <= current:
-                continue
-            gain = importance.get(node, 1.0) * (errors[current] - error) / (
-                (count - current) * weights_per_count[node])
-            if gain > 0 and (best is None or gain > best[0]):
-                best = (gain, count)
-        if best is not None:
-            heapq.heappush(heap, (-best[0], order[node], node, best[1]))
-
-    for node in scores:
-        push(node)
-    while heap:
-        _, _, node, count = heapq.heappop(heap)
-        extra = (count - chosen[node]) * weights_per_count[node]
-        if spent + extra > budget:
-            continue
-        spent += extra
-        chosen[node] = count
-        push(node)
-    return chosen
 
 
 @register_pass("split-outliers", "fx", uses_calibration=True)
@@ -116,21 +70,19 @@ class SplitOutliers(PassBase):
         if self.batches is None:
             raise ValueError("split-outliers: no calibration data given")
         samples = self._samples(graph_module)
-        candidates = tuple(c for c in CANDIDATES if c <= self.outliers.max_per_slice)
-        scores, per_count = {}, {}
+        errors, per_count = {}, {}
         for node in nodes:
             if node not in samples:
                 continue
             weight = graph_module.get_parameter(node.args[1].target)
             sizes = list(node.args[3])
-            usable = tuple(c for c in candidates if c <= min(sizes))
-            scores[node] = LayerScore(samples[node], weight, sizes, tuple(node.args[4:7]),
-                                      self.noise, usable)
+            errors[node] = LayerScore(samples[node], weight, sizes, tuple(node.args[4:7]),
+                                      self.noise,
+                                      candidates(self.outliers.max_per_slice, sizes)).errors
             per_count[node] = weight.shape[0] * len(sizes)
         total = sum(graph_module.get_parameter(n.args[1].target).numel() for n in nodes)
-        heads = lm_heads(nodes)
-        importance = {node: float(max(len(nodes) - len(heads), 1)) for node in heads}
-        chosen = allocate(scores, per_count, int(self.outliers.budget * total), importance)
+        weights = importance({node: node.meta[META_KEY].name for node in nodes})
+        chosen = allocate(errors, per_count, int(self.outliers.budget * total), weights)
         modified = False
         for node, count in chosen.items():
             if count:

@@ -15,7 +15,7 @@ itself is changed only in its input_range initializers.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -60,33 +60,19 @@ class CalibrateOnnxInputRanges(ir.passes.InPlacePass):
         analog = [node for node in lowering.analog_nodes(model) if META_KEY in node.meta]
         if not analog:
             return ir.passes.PassResult(model, False)
-        observed = [lowering.source_initializer(node.inputs[0]) for node in analog]
-        graph_inputs = {value.name for value in model.graph.inputs}
         generator = torch.Generator().manual_seed(0)
         observers = [
             [SliceObserver(self.config, generator) for _ in node.meta[META_KEY].slice_sizes]
             for node in analog
         ]
-        fetch = list(dict.fromkeys(v.name for v in observed if v.name not in graph_inputs))
-        with tempfile.TemporaryDirectory(prefix="afmc-calibrate-") as tmp:
-            session = _fp_session(model, fetch, Path(tmp))
-            count = 0
-            for batch in self.batches:
-                feed = _feed(session, batch)
-                values = {
-                    **feed,
-                    **dict(zip(fetch, session.run(fetch, feed) if fetch else [], strict=True)),
-                }
-                for node, value, slots in zip(analog, observed, observers, strict=True):
-                    x = torch.from_numpy(np.require(values[value.name], requirements="W"))
-                    parts = torch.split(x, node.meta[META_KEY].slice_sizes, dim=-1)
-                    for slot, part in zip(slots, parts, strict=True):
-                        slot.update(part)
-                count += 1
-                if self.progress:
-                    self.progress(count)
-        if count == 0:
-            raise ValueError("onnx-calibrate: the calibration data holds no batch")
+        batches = analog_inputs(model, analog, self.batches, "onnx-calibrate")
+        for count, inputs in enumerate(batches, start=1):
+            for node, x, slots in zip(analog, inputs, observers, strict=True):
+                parts = torch.split(x, node.meta[META_KEY].slice_sizes, dim=-1)
+                for slot, part in zip(slots, parts, strict=True):
+                    slot.update(part)
+            if self.progress:
+                self.progress(count)
         for node, slots in zip(analog, observers, strict=True):
             value = node.inputs[2]
             if self.config.method == "search":
@@ -113,6 +99,29 @@ class CalibrateOnnxInputRanges(ir.passes.InPlacePass):
         return np.array([max(r, 1e-6) for r in choice.input_ranges], dtype=np.float32)
 
 
+def analog_inputs(model: ir.Model, analog: list[ir.Node], batches: Iterable[Batch],
+                  step: str) -> Iterator[list[torch.Tensor]]:
+    """Per calibration batch, the input of each node of `analog` (before afmc.SliceInput)
+    in the FP view; a ValueError naming `step` when there is no batch."""
+    observed = [lowering.source_initializer(node.inputs[0]) for node in analog]
+    graph_inputs = {value.name for value in model.graph.inputs}
+    fetch = list(dict.fromkeys(v.name for v in observed if v.name not in graph_inputs))
+    count = 0
+    with tempfile.TemporaryDirectory(prefix="afmc-calibrate-") as tmp:
+        session = _fp_session(model, fetch, Path(tmp))
+        for batch in batches:
+            feed = _feed(session, batch, step)
+            values = {
+                **feed,
+                **dict(zip(fetch, session.run(fetch, feed) if fetch else [], strict=True)),
+            }
+            count += 1
+            yield [torch.from_numpy(np.require(values[value.name], requirements="W"))
+                   for value in observed]
+    if count == 0:
+        raise ValueError(f"{step}: the calibration data holds no batch")
+
+
 def _fp_session(model: ir.Model, outputs: list[str], directory: Path) -> ort.InferenceSession:
     """An onnxruntime session of the FP view of `model` that also returns `outputs`."""
     path = directory / "model.onnx"
@@ -129,12 +138,12 @@ def _fp_session(model: ir.Model, outputs: list[str], directory: Path) -> ort.Inf
     return ort.InferenceSession(str(fp_path), session_options(), providers=["CPUExecutionProvider"])
 
 
-def _feed(session: ort.InferenceSession, batch: Batch) -> dict[str, np.ndarray]:
+def _feed(session: ort.InferenceSession, batch: Batch, step: str) -> dict[str, np.ndarray]:
     names = [value.name for value in session.get_inputs()]
     missing = [name for name in names if name not in batch]
     if missing:
         raise ValueError(
-            f"onnx-calibrate: a calibration batch lacks the model input(s) "
+            f"{step}: a calibration batch lacks the model input(s) "
             f"{', '.join(missing)} (it has {', '.join(sorted(batch)) or 'none'})"
         )
     return {name: np.asarray(batch[name]) for name in names}
