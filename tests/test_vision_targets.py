@@ -180,7 +180,9 @@ def test_onnx_split_outliers_keeps_the_fp_view_and_programs_the_dense_part(cnn, 
         config = load_config(None, [f"outliers.budget={budget}"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            afmc.api.compile(model, "aimc", config, calibration=calib, output=tmp_path / name)
+            # smoothing scores the split it expects, so it may choose otherwise: left out
+            afmc.api.compile(model, "aimc", config, calibration=calib, output=tmp_path / name,
+                             skip=["onnx-chip-smooth-inputs"])
         outs[name] = afmc.api.load(tmp_path / name)
     split = outs["split"]
     layers = [layer for layer in split.record["layers"] if layer.get("outlier_values")]

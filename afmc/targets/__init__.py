@@ -80,7 +80,8 @@ TARGETS: dict[str, Target] = {
         needs_calibration=True,
         runtime="analog",
         onnx_passes=("onnx-upgrade-opset", "onnx-fold-norms", "onnx-place-layers",
-                     "onnx-insert-analog-linear", "onnx-split-outliers", "onnx-calibrate"),
+                     "onnx-insert-analog-linear", "onnx-chip-smooth-inputs",
+                     "onnx-split-outliers", "onnx-calibrate"),
         # The learned ranges belong to the inputs the layers saw in training: no norm
         # folding or smoothing, which would change them.
         trained_fx_passes=("place-layers", "insert-analog-linear", "learned-ranges"),

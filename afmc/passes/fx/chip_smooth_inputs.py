@@ -24,19 +24,13 @@ from torch import fx
 from torch.fx.passes.infra.pass_base import PassResult
 
 from afmc.config import AfmcConfig
-from afmc.ops.analog_linear import slice_sizes
 from afmc.passes.fx.fold_common import record_note
-from afmc.passes.fx.smooth_inputs import (
-    SmoothInputs,
-    accelerator_groups,
-    smoothing_scale,
-    weight_matrix,
-)
+from afmc.passes.fx.smooth_inputs import SmoothInputs, accelerator_groups, weight_matrix
 from afmc.passes.fx.static_linear import find_static_linears
-from afmc.passes.layer_score import LayerScore
 from afmc.passes.range_search import ChipNoise
 from afmc.passes.registry import register_pass
 from afmc.passes.row_sample import RowSampler, WeightedRows
+from afmc.passes.smoothing_choice import choose_smoothing
 
 
 def channel_statistics(gm: fx.GraphModule, nodes: Iterable[fx.Node], batches: Iterable[tuple],
@@ -90,41 +84,15 @@ class ChipSmoothInputs(SmoothInputs):
             if x not in maxima:
                 continue
             names = ", ".join(layer.name for layer in layers)
-            weights = [weight_matrix(graph_module, layer).float() for layer in layers]
-            w_max = torch.stack([w.abs().amax(0) for w in weights]).amax(0)
-            scores = {None: self._score(samples[x], weights, None)}
-            scales = {}
-            for alpha in self.alphas:
-                scales[alpha] = smoothing_scale(maxima[x], w_max, alpha)
-                scores[alpha] = self._score(samples[x], weights, scales[alpha])
-            best = min(scores, key=lambda a: (scores[a], -1 if a is None else a))
-            listing = ", ".join(f"{'none' if a is None else f'{a:g}'}: {score:.3g}"
-                                for a, score in scores.items())
-            if best is None:
-                record_note(graph_module, names, False,
-                            f"not smoothed: the chip error is lowest without ({listing})")
+            choice = choose_smoothing(maxima[x], samples[x],
+                                      [weight_matrix(graph_module, layer) for layer in layers],
+                                      self.alphas, self.hardware, self.noise, self.budget)
+            if choice.alpha is None:
+                record_note(graph_module, names, False, choice.note())
                 continue
-            self._smooth(graph_module, x, layers, scales[best], linears,
-                         f"alpha {best:g} by chip error: {listing}")
+            self._smooth(graph_module, x, layers, choice.scale, linears, choice.note())
             modified = True
         if modified:
             graph_module.graph.lint()
             graph_module.recompile()
         return PassResult(graph_module, modified)
-
-    def _score(self, rows: WeightedRows, weights: list[torch.Tensor],
-               scale: torch.Tensor | None) -> float:
-        """Sum of the group's layers' expected relative chip errors with channel scales
-        `scale` (None: unsmoothed)."""
-        hw = self.hardware
-        if scale is not None:
-            rows = WeightedRows(rows.x / scale, rows.weights)
-        total = 0.0
-        for weight in weights:
-            sizes = slice_sizes(weight.shape[1], hw.max_in)
-            scaled = weight if scale is None else weight * scale
-            split = min(round(self.budget * min(sizes)), min(sizes))
-            score = LayerScore(rows.split(sizes), scaled, sizes,
-                               (hw.inp_res, hw.out_res, hw.out_bound), self.noise, (split,))
-            total += score.errors[split]
-        return total

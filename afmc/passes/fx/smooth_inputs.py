@@ -41,9 +41,9 @@ from afmc.passes.fx.fold_common import (
 from afmc.passes.fx.static_linear import StaticLinear, find_static_linears
 from afmc.passes.layers import META_KEY
 from afmc.passes.registry import register_pass
+from afmc.passes.smoothing_choice import smoothing_scale
 
 aten = torch.ops.aten
-_SCALE_LIMIT = 1e4
 
 
 def accelerator_groups(gm: fx.GraphModule) -> dict[fx.Node, list[StaticLinear]]:
@@ -81,20 +81,6 @@ def weight_matrix(gm: fx.GraphModule, layer: StaticLinear) -> torch.Tensor:
     """The layer's weight as [out, in]."""
     weight = attr(gm, layer.weight.target).detach()
     return weight.T if layer.transposed else weight
-
-
-def smoothing_scale(x_max: torch.Tensor, w_max: torch.Tensor, alpha: float) -> torch.Tensor:
-    """s_k = x_max_k^alpha / w_max_k^(1-alpha), geometric mean 1, 1 where undefined."""
-    valid = (x_max > 0) & (w_max > 0) & torch.isfinite(x_max)
-    scale = torch.ones_like(x_max)
-    if not valid.any():
-        return scale
-    # in float64: the scales' last bits then depend on neither the CPU's vector width
-    # nor the thread count (deterministic compiles)
-    log_s = alpha * x_max[valid].double().log() - (1 - alpha) * w_max[valid].double().log()
-    log_s = log_s - log_s.mean()
-    scale[valid] = log_s.exp().clamp(1 / _SCALE_LIMIT, _SCALE_LIMIT).to(scale.dtype)
-    return scale
 
 
 def _up_projection(gm: fx.GraphModule, x: fx.Node,
