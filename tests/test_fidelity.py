@@ -29,6 +29,7 @@ def _held_back_windows(text: str) -> np.ndarray:
     return held[0]
 
 
+@pytest.mark.slow
 def test_fidelity_matches_an_independent_evaluation(model_dirs, calibration_text, tmp_path):
     out = tmp_path / "out"
     result = afmc.api.compile(model_dirs["llama"], "aimc", load_config(None, SETTINGS),
@@ -52,6 +53,7 @@ def test_fidelity_matches_an_independent_evaluation(model_dirs, calibration_text
     assert fidelity["warning"] is None
 
 
+@pytest.mark.slow
 def test_a_far_result_warns_with_the_worst_layers(model_dirs, calibration_text):
     config = load_config(None, [*SETTINGS, "hardware.out_res=4", "hardware.out_bound=1"])
     with pytest.warns(FidelityWarning, match="worst layers by output error: lm.model.layers"):
@@ -60,6 +62,7 @@ def test_a_far_result_warns_with_the_worst_layers(model_dirs, calibration_text):
     assert "relative output error" in result.record["fidelity"]["warning"]
 
 
+@pytest.mark.slow
 def test_digital_target_is_checked_through_onnx_runtime(model_dirs, calibration_text):
     result = afmc.api.compile(model_dirs["qwen2"], "int8", load_config(None, SETTINGS),
                               calibration=calibration_text)
@@ -70,6 +73,7 @@ def test_digital_target_is_checked_through_onnx_runtime(model_dirs, calibration_
         fidelity["fp_perplexity"], rel=0.05)
 
 
+@pytest.mark.slow
 def test_cli_prints_fidelity_and_the_warning(model_dirs, calibration_text, tmp_path):
     out = tmp_path / "cli"
     args = ["compile", str(model_dirs["llama"]), "-o", str(out), "--calib",
@@ -82,6 +86,7 @@ def test_cli_prints_fidelity_and_the_warning(model_dirs, calibration_text, tmp_p
     assert "warning: the compiled model is far from FP" in outcome.output
 
 
+@pytest.mark.slow
 def test_no_check_without_data_or_when_disabled(model_dirs):
     result = afmc.api.compile(model_dirs["llama"], "int4", load_config(None, []))
     assert "fidelity" not in result.record
@@ -92,6 +97,7 @@ def test_no_check_without_data_or_when_disabled(model_dirs):
     assert "fidelity" not in result.record
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [SETTINGS, [*SETTINGS, "calibration.held_back=0"]],
                          ids=["checked", "no-check"])
 def test_the_fp_model_is_let_go_before_the_passes(model_dirs, calibration_text, monkeypatch,
@@ -134,3 +140,9 @@ def test_advice_names_only_the_levers_not_already_on():
     assert "devices_per_weight" not in text and "lm_head" not in text
     assert advice({"runtime": "stored", "config": defaults, "passes": ran}).startswith(
         "keep the worst layers digital")
+    # an ONNX compile: its passes' names, and its own names in the advice
+    onnx_ran = [{"name": f"onnx-{step['name']}", "modified": True} for step in ran]
+    assert "split-outliers" not in advice({"runtime": "analog", "config": defaults,
+                                           "passes": onnx_ran})
+    text = advice({"runtime": "analog", "config": defaults, "passes": onnx_ran[:1]})
+    assert "the onnx-chip-smooth-inputs pass" in text and "the onnx-split-outliers pass" in text

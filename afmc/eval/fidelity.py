@@ -274,15 +274,17 @@ def check_fidelity(reference: list[np.ndarray], compiled: Outputs, batches: list
 def advice(record: dict[str, Any]) -> str:
     """What to try next, naming only the levers the compile of `record` has not used."""
     config = record.get("config", {})
-    ran = {step["name"] for step in record.get("passes", []) if step.get("modified", True)}
+    passes = record.get("passes", [])
+    ran = {step["name"].removeprefix("onnx-") for step in passes if step.get("modified", True)}
+    level = "onnx-" if any(step["name"].startswith("onnx-") for step in passes) else ""
     steps = ["keep the worst layers digital (--digital REGEX)"]
     if record.get("runtime") == "analog":
         if config.get("calibration", {}).get("method") not in (None, "search"):
             steps.append("calibration.method=search")
         if not ran & {"smooth-inputs", "chip-smooth-inputs"}:
-            steps.append("the chip-smooth-inputs pass")
+            steps.append(f"the {level}chip-smooth-inputs pass")
         if "split-outliers" not in ran:
-            steps.append("the split-outliers pass (outliers.budget=0.01)")
+            steps.append(f"the {level}split-outliers pass (outliers.budget=0.01)")
         if config.get("placement", {}).get("lm_head", "digital") == "analog":
             steps.append("placement.lm_head=digital (the LM head is the most noise-sensitive "
                          "layer of an LLM: docs/real-models.md)")
