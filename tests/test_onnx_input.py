@@ -770,6 +770,7 @@ def test_calibration_from_files_and_text(tmp_path):
         load_calibration(short, fixed, config, ByteTokenizer)
 
 
+@pytest.mark.slow
 def test_onnx_chip_smoothing_chooses_as_the_torch_path_and_keeps_fp(llama, tmp_path):
     """onnx-chip-smooth-inputs on the exported Llama: the same alpha per group as the FX
     pass chip-smooth-inputs on the same data (one choice core), a Mul by 1/s before each

@@ -31,6 +31,7 @@ from afmc.targets.ort_quant import (
 )
 
 BATCH = 4
+pytestmark = pytest.mark.slow  # a torch.onnx export and compiles of a small CNN
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, groups: int = 1, act: bool = True) -> nn.Module:
