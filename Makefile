@@ -3,7 +3,7 @@ PIP ?= python -m pip
 OUT ?= out/afmc-tiny
 SEEDS ?= 5
 
-.PHONY: demo test install install-test lint bench
+.PHONY: demo test test-fast install install-test lint bench
 
 install:
 	$(PIP) install -q -e .
@@ -19,6 +19,11 @@ demo: install
 test: install-test
 	ruff check afmc tests benchmarks scripts
 	python -m pytest -q -n 2
+
+# The fast tier for every change: the tests not marked slow (no afmc-tiny compile).
+test-fast: install-test
+	ruff check afmc tests benchmarks scripts
+	python -m pytest -q -n 2 -m "not slow"
 
 bench: install-test
 	python benchmarks/sim_overhead.py

@@ -1,9 +1,20 @@
-"""Shared fixtures: tiny random Hugging Face causal LMs built in the tests (no hub)."""
+"""Shared fixtures: tiny random Hugging Face causal LMs built in the tests (no hub), and
+afmc-tiny compiled for aimc with its defaults (once per worker).
+
+Threads: under pytest-xdist (make test: -n 2) each worker takes its share of the cores
+for torch's intra-op pool (OMP_NUM_THREADS, also for the processes the tests start) and
+for ONNX Runtime's (a session's default intra_op_num_threads; a test that sets its own
+keeps it). Two workers each running on every core oversubscribe them, and the spinning
+threads then make a compile several times slower (afmc-tiny: ~70 s instead of ~20 s on
+2 cores, with another process busy). A value of OMP_NUM_THREADS set by the caller is kept.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import onnxruntime as ort
 import pytest
 import torch
 from transformers import (
@@ -16,6 +27,22 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+    _THREADS = int(os.environ["OMP_NUM_THREADS"])
+    torch.set_num_threads(_THREADS)
+
+    class _WorkerSessionOptions(ort.SessionOptions):
+        """ONNX Runtime's session options with this worker's share of the cores."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.intra_op_num_threads = _THREADS
+
+    ort.SessionOptions = _WorkerSessionOptions
 
 VOCAB = 256  # byte-level: the byte tokenizer applies, no tokenizer files needed
 
@@ -56,3 +83,15 @@ def calibration_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("calib") / "calib.txt"
     path.write_text((Path(__file__).resolve().parent / "data" / "calibration.txt").read_text())
     return path
+
+
+@pytest.fixture(scope="session")
+def compiled_tiny(tmp_path_factory: pytest.TempPathFactory):
+    """afmc-tiny compiled for aimc with its defaults, once per worker (a compile takes
+    ~20 s). Shared by every module that reads it: a test that writes into the output
+    directory (afmc eval's OUT/eval, afmc report) works on a copy."""
+    import afmc
+
+    return afmc.compile("afmc-tiny", "aimc", output=tmp_path_factory.mktemp("afmc-tiny") / "tiny")
+
+

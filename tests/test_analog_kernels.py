@@ -29,9 +29,9 @@ pytestmark = pytest.mark.skipif(not fused.enabled(), reason="no C++ compiler for
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """afmc-tiny compiled for aimc (its layers have one slice each)."""
-    return afmc.compile("afmc-tiny", "aimc", output=tmp_path_factory.mktemp("k") / "tiny").output
+def tiny(compiled_tiny) -> Path:
+    """afmc-tiny compiled for aimc (its layers have one slice each; shared, read only)."""
+    return compiled_tiny.output
 
 
 class Wide(nn.Module):
@@ -64,6 +64,7 @@ def _both(out: Path, monkeypatch: pytest.MonkeyPatch, inputs: np.ndarray, **chip
     return with_kernels, stock
 
 
+@pytest.mark.slow
 def test_afmc_tiny_chip_is_bit_identical(tiny, monkeypatch):
     ids = np.random.default_rng(0).integers(0, 256, (2, 40), dtype=np.int64)
     for seed in (None, 3):
@@ -71,6 +72,7 @@ def test_afmc_tiny_chip_is_bit_identical(tiny, monkeypatch):
         np.testing.assert_array_equal(with_kernels, stock)
 
 
+@pytest.mark.slow
 def test_smoothing_scale_moves_into_the_dac(tiny):
     runtime = load(tiny).runtime
     graph, _ = prepared_graph(runtime.graph, runtime._layers(None, runtime.noise, prepare=True),
@@ -176,6 +178,7 @@ def test_sparse_outliers_kernel_is_the_stock_body_bit_for_bit():
     np.testing.assert_array_equal(scaled, run(ops.DOMAIN))
 
 
+@pytest.mark.slow
 def test_chips_run_the_sparse_path_on_the_kernel(tiny):
     runtime = load(tiny).runtime
     graph, _ = prepared_graph(runtime.graph, runtime._layers(None, runtime.noise, prepare=True),
@@ -260,6 +263,7 @@ def test_noise_std_scales_and_adds_to_the_levels():
     assert y.var() == pytest.approx(1 + 1 / 16 / 12, rel=0.02)
 
 
+@pytest.mark.slow
 def test_fallback_without_kernels_and_stock_file(tiny, monkeypatch):
     ids = np.random.default_rng(3).integers(0, 256, (1, 16), dtype=np.int64)
     monkeypatch.setenv("AFMC_KERNELS", "0")
@@ -277,6 +281,7 @@ def test_fallback_without_kernels_and_stock_file(tiny, monkeypatch):
     assert expected.shape == plain.shape
 
 
+@pytest.mark.slow
 def test_failed_build_warns_once_and_falls_back(tiny, monkeypatch, tmp_path):
     monkeypatch.setenv("AFMC_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "false")

@@ -45,6 +45,7 @@ def _compile(method: str, calibration, **overrides):
                             skip=["chip-smooth-inputs", "split-outliers"])
 
 
+@pytest.mark.slow
 def test_methods_follow_their_definitions():
     x, extra = _data()
     batches = [(x[i:i + 16], extra[i:i + 16]) for i in range(0, 64, 16)]
@@ -60,6 +61,7 @@ def test_methods_follow_their_definitions():
     assert bool((percentile < maximum).all())
 
 
+@pytest.mark.slow
 def test_tensor_files(tmp_path):
     x, extra = _data()
     reference = _ranges(_compile("max", [(x, extra)]))
@@ -80,12 +82,14 @@ def test_tensor_files(tmp_path):
         _compile("max", tmp_path / "bad.npy")
 
 
+@pytest.mark.slow
 def test_text_calibration_uses_the_tokenizer(model_dirs, calibration_text):
     result = afmc.api.compile(str(model_dirs["llama"]), "aimc", calibration=calibration_text)
     assert result.record["calibration"] == str(calibration_text)
     assert all(layer.calibrated == "search" for layer in result.layers)
 
 
+@pytest.mark.slow
 def test_multi_input_chip(tmp_path):
     x, extra = _data(8)
     torch.manual_seed(0)

@@ -100,6 +100,7 @@ def test_causal_lm_graph_matches_hf_logits(captured_lm):
     torch.testing.assert_close(reference, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_causal_lm_lowers_to_onnx(captured_lm, tmp_path):
     _, captured = captured_lm
     path = tmp_path / "model.onnx"
@@ -224,6 +225,7 @@ def _capture_conv_mlp() -> CapturedModel:
     return capture_module(ConvMLP().eval(), (torch.randn(2, 3, 8, 8),), {"x": {0: batch}})
 
 
+@pytest.mark.slow
 def test_plain_module_through_capture_and_onnx(tmp_path):
     captured = _capture_conv_mlp()
     assert (captured.input_names, captured.output_names) == (["x"], ["output"])

@@ -31,6 +31,7 @@ def _assert_user_error(result, needle: str, out: Path) -> None:
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
 
 
+@pytest.mark.slow
 def test_compile_run_eval_round_trip(model_dirs, calibration_text, tmp_path):
     out = tmp_path / "out"
     result = _invoke("compile", model_dirs["qwen2"], "-o", out, "--calib", calibration_text,
@@ -116,6 +117,7 @@ def test_passes_and_targets_are_listed():
     assert "aimc" in _invoke("targets").stdout
 
 
+@pytest.mark.slow
 def test_report_prints_tiles_and_writes_svg(model_dirs, calibration_text, tmp_path):
     out = tmp_path / "out"
     result = _invoke("compile", model_dirs["llama"], "-o", out, "--calib", calibration_text,

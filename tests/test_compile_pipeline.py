@@ -24,6 +24,8 @@ from afmc.api import load
 from afmc.config import load_config
 from afmc.lowering import read_metadata
 
+pytestmark = pytest.mark.slow  # four tiny models compiled for aimc (module fixture)
+
 ARCHITECTURES = ["llama", "phi3", "qwen2", "gpt2"]
 
 

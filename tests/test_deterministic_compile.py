@@ -55,6 +55,7 @@ def _without_run_dependent(record: dict) -> dict:
     return record
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["aimc", "int8"])
 def test_same_input_and_options_give_the_same_files(target, tmp_path):
     first = _compile(target, tmp_path / "first", threads=1)

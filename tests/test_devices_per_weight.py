@@ -170,6 +170,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     return outputs
 
 
+@pytest.mark.slow
 def test_compiled_tiles_are_counted_per_device(tiny):
     one, four = (json.loads((tiny[d] / "afmc.json").read_text()) for d in (1, 4))
     assert four["summary"]["tiles"] == 4 * one["summary"]["tiles"]
@@ -180,6 +181,7 @@ def test_compiled_tiles_are_counted_per_device(tiny):
     assert four["tile_map"]["devices"] == 4
 
 
+@pytest.mark.slow
 def test_one_device_chip_is_the_chip_before(tiny):
     """d = 1: the chip's programmed weights are program_weights' without the option,
     and an output recorded before the option (no devices_per_weight key) gives the
@@ -200,6 +202,7 @@ def test_one_device_chip_is_the_chip_before(tiny):
     np.testing.assert_array_equal(old.chip(5).run(ids), before)
 
 
+@pytest.mark.slow
 def test_more_devices_bring_chips_closer_to_noise_free(tiny):
     text = ("def averaged(values):\n    return sum(values) / len(values)\n" * 8).encode()
     ids = np.frombuffer(text[:256], dtype=np.uint8).astype(np.int64).reshape(2, 128)

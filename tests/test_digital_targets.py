@@ -101,6 +101,7 @@ def _attributes(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["int8", "int4"])
 def test_files_pass_the_checker(tiny, llama, target):
     for out in (tiny[target], llama[target]):
@@ -109,6 +110,7 @@ def test_files_pass_the_checker(tiny, llama, target):
         assert _record(out)["digital"]["reference"] == "reference.onnx"
 
 
+@pytest.mark.slow
 def test_int8_layers_run_integer_kernels(tiny):
     out = tiny["int8"]
     record = _record(out)
@@ -129,6 +131,7 @@ def test_int8_layers_run_integer_kernels(tiny):
     assert executed["MatMul"] == executed_ops(out / "reference.onnx")["MatMul"] - len(layers)
 
 
+@pytest.mark.slow
 def test_int4_layers_run_matmulnbits(tiny):
     out = tiny["int4"]
     record = _record(out)
@@ -152,6 +155,7 @@ def test_int4_layers_run_matmulnbits(tiny):
     assert executed["MatMul"] == executed_ops(out / "reference.onnx")["MatMul"] - 29
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["int8", "int4"])
 def test_layers_kept_digital_stay_float(llama, target):
     out = llama[target]
@@ -168,6 +172,7 @@ def test_layers_kept_digital_stay_float(llama, target):
     assert executed["MatMul"] == executed_ops(out / "reference.onnx")["MatMul"] - quantized
 
 
+@pytest.mark.slow
 def test_int4_keeps_lm_head_and_embeddings_at_8bit(llama):
     out = llama["int4"]
     record = _record(out)
@@ -189,6 +194,7 @@ def _relative_rms(logits: np.ndarray, reference: np.ndarray) -> float:
     return float(np.sqrt(np.mean((logits - reference) ** 2)) / np.std(reference))
 
 
+@pytest.mark.slow
 def test_afmc_tiny_logits_and_perplexity_within_bounds(tiny):
     windows = token_windows(ByteTokenizer().encode(stdlib_text("heldout")), 128, 2048)
     for target, bound in LOGITS_BOUND.items():
@@ -199,6 +205,7 @@ def test_afmc_tiny_logits_and_perplexity_within_bounds(tiny):
     assert ratio - 1 <= INT8_PERPLEXITY_BOUND
 
 
+@pytest.mark.slow
 def test_eval_and_run_on_the_cli(tiny):
     for target, out in tiny.items():
         text = _cli(
@@ -209,6 +216,7 @@ def test_eval_and_run_on_the_cli(tiny):
         assert "next-token accuracy" in _cli("run", str(out), "--text", "stdlib:heldout")
 
 
+@pytest.mark.slow
 def test_digital_chip_is_noiseless(tiny):
     ids = np.random.default_rng(0).integers(0, 256, (2, 9), dtype=np.int64)
     out = tiny["int8"]
@@ -304,6 +312,7 @@ def test_int4_gptq_on_a_hand_built_layer(tmp_path):
     onnx.checker.check_model(model, full_check=True)
 
 
+@pytest.mark.slow
 def test_int4_asymmetric_blocks_fit_skewed_weights():
     """Weights on a GGUF Q4_1-like grid (w = d q + m per block of 32, q in 0..15, m > 0):
     a zero point per block fits them better than a grid symmetric around zero."""

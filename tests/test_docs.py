@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,6 +34,7 @@ ENTRY_MODULES = ["afmc.api", "afmc.cli", "afmc.runtime.chip", "afmc.record", "af
                  "afmc.eval.test_time_compute"]
 
 
+@pytest.mark.slow
 def test_entry_modules_import_first():
     """No import cycle: each module a user may import first imports in a fresh interpreter
     (the interpreters run side by side)."""
@@ -46,6 +49,7 @@ def test_entry_modules_import_first():
     assert not failed, failed
 
 
+@pytest.mark.slow
 def test_quickstart_python_snippet_runs(tmp_path):
     """The Python block of docs/quickstart.md runs as it is, in a fresh interpreter."""
     text = (ROOT / "docs/quickstart.md").read_text()

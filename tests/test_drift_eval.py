@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +37,10 @@ DRIFT = NoiseConfig(model="pcm-drift")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return afmc.compile("afmc-tiny", "aimc",
-                        output=tmp_path_factory.mktemp("drift") / "tiny").output
+def tiny(compiled_tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """afmc-tiny compiled for aimc with its defaults: this module's copy (afmc eval
+    --drift writes OUT/eval/drift.json into it)."""
+    return Path(shutil.copytree(compiled_tiny.output, tmp_path_factory.mktemp("drift") / "tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,7 @@ def test_parse_times_units_order_and_errors():
             parse_times(bad)
 
 
+@pytest.mark.slow
 def test_eval_noise_chooses_the_model_at_evaluation(tiny):
     model = load(tiny)
     assert model.noise.model == "pcm"
@@ -74,6 +77,7 @@ def test_eval_noise_chooses_the_model_at_evaluation(tiny):
         eval_noise(model, "pcm", True, drifting=False)
 
 
+@pytest.mark.slow
 def test_sweep_values_equal_chips_opened_directly_and_processes_agree(tiny, windows):
     model = load(tiny)
     points = [(0, 0.0), (0, 31536000.0), (1, 31536000.0)]
@@ -88,6 +92,7 @@ def test_sweep_values_equal_chips_opened_directly_and_processes_agree(tiny, wind
     assert _direct(tiny, windows, 0, 31536000.0, drift_compensation=False) > one[(0, 31536000.0)]
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_resumes_from_its_log(tiny, windows, tmp_path):
     model = load(tiny)
     log = tmp_path / "drift.jsonl"
@@ -112,6 +117,7 @@ def test_an_interrupted_sweep_resumes_from_its_log(tiny, windows, tmp_path):
     assert reran == [False]
 
 
+@pytest.mark.slow
 def test_cli_drift_writes_the_report_with_mean_and_std_over_chips(tiny, tmp_path):
     text = tmp_path / "t.txt"
     text.write_bytes(TEXT)
@@ -167,6 +173,7 @@ def test_drift_of_a_model_that_is_not_a_language_model(tmp_path):
     assert [c["value"] for c in report["chips"]] == pytest.approx(list(values.values()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--drift", "1y", "--noise", "pcm"], "the pcm noise model does not drift"),
     (["--drift", "soon"], "--drift 'soon'"),

@@ -124,6 +124,7 @@ def _row(stdout: str, label: str) -> list[str]:
     raise AssertionError(f"no row {label!r} in:\n{stdout}")
 
 
+@pytest.mark.slow
 def test_eval_cnn_per_chip_errors_and_accuracy(cnn, tmp_path):
     result = _cli("eval", cnn["aimc"], "--inputs", cnn["x"], "--labels", cnn["y"],
                   "--seeds", 2, "--json", tmp_path / "r.json")
@@ -159,6 +160,7 @@ def test_eval_cnn_per_chip_errors_and_accuracy(cnn, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name != "r.json"], "no temporary file left"
 
 
+@pytest.mark.slow
 def test_run_cnn_prints_outputs_error_and_top1(cnn):
     result = _cli("run", cnn["aimc"], "--inputs", cnn["x"], "--seed", 1)
     assert result.returncode == 0, result.stderr
@@ -174,6 +176,7 @@ def test_run_cnn_prints_outputs_error_and_top1(cnn):
     assert result.stdout.startswith("chip seed 1: 8 samples")
 
 
+@pytest.mark.slow
 def test_eval_fp_target_is_exact_and_accuracy_matches_numpy(mlp, tmp_path):
     result = _cli("eval", mlp["fp"], "--inputs", mlp["x"], "--labels", mlp["y"],
                   "--seeds", 2, "--json", tmp_path / "r.json")
@@ -192,6 +195,7 @@ def test_eval_fp_target_is_exact_and_accuracy_matches_numpy(mlp, tmp_path):
     assert 0 <= expected <= 1
 
 
+@pytest.mark.slow
 def test_eval_onnx_mlp_two_inputs_from_pt_with_casts_and_read_noise(mlp, tmp_path):
     with np.load(mlp["x"]) as archive:
         inputs = dict(archive)
@@ -207,6 +211,7 @@ def test_eval_onnx_mlp_two_inputs_from_pt_with_casts_and_read_noise(mlp, tmp_pat
     assert report["fp_accuracy"] is None and "accuracy" not in result.stdout
 
 
+@pytest.mark.slow
 def test_digital_target_runs_once(cnn, tmp_path):
     result = _cli("eval", cnn["int8"], "--inputs", cnn["x"], "--labels", cnn["y"],
                   "--seeds", 3, "--json", tmp_path / "r.json")
@@ -300,6 +305,7 @@ def test_bad_input_is_one_error_line(template, needle, bad_files):
     _assert_one_error(result.exit_code, result.stderr, result.output, needle)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [1, 8])
 def test_bad_input_in_a_real_process(case, bad_files):
     template, needle = BAD[case]

@@ -27,6 +27,8 @@ from afmc.cli import app
 from afmc.config import load_config
 from afmc.eval.evaluate import evaluate
 
+pytestmark = pytest.mark.slow  # one compile per family and target
+
 VOCAB = 256
 TOKENS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
 SIZES = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -242,6 +242,7 @@ def test_batchnorm_folds_into_conv_and_linear() -> None:
     _check_outputs(program, module, inputs)
 
 
+@pytest.mark.slow
 def test_batchnorm_after_decompositions() -> None:
     torch.manual_seed(0)
     module, inputs = _ConvBN().eval(), _bn_inputs()
@@ -280,6 +281,7 @@ def test_batchnorm_refusals(train: bool) -> None:
     assert not note["folded"] and expected in note["reason"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])
 def test_analog_layers_hold_the_folded_weights(architecture: str) -> None:
     captured = capture_causal_lm(_randomise_norms(tiny_model(architecture)))

@@ -32,9 +32,9 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory: pytest.TempPathFactory) -> afmc.api.CompileResult:
-    """afmc-tiny compiled for aimc with its defaults."""
-    return afmc.compile("afmc-tiny", "aimc", output=tmp_path_factory.mktemp("gen") / "tiny")
+def compiled(compiled_tiny) -> afmc.api.CompileResult:
+    """afmc-tiny compiled for aimc with its defaults (shared, read only)."""
+    return compiled_tiny
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,7 @@ def tiny(compiled: afmc.api.CompileResult) -> Path:
     return compiled.output
 
 
+@pytest.mark.slow
 def test_program_runs_on_input_ids_alone(compiled: afmc.api.CompileResult):
     ids = torch.randint(256, (2, 12), generator=torch.Generator().manual_seed(0))
     spec = KVCacheSpec.from_json(compiled.record["kv_cache"])
@@ -51,6 +52,7 @@ def test_program_runs_on_input_ids_alone(compiled: afmc.api.CompileResult):
     assert alone[0].shape == (2, 12, 256) and torch.equal(alone[0], given[0])
 
 
+@pytest.mark.slow
 def test_record_and_file_declare_the_cache(tiny: Path):
     record = load_record(tiny)
     cache = record["kv_cache"]
@@ -63,6 +65,7 @@ def test_record_and_file_declare_the_cache(tiny: Path):
     assert dims == ["batch", 4, "past", 64]
 
 
+@pytest.mark.slow
 def test_fp_view_greedy_equals_transformers(tiny: Path):
     lm = load_causal_lm(BUILTIN_MODELS["afmc-tiny"])
     fp = load(tiny).fp_view()
@@ -72,6 +75,7 @@ def test_fp_view_greedy_equals_transformers(tiny: Path):
         assert got.tokens == expected[0, len(prompt):].tolist()
 
 
+@pytest.mark.slow
 def test_chip_decode_equals_its_full_forward(tiny: Path):
     record = load_record(tiny)
     chip = load(tiny).chip(0)
@@ -86,6 +90,7 @@ def test_chip_decode_equals_its_full_forward(tiny: Path):
         == got.tokens
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded(tiny: Path):
     chip, record = load(tiny).chip(0), load_record(tiny)
 
@@ -98,6 +103,7 @@ def test_sampling_is_seeded(tiny: Path):
     assert sample(1) != sample(2)
 
 
+@pytest.mark.slow
 def test_eos_stops_and_is_kept(tiny: Path):
     chip, record = load(tiny).chip(0), load_record(tiny)
     first = generate(chip, record, PROMPT, GenerationOptions(max_new_tokens=8)).tokens
@@ -125,6 +131,7 @@ def _error_line(*args: object) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_cli_generates_the_greedy_text(tiny: Path):
     result = runner.invoke(app, ["generate", str(tiny), "--prompt", bytes(PROMPT).decode(),
                                  "--seed", "0", "--max-new-tokens", "12"])
@@ -135,6 +142,7 @@ def test_cli_generates_the_greedy_text(tiny: Path):
     assert "12 new tokens" in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_errors(tiny: Path, tmp_path: Path):
     assert "not a compiled afmc model" in _error_line(tmp_path / "nope", "--prompt", "x")
     assert "--max-new-tokens must be at least 1" in _error_line(

@@ -86,6 +86,7 @@ def _ids() -> np.ndarray:
     return np.random.default_rng(1).integers(0, 262, (2, 13), dtype=np.int64)
 
 
+@pytest.mark.slow
 def test_cli_compiles_a_gguf_file_with_its_tokenizer(tiny_gguf, calibration_text, tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(app, ["compile", str(tiny_gguf), "-o", str(out), "--calib",
@@ -102,6 +103,7 @@ def test_cli_compiles_a_gguf_file_with_its_tokenizer(tiny_gguf, calibration_text
     assert "perplexity" in run.stdout
 
 
+@pytest.mark.slow
 def test_directory_with_one_f16_gguf(calibration_text, tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()

@@ -363,6 +363,9 @@ ROWS: list[tuple[str, Callable[[Path, Assets], Expect]]] = [
 FRESH = {"config-not-utf8", "train-steps-zero", "synth-temperature-nan", "hf-missing-lm-head",
          "onnx-custom-domain-without-function", "record-is-a-list", "report-unknown-strategy",
          "text-random-bytes", "paths-with-spaces-and-unicode-work"}
+# Rows that take seconds (a compile, or a fresh interpreter importing torch): make test only.
+SLOW = {"hf-missing-lm-head", "onnx-custom-domain-without-function", "record-is-a-list",
+        "report-unknown-strategy", "paths-with-spaces-and-unicode-work"}
 
 
 def _invoke(args: list[str], cwd: Path, fresh: bool) -> tuple[int, str, str]:
@@ -384,7 +387,9 @@ def _invoke(args: list[str], cwd: Path, fresh: bool) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, stderr
 
 
-@pytest.mark.parametrize("build", [pytest.param(build, id=name) for name, build in ROWS])
+@pytest.mark.parametrize("build", [
+    pytest.param(build, id=name, marks=[pytest.mark.slow] if name in SLOW else [])
+    for name, build in ROWS])
 def test_hostile_input(build, assets, tmp_path, monkeypatch, request):
     expect = build(tmp_path, assets)
     monkeypatch.chdir(tmp_path)

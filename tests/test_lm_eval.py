@@ -30,6 +30,8 @@ from afmc.eval.evaluate import evaluate
 from afmc.eval.lm_eval_model import AfmcLM
 from afmc.runtime.generation import GenerationOptions
 
+pytestmark = pytest.mark.slow  # afmc-tiny compiled (compiled_tiny) and lm-eval tasks
+
 TEXT = ("Analog in-memory computing stores the weights of a neural network as "
         "conductances in crossbar arrays and computes matrix-vector products where the "
         "weights lie. Programming noise makes every chip a little different, so a model "
@@ -59,9 +61,9 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """afmc-tiny compiled for aimc with its defaults."""
-    return afmc.compile("afmc-tiny", "aimc", output=tmp_path_factory.mktemp("lm") / "tiny").output
+def tiny(compiled_tiny) -> Path:
+    """afmc-tiny compiled for aimc with its defaults (shared, read only)."""
+    return compiled_tiny.output
 
 
 @pytest.fixture(scope="module")

@@ -117,6 +117,7 @@ def exports(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", ["mlp", "cnn", "llama", "bert"])
 def test_onnx_export_compiles_for_every_target_into_a_self_contained_output(
@@ -147,6 +148,7 @@ def test_onnx_export_compiles_for_every_target_into_a_self_contained_output(
     assert chip.shape == expected.shape
 
 
+@pytest.mark.slow
 def test_text_calibration_feeds_every_text_input_of_an_encoder(exports, tmp_path):
     text = tmp_path / "calib.txt"
     text.write_text((ROOT / "afmc" / "api.py").read_text()[:3000])
@@ -159,6 +161,7 @@ def test_text_calibration_feeds_every_text_input_of_an_encoder(exports, tmp_path
     assert result.record["fidelity"]["data"] == "1 held-back calibration batch(es)"
 
 
+@pytest.mark.slow
 def test_onnx_without_calibration_uses_synthetic_inputs_and_says_so(exports, tmp_path):
     with pytest.warns(SyntheticCalibrationWarning, match="model.onnx: no calibration data"):
         synthetic = afmc.compile(exports["mlp"], "aimc", output=tmp_path / "synthetic")
@@ -176,6 +179,7 @@ def test_onnx_without_calibration_uses_synthetic_inputs_and_says_so(exports, tmp
                initial_ranges(synthetic.model).items()), "real data gives other ranges"
 
 
+@pytest.mark.slow
 def test_token_ids_calibrate_a_model_directory_without_tokenizer_files(tmp_path):
     model_dir = tmp_path / "llama"
     hf.LlamaForCausalLM(hf.LlamaConfig(
@@ -198,6 +202,7 @@ def test_token_ids_calibrate_a_model_directory_without_tokenizer_files(tmp_path)
         afmc.compile(model_dir, "aimc", calibration=tmp_path / "big.npz")
 
 
+@pytest.mark.slow
 def test_a_module_compiles_with_a_dynamic_batch_axis(tmp_path):
     torch.manual_seed(0)
     module = TwoInputMLP().eval()
@@ -248,6 +253,7 @@ BAD_CALIBRATION = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("feeds", "message"), BAD_CALIBRATION)
 def test_bad_calibration_tensors_are_one_line_errors_naming_the_input(exports, tmp_path, feeds,
                                                                         message):
@@ -315,6 +321,7 @@ COMPILE_OPTION_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("options", "message"), COMPILE_OPTION_CASES,
                          ids=[" ".join(case[0]) for case in COMPILE_OPTION_CASES])
 def test_every_compile_option_refuses_bad_values_in_one_line(exports, tmp_path, options,
@@ -336,6 +343,7 @@ def test_every_compile_option_refuses_bad_values_in_one_line(exports, tmp_path, 
     assert not out.exists() and not list(tmp_path.glob(".out*")), "nothing left behind"
 
 
+@pytest.mark.slow
 def test_recalibrate_without_learned_ranges_is_a_named_warning(exports, tmp_path):
     from typer.testing import CliRunner
 
@@ -350,6 +358,7 @@ def test_recalibrate_without_learned_ranges_is_a_named_warning(exports, tmp_path
         "holds no learned input ranges of afmc train); it is calibrated as usual"]
 
 
+@pytest.mark.slow
 def test_token_id_calibration_needs_no_tokenizer(tmp_path):
     """A Hugging Face directory without tokenizer files (vocabulary 1000, so no byte
     fallback) compiles from token ids, and its output runs from token-id inputs."""

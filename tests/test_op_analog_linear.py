@@ -558,6 +558,7 @@ def test_torch_export_uses_fake_impl():
         torch.testing.assert_close(exported.module()(inputs), model(inputs), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_torch_onnx_export_one_afmc_node_per_layer():
     """torch.onnx.export(dynamo=True, custom_translation_table=afmc.ops.TRANSLATIONS) emits one
     afmc.AnalogLinear per layer (plus SliceInput on X and W of the unequal-slice layer), with

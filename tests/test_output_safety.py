@@ -116,6 +116,7 @@ def _invoke(*args: object):
 # ------------------------------------------------------------------ OUT vs the input
 
 
+@pytest.mark.slow
 def test_compile_onto_the_input_directory_with_force_is_refused(model, tmp_path):
     before, listing = _snapshot(model), _listing(tmp_path)
     result = _run_cli("compile", "model", "--target", "fp", "-o", "model", "--force",
@@ -242,6 +243,7 @@ def _compile_while_intruding(out: Path, kind: str, renameat2: bool, monkeypatch,
                         progress=progress)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "fallback"])
 @pytest.mark.parametrize("kind", ["directory", "empty directory", "file"])
 def test_output_that_appears_while_compiling_is_not_overwritten(tmp_path, monkeypatch,
@@ -269,6 +271,7 @@ def test_force_replaces_an_output_that_appeared_while_compiling(tmp_path, monkey
     assert _listing(tmp_path) == ["out"]
 
 
+@pytest.mark.slow
 def test_second_of_two_compiles_to_one_output_is_refused(tmp_path):
     """A compile that finishes while another one to the same OUT runs wins; the other fails."""
     module, example = _mlp()
@@ -313,6 +316,7 @@ def test_a_signal_while_publishing_waits_until_the_output_is_complete(tmp_path, 
 # ------------------------------------------------------------------ signals
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code", "message"), [
     (signal.SIGTERM, 143, "error: terminated"),
     (signal.SIGINT, 130, "error: interrupted"),

@@ -31,6 +31,7 @@ def _ranges(program) -> list[torch.Tensor]:
             if n.target is ANALOG_LINEAR]
 
 
+@pytest.mark.slow
 def test_guide_example_runs_and_caps_ranges(model_dirs, calibration_text):
     example = _doc_example()
     result = example["compile_with_capped_ranges"](str(model_dirs["llama"]), calibration_text, 0.5)
@@ -71,12 +72,14 @@ def test_verify_names_a_pass_that_changes_the_output(model_dirs, calibration_tex
                          passes=[_PerturbWeights(), *AIMC])
 
 
+@pytest.mark.slow
 def test_graph_check_names_a_pass_that_breaks_a_record(model_dirs, calibration_text):
     with pytest.raises(VerificationError, match="after pass _CorruptRecord"):
         afmc.api.compile(str(model_dirs["llama"]), "aimc", calibration=calibration_text,
                          passes=[*AIMC, _CorruptRecord()])
 
 
+@pytest.mark.slow
 def test_verify_records_drift_per_pass(model_dirs, calibration_text, tmp_path):
     result = afmc.api.compile(str(model_dirs["llama"]), "aimc", calibration=calibration_text,
                               verify=True, save_intermediate=True, output=tmp_path / "out")
@@ -106,6 +109,7 @@ def test_pass_selection():
     assert all(info.summary for info in PASSES.values())
 
 
+@pytest.mark.slow
 def test_top_level_compile_and_load(model_dirs, calibration_text, tmp_path):
     import afmc
 

@@ -134,6 +134,7 @@ def test_svg_of_an_empty_map_is_well_formed(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_report_on_a_compiled_model(model_dirs, calibration_text, tmp_path):
     out = tmp_path / "gpt2"
     compiled = afmc_compile(

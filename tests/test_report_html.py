@@ -22,11 +22,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import afmc
 from afmc.cli import app
-from afmc.config import AfmcConfig
 from afmc.eval.json_out import write_json
 from afmc.layout import EVAL_DIR, RECORD_FILE
+
+pytestmark = pytest.mark.slow  # afmc-tiny compiled (compiled_tiny)
 
 runner = CliRunner()
 HOSTILE = "lm.model.layers.1.mlp.<script>alert('x')</script>"
@@ -36,14 +36,10 @@ SECTION_IDS = ("config", "placement", "drift", "sensitivity", "test-time-compute
 
 
 @pytest.fixture(scope="module")
-def record_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """afmc.json of afmc-tiny compiled for aimc (a cheaper calibration: the page reads only
-    the record)."""
-    config = AfmcConfig()
-    config = config.model_copy(update={"calibration": config.calibration.model_copy(
-        update={"method": "kappa-std", "max_tokens": 1024, "held_back": 0})})
-    out = tmp_path_factory.mktemp("tiny") / "tiny"
-    return afmc.compile("afmc-tiny", "aimc", config, output=out).output / RECORD_FILE
+def record_file(compiled_tiny) -> Path:
+    """afmc.json of afmc-tiny compiled for aimc with its defaults (shared, read only: the
+    page reads only the record, copied by `out`)."""
+    return compiled_tiny.output / RECORD_FILE
 
 
 @pytest.fixture

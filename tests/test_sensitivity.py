@@ -78,6 +78,7 @@ def analog_names(out: Path) -> list[str]:
     return [layer["name"] for layer in load(out).record["layers"] if layer.get("onnx_weight")]
 
 
+@pytest.mark.slow
 def test_no_layer_analog_is_the_fp_view_and_all_of_them_the_chip(small, windows):
     model = load(small)
     ids = windows[:2]
@@ -87,6 +88,7 @@ def test_no_layer_analog_is_the_fp_view_and_all_of_them_the_chip(small, windows)
     assert np.array_equal(model.chip(0, analog_layers=None).run(ids), full)
 
 
+@pytest.mark.slow
 def test_one_layer_chip_is_the_fp_view_but_that_layer(small, windows):
     """Only the LM head analog: the FP view up to its input, then afmc::analog_linear."""
     model = load(small)
@@ -133,6 +135,7 @@ def test_one_layer_chip_is_the_fp_view_but_that_layer(small, windows):
     assert np.abs(got - fp_logits).max() > 1e-3 * scale  # the layer is analog
 
 
+@pytest.mark.slow
 def test_only_the_kept_layers_are_programmed(small, monkeypatch):
     programmed = []
 
@@ -155,6 +158,7 @@ def test_only_the_kept_layers_are_programmed(small, monkeypatch):
         for layer in load(small).record["layers"] if layer["name"] in kept)
 
 
+@pytest.mark.slow
 def test_report_equals_chips_opened_directly(small, windows, cli_report):
     report, model = cli_report["report"], load(small)
     names = analog_names(small)
@@ -183,6 +187,7 @@ def test_report_equals_chips_opened_directly(small, windows, cli_report):
     assert cumulative[1]["value"] == pytest.approx(perplexity(second.run, windows), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_budget_keeps_the_tail_of_the_ranking_digital(cli_report):
     report = cli_report["report"]
     values = [point["value"] for point in report["cumulative"]]
@@ -223,6 +228,7 @@ def test_parse_budget():
             sens.parse_budget(bad)
 
 
+@pytest.mark.slow
 def test_keep_digital_file_round_trips_through_compile(small, tmp_path):
     model = load(small)
     names = analog_names(small)
@@ -249,6 +255,7 @@ def _stored_output(small: Path, tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_other_runtimes_refuse_a_subset_of_analog_layers(small, tmp_path):
     with pytest.raises(ValueError, match="analog_layers applies to analog targets"):
         load(_stored_output(small, tmp_path)).chip(0, analog_layers=set())
@@ -256,6 +263,7 @@ def test_other_runtimes_refuse_a_subset_of_analog_layers(small, tmp_path):
         load(small).chip(0, analog_layers={"nope"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--sensitivity", "--budget", "-1"], "--budget '-1'"),
     (["--sensitivity", "--budget", "x%"], "--budget 'x%'"),
@@ -275,6 +283,7 @@ def test_bad_sensitivity_options_are_one_line_errors(small, args, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
 
 
+@pytest.mark.slow
 def test_sensitivity_of_a_stored_output_is_a_one_line_error(small, tmp_path):
     result = runner.invoke(app, ["eval", str(_stored_output(small, tmp_path)), "--text",
                                  "stdlib:heldout", "--sensitivity"])

@@ -3,6 +3,7 @@ a tied weight copied; and it helps int8 on a model with an outlier channel."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import tiny_model
 
@@ -113,6 +114,7 @@ def test_tied_weight_gets_its_own_scaled_copy():
         torch.testing.assert_close(gm(ids), captured.fp_module(ids), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_smoothing_lowers_the_int8_error_of_an_outlier_channel():
     import afmc.api
 

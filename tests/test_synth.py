@@ -88,6 +88,7 @@ def test_same_seed_same_data_other_seed_differs(reference, tmp_path):
     assert other.shape == (4, 32) and not np.array_equal(other, load_token_sequences(reference))
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_bytes(tmp_path):
     options = ["--tokens", 8 * 48, "--seq-len", 48, "--shard-sequences", 1, "--batch-size", 1,
                "--seed", 7]

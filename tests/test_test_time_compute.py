@@ -90,6 +90,7 @@ def task(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_sweep_is_reproducible(adder: Path, task: Path):
     model = afmc.load(adder)
     runs = [sweep_task(model, task, samples=4, seeds=[0, 1], temperature=1.0)
@@ -102,6 +103,7 @@ def test_sweep_is_reproducible(adder: Path, task: Path):
     assert all(len(c["accuracy"]) == 3 for c in result["curves"])
 
 
+@pytest.mark.slow
 def test_fp_greedy_equals_transformers(adder: Path, task: Path):
     problems = [json.loads(line) for line in task.read_text().splitlines()]
     lm = LlamaForCausalLM.from_pretrained(BUILTIN_MODELS["afmc-adder"], dtype=torch.float32)
@@ -121,6 +123,7 @@ def test_fp_greedy_equals_transformers(adder: Path, task: Path):
     assert answers == [[answer] for answer in expected]
 
 
+@pytest.mark.slow
 def test_cli_writes_the_result(adder: Path, task: Path):
     result = runner.invoke(app, ["eval", str(adder), "--task", str(task), "--samples", "2",
                                  "--seeds", "1", "--vote", "majority", "--temperature", "0.7"])
@@ -132,6 +135,7 @@ def test_cli_writes_the_result(adder: Path, task: Path):
     assert "n=2" in result.stdout and "chip 0" in result.stdout
 
 
+@pytest.mark.slow
 def test_cli_bad_task_is_one_line(adder: Path, tmp_path: Path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "1+1=", "answer": "2"}\nnot json\n')

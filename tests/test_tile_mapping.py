@@ -267,6 +267,7 @@ def compiled_llama(model_dirs, calibration_text, tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_dependency_edges_of_a_compiled_llama(compiled_llama):
     edges = analog_dependencies(compiled_llama.program)
     assert len(edges) == len(set(edges))
@@ -284,6 +285,7 @@ def test_dependency_edges_of_a_compiled_llama(compiled_llama):
     assert held == {layer["name"] for layer in layers}
 
 
+@pytest.mark.slow
 def test_one_per_tile_matches_the_record_tile_counts(compiled_llama):
     layers = compiled_llama.record["layers"]
     maps = map_all_strategies(layers, 64, 64)

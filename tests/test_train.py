@@ -82,6 +82,7 @@ def _train_args(out: Path, *extra: str) -> list[str]:
             *[f"--set=training.{k}={v}" for k, v in sets.items()], *extra]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path: Path):
     """A run killed with SIGKILL after a checkpoint, then --resume'd, ends with the same
     weights, input ranges and losses as an uninterrupted run with the same seed."""
@@ -146,6 +147,7 @@ def trained_smoothed(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_smoothing_and_search_start_where_compile_would(trained_smoothed: Path):
     """Scales are stored beside the ranges (not 1); the ranges were searched, so no data
     initialisation ran (a kappa-std range of afmc-tiny's inputs is several times larger)."""
@@ -159,6 +161,7 @@ def test_smoothing_and_search_start_where_compile_would(trained_smoothed: Path):
     assert record["config"]["training"]["range_init"] == "search"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fixture", ["trained", "trained_smoothed"])
 def test_trained_model_compiles_with_its_learned_ranges(fixture: str, request):
     """afmc compile CKPT: the learned ranges (and input scales), no calibration, and the
@@ -190,12 +193,14 @@ def test_trained_model_compiles_with_its_learned_ranges(fixture: str, request):
     assert "calibrate" in [step["name"] for step in recalibrated.record["passes"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["int8", "int4"])
 def test_trained_model_compiles_for_digital_targets(trained: Path, target: str):
     result = compile_model(trained, target, calibration="stdlib:calibration")
     assert result.record["target"] == target
 
 
+@pytest.mark.slow
 def test_compile_refuses_ranges_for_another_slicing(trained: Path):
     config = config_from_dict({"hardware": {"max_in": 64, "tile_rows": 64}})
     with pytest.raises(ValueError, match="learned ranges but .* input slices"):

@@ -33,6 +33,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # torchrun processes (module fixture)
+
 # Run by each process of torchrun: record_runs of this file.
 DRIVER = """
 import importlib.util
