@@ -90,7 +90,7 @@ def test_smoothing_scale_moves_into_the_dac(tiny):
     assert all("smooth_scale" in node.input[1] for node in pre_scaled)
     # a split layer's SparseOutliers kernel takes the same scale as its fourth input
     sparse_scaled = [node for node in graph.graph.node if node.op_type == "SparseOutliers"
-                     and len(node.input) == 4]
+                     and len(node.input) >= 4 and node.input[3]]
     assert sparse_scaled and all("smooth_scale" in node.input[3] for node in sparse_scaled)
     assert stock_muls - muls == len(smoothed)  # every smoothing Mul is gone
 
@@ -178,6 +178,40 @@ def test_sparse_outliers_kernel_is_the_stock_body_bit_for_bit():
     np.testing.assert_array_equal(scaled, run(ops.DOMAIN))
 
 
+def test_sparse_outliers_kernel_adds_its_addend_as_the_add_it_replaces():
+    """With an addend (the analog output it joins), the kernel writes Add(addend, sparse)
+    bit for bit, whether onnxruntime lets it write over the addend (an intermediate read
+    by it alone) or not (a graph input), with and without a pre_scale."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 37, 50)).astype(np.float32)
+    base = rng.standard_normal((3, 37, 19)).astype(np.float32)
+    indices = rng.integers(0, 50, (19, 5)).astype(np.int64)
+    values = rng.standard_normal((19, 5)).astype(np.float32)
+    pre = rng.uniform(0.5, 2.0, 50).astype(np.float32)
+    scaled = x * pre
+    stock = np.zeros(base.shape, np.float32)
+    for slot in range(5):  # the stock body's order: slot by slot from 0
+        stock = stock + scaled[..., indices[:, slot]] * values[:, slot]
+    for intermediate in (False, True):
+        addend = "A2" if intermediate else "A"
+        nodes = [helper.make_node("Neg", ["A"], ["A1"]), helper.make_node("Neg", ["A1"], ["A2"])]
+        node = helper.make_node("SparseOutliers", ["X", "I", "V", "P", addend], ["Y"],
+                                domain=KERNEL_DOMAIN)
+        graph = helper.make_graph(
+            [*nodes, node] if intermediate else [node], "added",
+            [helper.make_tensor_value_info("X", TensorProto.FLOAT, x.shape),
+             helper.make_tensor_value_info("A", TensorProto.FLOAT, base.shape)],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(indices, "I"), numpy_helper.from_array(values, "V"),
+             numpy_helper.from_array(pre, "P")])
+        options = ort.SessionOptions()
+        fused.register(options)
+        session = ort.InferenceSession(helper.make_model(graph, ir_version=10, opset_imports=[
+            helper.make_opsetid("", 20), helper.make_opsetid(KERNEL_DOMAIN, 1)])
+            .SerializeToString(), options, providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(session.run(None, {"X": x, "A": base})[0], base + stock)
+
+
 @pytest.mark.slow
 def test_chips_run_the_sparse_path_on_the_kernel(tiny):
     runtime = load(tiny).runtime
@@ -185,6 +219,11 @@ def test_chips_run_the_sparse_path_on_the_kernel(tiny):
                               fused=True)
     sparse = [node for node in graph.graph.node if node.op_type == "SparseOutliers"]
     assert sparse and all(node.domain == KERNEL_DOMAIN for node in sparse)
+    # each joins its layer's analog output itself: one Add per split layer is gone
+    producers = {out: node for node in graph.graph.node for out in node.output}
+    assert all(producers[node.input[4]].op_type.startswith("Fused") for node in sparse)
+    adds = sum(node.op_type == "Add" for node in graph.graph.node)
+    assert adds == sum(node.op_type == "Add" for node in runtime.graph.graph.node) - len(sparse)
 
 
 def test_multi_slice_layer_is_bit_identical(wide, monkeypatch):

@@ -318,6 +318,7 @@ def prepared_graph(model: onnx.ModelProto,
     if fused:
         _sparse_on_kernels(graph)
         _absorb_pre_scales(copy, values, opset)
+        _add_into_sparse(graph)
     for node in [node for node in graph.node if _transposes_weight(node, values, readers)]:
         values[node.output[0]] = np.ascontiguousarray(values.pop(node.input[0]).T)
         graph.node.remove(node)
@@ -400,16 +401,46 @@ def _sparse_on_kernels(graph: onnx.GraphProto) -> None:
             node.overload = ""
 
 
+def _add_into_sparse(graph: onnx.GraphProto) -> None:
+    """Fold each Add joining a fused analog node's output and the kernel SparseOutliers
+    of the same X (read by that Add alone) into the SparseOutliers, as its addend input:
+    the kernel writes addend + sparse sum, the Add's float32 sum, and the split layer
+    costs one [tokens, N] tensor and one pass over it less."""
+    producers = {out: node for node in graph.node for out in node.output}
+    readers = _readers(graph)
+    outputs = {value.name for value in graph.output}
+    for add in [node for node in graph.node if node.op_type == "Add" and node.domain == ""]:
+        for sparse_out, analog_out in (add.input, reversed(add.input)):
+            sparse, analog = producers.get(sparse_out), producers.get(analog_out)
+            if (sparse is None or analog is None or sparse_out in outputs
+                    or len(readers[sparse_out]) != 1 or not _sparse_x(sparse, sparse.input[0],
+                                                                      pre_scaled=True)
+                    or not analog.op_type.startswith(FUSED_PREFIX)
+                    or analog.input[0] != sparse.input[0]):
+                continue
+            if len(sparse.input) == 3:
+                sparse.input.append("")  # no pre_scale
+            sparse.input.append(analog_out)
+            sparse.output[0] = add.output[0]
+            graph.node.remove(sparse)
+            position = list(graph.node).index(add)
+            graph.node.remove(add)
+            graph.node.insert(position, sparse)
+            break
+
+
 def _fused_x(node: onnx.NodeProto, name: str) -> bool:
     """Whether `node` is a fused analog node (not pre-scaled yet) reading `name` as X."""
     return (node.op_type.startswith(FUSED_PREFIX) and node.input[0] == name
             and not node.overload.endswith(PRE_SCALED) and name not in node.input[1:])
 
 
-def _sparse_x(node: onnx.NodeProto, name: str) -> bool:
-    """Whether `node` is a kernel SparseOutliers (no pre_scale yet) reading `name` as X."""
+def _sparse_x(node: onnx.NodeProto, name: str, *, pre_scaled: bool = False) -> bool:
+    """Whether `node` is a kernel SparseOutliers reading `name` as X, with no pre_scale
+    or addend yet (with `pre_scaled`, possibly a pre_scale)."""
     return (node.domain == KERNEL_DOMAIN and node.op_type == SPARSE_OUTLIERS
-            and len(node.input) == 3 and node.input[0] == name)
+            and len(node.input) in ((3, 4) if pre_scaled else (3,))
+            and node.input[0] == name)
 
 
 def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:

@@ -37,6 +37,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -89,7 +90,7 @@ constexpr int kOptional = 1;
 constexpr int kVariadic = 2;
 constexpr int kMemDefault = 0;            // OrtMemTypeDefault
 
-// Mirrors OrtCustomOp up to KernelComputeV2 (the members of its version 16).
+// Mirrors OrtCustomOp up to ReleaseAliasMap (the members of its version 18).
 struct CustomOp {
   uint32_t version;
   void* (*CreateKernel)(const CustomOp*, const OrtApi*, const OrtKernelInfo*);
@@ -110,8 +111,15 @@ struct CustomOp {
   int (*GetVariadicOutputHomogeneity)(const CustomOp*);
   OrtStatus* (*CreateKernelV2)(const CustomOp*, const OrtApi*, const OrtKernelInfo*, void**);
   OrtStatus* (*KernelComputeV2)(void*, OrtKernelContext*);
+  void* InferOutputShapeFn;  // unused (null)
+  int (*GetStartVersion)(const CustomOp*);
+  int (*GetEndVersion)(const CustomOp*);
+  size_t (*GetMayInplace)(int**, int**);
+  void (*ReleaseMayInplace)(int*, int*);
+  size_t (*GetAliasMap)(int**, int**);
+  void (*ReleaseAliasMap)(int*, int*);
 };
-constexpr uint32_t kCustomOpVersion = 16;
+constexpr uint32_t kCustomOpVersion = 18;
 
 template <typename F>
 F slot(const OrtApi* api, Slot index) {
@@ -476,9 +484,14 @@ OrtStatus* compute_adc(Kernel* kernel, OrtKernelContext* context) {
 // values[j, t], the slots added in order t = 0 .. M-1 from 0 as the stock body adds them
 // (float32, no fused multiply-add: bit for bit its output). Rows of X go in blocks of
 // kSparseRows, transposed to [K, kSparseRows], so each weight row's indices and values
-// are read once per block and every slot is one vector multiply-add over the block.
-// With a fourth input pre_scale [K], X * pre_scale is read (the Mul it replaces).
+// are read once per block and every slot is one vector multiply-add over the block; the
+// sums of kSparseOuts outputs gather in a tile written back row by row (contiguous
+// stores). Optional inputs: pre_scale [K], so X * pre_scale is read (the Mul it
+// replaces), and addend, Y's shape, so addend + Y is written (the Add joining the
+// analog output it replaces: the same float32 sum).
 constexpr size_t kSparseRows = 32;
+constexpr size_t kSparseOuts = 16;
+constexpr size_t kSparseLanes = 4;  // outputs summed at once (independent add chains)
 
 OrtStatus* compute_sparse(Kernel* kernel, OrtKernelContext* context) {
   const OrtApi* api = kernel->api;
@@ -487,8 +500,9 @@ OrtStatus* compute_sparse(Kernel* kernel, OrtKernelContext* context) {
   if (!status) status = input(api, context, 1, &indices);
   if (!status) status = input(api, context, 2, &values);
   if (status) return status;
-  Tensor pre;
+  Tensor pre, addend;
   if ((status = optional_input(api, context, 3, &pre))) return status;
+  if ((status = optional_input(api, context, 4, &addend))) return status;
   const size_t width = static_cast<size_t>(x.last());
   if (x.shape.empty() || indices.shape.size() != 2 || values.shape != indices.shape ||
       (pre.data && pre.size != width)) {
@@ -505,6 +519,9 @@ OrtStatus* compute_sparse(Kernel* kernel, OrtKernelContext* context) {
   }
   std::vector<int64_t> shape = x.shape;
   shape.back() = static_cast<int64_t>(outs);
+  if (addend.data && addend.shape != shape) {
+    return error(api, "SparseOutliers: addend must have the output's shape [..., N]");
+  }
   float* y = nullptr;
   if ((status = output(api, context, 0, shape, &y))) return status;
   const size_t rows = width ? x.size / width : 0;
@@ -512,27 +529,61 @@ OrtStatus* compute_sparse(Kernel* kernel, OrtKernelContext* context) {
   const float* in = x.data;
   const float* weight = values.data;
   const float* scale = pre.data;
+  const float* add = addend.data;
   auto body = [&](size_t task) {
     const size_t first = task * kSparseRows;
     const size_t block = std::min(rows, first + kSparseRows) - first;
-    std::vector<float> columns(width * kSparseRows, 0.0f);  // X's block, [K, kSparseRows]
-    for (size_t r = 0; r < block; ++r) {
-      const float* source = in + (first + r) * width;
-      for (size_t k = 0; k < width; ++k) {
-        columns[k * kSparseRows + r] = scale ? source[k] * scale[k] : source[k];
+    thread_local std::vector<float> columns;  // X's block, [K, kSparseRows]
+    columns.resize(width * kSparseRows);
+    const float* source = in + first * width;
+    for (size_t k = 0; k < width; ++k) {  // writes run along the block (contiguous)
+      float* column = columns.data() + k * kSparseRows;
+      if (scale) {
+        const float s = scale[k];
+        for (size_t r = 0; r < block; ++r) column[r] = source[r * width + k] * s;
+      } else {
+        for (size_t r = 0; r < block; ++r) column[r] = source[r * width + k];
       }
+      for (size_t r = block; r < kSparseRows; ++r) column[r] = 0.0f;  // a last, short block
     }
-    float total[kSparseRows];
-    for (size_t j = 0; j < outs; ++j) {
-      const int64_t* at = index + j * slots;
-      const float* value = weight + j * slots;
-      for (size_t r = 0; r < kSparseRows; ++r) total[r] = 0.0f;
-      for (size_t t = 0; t < slots; ++t) {
-        const float* column = columns.data() + at[t] * kSparseRows;
-        const float v = value[t];
-        for (size_t r = 0; r < kSparseRows; ++r) total[r] += column[r] * v;
+    float tile[kSparseOuts][kSparseRows];
+    for (size_t j0 = 0; j0 < outs; j0 += kSparseOuts) {
+      const size_t count = std::min(outs, j0 + kSparseOuts) - j0;
+      size_t o = 0;
+      for (; o + kSparseLanes <= count; o += kSparseLanes) {  // independent sums interleaved
+        float acc[kSparseLanes][kSparseRows] = {};
+        for (size_t t = 0; t < slots; ++t) {
+          for (size_t q = 0; q < kSparseLanes; ++q) {
+            const size_t j = j0 + o + q;
+            const float* column = columns.data() + index[j * slots + t] * kSparseRows;
+            const float v = weight[j * slots + t];
+            for (size_t r = 0; r < kSparseRows; ++r) acc[q][r] += column[r] * v;
+          }
+        }
+        for (size_t q = 0; q < kSparseLanes; ++q) {
+          for (size_t r = 0; r < kSparseRows; ++r) tile[o + q][r] = acc[q][r];
+        }
       }
-      for (size_t r = 0; r < block; ++r) y[(first + r) * outs + j] = total[r];
+      for (; o < count; ++o) {
+        const int64_t* at = index + (j0 + o) * slots;
+        const float* value = weight + (j0 + o) * slots;
+        float* total = tile[o];
+        for (size_t r = 0; r < kSparseRows; ++r) total[r] = 0.0f;
+        for (size_t t = 0; t < slots; ++t) {
+          const float* column = columns.data() + at[t] * kSparseRows;
+          const float v = value[t];
+          for (size_t r = 0; r < kSparseRows; ++r) total[r] += column[r] * v;
+        }
+      }
+      for (size_t r = 0; r < block; ++r) {
+        float* target = y + (first + r) * outs + j0;
+        if (add) {
+          const float* base = add + (first + r) * outs + j0;
+          for (size_t o = 0; o < count; ++o) target[o] = base[o] + tile[o][r];
+        } else {
+          for (size_t o = 0; o < count; ++o) target[o] = tile[o][r];
+        }
+      }
     }
   };
   return parallel_for(api, context, tasks, body);
@@ -567,11 +618,27 @@ OrtStatus* compute(void* state, OrtKernelContext* context) {
   }
 }
 
+size_t no_pairs(int** inputs, int** outputs) {
+  *inputs = *outputs = nullptr;
+  return 0;
+}
+
+size_t may_write_over_addend(int** inputs, int** outputs) {
+  *inputs = new int[1]{4};
+  *outputs = new int[1]{0};
+  return 1;
+}
+
+void release_pairs(int* inputs, int* outputs) {
+  delete[] inputs;
+  delete[] outputs;
+}
+
 OpDef make_op(const char* name, Kind kind) {
   OpDef d{};
   d.name = name;
   d.kind = kind;
-  d.inputs = kind == Kind::kDac || kind == Kind::kSparse ? 4 : kind == Kind::kAdc ? 2 : 3;
+  d.inputs = kind == Kind::kSparse ? 5 : kind == Kind::kDac ? 4 : kind == Kind::kAdc ? 2 : 3;
   d.outputs = 1;
   CustomOp& op = d.op;
   op.version = kCustomOpVersion;
@@ -585,8 +652,9 @@ OpDef make_op(const char* name, Kind kind) {
   op.GetOutputTypeCount = [](const CustomOp* o) { return def(o).outputs; };
   op.KernelDestroy = [](void* kernel) { delete static_cast<Kernel*>(kernel); };
   op.GetInputCharacteristic = [](const CustomOp* o, size_t index) {
+    if (def(o).kind == Kind::kSparse) return index < 3 ? kRequired : kOptional;
     if (index + 1 < def(o).inputs) return kRequired;
-    return def(o).kind == Kind::kDac || def(o).kind == Kind::kSparse ? kOptional : kVariadic;
+    return def(o).kind == Kind::kDac ? kOptional : kVariadic;
   };
   op.GetOutputCharacteristic = [](const CustomOp* o, size_t) {
     return def(o).kind == Kind::kDac ? kVariadic : kRequired;
@@ -598,6 +666,14 @@ OpDef make_op(const char* name, Kind kind) {
   op.GetVariadicOutputHomogeneity = [](const CustomOp*) { return 1; };
   op.CreateKernelV2 = create_kernel;
   op.KernelComputeV2 = compute;
+  op.GetStartVersion = [](const CustomOp*) { return 1; };
+  op.GetEndVersion = [](const CustomOp*) { return std::numeric_limits<int>::max(); };
+  // SparseOutliers may write its output over its addend (input 4), which it reads
+  // element by element before writing the same element.
+  op.GetMayInplace = kind == Kind::kSparse ? may_write_over_addend : no_pairs;
+  op.ReleaseMayInplace = release_pairs;
+  op.GetAliasMap = no_pairs;
+  op.ReleaseAliasMap = release_pairs;
   return d;
 }
 
