@@ -103,13 +103,12 @@ def lower_digital(context: LowerContext, target: DigitalTarget) -> ir.Model:
     cache = kv_cache_of_inputs((value.name, value.shape) for value in model.graph.inputs)
     feeds = BatchFeeds([with_empty_pasts(batch, cache) for batch in context.calibration]) \
         if context.calibration is not None else None
-    proto = ir.to_proto(model)
     if target == "int8":
-        proto, renamed = quantize_int8(proto, list(by_node), feeds, config)
+        proto, renamed = quantize_int8(ir.to_proto(model), list(by_node), feeds, config)
+        model = ir.from_proto(proto)
     else:
         bits = {node: BITS[chosen[layer]] for node, layer in by_node.items()}
-        proto, renamed = quantize_int4(proto, bits, config, feeds)
-    model = ir.from_proto(proto)
+        model, renamed = quantize_int4(model, bits, config, feeds)
     for name, gathers in embedding_tables(model).items():
         if name in tables:
             quantize_table(model, name, gathers, BITS[chosen[name]], config.int4_block_size)

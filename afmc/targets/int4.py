@@ -3,18 +3,19 @@
 ONNX Runtime's MatMulNBits (domain com.microsoft) holds each chosen MatMul's [in, out]
 weight packed at 4 or 8 bit. Rules:
 
-- Weights have one scale per block of digital.int4_block_size input values per output
-  column; symmetric (digital.int4_symmetric, no zero points: MatMulNBits' implied zero
-  point is the middle of the range) or asymmetric (a 4-bit zero point per block, as
-  GGUF's Q4_1 stores a minimum per block), rounded to the nearest step (algorithm rtn)
-  or chosen by ONNX Runtime's GPTQ from the calibration batches (algorithm gptq; 4-bit
-  layers only, 8-bit layers are always rtn).
+- Weights have one grid per block of digital.int4_block_size input values per output
+  column, symmetric (digital.int4_symmetric) or asymmetric (a float zero point per
+  block, so a block's grid runs from its minimum to its maximum, as GGUF's Q4_1
+  stores it), rounded to the nearest level by afmc (algorithm rtn;
+  afmc.targets.block_grids: weights already on such a grid, as a model read from a
+  Q4_1 GGUF, are stored exactly) or chosen by ONNX Runtime's GPTQ from the calibration
+  batches (algorithm gptq; 4-bit layers only, 8-bit layers are always rtn).
 - Layers asked for at 8 bit (digital.int4_keep_8bit) get MatMulNBits with bits=8.
 - digital.int4_accuracy_level is MatMulNBits' compute type; 4 quantizes the activations to
   int8 per block on the fly and runs an integer kernel.
 - Every requested node must come out as ``<name>_Q<bits>`` (a MatMulNBits); one that does
-  not is an error. All other MatMuls with a constant weight are excluded by name. The
-  model imports the com.microsoft opset (GPTQ does not add it).
+  not is an error. A weight no other node reads is dropped. The model imports the
+  com.microsoft opset (GPTQ does not add it).
 """
 
 from __future__ import annotations
@@ -22,33 +23,30 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 import onnx
+import onnx_ir as ir
 
 from afmc.config import DigitalConfig
-from afmc.targets.ort_quant import MatMulNBitsQuantizer, gptq_quantize, quiet
+from afmc.targets.block_grids import MS_DOMAIN, matmul_nbits, quantize_blocks
+from afmc.targets.ort_quant import gptq_quantize, quiet
 
 Feeds = Iterable[dict]
-MS_DOMAIN = "com.microsoft"
 
 
 def quantize_int4(
-    model: onnx.ModelProto, bits: dict[str, int], config: DigitalConfig, feeds: Feeds | None
-) -> tuple[onnx.ModelProto, dict[str, str]]:
+    model: ir.Model, bits: dict[str, int], config: DigitalConfig, feeds: Feeds | None
+) -> tuple[ir.Model, dict[str, str]]:
     """Quantize each MatMul in `bits` (name -> 4 or 8); return the model and the new names.
 
     `feeds` (input dicts) are needed by algorithm gptq only.
     """
-    for width in (4, 8):
-        chosen = {name for name, b in bits.items() if b == width}
-        if not chosen:
-            continue
-        if width == 4 and config.int4_algorithm == "gptq":
-            if feeds is None:
-                raise ValueError("digital.int4_algorithm=gptq needs calibration data")
-            model = _gptq(model, chosen, config, feeds)
-        else:
-            model = _rtn(model, width, chosen, config)
-    if not any(opset.domain == MS_DOMAIN for opset in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+    gptq = {name for name, width in bits.items() if width == 4} \
+        if config.int4_algorithm == "gptq" else set()
+    if gptq:
+        if feeds is None:
+            raise ValueError("digital.int4_algorithm=gptq needs calibration data")
+        model = ir.from_proto(_gptq(ir.to_proto(model), gptq, config, feeds))
+    _rtn(model, {name: width for name, width in bits.items() if name not in gptq}, config)
+    model.opset_imports.setdefault(MS_DOMAIN, 1)
     return model, _quantized_nodes(model, bits)
 
 
@@ -61,21 +59,16 @@ def _weight_matmuls(model: onnx.ModelProto) -> set[str]:
     }
 
 
-def _rtn(
-    model: onnx.ModelProto, bits: int, chosen: set[str], config: DigitalConfig
-) -> onnx.ModelProto:
-    quantizer = MatMulNBitsQuantizer(
-        model,
-        bits=bits,
-        block_size=config.int4_block_size,
-        is_symmetric=config.int4_symmetric,
-        accuracy_level=config.int4_accuracy_level,
-        nodes_to_exclude=sorted(_weight_matmuls(model) - chosen),
-        op_types_to_quantize=("MatMul",),
-    )
-    with quiet():
-        quantizer.process()
-    return quantizer.model.model
+def _rtn(model: ir.Model, bits: dict[str, int], config: DigitalConfig) -> None:
+    """Round each named MatMul's weight to its block grids (afmc.targets.block_grids)."""
+    graph = model.graph
+    for node in [node for node in graph if node.op_type == "MatMul" and node.name in bits]:
+        weight = node.inputs[1]
+        grids = quantize_blocks(weight.const_value.numpy(), bits[node.name],
+                                config.int4_block_size, config.int4_symmetric)
+        matmul_nbits(graph, node, grids, weight.name, config.int4_accuracy_level)
+        if not weight.uses():
+            graph.initializers.pop(weight.name)
 
 
 def _gptq(
@@ -108,8 +101,8 @@ def _gptq(
     return quantized.model
 
 
-def _quantized_nodes(model: onnx.ModelProto, bits: dict[str, int]) -> dict[str, str]:
-    nodes = {node.name: node for node in model.graph.node}
+def _quantized_nodes(model: ir.Model, bits: dict[str, int]) -> dict[str, str]:
+    nodes = {node.name: node for node in model.graph}
     found = {}
     for name, width in bits.items():
         node = nodes.get(f"{name}_Q{width}")

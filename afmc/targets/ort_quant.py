@@ -1,7 +1,7 @@
 """ONNX Runtime's quantization tools, imported and run without their logging side effects.
 
-Importing onnxruntime.quantization.matmul_nbits_quantizer calls
-``logging.basicConfig(level=INFO)``, which would make every library in the process
+Importing ONNX Runtime's weight-only quantizers (its GPTQ, via
+onnxruntime.quantization) may call ``logging.basicConfig(level=INFO)``, which would make every library in the process
 log at INFO; quantize_static warns on the root logger that the model was not
 pre-processed (afmc deliberately does not pre-process: ONNX Runtime's pre-processing
 renames and fuses nodes, and afmc selects the nodes to quantize by name); GPTQ prints a
@@ -26,7 +26,6 @@ try:
         QuantType,
         quantize_static,
     )
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     from onnxruntime.quantization.neural_compressor.weight_only import gptq_quantize
 finally:
     for handler in list(_root.handlers):
@@ -37,7 +36,6 @@ finally:
 __all__ = [
     "CalibrationDataReader",
     "CalibrationMethod",
-    "MatMulNBitsQuantizer",
     "QuantFormat",
     "QuantType",
     "gptq_quantize",
