@@ -196,21 +196,22 @@ class DigitalConfig(_Section):
         99.999, gt=0, le=100, description="Percentile of |x| kept by int8_calibration=percentile."
     )
     int4_block_size: Literal[32, 128] = Field(
-        128, description="int4 weights, and quantized embedding tables of both targets, share "
+        32, description="int4 weights, and quantized embedding tables of both targets, share "
         "one scale per block of this many input values."
     )
     int4_symmetric: bool = Field(
-        True, description="int4 weights symmetric (no zero points); False stores a 4-bit zero "
-        "point per block, which fits skewed blocks (and weights dequantized from GGUF Q4_1) "
-        "better."
+        False, description="int4 weights symmetric (no zero points); False (the default) "
+        "gives each block a float zero point, so its grid runs from its minimum to its "
+        "maximum: skewed blocks fit better, and weights read from a GGUF Q4_1 file keep "
+        "their own grid exactly."
     )
     int4_accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
         4, description="MatMulNBits compute type: 4 quantizes activations to int8 on the fly "
         "(the fast CPU path); 0 dequantizes weights to float (not faster than FP32 on CPU)."
     )
     int4_algorithm: Literal["rtn", "gptq"] = Field(
-        "rtn", description="rtn: symmetric round-to-nearest; gptq: ONNX Runtime's GPTQ on the "
-        "calibration data."
+        "rtn", description="rtn: afmc's round-to-nearest on each block's grid; gptq: ONNX "
+        "Runtime's GPTQ on the calibration data."
     )
     int4_keep_8bit: tuple[str, ...] = Field(
         (), description="Regular expressions on layer names (and quantized embedding tables): "

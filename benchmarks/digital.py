@@ -1,13 +1,13 @@
 """Digital targets against the FP ONNX model: file size, latency and perplexity (issue 4).
 
 For each model, the same captured network is compiled for fp, int8, int4-b32 and
-int4-b128 (``afmc.api.compile``, default configuration plus
-``digital.int4_block_size``), and each is compared with fp:
+int4-b128 (``afmc.api.compile``, default configuration; int4-b32 is the int4 default,
+asymmetric blocks of 32; int4-b128 symmetric blocks of 128), and each is compared with fp:
 
 - file MB: model.onnx (and its external data, if any), and its ratio to fp;
 - linear MB: the bytes of the static-weight linear layers only (each layer's weight, or
   what the quantizer stored for it: quantized weight, scales, zero points; found by the
-  layer's weight name, from which onnxruntime's quantizers derive their names);
+  layer's weight name, from which afmc's and onnxruntime's quantizers derive their names);
 - b1 ms: latency of one token at batch 1 (``input_ids`` [1, 1], decode-like, no KV cache);
 - t128 ms: latency of one 128-token sequence (``input_ids`` [1, 128], prefill-like);
 - perplexity on held-out text (``stdlib:heldout``, the first ``--tokens`` bytes in windows
@@ -68,7 +68,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "fp": ("fp", []),
     "int8": ("int8", []),
     "int4-b32": ("int4", ["digital.int4_block_size=32"]),
-    "int4-b128": ("int4", ["digital.int4_block_size=128"]),
+    "int4-b128": ("int4", ["digital.int4_block_size=128", "digital.int4_symmetric=true"]),
 }
 GPTQ = {"int4-gptq-b32": ("int4", ["digital.int4_algorithm=gptq", "digital.int4_block_size=32"])}
 TARGET_INT4_LINEAR = 0.2

@@ -63,9 +63,13 @@ ROWS: dict[str, tuple[str, list[str], list[str]]] = {
     "int8-default": ("int8", [], ["smooth-inputs"]),
     "int8": ("int8", [], []),
     "int8-alpha0.5": ("int8", ["smoothing.alpha=0.5"], []),
-    "int4-rtn-b128": ("int4", ["digital.int4_block_size=128"], []),
-    "int4-rtn-b32": ("int4", ["digital.int4_block_size=32"], []),
-    "int4-gptq-b128": ("int4", ["digital.int4_algorithm=gptq"], []),
+    "int4": ("int4", [], []),  # default: afmc's RTN, block 32, float zero points
+    "int4-lm-head-8bit": ("int4", ['digital.int4_keep_8bit=["lm_head"]'], []),
+    "int4-rtn-b128": ("int4", ["digital.int4_block_size=128", "digital.int4_symmetric=true"],
+                      []),
+    "int4-rtn-b32": ("int4", ["digital.int4_symmetric=true"], []),
+    "int4-gptq-b128": ("int4", ["digital.int4_algorithm=gptq", "digital.int4_block_size=128",
+                                "digital.int4_symmetric=true"], []),
     "int4-rtn-b32-asym": ("int4", ["digital.int4_block_size=32", "digital.int4_symmetric=false"],
                           []),
     "int4-rtn-b32-asym-acc0": ("int4", ["digital.int4_block_size=32",
@@ -75,7 +79,7 @@ ROWS: dict[str, tuple[str, list[str], list[str]]] = {
                                     "digital.int4_algorithm=gptq"], []),
 }
 DEFAULT_ROWS = ("aimc-noise-free-objective", "aimc-chip-ranges", "aimc-chip-smoothing",
-                "aimc-split", "aimc", "aimc-lm-head-digital", "int8", "int4-rtn-b32-asym")
+                "aimc-split", "aimc", "aimc-lm-head-digital", "int8", "int4")
 
 
 def gguf_path() -> Path:

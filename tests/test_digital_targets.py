@@ -304,12 +304,16 @@ def test_int8_scales_of_a_hand_built_layer(tmp_path, overrides):
 
 
 def test_int4_gptq_on_a_hand_built_layer(tmp_path):
-    model = _compile_linear(
-        tmp_path, "int4", ["digital.int4_algorithm=gptq", "digital.int4_block_size=32"]
-    )
+    gptq = ["digital.int4_algorithm=gptq", "digital.int4_block_size=32"]
+    model = _compile_linear(tmp_path, "int4", [*gptq, "digital.int4_symmetric=true"])
     (node,) = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
     assert _attributes(node)["bits"] == 4
     onnx.checker.check_model(model, full_check=True)
+    # asymmetric (the default) on 16 inputs: one block per column, which ONNX Runtime's
+    # GPTQ cannot pack; a ConfigError naming the layer and the way out, no output
+    with pytest.raises(ConfigError, match="MatMul .* has 16 inputs: set digital.int4_symmetric"):
+        _compile_linear(tmp_path / "asym", "int4", gptq)
+    assert not (tmp_path / "asym" / "int4").exists()
 
 
 @pytest.mark.slow

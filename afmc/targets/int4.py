@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 import onnx
 import onnx_ir as ir
 
-from afmc.config import DigitalConfig
+from afmc.config import ConfigError, DigitalConfig
 from afmc.targets.block_grids import MS_DOMAIN, matmul_nbits, quantize_blocks
 from afmc.targets.ort_quant import gptq_quantize, quiet
 
@@ -76,6 +76,8 @@ def _gptq(
 ) -> onnx.ModelProto:
     block = config.int4_block_size
     scheme = "sym" if config.int4_symmetric else "asym"
+    if scheme == "asym":
+        _check_zero_point_pairs(model, chosen, block)
     weight_config = {
         name: {"bits": 4, "group_size": block, "scheme": scheme, "algorithm": "GPTQ"}
         if name in chosen
@@ -99,6 +101,19 @@ def _gptq(
             accuracy_level=config.int4_accuracy_level,
         )
     return quantized.model
+
+
+def _check_zero_point_pairs(model: onnx.ModelProto, chosen: set[str], block: int) -> None:
+    """ONNX Runtime's GPTQ packs a column's 4-bit zero points two to a byte and fails on
+    an odd number of blocks per column: a ConfigError naming the first such layer."""
+    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.name in chosen and -(-shapes[node.input[1]][0] // block) % 2:
+            raise ConfigError(
+                f"digital.int4_algorithm=gptq with asymmetric blocks needs an even number of "
+                f"blocks of {block} per column (ONNX Runtime's GPTQ packs zero points in "
+                f"pairs); MatMul {node.name} has {shapes[node.input[1]][0]} inputs: set "
+                f"digital.int4_symmetric=true")
 
 
 def _quantized_nodes(model: ir.Model, bits: dict[str, int]) -> dict[str, str]:

@@ -1,8 +1,8 @@
 """ONNX Runtime's quantization tools, imported and run without their logging side effects.
 
-Importing ONNX Runtime's weight-only quantizers (its GPTQ, via
-onnxruntime.quantization) may call ``logging.basicConfig(level=INFO)``, which would make every library in the process
-log at INFO; quantize_static warns on the root logger that the model was not
+Importing ONNX Runtime's weight-only quantizers (its GPTQ, via onnxruntime.quantization)
+may call ``logging.basicConfig(level=INFO)``, which would make every library in the
+process log at INFO; quantize_static warns on the root logger that the model was not
 pre-processed (afmc deliberately does not pre-process: ONNX Runtime's pre-processing
 renames and fuses nodes, and afmc selects the nodes to quantize by name); GPTQ prints a
 progress bar on stdout. Rules: the root logger's handlers and level are restored right
