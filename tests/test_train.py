@@ -252,3 +252,51 @@ def test_time_budget_stops_after_a_step_and_writes_the_result(tmp_path: Path):
     record = json.loads((tmp_path / "budget" / TRAINING_RECORD).read_text())
     assert record["steps"] == 1 and record["planned_steps"] == 50
     assert (tmp_path / "budget" / "checkpoints" / "step-0000001").is_dir()
+
+
+def _tied_llama() -> torch.nn.Module:
+    """A one-layer Llama whose LM head is its embedding table (as SmolLM2's and
+    Llama-3.2-1B's), with one outlier hidden channel that 2.5-sigma clipping cuts."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=256, hidden_size=64, intermediate_size=100, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=True))
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 3] *= 40
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    return model
+
+
+def test_a_tied_lm_head_is_untied_so_clipping_leaves_the_embedding_table():
+    from afmc.train.analog_layer import clip_weights
+    from afmc.train.trainer import build_student
+
+    teacher = _tied_llama()
+    table = teacher.model.embed_tokens.weight.detach().clone()
+    student, untied = build_student(teacher, _config())
+    assert untied == {"lm_head": "model.embed_tokens.weight"}
+    assert student.config.tie_word_embeddings is False
+    clip_weights(student, 2.5)
+    torch.testing.assert_close(student.model.embed_tokens.weight, table, rtol=0, atol=0)
+    head = student.lm_head.weight.detach()
+    # the outlier column was clipped at 2.5 std of its row, about |outlier| / 3
+    assert head.abs().max() < table.abs().max() / 2.5
+    assert torch.equal(teacher.model.embed_tokens.weight, table)  # the teacher untouched
+
+
+@pytest.mark.slow
+def test_a_trained_tied_model_saves_and_loads_untied(tmp_path: Path):
+    source = tmp_path / "tied"
+    _tied_llama().save_pretrained(source)
+    out = tmp_path / "run"
+    train(source, "stdlib:train", out, _config(steps=1))
+    record = json.loads((out / TRAINING_RECORD).read_text())
+    assert record["untied"] == {"lm_head": "model.embed_tokens.weight"}
+    loaded = load_causal_lm(out)
+    assert loaded.config.tie_word_embeddings is False
+    head, table = loaded.lm_head.weight, loaded.model.embed_tokens.weight
+    assert head.data_ptr() != table.data_ptr()
+    assert table[:, 3].abs().max() > 2.5 * head[:, 3].abs().max()  # only the head is clipped

@@ -299,6 +299,37 @@ def convert_to_analog(model: nn.Module, config: AfmcConfig,
     return converted
 
 
+def untie_analog_weights(model: nn.Module) -> dict[str, str]:
+    """Give every analog layer whose weight is shared with another parameter (a tied LM
+    head and input embedding) its own copy, so noise and clipping reach the analog copy
+    alone and the digital table keeps its values; a Hugging Face model's config then
+    says its embeddings are not tied (``tie_word_embeddings`` false), so the saved
+    checkpoint loads as trained. Returns {analog layer: the parameter it was tied to}."""
+    owners: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(parameter), []).append(name)
+    untied = {}
+    for name, layer in analog_layers(model):
+        others = [owner for owner in owners.get(id(layer.weight), [])
+                  if not owner.replace(".base_layer", "").startswith(f"{name}.")]
+        if others:
+            weight = layer.weight
+            layer.weight = nn.Parameter(weight.detach().clone(),
+                                        requires_grad=weight.requires_grad)
+            untied[name] = others[0]
+    config = getattr(model, "config", None)
+    if untied and config is not None:
+        for section in {id(config): config, id(text := _text_config(config)): text}.values():
+            if hasattr(section, "tie_word_embeddings"):
+                section.tie_word_embeddings = False
+    return untied
+
+
+def _text_config(config: object) -> object:
+    getter = getattr(config, "get_text_config", None)
+    return getter() if callable(getter) else config
+
+
 def analog_layers(model: nn.Module) -> Iterator[tuple[str, AnalogTrainingLinear]]:
     """(name, layer) of every AnalogTrainingLinear in `model` (peft wrappers looked through)."""
     for name, module in model.named_modules():

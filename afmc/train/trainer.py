@@ -59,6 +59,7 @@ from afmc.train.analog_layer import (
     convert_to_analog,
     learned_ranges,
     restore_linears,
+    untie_analog_weights,
 )
 from afmc.train.data import batch_indices, micro_batches, training_sequences
 from afmc.train.prepare import needs_preparation, prepare_student
@@ -112,12 +113,14 @@ def polynomial_schedule(settings: TrainingConfig) -> Callable[[int], float]:
     return factor
 
 
-def build_student(teacher: nn.Module, config: AfmcConfig) -> nn.Module:
-    """A trainable copy of `teacher` with its analog layers converted (and LoRA adapters)."""
+def build_student(teacher: nn.Module, config: AfmcConfig) -> tuple[nn.Module, dict[str, str]]:
+    """A trainable copy of `teacher` with its analog layers converted (and LoRA adapters),
+    and the analog layers untied from a shared parameter ({layer: parameter})."""
     student = copy.deepcopy(teacher)
     for parameter in student.parameters():  # the teacher's are frozen
         parameter.requires_grad_(parameter.is_floating_point())
     names = convert_to_analog(student, config)
+    untied = untie_analog_weights(student)
     settings = config.training
     if settings.lora_rank > 0:
         from peft import LoraConfig, get_peft_model
@@ -127,7 +130,7 @@ def build_student(teacher: nn.Module, config: AfmcConfig) -> nn.Module:
             target_modules=names))
         for _, layer in analog_layers(student):
             layer.input_range.requires_grad_(True)
-    return student.train()
+    return student.train(), untied
 
 
 def build_optimizer(student: nn.Module, settings: TrainingConfig) -> torch.optim.AdamW:
@@ -221,7 +224,8 @@ def train(model: str | Path, data: str | Path, output: str | Path,
                                    teacher.config.vocab_size)
     _prepare_output(output, resume, force, rank, world)
     torch.manual_seed(settings.seed * 1000 + rank)
-    student = build_student(teacher, config).to(device)
+    student, untied = build_student(teacher, config)
+    student = student.to(device)
     optimizer = build_optimizer(student, settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, polynomial_schedule(settings))
     step, losses = 0, []
@@ -282,6 +286,7 @@ def train(model: str | Path, data: str | Path, output: str | Path,
             "planned_steps": settings.steps,
             "tokens": step * settings.batch_size * settings.seq_len,
             "losses": losses, "seconds_this_run": seconds, "resumed_from": resumed_from,
+            "untied": untied,
         })
     _barrier(world)
     return TrainResult(output, step, tokens, seconds, losses, resumed_from)
