@@ -413,10 +413,9 @@ def _add_into_sparse(graph: onnx.GraphProto) -> None:
         for sparse_out, analog_out in (add.input, reversed(add.input)):
             sparse, analog = producers.get(sparse_out), producers.get(analog_out)
             if (sparse is None or analog is None or sparse_out in outputs
-                    or len(readers[sparse_out]) != 1 or not _sparse_x(sparse, sparse.input[0],
-                                                                      pre_scaled=True)
                     or not analog.op_type.startswith(FUSED_PREFIX)
-                    or analog.input[0] != sparse.input[0]):
+                    or not _sparse_x(sparse, analog.input[0], pre_scaled=True)
+                    or len(readers[sparse_out]) != 1):
                 continue
             if len(sparse.input) == 3:
                 sparse.input.append("")  # no pre_scale
