@@ -6,9 +6,15 @@
 Both are imported on first use, so ``import afmc`` stays light.
 """
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-__all__ = ["compile", "load"]
+__all__ = ["__version__", "compile", "load"]
+
+try:
+    __version__ = version("afmc")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 
 def __getattr__(name: str) -> Any:

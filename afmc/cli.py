@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from afmc.runtime.compiled import CompiledModel
     from afmc.runtime.noise import NoiseConfig, NoiseModel
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(no_args_is_help=True,
                   help="afmc: compile neural networks for analog in-memory computing.")
 passes_app = typer.Typer(help="Inspect the registered passes.", no_args_is_help=True)
 app.add_typer(passes_app, name="passes")
@@ -891,6 +891,23 @@ def report(
             if not existing.is_dir():
                 raise NotADirectoryError(f"{option} {path}: {existing} is not a directory")
         print_report(compiled, svg=svg, strategy=strategy, console=out, html=html)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from afmc import __version__
+
+        out.print(f"afmc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print afmc's version and exit.")] = False,
+) -> None:
+    """afmc: compile neural networks for analog in-memory computing."""
 
 
 @passes_app.command("list")

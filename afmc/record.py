@@ -18,6 +18,7 @@ from typing import Any
 
 import onnx_ir as ir
 
+from afmc import __version__
 from afmc.capture.onnx_export import save_model
 from afmc.config import AfmcConfig
 from afmc.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
@@ -117,7 +118,7 @@ def build_record(
         layer.tile_ids = tile_ids.get(layer.name, [])
         layer.tiles = len(layer.tile_ids)
     record = {
-        "afmc_version": "0.1.0",
+        "afmc_version": __version__,
         "target": target,
         "runtime": runtime,  # how afmc.load runs it (afmc.runtime.compiled)
         "source": source,

@@ -141,3 +141,11 @@ def test_max_in_larger_than_tile_rows_is_rejected(model_dirs, tmp_path):
     out = tmp_path / "out"
     _assert_user_error(_invoke("compile", model_dirs["llama"], "-o", out,
                                "--set", "hardware.max_in=1024"), "tile_rows", out)
+
+
+def test_version_prints_the_installed_version_and_exits():
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"afmc {version('afmc')}"
