@@ -12,6 +12,10 @@ Rules, while `signals_raise()` is active in the main thread:
   block ends.
 - Inside `deferred()` (a step that must not be cut in half, such as publishing
   an output directory), a signal is held and acted on when the step ends.
+- A signal whose exception Python dropped (it arrived inside a finalizer, a
+  `__del__`, where exceptions are printed as "Exception ignored" and lost) is
+  raised again when the next `deferred()` step begins, so an interrupted compile
+  does not go on to publish its output.
 - Outside the main thread `signals_raise()` changes nothing (Python delivers
   signals to the main thread only).
 """
@@ -35,19 +39,22 @@ class Terminated(SystemExit):
 
 
 class _Held:
-    """The depth of nested `deferred()` blocks and the first signal held meanwhile."""
+    """The depth of nested `deferred()` blocks and the first signal held meanwhile; the
+    signal whose exception was raised and has not left `signals_raise()`'s block."""
 
     depth = 0
     signum: int | None = None
+    raised: int | None = None
 
 
 def _raise(signum: int, frame: FrameType | None, previous: object) -> None:
     if callable(previous) and previous is not signal.default_int_handler:
         previous(signum, frame)
-    elif signum == signal.SIGTERM:
+        return
+    _Held.raised = signum
+    if signum == signal.SIGTERM:
         raise Terminated()
-    else:
-        raise KeyboardInterrupt
+    raise KeyboardInterrupt
 
 
 @contextmanager
@@ -72,6 +79,9 @@ def signals_raise() -> Iterator[None]:
         signal.signal(signum, handler)
     try:
         yield
+    except BaseException:
+        _Held.raised = None  # the signal's exception (if any) is on its way out
+        raise
     finally:
         for signum, previous in installed.items():
             signal.signal(signum, previous)
@@ -79,7 +89,11 @@ def signals_raise() -> Iterator[None]:
 
 @contextmanager
 def deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM (under `signals_raise`) until the block ends, then act on them."""
+    """Hold SIGINT and SIGTERM (under `signals_raise`) until the block ends, then act on them;
+    first raise a signal whose exception was dropped (module rules)."""
+    if _Held.raised is not None:
+        signum, _Held.raised = _Held.raised, None
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt
     _Held.depth += 1
     try:
         yield

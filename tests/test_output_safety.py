@@ -313,6 +313,30 @@ def test_a_signal_while_publishing_waits_until_the_output_is_complete(tmp_path, 
     assert seen == [(signal.SIGTERM, ["out"], ["afmc.json", "model.onnx"])]
 
 
+def test_a_signal_dropped_in_a_finalizer_still_stops_the_compile_before_publishing(tmp_path):
+    """SIGINT arriving while a __del__ runs: Python prints its KeyboardInterrupt as
+    "Exception ignored" and goes on; afmc raises it again before publishing the output."""
+    module, example = _mlp()
+    out = tmp_path / "out"
+
+    class SignalsWhileFinalized:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs here, between these bytecodes
+                pass
+
+    fired = []
+
+    def progress(*_: object) -> None:
+        if not fired:
+            fired.append(True)
+            SignalsWhileFinalized()  # collected at once: __del__ runs
+
+    with pytest.raises(KeyboardInterrupt):
+        afmc.compile(module, "fp", example_inputs=example, output=out, progress=progress)
+    assert fired and _listing(tmp_path) == []
+
+
 # ------------------------------------------------------------------ signals
 
 
