@@ -83,8 +83,13 @@ def _afmc_warnings() -> Iterator[None]:
 
 
 @app.callback()
-def _quiet_libraries() -> None:
-    """Keep library progress bars and deprecation chatter out of afmc's output."""
+def _quiet_libraries(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print afmc's version and exit.")] = False,
+) -> None:
+    """Keep library progress bars and deprecation chatter out of afmc's output (every
+    command); --version prints the version instead."""
     from afmc.quiet import quiet_libraries
 
     quiet_libraries()
@@ -899,15 +904,6 @@ def _print_version(value: bool) -> None:
 
         out.print(f"afmc {__version__}")
         raise typer.Exit()
-
-
-@app.callback()
-def main(
-    version: Annotated[bool, typer.Option(
-        "--version", callback=_print_version, is_eager=True,
-        help="Print afmc's version and exit.")] = False,
-) -> None:
-    """afmc: compile neural networks for analog in-memory computing."""
 
 
 @passes_app.command("list")
