@@ -194,10 +194,10 @@ def test_trained_model_compiles_with_its_learned_ranges(fixture: str, request):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["int8", "int4"])
-def test_trained_model_compiles_for_digital_targets(trained: Path, target: str):
-    result = compile_model(trained, target, calibration="stdlib:calibration")
-    assert result.record["target"] == target
+def test_trained_model_compiles_for_a_digital_target(trained: Path):
+    """int4 (int8 takes the same digital lowering, tested on afmc-tiny elsewhere)."""
+    result = compile_model(trained, "int4", calibration="stdlib:calibration")
+    assert result.record["target"] == "int4"
 
 
 @pytest.mark.slow
