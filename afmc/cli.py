@@ -82,6 +82,14 @@ def _afmc_warnings() -> Iterator[None]:
             typer.echo(f"warning: {warning.message}", err=True)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from afmc import __version__
+
+        out.print(f"afmc {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _quiet_libraries(
     version: Annotated[bool, typer.Option(
@@ -896,14 +904,6 @@ def report(
             if not existing.is_dir():
                 raise NotADirectoryError(f"{option} {path}: {existing} is not a directory")
         print_report(compiled, svg=svg, strategy=strategy, console=out, html=html)
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        from afmc import __version__
-
-        out.print(f"afmc {__version__}")
-        raise typer.Exit()
 
 
 @passes_app.command("list")

@@ -95,6 +95,16 @@ def test_smoothing_scale_moves_into_the_dac(tiny):
     assert stock_muls - muls == len(smoothed)  # every smoothing Mul is gone
 
 
+def _kernel_session(graph: onnx.GraphProto) -> ort.InferenceSession:
+    """A session of `graph` (nodes of afmc's kernel domain) with the kernel library."""
+    model = helper.make_model(graph, ir_version=10, opset_imports=[
+        helper.make_opsetid("", 20), helper.make_opsetid(KERNEL_DOMAIN, 1)])
+    options = ort.SessionOptions()
+    fused.register(options)
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
 def test_dac_against_numpy():
     rng = np.random.default_rng(4)
     x = (rng.standard_normal((3, 5, 96)) * 40).astype(np.float32)
@@ -111,13 +121,7 @@ def test_dac_against_numpy():
         [helper.make_tensor_value_info(f"Q{i}", TensorProto.FLOAT, None) for i in range(3)],
         [numpy_helper.from_array(scale, "S"), numpy_helper.from_array(np.array(h_in), "H"),
          numpy_helper.from_array(pre, "P")])
-    model = helper.make_model(graph, ir_version=10, opset_imports=[
-        helper.make_opsetid("", 20), helper.make_opsetid(KERNEL_DOMAIN, 1)])
-    options = ort.SessionOptions()
-    fused.register(options)
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    levels = np.concatenate(session.run(None, {"X": x}), axis=-1)
+    levels = np.concatenate(_kernel_session(graph).run(None, {"X": x}), axis=-1)
     expected = np.rint(np.clip((x * pre) * scale, -h_in, h_in))
     np.testing.assert_array_equal(levels, expected)
     assert list(levels[0, 0, :4]) == [0.0, 2.0, -2.0, 127.0]
@@ -168,12 +172,7 @@ def test_sparse_outliers_kernel_is_the_stock_body_bit_for_bit():
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(indices, "I"), numpy_helper.from_array(values, "V"),
          numpy_helper.from_array(pre, "P")])
-    options = ort.SessionOptions()
-    fused.register(options)
-    session = ort.InferenceSession(helper.make_model(graph, ir_version=10, opset_imports=[
-        helper.make_opsetid("", 20), helper.make_opsetid(KERNEL_DOMAIN, 1)]).SerializeToString(),
-        options, providers=["CPUExecutionProvider"])
-    scaled = session.run(None, {"X": x})[0]
+    scaled = _kernel_session(graph).run(None, {"X": x})[0]
     x = x * pre
     np.testing.assert_array_equal(scaled, run(ops.DOMAIN))
 
@@ -204,12 +203,8 @@ def test_sparse_outliers_kernel_adds_its_addend_as_the_add_it_replaces():
             [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
             [numpy_helper.from_array(indices, "I"), numpy_helper.from_array(values, "V"),
              numpy_helper.from_array(pre, "P")])
-        options = ort.SessionOptions()
-        fused.register(options)
-        session = ort.InferenceSession(helper.make_model(graph, ir_version=10, opset_imports=[
-            helper.make_opsetid("", 20), helper.make_opsetid(KERNEL_DOMAIN, 1)])
-            .SerializeToString(), options, providers=["CPUExecutionProvider"])
-        np.testing.assert_array_equal(session.run(None, {"X": x, "A": base})[0], base + stock)
+        np.testing.assert_array_equal(
+            _kernel_session(graph).run(None, {"X": x, "A": base})[0], base + stock)
 
 
 @pytest.mark.slow

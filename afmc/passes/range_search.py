@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from afmc.config import AfmcConfig
 from afmc.ops.analog_linear import TINY, adc_, dac, row_max_abs
 from afmc.passes.chip_error import noise_error, noise_scales, weight_noise
 from afmc.passes.layers import LayerRecord
@@ -67,6 +68,14 @@ class ChipNoise:
     model: NoiseConfig
     devices: int = 1
     scale: torch.Tensor | None = None  # [N]
+
+    @classmethod
+    def of(cls, config: AfmcConfig) -> ChipNoise | None:
+        """The noise a compile's searches score: the configured model and device pairs
+        with calibration.objective chip, None (noise-free scores) otherwise."""
+        if config.calibration.objective != "chip":
+            return None
+        return cls(config.noise, config.hardware.devices_per_weight)
 
     def rows(self, rows: torch.Tensor | None) -> ChipNoise:
         """The same noise for a subset of the slice's rows."""

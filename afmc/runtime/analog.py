@@ -421,6 +421,7 @@ def _add_into_sparse(graph: onnx.GraphProto) -> None:
                 sparse.input.append("")  # no pre_scale
             sparse.input.append(analog_out)
             sparse.output[0] = add.output[0]
+            producers[add.output[0]] = sparse
             graph.node.remove(sparse)
             position = list(graph.node).index(add)
             graph.node.remove(add)

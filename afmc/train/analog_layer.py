@@ -304,14 +304,14 @@ def untie_analog_weights(model: nn.Module) -> dict[str, str]:
     head and input embedding) its own copy, so noise and clipping reach the analog copy
     alone and the digital table keeps its values; a Hugging Face model's config then
     says its embeddings are not tied (``tie_word_embeddings`` false), so the saved
-    checkpoint loads as trained. Returns {analog layer: the parameter it was tied to}."""
+    checkpoint loads as trained. Returns {analog layer: the parameter it was tied to}.
+    Called before LoRA wraps the layers (parameter names have no ``base_layer``)."""
     owners: dict[int, list[str]] = {}
     for name, parameter in model.named_parameters(remove_duplicate=False):
         owners.setdefault(id(parameter), []).append(name)
     untied = {}
     for name, layer in analog_layers(model):
-        others = [owner for owner in owners.get(id(layer.weight), [])
-                  if not owner.replace(".base_layer", "").startswith(f"{name}.")]
+        others = [owner for owner in owners[id(layer.weight)] if owner != f"{name}.weight"]
         if others:
             weight = layer.weight
             layer.weight = nn.Parameter(weight.detach().clone(),
@@ -319,15 +319,10 @@ def untie_analog_weights(model: nn.Module) -> dict[str, str]:
             untied[name] = others[0]
     config = getattr(model, "config", None)
     if untied and config is not None:
-        for section in {id(config): config, id(text := _text_config(config)): text}.values():
+        for section in (config, config.get_text_config()):  # a multimodal model's text part
             if hasattr(section, "tie_word_embeddings"):
                 section.tie_word_embeddings = False
     return untied
-
-
-def _text_config(config: object) -> object:
-    getter = getattr(config, "get_text_config", None)
-    return getter() if callable(getter) else config
 
 
 def analog_layers(model: nn.Module) -> Iterator[tuple[str, AnalogTrainingLinear]]:

@@ -69,9 +69,7 @@ class ChipSmoothInputs(SmoothInputs):
         self.hardware = config.hardware
         self.rows = config.outliers.sample_rows
         self.budget = config.outliers.budget
-        self.noise = None
-        if config.calibration.objective == "chip":
-            self.noise = ChipNoise(config.noise, config.hardware.devices_per_weight)
+        self.noise = ChipNoise.of(config)
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         if self.batches is None:

@@ -57,9 +57,7 @@ class SplitOutliers(PassBase):
     def __init__(self, config: AfmcConfig, batches: Iterable[tuple] | None = None) -> None:
         super().__init__()
         self.outliers = config.outliers
-        self.noise = None
-        if config.calibration.objective == "chip":
-            self.noise = ChipNoise(config.noise, config.hardware.devices_per_weight)
+        self.noise = ChipNoise.of(config)
         self.batches = batches
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:

@@ -42,9 +42,7 @@ class ChipSmoothOnnxInputs(ir.passes.InPlacePass):
         self.hardware = config.hardware
         self.rows = config.outliers.sample_rows
         self.budget = config.outliers.budget
-        self.noise = None
-        if config.calibration.objective == "chip":
-            self.noise = ChipNoise(config.noise, config.hardware.devices_per_weight)
+        self.noise = ChipNoise.of(config)
         self.batches = batches
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

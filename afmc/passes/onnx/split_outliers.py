@@ -45,9 +45,7 @@ class SplitOnnxOutliers(ir.passes.InPlacePass):
     def __init__(self, config: AfmcConfig, batches: Iterable[Batch] | None = None) -> None:
         super().__init__()
         self.outliers = config.outliers
-        self.noise = None
-        if config.calibration.objective == "chip":
-            self.noise = ChipNoise(config.noise, config.hardware.devices_per_weight)
+        self.noise = ChipNoise.of(config)
         self.batches = batches
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

@@ -493,6 +493,26 @@ constexpr size_t kSparseRows = 32;
 constexpr size_t kSparseOuts = 16;
 constexpr size_t kSparseLanes = 4;  // outputs summed at once (independent add chains)
 
+// The sums of outputs first .. first + Lanes - 1 over X's block `columns` ([K,
+// kSparseRows]) into tile rows 0 .. Lanes - 1: each from 0, slot after slot; the Lanes
+// sums are independent add chains, interleaved so they overlap.
+template <size_t Lanes>
+void sparse_sums(const float* columns, const int64_t* index, const float* weight,
+                 size_t slots, size_t first, float (*tile)[kSparseRows]) {
+  float acc[Lanes][kSparseRows] = {};
+  for (size_t t = 0; t < slots; ++t) {
+    for (size_t q = 0; q < Lanes; ++q) {
+      const size_t j = first + q;
+      const float* column = columns + index[j * slots + t] * kSparseRows;
+      const float v = weight[j * slots + t];
+      for (size_t r = 0; r < kSparseRows; ++r) acc[q][r] += column[r] * v;
+    }
+  }
+  for (size_t q = 0; q < Lanes; ++q) {
+    for (size_t r = 0; r < kSparseRows; ++r) tile[q][r] = acc[q][r];
+  }
+}
+
 OrtStatus* compute_sparse(Kernel* kernel, OrtKernelContext* context) {
   const OrtApi* api = kernel->api;
   Tensor x, indices, values;
@@ -550,31 +570,10 @@ OrtStatus* compute_sparse(Kernel* kernel, OrtKernelContext* context) {
     for (size_t j0 = 0; j0 < outs; j0 += kSparseOuts) {
       const size_t count = std::min(outs, j0 + kSparseOuts) - j0;
       size_t o = 0;
-      for (; o + kSparseLanes <= count; o += kSparseLanes) {  // independent sums interleaved
-        float acc[kSparseLanes][kSparseRows] = {};
-        for (size_t t = 0; t < slots; ++t) {
-          for (size_t q = 0; q < kSparseLanes; ++q) {
-            const size_t j = j0 + o + q;
-            const float* column = columns.data() + index[j * slots + t] * kSparseRows;
-            const float v = weight[j * slots + t];
-            for (size_t r = 0; r < kSparseRows; ++r) acc[q][r] += column[r] * v;
-          }
-        }
-        for (size_t q = 0; q < kSparseLanes; ++q) {
-          for (size_t r = 0; r < kSparseRows; ++r) tile[o + q][r] = acc[q][r];
-        }
+      for (; o + kSparseLanes <= count; o += kSparseLanes) {
+        sparse_sums<kSparseLanes>(columns.data(), index, weight, slots, j0 + o, tile + o);
       }
-      for (; o < count; ++o) {
-        const int64_t* at = index + (j0 + o) * slots;
-        const float* value = weight + (j0 + o) * slots;
-        float* total = tile[o];
-        for (size_t r = 0; r < kSparseRows; ++r) total[r] = 0.0f;
-        for (size_t t = 0; t < slots; ++t) {
-          const float* column = columns.data() + at[t] * kSparseRows;
-          const float v = value[t];
-          for (size_t r = 0; r < kSparseRows; ++r) total[r] += column[r] * v;
-        }
-      }
+      for (; o < count; ++o) sparse_sums<1>(columns.data(), index, weight, slots, j0 + o, tile + o);
       for (size_t r = 0; r < block; ++r) {
         float* target = y + (first + r) * outs + j0;
         if (add) {
