@@ -1,6 +1,7 @@
 """`afmc cost OUT --profile P`: the cost table of a compiled output on a hardware profile.
 
-A plain Typer-compatible function; cli.py registers it (``app.command()(cost)``).
+A plain Typer-compatible function; cli.py registers it (``app.command()(cost)``). At
+module level it imports only typer and rich, so the CLI can import it at start-up.
 A user error (a missing output, an unknown or invalid profile) is one `error:` line and
 exit status 1 (afmc.user_errors); anything else keeps its traceback.
 """
@@ -14,9 +15,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from afmc.cost.summary import DEFAULT_BASELINE
-
 DEFAULT_PROFILE = "ibm-pcm-64core"
+DEFAULT_BASELINE = "digital-int8"
 
 
 def cost(

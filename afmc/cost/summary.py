@@ -16,8 +16,6 @@ from typing import Any
 from afmc.cost.model import CostReport, estimate_record
 from afmc.cost.profile import builtin_profiles, load_profile
 
-DEFAULT_BASELINE = "digital-int8"
-
 
 def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
