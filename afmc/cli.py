@@ -10,33 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
-import numpy as np
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from afmc.data.text_source import read_text
-from afmc.eval.spread import json_number, spread_label, std_text
-
-if TYPE_CHECKING:
-    from afmc.runtime.compiled import CompiledModel
-    from afmc.runtime.noise import NoiseConfig, NoiseModel
+from afmc.eval.options import check_options
+from afmc.screen import Screen
 
 app = typer.Typer(no_args_is_help=True,
                   help="afmc: compile neural networks for analog in-memory computing.")
 passes_app = typer.Typer(help="Inspect the registered passes.", no_args_is_help=True)
 app.add_typer(passes_app, name="passes")
-console = Console(stderr=True)
-out = Console()
+screen = Screen()
+
 
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
@@ -86,7 +77,7 @@ def _print_version(value: bool) -> None:
     if value:
         from afmc import __version__
 
-        out.print(f"afmc {__version__}")
+        screen.out.print(f"afmc {__version__}")
         raise typer.Exit()
 
 
@@ -152,7 +143,7 @@ def compile(  # noqa: A001
         cfg = load_config(config, overrides, base=trained)
         from afmc.api import compile as compile_model
 
-        with _afmc_warnings(), console.status("compiling") as status:
+        with _afmc_warnings(), screen.err.status("compiling") as status:
             result = compile_model(
                 model, target, cfg, calibration=calib, output=output, force=force,
                 passes=[name.strip() for name in passes.split(",") if name.strip()]
@@ -161,67 +152,9 @@ def compile(  # noqa: A001
                 tokenizer=tokenizer, progress=lambda step: status.update(f"compiling: {step}"),
                 recalibrate=recalibrate,
             )
-        _print_compile_summary(result.record, output)
+        from afmc.compile_summary import print_compile_summary
 
-
-def _print_fidelity(fidelity: dict) -> None:
-    parts = []
-    for key, label in (("noise_free", "no programming noise"), ("chip_0", "chip 0")):
-        if key in fidelity:
-            scores = fidelity[key]
-            ppl = f"perplexity {scores['perplexity']:.4g}, " if "perplexity" in scores else ""
-            parts.append(f"{label}: {ppl}relative error {scores['relative_error']:.3g}")
-    fp = f"FP perplexity {fidelity['fp_perplexity']:.4g}; " if "fp_perplexity" in fidelity else ""
-    out.print(f"fidelity on {fidelity['data']}: {fp}{'; '.join(parts)}")
-
-
-def _print_compile_summary(record: dict, output: Path) -> None:
-    summary = record["summary"]
-    if "fidelity" in record:
-        _print_fidelity(record["fidelity"])
-    table = Table(title=f"afmc compile -> {output}", show_edge=False)
-    verified = any("output_drift" in step for step in record["passes"])
-    for column in ("step", "seconds") + (("output drift vs FP",) if verified else ()):
-        table.add_column(column)
-    for step in record["passes"]:
-        drift = step.get("output_drift")
-        table.add_row(step["name"], f"{step['seconds']:.2f}",
-                      *((f"{drift:.2e}" if drift is not None else "",) if verified else ()))
-    out.print(table)
-    if "digital" in record:
-        counts = ", ".join(f"{n} {kind}" for kind, n in record["digital"]["layers"].items())
-        out.print(f"target {record['target']}: layers {counts or 'none'}; FP reference "
-                  f"{output / record['digital']['reference']}")
-        return
-    out.print(f"target {record['target']}: {summary['analog_layers']} analog layers, "
-              f"{summary['digital_layers']} digital, {summary['tiles']} tiles "
-              f"({summary['tile_strategy']}, utilization {summary['tile_utilization']:.1%}) "
-              f"({record['config']['hardware']['tile_rows']}x"
-              f"{record['config']['hardware']['tile_cols']}), "
-              f"{summary['analog_weights']:,} analog weights")
-
-
-def _progress() -> Progress:
-    return Progress("[progress.description]{task.description}", BarColumn(),
-                    MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
-
-
-@contextlib.contextmanager
-def _bar_from_first_report(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A progress callback (done, total) whose bar appears at the first report, after the
-    checks, so that an error prints alone."""
-    bar = _progress()
-    task = bar.add_task(description, total=None)
-
-    def progress(done: int, total: int) -> None:
-        bar.start()
-        bar.update(task, completed=done, total=total)
-
-    try:
-        yield progress
-    finally:
-        if bar.live.is_started:
-            bar.stop()
+        print_compile_summary(result.record, output, screen.out)
 
 
 @app.command()
@@ -239,37 +172,12 @@ def run(
     """Run one chip instance: next-token predictions for --text, or for --inputs every
     output with its error to the FP view."""
     with _user_errors():
-        _check_options(max_tokens=max_tokens, top_k=top_k, read_noise=read_noise)
-        model = _open_compiled(compiled)
-        if _tensor_source(model, text, inputs) is not None:
-            _run_tensors(model, inputs, seed, read_noise)
-            return
-        tokenizer = model.tokenizer()
-        ids = tokenizer.encode(read_text(text))[:_within_context(model, max_tokens,
-                                                                 "--max-tokens")]
-        if ids.size == 0:
-            raise ValueError(f"{text}: no tokens")
-        if _is_encoder(model):
-            _run_encoder(model, ids, seed, read_noise)
-            return
-        chip = model.chip(seed, read_noise=read_noise)
-        logits = chip.run(ids[None, :])[0].astype(np.float64)
-        log_probs = logits - logits.max(-1, keepdims=True)
-        log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
-        nll = -log_probs[:-1][np.arange(ids.size - 1), ids[1:]]
-        out.print(f"{_chip_label(model, seed)}: {ids.size} tokens, logits {list(logits.shape)}, "
-                  f"mean {logits.mean():.4f}, std {logits.std():.4f}")
-        if nll.size:
-            out.print(f"next-token accuracy {np.mean(log_probs[:-1].argmax(-1) == ids[1:]):.3f}, "
-                      f"perplexity {np.exp(nll.mean()):.3f}")
-        best = np.argsort(log_probs[-1])[::-1][:top_k]
-        table = Table(title="next token after the text", show_edge=False)
-        table.add_column("token")
-        table.add_column("probability")
-        for token in best:
-            probability = np.exp(log_probs[-1, token])
-            table.add_row(repr(tokenizer.decode([int(token)])), f"{probability:.3f}")
-        out.print(table)
+        check_options(max_tokens=max_tokens, top_k=top_k, read_noise=read_noise)
+        from afmc.eval.run_chip import run_chip
+        from afmc.runtime.compiled import CompiledModel
+
+        run_chip(CompiledModel(compiled), text, inputs, seed, read_noise, max_tokens, top_k,
+                 screen)
 
 
 @app.command()
@@ -322,7 +230,7 @@ def train(
             if not torch.cuda.is_available():
                 raise ValueError(f"--device {device}: no CUDA device is available")
         lead = int(os.environ.get("RANK", "0")) == 0
-        with _progress() as bar:
+        with screen.progress() as bar:
             task = bar.add_task("training", total=cfg.training.steps)
 
             def report(step: int, total: int, loss: float, rate: float) -> None:
@@ -334,8 +242,8 @@ def train(
                                  max_seconds=None if max_minutes is None else max_minutes * 60)
         if lead:
             final = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
-            out.print(f"trained {result.steps} steps ({result.tokens:,} tokens this run, "
-                      f"{result.seconds:.1f} s), final loss {final} -> {output}")
+            screen.out.print(f"trained {result.steps} steps ({result.tokens:,} tokens this "
+                             f"run, {result.seconds:.1f} s), final loss {final} -> {output}")
 
 
 @app.command("eval")
@@ -353,7 +261,7 @@ def eval_(
     read_noise: Annotated[float, typer.Option(help="Per-inference read noise (0: off)")] = 0.0,
     drift: Annotated[str | None, typer.Option(
         help="Times after programming to read every chip at, e.g. 0,3600,1d,1y "
-             "(pcm-drift; results in OUTPUT/eval/drift.json)")] = None,
+             "(pcm-drift; results in OUTPUT/eval/drift-*.json)")] = None,
     noise: Annotated[str | None, typer.Option(
         help="Programming-noise model: pcm, pcm-drift, additive or none "
              "(default: the compiled one; pcm-drift with --drift)")] = None,
@@ -370,7 +278,7 @@ def eval_(
         help="With --task: sampling temperature (0: greedy)")] = 1.0,
     sensitivity: Annotated[bool, typer.Option(
         help="Each analog layer alone on chip --seed, ranked, and the cumulative curve "
-             "(results in OUTPUT/eval/sensitivity.json)")] = False,
+             "(results in OUTPUT/eval/sensitivity-*.json)")] = False,
     seed: Annotated[int, typer.Option(help="--sensitivity: the chip instance")] = 0,
     budget: Annotated[str | None, typer.Option(
         help="--sensitivity: allowed perplexity increase over FP (relative error for "
@@ -381,84 +289,20 @@ def eval_(
 ) -> None:
     """Scores per chip instance and mean +- sample std over seeds, next to the FP view: perplexity
     for --text, for --inputs the error of every output (and accuracy with --labels), or
-    for --task the accuracy of a majority vote over n = 1, 2, 4, ... samples (written to
-    OUT/eval/test_time_compute.json). With --drift, every chip at every time (resumable:
-    finished chips are kept in OUTPUT/eval/drift.jsonl). With --sensitivity, every analog
-    layer alone, ranked (OUT/eval/sensitivity.json)."""
+    for --task the accuracy of a majority vote over n = 1, 2, 4, ... samples. With --drift,
+    every chip at every time (resumable: finished chips are kept in OUTPUT/eval/drift.jsonl).
+    With --sensitivity, every analog layer alone, ranked. Every mode writes its result to
+    OUTPUT/eval/KIND-SETTINGS-HASH.json, beside the results of other settings."""
     with _user_errors():
-        from afmc.eval.drift import eval_noise, parse_times
-        from afmc.eval.json_out import check_json_path, write_json
+        from afmc.eval.command import run_eval
+        from afmc.eval.request import EvalRequest
 
-        modes = [flag for flag, given in (("--task", task is not None), ("--drift", bool(drift)),
-                                          ("--sensitivity", sensitivity)) if given]
-        if len(modes) > 1:
-            raise ValueError(f"{' and '.join(modes)} are separate evaluations: give one")
-        if task is not None:
-            from afmc.eval.test_time_compute import accuracy_table, eval_task
-
-            if text is not None or inputs is not None:
-                raise ValueError("give either --task or --text/--inputs, not both")
-            _check_options(seeds=seeds, read_noise=read_noise)
-            with _bar_from_first_report("problems") as progress:
-                result = eval_task(_open_compiled(compiled), task, samples=samples, vote=vote,
-                                   seeds=seeds, temperature=temperature,
-                                   read_noise=read_noise, progress=progress)
-            out.print(accuracy_table(result))
-            return
-        _check_options(seeds=seeds, max_tokens=max_tokens, seq_len=seq_len,
-                       read_noise=read_noise, jobs=jobs)
-        jobs = _within_cores(jobs)
-        times = parse_times(drift) if drift is not None else None
-        if json_out is not None:
-            check_json_path(json_out)
-        fraction = _sensitivity_options(sensitivity, seed, budget, rules)
-        model = _open_compiled(compiled)
-        noise_config = eval_noise(model, _noise_model(noise), gdc, times is not None)
-        if sensitivity:
-            _eval_sensitivity(model, text, inputs, seed, fraction, rules, noise_config,
-                              read_noise, max_tokens, seq_len, json_out)
-            return
-        if times is not None:
-            _eval_drift(model, text, inputs, seeds, times, noise_config, read_noise, jobs,
-                        max_tokens, seq_len, json_out)
-            return
-        if _tensor_source(model, text, inputs) is not None:
-            _eval_tensors(model, inputs, labels, seeds, read_noise, json_out, noise_config)
-            return
-        if labels is not None:
-            raise ValueError("--labels goes with --inputs (tensors), not with --text")
-        from afmc.eval.evaluate import evaluate
-
-        ids = model.tokenizer().encode(read_text(text))
-        seq_len = _within_context(model, seq_len, "--seq-len")
-        if _is_encoder(model):
-            _eval_encoder(model, ids, seeds, seq_len, max_tokens, read_noise, json_out,
-                          noise_config)
-            return
-        with _progress() as bar:
-            bar_task = bar.add_task("fp", total=None)
-
-            def on_result(name: str, value: float) -> None:
-                out.print(f"{name:>30}: perplexity {value:.4f}")
-
-            def progress(done: int, total: int) -> None:
-                bar.update(bar_task, completed=done, total=total)
-
-            report = evaluate(model, ids, list(range(seeds)), seq_len=seq_len,
-                              max_tokens=max_tokens, read_noise=read_noise, noise=noise_config,
-                              jobs=jobs, on_result=on_result, progress=progress)
-        if report.digital:
-            out.print(f"FP perplexity {report.fp:.4f}; {report.digital} {report.mean:.4f} "
-                      f"({report.mean / report.fp - 1:+.2%}), {report.tokens} tokens")
-            out.print(_one_run_note(report.digital))
-        else:
-            out.print(f"FP perplexity {report.fp:.4f}; analog over {seeds} chip(s): "
-                      f"{report.mean:.4f} +- {std_text(report.std)} "
-                      f"({spread_label(len(report.chips))}; {report.tokens} tokens)")
-        if json_out:
-            write_json(json_out, {"tokens": report.tokens, "fp": report.fp,
-                                  "noise_free": report.noise_free, "chips": report.chips,
-                                  "mean": report.mean, "std": json_number(report.std)})
+        run_eval(EvalRequest(
+            compiled, text=text, inputs=inputs, labels=labels, seeds=seeds,
+            max_tokens=max_tokens, seq_len=seq_len, read_noise=read_noise, drift=drift,
+            noise=noise, gdc=gdc, jobs=jobs, json_out=json_out, task=task, samples=samples,
+            vote=vote, temperature=temperature, sensitivity=sensitivity, seed=seed,
+            budget=budget, rules=rules), screen)
 
 
 @app.command()
@@ -478,11 +322,13 @@ def generate(
     """Continue --prompt with a compiled language model (KV-cache decoding): prints the
     generated text; the same seeds give the same text."""
     with _user_errors():
-        _check_options(max_new_tokens=max_new_tokens, read_noise=read_noise)
+        check_options(max_new_tokens=max_new_tokens, read_noise=read_noise)
+        from afmc.eval.run_chip import chip_label
+        from afmc.runtime.compiled import CompiledModel
         from afmc.runtime.generation import GenerationOptions, check_language_model
         from afmc.runtime.generation import generate as generate_tokens
 
-        model = _open_compiled(compiled)
+        model = CompiledModel(compiled)
         check_language_model(model.record)
         tokenizer = model.tokenizer()
         options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, sample_seed,
@@ -494,11 +340,11 @@ def generate(
         started = time.perf_counter()  # tokens/s of decoding, without the chip's start
         result = generate_tokens(chip, model.record, ids, options)
         seconds = time.perf_counter() - started
-        out.print(tokenizer.decode(result.tokens), markup=False, highlight=False)
-        which = "FP view" if fp else _chip_label(model, seed)
-        console.print(f"{which}: {len(result.tokens)} new tokens "
-                      f"({'eos' if result.stopped_at_eos else 'max-new-tokens'}), "
-                      f"{len(result.tokens) / seconds:.1f} tokens/s", highlight=False)
+        screen.out.print(tokenizer.decode(result.tokens), markup=False, highlight=False)
+        which = "FP view" if fp else chip_label(model, seed)
+        screen.err.print(f"{which}: {len(result.tokens)} new tokens "
+                         f"({'eos' if result.stopped_at_eos else 'max-new-tokens'}), "
+                         f"{len(result.tokens) / seconds:.1f} tokens/s", highlight=False)
 
 
 @app.command("lm-eval", add_help_option=False,
@@ -521,324 +367,6 @@ def lm_eval_command(ctx: typer.Context) -> None:
             cli_evaluate()
         finally:
             sys.argv = argv
-
-
-_MINIMUM = {"seeds": 1, "max_tokens": 1, "seq_len": 2, "top_k": 1, "max_new_tokens": 1,
-            "jobs": 1}
-
-
-def _check_options(**options: float) -> None:
-    """A ValueError naming the first option out of range: --seeds, --max-tokens,
-    --max-new-tokens, --top-k and --jobs at least 1, --seq-len at least 2, --read-noise a finite
-    number >= 0."""
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if name == "read_noise":
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{flag} must be a finite number >= 0, got {value}")
-        elif value < _MINIMUM[name]:
-            raise ValueError(f"{flag} must be at least {_MINIMUM[name]}, got {value}")
-
-
-def _open_compiled(compiled: Path) -> CompiledModel:
-    """The compiled output OUT, opened once for the whole command."""
-    from afmc.runtime.compiled import CompiledModel
-
-    return CompiledModel(compiled)
-
-
-def _chip_label(model: CompiledModel, seed: int) -> str:
-    """How run and generate name what they ran: the chip, or the one noiseless model."""
-    return f"chip seed {seed}" if model.varies_by_seed else f"{model.target} model (no noise)"
-
-
-def _number_text(value: float, spec: str) -> str:
-    """`value` formatted by `spec`; "n/a" for NaN (the sample std of one chip)."""
-    return "n/a" if math.isnan(value) else format(value, spec)
-
-
-def _one_run_note(target: str) -> str:
-    """eval's note for a target whose chips do not vary by seed."""
-    return f"{target} target: one run, no programming noise (--seeds ignored)"
-
-
-def _tensor_source(model: CompiledModel, text: str | None, inputs: Path | None) -> Path | None:
-    """The --inputs file, or None for --text; exactly one of the two, and --text only for a
-    model compiled with a tokenizer."""
-    if text is not None and inputs is not None:
-        raise ValueError("give either --text or --inputs, not both")
-    if text is None and inputs is None:
-        raise ValueError("give --text FILE (language models, encoders) or --inputs FILE "
-                         "(tensors keyed by input name)")
-    if text is not None and not model.has_tokenizer:
-        raise ValueError(f"{model.out_dir}: compiled model has no tokenizer; give --inputs FILE "
-                         "(tensors keyed by input name)")
-    return inputs
-
-
-def _run_tensors(model: CompiledModel, inputs: Path, seed: int, read_noise: float) -> None:
-    """afmc run --inputs: every output of chip `seed`, its statistics and error to FP."""
-    from afmc.eval.tensor_eval import TOP1_SHOWN, run_tensors
-
-    report = run_tensors(model, inputs, seed, read_noise=read_noise)
-    out.print(f"{_chip_label(model, seed)}: {report.samples} samples from {inputs}")
-    table = Table(title="outputs vs the FP view", show_edge=False)
-    for column in ("output", "shape", "mean", "std", "relative error", "SQNR (dB)", "cosine",
-                   "top-1 agreement"):
-        table.add_column(column)
-    for output in report.outputs:
-        table.add_row(output.name, str(output.shape), f"{output.mean:.4g}", f"{output.std:.4g}",
-                      f"{output.error.relative_error:.4g}", f"{output.error.sqnr_db:.2f}",
-                      f"{output.error.cosine:.4f}", _number_text(output.error.agreement, ".4f"))
-    out.print(table)
-    for output in report.outputs:
-        if output.top1 is not None:
-            out.print(f"{output.name}: top-1 class of the first {len(output.top1)} sample(s) "
-                      f"{output.top1} (FP {output.fp_top1})"
-                      + (f", of {report.samples}" if report.samples > TOP1_SHOWN else ""))
-
-
-def _eval_tensors(model: CompiledModel, inputs: Path, labels: Path | None, seeds: int,
-                  read_noise: float, json_out: Path | None, noise: NoiseConfig) -> None:
-    """afmc eval --inputs: error of every output per chip, mean +- sample std, and
-    accuracy."""
-    from afmc.eval.json_out import write_json
-    from afmc.eval.tensor_eval import METRICS, evaluate_tensors
-
-    with _bar_from_first_report("chips") as progress:
-        report = evaluate_tensors(model, inputs, list(range(seeds)), labels_file=labels,
-                                  read_noise=read_noise, noise=noise, progress=progress)
-    accuracy = report.fp_accuracy is not None
-    over = "" if report.digital else f"; {spread_label(len(report.chips))}"
-    table = Table(title=f"outputs vs the FP view on {report.samples} samples (noise-free: "
-                        f"the stored weights, no programming noise{over})", show_edge=False)
-    for column in ("chip", "output", "relative error", "SQNR (dB)", "cosine",
-                   "top-1 agreement") + (("accuracy",) if accuracy else ()):
-        table.add_column(column)
-    rows = ([("noise-free", report.noise_free)] if report.noise_free else []) + [
-        (report.digital or f"seed {seed}", scores) for seed, scores in report.chips.items()]
-    for label, scores in rows:
-        for name, error in scores.errors.items():
-            table.add_row(label, name, f"{error.relative_error:.4g}", f"{error.sqnr_db:.2f}",
-                          f"{error.cosine:.4f}", _number_text(error.agreement, ".4f"),
-                          *((f"{scores.accuracy:.4f}",) if accuracy else ()))
-    if not report.digital:
-        spread = report.accuracy_spread()
-        for index, label in enumerate(("mean", "sample std")):
-            for name in report.outputs:
-                cells = [report.spread(name, metric)[index] for metric in METRICS]
-                table.add_row(label, name, _number_text(cells[0], ".4g"),
-                              _number_text(cells[1], ".2f"), _number_text(cells[2], ".4f"),
-                              _number_text(cells[3], ".4f"),
-                              *((_number_text(spread[index], ".4f"),) if spread else ()))
-    out.print(table)
-    if accuracy:
-        out.print(f"FP accuracy {report.fp_accuracy:.4f}")
-    if report.digital:
-        out.print(_one_run_note(report.digital))
-    if json_out:
-        write_json(json_out, report.to_json())
-
-
-def _lm_windows(model: CompiledModel, text: str, seq_len: int, max_tokens: int,
-                option: str) -> np.ndarray:
-    """The token windows of --text for `option` on a language model; a ValueError for an
-    encoder, which `option` scores by its outputs (--inputs)."""
-    from afmc.data.tokenizer import token_windows
-
-    if _is_encoder(model):
-        raise ValueError(f"{option} on an encoder: give --inputs FILE (the error of its "
-                         "outputs against the FP view is the metric)")
-    ids = model.tokenizer().encode(read_text(text))
-    return token_windows(ids, min(_within_context(model, seq_len, "--seq-len"), len(ids)),
-                         max_tokens)
-
-
-def _within_cores(jobs: int) -> int:
-    """--jobs, or the machine's core count when it has fewer, with a note: more processes
-    than cores only share them."""
-    cores = os.cpu_count() or 1
-    if jobs <= cores:
-        return jobs
-    out.print(f"note: --jobs {jobs} cut to {cores}, the cores of this machine")
-    return cores
-
-
-def _noise_model(name: str | None) -> NoiseModel | None:
-    """--noise as a NoiseModel name (None: not given); ValueError for an unknown one."""
-    from typing import get_args
-
-    from afmc.runtime.noise import NoiseModel
-
-    known = get_args(NoiseModel)
-    if name is not None and name not in known:
-        raise ValueError(f"--noise {name!r}: unknown noise model (known: {', '.join(known)})")
-    return name
-
-
-def _time_label(seconds: float) -> str:
-    """A drift time as people say it: 0 s, 1 h, 1 d, 1 y (else seconds)."""
-    for unit, size in (("y", 31536000.0), ("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
-        if seconds >= size and (seconds / size).is_integer():
-            return f"{seconds / size:g} {unit}"
-    return f"{seconds:g} s"
-
-
-def _eval_drift(model: CompiledModel, text: str | None, inputs: Path | None, seeds: int,
-                times: list[float], noise: NoiseConfig, read_noise: float, jobs: int,
-                max_tokens: int, seq_len: int, json_out: Path | None) -> None:
-    """afmc eval --drift: every chip at every time, mean +- sample std per time, as a table and
-    as OUTPUT/eval/drift.json (points kept in drift.jsonl as they finish)."""
-    from afmc.data.model_inputs import load_inputs
-    from afmc.eval.drift import DRIFT_FILE, DRIFT_LOG, evaluate_drift
-    from afmc.eval.evaluate import chip_perplexity
-    from afmc.eval.json_out import write_json
-    from afmc.eval.sweep import OutputErrorScorer, PerplexityScorer
-    from afmc.layout import EVAL_DIR
-
-    if _tensor_source(model, text, inputs) is not None:
-        scorer = OutputErrorScorer.against_fp(model, load_inputs(inputs, model.signature()))
-        fp = None
-    else:
-        windows = _lm_windows(model, text, seq_len, max_tokens, "--drift")
-        scorer = PerplexityScorer(windows)
-        fp = chip_perplexity(model.fp_view(), windows, scorer.batch_size)
-        out.print(f"FP perplexity {fp:.4f} ({windows.size} tokens)")
-    results = model.out_dir / EVAL_DIR
-    results.mkdir(exist_ok=True)
-    with _progress() as bar:
-        task = bar.add_task(f"{seeds} chips x {len(times)} times", total=seeds * len(times))
-        report = evaluate_drift(model, scorer, fp, list(range(seeds)), times, noise,
-                                read_noise=read_noise, jobs=jobs, log=results / DRIFT_LOG,
-                                on_point=lambda *_: bar.advance(task))
-    metric = scorer.metric.replace("_", " ")
-    table = Table(title=f"{metric} over time after programming ({noise.model}, "
-                        f"drift compensation {'on' if noise.drift_compensation else 'off'}; "
-                        f"{spread_label(len(report.seeds))})",
-                  show_edge=False)
-    for column in ("time", "mean", "sample std",
-                   *(f"seed {seed}" for seed in report.seeds[:8])):
-        table.add_column(column)
-    for row in report.summary():
-        table.add_row(_time_label(row["time_s"]), f"{row['mean']:.4f}", std_text(row["std"]),
-                      *(f"{value:.4f}" for value in report.at(row["time_s"])[:8]))
-    out.print(table)
-    write_json(results / DRIFT_FILE, report.to_json())
-    if json_out:
-        write_json(json_out, report.to_json())
-    out.print(f"-> {results / DRIFT_FILE}")
-
-
-def _sensitivity_options(sensitivity: bool, seed: int, budget: str | None,
-                         rules: Path | None) -> float | None:
-    """--budget as a fraction (None: not given); ValueError for a bad --seed or --budget,
-    or for --budget/--rules without --sensitivity (--rules without --budget)."""
-    from afmc.eval.sensitivity import parse_budget
-
-    if not sensitivity:
-        if budget is not None or rules is not None:
-            raise ValueError("--budget and --rules go with --sensitivity")
-        return None
-    if seed < 0:
-        raise ValueError(f"--seed must be at least 0, got {seed}")
-    if rules is not None and budget is None:
-        raise ValueError("--rules needs --budget (the keep-digital suggestion)")
-    if rules is not None and not rules.parent.is_dir():
-        raise ValueError(f"--rules {rules}: directory does not exist")
-    return None if budget is None else parse_budget(budget)
-
-
-def _eval_sensitivity(model: CompiledModel, text: str | None, inputs: Path | None, seed: int,
-                      budget: float | None, rules: Path | None, noise: NoiseConfig,
-                      read_noise: float, max_tokens: int, seq_len: int,
-                      json_out: Path | None) -> None:
-    """afmc eval --sensitivity: the ranking table, the cumulative curve, OUTPUT/eval/
-    sensitivity.json and, with --budget, the keep-digital configuration."""
-    from afmc.data.model_inputs import load_inputs
-    from afmc.eval import sensitivity as sens
-    from afmc.eval.json_out import write_json
-    from afmc.layout import EVAL_DIR
-
-    sens.check_sensitivity(model)
-    if _tensor_source(model, text, inputs) is not None:
-        scorer: sens.Scorer = sens.OutputsScorer(model, load_inputs(inputs, model.signature()))
-    else:
-        windows = _lm_windows(model, text, seq_len, max_tokens, "--sensitivity")
-        scorer = sens.LogitsScorer(model.fp_view(), windows)
-        out.print(f"FP perplexity {scorer.fp:.4f} ({windows.size} tokens)")
-    with _bar_from_first_report("layer chips") as progress:
-        report = sens.measure_sensitivity(model, scorer, seed, noise=noise,
-                                          read_noise=read_noise, progress=progress)
-    if budget is not None:
-        sens.suggest(report, budget)
-    out.print(sens.ranking_table(report))
-    lm = report.fp is not None
-    out.print(f"all analog: {report.metric.replace('_', ' ')} {report.all_analog:.4f}"
-              + (f" (FP {report.fp:.4f}, {report.all_analog / report.fp - 1:+.2%})" if lm
-                 else ""))
-    results = model.out_dir / EVAL_DIR
-    results.mkdir(exist_ok=True)
-    if budget is not None:
-        path = rules or results / sens.RULES_FILE
-        sens.write_rules(path, model.record, report.keep_digital)
-        out.print(f"budget {budget:.2%}: {len(report.layers) - len(report.keep_digital)} "
-                  f"layer(s) analog, {len(report.keep_digital)} kept digital -> {path}")
-    write_json(results / sens.SENSITIVITY_FILE, report.to_json())
-    if json_out:
-        write_json(json_out, report.to_json())
-    out.print(f"-> {results / sens.SENSITIVITY_FILE}")
-
-
-def _within_context(model: CompiledModel, length: int, option: str) -> int:
-    """`length`, or the model's context (record max_positions) when it is shorter: a
-    sequence option is cut to what the model reads, with a note."""
-    limit = model.max_positions
-    if limit is None or length <= limit:
-        return length
-    out.print(f"note: {option} {length} cut to {limit}, the model's context "
-              "(max_position_embeddings)")
-    return limit
-
-
-def _is_encoder(model: CompiledModel) -> bool:
-    from afmc.eval.embedding import is_encoder
-
-    return is_encoder(model.record)
-
-
-def _run_encoder(model: CompiledModel, ids: np.ndarray, seed: int, read_noise: float) -> None:
-    """afmc run on an encoder: the text's embedding on chip `seed`, and its error to FP."""
-    from afmc.eval.embedding import embedding_error, embeddings
-
-    chip = model.chip(seed, read_noise=read_noise)
-    got = embeddings(chip, ids[None, :])
-    error = embedding_error(got, embeddings(model.fp_view(), ids[None, :]))
-    out.print(f"{_chip_label(model, seed)}: {ids.size} tokens, embedding {list(got.shape)}, norm "
-              f"{np.linalg.norm(got):.4f}; vs FP: relative error {error.relative_error:.4f}, "
-              f"cosine {error.cosine:.4f}")
-
-
-def _eval_encoder(model: CompiledModel, ids: np.ndarray, seeds: int, seq_len: int, max_tokens: int,
-                  read_noise: float, json_out: Path | None, noise: NoiseConfig) -> None:
-    """afmc eval on an encoder: relative error of the mean-pooled embeddings to the FP view."""
-    from afmc.data.tokenizer import token_windows
-    from afmc.eval.embedding import evaluate_encoder
-
-    windows = token_windows(ids, min(seq_len, len(ids)), max_tokens)
-    report = evaluate_encoder(model, windows, list(range(seeds)), read_noise=read_noise,
-                              noise=noise)
-    for seed, error in report.chips.items():
-        out.print(f"{report.digital or f'seed {seed}':>10}: embedding relative error "
-                  f"{error.relative_error:.4f}, cosine {error.cosine:.4f}")
-    out.print(f"embedding relative error vs FP over {report.windows} windows: "
-              f"{report.mean:.4f} +- {std_text(report.std)} "
-              f"({spread_label(len(report.chips))})")
-    if json_out:
-        from afmc.eval.json_out import write_json
-
-        write_json(json_out, {"windows": report.windows, "digital": report.digital,
-                              "chips": {seed: vars(error) for seed, error in report.chips.items()},
-                              "mean": report.mean, "std": json_number(report.std)})
 
 
 @app.command()
@@ -864,15 +392,15 @@ def synth(
                             top_p)
         from afmc.train.synth import synthesize
 
-        with _bar_from_first_report("tokens") as progress:
+        with screen.bar_from_first_report("tokens") as progress:
             result = synthesize(
                 model, output, tokens, seq_len=seq_len, shard_sequences=shard_sequences,
                 batch_size=batch_size, temperature=temperature, top_k=top_k, top_p=top_p,
                 seed=seed, force=force, progress=progress)
         kept = f" ({result.kept_shards} kept from an earlier run)" if result.kept_shards else ""
         shards = f"{result.shards} shard" + ("s" if result.shards > 1 else "")
-        out.print(f"{result.sequences} sequences of {result.seq_len} tokens in {shards}{kept} "
-                  f"-> {output}")
+        screen.out.print(f"{result.sequences} sequences of {result.seq_len} tokens in "
+                         f"{shards}{kept} -> {output}")
 
 
 @app.command()
@@ -889,21 +417,11 @@ def report(
     """Layers, tiles and utilization of a compiled model; draws its tile map as SVG and
     writes one self-contained HTML page with the evaluation results of OUTPUT/eval."""
     with _user_errors():
-        from afmc.mapping import STRATEGIES
+        from afmc.report import check_report_options
         from afmc.report import report as print_report
 
-        if strategy is not None and strategy not in STRATEGIES:
-            raise ValueError(f"--strategy {strategy!r}: unknown tile strategy (known: "
-                             f"{', '.join(STRATEGIES)})")
-        for option, path in (("--svg", svg), ("--html", html)):
-            if path is None:
-                continue
-            if path.is_dir():
-                raise IsADirectoryError(f"{option} {path}: is a directory")
-            existing = next(parent for parent in path.absolute().parents if parent.exists())
-            if not existing.is_dir():
-                raise NotADirectoryError(f"{option} {path}: {existing} is not a directory")
-        print_report(compiled, svg=svg, strategy=strategy, console=out, html=html)
+        check_report_options(strategy, svg, html)
+        print_report(compiled, svg=svg, strategy=strategy, console=screen.out, html=html)
 
 
 @passes_app.command("list")
@@ -916,7 +434,7 @@ def passes_list() -> None:
         table.add_column(column)
     for info in PASSES.values():
         table.add_row(info.name, info.level, info.summary)
-    out.print(table)
+    screen.out.print(table)
 
 
 @app.command()
@@ -925,4 +443,4 @@ def targets() -> None:
     from afmc.targets import TARGETS
 
     for target in TARGETS.values():
-        out.print(f"{target.name:6} {target.description}")
+        screen.out.print(f"{target.name:6} {target.description}")

@@ -6,7 +6,8 @@ tile_cols, and tile_strategy when the configuration has it) and, when present,
 The map shown is the requested strategy's, else the stored map's, else the
 configured strategy's, else one-per-tile; a stored map is used as stored, every
 other map is computed from the layers and the configuration. Prints a table of
-the layers and one of the tile totals of every strategy, draws the map as SVG
+the layers, one of the tile totals of every strategy and one of the result files
+of OUT/eval with their headline numbers (afmc.report_headlines), draws the map as SVG
 (default OUT/tile_map.svg) and writes the report page (afmc.report_html; default
 OUT/report.html) with the evaluation results of OUT/eval.
 
@@ -31,7 +32,9 @@ from afmc.eval.json_out import write_text_atomic
 from afmc.input_files import read_json_object
 from afmc.layout import RECORD_FILE
 from afmc.mapping import STRATEGIES, TileMap, map_tiles, write_tile_map_svg
+from afmc.report_headlines import results_table
 from afmc.report_html import HTML_FILE, build_page
+from afmc.report_results import read_eval_results
 
 DEFAULT_STRATEGY = "one-per-tile"
 SVG_FILE = "tile_map.svg"
@@ -126,6 +129,22 @@ def strategy_table(maps: dict[str, TileMap], chosen: str) -> Table:
     return table
 
 
+def check_report_options(strategy: str | None, svg: Path | None, html: Path | None) -> None:
+    """A user error for an unknown --strategy, or an --svg or --html path that is a
+    directory or lies under a file."""
+    if strategy is not None and strategy not in STRATEGIES:
+        raise ValueError(f"--strategy {strategy!r}: unknown tile strategy (known: "
+                         f"{', '.join(STRATEGIES)})")
+    for option, path in (("--svg", svg), ("--html", html)):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise IsADirectoryError(f"{option} {path}: is a directory")
+        existing = next(parent for parent in path.absolute().parents if parent.exists())
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{option} {path}: {existing} is not a directory")
+
+
 def report(
     out_dir: Path,
     svg: Path | None = None,
@@ -142,7 +161,8 @@ def report(
     try:
         chosen, maps = tile_maps(record, strategy)
         tables = layer_table(record["layers"], maps[chosen]), strategy_table(maps, chosen)
-        page = build_page(Path(out_dir), record, path, chosen, maps)
+        results = read_eval_results(Path(out_dir))
+        page = build_page(Path(out_dir), record, path, chosen, maps, results)
     except KeyError as error:
         raise ValueError(f"{path}: not a valid afmc record (no {error.args[0]!r} field)"
                          ) from None
@@ -157,6 +177,9 @@ def report(
                       f"in {outliers['layers']} layers, {outliers['share']:.2%} of the analog "
                       f"weights; {outliers['macs_per_token']:,} MACs per token; "
                       f"{outliers['bytes']:,} bytes stored")
+    evaluated = results_table(results)
+    if evaluated is not None:
+        console.print(evaluated)
     written = write_tile_map_svg(maps[chosen], svg or Path(out_dir) / SVG_FILE)
     console.print(f"tile map ({chosen}) -> {written}")
     page_path = Path(html or Path(out_dir) / HTML_FILE)

@@ -1,16 +1,19 @@
 """The report page: one self-contained HTML file about a compiled output directory.
 
 Rules:
-- Six sections, in this order and with these ids: "config" (afmc.json: source,
+- Seven sections, in this order and with these ids: "config" (afmc.json: source,
   target, version, summary, config hardware/calibration/noise), "placement"
   (layers table with placement and rule, tiles per strategy, the tile map SVG
-  inline), "drift" (eval/drift.json), "sensitivity" (eval/sensitivity.json),
-  "test-time-compute" (eval/test_time_compute.json) and "passes" (afmc.json
-  "passes").
+  inline), "chips" (eval/seeds-*, embedding-* and inputs-*.json: the headline
+  numbers over chips), "drift" (eval/drift-*.json), "sensitivity"
+  (eval/sensitivity-*.json), "test-time-compute" (eval/test_time_compute-*.json)
+  and "passes" (afmc.json "passes").
+- Every result file of OUT/eval is shown (afmc.report_results): in "chips" a row
+  each, in the other sections a part each, headed by the file's name and settings.
 - Self-contained: figures are PNG data URIs (afmc.report_plots), the tile map
   is inline SVG, the style sheet is inline; no scripts, no external file,
   font or link (the only links are to the page's own sections).
-- A section whose file is absent says "Not evaluated yet", names the file and
+- A section without a file says "Not evaluated yet", names the files' pattern and
   gives the command that makes it (with --text for a model with a tokenizer,
   --inputs otherwise). A result file that is present but broken is an error
   (afmc.report_results) and no page is built.
@@ -25,7 +28,7 @@ from __future__ import annotations
 import base64
 import json
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -35,16 +38,12 @@ from afmc.eval.spread import std_text
 from afmc.layout import EVAL_DIR
 from afmc.mapping import TileMap, tile_map_svg
 from afmc.report_results import (
-    DRIFT_FILE,
-    SENSITIVITY_FILE,
-    TEST_TIME_COMPUTE_FILE,
     DriftResult,
-    EvalResults,
+    Found,
     PassTime,
     RecordFacts,
     SensitivityResult,
     TtcResult,
-    read_eval_results,
     validated,
 )
 
@@ -52,6 +51,7 @@ HTML_FILE = "report.html"
 SECTIONS = {
     "config": "Model and hardware configuration",
     "placement": "Placement and tile map",
+    "chips": "Accuracy over chips",
     "drift": "Accuracy against drift time",
     "sensitivity": "Per-layer sensitivity",
     "test-time-compute": "Test-time compute",
@@ -129,10 +129,11 @@ def image(png: bytes, alt: str) -> str:
 
 
 def absent(path: Path, command: str) -> str:
-    """The note for a result file not made yet, with the command that makes it."""
+    """The note for results not made yet (`path`: their pattern), with a command that
+    makes one."""
     return (
-        f'<div class="absent"><p>Not evaluated yet: <code>{escape(str(path))}</code> is '
-        f"absent. Make it with:</p><pre>{escape(command)}</pre></div>"
+        f'<div class="absent"><p>Not evaluated yet: no <code>{escape(str(path))}</code>. '
+        f"Make one with:</p><pre>{escape(command)}</pre></div>"
     )
 
 
@@ -289,6 +290,58 @@ def ttc_section(result: TtcResult) -> str:
     )
 
 
+def settings_text(settings: dict[str, Any]) -> str:
+    """A result file's settings in one line (the noise model by its name)."""
+    shown = {key: value["model"] if key == "noise" and isinstance(value, dict) else value
+             for key, value in settings.items()}
+    return ", ".join(f"{key} {value_text(value)}" for key, value in shown.items())
+
+
+def chips_rows(found: Found) -> list[tuple[Any, ...]]:
+    """The headline rows of a seeds, embedding or inputs result: file, data, chips,
+    metric, mean, sample std, FP."""
+    result, name = found.result, found.path.name
+    data = value_text(result.settings.get("data", NOT_RECORDED))
+    chips = len(result.chips) if hasattr(result, "chips") else result.settings.get("seeds", "-")
+    if result.kind == "seeds":
+        return [(name, data, chips, "perplexity", f"{result.mean:.4f}", std_text(result.std),
+                 f"{result.fp:.4f}")]
+    if result.kind == "embedding":
+        return [(name, data, chips, "embedding relative error", f"{result.mean:.4f}",
+                 std_text(result.std), "-")]
+    rows = [(name, data, chips, f"{output} relative error",
+             _number(result.mean.outputs[output].get("relative_error")),
+             std_text(result.std.outputs[output].get("relative_error")), "-")
+            for output in result.outputs]
+    if result.fp_accuracy is not None:
+        rows.append((name, data, chips, "accuracy", _number(result.mean.accuracy),
+                     std_text(result.std.accuracy), f"{result.fp_accuracy:.4f}"))
+    return rows
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def chips_section(found: list[Found]) -> str:
+    """One table: the mean +- sample std over chips of every seeds, embedding and inputs
+    result."""
+    rows = [row for each in found for row in chips_rows(each)]
+    return table(("result file", "data", "chips", "metric", "mean", "sample std", "FP view"),
+                 rows, numeric=(2, 4, 5, 6))
+
+
+def parts(found: list[Found], body: Callable[[Any], str]) -> str:
+    """Each result file of a kind under its name and settings."""
+    return "".join(
+        f"<h3>{escape(each.path.name)}</h3>"
+        + (f'<p class="muted">Settings: {escape(settings_text(each.result.settings))}</p>'
+           if each.result.settings else "")
+        + body(each.result)
+        for each in found
+    )
+
+
 def passes_section(passes: list[PassTime]) -> str:
     """The time of every compile pass as a table and a bar chart."""
     total = sum(step.seconds for step in passes)
@@ -308,26 +361,37 @@ def commands(out_dir: Path, text_model: bool) -> dict[str, str]:
     """The command that makes each result file of `out_dir`."""
     out, data = shlex.quote(str(out_dir)), "--text FILE" if text_model else "--inputs FILE"
     return {
+        "chips": f"afmc eval {out} {data} --seeds 5",
         "drift": f"afmc eval {out} {data} --drift 0,3600,86400 --seeds 5",
         "sensitivity": f"afmc eval {out} --sensitivity {data} --budget 1%",
         "test-time-compute": f"afmc eval {out} --task FILE --samples 8 --vote majority",
     }
 
 
+ABSENT = {"chips": "seeds-*.json", "drift": "drift-*.json",
+          "sensitivity": "sensitivity-*.json", "test-time-compute": "test_time_compute-*.json"}
+
+
 def section_bodies(out_dir: Path, record: dict[str, Any], facts: RecordFacts,
-                   results: EvalResults, chosen: str, maps: dict[str, TileMap]) -> dict[str, str]:
+                   results: dict[str, list[Found]], chosen: str,
+                   maps: dict[str, TileMap]) -> dict[str, str]:
     """The body of every section, by id."""
     folder = Path(out_dir) / EVAL_DIR
     make = commands(out_dir, facts.tokenizer is not None)
+    evaluated = {
+        "chips": chips_section(results["seeds"] + results["embedding"] + results["inputs"])
+        if results["seeds"] or results["embedding"] or results["inputs"] else None,
+        "drift": parts(results["drift"], drift_section) if results["drift"] else None,
+        "sensitivity": parts(results["sensitivity"], sensitivity_section)
+        if results["sensitivity"] else None,
+        "test-time-compute": parts(results["test_time_compute"], ttc_section)
+        if results["test_time_compute"] else None,
+    }
     return {
         "config": config_section(facts),
         "placement": placement_section(record["layers"], chosen, maps),
-        "drift": absent(folder / DRIFT_FILE, make["drift"]) if results.drift is None
-        else drift_section(results.drift),
-        "sensitivity": absent(folder / SENSITIVITY_FILE, make["sensitivity"])
-        if results.sensitivity is None else sensitivity_section(results.sensitivity),
-        "test-time-compute": absent(folder / TEST_TIME_COMPUTE_FILE, make["test-time-compute"])
-        if results.test_time_compute is None else ttc_section(results.test_time_compute),
+        **{key: absent(folder / ABSENT[key], make[key]) if body is None else body
+           for key, body in evaluated.items()},
         "passes": '<p class="absent">This afmc.json has no compile log ("passes"); '
         "compile again to record one.</p>" if facts.passes is None
         else passes_section(facts.passes),
@@ -335,11 +399,12 @@ def section_bodies(out_dir: Path, record: dict[str, Any], facts: RecordFacts,
 
 
 def build_page(out_dir: Path, record: dict[str, Any], record_path: Path, chosen: str,
-               maps: dict[str, TileMap]) -> str:
+               maps: dict[str, TileMap], results: dict[str, list[Found]]) -> str:
     """The page of `out_dir` (module rules); `record` was read from `record_path`, `maps`
-    holds every strategy's tile map and `chosen` names the one drawn."""
+    holds every strategy's tile map, `chosen` names the one drawn and `results` are the
+    result files of OUT/eval (afmc.report_results)."""
     facts = validated(record_path, record, RecordFacts, "afmc record")
-    bodies = section_bodies(out_dir, record, facts, read_eval_results(out_dir), chosen, maps)
+    bodies = section_bodies(out_dir, record, facts, results, chosen, maps)
     title = f"afmc report: {facts.source or out_dir}"
     nav = "".join(f'<a href="#{key}">{escape(name)}</a>' for key, name in SECTIONS.items())
     sections = "".join(

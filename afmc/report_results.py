@@ -1,9 +1,12 @@
 """The files the report page reads, checked against their schemas (docs/tile-mapping.md).
 
 Rules:
-- The evaluation results live in OUT/eval (afmc.layout.EVAL_DIR): drift.json,
-  sensitivity.json and test_time_compute.json, each written by `afmc eval`. A
-  file that is absent reads as None (the page says how to make it).
+- The evaluation results live in OUT/eval (afmc.layout.EVAL_DIR), one file per
+  mode and settings, each written by `afmc eval` and named by afmc.eval.results
+  (KIND-LABEL-HASH.json; the older drift.json, sensitivity.json and
+  test_time_compute.json are read too). Every file of a kind is read, in the order
+  of their names; a kind without files reads as an empty list (the page says how
+  to make one).
 - A file that is present must be a JSON object of its schema: its "kind", every
   field the page shows, with the right types; fields the page does not show may
   be absent or anything. The error is one line naming the file, the first field
@@ -16,21 +19,66 @@ Rules:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from afmc.eval.results import result_files
 from afmc.input_files import read_json_object
-from afmc.layout import EVAL_DIR
-
-DRIFT_FILE = "drift.json"
-SENSITIVITY_FILE = "sensitivity.json"
-TEST_TIME_COMPUTE_FILE = "test_time_compute.json"
 
 
 class _Schema(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+    settings: dict[str, Any] = {}  # what keyed the file (afmc.eval.results); older: none
+
+
+class SeedsResult(_Schema):
+    """seeds: the perplexity of a text per chip, next to the FP view."""
+
+    kind: Literal["seeds"]
+    tokens: int
+    fp: float
+    noise_free: float | None
+    chips: dict[str, float]
+    mean: float
+    std: float | None  # the sample std (ddof=1) over the chips; None (null): one chip
+    digital: str | None = None
+
+
+class EmbeddingChip(_Schema):
+    relative_error: float
+    cosine: float
+
+
+class EmbeddingResult(_Schema):
+    """embedding: an encoder's embedding error against the FP view per chip."""
+
+    kind: Literal["embedding"]
+    windows: int
+    chips: dict[str, EmbeddingChip]
+    mean: float
+    std: float | None
+    digital: str | None = None
+
+
+class OutputsSpread(_Schema):
+    accuracy: float | None
+    outputs: dict[str, dict[str, float | None]]
+
+
+class InputsResult(_Schema):
+    """inputs: the error of every output against the FP view over the chips."""
+
+    kind: Literal["inputs"]
+    samples: int
+    outputs: list[str]
+    fp_accuracy: float | None
+    mean: OutputsSpread
+    std: OutputsSpread
+    digital: str | None = None
 
 
 class DriftChip(_Schema):
@@ -151,32 +199,27 @@ def validated(path: Path, data: dict[str, Any], schema: type[Schema], what: str)
         raise ValueError(f"{path}: not a valid {what} ({where}{message})") from None
 
 
-def read_result(path: Path, schema: type[Schema], what: str) -> Schema | None:
-    """The result in `path` as `schema`, or None when the file is absent."""
-    if not path.exists():
-        return None
-    return validated(path, read_json_object(path, what), schema, what)
+SCHEMAS: dict[str, tuple[type[_Schema], str]] = {
+    "seeds": (SeedsResult, "seeds result"),
+    "embedding": (EmbeddingResult, "embedding result"),
+    "inputs": (InputsResult, "inputs result"),
+    "drift": (DriftResult, "drift result"),
+    "sensitivity": (SensitivityResult, "sensitivity result"),
+    "test_time_compute": (TtcResult, "test-time-compute result"),
+}
 
 
-class EvalResults(BaseModel):
-    """The evaluation results of one output directory; None where not evaluated yet."""
+@dataclass(frozen=True)
+class Found:
+    """One result file of OUT/eval and what it holds."""
 
-    model_config = ConfigDict(frozen=True)
-
-    drift: DriftResult | None
-    sensitivity: SensitivityResult | None
-    test_time_compute: TtcResult | None
+    path: Path
+    result: Any  # the schema of its kind (SCHEMAS)
 
 
-def read_eval_results(out_dir: Path) -> EvalResults:
-    """Read OUT/eval's result files (module rules)."""
-    folder = Path(out_dir) / EVAL_DIR
-    return EvalResults(
-        drift=read_result(folder / DRIFT_FILE, DriftResult, "drift result"),
-        sensitivity=read_result(
-            folder / SENSITIVITY_FILE, SensitivityResult, "sensitivity result"
-        ),
-        test_time_compute=read_result(
-            folder / TEST_TIME_COMPUTE_FILE, TtcResult, "test-time-compute result"
-        ),
-    )
+def read_eval_results(out_dir: Path) -> dict[str, list[Found]]:
+    """Every result file of OUT/eval by kind (module rules)."""
+    files = result_files(out_dir)
+    return {kind: [Found(path, validated(path, read_json_object(path, what), schema, what))
+                   for path in files[kind]]
+            for kind, (schema, what) in SCHEMAS.items()}

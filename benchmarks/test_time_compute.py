@@ -9,7 +9,7 @@ then afmc.eval.test_time_compute on ``--task`` (default afmc-adder's 200 held-ou
 the FP view and chips 0..``--seeds``-1 (pcm programming noise, 8-bit DAC/ADC), plus
 the greedy accuracy (temperature 0) of each for reference.
 
-Prints the accuracy table, writes OUT/eval/test_time_compute.json and the figure
+Prints the accuracy table, writes its result file to OUT/eval and the figure
 ``--figure`` (docs/test-time-compute.png: accuracy vs n, log2 x axis, one line per
 chip and FP, the FP greedy accuracy dashed).
 
@@ -77,8 +77,8 @@ def main() -> None:
         greedy = sweep_task(model, args.task, samples=1, seeds=range(args.seeds),
                             temperature=0.0)
         fp_greedy = greedy["curves"][0]["accuracy"][0]
-        result = eval_task(model, args.task, samples=args.samples, vote="majority",
-                           seeds=args.seeds, temperature=args.temperature)
+        result, _ = eval_task(model, args.task, samples=args.samples, vote="majority",
+                              seeds=args.seeds, temperature=args.temperature)
         console.print(f"sweep: {time.perf_counter() - start:.1f} s; greedy accuracy "
                       "(temperature 0): " + ", ".join(f"{c['label']} {c['accuracy'][0]:.3f}"
                                                       for c in greedy["curves"]))

@@ -39,7 +39,7 @@ DRIFT = NoiseConfig(model="pcm-drift")
 @pytest.fixture(scope="module")
 def tiny(compiled_tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """afmc-tiny compiled for aimc with its defaults: this module's copy (afmc eval
-    --drift writes OUT/eval/drift.json into it)."""
+    --drift writes its result file into OUT/eval)."""
     return Path(shutil.copytree(compiled_tiny.output, tmp_path_factory.mktemp("drift") / "tiny"))
 
 
@@ -125,7 +125,8 @@ def test_cli_drift_writes_the_report_with_mean_and_std_over_chips(tiny, tmp_path
                                  "--drift", "0,1y", "--seq-len", "64", "--no-gdc",
                                  "--json", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
-    report = json.loads((tiny / "eval" / "drift.json").read_text())
+    (written,) = (tiny / "eval").glob("drift-pcm_drift-no_gdc-n2-*.json")
+    report = json.loads(written.read_text())
     assert report == json.loads((tmp_path / "r.json").read_text())
     assert report["kind"] == "drift" and report["metric"] == "perplexity"
     assert report["times_s"] == [0.0, 31536000.0]
@@ -168,7 +169,8 @@ def test_drift_of_a_model_that_is_not_a_language_model(tmp_path):
     result = runner.invoke(app, ["eval", str(out), "--inputs", str(tmp_path / "x.npz"),
                                  "--drift", "0,1e6", "--seeds", "1"])
     assert result.exit_code == 0, result.output
-    report = json.loads((out / "eval" / "drift.json").read_text())
+    (written,) = (out / "eval").glob("drift-*.json")
+    report = json.loads(written.read_text())
     assert report["metric"] == "relative_error" and report["fp"] is None
     assert [c["value"] for c in report["chips"]] == pytest.approx(list(values.values()))
 

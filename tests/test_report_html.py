@@ -32,7 +32,8 @@ runner = CliRunner()
 HOSTILE = "lm.model.layers.1.mlp.<script>alert('x')</script>"
 MATHTEXT = r"chip 1 $\undefined{$"  # unescaped, matplotlib's mathtext refuses to parse it
 TIMES = [0, 3600, 86400, 2592000, 31536000]
-SECTION_IDS = ("config", "placement", "drift", "sensitivity", "test-time-compute", "passes")
+SECTION_IDS = ("config", "placement", "chips", "drift", "sensitivity", "test-time-compute",
+               "passes")
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +96,19 @@ def _ttc() -> dict:
                                                             0.5167]}]}
 
 
+def _seeds(fp: float) -> dict:
+    chips = {"0": fp * 1.01, "1": fp * 1.02}
+    return {"kind": "seeds", "tokens": 1024, "fp": fp, "noise_free": fp * 1.005,
+            "chips": chips, "mean": fp * 1.015, "std": fp * 0.007, "digital": None,
+            "settings": {"data": "stdlib:heldout", "seeds": 2}}
+
+
 def _write_results(out: Path) -> dict[str, dict]:
     record = json.loads((out / RECORD_FILE).read_text())
     fp = record["fidelity"]["fp_perplexity"] if "fidelity" in record else 2.9186
     names = [layer["name"] for layer in record["layers"] if layer["placement"] == "analog"]
-    results = {"drift": _drift(fp), "sensitivity": _sensitivity(names, fp),
-               "test_time_compute": _ttc()}
+    results = {"seeds": _seeds(fp), "drift": _drift(fp),
+               "sensitivity": _sensitivity(names, fp), "test_time_compute": _ttc()}
     (out / EVAL_DIR).mkdir()
     for kind, data in results.items():
         write_json(out / EVAL_DIR / f"{kind}.json", data)
@@ -210,8 +218,9 @@ def test_absent_results_say_how_to_make_them(out: Path, tmp_path: Path):
     assert result.exit_code == 0, result.output
     assert not (out / "report.html").exists()
     page = elsewhere.read_text()
-    for key, file in (("drift", "drift.json"), ("sensitivity", "sensitivity.json"),
-                      ("test-time-compute", "test_time_compute.json")):
+    for key, file in (("chips", "seeds-*.json"), ("drift", "drift-*.json"),
+                      ("sensitivity", "sensitivity-*.json"),
+                      ("test-time-compute", "test_time_compute-*.json")):
         section = _section(page, key)
         assert "Not evaluated yet" in section and f"{EVAL_DIR}/{file}" in section
         assert f"afmc eval {out}" in section

@@ -69,7 +69,8 @@ def cli_report(small: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
                                  "--rules", str(tmp / "keep.yaml"),
                                  "--json", str(tmp / "s.json")])
     assert result.exit_code == 0, result.output
-    report = json.loads((small / "eval" / "sensitivity.json").read_text())
+    (written,) = (small / "eval").glob("sensitivity-*-seed0-*.json")
+    report = json.loads(written.read_text())
     assert report == json.loads((tmp / "s.json").read_text())
     return {"report": report, "rules": tmp / "keep.yaml", "output": result.output}
 
@@ -307,7 +308,8 @@ def test_sensitivity_of_a_model_that_is_not_a_language_model(tmp_path):
     result = runner.invoke(app, ["eval", str(out), "--inputs", str(tmp_path / "x.npz"),
                                  "--sensitivity", "--budget", "100%"])
     assert result.exit_code == 0, result.output
-    report = json.loads((out / "eval" / "sensitivity.json").read_text())
+    (written,) = (out / "eval").glob("sensitivity-*.json")
+    report = json.loads(written.read_text())
     assert report["metric"] == "relative_error" and report["fp"] is None
     fp = model.fp_view().run(x).astype(np.float64)
 

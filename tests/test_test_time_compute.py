@@ -3,7 +3,7 @@
 The vote and accuracy rules against hand-computed cases; afmc-adder compiled once
 for aimc: the sweep is reproducible for the same seeds, its FP greedy answers and
 accuracy equal an independent greedy decode through transformers of the shipped
-model; the CLI writes OUT/eval/test_time_compute.json, and a bad task file is a
+model; the CLI writes its result file to OUT/eval, and a bad task file is a
 one-line error naming the file and line.
 """
 
@@ -128,7 +128,8 @@ def test_cli_writes_the_result(adder: Path, task: Path):
     result = runner.invoke(app, ["eval", str(adder), "--task", str(task), "--samples", "2",
                                  "--seeds", "1", "--vote", "majority", "--temperature", "0.7"])
     assert result.exit_code == 0, result.output
-    written = json.loads((adder / EVAL_DIR / "test_time_compute.json").read_text())
+    (path,) = (adder / EVAL_DIR).glob("test_time_compute-*-s2-n1-*.json")
+    written = json.loads(path.read_text())
     assert written["kind"] == "test_time_compute" and written["vote"] == "majority"
     assert written["temperature"] == 0.7 and written["samples"] == [1, 2]
     assert [c["label"] for c in written["curves"]] == ["FP", "chip 0"]

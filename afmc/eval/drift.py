@@ -8,9 +8,9 @@ Rules:
   over time); the metric is the perplexity of a language model's token windows, or
   for any other model the relative error of its outputs against the FP view.
 - Per time: mean and sample standard deviation (ddof=1; null for one chip) over the
-  chips (afmc.eval.spread); the report is
-  written as OUT/eval/drift.json (schema in docs/evaluation.md), its points as they
-  finish to OUT/eval/drift.jsonl, from which an interrupted sweep resumes.
+  chips (afmc.eval.spread); the report is written as an OUT/eval result file
+  (afmc.eval.results; schema in docs/evaluation.md), its points as they finish to
+  OUT/eval/drift.jsonl, from which an interrupted sweep resumes.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from afmc.eval.sweep import Point, Scorer, run_sweep
 from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.noise import NoiseConfig, NoiseModel
 
-DRIFT_FILE = "drift.json"
 DRIFT_LOG = "drift.jsonl"
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, "y": 31536000.0}
 _TIME = re.compile(r"(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)([smhdwy]?)")

@@ -14,6 +14,12 @@ import numpy as np
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities over the last axis (float64, stable: the maximum subtracted)."""
+    shifted = np.asarray(logits, dtype=np.float64)
+    shifted = shifted - shifted.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
 
 def next_token_nll(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Next-token negative log-likelihoods ``[b, T-1]`` (float64, stable log-softmax)."""

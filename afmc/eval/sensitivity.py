@@ -45,7 +45,6 @@ from afmc.runtime.chip import Chip
 from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.noise import NoiseConfig
 
-SENSITIVITY_FILE = "sensitivity.json"
 RULES_FILE = "keep-digital.yaml"
 _PERCENT = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?\d+)?)\s*%?\s*")
 
@@ -143,7 +142,7 @@ class SensitivityReport:
         return self.cumulative[-1].value
 
     def to_json(self) -> dict[str, Any]:
-        """The report in sensitivity.json's schema (an infinite SQNR is null)."""
+        """The report in the sensitivity result's schema (an infinite SQNR is null)."""
         layers = [{**asdict(layer), "sqnr_db": layer.sqnr_db if math.isfinite(layer.sqnr_db)
                    else None} for layer in self.layers]
         return {"kind": "sensitivity", "metric": self.metric, "seed": self.seed,

@@ -52,6 +52,11 @@ def std_text(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
+def number_text(value: float, spec: str) -> str:
+    """`value` formatted by `spec`; "n/a" for NaN (the sample std of one chip)."""
+    return "n/a" if math.isnan(value) else format(value, spec)
+
+
 def spread_label(chips: int) -> str:
     """What the "+-" of a mean over `chips` chips is."""
     if chips < 2:

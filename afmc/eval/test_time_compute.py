@@ -34,13 +34,11 @@ import numpy as np
 from rich.table import Table
 
 from afmc.data.tokenizer import Tokenizer
-from afmc.eval.json_out import write_json
-from afmc.layout import EVAL_DIR
+from afmc.eval.results import write_result
 from afmc.runtime.chip import Chip
 from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.generation import GenerationOptions, check_language_model, generate
 
-RESULT_FILE = "test_time_compute.json"
 VOTES = ("majority",)
 SLACK = 2
 
@@ -207,16 +205,22 @@ def sweep_task(model: CompiledModel, task: Path, *, samples: int, seeds: Sequenc
 
 def eval_task(model: CompiledModel, task: Path, *, samples: int, vote: str, seeds: int,
               temperature: float, read_noise: float = 0.0,
-              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """test_time_compute over chips 0..seeds-1, written to OUT/eval/test_time_compute.json
-    (the folder made when missing); returns the result."""
-    folder = model.out_dir / EVAL_DIR
-    folder.mkdir(exist_ok=True)
+              progress: Callable[[int, int], None] | None = None, copy: Path | None = None
+              ) -> tuple[dict[str, Any], Path]:
+    """test_time_compute over chips 0..seeds-1, written to OUT/eval as a result file
+    keyed by its settings (afmc.eval.results; a copy to `copy` when given); returns the
+    result and the file."""
     result = sweep_task(model, task, samples=samples, seeds=range(seeds),
-                               temperature=temperature, read_noise=read_noise, vote=vote,
-                               progress=progress)
-    write_json(folder / RESULT_FILE, result)
-    return result
+                        temperature=temperature, read_noise=read_noise, vote=vote,
+                        progress=progress)
+    chips = seeds if model.varies_by_seed else 1
+    settings = {"task": str(task), "samples": samples, "vote": vote,
+                "temperature": float(temperature), "read_noise": float(read_noise),
+                "seeds": chips}
+    path = write_result(model.out_dir, "test_time_compute",
+                        [Path(task).stem, f"s{samples}", f"n{chips}"], settings, result,
+                        copy=copy)
+    return result, path
 
 
 def accuracy_table(result: dict[str, Any]) -> Table:

@@ -1,0 +1,47 @@
+"""afmc eval --sensitivity: every analog layer alone on chip --seed, ranked, the
+cumulative curve, a result file and, with --budget, the keep-digital configuration."""
+
+from __future__ import annotations
+
+from afmc.data.model_inputs import load_inputs
+from afmc.eval import sensitivity as sens
+from afmc.eval.modes.windows import lm_windows
+from afmc.eval.options import tensor_source
+from afmc.eval.request import EvalPlan
+from afmc.eval.results import write_result
+from afmc.layout import EVAL_DIR
+from afmc.screen import Screen
+
+
+def run(plan: EvalPlan, screen: Screen) -> None:
+    """Rank the layers of chip --seed (module docstring); print, and write the results."""
+    request, model, budget = plan.request, plan.model, plan.budget
+    sens.check_sensitivity(model)
+    if tensor_source(model, request.text, request.inputs) is not None:
+        scorer: sens.Scorer = sens.OutputsScorer(model, load_inputs(request.inputs,
+                                                                    model.signature()))
+    else:
+        windows = lm_windows(plan, "--sensitivity", screen)
+        scorer = sens.LogitsScorer(model.fp_view(), windows)
+        screen.out.print(f"FP perplexity {scorer.fp:.4f} ({windows.size} tokens)")
+    with screen.bar_from_first_report("layer chips") as progress:
+        report = sens.measure_sensitivity(model, scorer, request.seed, noise=plan.noise,
+                                          read_noise=request.read_noise, progress=progress)
+    if budget is not None:
+        sens.suggest(report, budget)
+    screen.out.print(sens.ranking_table(report))
+    lm = report.fp is not None
+    screen.out.print(f"all analog: {report.metric.replace('_', ' ')} {report.all_analog:.4f}"
+                     + (f" (FP {report.fp:.4f}, {report.all_analog / report.fp - 1:+.2%})"
+                        if lm else ""))
+    if budget is not None:
+        path = request.rules or model.out_dir / EVAL_DIR / sens.RULES_FILE
+        path.parent.mkdir(exist_ok=True)
+        sens.write_rules(path, model.record, report.keep_digital)
+        screen.out.print(f"budget {budget:.2%}: {len(report.layers) - len(report.keep_digital)} "
+                         f"layer(s) analog, {len(report.keep_digital)} kept digital -> {path}")
+    settings = plan.settings(seed=request.seed, budget=budget, max_tokens=request.max_tokens,
+                             seq_len=request.seq_len)
+    path = write_result(model.out_dir, "sensitivity", [plan.noise_label(), f"seed{request.seed}"],
+                        settings, report.to_json(), copy=request.json_out)
+    screen.out.print(f"-> {path}")
