@@ -7,10 +7,16 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from afmc.runtime.noise import NoiseConfig, layer_rng, pcm_sigma, program_weights
+from afmc.runtime.noise import (
+    AIHWKIT_MODELS,
+    NoiseConfig,
+    layer_rng,
+    pcm_sigma,
+    program_weights,
+)
 
 GMAX = 180.0
-MODELS = ["none", "pcm", "additive", "pcm-drift"]
+MODELS = ["none", "pcm", "additive", "pcm-drift", "reram-wan2022", "reram-cmo"]
 
 
 def _program(weight: np.ndarray, slices: list[int], seed: int = 0, **config) -> np.ndarray:
@@ -157,9 +163,10 @@ def test_all_zero_rows_stay_zero(model, per_slice):
     w = np.random.default_rng(5).standard_normal((6, 40)).astype(np.float32)
     w[2] = 0.0
     w[4, 20:] = 0.0  # an all-zero row-slice of a non-zero row
-    # pcm-drift by rows: with one scale per layer (its default) a zero weight is a pair of
-    # idle devices whose programming noise reads as a small weight (as in aihwkit).
-    extra = {"drift_scaling": "row"} if model == "pcm-drift" else {}
+    # aihwkit's models by rows: with one scale per layer (their default) a zero weight is a
+    # pair of idle devices (reram-cmo: a device mid-range) whose noise reads as a small
+    # weight (as in aihwkit).
+    extra = {"drift_scaling": "row"} if model in AIHWKIT_MODELS else {}
     with np.errstate(all="raise"):
         out = _program(w, [20, 20], model=model, per_slice=per_slice, pcm_zero_threshold=0.0,
                        **extra)
@@ -293,6 +300,7 @@ def test_noise_config_defaults_and_validation():
         {"pcm_gmax": 0.0},
         {"pcm_zero_threshold": -1.0},
         {"drift_time_s": -1.0},
+        {"cmo_acceptance_pct": 1.0},
         {"pcm_gmax": float("nan")},
         {"unknown": 1},
     ]
@@ -301,6 +309,9 @@ def test_noise_config_defaults_and_validation():
             NoiseConfig(**fields)
     with pytest.raises(ValidationError):
         config.model = "none"
+    with pytest.raises(ValidationError, match="reram-wan2022 is fitted at 1 s, 1 day and 2 days"):
+        NoiseConfig(model="reram-wan2022", drift_time_s=172801.0)
+    assert NoiseConfig(model="reram-cmo", cmo_acceptance_pct=2).cmo_acceptance_pct == 2.0
 
 
 def test_layer_rng_streams():

@@ -20,26 +20,35 @@ A row (slice) that is all zero has max |w| = 0 and stays exactly zero.
   unless ``drift_scaling`` is ``row``; and, with
   ``drift_compensation``, aihwkit's ``GlobalDriftCompensation``: one scalar per layer
   read out on the one-hot input vectors; see :func:`_pcm_drift_block` and
-  :func:`_program_pcm_drift`.
+  :func:`_program_aihwkit`.
+- ``reram-wan2022``, ``reram-cmo``: aihwkit 1.2.0's ReRAM models (afmc.runtime.reram):
+  Wan et al. 2022's device pairs (g_max = 25 uS, a quartic programming-noise std, fits
+  at 1 s, 1 day, 2 days read at ``drift_time_s``) and IBM's CMO/HfOx single devices
+  ([min w, max w] -> [9, 88.2] uS, a linear programming-noise std per
+  ``cmo_acceptance_pct``, relaxation and read noise at ``drift_time_s``). As
+  ``pcm-drift``, one scale per layer (aihwkit's converters) unless ``drift_scaling`` is
+  ``row``, and ``drift_compensation`` applies.
 
 With ``devices`` d > 1 (``hardware.devices_per_weight``: each weight programmed on d
 device pairs, the read-out averaging them) a programmed weight is the mean of d
 independent programmings of its target; the deterministic parts of a model stay (pcm's
-zeroing of small targets, pcm-drift's mean decay). ``pcm`` and ``additive`` are Gaussian
-around the target, so the mean of d draws is drawn exactly as one draw with its std
-divided by sqrt(d) (the same random stream, the same kernels); ``pcm-drift`` (clamped,
-non-Gaussian) averages d full device-pair draws. See :func:`program_weights`.
+zeroing of small targets, pcm-drift's mean decay, reram-cmo's relaxation shift). ``pcm``
+and ``additive`` are Gaussian around the target, so the mean of d draws is drawn exactly
+as one draw with its std divided by sqrt(d) (the same random stream, the same kernels);
+the aihwkit models (clamped, non-Gaussian) average d full device draws. See
+:func:`program_weights`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from afmc.runtime import reram
 from afmc.runtime.fused import programming
 
 # AFM evaluation cubic for the programming-noise std, highest power first (numpy.polyval).
@@ -66,8 +75,10 @@ DRIFT_T_READ = 250e-9
 _ZERO_CLIP = 1e-7
 CHUNK_VALUES = 1 << 16  # values per element-wise chunk of pcm programming (256 KB float32)
 
-NoiseModel = Literal["none", "pcm", "additive", "pcm-drift"]
+NoiseModel = Literal["none", "pcm", "additive", "pcm-drift", "reram-wan2022", "reram-cmo"]
 DriftScaling = Literal["layer", "row"]
+# aihwkit's models: conductances mapped per layer (or row), devices drawn in full
+AIHWKIT_MODELS = ("pcm-drift", "reram-wan2022", "reram-cmo")
 
 
 class NoiseConfig(BaseModel):
@@ -101,18 +112,33 @@ class NoiseConfig(BaseModel):
         3600.0,
         ge=0,
         allow_inf_nan=False,
-        description="pcm-drift: inference time in seconds after programming completed.",
+        description="pcm-drift, reram-wan2022, reram-cmo: inference time in seconds after "
+        "programming completed (reram-wan2022: at most 172800, its last fit).",
     )
     drift_compensation: bool = Field(
-        True, description="pcm-drift: apply global drift compensation (one scalar per layer)."
+        True, description="pcm-drift, reram-wan2022, reram-cmo: apply global drift "
+        "compensation (one scalar per layer)."
     )
     drift_scaling: DriftScaling = Field(
         "layer",
-        description="pcm-drift: conductance mapping. 'layer' (aihwkit's default, "
-        "SinglePairConductanceConverter): the largest |w| of the whole layer maps to g_max; "
-        "'row': each output row (each row of each input slice with per_slice) has its own "
-        "scale, a different and less noisy model.",
+        description="pcm-drift, reram-wan2022, reram-cmo: conductance mapping. 'layer' "
+        "(aihwkit's default converters): one scale for the whole layer (its largest |w| "
+        "maps to g_max; reram-cmo: its [min w, max w] to [g_min, g_max]); 'row': each output "
+        "row (each row of each input slice with per_slice) has its own scale, a different "
+        "and less noisy model.",
     )
+    cmo_acceptance_pct: Literal[0.2, 2.0] = Field(
+        0.2,
+        description="reram-cmo: acceptance range of the program-and-verify loop in percent "
+        "of the target (aihwkit's two fits; its default falls back to 0.2).",
+    )
+
+    @model_validator(mode="after")
+    def _fitted_time(self) -> NoiseConfig:
+        """reram-wan2022 is read only up to its last fitted time (2 days)."""
+        if self.model == "reram-wan2022":
+            reram.wan_fit_time(self.drift_time_s)
+        return self
 
 
 def pcm_sigma(g_abs: np.ndarray) -> np.ndarray:
@@ -169,10 +195,10 @@ def program_weights(
             the chip averages. ``pcm``: the mean of d copies g + sigma(|g|) N_i is exactly
             g + sigma(|g|) / sqrt(d) N (one draw per weight, as for d = 1), still 0 where
             the target |g| < pcm_zero_threshold; ``additive``: std / sqrt(d), likewise
-            exact; ``pcm-drift``: the mean over d independent device-pair draws
-            (programming, drift exponent, read noise each), drawn one copy after the
-            other from `rng`; with compensation, alpha is read out on the averaged
-            weights. d = 1 gives the same numbers as without the argument.
+            exact; the aihwkit models (``pcm-drift``, ``reram-*``): the mean over d
+            independent device draws (programming, drift, read noise each), drawn one
+            copy after the other from `rng`; with compensation, alpha is read out on the
+            averaged weights. d = 1 gives the same numbers as without the argument.
 
     Returns:
         The programmed weights, float32 [N, K].
@@ -189,8 +215,8 @@ def program_weights(
         )
     if config.model == "none":
         return w.astype(np.float32, copy=True)
-    if config.model == "pcm-drift":
-        return _program_pcm_drift(w, sizes, config, rng, _devices(devices))
+    if config.model in AIHWKIT_MODELS:
+        return _program_aihwkit(w, sizes, config, rng, _devices(devices))
     config = averaged(config, devices)
     if config.model == "pcm" and programming.available():
         return _program_pcm_fused(w, sizes, config, rng)
@@ -364,42 +390,82 @@ def _pcm_drift_block(
     return (g_prog[0] - g_prog[1]) / DRIFT_G_MAX, (g_t[0] - g_t[1]) / DRIFT_G_MAX
 
 
-def _program_pcm_drift(
+def _aihwkit_draw(config: NoiseConfig) -> Callable[
+        [np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]:
+    """The block draw of an aihwkit model: (block in unit range, rng) -> (programmed,
+    read at ``drift_time_s``), both in that unit."""
+    t = config.drift_time_s
+    if config.model == "reram-wan2022":
+        return lambda unit, rng: reram.wan_block(unit, t, rng)
+    if config.model == "reram-cmo":
+        return lambda unit, rng: reram.cmo_block(unit, t, config.cmo_acceptance_pct, rng)
+    return lambda unit, rng: _pcm_drift_block(unit, t, rng)
+
+
+def _conductance_blocks(
+    w: np.ndarray, sizes: list[int], config: NoiseConfig
+) -> Iterator[tuple[slice, np.ndarray, np.ndarray | None, np.ndarray]]:
+    """Yield (columns, float32 block, offset or None, span) per conductance-scaling block,
+    each [N, 1] per row, the block's unit being (block - offset) / span.
+
+    ``drift_scaling`` ``layer``: one block, the whole layer, with one scale (aihwkit's
+    converters); ``row``: the blocks of the other models (:func:`_blocks`). The device
+    pairs (``pcm-drift``, ``reram-wan2022``) have no offset and span max |w|;
+    ``reram-cmo``'s single device has offset min w and span max w - min w.
+    """
+    layer = config.drift_scaling == "layer"
+    if layer:
+        block = w.astype(np.float32, copy=False)
+        blocks: Iterable[tuple[slice, np.ndarray, np.ndarray]] = [
+            (slice(0, w.shape[1]), block,
+             np.full((w.shape[0], 1), np.abs(block).max(), dtype=np.float32))]
+    else:
+        blocks = _blocks(w, sizes, config.per_slice)
+    for cols, part, wmax in blocks:
+        if config.model != "reram-cmo":
+            yield cols, part, None, wmax
+            continue
+        axis = None if layer else 1  # the layer's min and max, or each row's
+        low = np.broadcast_to(part.min(axis=axis, keepdims=True), wmax.shape)
+        yield cols, part, low, np.broadcast_to(part.max(axis=axis, keepdims=True), wmax.shape) - low
+
+
+def _program_aihwkit(
     w: np.ndarray, sizes: list[int], config: NoiseConfig, rng: np.random.Generator,
     devices: int = 1,
 ) -> np.ndarray:
-    """``pcm-drift`` on a whole layer, with optional global drift compensation.
+    """An aihwkit model (``pcm-drift``, ``reram-wan2022``, ``reram-cmo``) on a whole layer,
+    with optional global drift compensation.
 
-    With ``drift_scaling`` ``layer`` the layer's largest |w| maps to g_max for every
-    weight (w = 0 everywhere: the layer stays zero); with ``row`` each row (row slice)
-    scales by its own max, as the other models do.
+    Each conductance-scaling block (:func:`_conductance_blocks`: the layer, or each row
+    or row slice with ``drift_scaling`` ``row``) is mapped to its unit, drawn by the
+    model (:func:`_aihwkit_draw`) and mapped back. A block of span 0 (all zero; for
+    reram-cmo all equal) comes back exactly as it was.
 
-    With `devices` d > 1 every block is d device pairs per weight, each drawn in full by
-    :func:`_pcm_drift_block` (copy after copy, from `rng`), and the weights at t = 0 and
-    at t are the means of the d pairs' readings.
+    With `devices` d > 1 every block is d devices (pairs) per weight, each drawn in full
+    (copy after copy, from `rng`), and the weights at t = 0 and at t are the means of the
+    d readings.
 
     Compensation is aihwkit's ``GlobalDriftCompensation``: one scalar per layer,
     alpha = mean |output at t = 0| / mean |output at t|, read out once on the fixed
     input of the K one-hot vectors (identity), where the output is exactly the weights,
     so alpha = mean |W_programmed| / mean |W_t| over the layer. alpha multiplies W_t.
     """
+    draw = _aihwkit_draw(config)
     w0 = np.empty(w.shape, dtype=np.float32)
     wt = np.empty(w.shape, dtype=np.float32)
-    if config.drift_scaling == "layer":
-        block = w.astype(np.float32, copy=False)
-        blocks = [(slice(0, w.shape[1]), block, np.full((w.shape[0], 1), np.abs(block).max(),
-                                                        dtype=np.float32))]
-    else:
-        blocks = _blocks(w, sizes, config.per_slice)
-    for cols, block, wmax in blocks:
-        unit = _unit(block, wmax)
-        b0, bt = _pcm_drift_block(unit, config.drift_time_s, rng)
+    for cols, block, low, span in _conductance_blocks(w, sizes, config):
+        unit = _unit(block if low is None else block - low, span)
+        b0, bt = draw(unit, rng)
         for _ in range(devices - 1):
-            c0, ct = _pcm_drift_block(unit, config.drift_time_s, rng)
+            c0, ct = draw(unit, rng)
             b0, bt = b0 + c0, bt + ct
         if devices > 1:
             b0, bt = b0 / np.float32(devices), bt / np.float32(devices)
-        w0[:, cols], wt[:, cols] = b0 * wmax, bt * wmax
+        w0[:, cols], wt[:, cols] = b0 * span, bt * span
+        if low is not None:
+            w0[:, cols] += low
+            wt[:, cols] += low
     if config.drift_compensation:
         readout_t = np.abs(wt).mean(dtype=np.float64)
         if readout_t > 0:
