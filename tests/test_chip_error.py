@@ -61,6 +61,18 @@ def _closed_form(weight: torch.Tensor, x: torch.Tensor, noise: NoiseConfig,
     # is an upper estimate there, so a wider band
     (NoiseConfig(model="pcm-drift", drift_time_s=0.0, drift_compensation=False), 1, 0.35),
     (NoiseConfig(model="pcm-drift", drift_time_s=86400.0), 1, 0.35),
+    # reram-wan2022's rectified devices are exact in the closed form
+    (NoiseConfig(model="reram-wan2022", drift_time_s=0.0, drift_compensation=False), 1, 0.08),
+    (NoiseConfig(model="reram-wan2022", drift_time_s=86400.0, drift_compensation=False), 3,
+     0.08),
+    (NoiseConfig(model="reram-wan2022", drift_scaling="row"), 2, 0.08),
+    # ... but not the compensation, which shrinks a day's fresh draw (an upper estimate)
+    (NoiseConfig(model="reram-wan2022", drift_time_s=86400.0), 1, 0.25),
+    (NoiseConfig(model="reram-cmo", drift_time_s=0.0), 1, 0.08),
+    (NoiseConfig(model="reram-cmo", drift_time_s=0.0, cmo_acceptance_pct=2.0), 3, 0.08),
+    (NoiseConfig(model="reram-cmo", drift_time_s=1e6, drift_compensation=False), 2, 0.08),
+    (NoiseConfig(model="reram-cmo", drift_scaling="row", drift_compensation=False), 1, 0.08),
+    (NoiseConfig(model="reram-cmo"), 1, 0.12),
 ])
 def test_closed_form_matches_sampled_chips(noise, devices, tolerance):
     weight, x = _layer()
@@ -81,6 +93,31 @@ def test_pcm_zeroes_exactly_the_weights_the_closed_form_names():
     programmed = program_weights(w_s.numpy(), [96], NoiseConfig(model="pcm"), layer_rng(0, 0))
     assert torch.equal(torch.from_numpy(np.asarray(programmed)) == 0, zeroed | (w_s == 0))
     assert bool((variance[zeroed] == 0).all())
+
+
+def test_cmo_scales_are_the_rows_min_and_max():
+    """reram-cmo maps [min w, max w] (of the layer, or of each row slice with
+    drift_scaling=row) onto its conductance range: its scale is that pair per row."""
+    weight, _ = _layer()
+    layer = noise_scales(weight, SIZES, NoiseConfig(model="reram-cmo"))
+    assert layer[0].shape == (48, 2)
+    torch.testing.assert_close(layer[1][5], torch.stack([weight.min(), weight.max()]))
+    rows = noise_scales(weight, SIZES, NoiseConfig(model="reram-cmo", drift_scaling="row"))
+    torch.testing.assert_close(rows[1][:, 0], weight[:, 96:].amin(dim=1))
+    torch.testing.assert_close(rows[1][:, 1], weight[:, 96:].amax(dim=1))
+
+
+def test_range_search_scores_the_reram_chips():
+    """The range search runs on both ReRAM models' closed forms (reram-cmo with its
+    [N, 2] scales, from the layer and from a clipped slice's own rows)."""
+    weight, x = _layer()
+    samples = WeightedRows.uniform(x).split(SIZES)
+    hardware = (254.0, 254.0, 14.0)
+    clean = search_layer(samples, weight, SIZES, *hardware, True)
+    for model in ("reram-wan2022", "reram-cmo"):
+        chip = search_layer(samples, weight, SIZES, *hardware, True,
+                            noise=NoiseConfig(model=model))
+        assert chip.sqnr_db < clean.sqnr_db
 
 
 def test_devices_divide_the_variance():

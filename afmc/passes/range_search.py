@@ -33,7 +33,7 @@ import torch
 
 from afmc.config import AfmcConfig
 from afmc.ops.analog_linear import TINY, adc_, dac, row_max_abs
-from afmc.passes.chip_error import noise_error, noise_scales, weight_noise
+from afmc.passes.chip_error import noise_error, noise_scales, row_scales, weight_noise
 from afmc.passes.layers import LayerRecord
 from afmc.passes.row_sample import WeightedRows
 from afmc.runtime.noise import NoiseConfig
@@ -63,11 +63,12 @@ def total(values: torch.Tensor) -> float:
 @dataclass(frozen=True)
 class ChipNoise:
     """The programming noise a slice's search scores: the noise model, the device pairs
-    per weight, and the rows' noise scale (None: the slice's own row maxima)."""
+    per weight, and the rows' noise scale (chip_error.noise_scales; None: the slice's own
+    rows', chip_error.row_scales)."""
 
     model: NoiseConfig
     devices: int = 1
-    scale: torch.Tensor | None = None  # [N]
+    scale: torch.Tensor | None = None  # [N], or [N, 2] for reram-cmo
 
     @classmethod
     def of(cls, config: AfmcConfig) -> ChipNoise | None:
@@ -98,7 +99,7 @@ class SliceModel:
         self.w_max = row_max_abs(weight)
         self.weight, self.variance = weight, None
         if noise is not None:
-            scale = self.w_max if noise.scale is None else noise.scale
+            scale = row_scales(weight, noise.model) if noise.scale is None else noise.scale
             self.weight, self.variance = weight_noise(weight, scale, noise.model, noise.devices)
 
     def output(self, input_range: float, x_q: torch.Tensor | None = None) -> torch.Tensor:
