@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from afmc.runtime import reram
 from afmc.runtime.fused import programming
@@ -133,12 +133,13 @@ class NoiseConfig(BaseModel):
         "of the target (aihwkit's two fits; its default falls back to 0.2).",
     )
 
-    @model_validator(mode="after")
-    def _fitted_time(self) -> NoiseConfig:
+    @field_validator("drift_time_s")
+    @classmethod
+    def _fitted_time(cls, value: float, info: ValidationInfo) -> float:
         """reram-wan2022 is read only up to its last fitted time (2 days)."""
-        if self.model == "reram-wan2022":
-            reram.wan_fit_time(self.drift_time_s)
-        return self
+        if info.data.get("model") == "reram-wan2022":
+            reram.wan_fit_time(value)
+        return value
 
 
 def pcm_sigma(g_abs: np.ndarray) -> np.ndarray:
