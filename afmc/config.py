@@ -245,9 +245,16 @@ class TrainingConfig(_Section):
         "minimises the layer's output error on the teacher's activations (as "
         "calibration.method=search), with no data initialisation afterwards.")
     smoothing: bool = Field(
-        False, description="Before the first step, give each analog layer a digital "
-        "per-input-channel scale x_max^alpha / w_max^(1 - alpha) (smoothing.alpha), exact in "
-        "floating point, as the smooth-inputs pass does for compile (not in AFM).")
+        False, description="Before the first step, give each group of analog layers reading "
+        "the same activation a digital per-input-channel scale x_max^alpha / w_max^(1 - alpha) "
+        "at the alpha among smoothing.alphas (or none) of lowest expected chip error, exact in "
+        "floating point, as the aimc compile's chip-smooth-inputs does (not in AFM).")
+    split_outliers: bool = Field(
+        False, description="Model the compile's outlier split: before the first step each "
+        "analog layer gets its count m of outlier weights per row slice by the chip objective "
+        "within outliers.budget (as split-outliers), and every forward takes the m largest "
+        "|w| of each row slice out of the crossbar (no noise, no clipping, an exact digital "
+        "product); compile splits the trained model with the same m (not in AFM).")
     range_decay: float = Field(
         0.01, ge=0, description="Input-range decay: decay * r is added to the range gradient "
         "when more than range_min_unclipped of the inputs are not clipped.")
@@ -258,7 +265,9 @@ class TrainingConfig(_Section):
         "(1 - beta) * next-token cross-entropy (AFM: 1, pure distillation).")
     learning_rate: float = Field(2e-5, gt=0, description="AdamW learning rate of the weights.")
     range_learning_rate: float = Field(
-        1e-3, gt=0, description="AdamW learning rate of the input ranges (no weight decay).")
+        1e-3, gt=0, description="Relative AdamW learning rate of the input ranges (no weight "
+        "decay): each layer's is this times its mean range, so a range moves by about this "
+        "share of its value per step.")
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
         0.9, 0.98)
     eps: float = Field(1e-6, gt=0)
@@ -275,6 +284,15 @@ class TrainingConfig(_Section):
     lora_rank: int = Field(0, ge=0, description="LoRA adapters (peft) of this rank on the "
                            "analog layers instead of full fine-tuning; 0: full fine-tuning.")
     lora_alpha: float = Field(16.0, gt=0)
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="bfloat16: the teacher is held in bfloat16 and the student's "
+        "forward and backward run under bfloat16 autocast (activations in bfloat16); the "
+        "student's weights, their gradients, the optimizer state, the input ranges and the "
+        "loss stay float32.")
+    gradient_checkpointing: bool = Field(
+        False, description="Keep only each decoder block's input in the forward and "
+        "recompute the block in the backward (the same weight noise: the random state is "
+        "replayed): activation memory of one block instead of all.")
 
     @model_validator(mode="after")
     def _batch_splits(self) -> TrainingConfig:

@@ -15,7 +15,11 @@ Runtime on the written files on the first --tokens tokens of the Apache-2.0 text
   the same chips; int4 of the trained weights.
 
     python benchmarks/afm_real_llm.py [--steps 60] [--max-minutes 40] [--synth-tokens N]
-        [--chips 5] [--device cuda] [--json PATH]
+        [--data SYNTH_DIR] [--set training.split_outliers=true] [--chips 5]
+        [--device cuda] [--json PATH]
+
+``--set`` options apply to training (and so to the trained model's compile, which takes
+the trained configuration) and to the off-the-shelf compile alike.
 
 On a GPU (--device cuda) the same recipe runs unchanged; raise --steps and
 --synth-tokens for longer budgets.
@@ -67,6 +71,29 @@ def _score(out: Path, ids, chips: int) -> dict:
             "chips": report.chips}
 
 
+def weight_movement(model: Path, trained: Path) -> dict:
+    """How far training moved the analog layers' weights: ||W_trained - W|| / ||W|| over
+    all of them together, and the median of the per-layer ratios."""
+    import torch
+    from safetensors.torch import load_file
+
+    from afmc.capture.hf import load_causal_lm
+    from afmc.train.trained_model import RANGES_FILE
+
+    names = [k for k in load_file(trained / RANGES_FILE) if k.rpartition(".")[2] not in (
+        "input_scale", "outliers_per_slice")]
+    before, after = load_causal_lm(model), load_causal_lm(trained)
+    moved, total, ratios = 0.0, 0.0, []
+    for name in names:
+        w0 = before.get_submodule(name).weight.detach().double()
+        w1 = after.get_submodule(name).weight.detach().double()
+        change, size = float((w1 - w0).square().sum()), float(w0.square().sum())
+        moved, total = moved + change, total + size
+        ratios.append((change / size) ** 0.5)
+    return {"relative_change": (moved / total) ** 0.5,
+            "median_layer_change": float(torch.tensor(ratios).median())}
+
+
 def _line(name: str, entry: dict, fp: float) -> str:
     from afmc.eval.spread import std_text
 
@@ -89,6 +116,10 @@ def main() -> None:
     parser.add_argument("--synth-tokens", type=int, default=0,
                         help="training tokens sampled from the model (afmc synth); 0: train "
                              "on the docstrings of every standard-library module instead")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="training data made before (an afmc synth directory of the model)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a configuration override for training and both compiles")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="training time budget (stops after the step that ends past it)")
     parser.add_argument("--afm-start", action="store_true",
@@ -129,7 +160,8 @@ def main() -> None:
     if not args.skip_off_the_shelf:
         off_the_shelf = work / "off-the-shelf-aimc"
         timed("compile off-the-shelf aimc", lambda: afmc.compile(
-            model, "aimc", calibration=calib, output=off_the_shelf, force=True))
+            model, "aimc", load_config(None, args.set), calibration=calib,
+            output=off_the_shelf, force=True))
         ids = afmc.load(off_the_shelf).tokenizer().encode(apache_license())[:args.tokens]
         results["off-the-shelf aimc"] = timed("score off-the-shelf aimc",
                                               lambda: _score(off_the_shelf, ids, args.chips))
@@ -141,8 +173,10 @@ def main() -> None:
         results["off-the-shelf int4"] = _score(int4, ids, 1)
         print(_line("off-the-shelf int4", results["off-the-shelf int4"], fp), flush=True)
 
-    if args.synth_tokens > 0:
-        data: Path | str = work / "synth"
+    if args.data is not None:
+        data: Path | str = args.data
+    elif args.synth_tokens > 0:
+        data = work / "synth"
         timed("synth", lambda: synthesize(model, work / "synth", args.synth_tokens,
                                           seq_len=args.seq_len))
     else:
@@ -154,13 +188,16 @@ def main() -> None:
                  f"training.clip_sigma={args.clip_sigma}"]
     if not args.afm_start:
         overrides += ["training.smoothing=true", "training.range_init=search"]
-    config = load_config(None, overrides)
+    config = load_config(None, overrides + args.set)
     checkpoint = work / "trained"
     trained = timed("train", lambda: train(
         model, data, checkpoint, config, force=True, device=args.device,
         max_seconds=None if args.max_minutes is None else args.max_minutes * 60,
         progress=lambda step, total, loss, rate: print(
             f"  step {step}/{total} loss {loss:.4f} {rate:.0f} tok/s", flush=True)))
+    movement = weight_movement(model, checkpoint)
+    print(f"  analog weights moved {movement['relative_change']:.2e} (relative Frobenius "
+          f"norm; median layer {movement['median_layer_change']:.2e})", flush=True)
     trained_aimc = work / "trained-aimc"
     timed("compile trained aimc", lambda: afmc.compile(checkpoint, "aimc", calibration=calib,
                                                        output=trained_aimc, force=True))
@@ -181,6 +218,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({
             "fp": fp, "rows": results, "seconds": seconds, "steps": trained.steps,
+            "weight_movement": movement,
             "tokens": trained.tokens, "losses": trained.losses,
             "options": {k: str(v) for k, v in vars(args).items()}}, indent=2))
 

@@ -140,23 +140,37 @@ def trained(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained_smoothed(tmp_path_factory) -> Path:
-    """Trained from the compiler's start: smoothed inputs, searched ranges."""
+    """Trained from the compiler's start: smoothed inputs, outlier split, searched ranges."""
     out = tmp_path_factory.mktemp("smoothed") / "ckpt"
     train("afmc-tiny", "stdlib:train", out,
-          _config(steps=2, smoothing=True, range_init="search", range_init_batches=5))
+          _config(steps=2, smoothing=True, split_outliers=True, range_init="search",
+                  range_init_batches=5))
     return out
 
 
 @pytest.mark.slow
 def test_smoothing_and_search_start_where_compile_would(trained_smoothed: Path):
-    """Scales are stored beside the ranges (not 1); the ranges were searched, so no data
-    initialisation ran (a kappa-std range of afmc-tiny's inputs is several times larger)."""
+    """Scales are stored beside the ranges, one per group of layers reading the same
+    activation (q/k/v share theirs); outlier counts within the budget; the ranges were
+    searched, so no data initialisation ran."""
     ranges = load_file(trained_smoothed / RANGES_FILE)
     scales = {k: v for k, v in ranges.items() if k.endswith(".input_scale")}
-    assert len(scales) == 29 and all((v != 1).any() for v in scales.values())
-    q_proj = "model.layers.0.self_attn.q_proj"
-    torch.testing.assert_close(scales[q_proj + ".input_scale"].log().mean(),
-                               torch.tensor(0.0), atol=1e-4, rtol=0)
+    assert scales and all((v != 1).any() for v in scales.values())
+    for layer in range(2):
+        attention = f"model.layers.{layer}.self_attn."
+        group = [scales.get(f"{attention}{p}_proj.input_scale") for p in "qkv"]
+        assert all(s is None for s in group) or all(
+            s is not None and torch.equal(s, group[0]) for s in group)
+    some = next(iter(scales.values()))
+    torch.testing.assert_close(some.log().mean(), torch.tensor(0.0), atol=1e-4, rtol=0)
+    counts = {k: int(v) for k, v in ranges.items() if k.endswith(".outliers_per_slice")}
+    assert counts and all(count in (1, 2, 4, 8, 16) for count in counts.values())
+    model = load_causal_lm(trained_smoothed)
+    moved = sum(count * model.get_submodule(k.removesuffix(".outliers_per_slice")).out_features
+                for k, count in counts.items())  # afmc-tiny: one input slice per layer
+    analog = sum(module.weight.numel() for name, module in model.named_modules()
+                 if isinstance(module, torch.nn.Linear))
+    assert moved <= 0.01 * analog
     record = json.loads((trained_smoothed / TRAINING_RECORD).read_text())
     assert record["config"]["training"]["range_init"] == "search"
 
@@ -180,6 +194,8 @@ def test_trained_model_compiles_with_its_learned_ranges(fixture: str, request):
         layer.input_range.data = ranges[name]
         if name + ".input_scale" in ranges:
             layer.input_scale.copy_(ranges[name + ".input_scale"])
+        if name + ".outliers_per_slice" in ranges:
+            layer.outliers.fill_(int(ranges[name + ".outliers_per_slice"]))
     ids = torch.randint(256, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model.eval()(input_ids=ids, use_cache=False).logits
@@ -187,6 +203,10 @@ def test_trained_model_compiles_with_its_learned_ranges(fixture: str, request):
     program = program[0] if isinstance(program, (tuple, list)) else program
     assert torch.equal(program, expected)
     if fixture == "trained_smoothed":
+        split = {layer.name.removeprefix("lm."): layer.outliers_per_slice
+                 for layer in result.layers if layer.outliers_per_slice}
+        assert split == {k.removesuffix(".outliers_per_slice"): int(v)
+                         for k, v in ranges.items() if k.endswith(".outliers_per_slice")}
         return
     recalibrated = compile_model(trained, "aimc", calibration="stdlib:calibration",
                                  recalibrate=True)
@@ -300,3 +320,40 @@ def test_a_trained_tied_model_saves_and_loads_untied(tmp_path: Path):
     head, table = loaded.lm_head.weight, loaded.model.embed_tokens.weight
     assert head.data_ptr() != table.data_ptr()
     assert table[:, 3].abs().max() > 2.5 * head[:, 3].abs().max()  # only the head is clipped
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_replays_the_noise_and_changes_nothing(tmp_path: Path):
+    """Weight noise on, ranges initialised from data in the first steps: the recompute of
+    each block replays its noise and takes no statistics again, so losses, weights and
+    ranges equal those of the run that keeps every activation."""
+    settings = {"steps": 3, "range_init_batches": 2, "learning_rate": 1e-3}
+    plain, checkpointed = tmp_path / "plain", tmp_path / "checkpointed"
+    train("afmc-tiny", "stdlib:train", plain, _config(**settings))
+    train("afmc-tiny", "stdlib:train", checkpointed,
+          _config(**settings, gradient_checkpointing=True))
+    a = json.loads((plain / TRAINING_RECORD).read_text())["losses"]
+    b = json.loads((checkpointed / TRAINING_RECORD).read_text())["losses"]
+    np.testing.assert_allclose(b, a, rtol=1e-5)
+    for name in ("model.safetensors", RANGES_FILE):
+        x, y = load_file(plain / name), load_file(checkpointed / name)
+        for key in x:
+            torch.testing.assert_close(y[key], x[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_bfloat16_training_keeps_float32_weights_and_ranges(tmp_path: Path):
+    """training.dtype=bfloat16: the first loss (before any update, the same noise) is the
+    float32 one to bfloat16's precision; the saved weights and ranges are float32 and
+    trained."""
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / dtype
+        result = train("afmc-tiny", "stdlib:train", out,
+                       _config(steps=2, learning_rate=1e-3, dtype=dtype))
+        losses[dtype] = result.losses
+    assert abs(losses["bfloat16"][0] - losses["float32"][0]) < 0.15 * losses["float32"][0]
+    weights = load_file(tmp_path / "bfloat16" / "model.safetensors")
+    assert all(value.dtype == torch.float32 for value in weights.values())
+    assert all(value.dtype == torch.float32
+               for value in load_file(tmp_path / "bfloat16" / RANGES_FILE).values())
+    _assert_weights_trained(tmp_path / "bfloat16")

@@ -13,7 +13,14 @@ bias Parameters (tied weights stay tied) and adds the learned input ranges.
   optional read noise, and straight-through gradients (AnalogTrainingFunction);
   over the first range_init_batches forwards r_s is instead set from the data,
   the running mean of range_kappa * std(x_s) over the global batch (all
-  processes).
+  processes);
+- a layer with ``outliers`` m > 0 (training.split_outliers) computes, in both
+  modes, what compile's split-outliers computes: the m largest |w| of every row
+  of every input slice (of the weight as the crossbar sees it, W diag(s)) leave
+  the crossbar, which holds the rest with those entries 0 (its noise, ADC bound
+  and clipping follow that dense part), and are added back by an exact digital
+  product. The set is taken afresh in every forward, as compile takes it from
+  the final weights.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from torch import nn
 
 from afmc.config import AfmcConfig, HardwareConfig, TrainingConfig
 from afmc.ops.analog_linear import ANALOG_LINEAR, slice_sizes
-from afmc.passes.fx.learned_ranges import SCALE_SUFFIX
+from afmc.ops.sparse_outliers import SPARSE_OUTLIERS
+from afmc.passes.fx.learned_ranges import OUTLIERS_SUFFIX, SCALE_SUFFIX
+from afmc.passes.layer_score import split_indices
 from afmc.passes.name_rules import PlacementRules
 
 _TINY = torch.finfo(torch.float32).tiny
@@ -144,6 +153,12 @@ class AnalogTrainingFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_r, None, None, None, None
 
 
+def _recomputing() -> bool:
+    """Whether this forward runs inside a backward pass: gradient checkpointing
+    recomputing a block (torch.utils.checkpoint replays it from the backward)."""
+    return torch._C._current_graph_task_id() != -1
+
+
 def _split(tensor: torch.Tensor, sizes: list[int]) -> Sequence[torch.Tensor]:
     """The input slices of the last dim (no split op for one slice)."""
     return (tensor,) if len(sizes) == 1 else tensor.split(sizes, dim=-1)
@@ -196,8 +211,9 @@ class AnalogTrainingLinear(nn.Linear):
 
     It is an nn.Linear (weight [out, in], optional bias), so tools that act on linear
     layers (peft's LoRA, FSDP wrapping policies) see it as one. Extra state:
-    ``input_range`` (one learned range per input slice) and ``range_init_steps`` (how
-    many forwards have initialised each range from data); ``clip_counts`` (per slice, the
+    ``input_range`` (one learned range per input slice), ``range_init_steps`` (how
+    many forwards have initialised each range from data) and ``outliers`` (the outlier
+    weights per row slice kept off the crossbar, 0: none); ``clip_counts`` (per slice, the
     inputs at or beyond their range and all inputs since the last apply_range_decay) is a
     plain attribute, out of DDP's buffer broadcast.
     """
@@ -216,24 +232,38 @@ class AnalogTrainingLinear(nn.Linear):
                              torch.zeros(len(self.sizes), dtype=torch.long, device=device))
         # digital per-input-channel scale s: the crossbar computes (x / s) @ (W diag(s))^T
         self.register_buffer("input_scale", torch.ones(linear.in_features, device=device))
+        self.register_buffer("outliers", torch.zeros((), dtype=torch.long, device=device))
         self.clip_counts: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hw, train = self.hardware, self.training_config
-        weight = self.weight.to(x.dtype)
+        kind = x.device.type
+        if torch.is_autocast_enabled(kind):  # training.dtype: the crossbar path in that dtype
+            x = x.to(torch.get_autocast_dtype(kind))
+        weight = self.weight  # as the crossbar sees it, chosen from in float32
         if bool((self.input_scale != 1).any()):
-            x, weight = x / self.input_scale, weight * self.input_scale
+            x, weight = x / self.input_scale.to(x.dtype), weight * self.input_scale
+        outliers = None
+        if int(self.outliers):
+            indices = split_indices(weight.detach(), self.sizes, int(self.outliers))
+            outliers = indices, weight.gather(1, indices).to(x.dtype)
+            weight = weight.scatter(1, indices, 0.0)
+        weight = weight.to(x.dtype)
         if self.training:
-            if int(self.range_init_steps.min()) < train.range_init_batches:
-                self._initialise_ranges(x)
-            if train.range_decay > 0:
-                self._count_clipped(x)
-            out = AnalogTrainingFunction.apply(
-                x, weight, self.input_range, self.sizes, hw, train.weight_noise,
-                train.read_noise)
+            if not _recomputing():  # else the statistics were taken when it first ran
+                if int(self.range_init_steps.min()) < train.range_init_batches:
+                    self._initialise_ranges(x)
+                if train.range_decay > 0:
+                    self._count_clipped(x)
+            with torch.autocast(kind, enabled=False):
+                out = AnalogTrainingFunction.apply(
+                    x, weight, self.input_range, self.sizes, hw, train.weight_noise,
+                    train.read_noise)
         else:
             out = ANALOG_LINEAR(x, weight, self.input_range.detach(), self.sizes, hw.inp_res,
                                 hw.out_res, hw.out_bound, hw.out_noise)
+        if outliers is not None:  # the compiled program's op, so eval mode equals it
+            out = out + SPARSE_OUTLIERS(x, *outliers)
         return out if self.bias is None else out + self.bias
 
     @torch.no_grad()
@@ -357,27 +387,36 @@ def apply_range_decay(model: nn.Module, decay: float, min_unclipped: float) -> N
 @torch.no_grad()
 def clip_weights(model: nn.Module, sigma: float) -> None:
     """Clamp every programmed weight row (W diag(input_scale)) to +-sigma * std(row)
-    (sigma 0: no clipping)."""
+    (sigma 0: no clipping); a layer's outlier weights (``outliers``) are not on the
+    crossbar: they keep their values, and the std is that of the row without them."""
     if sigma <= 0:
         return
     for _, layer in analog_layers(model):
-        if bool((layer.input_scale != 1).any()):
-            programmed = layer.weight * layer.input_scale
-            bound = sigma * programmed.std(dim=1, keepdim=True)
-            layer.weight.copy_(programmed.clamp_(-bound, bound).div_(layer.input_scale))
-        else:
-            bound = sigma * layer.weight.std(dim=1, keepdim=True)
-            layer.weight.clamp_(-bound, bound)
+        scaled = bool((layer.input_scale != 1).any())
+        programmed = layer.weight * layer.input_scale if scaled else layer.weight.clone()
+        count = int(layer.outliers)
+        if count:
+            indices = split_indices(programmed, layer.sizes, count)
+            values = programmed.gather(1, indices)
+            programmed.scatter_(1, indices, 0.0)
+        bound = sigma * programmed.std(dim=1, keepdim=True)
+        programmed.clamp_(-bound, bound)
+        if count:
+            programmed.scatter_(1, indices, values)
+        layer.weight.copy_(programmed.div_(layer.input_scale) if scaled else programmed)
 
 
 def learned_ranges(model: nn.Module) -> dict[str, torch.Tensor]:
-    """{module name: input ranges} of every analog layer, and {module name + SCALE_SUFFIX:
-    input scales} of the layers whose digital input scale is not 1."""
+    """{module name: input ranges} of every analog layer, {module name + SCALE_SUFFIX:
+    input scales} of the layers whose digital input scale is not 1, and {module name +
+    OUTLIERS_SUFFIX: [m]} of the layers with outlier weights."""
     learned = {}
     for name, layer in analog_layers(model):
         learned[name] = layer.input_range.detach().float().cpu().clone()
         if bool((layer.input_scale != 1).any()):
             learned[name + SCALE_SUFFIX] = layer.input_scale.detach().float().cpu().clone()
+        if int(layer.outliers):
+            learned[name + OUTLIERS_SUFFIX] = layer.outliers.detach().cpu().reshape(1).clone()
     return learned
 
 

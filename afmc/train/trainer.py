@@ -10,10 +10,15 @@ Rule of one optimizer step (configuration section ``training``):
   next-token cross-entropy, the teacher being the original FP model;
 - before the first step, optionally (training.smoothing, training.range_init =
   search) the student starts where compile would put it (afmc.train.prepare);
-- AdamW (weights: learning_rate, weight_decay; input ranges: range_learning_rate,
-  no decay), gradient-norm clipping, a linear warm-up over the first `warmup`
+- AdamW (weights: learning_rate, weight_decay; input ranges: no decay, each layer's
+  at range_learning_rate times its mean range, a relative rate), gradient-norm
+  clipping, a linear warm-up over the first `warmup`
   share of the steps then polynomial decay to 0, and after the step every analog
-  weight row is clipped to +-clip_sigma * std(row).
+  weight row is clipped to +-clip_sigma * std(row);
+- training.dtype=bfloat16 holds the teacher in bfloat16 and runs the student's
+  forward under bfloat16 autocast (weights, gradients, optimizer state, ranges and
+  the loss stay float32); training.gradient_checkpointing recomputes each decoder
+  block in the backward (the same noise; no statistics taken twice).
 
 Under torchrun the student is wrapped in DistributedDataParallel (gloo on CPU,
 nccl on CUDA); input-range initialisation statistics are reduced over all
@@ -134,15 +139,29 @@ def build_student(teacher: nn.Module, config: AfmcConfig) -> tuple[nn.Module, di
 
 
 def build_optimizer(student: nn.Module, settings: TrainingConfig) -> torch.optim.AdamW:
-    """AdamW with two groups: the trainable weights, and the input ranges (no decay)."""
-    ranges = {id(layer.input_range) for _, layer in analog_layers(student)}
+    """AdamW: one group of the trainable weights (learning_rate, weight_decay), then one
+    group per analog layer of its input ranges (no decay; learning rates set every step
+    by set_range_learning_rates)."""
+    layers = [layer for _, layer in analog_layers(student)]
+    ranges = {id(layer.input_range) for layer in layers}
     weights = [p for p in student.parameters() if p.requires_grad and id(p) not in ranges]
-    range_parameters = [p for p in student.parameters() if id(p) in ranges]
     return torch.optim.AdamW(
         [{"params": weights, "lr": settings.learning_rate,
-          "weight_decay": settings.weight_decay},
-         {"params": range_parameters, "lr": settings.range_learning_rate, "weight_decay": 0.0}],
+          "weight_decay": settings.weight_decay}]
+        + [{"params": [layer.input_range], "lr": settings.range_learning_rate,
+            "weight_decay": 0.0} for layer in layers],
         betas=settings.betas, eps=settings.eps)
+
+
+@torch.no_grad()
+def set_range_learning_rates(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Before each step: the learning rate of a layer's ranges is range_learning_rate times
+    the schedule's `factor` times the layer's mean |range|. Adam's step is about its
+    learning rate whatever the gradient's scale, so each range moves by about
+    range_learning_rate of its own value per step: ranges of 0.5 and of 20 learn alike."""
+    for group in optimizer.param_groups[1:]:
+        (ranges,) = group["params"]
+        group["lr"] = group["initial_lr"] * factor * float(ranges.abs().mean())
 
 
 def _distributed(device: str) -> tuple[int, int, str]:
@@ -226,8 +245,12 @@ def train(model: str | Path, data: str | Path, output: str | Path,
     torch.manual_seed(settings.seed * 1000 + rank)
     student, untied = build_student(teacher, config)
     student = student.to(device)
+    if settings.gradient_checkpointing:
+        _checkpoint_blocks(student)
+    autocast = _autocast(settings.dtype, device)
     optimizer = build_optimizer(student, settings)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, polynomial_schedule(settings))
+    schedule = polynomial_schedule(settings)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     step, losses = 0, []
     if resume:
         folder = checkpoint.latest_checkpoint(output)
@@ -240,6 +263,8 @@ def train(model: str | Path, data: str | Path, output: str | Path,
     elif needs_preparation(config):
         prepare_student(student, teacher, sequences, config, device)
     resumed_from = step
+    if settings.dtype == "bfloat16":  # once the student's start is taken from it in float32
+        teacher.to(torch.bfloat16)
     module = DistributedDataParallel(student) if world > 1 else student
     trainable = [p for p in student.parameters() if p.requires_grad]
     started, tokens = time.perf_counter(), 0
@@ -250,17 +275,20 @@ def train(model: str | Path, data: str | Path, output: str | Path,
         for index, part in enumerate(parts):
             ids = torch.from_numpy(sequences[part]).to(device)
             with torch.no_grad():
-                teacher_logits = teacher(input_ids=ids, use_cache=False).logits
+                teacher_logits = teacher(input_ids=ids, use_cache=False).logits.float()
             last = index == len(parts) - 1
             sync = contextlib.nullcontext() if last or world == 1 else module.no_sync()
             with sync:
-                logits = module(input_ids=ids, use_cache=False).logits
-                loss = distillation_loss(logits, teacher_logits, ids, settings) / len(parts)
+                with autocast:
+                    logits = module(input_ids=ids, use_cache=False).logits
+                loss = distillation_loss(logits.float(), teacher_logits, ids,
+                                         settings) / len(parts)
                 loss.backward()
             step_loss += loss.detach().double().cpu()
         apply_range_decay(student, settings.range_decay, settings.range_min_unclipped)
         if settings.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
+        set_range_learning_rates(optimizer, schedule(step))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -290,6 +318,28 @@ def train(model: str | Path, data: str | Path, output: str | Path,
         })
     _barrier(world)
     return TrainResult(output, step, tokens, seconds, losses, resumed_from)
+
+
+def _checkpoint_blocks(student: nn.Module) -> None:
+    """Gradient checkpointing per decoder block (transformers' own, non-reentrant, so the
+    random state and with it the weight noise is replayed in the recompute)."""
+    model = student.get_base_model() if hasattr(student, "get_base_model") else student
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"training.gradient_checkpointing: {type(model).__name__} does not "
+                         "support gradient checkpointing")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+
+def _autocast(dtype: str, device: str) -> contextlib.AbstractContextManager:
+    """The student's forward context: bfloat16 autocast on `device`, or nothing."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    kind = torch.device(device).type
+    if kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"training.dtype=bfloat16: {torch.cuda.get_device_name()} has no "
+                         "bfloat16")
+    return torch.autocast(kind, dtype=torch.bfloat16)
 
 
 def _elapsed(started: float, world: int) -> float:

@@ -11,7 +11,10 @@ configuration or recalibrate.
 A layer trained with a digital input scale s (training.smoothing; entry
 ``NAME.input_scale``) gets it back as the training computed it: a digital
 ``x / s`` before the analog op, whose weight becomes W diag(s) (its own copy when
-the weight is also read elsewhere).
+the weight is also read elsewhere). A layer trained with outlier weights
+(training.split_outliers; entry ``NAME.outliers_per_slice`` = m) is then split as
+split-outliers splits it at count m: the m largest |w| of every row slice of that
+weight to the exact digital sparse path.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from afmc.config import AfmcConfig
 from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.passes.fx.fold_common import new_parameter, replace_parameter
+from afmc.passes.fx.split_outliers import SplitOutliers
 from afmc.passes.layers import META_KEY
 from afmc.passes.registry import register_pass
 
 META_RANGES = "afmc_learned_ranges"
 SCALE_SUFFIX = ".input_scale"  # the entry of a layer's digital input scale
+OUTLIERS_SUFFIX = ".outliers_per_slice"  # the entry of a layer's outlier count m
 _WRAPPER_PREFIX = "lm."
 
 
@@ -63,6 +68,9 @@ class LearnedRanges(PassBase):
             scale = ranges.get(name + SCALE_SUFFIX)
             if scale is not None:
                 _scale_input(graph_module, node, scale)
+            count = ranges.get(name + OUTLIERS_SUFFIX)
+            if count is not None:
+                SplitOutliers.split(graph_module, node, int(count))
             record.calibrated = "learned"
             modified = True
         if modified:

@@ -84,7 +84,7 @@ class SplitOutliers(PassBase):
         modified = False
         for node, count in chosen.items():
             if count:
-                self._split(graph_module, node, count)
+                self.split(graph_module, node, count)
                 modified = True
         if modified:
             graph_module.graph.lint()
@@ -106,7 +106,7 @@ class SplitOutliers(PassBase):
                 for node, sampler in samplers.items()}
 
     @staticmethod
-    def _split(gm: fx.GraphModule, node: fx.Node, count: int) -> None:
+    def split(gm: fx.GraphModule, node: fx.Node, count: int) -> None:
         """Rewrite `node` into analog(W_dense) + sparse_outliers(indices, values)."""
         target = node.args[1].target
         weight = gm.get_parameter(target).detach()
