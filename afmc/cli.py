@@ -1,4 +1,4 @@
-"""The afmc command line: compile, run, eval, generate, lm-eval, passes, targets.
+"""The afmc command line: compile, run, eval, generate, lm-eval, cost, passes, targets.
 
 Errors a user can cause (missing model, corrupt config, unknown target, empty
 calibration file, existing output, an output over the input) print one line on
@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from afmc.cost.command import cost
 from afmc.eval.options import check_options
 from afmc.screen import Screen
 
@@ -26,6 +27,7 @@ app = typer.Typer(no_args_is_help=True,
                   help="afmc: compile neural networks for analog in-memory computing.")
 passes_app = typer.Typer(help="Inspect the registered passes.", no_args_is_help=True)
 app.add_typer(passes_app, name="passes")
+app.command()(cost)
 screen = Screen()
 
 

@@ -145,6 +145,20 @@ def check_report_options(strategy: str | None, svg: Path | None, html: Path | No
             raise NotADirectoryError(f"{option} {path}: {existing} is not a directory")
 
 
+def _print_cost(record: dict, console: Console) -> None:
+    """The per-token cost on the default analog profile against the int8 baseline
+    (afmc cost OUT --profile P for other profiles and the per-layer table)."""
+    from afmc.cost import estimate_record
+    from afmc.cost.command import DEFAULT_BASELINE, DEFAULT_PROFILE
+    from afmc.cost.table import summary_lines
+
+    if not any(layer.get("placement") == "analog" for layer in record["layers"]):
+        return
+    for line in summary_lines(estimate_record(record, DEFAULT_PROFILE),
+                              estimate_record(record, DEFAULT_BASELINE)):
+        console.print(line, highlight=False)
+
+
 def report(
     out_dir: Path,
     svg: Path | None = None,
@@ -177,6 +191,7 @@ def report(
                       f"in {outliers['layers']} layers, {outliers['share']:.2%} of the analog "
                       f"weights; {outliers['macs_per_token']:,} MACs per token; "
                       f"{outliers['bytes']:,} bytes stored")
+    _print_cost(record, console)
     evaluated = results_table(results)
     if evaluated is not None:
         console.print(evaluated)

@@ -9,10 +9,10 @@ import math
 
 import pytest
 import torch
-import typer
 import yaml
 from typer.testing import CliRunner
 
+from afmc.cli import app
 from afmc.config import ConfigError, load_config
 from afmc.cost import (
     builtin_profiles,
@@ -21,7 +21,6 @@ from afmc.cost import (
     estimate_record,
     load_profile,
 )
-from afmc.cost.command import cost
 from afmc.cost.profile import parse_profile
 
 HAND = {
@@ -200,9 +199,6 @@ def test_missing_fields_are_named():
 
 
 def _cli(*args):
-    app = typer.Typer()
-    app.command()(cost)
-    app.command("unused")(lambda: None)  # two commands: `cost` is a subcommand, as in afmc
     return CliRunner().invoke(app, ["cost", *map(str, args)])
 
 
@@ -235,3 +231,12 @@ def test_cli_prints_the_table_and_json(two_layers, tmp_path):
     assert data["totals"]["energy_pj"] == pytest.approx(report.energy_pj)
     assert data["comparison"]["baseline"] == "digital-int8"
     assert math.isclose(data["totals"]["latency_ns"], report.latency_ns)
+
+
+def test_report_prints_the_cost_per_token(two_layers):
+    """afmc report: the default analog profile's totals and the ratio to int8."""
+    result = CliRunner().invoke(app, ["report", str(two_layers)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    report = estimate(two_layers, load_profile("ibm-pcm-64core"))
+    assert f"ibm-pcm-64core: {report.energy_pj / 1e6:,.3f} uJ" in result.output
+    assert "against digital-int8" in result.output
