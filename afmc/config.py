@@ -278,10 +278,11 @@ class TrainingConfig(_Section):
     seq_len: int = Field(256, gt=1, description="Tokens per training sequence.")
     batch_size: int = Field(8, gt=0, description="Sequences per step, over all processes.")
     grad_accumulation: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
-    steps: int = Field(1000, gt=0, description="Optimizer steps.")
+    steps: int = Field(1000, ge=0, description="Optimizer steps; 0 writes the student's start "
+                       "(the control of what training adds: the same preparation, no step).")
     checkpoint_every: int = Field(100, gt=0, description="Steps between checkpoints.")
     seed: int = 0
-    lora_rank: int = Field(0, ge=0, description="LoRA adapters (peft) of this rank on the "
+    lora_rank: int = Field(0, ge=0, description="LoRA adapters of this rank on the "
                            "analog layers instead of full fine-tuning; 0: full fine-tuning.")
     lora_alpha: float = Field(16.0, gt=0)
     dtype: Literal["float32", "bfloat16"] = Field(

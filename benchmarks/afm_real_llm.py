@@ -129,6 +129,11 @@ def main() -> None:
     parser.add_argument("--skip-off-the-shelf", action="store_true",
                         help="score only the trained model (the off-the-shelf rows take "
                              "~20 minutes on 2 loaded cores and do not change)")
+    parser.add_argument("--control", action="store_true",
+                        help="also the control: the same start with no training step "
+                             "(training.steps=0), compiled and scored as the trained model")
+    parser.add_argument("--control-only", action="store_true",
+                        help="only the control (no training)")
     parser.add_argument("--chips", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=1024, help="held-out tokens to score")
     parser.add_argument("--device", default="cpu")
@@ -189,6 +194,23 @@ def main() -> None:
     if not args.afm_start:
         overrides += ["training.smoothing=true", "training.range_init=search"]
     config = load_config(None, overrides + args.set)
+    if args.control or args.control_only:
+        start = work / "start"
+        timed("prepare the start", lambda: train(
+            model, data, start, config.model_copy(update={"training": config.training.model_copy(
+                update={"steps": 0})}), force=True, device=args.device))
+        start_aimc = work / "start-aimc"
+        timed("compile the start aimc", lambda: afmc.compile(
+            start, "aimc", calibration=calib, output=start_aimc, force=True))
+        if fp is None:
+            ids = afmc.load(start_aimc).tokenizer().encode(apache_license())[:args.tokens]
+        results["start, no training (control)"] = timed(
+            "score the start aimc", lambda: _score(start_aimc, ids, args.chips))
+        fp = fp or results["start, no training (control)"]["fp"]
+        print(_line("start (control)", results["start, no training (control)"], fp), flush=True)
+        if args.control_only:
+            _write_json(args.json, fp, results, seconds, {}, None, vars(args))
+            return
     checkpoint = work / "trained"
     trained = timed("train", lambda: train(
         model, data, checkpoint, config, force=True, device=args.device,
@@ -215,12 +237,18 @@ def main() -> None:
     print(f"{'FP':24} {fp:9.2f} ({len(ids)} held-out tokens of the Apache-2.0 text); training "
           f"{trained.steps} steps, {trained.tokens:,} tokens, {trained.seconds:.0f} s on "
           f"{args.device}; losses {trained.losses[0]:.4f} -> {trained.losses[-1]:.4f}")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "fp": fp, "rows": results, "seconds": seconds, "steps": trained.steps,
-            "weight_movement": movement,
-            "tokens": trained.tokens, "losses": trained.losses,
-            "options": {k: str(v) for k, v in vars(args).items()}}, indent=2))
+    _write_json(args.json, fp, results, seconds, movement, trained, vars(args))
+
+
+def _write_json(path: Path | None, fp: float, results: dict, seconds: dict, movement: dict,
+                trained, options: dict) -> None:
+    if path is None:
+        return
+    run = {} if trained is None else {"steps": trained.steps, "tokens": trained.tokens,
+                                      "losses": trained.losses}
+    path.write_text(json.dumps({
+        "fp": fp, "rows": results, "seconds": seconds, **run, "weight_movement": movement,
+        "options": {k: str(v) for k, v in options.items()}}, indent=2))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ compile of a trained model with its learned input ranges."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -252,6 +253,7 @@ def test_lora_trains_adapters_and_ranges_and_merges(tmp_path: Path):
     (["afmc-tiny", "--data", "stdlib:train", "--set", "training.batch_size=6",
       "--set", "training.grad_accumulation=4"], "training: Value error, batch_size (6)"),
     (["afmc-tiny", "--data", "stdlib:train", "--device", "cuda:7"], "--device cuda:7"),
+    (["afmc-tiny", "--data", "stdlib:train", "--steps", "-1"], "--steps must be at least 0"),
 ])
 def test_train_command_rejects_bad_input_in_one_line(tmp_path: Path, args, message):
     from typer.testing import CliRunner
@@ -357,3 +359,69 @@ def test_bfloat16_training_keeps_float32_weights_and_ranges(tmp_path: Path):
     assert all(value.dtype == torch.float32
                for value in load_file(tmp_path / "bfloat16" / RANGES_FILE).values())
     _assert_weights_trained(tmp_path / "bfloat16")
+
+
+def test_zero_steps_write_the_prepared_start(tmp_path: Path):
+    """training.steps=0: the control of what training adds: the prepared start (searched
+    ranges, outlier counts) and the FP weights unchanged, compilable as a trained model."""
+    out = tmp_path / "start"
+    result = train("afmc-tiny", "stdlib:train", out,
+                   _config(steps=0, split_outliers=True, range_init="search"))
+    assert result.steps == 0 and result.losses == []
+    before = load_causal_lm(resolve_model_path("afmc-tiny")).state_dict()
+    after = load_file(out / "model.safetensors")
+    assert all(torch.equal(after[key], before[key]) for key in after)
+    ranges = load_file(out / RANGES_FILE)
+    assert any(key.endswith(".outliers_per_slice") for key in ranges)
+    searched = [value for key, value in ranges.items()
+                if not key.endswith((".input_scale", ".outliers_per_slice"))]
+    assert searched and all((value != 1).all() for value in searched)  # not the initial 1
+
+
+def test_lora_noise_acts_on_the_effective_weight():
+    """The weight noise of a LoRA layer scales with the row max of W + scaling B A, not
+    of W: a row whose large weight comes from the adapters alone gets that noise."""
+    from afmc.train.analog_layer import AnalogTrainingLinear
+
+    config = _config(weight_noise=0.1, clip_sigma=0.0, range_init_batches=0, range_decay=0.0)
+    layer = AnalogTrainingLinear(torch.nn.Linear(8, 2, bias=False), config.hardware,
+                                 config.training)
+    with torch.no_grad():
+        layer.weight.fill_(1e-3)
+    layer.add_lora(1, 1.0)
+    with torch.no_grad():
+        layer.lora_A.zero_()
+        layer.lora_A[0, 0] = 1.0
+        layer.lora_B.zero_()
+        layer.lora_B[0, 0] = 0.5  # row 0 holds 0.5 at column 0: its max |w|
+        layer.input_range.fill_(1.0)
+    x = torch.full((1, 8), 0.5)  # on the DAC grid of range 1
+    torch.manual_seed(0)
+    layer.train()
+    with torch.no_grad():
+        out = torch.cat([layer(x) for _ in range(2000)])  # fresh noise every forward
+    expected = 0.1 * 0.5 * 0.5 * math.sqrt(8)  # sum over 8 weights of N(0, 0.05^2) * 0.5
+    assert out[:, 0].std().item() == pytest.approx(expected, rel=0.1)
+    assert out[:, 1].std().item() < 0.01 * expected  # row 1: max |w| 1e-3
+
+
+def test_lora_merge_writes_the_clipped_effective_weight():
+    """merge_lora writes what the forward computed with: W + scaling B A, each row clamped
+    to +-clip_sigma * std of that row (the rule of clip_weights)."""
+    from afmc.train.analog_layer import AnalogTrainingLinear, merge_lora
+
+    config = _config(clip_sigma=2.5)
+    layer = AnalogTrainingLinear(torch.nn.Linear(64, 4, bias=False), config.hardware,
+                                 config.training)
+    layer.add_lora(2, 4.0)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(4, 2, generator=generator))
+        layer.lora_A[:, 0] = 3.0  # column 0: an outlier in every row
+        effective = layer.weight + 2.0 * layer.lora_B @ layer.lora_A
+    bound = 2.5 * effective.std(dim=1)
+    assert bool((effective.abs().amax(dim=1) > bound).any())  # the adapters cross the bound
+    seen = layer.programmed_weight().detach()
+    merge_lora(torch.nn.Sequential(layer))
+    assert layer.lora_A is None and torch.equal(layer.weight, seen)
+    assert bool((layer.weight.abs().amax(dim=1) <= bound + 1e-6).all())

@@ -210,12 +210,14 @@ class AnalogTrainingLinear(nn.Linear):
     """An analog-placed nn.Linear for hardware-aware training (see the module docstring).
 
     It is an nn.Linear (weight [out, in], optional bias), so tools that act on linear
-    layers (peft's LoRA, FSDP wrapping policies) see it as one. Extra state:
+    layers (FSDP wrapping policies) see it as one. Extra state:
     ``input_range`` (one learned range per input slice), ``range_init_steps`` (how
     many forwards have initialised each range from data) and ``outliers`` (the outlier
     weights per row slice kept off the crossbar, 0: none); ``clip_counts`` (per slice, the
     inputs at or beyond their range and all inputs since the last apply_range_decay) is a
-    plain attribute, out of DDP's buffer broadcast.
+    plain attribute, out of DDP's buffer broadcast. With LoRA (add_lora) the crossbar
+    holds the effective weight W + (alpha / rank) B A, clipped by the rule of clip_weights
+    in every forward: its noise, quantization and clipping act on what merge_lora writes.
     """
 
     def __init__(self, linear: nn.Linear, hardware: HardwareConfig,
@@ -234,15 +236,42 @@ class AnalogTrainingLinear(nn.Linear):
         self.register_buffer("input_scale", torch.ones(linear.in_features, device=device))
         self.register_buffer("outliers", torch.zeros((), dtype=torch.long, device=device))
         self.clip_counts: torch.Tensor | None = None
+        self.lora_A: nn.Parameter | None = None
+        self.lora_B: nn.Parameter | None = None
+        self.lora_scaling = 0.0
+
+    def add_lora(self, rank: int, alpha: float) -> None:
+        """Train adapters instead of W: A [rank, in] Kaiming-uniform and B [out, rank] zeros
+        (peft's initialisation, so the start is W), scaling alpha / rank; W is frozen."""
+        device = self.weight.device
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, device=device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, device=device))
+        self.lora_scaling = alpha / rank
+        self.weight.requires_grad_(False)
+
+    def programmed_weight(self) -> torch.Tensor:
+        """The crossbar's weight in float32: W diag(input_scale), or with LoRA (W + scaling
+        B A) diag(input_scale) clipped as clip_weights clips (differentiable where not
+        clipped)."""
+        weight = self.weight
+        if self.lora_A is not None:
+            weight = weight + self.lora_scaling * (self.lora_B @ self.lora_A)
+        if bool((self.input_scale != 1).any()):
+            weight = weight * self.input_scale
+        sigma = self.training_config.clip_sigma
+        if self.lora_A is not None and sigma > 0:
+            weight = clipped_rows(weight, self.sizes, int(self.outliers), sigma)
+        return weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hw, train = self.hardware, self.training_config
         kind = x.device.type
         if torch.is_autocast_enabled(kind):  # training.dtype: the crossbar path in that dtype
             x = x.to(torch.get_autocast_dtype(kind))
-        weight = self.weight  # as the crossbar sees it, chosen from in float32
+        weight = self.programmed_weight()  # outliers are chosen from it in float32
         if bool((self.input_scale != 1).any()):
-            x, weight = x / self.input_scale.to(x.dtype), weight * self.input_scale
+            x = x / self.input_scale.to(x.dtype)
         outliers = None
         if int(self.outliers):
             indices = split_indices(weight.detach(), self.sizes, int(self.outliers))
@@ -335,7 +364,7 @@ def untie_analog_weights(model: nn.Module) -> dict[str, str]:
     alone and the digital table keeps its values; a Hugging Face model's config then
     says its embeddings are not tied (``tie_word_embeddings`` false), so the saved
     checkpoint loads as trained. Returns {analog layer: the parameter it was tied to}.
-    Called before LoRA wraps the layers (parameter names have no ``base_layer``)."""
+    Called before LoRA adapters are added."""
     owners: dict[int, list[str]] = {}
     for name, parameter in model.named_parameters(remove_duplicate=False):
         owners.setdefault(id(parameter), []).append(name)
@@ -356,10 +385,10 @@ def untie_analog_weights(model: nn.Module) -> dict[str, str]:
 
 
 def analog_layers(model: nn.Module) -> Iterator[tuple[str, AnalogTrainingLinear]]:
-    """(name, layer) of every AnalogTrainingLinear in `model` (peft wrappers looked through)."""
+    """(name, layer) of every AnalogTrainingLinear in `model`."""
     for name, module in model.named_modules():
         if isinstance(module, AnalogTrainingLinear):
-            yield name.replace(".base_layer", ""), module
+            yield name, module
 
 
 @torch.no_grad()
@@ -384,26 +413,43 @@ def apply_range_decay(model: nn.Module, decay: float, min_unclipped: float) -> N
         layer.clip_counts = None
 
 
+def clipped_rows(programmed: torch.Tensor, sizes: list[int], outliers: int,
+                 sigma: float) -> torch.Tensor:
+    """`programmed` [N, K] with every row clamped to +-sigma * std(row); the `outliers`
+    largest |w| of each row slice are off the crossbar: they keep their values, and the
+    std is that of the row without them. Gradients pass where nothing is clamped."""
+    if outliers:
+        indices = split_indices(programmed.detach(), sizes, outliers)
+        values = programmed.gather(1, indices)
+        programmed = programmed.scatter(1, indices, 0.0)
+    bound = sigma * programmed.detach().std(dim=1, keepdim=True)
+    clipped = torch.clamp(programmed, -bound, bound)
+    return clipped.scatter(1, indices, values) if outliers else clipped
+
+
 @torch.no_grad()
 def clip_weights(model: nn.Module, sigma: float) -> None:
-    """Clamp every programmed weight row (W diag(input_scale)) to +-sigma * std(row)
-    (sigma 0: no clipping); a layer's outlier weights (``outliers``) are not on the
-    crossbar: they keep their values, and the std is that of the row without them."""
+    """After an optimizer step: clamp every programmed weight row (W diag(input_scale))
+    by the rule of clipped_rows (sigma 0: no clipping). A layer with LoRA is clipped in
+    its forward instead (its W is frozen)."""
     if sigma <= 0:
         return
     for _, layer in analog_layers(model):
-        scaled = bool((layer.input_scale != 1).any())
-        programmed = layer.weight * layer.input_scale if scaled else layer.weight.clone()
-        count = int(layer.outliers)
-        if count:
-            indices = split_indices(programmed, layer.sizes, count)
-            values = programmed.gather(1, indices)
-            programmed.scatter_(1, indices, 0.0)
-        bound = sigma * programmed.std(dim=1, keepdim=True)
-        programmed.clamp_(-bound, bound)
-        if count:
-            programmed.scatter_(1, indices, values)
-        layer.weight.copy_(programmed.div_(layer.input_scale) if scaled else programmed)
+        if layer.lora_A is not None:
+            continue
+        scale = layer.input_scale
+        programmed = clipped_rows(layer.weight * scale, layer.sizes, int(layer.outliers), sigma)
+        layer.weight.copy_(programmed / scale)
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module) -> None:
+    """Write each LoRA layer's programmed weight (divided by its input scale) into W and
+    drop the adapters: the crossbar then holds exactly what training saw."""
+    for _, layer in analog_layers(model):
+        if layer.lora_A is not None:
+            layer.weight.copy_(layer.programmed_weight() / layer.input_scale)
+            layer.lora_A = layer.lora_B = None
 
 
 def learned_ranges(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,6 +1,6 @@
 """The ranges of ``afmc train``'s own options, checked before anything loads.
 
-Rules: --steps >= 1, --lora-rank >= 0, --max-minutes positive and finite,
+Rules: --steps >= 0, --lora-rank >= 0, --max-minutes positive and finite,
 --device cpu, cuda or cuda:N, and --data an afmc synth directory, a built-in
 text (stdlib:...) or a text file that read_text accepts (read here, so a bad
 file fails before the model loads). Each violation is a ValueError (or
@@ -21,8 +21,8 @@ _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 def check_train_options(*, data: str, steps: int | None, lora_rank: int | None,
                         max_minutes: float | None, device: str) -> None:
     """Raise naming the first option of ``afmc train`` that is out of range."""
-    if steps is not None and steps < 1:
-        raise ValueError(f"--steps must be at least 1, got {steps}")
+    if steps is not None and steps < 0:
+        raise ValueError(f"--steps must be at least 0 (0: the start only), got {steps}")
     if lora_rank is not None and lora_rank < 0:
         raise ValueError(f"--lora-rank must be >= 0 (0: full fine-tuning), got {lora_rank}")
     if max_minutes is not None and not (math.isfinite(max_minutes) and max_minutes > 0):

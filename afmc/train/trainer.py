@@ -5,7 +5,8 @@ Rule of one optimizer step (configuration section ``training``):
   into grad_accumulation micro-batches, each shared among the processes;
 - the student is the model with its analog-placed nn.Linear layers in training
   mode (afmc.train.analog_layer: weight noise, learned input ranges, DAC/ADC with
-  straight-through gradients), optionally with LoRA adapters (peft);
+  straight-through gradients), optionally with LoRA adapters on the effective
+  crossbar weight W + B A (noise, quantization and clipping act on it);
 - loss = beta * T^2 * KL(teacher || student) at temperature T + (1 - beta) *
   next-token cross-entropy, the teacher being the original FP model;
 - before the first step, optionally (training.smoothing, training.range_init =
@@ -63,6 +64,7 @@ from afmc.train.analog_layer import (
     clip_weights,
     convert_to_analog,
     learned_ranges,
+    merge_lora,
     restore_linears,
     untie_analog_weights,
 )
@@ -124,16 +126,13 @@ def build_student(teacher: nn.Module, config: AfmcConfig) -> tuple[nn.Module, di
     student = copy.deepcopy(teacher)
     for parameter in student.parameters():  # the teacher's are frozen
         parameter.requires_grad_(parameter.is_floating_point())
-    names = convert_to_analog(student, config)
+    convert_to_analog(student, config)
     untied = untie_analog_weights(student)
     settings = config.training
     if settings.lora_rank > 0:
-        from peft import LoraConfig, get_peft_model
-
-        student = get_peft_model(student, LoraConfig(
-            r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=0.0,
-            target_modules=names))
+        student.requires_grad_(False)
         for _, layer in analog_layers(student):
+            layer.add_lora(settings.lora_rank, settings.lora_alpha)
             layer.input_range.requires_grad_(True)
     return student.train(), untied
 
@@ -323,12 +322,12 @@ def train(model: str | Path, data: str | Path, output: str | Path,
 def _checkpoint_blocks(student: nn.Module) -> None:
     """Gradient checkpointing per decoder block (transformers' own, non-reentrant, so the
     random state and with it the weight noise is replayed in the recompute)."""
-    model = student.get_base_model() if hasattr(student, "get_base_model") else student
-    if not getattr(model, "supports_gradient_checkpointing", False):
-        raise ValueError(f"training.gradient_checkpointing: {type(model).__name__} does not "
+    if not getattr(student, "supports_gradient_checkpointing", False):
+        raise ValueError(f"training.gradient_checkpointing: {type(student).__name__} does not "
                          "support gradient checkpointing")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
+    student.gradient_checkpointing_enable(
+        gradient_checkpointing_kwargs={"use_reentrant": False})
+    student.config.use_cache = False
 
 
 def _autocast(dtype: str, device: str) -> contextlib.AbstractContextManager:
@@ -371,13 +370,13 @@ def _checkpoint(output: Path, step: int, student: nn.Module, optimizer, schedule
 def _save_result(student: nn.Module, tokenizer: Tokenizer, output: Path, config: AfmcConfig,
                  record: dict[str, Any]) -> None:
     """OUT: the Hugging Face directory, the learned ranges and the training record."""
-    model = student.merge_and_unload() if hasattr(student, "merge_and_unload") else student
-    ranges = learned_ranges(model)
-    restore_linears(model)
+    merge_lora(student)
+    ranges = learned_ranges(student)
+    restore_linears(student)
     staging = output / ".result.tmp"
     if staging.exists():
         shutil.rmtree(staging)
-    model.eval().save_pretrained(staging)
+    student.eval().save_pretrained(staging)
     if isinstance(tokenizer, HFTokenizer):
         tokenizer.tokenizer.save_pretrained(staging)
     save_file({name: value.contiguous() for name, value in ranges.items()}, staging / RANGES_FILE)
