@@ -7,7 +7,8 @@ The map shown is the requested strategy's, else the stored map's, else the
 configured strategy's, else one-per-tile; a stored map is used as stored, every
 other map is computed from the layers and the configuration. Prints a table of
 the layers, one of the tile totals of every strategy and one of the result files
-of OUT/eval with their headline numbers (afmc.report_headlines), draws the map as SVG
+of OUT/eval with their headline numbers (afmc.report_headlines), or with --json all of
+it as one JSON object (afmc.report_json), draws the map as SVG
 (default OUT/tile_map.svg) and writes the report page (afmc.report_html; default
 OUT/report.html) with the evaluation results of OUT/eval.
 
@@ -20,6 +21,7 @@ written to a temporary file and moved into place (never half a page).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,9 @@ from afmc.layout import RECORD_FILE
 from afmc.mapping import STRATEGIES, TileMap, map_tiles, write_tile_map_svg
 from afmc.report_headlines import results_table
 from afmc.report_html import HTML_FILE, build_page
-from afmc.report_results import read_eval_results
+from afmc.report_json import default_cost, report_data
+from afmc.report_results import Found, read_eval_results
+from afmc.tables import Column, FittedTable, layer_names
 
 DEFAULT_STRATEGY = "one-per-tile"
 SVG_FILE = "tile_map.svg"
@@ -75,44 +79,30 @@ def tile_maps(
     return chosen, {name: maps[name] for name in STRATEGIES}
 
 
-def layer_table(layers: list[dict[str, Any]], tile_map: TileMap) -> Table:
-    """One row per layer: shape, slices, tiles and utilization under `tile_map`."""
-    table = Table(
-        title=f"layers on {tile_map.rows} x {tile_map.cols} tiles ({tile_map.strategy})",
-        caption="utilization: the layer's cells / cells of the tiles holding it",
-        show_edge=False,
-    )
-    for column in (
-        "layer",
-        escape("shape [out x in]"),
-        "slices",
-        "tiles",
-        "utilization",
-        "digital outliers",
-        "placement",
-    ):
-        table.add_column(column, justify="left" if column in ("layer", "placement") else "right")
+def layer_table(layers: list[dict[str, Any]], tile_map: TileMap) -> FittedTable:
+    """One row per layer: shape, slices, tiles and utilization under `tile_map` (names
+    without their common prefix, split into narrower tables where the width asks)."""
+    names = layer_names([layer["name"] for layer in layers])
     tiles, share = tile_map.layer_tiles(), tile_map.layer_utilization()
+    rows: list[list[str] | None] = []
     for layer in layers:
         name, shape = layer["name"], f"{layer['out_features']} x {layer['in_features']}"
         mapped = ("-", "-", "-")
         if name in tiles:
             mapped = (str(len(layer["slice_sizes"])), str(tiles[name]), f"{share[name]:.1%}")
         outliers = layer.get("outlier_weights", 0)
-        table.add_row(escape(name), shape, *mapped, f"{outliers:,}" if outliers else "-",
-                      layer["placement"])
-    table.add_section()
+        rows.append([names.show(name), shape, *mapped, f"{outliers:,}" if outliers else "-",
+                     layer["placement"]])
     moved = sum(layer.get("outlier_weights", 0) for layer in layers)
-    table.add_row(
-        f"total ({len(tiles)} analog)",
-        "",
-        "",
-        str(tile_map.tiles),
-        f"{tile_map.utilization:.1%}",
-        f"{moved:,}" if moved else "-",
-        "",
-    )
-    return table
+    rows += [None, [f"total ({len(tiles)} analog)", "", "", str(tile_map.tiles),
+                    f"{tile_map.utilization:.1%}", f"{moved:,}" if moved else "-", ""]]
+    columns = [Column("layer", "name", "left"), Column("shape [out x in]"), Column("slices"),
+               Column("tiles"), Column("utilization"), Column("digital outliers"),
+               Column("placement", justify="left")]
+    return FittedTable(columns, rows, escape(f"layers on {tile_map.rows} x {tile_map.cols} "
+                                             f"tiles ({tile_map.strategy})"),
+                       ["utilization: the layer's cells / cells of the tiles holding it",
+                        *names.notes])
 
 
 def strategy_table(maps: dict[str, TileMap], chosen: str) -> Table:
@@ -145,18 +135,26 @@ def check_report_options(strategy: str | None, svg: Path | None, html: Path | No
             raise NotADirectoryError(f"{option} {path}: {existing} is not a directory")
 
 
-def _print_cost(record: dict, console: Console) -> None:
-    """The per-token cost on the default analog profile against the int8 baseline
-    (afmc cost OUT --profile P for other profiles and the per-layer table)."""
-    from afmc.cost import estimate_record
-    from afmc.cost.command import DEFAULT_BASELINE, DEFAULT_PROFILE
+def _print_tables(record: dict[str, Any], tables: tuple[FittedTable, Table],
+                  results: dict[str, list[Found]], console: Console) -> None:
+    """The layer and strategy tables, the outlier line, the per-token cost on the default
+    analog profile against the int8 baseline (afmc cost OUT for the rest) and the results."""
     from afmc.cost.table import summary_lines
 
-    if not any(layer.get("placement") == "analog" for layer in record["layers"]):
-        return
-    for line in summary_lines(estimate_record(record, DEFAULT_PROFILE),
-                              estimate_record(record, DEFAULT_BASELINE)):
+    console.print(tables[0])
+    console.print(tables[1])
+    outliers = record.get("summary", {}).get("outliers")
+    if outliers and outliers["weights"]:
+        console.print(f"digital sparse path (split-outliers): {outliers['weights']:,} weights "
+                      f"in {outliers['layers']} layers, {outliers['share']:.2%} of the analog "
+                      f"weights; {outliers['macs_per_token']:,} MACs per token; "
+                      f"{outliers['bytes']:,} bytes stored")
+    cost = default_cost(record)
+    for line in summary_lines(*cost) if cost else []:
         console.print(line, highlight=False)
+    evaluated = results_table(results)
+    if evaluated is not None:
+        console.print(evaluated)
 
 
 def report(
@@ -165,9 +163,11 @@ def report(
     strategy: str | None = None,
     console: Console | None = None,
     html: Path | None = None,
+    json_out: bool = False,
 ) -> MappingReport:
-    """Print the layer and strategy tables of OUT/afmc.json, draw its tile map as SVG and
-    write the report page (module rules)."""
+    """Print the layer and strategy tables of OUT/afmc.json (with `json_out`, their data
+    as JSON: afmc.report_json), draw its tile map as SVG and write the report page (module
+    rules)."""
     path = Path(out_dir) / RECORD_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{out_dir}: no {RECORD_FILE} (run 'afmc compile' first)")
@@ -177,28 +177,23 @@ def report(
         tables = layer_table(record["layers"], maps[chosen]), strategy_table(maps, chosen)
         results = read_eval_results(Path(out_dir))
         page = build_page(Path(out_dir), record, path, chosen, maps, results)
+        data = report_data(record, chosen, maps, results) if json_out else None
     except KeyError as error:
         raise ValueError(f"{path}: not a valid afmc record (no {error.args[0]!r} field)"
                          ) from None
     except TypeError as error:
         raise ValueError(f"{path}: not a valid afmc record ({error})") from None
     console = console or Console()
-    console.print(tables[0])
-    console.print(tables[1])
-    outliers = record.get("summary", {}).get("outliers")
-    if outliers and outliers["weights"]:
-        console.print(f"digital sparse path (split-outliers): {outliers['weights']:,} weights "
-                      f"in {outliers['layers']} layers, {outliers['share']:.2%} of the analog "
-                      f"weights; {outliers['macs_per_token']:,} MACs per token; "
-                      f"{outliers['bytes']:,} bytes stored")
-    _print_cost(record, console)
-    evaluated = results_table(results)
-    if evaluated is not None:
-        console.print(evaluated)
+    if data is None:
+        _print_tables(record, tables, results, console)
     written = write_tile_map_svg(maps[chosen], svg or Path(out_dir) / SVG_FILE)
-    console.print(f"tile map ({chosen}) -> {written}")
     page_path = Path(html or Path(out_dir) / HTML_FILE)
     page_path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(page_path, page)
-    console.print(f"report page -> {page_path}")
+    if data is None:
+        console.print(f"tile map ({chosen}) -> {written}")
+        console.print(f"report page -> {page_path}")
+    else:
+        console.out(json.dumps({**data, "tile_map_svg": str(written),
+                                "report_html": str(page_path)}, indent=2), highlight=False)
     return MappingReport(maps[chosen], maps, written, page_path)

@@ -4,40 +4,40 @@ and the ratio against the digital baseline."""
 from __future__ import annotations
 
 from rich.markup import escape
-from rich.table import Table
 
 from afmc.cost.model import CostReport
+from afmc.tables import Column, FittedTable, layer_names
 
-COLUMNS = ("layer", "placement", "shape [out x in]", "slices", "tiles", "analog MACs", "DAC",
-           "ADC", "digital MACs", "memory bytes", "energy nJ", "time ns")
+COLUMNS = (Column("layer", "name", "left"), Column("placement", justify="left"),
+           *(Column(header) for header in (
+               "shape [out x in]", "slices", "tiles", "analog MACs", "DAC", "ADC",
+               "digital MACs", "memory bytes", "energy nJ", "time ns")))
 
 
 def _count(value: float) -> str:
     return f"{value:,.0f}" if value else "-"
 
 
-def layer_table(report: CostReport) -> Table:
-    """One row per layer (counts, energy and time per token) and a total row."""
-    table = Table(title=f"cost per token on {report.profile} ({report.kind})", show_edge=False,
-                  caption="time: the layer alone; the total row's time is the latency of "
-                          "the profile's pipelining")
-    for column in COLUMNS:
-        table.add_column(escape(column),
-                         justify="left" if column in ("layer", "placement") else "right")
-    for layer in report.layers:
-        table.add_row(escape(layer.name), layer.placement,
-                      f"{layer.out_features} x {layer.in_features}", _count(layer.slices),
-                      _count(layer.tiles), _count(layer.analog_macs),
-                      _count(layer.dac_conversions), _count(layer.adc_conversions),
-                      _count(layer.digital_macs), _count(layer.memory_bytes),
-                      f"{layer.total_energy_pj / 1e3:,.2f}", f"{layer.time_ns:,.1f}")
-    table.add_section()
-    table.add_row("total", "", "", "", _count(report.tiles), _count(report.total("analog_macs")),
-                  _count(report.total("dac_conversions")),
-                  _count(report.total("adc_conversions")),
-                  _count(report.total("digital_macs")), _count(report.total("memory_bytes")),
-                  f"{report.energy_pj / 1e3:,.2f}", f"{report.latency_ns:,.1f}")
-    return table
+def layer_table(report: CostReport) -> FittedTable:
+    """One row per layer (counts, energy and time per token) and a total row; at a narrow
+    width the columns spread over several tables, each with the layer names."""
+    names = layer_names([layer.name for layer in report.layers])
+    rows: list[list[str] | None] = [
+        [names.show(layer.name), layer.placement, f"{layer.out_features} x {layer.in_features}",
+         _count(layer.slices), _count(layer.tiles), _count(layer.analog_macs),
+         _count(layer.dac_conversions), _count(layer.adc_conversions),
+         _count(layer.digital_macs), _count(layer.memory_bytes),
+         f"{layer.total_energy_pj / 1e3:,.2f}", f"{layer.time_ns:,.1f}"]
+        for layer in report.layers]
+    rows += [None, ["total", "", "", "", _count(report.tiles),
+                    _count(report.total("analog_macs")), _count(report.total("dac_conversions")),
+                    _count(report.total("adc_conversions")),
+                    _count(report.total("digital_macs")), _count(report.total("memory_bytes")),
+                    f"{report.energy_pj / 1e3:,.2f}", f"{report.latency_ns:,.1f}"]]
+    return FittedTable(COLUMNS, rows, escape(f"cost per token on {report.profile} "
+                                             f"({report.kind})"),
+                       ["time: the layer alone; the total row's time is the latency of the "
+                        "profile's pipelining", *names.notes])
 
 
 def summary_lines(report: CostReport, baseline: CostReport | None = None) -> list[str]:

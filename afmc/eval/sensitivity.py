@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import yaml
-from rich.table import Table
 
 from afmc.data.model_inputs import ModelInputs
 from afmc.eval.perplexity import next_token_nll
@@ -44,6 +43,7 @@ from afmc.eval.sweep import OutputErrorScorer
 from afmc.runtime.chip import Chip
 from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.noise import NoiseConfig
+from afmc.tables import Column, FittedTable, layer_names
 
 RULES_FILE = "keep-digital.yaml"
 _PERCENT = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?\d+)?)\s*%?\s*")
@@ -240,23 +240,25 @@ def write_rules(path: Path, record: dict[str, Any], keep_digital: Sequence[str])
                                             sort_keys=False))
 
 
-def ranking_table(report: SensitivityReport) -> Table:
-    """The ranking as a rich table: each layer alone, the cumulative value once it and
-    the layers above it are analog, and with a budget the suggested placement."""
+def ranking_table(report: SensitivityReport) -> FittedTable:
+    """The ranking as a table that fits the terminal: each layer alone, the cumulative value
+    once it and the layers above it are analog, and with a budget the suggested placement."""
     lm = report.fp is not None
-    table = Table(title=f"analog layers alone on chip {report.seed}, by increasing harm "
-                        "(cumulative: this layer and those above analog)", show_edge=False)
-    table.add_column("#", justify="right")
-    table.add_column("layer", overflow="fold", min_width=16)
-    for column in ("SQNR dB", "rel. error", *(("perplexity", "delta") if lm else ()),
-                   "cumulative", *(("place",) if report.budget is not None else ())):
-        table.add_column(column, justify="right", no_wrap=True)
+    names = layer_names([layer.name for layer in report.layers])
+    columns = [Column("#"), Column("layer", "name", "left"),
+               *(Column(header) for header in ("SQNR dB", "rel. error",
+                                               *(("perplexity", "delta") if lm else ()),
+                                               "cumulative")),
+               *((Column("place", justify="left"),) if report.budget is not None else ())]
+    rows = []
     for index, (layer, point) in enumerate(zip(report.layers, report.cumulative, strict=True),
                                            start=1):
         place = "digital" if layer.name in report.keep_digital else "analog"
-        table.add_row(str(index), layer.name, f"{layer.sqnr_db:.2f}",
-                      f"{layer.relative_error:.4g}",
-                      *((f"{layer.value:.4f}", f"{layer.delta:+.4f}") if lm else ()),
-                      f"{point.value:.4f}" if lm else f"{point.value:.4g}",
-                      *((place,) if report.budget is not None else ()))
-    return table
+        rows.append([str(index), names.show(layer.name), f"{layer.sqnr_db:.2f}",
+                     f"{layer.relative_error:.4g}",
+                     *((f"{layer.value:.4f}", f"{layer.delta:+.4f}") if lm else ()),
+                     f"{point.value:.4f}" if lm else f"{point.value:.4g}",
+                     *((place,) if report.budget is not None else ())])
+    return FittedTable(columns, rows, f"analog layers alone on chip {report.seed}, by "
+                       "increasing harm", ["cumulative: this layer and those above it analog",
+                                           *names.notes], keys=2)
