@@ -114,10 +114,10 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     with staged_output(output, force, read) as staged:
         frontend = timed("load" if is_onnx_file(model) else "capture",
                          lambda: open_frontend(model, example_inputs,
-                                               tokenizer=_tokenizer(tokenizer),
+                                               tokenizer=resolve_tokenizer(tokenizer),
                                                recalibrate=recalibrate, verify=verify,
                                                save_intermediate=save_intermediate))
-        steps = _steps(frontend, chosen, passes, skip)
+        steps = pass_steps(frontend, chosen, passes, skip)
         data = _calibration(frontend, chosen, config, steps, model, calibration)
         checks_fidelity = data is not None and not data.synthetic and _checks_fidelity(chosen,
                                                                                       config)
@@ -156,14 +156,17 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
         return result
 
 
-def _tokenizer(tokenizer: str | Path | Tokenizer | None) -> Tokenizer | None:
+def resolve_tokenizer(tokenizer: str | Path | Tokenizer | None) -> Tokenizer | None:
+    """The tokenizer `tokenizer` names: a directory, "bytes", or one given as it is."""
     if tokenizer is None or not isinstance(tokenizer, (str, Path)):
         return tokenizer
     return ByteTokenizer() if str(tokenizer) == "bytes" else load_tokenizer(Path(tokenizer))
 
 
-def _steps(frontend: Frontend, target: Target, passes: list[PassSpec] | None,
-           skip: list[str] | tuple[str, ...]) -> list[PassSpec]:
+def pass_steps(frontend: Frontend, target: Target, passes: list[PassSpec] | None,
+               skip: list[str] | tuple[str, ...]) -> list[PassSpec]:
+    """The passes a compile runs: the front end's list for the target, or `passes`, less
+    `skip`; a pass listed twice is an error."""
     steps = resolve_passes(frontend.default_passes(target), passes, skip, level=frontend.level)
     names = [spec if isinstance(spec, str) else type(spec).__name__ for spec in steps]
     twice = sorted({name for name in names if names.count(name) > 1})

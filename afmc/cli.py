@@ -1,4 +1,5 @@
-"""The afmc command line: compile, run, eval, generate, lm-eval, cost, passes, targets.
+"""The afmc command line: compile, run, train, eval, generate, lm-eval, synth, report, cost,
+passes, targets, config.
 
 Errors a user can cause (missing model, corrupt config, unknown target, empty
 calibration file, existing output, an output over the input) print one line on
@@ -8,71 +9,23 @@ and SIGTERM (exit 143) during a compile.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
+from afmc.cli_errors import afmc_warnings, user_errors
+from afmc.cli_examples import add_examples
+from afmc.cli_info import config_app, passes_app, targets
 from afmc.cost.command import cost
 from afmc.eval.options import check_options
 from afmc.screen import Screen
 
 app = typer.Typer(no_args_is_help=True,
                   help="afmc: compile neural networks for analog in-memory computing.")
-passes_app = typer.Typer(help="Inspect the registered passes.", no_args_is_help=True)
-app.add_typer(passes_app, name="passes")
-app.command()(cost)
 screen = Screen()
-
-
-@contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    """Print a user error as one line `error: ...` and exit 1, and every InputWarning as
-    one line `warning: ...` (afmc.user_errors); other errors keep their traceback."""
-    from afmc.interrupts import Terminated
-    from afmc.user_errors import InputWarning, is_user_error, user_message
-
-    show = warnings.showwarning
-
-    def show_input_warning(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, InputWarning):
-            typer.echo(f"warning: {message}", err=True)
-        else:
-            show(message, category, filename, lineno, file, line)
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always", InputWarning)
-            warnings.showwarning = show_input_warning
-            yield
-    except Exception as error:
-        if not is_user_error(error):
-            raise
-        typer.echo(f"error: {user_message(error)}", err=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
-        raise typer.Exit(130) from None
-    except Terminated as stop:
-        typer.echo("error: terminated", err=True)
-        raise typer.Exit(stop.code) from None
-
-
-@contextlib.contextmanager
-def _afmc_warnings() -> Iterator[None]:
-    """Print each named afmc warning (its class is defined in afmc) as `warning: ...`."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for warning in caught:
-        if warning.category.__module__.startswith("afmc."):
-            typer.echo(f"warning: {warning.message}", err=True)
 
 
 def _print_version(value: bool) -> None:
@@ -100,7 +53,8 @@ def _quiet_libraries(
 def compile(  # noqa: A001
     model: Annotated[str, typer.Argument(
         help="afmc-tiny, a Hugging Face model directory, or an ONNX file (*.onnx)")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Output directory (required unless --dry-run)")] = None,
     target: Annotated[str, typer.Option(help="aimc, int8, int4 or fp")] = "aimc",
     config: Annotated[Path | None, typer.Option(help="YAML/JSON configuration file")] = None,
     calib: Annotated[str | None, typer.Option(
@@ -114,26 +68,35 @@ def compile(  # noqa: A001
     digital: Annotated[list[str] | None, typer.Option(
         help="Keep layers matching this regex digital (repeatable)")] = None,
     digital_lm_head: Annotated[bool, typer.Option(
+        "--digital-lm-head",
         help="Keep the LM head digital (placement.lm_head=digital)")] = False,
-    force: Annotated[bool, typer.Option(help="Overwrite OUTPUT")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT")] = False,
     passes: Annotated[str | None, typer.Option(
         help="Comma-separated FX passes to run instead of the target's")] = None,
     skip: Annotated[list[str] | None, typer.Option(help="Skip this pass (repeatable)")] = None,
     verify: Annotated[bool, typer.Option(
+        "--verify",
         help="Measure the output drift to the FP model after every pass")] = False,
     save_intermediate: Annotated[bool, typer.Option(
+        "--save-intermediate",
         help="Save the program after each pass to OUTPUT/intermediate/*.pt2")] = False,
     recalibrate: Annotated[bool, typer.Option(
+        "--recalibrate",
         help="A model trained by afmc train: calibrate its input ranges instead of using "
              "the learned ones")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan (passes, placement per layer, tiles); write "
+                          "nothing")] = False,
 ) -> None:
     """Compile MODEL for a target: writes OUTPUT/model.onnx and OUTPUT/afmc.json."""
-    with _user_errors():
+    with user_errors():
         from afmc.config import load_config
         from afmc.output_dir import check_output
 
-        if config is not None:  # the model, calibration and tokenizer: afmc.compile checks
-            check_output(output, [config])
+        if output is None and not dry_run:
+            raise ValueError("missing option --output / -o (only --dry-run goes without)")
+        if config is not None and output is not None:  # the model, calibration, tokenizer:
+            check_output(output, [config])  # afmc.compile checks
         overrides = list(set_ or [])
         if digital:
             overrides.append(f"placement.digital={json.dumps(list(digital))}")
@@ -143,14 +106,22 @@ def compile(  # noqa: A001
 
         trained = trained_config(model) if config is None and Path(model).is_dir() else None
         cfg = load_config(config, overrides, base=trained)
+        steps = [name.strip() for name in passes.split(",") if name.strip()] \
+            if passes is not None else None
+        if dry_run:
+            from afmc.compile_plan import plan_compile, print_plan
+
+            with afmc_warnings(), screen.err.status("planning"):
+                plan = plan_compile(model, target, cfg, passes=steps, skip=list(skip or []),
+                                    tokenizer=tokenizer, recalibrate=recalibrate)
+            return print_plan(plan, screen.out)
         from afmc.api import compile as compile_model
 
-        with _afmc_warnings(), screen.err.status("compiling") as status:
+        with afmc_warnings(), screen.err.status("compiling") as status:
             result = compile_model(
                 model, target, cfg, calibration=calib, output=output, force=force,
-                passes=[name.strip() for name in passes.split(",") if name.strip()]
-                if passes is not None else None,
-                skip=list(skip or []), verify=verify, save_intermediate=save_intermediate,
+                passes=steps, skip=list(skip or []), verify=verify,
+                save_intermediate=save_intermediate,
                 tokenizer=tokenizer, progress=lambda step: status.update(f"compiling: {step}"),
                 recalibrate=recalibrate,
             )
@@ -173,7 +144,7 @@ def run(
 ) -> None:
     """Run one chip instance: next-token predictions for --text, or for --inputs every
     output with its error to the FP view."""
-    with _user_errors():
+    with user_errors():
         check_options(max_tokens=max_tokens, top_k=top_k, read_noise=read_noise)
         from afmc.eval.run_chip import run_chip
         from afmc.runtime.compiled import CompiledModel
@@ -198,8 +169,10 @@ def train(
         help="Keep layers matching this regex digital (repeatable)")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda")] = "cpu",
     resume: Annotated[bool, typer.Option(
+        "--resume",
         help="Continue from the newest checkpoint in OUTPUT")] = False,
-    force: Annotated[bool, typer.Option(help="Start over in an existing OUTPUT")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Start over in an existing OUTPUT")] = False,
     max_minutes: Annotated[float | None, typer.Option(
         help="Time budget: stop after the step that ends past it and write the result")] = None,
 ) -> None:
@@ -207,7 +180,7 @@ def train(
 
     Runs under torchrun as it is (DistributedDataParallel; gloo on CPU, nccl on CUDA).
     """
-    with _user_errors():
+    with user_errors():
         import os
 
         from afmc.train.options import check_train_options
@@ -279,6 +252,7 @@ def eval_(
     temperature: Annotated[float, typer.Option(
         help="With --task: sampling temperature (0: greedy)")] = 1.0,
     sensitivity: Annotated[bool, typer.Option(
+        "--sensitivity",
         help="Each analog layer alone on chip --seed, ranked, and the cumulative curve "
              "(results in OUTPUT/eval/sensitivity-*.json)")] = False,
     seed: Annotated[int, typer.Option(help="--sensitivity: the chip instance")] = 0,
@@ -295,7 +269,7 @@ def eval_(
     every chip at every time (resumable: finished chips are kept in OUTPUT/eval/drift.jsonl).
     With --sensitivity, every analog layer alone, ranked. Every mode writes its result to
     OUTPUT/eval/KIND-SETTINGS-HASH.json, beside the results of other settings."""
-    with _user_errors():
+    with user_errors():
         from afmc.eval.command import run_eval
         from afmc.eval.request import EvalRequest
 
@@ -319,11 +293,12 @@ def generate(
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (1: off)")] = 1.0,
     sample_seed: Annotated[int, typer.Option(help="Sampling seed")] = 0,
     read_noise: Annotated[float, typer.Option(help="Per-inference read noise (0: off)")] = 0.0,
-    fp: Annotated[bool, typer.Option(help="Generate with the FP view instead of a chip")] = False,
+    fp: Annotated[bool, typer.Option(
+        "--fp", help="Generate with the FP view instead of a chip")] = False,
 ) -> None:
     """Continue --prompt with a compiled language model (KV-cache decoding): prints the
     generated text; the same seeds give the same text."""
-    with _user_errors():
+    with user_errors():
         check_options(max_new_tokens=max_new_tokens, read_noise=read_noise)
         from afmc.eval.run_chip import chip_label
         from afmc.runtime.compiled import CompiledModel
@@ -354,7 +329,7 @@ def generate(
 def lm_eval_command(ctx: typer.Context) -> None:
     """lm-evaluation-harness with the model type "afmc" registered: every argument is
     lm-eval's, e.g. --model afmc --model_args path=OUT,seed=0 --tasks NAME (docs/lm-eval.md)."""
-    with _user_errors():
+    with user_errors():
         import sys
         from importlib.util import find_spec
 
@@ -384,10 +359,10 @@ def synth(
     seed: Annotated[int, typer.Option(help="Sampling seed")] = 0,
     shard_sequences: Annotated[int, typer.Option(help="Sequences per shard file")] = 64,
     batch_size: Annotated[int, typer.Option(help="Sequences generated at once")] = 8,
-    force: Annotated[bool, typer.Option(help="Start over in an existing DATA")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start over in an existing DATA")] = False,
 ) -> None:
     """Sample training text from MODEL itself; rerun the same command to resume."""
-    with _user_errors():
+    with user_errors():
         from afmc.train.synth_options import check_synth_options
 
         check_synth_options(tokens, seq_len, shard_sequences, batch_size, temperature, top_k,
@@ -415,34 +390,22 @@ def report(
              "(default: the compiled one)")] = None,
     html: Annotated[Path | None, typer.Option(
         help="Write the report page here (default OUTPUT/report.html)")] = None,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the tables' data as JSON instead of tables")] = False,
 ) -> None:
     """Layers, tiles and utilization of a compiled model; draws its tile map as SVG and
     writes one self-contained HTML page with the evaluation results of OUTPUT/eval."""
-    with _user_errors():
+    with user_errors():
         from afmc.report import check_report_options
         from afmc.report import report as print_report
 
         check_report_options(strategy, svg, html)
-        print_report(compiled, svg=svg, strategy=strategy, console=screen.out, html=html)
+        print_report(compiled, svg=svg, strategy=strategy, console=screen.out, html=html,
+                     json_out=json_out)
 
 
-@passes_app.command("list")
-def passes_list() -> None:
-    """Name, level and purpose of every registered pass."""
-    from afmc.passes import PASSES
-
-    table = Table(show_edge=False)
-    for column in ("pass", "level", "what it does"):
-        table.add_column(column)
-    for info in PASSES.values():
-        table.add_row(info.name, info.level, info.summary)
-    screen.out.print(table)
-
-
-@app.command()
-def targets() -> None:
-    """The compile targets."""
-    from afmc.targets import TARGETS
-
-    for target in TARGETS.values():
-        screen.out.print(f"{target.name:6} {target.description}")
+app.command()(cost)
+app.command()(targets)
+app.add_typer(passes_app, name="passes")
+app.add_typer(config_app, name="config")
+add_examples(app)
