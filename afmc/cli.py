@@ -236,12 +236,12 @@ def eval_(
     read_noise: Annotated[float, typer.Option(help="Per-inference read noise (0: off)")] = 0.0,
     drift: Annotated[str | None, typer.Option(
         help="Times after programming to read every chip at, e.g. 0,3600,1d,1y "
-             "(pcm-drift; results in OUTPUT/eval/drift-*.json)")] = None,
+             "(a drifting --noise; results in OUTPUT/eval/drift-*.json)")] = None,
     noise: Annotated[str | None, typer.Option(
-        help="Programming-noise model: pcm, pcm-drift, additive or none "
-             "(default: the compiled one; pcm-drift with --drift)")] = None,
+        help="Programming-noise model: pcm, pcm-drift, reram-wan2022, reram-cmo, additive "
+             "or none (default: the compiled one; pcm-drift with --drift)")] = None,
     gdc: Annotated[bool | None, typer.Option(
-        "--gdc/--no-gdc", help="pcm-drift: global drift compensation (default: on)")] = None,
+        "--gdc/--no-gdc", help="Drift compensation of a drifting model (default: on)")] = None,
     jobs: Annotated[int, typer.Option(
         help="Chip instances evaluated at once, each in its own process")] = 1,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here")] = None,

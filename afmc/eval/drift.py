@@ -3,7 +3,8 @@
 Rules:
 - The noise model is chosen at evaluation: `eval_noise` starts from the compiled
   one and applies --noise and --gdc; drift times need a model that drifts
-  (pcm-drift, which --drift selects when --noise is not given).
+  (pcm-drift, which --drift selects when --noise is not given, reram-wan2022 or
+  reram-cmo; afmc.runtime.noise.AIHWKIT_MODELS).
 - Every chip seed is read at every time (eval.sweep: the same seed is the same chip
   over time); the metric is the perplexity of a language model's token windows, or
   for any other model the relative error of its outputs against the FP view.
@@ -26,7 +27,7 @@ import numpy as np
 from afmc.eval.spread import json_number, sample_std
 from afmc.eval.sweep import Point, Scorer, run_sweep
 from afmc.runtime.compiled import CompiledModel
-from afmc.runtime.noise import NoiseConfig, NoiseModel
+from afmc.runtime.noise import AIHWKIT_MODELS, NoiseConfig, NoiseModel
 
 DRIFT_LOG = "drift.jsonl"
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, "y": 31536000.0}
@@ -58,13 +59,13 @@ def eval_noise(model: CompiledModel, name: NoiseModel | None, gdc: bool | None,
         name = "pcm-drift"
     if name is not None:
         noise = noise.model_copy(update={"model": name})
-    if drifting and noise.model != "pcm-drift":
+    if drifting and noise.model not in AIHWKIT_MODELS:
         raise ValueError(f"--drift: the {noise.model} noise model does not drift; "
-                         "use --noise pcm-drift")
+                         f"use --noise {', '.join(AIHWKIT_MODELS)}")
     if gdc is not None:
-        if noise.model != "pcm-drift":
+        if noise.model not in AIHWKIT_MODELS:
             raise ValueError(f"--gdc/--no-gdc: global drift compensation belongs to the "
-                             f"pcm-drift noise model, not {noise.model}")
+                             f"{', '.join(AIHWKIT_MODELS)} noise models, not {noise.model}")
         noise = noise.model_copy(update={"drift_compensation": gdc})
     return NoiseConfig.model_validate(noise.model_dump())
 
