@@ -157,9 +157,10 @@ def run(
 def train(
     model: Annotated[str, typer.Argument(
         help="The FP model to adapt: afmc-tiny, a Hugging Face directory or a GGUF file")],
-    data: Annotated[str, typer.Option(
-        help="Training data: afmc synth output, a text file, or stdlib:train")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (CKPT)")],
+    data: Annotated[str | None, typer.Option(
+        help="Training data: afmc synth output, a text file, or stdlib:train")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Output directory (CKPT)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML/JSON configuration file")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a field: section.field=value, e.g. training.steps=200")] = None,
@@ -175,6 +176,8 @@ def train(
         "--force", help="Start over in an existing OUTPUT")] = False,
     max_minutes: Annotated[float | None, typer.Option(
         help="Time budget: stop after the step that ends past it and write the result")] = None,
+    estimate: Annotated[bool, typer.Option(
+        "--estimate", help="Print the memory one process needs, by term, and exit")] = False,
 ) -> None:
     """Hardware-aware training by distillation; OUTPUT compiles with `afmc compile OUTPUT`.
 
@@ -183,11 +186,22 @@ def train(
     with user_errors():
         import os
 
+        from afmc.config import load_config
         from afmc.train.options import check_train_options
 
+        if estimate:
+            from afmc.train.memory import estimate_model_memory
+
+            cfg = load_config(config, [*(set_ or []), *([f"training.lora_rank={lora_rank}"]
+                                                         if lora_rank is not None else [])])
+            for line in estimate_model_memory(model, cfg).lines():
+                screen.out.print(line, highlight=False)
+            return
+        if data is None or output is None:
+            raise ValueError(f"missing option {'--data' if data is None else '--output'} "
+                             "(or --estimate)")
         check_train_options(data=data, steps=steps, lora_rank=lora_rank,
                             max_minutes=max_minutes, device=device)
-        from afmc.config import load_config
 
         overrides = list(set_ or [])
         if steps is not None:
