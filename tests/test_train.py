@@ -69,8 +69,8 @@ def test_data_order_covers_every_sequence_once_per_epoch_and_splits_evenly():
         micro_batches(np.arange(6), 2, 2, 0)
 
 
-def _afmc(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _afmc(*args: str, threads: int = 1) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     return subprocess.Popen([sys.executable, "-c", "from afmc.cli import app; app()", *args],
                             env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -86,10 +86,11 @@ def _train_args(out: Path, *extra: str) -> list[str]:
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path: Path):
     """A run killed with SIGKILL after a checkpoint, then --resume'd, ends with the same
-    weights, input ranges and losses as an uninterrupted run with the same seed."""
-    full = _afmc(*_train_args(tmp_path / "full"))
+    weights, input ranges and losses as an uninterrupted run with the same seed, at the
+    machine's thread count (2 here; a resume at another count warns, see below)."""
+    full = _afmc(*_train_args(tmp_path / "full"), threads=2)
     killed_dir = tmp_path / "killed"
-    killed = _afmc(*_train_args(killed_dir))
+    killed = _afmc(*_train_args(killed_dir), threads=2)
     pointer = killed_dir / "checkpoints" / "latest"
     deadline = time.time() + 300
     while not pointer.exists() and killed.poll() is None and time.time() < deadline:
@@ -98,7 +99,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path: Path):
     killed.wait()
     assert killed.returncode == -signal.SIGKILL
     assert not (killed_dir / RANGES_FILE).exists()  # killed before the end
-    resumed = _afmc(*_train_args(killed_dir, "--resume"))
+    resumed = _afmc(*_train_args(killed_dir, "--resume"), threads=2)
     for process in (full, resumed):
         _, err = process.communicate(timeout=600)
         assert process.returncode == 0, err
@@ -425,3 +426,18 @@ def test_lora_merge_writes_the_clipped_effective_weight():
     merge_lora(torch.nn.Sequential(layer))
     assert layer.lora_A is None and torch.equal(layer.weight, seen)
     assert bool((layer.weight.abs().amax(dim=1) <= bound + 1e-6).all())
+
+
+def test_resume_with_another_thread_count_warns(tmp_path: Path):
+    out = tmp_path / "run"
+    train("afmc-tiny", "stdlib:train", out, _config(steps=2, checkpoint_every=1),
+          max_seconds=0.0)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        with pytest.warns(UserWarning, match=f"used {threads} CPU threads, this one "
+                                             f"{threads + 1}.*OMP_NUM_THREADS={threads}"):
+            train("afmc-tiny", "stdlib:train", out, _config(steps=2, checkpoint_every=1),
+                  resume=True)
+    finally:
+        torch.set_num_threads(threads)

@@ -40,6 +40,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +202,21 @@ def _check_resume_config(saved: dict[str, Any], config: AfmcConfig, folder: Path
                              f"{now.get(key)!r}; resume with the same configuration")
 
 
+class ResumeThreadsWarning(UserWarning):
+    """A resume with another CPU thread count than the interrupted run's."""
+
+
+def _check_resume_threads(threads: int | None, folder: Path) -> None:
+    """Warn when this process computes with another thread count than the run that wrote
+    `folder`: CPU kernels then sum in another order (measured: losses equal to about
+    1e-9, not bit for bit), so the result is not exactly an uninterrupted run's."""
+    if threads is not None and threads != torch.get_num_threads():
+        warnings.warn(ResumeThreadsWarning(
+            f"{folder}: the interrupted run used {threads} CPU threads, this one "
+            f"{torch.get_num_threads()}; the result may differ from an uninterrupted run in "
+            f"the last bits (set OMP_NUM_THREADS={threads} for an exact resume)"), stacklevel=3)
+
+
 def _prepare_output(output: Path, resume: bool, force: bool, rank: int, world: int) -> None:
     exists = output.exists() and any(output.iterdir())
     if resume and checkpoint.latest_checkpoint(output) is None:
@@ -259,6 +275,7 @@ def train(model: str | Path, data: str | Path, output: str | Path,
         scheduler.load_state_dict(training_state["scheduler"])
         checkpoint.load_rng(folder, rank)
         step, losses = state["step"], state["losses"]
+        _check_resume_threads(state.get("threads"), folder)
     elif needs_preparation(config):
         prepare_student(student, teacher, sequences, config, device)
     resumed_from = step
@@ -363,6 +380,7 @@ def _checkpoint(output: Path, step: int, student: nn.Module, optimizer, schedule
                            {"optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict()},
                            {"step": step, "losses": losses, "data": data, "processes": world,
+                            "threads": torch.get_num_threads(),
                             "config": config.model_dump(mode="json")})
     _barrier(world)
 
