@@ -279,7 +279,8 @@ class TrainingConfig(_Section):
     batch_size: int = Field(8, gt=0, description="Sequences per step, over all processes.")
     grad_accumulation: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     steps: int = Field(1000, ge=0, description="Optimizer steps; 0 writes the student's start "
-                       "(the control of what training adds: the same preparation, no step).")
+                       "(the control of what training adds: the same preparation and range "
+                       "initialisation, the weights clipped, no update).")
     checkpoint_every: int = Field(100, gt=0, description="Steps between checkpoints.")
     seed: int = 0
     lora_rank: int = Field(0, ge=0, description="LoRA adapters of this rank on the "

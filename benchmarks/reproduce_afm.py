@@ -4,9 +4,12 @@ Models (rows): FP; afmc-tiny compiled for aimc as it is (off-the-shelf, default
 configuration: smooth-inputs, search calibration); afmc-tiny after hardware-aware
 training (afmc.train.train, distillation on stdlib:train with the AFM recipe:
 weight noise 0.03, weight clipping at 2.5 std, learned input ranges) compiled with
-its learned ranges; the two ablations with the same budget, clipping only (weight
-noise 0) and noise injection only (clip_sigma 0); and round-to-nearest int4 of
-the FP model and of the trained checkpoint (digital: no noise, one number each).
+its learned ranges; the control that isolates training, the same start clipped at 2.5
+std and compiled as a trained checkpoint with no training step (training.steps=0:
+ranges from the data initialisation of the first steps); the two ablations with the
+same budget, clipping only (weight noise 0) and noise injection only (clip_sigma 0);
+and round-to-nearest int4 of the FP model and of the trained checkpoint (digital: no
+noise, one number each).
 
 Noise settings (columns), each without and with read noise 0.04: the AFM pcm
 programming-noise model with its std scaled x1, x2, x4 (NoiseConfig.pcm_scale),
@@ -45,10 +48,12 @@ PCM_SCALES = (1.0, 2.0, 4.0)
 ADDITIVE_PERCENT = (5, 10, 20)
 # name: (weight_noise, clip_sigma) of the training run; the AFM defaults are 0.03 and 2.5.
 TRAINED_ROWS = {
+    "control: clipped, no training": (0.03, 2.5),  # trained for 0 steps (training.steps=0)
     "trained (noise + clip)": (0.03, 2.5),
     "clip only": (0.0, 2.5),
     "noise only": (0.03, 0.0),
 }
+CONTROL = "control: clipped, no training"
 WARMUP = 0.125
 OFF_THE_SHELF = "off-the-shelf"
 INT4_ROWS = {"int4 of FP": OFF_THE_SHELF, "int4 of trained": "trained (noise + clip)"}
@@ -80,7 +85,7 @@ def training_config(steps: int, batch_size: int, seq_len: int, learning_rate: fl
         f"training.seq_len={seq_len}", f"training.learning_rate={learning_rate}",
         f"training.weight_noise={weight_noise}", f"training.clip_sigma={clip_sigma}",
         f"training.range_init_batches={max(1, steps // 3)}", f"training.warmup={WARMUP}",
-        f"training.checkpoint_every={steps}",
+        f"training.checkpoint_every={max(1, steps)}",
     ])
 
 
@@ -121,14 +126,14 @@ def train_row(name: str, folder: Path, config, device: str) -> dict[str, Any]:
         losses, seconds, reused = result.losses, result.seconds, False
     window = max(1, len(losses) // 5)
     change = weight_change(folder)
-    if change == 0:
+    if change == 0 and config.training.steps > 0:
         print(f"  WARNING [{name}]: training left the digital weights unchanged: train() "
               "updated no weights (only input ranges and clipping)",
               flush=True)
     return {"train_s": round(seconds, 1), "reused": reused, "losses": losses,
             "digital_weight_change": change,
-            "loss_first": float(np.mean(losses[:window])),
-            "loss_last": float(np.mean(losses[-window:]))}
+            "loss_first": float(np.mean(losses[:window])) if losses else float("nan"),
+            "loss_last": float(np.mean(losses[-window:])) if losses else float("nan")}
 
 
 def compile_row(model: str | Path, target: str, output: Path) -> float:
@@ -220,7 +225,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     print(f"FP perplexity {fp:.4f} ({windows.size} held-out tokens)", flush=True)
 
     for index, (name, (weight_noise, clip_sigma)) in enumerate(TRAINED_ROWS.items()):
-        config = training_config(args.steps, args.batch_size, args.seq_len, args.lr,
+        steps = 0 if name == CONTROL else args.steps
+        config = training_config(steps, args.batch_size, args.seq_len, args.lr,
                                  weight_noise, clip_sigma)
         folder = work / f"trained-{index}"
         print(f"[{name}] train {args.steps} steps x {args.batch_size} x {args.seq_len} tokens, "

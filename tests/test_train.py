@@ -441,3 +441,20 @@ def test_resume_with_another_thread_count_warns(tmp_path: Path):
                   resume=True)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_zero_steps_with_data_ranges_initialise_them_and_clip(tmp_path: Path):
+    """kappa-std ranges (AFM's start) get their data initialisation, and the weights
+    are clipped at clip_sigma as after a step: the original model, clipped, as a
+    trained checkpoint (the control row of benchmarks/reproduce_afm.py)."""
+    out = tmp_path / "clipped"
+    train("afmc-tiny", "stdlib:train", out, _config(steps=0, range_init_batches=2,
+                                                    clip_sigma=2.5))
+    ranges = load_file(out / RANGES_FILE)
+    assert all((value != 1).all() for value in ranges.values())
+    after = load_file(out / "model.safetensors")
+    weight = after["model.layers.0.mlp.down_proj.weight"]
+    before = load_causal_lm(resolve_model_path("afmc-tiny")).state_dict()[
+        "model.layers.0.mlp.down_proj.weight"]
+    bound = 2.5 * before.std(dim=1, keepdim=True)
+    torch.testing.assert_close(weight, before.clamp(-bound, bound))

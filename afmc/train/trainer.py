@@ -278,6 +278,8 @@ def train(model: str | Path, data: str | Path, output: str | Path,
         _check_resume_threads(state.get("threads"), folder)
     elif needs_preparation(config):
         prepare_student(student, teacher, sequences, config, device)
+    if settings.steps == 0:
+        _start_only(student, sequences, settings, device)
     resumed_from = step
     if settings.dtype == "bfloat16":  # once the student's start is taken from it in float32
         teacher.to(torch.bfloat16)
@@ -334,6 +336,18 @@ def train(model: str | Path, data: str | Path, output: str | Path,
         })
     _barrier(world)
     return TrainResult(output, step, tokens, seconds, losses, resumed_from)
+
+
+@torch.no_grad()
+def _start_only(student: nn.Module, sequences, settings: TrainingConfig, device: str) -> None:
+    """training.steps = 0, the control of what training adds: the student as its first
+    step would find it, with no update: input ranges still to be initialised from data
+    (kappa-std) get their range_init_batches forwards over the first batches, then the
+    weights are clipped as after a step."""
+    for step in range(settings.range_init_batches if settings.range_init == "kappa-std" else 0):
+        indices = batch_indices(step, settings.batch_size, len(sequences), settings.seed)
+        student(input_ids=torch.from_numpy(sequences[indices]).to(device), use_cache=False)
+    clip_weights(student, settings.clip_sigma)
 
 
 def _checkpoint_blocks(student: nn.Module) -> None:
