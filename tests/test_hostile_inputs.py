@@ -242,8 +242,8 @@ ROWS: list[tuple[str, Callable[[Path, Assets], Expect]]] = [
         _train_set(t, "hardware.tile_rows=0"), "hardware.tile_rows")),
     ("set-no-field", lambda t, a: _with(_train_set(t, "hardware"), "--set 'hardware'")),
     # options of afmc train
-    ("train-steps-zero", lambda t, a: _with(Expect(
-        ["train", "afmc-tiny", "--data", "stdlib:train", "-o", str(t / "c"), "--steps", "0"],
+    ("train-steps-negative", lambda t, a: _with(Expect(
+        ["train", "afmc-tiny", "--data", "stdlib:train", "-o", str(t / "c"), "--steps", "-1"],
         absent=[t / "c"]), "--steps")),
     ("train-lora-rank-negative", lambda t, a: _with(Expect(
         ["train", "afmc-tiny", "--data", "stdlib:train", "-o", str(t / "c"), "--lora-rank",
@@ -360,7 +360,7 @@ ROWS: list[tuple[str, Callable[[Path, Assets], Expect]]] = [
 
 
 # One row per area also runs as a subprocess: a fresh interpreter, the real exit code.
-FRESH = {"config-not-utf8", "train-steps-zero", "synth-temperature-nan", "hf-missing-lm-head",
+FRESH = {"config-not-utf8", "train-steps-negative", "synth-temperature-nan", "hf-missing-lm-head",
          "onnx-custom-domain-without-function", "record-is-a-list", "report-unknown-strategy",
          "text-random-bytes", "paths-with-spaces-and-unicode-work"}
 # Rows that take seconds (a compile, or a fresh interpreter importing torch): make test only.

@@ -20,6 +20,7 @@ from afmc.config import AfmcConfig
 from afmc.mapping import TileMap, map_tiles, write_tile_map_svg
 from afmc.passes.layers import LayerRecord
 from afmc.report import SVG_FILE, report
+from afmc.tables import layer_names
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -147,4 +148,7 @@ def test_report_on_a_compiled_model(model_dirs, calibration_text, tmp_path):
     counts = _svg_counts(result.svg)
     assert counts["legend"] == len(analog)
     assert counts["block"] == len(result.tile_map.placements)
-    assert all(layer["name"] in text for layer in compiled.record["layers"])
+    names = [layer["name"] for layer in compiled.record["layers"]]
+    shown = layer_names(names)  # the table leaves out their shared prefix and says so
+    assert all(shown.show(name) in text for name in names)
+    assert all(note in text for note in shown.notes)

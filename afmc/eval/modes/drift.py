@@ -56,7 +56,7 @@ def run(plan: EvalPlan, screen: Screen) -> None:
     path = write_result(model.out_dir, "drift",
                         [noise.model, "gdc" if noise.drift_compensation else "no_gdc",
                          f"n{len(seeds)}"], settings, report.to_json(), copy=request.json_out)
-    screen.out.print(f"-> {path}")
+    screen.out.print(f"-> {path}", soft_wrap=True)
 
 
 def _table(report: DriftReport) -> Table:

@@ -30,7 +30,7 @@ def run(plan: EvalPlan, screen: Screen) -> None:
     path = write_result(model.out_dir, "inputs", [plan.noise_label(), f"n{chips}"],
                         plan.settings(seeds=chips, labels=labels), report.to_json(),
                         copy=request.json_out)
-    screen.out.print(f"-> {path}")
+    screen.out.print(f"-> {path}", soft_wrap=True)
 
 
 def _table(report: TensorEvalReport) -> Table:

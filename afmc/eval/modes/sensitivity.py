@@ -44,4 +44,4 @@ def run(plan: EvalPlan, screen: Screen) -> None:
                              seq_len=request.seq_len)
     path = write_result(model.out_dir, "sensitivity", [plan.noise_label(), f"seed{request.seed}"],
                         settings, report.to_json(), copy=request.json_out)
-    screen.out.print(f"-> {path}")
+    screen.out.print(f"-> {path}", soft_wrap=True)

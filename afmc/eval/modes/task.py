@@ -26,4 +26,4 @@ def run(request: EvalRequest, screen: Screen) -> None:
                                  read_noise=request.read_noise, progress=progress,
                                  copy=request.json_out)
     screen.out.print(accuracy_table(result))
-    screen.out.print(f"-> {path}")
+    screen.out.print(f"-> {path}", soft_wrap=True)
