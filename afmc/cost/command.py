@@ -3,7 +3,8 @@
 A plain Typer-compatible function; cli.py registers it (``app.command()(cost)``). At
 module level it imports only typer and rich, so the CLI can import it at start-up.
 A user error (a missing output, an unknown or invalid profile) is one `error:` line and
-exit status 1 (afmc.user_errors); anything else keeps its traceback.
+exit status 1 (afmc.cli_errors.user_errors, as every command); anything else keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -31,22 +32,17 @@ def cost(
 ) -> None:
     """Energy, latency and area per token of a compiled model on a hardware profile
     (docs/cost.md), with the ratio against a digital baseline."""
+    from afmc.cli_errors import user_errors
     from afmc.cost.model import estimate
     from afmc.cost.profile import load_profile
     from afmc.cost.summary import compare
     from afmc.cost.table import layer_table, summary_lines
-    from afmc.user_errors import is_user_error, user_message
 
-    try:
+    with user_errors():
         chosen, reference = load_profile(profile), load_profile(baseline)
         if reference.kind != "digital":
             raise ValueError(f"--baseline {baseline}: not a digital profile")
         report, base = estimate(output, chosen), estimate(output, reference)
-    except Exception as error:
-        if not is_user_error(error):
-            raise
-        typer.echo(f"error: {user_message(error)}", err=True)
-        raise typer.Exit(1) from None
     if json_out:
         typer.echo(json.dumps({**report.to_json(), "comparison": compare(report, base)},
                               indent=2))
