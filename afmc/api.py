@@ -102,9 +102,10 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     `output` may not be, hold or lie inside the model, calibration or tokenizer files it
     reads (output_dir.check_output, before any work).
 
-    A model trained by `afmc train` (its directory holds learned input ranges) compiles
-    for aimc with those ranges and the target's trained pass list, and with the trained
-    configuration when `config` is None; `recalibrate` calibrates it as any other model.
+    A model trained by `afmc train` (its directory, or an ONNX file's folder, holds
+    learned input ranges) compiles for aimc with those ranges and the target's trained
+    pass list, and with the trained configuration when `config` is None; `recalibrate`
+    calibrates it as any other model.
     """
     config = config or _trained_or_default_config(model)
     chosen = get_target(target)
@@ -224,10 +225,20 @@ def _warn_if_nothing_accelerated(frontend: Frontend, target: Target,
                   NoAcceleratedLayersWarning, stacklevel=3)
 
 
-def _trained_or_default_config(model: Any) -> AfmcConfig:
-    """The configuration a model directory was trained with (afmc train), else the defaults."""
+def training_folder(model: Any) -> Path | None:
+    """The folder where `afmc train` leaves its outputs beside `model`: a model directory
+    itself, an ONNX file's folder; None for any other model argument."""
+    if is_onnx_file(model):
+        return Path(model).parent
     if isinstance(model, (str, Path)) and Path(model).is_dir():
-        trained = trained_config(Path(model))
-        if trained is not None:
-            return config_from_dict(trained, str(Path(model) / TRAINING_RECORD))
-    return AfmcConfig()
+        return Path(model)
+    return None
+
+
+def _trained_or_default_config(model: Any) -> AfmcConfig:
+    """The configuration `model` was trained with (afmc train), else the defaults."""
+    folder = training_folder(model)
+    trained = trained_config(folder)
+    if trained is None:
+        return AfmcConfig()
+    return config_from_dict(trained, str(folder / TRAINING_RECORD))

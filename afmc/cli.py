@@ -102,9 +102,10 @@ def compile(  # noqa: A001
             overrides.append(f"placement.digital={json.dumps(list(digital))}")
         if digital_lm_head:
             overrides.append("placement.lm_head=digital")
+        from afmc.api import training_folder
         from afmc.train.trained_model import trained_config
 
-        trained = trained_config(model) if config is None and Path(model).is_dir() else None
+        trained = trained_config(training_folder(model)) if config is None else None
         cfg = load_config(config, overrides, base=trained)
         steps = [name.strip() for name in passes.split(",") if name.strip()] \
             if passes is not None else None
@@ -158,7 +159,8 @@ def train(
     model: Annotated[str, typer.Argument(
         help="The FP model to adapt: afmc-tiny, a Hugging Face directory or a GGUF file")],
     data: Annotated[str | None, typer.Option(
-        help="Training data: afmc synth output, a text file, or stdlib:train")] = None,
+        help="Training data: afmc synth output, a text file, or stdlib:train; for an ONNX "
+        "model, its inputs (.npy, .npz keyed by input name, or .pt)")] = None,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Output directory (CKPT)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML/JSON configuration file")] = None,
@@ -200,7 +202,7 @@ def train(
         if data is None or output is None:
             raise ValueError(f"missing option {'--data' if data is None else '--output'} "
                              "(or --estimate)")
-        check_train_options(data=data, steps=steps, lora_rank=lora_rank,
+        check_train_options(model=model, data=data, steps=steps, lora_rank=lora_rank,
                             max_minutes=max_minutes, device=device)
 
         overrides = list(set_ or [])
@@ -222,16 +224,18 @@ def train(
         with screen.progress() as bar:
             task = bar.add_task("training", total=cfg.training.steps)
 
+            unit = "samples/s" if model.lower().endswith(".onnx") else "tok/s"
+
             def report(step: int, total: int, loss: float, rate: float) -> None:
                 bar.update(task, completed=step,
-                           description=f"training  loss {loss:.4f}  {rate:,.0f} tok/s")
+                           description=f"training  loss {loss:.4f}  {rate:,.0f} {unit}")
 
             result = train_model(model, data, output, cfg, resume=resume, force=force,
                                  device=device, progress=report if lead else None,
                                  max_seconds=None if max_minutes is None else max_minutes * 60)
         if lead:
             final = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
-            screen.out.print(f"trained {result.steps} steps ({result.tokens:,} tokens this "
+            screen.out.print(f"trained {result.steps} steps ({result.seen:,} {result.unit} this "
                              f"run, {result.seconds:.1f} s), final loss {final} -> {output}")
 
 

@@ -22,7 +22,9 @@ config_app = typer.Typer(help="The configuration that --config files set.",
                          no_args_is_help=True)
 JSON_HELP = "Print the data as JSON instead of a table"
 INPUTS = {"model": "torch models (Hugging Face, GGUF, afmc-tiny)", "onnx": "ONNX files",
-          "trained": "models trained by afmc train"}
+          "trained": "models trained by afmc train",
+          "trained-onnx": "ONNX files trained by afmc train"}
+UNTRAINED = {"trained": "model", "trained-onnx": "onnx"}  # the list a trained input falls back to
 
 
 def _passes_table(rows: list[tuple[str, ...]], *, title: str | None = None,
@@ -54,15 +56,16 @@ def passes_list(
 
 
 def target_passes(name: str) -> dict[str, list[dict[str, str]] | None]:
-    """The pass lists of target `name` by input kind (model, onnx, trained), each pass with
-    its one-line rule; None where the target takes no such input (a trained model runs
-    the model list when the target has no list of its own)."""
+    """The pass lists of target `name` by input kind (model, onnx, trained, trained-onnx),
+    each pass with its one-line rule; None where the target takes no such input (a trained
+    model runs the untrained list when the target has no list of its own)."""
     from afmc.passes import PASSES
     from afmc.targets import get_target
 
     target = get_target(name)
     lists = {"model": target.fx_passes, "onnx": target.onnx_passes,
-             "trained": target.trained_fx_passes or target.fx_passes}
+             "trained": target.trained_fx_passes or target.fx_passes,
+             "trained-onnx": target.trained_onnx_passes or target.onnx_passes}
     return {kind: None if names is None else
             [{"name": each, "summary": PASSES[each].summary} for each in names]
             for kind, names in lists.items()}
@@ -94,8 +97,8 @@ def targets(
         return
     for each in data:
         lists = each["passes"]
-        shown = [kind for kind in INPUTS if lists[kind] and (kind != "trained"
-                                                             or lists[kind] != lists["model"])]
+        shown = [kind for kind in INPUTS if lists[kind] and (
+            kind not in UNTRAINED or lists[kind] != lists[UNTRAINED[kind]])]
         rows = [(kind if index == 0 else "", step["name"], step["summary"])
                 for kind in shown for index, step in enumerate(lists[kind])]
         title = f"{each['name']}: {each['description']}"
@@ -103,7 +106,8 @@ def targets(
                   f"{title}\n  no passes")
         out.print()
     out.print("input: " + "; ".join(f"{kind}: {label}" for kind, label in INPUTS.items())
-              + " (trained: shown where it differs from model)", highlight=False)
+              + " (trained, trained-onnx: shown where they differ from model, onnx)",
+              highlight=False)
 
 
 @config_app.command("show")

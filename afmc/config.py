@@ -263,6 +263,11 @@ class TrainingConfig(_Section):
     distill_weight: float = Field(
         1.0, ge=0, le=1, description="beta: loss = beta * T^2 * KL(teacher || student) + "
         "(1 - beta) * next-token cross-entropy (AFM: 1, pure distillation).")
+    objective: Literal["auto", "kl", "mse"] = Field(
+        "auto", description="The loss of a model trained from an ONNX file, on its first "
+        "output: kl, T^2 * KL(teacher || student) over the last axis (logits); mse, the mean "
+        "squared error over the teacher's mean square (embeddings); auto: kl for a [samples, "
+        "classes] output, else mse. A causal LM always uses distill_weight's loss.")
     learning_rate: float = Field(2e-5, gt=0, description="AdamW learning rate of the weights.")
     range_learning_rate: float = Field(
         1e-3, gt=0, description="Relative AdamW learning rate of the input ranges (no weight "

@@ -244,7 +244,7 @@ def _write_json(path: Path | None, fp: float, results: dict, seconds: dict, move
                 trained, options: dict) -> None:
     if path is None:
         return
-    run = {} if trained is None else {"steps": trained.steps, "tokens": trained.tokens,
+    run = {} if trained is None else {"steps": trained.steps, "tokens": trained.seen,
                                       "losses": trained.losses}
     path.write_text(json.dumps({
         "fp": fp, "rows": results, "seconds": seconds, **run, "weight_movement": movement,

@@ -178,6 +178,14 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="afmc configuration override for every afmc row")
     parser.add_argument("--keep", type=Path, help="keep the files here")
+    parser.add_argument("--train", type=int, default=0, metavar="STEPS",
+                        help="also train the aimc model for STEPS steps (afmc train on "
+                        "--train-crops crops of the calibration photos) and score it; "
+                        "with --control, also the same start untrained (steps 0)")
+    parser.add_argument("--train-crops", type=int, default=256)
+    parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="afmc configuration override for training (after TRAINING)")
+    parser.add_argument("--control", action="store_true")
     args = parser.parse_args()
     ensure_packages()
     work = args.keep or Path(tempfile.mkdtemp(prefix="afmc-vision-"))
@@ -212,6 +220,43 @@ def main() -> None:
             [scores(compiled_logits(out, evaluation, None), fp)])
         row(f"afmc --target aimc, {args.chips} pcm chips",
             [scores(compiled_logits(out, evaluation, seed), fp) for seed in range(args.chips)])
+    if args.train:
+        np.save(work / "train.npy", crops(images[:CALIBRATION_PHOTOS], args.train_crops,
+                                          np.random.default_rng(1)))
+        for steps in ([0] if args.control else []) + [args.train]:
+            trained_rows(work, source, steps, args, evaluation, fp)
+
+
+TRAINING = ["training.range_init=search", "training.smoothing=true",
+            "training.split_outliers=true", "training.learning_rate=1e-4",
+            "training.warmup=0.05", "training.checkpoint_every=1000"]
+
+
+def trained_rows(work: Path, source: Path, steps: int, args: argparse.Namespace,
+                 evaluation: np.ndarray, fp: np.ndarray) -> None:
+    """afmc train on the training crops, compile of the trained file, its rows."""
+    import time
+
+    from afmc.train.trainer import train
+
+    config = load_config(None, [*TRAINING, *args.train_set, f"training.steps={steps}"])
+    trained = work / f"trained-{steps}"
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = train(source, work / "train.npy", trained, config, force=True)
+        afmc.api.compile(trained / "model.onnx", "aimc", calibration=work / "calib.npy",
+                         output=work / f"aimc-trained-{steps}", force=True)
+    seconds = time.perf_counter() - started
+    losses = result.losses
+    print(f"trained {steps} steps, {args.train_crops} crops, {seconds:.0f} s; loss "
+          f"{losses[0] if losses else float('nan'):.3f} -> "
+          f"{losses[-1] if losses else float('nan'):.3f}")
+    out = work / f"aimc-trained-{steps}"
+    row(f"afmc train {steps} steps, aimc, no programming noise",
+        [scores(compiled_logits(out, evaluation, None), fp)])
+    row(f"afmc train {steps} steps, aimc, {args.chips} pcm chips",
+        [scores(compiled_logits(out, evaluation, seed), fp) for seed in range(args.chips)])
 
 
 if __name__ == "__main__":

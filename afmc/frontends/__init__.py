@@ -8,12 +8,7 @@ from typing import Any
 from afmc.data.tokenizer import Tokenizer
 from afmc.frontends.base import Frontend
 from afmc.frontends.onnx_graph import OnnxFrontend, is_onnx_file
-from afmc.frontends.torch_program import (
-    StaticBatchWarning,
-    TorchFrontend,
-    open_torch,
-    warn_nothing_to_recalibrate,
-)
+from afmc.frontends.torch_program import StaticBatchWarning, TorchFrontend, open_torch
 
 
 def open_frontend(model: Any, example_inputs: tuple | None = None, *,
@@ -22,10 +17,8 @@ def open_frontend(model: Any, example_inputs: tuple | None = None, *,
     """An ONNX file (*.onnx) opens the ONNX front end; anything else (built-in name,
     Hugging Face directory, GGUF file, nn.Module, CapturedModel) the torch front end."""
     if is_onnx_file(model):
-        frontend = OnnxFrontend(Path(model), tokenizer, verify, save_intermediate)
-        if recalibrate:
-            warn_nothing_to_recalibrate(frontend.name)
-        return frontend
+        return OnnxFrontend(Path(model), tokenizer, verify, save_intermediate,
+                            recalibrate=recalibrate)
     return open_torch(model, example_inputs, tokenizer=tokenizer, recalibrate=recalibrate,
                       verify=verify, save_intermediate=save_intermediate)
 

@@ -9,6 +9,7 @@ record -> fidelity -> output.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ from afmc.data.tokenizer import Tokenizer
 from afmc.passes.layers import LayerRecord
 from afmc.passes.registry import Level, PassSpec
 from afmc.targets import Target
+from afmc.user_errors import InputWarning
 
 
 class Frontend(Protocol):
@@ -67,3 +69,10 @@ class Frontend(Protocol):
                  config: AfmcConfig, calibration: CalibrationData) -> dict[str, Any]:
         """The compile's fidelity check of `lowered` against the FP model."""
         ...
+
+
+def warn_nothing_to_recalibrate(name: str) -> None:
+    """--recalibrate on the model `name` without learned input ranges: a named warning."""
+    warnings.warn(f"{name}: --recalibrate has nothing to replace (the model "
+                  "holds no learned input ranges of afmc train); it is calibrated as usual",
+                  InputWarning, stacklevel=3)

@@ -6,8 +6,10 @@ passes, the digital quantizers and the output never depend on the input's data f
 A file that already holds afmc nodes is refused. The passes are the target's
 onnx_passes (for aimc: upgrade the opset, fold norms, place layers, insert afmc analog
 ops, calibrate through onnxruntime); lowering attaches nothing more, the graph already
-is the ONNX model. The tokenizer for text is the one given, else the one in the file's
-folder, if any.
+is the ONNX model. A file trained by `afmc train` (its folder holds
+afmc_ranges.safetensors) brings its learned input ranges, used by the target's
+trained_onnx_passes (unless `recalibrate`). The tokenizer for text is the one given,
+else the one in the file's folder, if any.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ from afmc.config import AfmcConfig
 from afmc.data.calibration import CalibrationData
 from afmc.data.onnx_signature import onnx_signature
 from afmc.data.tokenizer import Tokenizer, find_tokenizer
+from afmc.frontends.base import warn_nothing_to_recalibrate
 from afmc.ops.sparse_outliers_onnx import OP_TYPE as SPARSE_OUTLIERS_OP
 from afmc.passes.fx.fold_common import NOTES_KEY
+from afmc.passes.fx.learned_ranges import META_RANGES
 from afmc.passes.layers import META_KEY, LayerRecord
 from afmc.passes.onnx.place_layers import onnx_layer_records
 from afmc.passes.registry import PassSpec, get_pass
 from afmc.targets import Target
+from afmc.train.trained_model import read_learned_ranges
 
 
 class OnnxFrontend:
@@ -42,7 +47,8 @@ class OnnxFrontend:
     program = None  # no torch program: the passes rewrite the ONNX graph
 
     def __init__(self, path: Path, tokenizer: Tokenizer | None = None,
-                 verify: bool = False, save_intermediate: bool = False) -> None:
+                 verify: bool = False, save_intermediate: bool = False, *,
+                 recalibrate: bool = False) -> None:
         if verify or save_intermediate:
             raise ValueError("--verify and --save-intermediate apply to the torch path, "
                              "not to ONNX input")
@@ -57,6 +63,10 @@ class OnnxFrontend:
         self.source, self.name = f"onnx:{path}", str(path)
         self.inputs = [path, *sorted(data_files)]
         self.signature = onnx_signature(self.model)
+        learned = read_learned_ranges(path.parent)
+        if recalibrate and learned is None:
+            warn_nothing_to_recalibrate(self.name)
+        self.learned = None if recalibrate else learned
         self._tokenizer, self._tokenizer_loaded = tokenizer, tokenizer is not None
 
     def tokenizer(self) -> Tokenizer | None:
@@ -68,6 +78,9 @@ class OnnxFrontend:
     def default_passes(self, target: Target) -> tuple[str, ...]:
         if target.onnx_passes is None:
             raise ValueError(f"target {target.name!r} does not take ONNX input")
+        if self.learned is not None and target.trained_onnx_passes is not None:
+            self.model.meta[META_RANGES] = self.learned
+            return target.trained_onnx_passes
         return target.onnx_passes
 
     def run_pass(self, spec: PassSpec, config: AfmcConfig, calibration: CalibrationData | None,

@@ -32,6 +32,7 @@ from afmc.config import AfmcConfig
 from afmc.data.calibration import CalibrationData, InputSpec, ModelSignature
 from afmc.data.kv_cache import is_cache_name
 from afmc.data.tokenizer import Tokenizer, find_tokenizer
+from afmc.frontends.base import warn_nothing_to_recalibrate
 from afmc.mapping import analog_dependencies
 from afmc.passes.fx.learned_ranges import META_RANGES
 from afmc.passes.layers import LayerRecord, layer_records
@@ -39,7 +40,6 @@ from afmc.passes.registry import PassSpec, get_pass
 from afmc.passes.verify import VerificationError, check_graph, output_drift
 from afmc.targets import Target
 from afmc.train.trained_model import read_learned_ranges
-from afmc.user_errors import InputWarning
 
 PRESERVE_TOLERANCE = 1e-5
 
@@ -177,13 +177,6 @@ class TorchFrontend:
         exported = torch.export.export(self.program, self.captured.example_inputs,
                                        dynamic_shapes=self.captured.dynamic_shapes)
         torch.export.save(exported, folder / f"{self._steps:02d}-{name}.pt2")
-
-
-def warn_nothing_to_recalibrate(name: str) -> None:
-    """--recalibrate on the model `name` without learned input ranges: a named warning."""
-    warnings.warn(f"{name}: --recalibrate has nothing to replace (the model "
-                  "holds no learned input ranges of afmc train); it is calibrated as usual",
-                  InputWarning, stacklevel=3)
 
 
 def capture_with_batch_axis(module: nn.Module, example_inputs: tuple) -> CapturedModel:

@@ -50,8 +50,9 @@ class Target:
     runtime: str = "stored"
     post_lower: Callable[[LowerContext], ir.Model] | None = None
     onnx_passes: tuple[str, ...] | None = None  # for ONNX input; None: not supported
-    # for a model trained by afmc train (learned input ranges); None: fx_passes
+    # for a model trained by afmc train (learned input ranges); None: fx_passes, onnx_passes
     trained_fx_passes: tuple[str, ...] | None = None
+    trained_onnx_passes: tuple[str, ...] | None = None
 
     def calibrates(self, config: AfmcConfig) -> bool:
         """Whether a compile with `config` needs calibration batches."""
@@ -85,6 +86,8 @@ TARGETS: dict[str, Target] = {
         # The learned ranges belong to the inputs the layers saw in training: no norm
         # folding or smoothing, which would change them.
         trained_fx_passes=("place-layers", "insert-analog-linear", "learned-ranges"),
+        trained_onnx_passes=("onnx-upgrade-opset", "onnx-place-layers",
+                             "onnx-insert-analog-linear", "onnx-learned-ranges"),
     ),
     "int8": Target(
         "int8",

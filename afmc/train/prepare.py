@@ -41,7 +41,8 @@ from afmc.passes.outlier_allocation import allocate, candidates, importance
 from afmc.passes.range_search import ChipNoise, search_layer
 from afmc.passes.row_sample import RowSampler, WeightedRows
 from afmc.passes.smoothing_choice import choose_smoothing
-from afmc.train.analog_layer import WRAPPER_PREFIX, AnalogTrainingLinear, analog_layers
+from afmc.train.analog_layer import AnalogTrainingLinear, analog_layers
+from afmc.train.tasks import TrainingTask
 
 
 class _Observer:
@@ -72,12 +73,12 @@ def needs_preparation(config: AfmcConfig) -> bool:
 
 
 @torch.no_grad()
-def prepare_student(student: nn.Module, teacher: nn.Module, sequences: np.ndarray,
-                    config: AfmcConfig, device: str) -> None:
+def prepare_student(student: nn.Module, task: TrainingTask, config: AfmcConfig,
+                    device: str) -> None:
     """Set the input scales, outlier counts and/or searched ranges of every analog layer
-    of `student` (rule above)."""
+    of `student` (rule above), on the teacher of `task`."""
     layers = dict(analog_layers(student))
-    observers, groups = _observe(teacher, layers, sequences, config, device)
+    observers, groups = _observe(task, layers, config, device)
     samples = {name: observer.scoring.sample() for name, observer in observers.items()}
     noise = ChipNoise.of(config)
     if config.training.smoothing:
@@ -85,27 +86,28 @@ def prepare_student(student: nn.Module, teacher: nn.Module, sequences: np.ndarra
             _smooth_group([layers[name] for name in group], observers[group[0]].maximum,
                           samples[group[0]], config, noise)
     if config.training.split_outliers:
-        _allocate_outliers({name: layers[name] for name in samples}, samples, config, noise)
+        _allocate_outliers({name: layers[name] for name in samples}, samples, config, noise,
+                           task)
     if config.training.range_init == "search":
         for name, observer in observers.items():
             _search_ranges(layers[name], observer.search.sample(), config)
 
 
-def _observe(teacher: nn.Module, layers: dict[str, AnalogTrainingLinear],
-             sequences: np.ndarray, config: AfmcConfig, device: str
-             ) -> tuple[dict[str, _Observer], list[list[str]]]:
-    """The observers of the layers the calibration sequences reach, and their groups."""
-    teacher_modules = dict(teacher.named_modules())
+def _observe(task: TrainingTask, layers: dict[str, AnalogTrainingLinear],
+             config: AfmcConfig, device: str) -> tuple[dict[str, _Observer], list[list[str]]]:
+    """The observers of the layers the first task.calibration_count samples reach, and
+    their groups."""
+    teacher_modules = dict(task.teacher.named_modules())
     observers, handles = {}, []
     for name in layers:
         observers[name] = _Observer(config)
         handles.append(teacher_modules[name].register_forward_hook(observers[name]))
     try:
-        size = config.calibration.batch_size
-        count = max(1, min(len(sequences), config.calibration.max_tokens // sequences.shape[1]))
+        size = task.micro_size or config.calibration.batch_size
+        count = task.calibration_count(config)
         for start in range(0, count, size):
-            ids = torch.from_numpy(sequences[start:min(count, start + size)])
-            teacher(input_ids=ids.to(device), use_cache=False)
+            task.outputs(task.teacher, task.batch(np.arange(start, min(count, start + size)),
+                                                  device))
     finally:
         for handle in handles:
             handle.remove()
@@ -142,7 +144,7 @@ def _crossbar_view(layer: AnalogTrainingLinear, rows: WeightedRows
 
 
 def _allocate_outliers(layers: dict[str, AnalogTrainingLinear], samples: dict[str, WeightedRows],
-                       config: AfmcConfig, noise: ChipNoise | None) -> None:
+                       config: AfmcConfig, noise: ChipNoise | None, task: TrainingTask) -> None:
     hardware = config.hardware
     errors, per_count = {}, {}
     for name, layer in layers.items():
@@ -152,7 +154,7 @@ def _allocate_outliers(layers: dict[str, AnalogTrainingLinear], samples: dict[st
             noise, candidates(config.outliers.max_per_slice, layer.sizes)).errors
         per_count[name] = weight.shape[0] * len(layer.sizes)
     total = sum(layer.weight.numel() for layer in layers.values())
-    weights = importance({name: WRAPPER_PREFIX + name for name in layers})
+    weights = importance({name: task.compile_name(name) for name in layers})
     chosen = allocate(errors, per_count, int(config.outliers.budget * total), weights)
     for name, count in chosen.items():
         layers[name].outliers.fill_(count)

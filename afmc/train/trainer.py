@@ -48,35 +48,35 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from afmc.capture.hf import load_causal_lm
 from afmc.config import AfmcConfig, TrainingConfig, config_from_dict
-from afmc.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
-from afmc.models import model_paths, resolve_model_path
+from afmc.frontends.onnx_graph import is_onnx_file
+from afmc.models import model_paths
 from afmc.output_dir import check_output
 from afmc.train import checkpoint
 from afmc.train.analog_layer import (
     analog_layers,
     apply_range_decay,
     clip_weights,
-    convert_to_analog,
-    learned_ranges,
     merge_lora,
-    restore_linears,
-    untie_analog_weights,
 )
-from afmc.train.data import batch_indices, micro_batches, training_sequences
+from afmc.train.data import batch_indices, micro_batches
 from afmc.train.prepare import needs_preparation, prepare_student
+from afmc.train.tasks import (
+    CausalLMTask,
+    OnnxTask,
+    TrainingTask,
+    convert_causal_lm,
+)
 from afmc.train.trained_model import RANGES_FILE, TRAINING_RECORD
 
 # Options that may change between a run and its resume without changing its result.
 _RESUMABLE_CHANGES = ("training.checkpoint_every",)
 
-Progress = Callable[[int, int, float, float], None]  # step, steps, loss, tokens per second
+Progress = Callable[[int, int, float, float], None]  # step, steps, loss, tokens or samples/s
 
 
 @dataclass
@@ -85,27 +85,11 @@ class TrainResult:
 
     output: Path
     steps: int
-    tokens: int
+    seen: int  # tokens (a causal LM) or samples (an ONNX model) trained on in this run
     seconds: float
     losses: list[float] = field(default_factory=list)
     resumed_from: int = 0
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, ids: torch.Tensor,
-                      settings: TrainingConfig) -> torch.Tensor:
-    """beta * T^2 * KL(teacher || student) + (1 - beta) * next-token cross-entropy."""
-    vocab = student.shape[-1]
-    beta, temperature = settings.distill_weight, settings.temperature
-    loss = student.new_zeros(())
-    if beta > 0:
-        log_student = F.log_softmax(student.reshape(-1, vocab) / temperature, dim=-1)
-        log_teacher = F.log_softmax(teacher.reshape(-1, vocab) / temperature, dim=-1)
-        kl = F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean")
-        loss = loss + beta * temperature ** 2 * kl
-    if beta < 1:
-        ce = F.cross_entropy(student[:, :-1].reshape(-1, vocab), ids[:, 1:].reshape(-1))
-        loss = loss + (1 - beta) * ce
-    return loss
+    unit: str = "tokens"
 
 
 def polynomial_schedule(settings: TrainingConfig) -> Callable[[int], float]:
@@ -121,14 +105,15 @@ def polynomial_schedule(settings: TrainingConfig) -> Callable[[int], float]:
     return factor
 
 
-def build_student(teacher: nn.Module, config: AfmcConfig) -> tuple[nn.Module, dict[str, str]]:
+def build_student(teacher: nn.Module, config: AfmcConfig,
+                  task: TrainingTask | None = None) -> tuple[nn.Module, dict[str, str]]:
     """A trainable copy of `teacher` with its analog layers converted (and LoRA adapters),
-    and the analog layers untied from a shared parameter ({layer: parameter})."""
+    and the analog layers untied from a shared parameter ({layer: parameter}). `task`
+    converts the layers (default: a causal LM's analog-placed nn.Linear modules)."""
     student = copy.deepcopy(teacher)
     for parameter in student.parameters():  # the teacher's are frozen
         parameter.requires_grad_(parameter.is_floating_point())
-    convert_to_analog(student, config)
-    untied = untie_analog_weights(student)
+    untied = task.convert(student, config) if task else convert_causal_lm(student, config)
     settings = config.training
     if settings.lora_rank > 0:
         student.requires_grad_(False)
@@ -249,16 +234,14 @@ def train(model: str | Path, data: str | Path, output: str | Path,
     settings = config.training
     rank, world, device = _distributed(device)
     output = Path(output)
-    model_path = resolve_model_path(str(model))
-    teacher = load_causal_lm(model_path).to(device)
+    task = open_task(model, data, config, device)
+    teacher = task.teacher
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
-    tokenizer = load_tokenizer(model_path)
-    sequences = training_sequences(data, tokenizer, settings.seq_len,
-                                   teacher.config.vocab_size)
+    _check_micro_batches(task, settings, world)
     _prepare_output(output, resume, force, rank, world)
     torch.manual_seed(settings.seed * 1000 + rank)
-    student, untied = build_student(teacher, config)
+    student, untied = build_student(teacher, config, task)
     student = student.to(device)
     if settings.gradient_checkpointing:
         _checkpoint_blocks(student)
@@ -277,30 +260,30 @@ def train(model: str | Path, data: str | Path, output: str | Path,
         step, losses = state["step"], state["losses"]
         _check_resume_threads(state.get("threads"), folder)
     elif needs_preparation(config):
-        prepare_student(student, teacher, sequences, config, device)
+        prepare_student(student, task, config, device)
     if settings.steps == 0:
-        _start_only(student, sequences, settings, device)
+        _start_only(student, task, settings, device)
     resumed_from = step
     if settings.dtype == "bfloat16":  # once the student's start is taken from it in float32
         teacher.to(torch.bfloat16)
     module = DistributedDataParallel(student) if world > 1 else student
     trainable = [p for p in student.parameters() if p.requires_grad]
-    started, tokens = time.perf_counter(), 0
+    started, units = time.perf_counter(), 0
     while step < settings.steps:
-        indices = batch_indices(step, settings.batch_size, len(sequences), settings.seed)
+        indices = batch_indices(step, settings.batch_size, task.count, settings.seed)
         parts = micro_batches(indices, settings.grad_accumulation, world, rank)
         step_loss = torch.zeros((), dtype=torch.float64)
         for index, part in enumerate(parts):
-            ids = torch.from_numpy(sequences[part]).to(device)
+            batch = task.batch(part, device)
             with torch.no_grad():
-                teacher_logits = teacher(input_ids=ids, use_cache=False).logits.float()
+                teacher_outputs = task.outputs(teacher, batch).float()
             last = index == len(parts) - 1
             sync = contextlib.nullcontext() if last or world == 1 else module.no_sync()
             with sync:
                 with autocast:
-                    logits = module(input_ids=ids, use_cache=False).logits
-                loss = distillation_loss(logits.float(), teacher_logits, ids,
-                                         settings) / len(parts)
+                    outputs = task.outputs(module, batch)
+                loss = task.loss(outputs.float(), teacher_outputs, batch,
+                                 settings) / len(parts)
                 loss.backward()
             step_loss += loss.detach().double().cpu()
         apply_range_decay(student, settings.range_decay, settings.range_min_unclipped)
@@ -316,9 +299,9 @@ def train(model: str | Path, data: str | Path, output: str | Path,
             dist.all_reduce(step_loss)
             step_loss /= world
         losses.append(float(step_loss))
-        tokens += settings.batch_size * settings.seq_len
+        units += settings.batch_size * task.per_sample
         if progress is not None and rank == 0:
-            progress(step, settings.steps, losses[-1], tokens / (time.perf_counter() - started))
+            progress(step, settings.steps, losses[-1], units / (time.perf_counter() - started))
         out_of_time = max_seconds is not None and _elapsed(started, world) > max_seconds
         if step % settings.checkpoint_every == 0 or step == settings.steps or out_of_time:
             _checkpoint(output, step, student, optimizer, scheduler, losses, config, str(data),
@@ -327,26 +310,45 @@ def train(model: str | Path, data: str | Path, output: str | Path,
             break
     seconds = time.perf_counter() - started
     if rank == 0:
-        _save_result(student, tokenizer, output, config, {
+        _save_result(student, task, output, config, {
             "source": str(model), "data": str(data), "steps": step, "processes": world,
             "planned_steps": settings.steps,
-            "tokens": step * settings.batch_size * settings.seq_len,
+            task.unit: step * settings.batch_size * task.per_sample,
             "losses": losses, "seconds_this_run": seconds, "resumed_from": resumed_from,
             "untied": untied,
         })
     _barrier(world)
-    return TrainResult(output, step, tokens, seconds, losses, resumed_from)
+    return TrainResult(output, step, units, seconds, losses, resumed_from, task.unit)
+
+
+def open_task(model: str | Path, data: str | Path, config: AfmcConfig,
+              device: str) -> TrainingTask:
+    """The training task of `model`: an ONNX file's, else a causal LM's."""
+    if is_onnx_file(model):
+        return OnnxTask(model, data, config, device)
+    return CausalLMTask(model, data, config.training, device)
+
+
+def _check_micro_batches(task: TrainingTask, settings: TrainingConfig, world: int) -> None:
+    """A model that fixes its batch size B takes micro-batches of exactly B samples."""
+    size = settings.batch_size // (settings.grad_accumulation * world)
+    if task.micro_size is not None and size != task.micro_size:
+        raise ValueError(f"training.batch_size ({settings.batch_size}) / (grad_accumulation x "
+                         f"processes) = {size}, but the model takes batches of exactly "
+                         f"{task.micro_size}: set training.batch_size to {task.micro_size} "
+                         "times grad_accumulation x processes")
 
 
 @torch.no_grad()
-def _start_only(student: nn.Module, sequences, settings: TrainingConfig, device: str) -> None:
+def _start_only(student: nn.Module, task: TrainingTask, settings: TrainingConfig,
+                device: str) -> None:
     """training.steps = 0, the control of what training adds: the student as its first
     step would find it, with no update: input ranges still to be initialised from data
     (kappa-std) get their range_init_batches forwards over the first batches, then the
     weights are clipped as after a step."""
     for step in range(settings.range_init_batches if settings.range_init == "kappa-std" else 0):
-        indices = batch_indices(step, settings.batch_size, len(sequences), settings.seed)
-        student(input_ids=torch.from_numpy(sequences[indices]).to(device), use_cache=False)
+        indices = batch_indices(step, settings.batch_size, task.count, settings.seed)
+        task.outputs(student, task.batch(indices, device))
     clip_weights(student, settings.clip_sigma)
 
 
@@ -399,18 +401,15 @@ def _checkpoint(output: Path, step: int, student: nn.Module, optimizer, schedule
     _barrier(world)
 
 
-def _save_result(student: nn.Module, tokenizer: Tokenizer, output: Path, config: AfmcConfig,
+def _save_result(student: nn.Module, task: TrainingTask, output: Path, config: AfmcConfig,
                  record: dict[str, Any]) -> None:
-    """OUT: the Hugging Face directory, the learned ranges and the training record."""
+    """OUT: the task's model files, the learned ranges and the training record."""
     merge_lora(student)
-    ranges = learned_ranges(student)
-    restore_linears(student)
     staging = output / ".result.tmp"
     if staging.exists():
         shutil.rmtree(staging)
-    student.eval().save_pretrained(staging)
-    if isinstance(tokenizer, HFTokenizer):
-        tokenizer.tokenizer.save_pretrained(staging)
+    staging.mkdir()
+    ranges = task.save(student, staging)
     save_file({name: value.contiguous() for name, value in ranges.items()}, staging / RANGES_FILE)
     record = {**record, "config": config.model_dump(mode="json"),
               "analog_layers": {name: value.tolist() for name, value in ranges.items()},

@@ -70,7 +70,7 @@ class SplitOnnxOutliers(ir.passes.InPlacePass):
         names = Names(model.graph)
         split = [(analog[index], count) for index, count in chosen.items() if count]
         for node, count in split:
-            _split(model.graph, names, node, count)
+            split_layer(model.graph, names, node, count)
         if split:
             lowering.attach_afmc_functions(model)
         return ir.passes.PassResult(model, bool(split))
@@ -91,8 +91,10 @@ def _weight(node: ir.Node) -> torch.Tensor:
     return torch.from_numpy(np.array(value.numpy(), dtype=np.float32))
 
 
-def _split(graph: ir.Graph, names: Names, node: ir.Node, count: int) -> None:
-    """Rewrite `node` into AnalogLinear(W_dense) + SparseOutliers(indices, values)."""
+def split_layer(graph: ir.Graph, names: Names, node: ir.Node, count: int) -> None:
+    """Split the analog `node` at `count` outliers per row slice (the module's rule):
+    AnalogLinear(W_dense) + SparseOutliers(indices, values). The caller attaches the
+    SparseOutliers functions afterwards (lowering.attach_afmc_functions)."""
     record = node.meta[META_KEY]
     weight_value = lowering.source_initializer(node.inputs[1])
     weight = _weight(node)
