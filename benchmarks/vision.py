@@ -85,15 +85,17 @@ def photos() -> list[np.ndarray]:
     return images + list(load_sample_images().images)
 
 
-def crops(images: list[np.ndarray], count: int, rng: np.random.Generator) -> np.ndarray:
-    """`count` random square crops (70-100% of the short side), 224x224, normalized, NCHW."""
+def crops(images: list[np.ndarray], count: int, rng: np.random.Generator,
+          scale: tuple[float, float] = (0.7, 1.0)) -> np.ndarray:
+    """`count` random square crops (`scale` of the short side, 70-100%), 224x224, normalized,
+    NCHW."""
     from PIL import Image
 
     out = []
     for index in range(count):
         image = images[index % len(images)]
         height, width, _ = image.shape
-        side = int(min(height, width) * rng.uniform(0.7, 1.0))
+        side = int(min(height, width) * rng.uniform(*scale))
         top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
         crop = Image.fromarray(image[top:top + side, left:left + side])
         pixels = np.asarray(crop.resize((SIZE, SIZE), Image.BILINEAR), np.float64) / 255.0
@@ -221,10 +223,26 @@ def main() -> None:
         row(f"afmc --target aimc, {args.chips} pcm chips",
             [scores(compiled_logits(out, evaluation, seed), fp) for seed in range(args.chips)])
     if args.train:
-        np.save(work / "train.npy", crops(images[:CALIBRATION_PHOTOS], args.train_crops,
-                                          np.random.default_rng(1)))
+        np.save(work / "train.npy", training_crops(images[:CALIBRATION_PHOTOS],
+                                                   args.train_crops, np.random.default_rng(1)))
         for steps in ([0] if args.control else []) + [args.train]:
             trained_rows(work, source, steps, args, evaluation, fp)
+
+
+def training_crops(images: list[np.ndarray], count: int, rng: np.random.Generator
+                   ) -> np.ndarray:
+    """Training inputs from the calibration photos only: crops of 25-100% of the short side,
+    half of them flipped left-right, and every other one mixed with another crop
+    (mixup, a weight drawn uniformly): nine photos alone teach the student those nine
+    scenes (measured: chip agreement 80% on their crops, 24% on the evaluation photos)."""
+    out = crops(images, count, rng, scale=(0.25, 1.0))
+    flip = rng.random(count) < 0.5
+    out[flip] = out[flip][..., ::-1]
+    partners = rng.permutation(count)
+    weights = rng.uniform(0, 1, count).astype(np.float32)[:, None, None, None]
+    mixed = np.arange(count) % 2 == 1
+    out[mixed] = (weights * out + (1 - weights) * out[partners])[mixed]
+    return np.ascontiguousarray(out)
 
 
 TRAINING = ["training.range_init=search", "training.smoothing=true",
