@@ -234,7 +234,7 @@ class OnnxTask:
         """A learned_ranges key (layers.KEY[.suffix]) as compile names it (NAME[.suffix])."""
         from afmc.passes.fx.learned_ranges import OUTLIERS_SUFFIX, SCALE_SUFFIX
 
-        for suffix in (SCALE_SUFFIX, OUTLIERS_SUFFIX, ""):
+        for suffix in (SCALE_SUFFIX, OUTLIERS_SUFFIX):
             if key.endswith(suffix):
                 return self.compile_name(key.removesuffix(suffix)) + suffix
-        raise AssertionError(key)
+        return self.compile_name(key)

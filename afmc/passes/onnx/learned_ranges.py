@@ -29,7 +29,12 @@ import torch
 
 from afmc import lowering
 from afmc.config import AfmcConfig
-from afmc.passes.fx.learned_ranges import META_RANGES, OUTLIERS_SUFFIX, SCALE_SUFFIX
+from afmc.passes.fx.learned_ranges import (
+    META_RANGES,
+    OUTLIERS_SUFFIX,
+    SCALE_SUFFIX,
+    layer_ranges,
+)
 from afmc.passes.layers import META_KEY
 from afmc.passes.onnx.graph_edit import Names, add_initializer
 from afmc.passes.onnx.split_outliers import split_layer
@@ -56,15 +61,7 @@ class OnnxLearnedRanges(ir.passes.InPlacePass):
         for node in analog:
             record = node.meta[META_KEY]
             name = record.name
-            learned = ranges.get(name)
-            if learned is None:
-                raise ValueError(f"{PASS}: analog layer {name} has no learned input ranges "
-                                 "(trained with another placement); compile with the "
-                                 "trained configuration or --recalibrate")
-            if learned.numel() != len(record.slice_sizes):
-                raise ValueError(f"{PASS}: {name} has {learned.numel()} learned ranges "
-                                 f"but {len(record.slice_sizes)} input slices here "
-                                 "(hardware.max_in differs from training)")
+            learned = layer_ranges(ranges, name, record, PASS)
             input_range = node.inputs[2]
             input_range.const_value = ir.tensor(_float32(learned), name=input_range.name)
             scale = ranges.get(name + SCALE_SUFFIX)
