@@ -280,6 +280,15 @@ def eval_(
     rules: Annotated[Path | None, typer.Option(
         help="--budget: write the keep-digital configuration here "
              "(default OUTPUT/eval/keep-digital.yaml)")] = None,
+    weight_slices: Annotated[int | None, typer.Option(
+        help="Bit slices per weight of the chips, instead of the compiled "
+             "hardware.weight_slices (docs/evaluation.md)")] = None,
+    devices_per_weight: Annotated[int | None, typer.Option(
+        help="Device pairs per weight of the chips, instead of the compiled "
+             "hardware.devices_per_weight")] = None,
+    profile: Annotated[str | None, typer.Option(
+        help="Hardware profile (afmc cost): print and store the chips' energy, latency and "
+             "area per token beside the scores")] = None,
 ) -> None:
     """Scores per chip instance and mean +- sample std over seeds, next to the FP view: perplexity
     for --text, for --inputs the error of every output (and accuracy with --labels), or
@@ -296,7 +305,8 @@ def eval_(
             max_tokens=max_tokens, seq_len=seq_len, read_noise=read_noise, drift=drift,
             noise=noise, gdc=gdc, jobs=jobs, json_out=json_out, task=task, samples=samples,
             vote=vote, temperature=temperature, sensitivity=sensitivity, seed=seed,
-            budget=budget, rules=rules), screen)
+            budget=budget, rules=rules, weight_slices=weight_slices,
+            devices_per_weight=devices_per_weight, profile=profile), screen)
 
 
 @app.command()

@@ -86,7 +86,7 @@ def plan_compile(model: str, target: str, config: AfmcConfig, *,
     layers = [replace(layer, slice_sizes=slice_sizes(layer.in_features, hardware.max_in)
                       if layer.placement == "analog" and chosen.runtime == "analog" else [])
               for layer in frontend.layers()]
-    maps = {name: tile_map.replicated(hardware.devices_per_weight) for name, tile_map
+    maps = {name: tile_map.replicated(hardware.copies) for name, tile_map
             in map_all_strategies([layer for layer in layers if layer.slice_sizes],
                                   hardware.tile_rows, hardware.tile_cols).items()}
     per_layer = maps[hardware.tile_strategy].layer_tiles()

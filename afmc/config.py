@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from afmc.runtime.bit_slicing import slicing_problem
 from afmc.runtime.noise import NoiseConfig
 
 
@@ -58,6 +59,16 @@ class HardwareConfig(_Section):
         1, ge=1, description="Device pairs each weight is programmed on; the read-out "
         "averages them, so programming noise variance / d; costs d times the tiles "
         "(docs/evaluation.md).")
+    weight_slices: int = Field(
+        1, ge=1, le=8, description="Bit slices per weight (CrossSim's bit slicing): the "
+        "weight, quantized to weight_bits, spread over this many device pairs of different "
+        "significance, each with its own programming noise, range and ADC, recombined "
+        "digitally; costs that many times the tiles and conversions (docs/cost.md). 1: "
+        "one device pair, no quantization.")
+    weight_bits: int = Field(
+        8, ge=2, le=16, description="With weight_slices > 1: signed bits of the quantized "
+        "weight that the slices hold (bits per slice: weight_bits / weight_slices, rounded "
+        "up as CrossSim does).")
 
     @model_validator(mode="after")
     def _slices_fit_tiles(self) -> HardwareConfig:
@@ -65,6 +76,19 @@ class HardwareConfig(_Section):
             raise ValueError(f"max_in ({self.max_in}) must be <= tile_rows ({self.tile_rows}): "
                              "an input slice must fit a tile's rows")
         return self
+
+    @model_validator(mode="after")
+    def _bit_slices_fit_adc(self) -> HardwareConfig:
+        problem = slicing_problem(self.weight_slices, self.weight_bits, self.out_res)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def copies(self) -> int:
+        """Device blocks per weight block: devices_per_weight x weight_slices (the tile
+        map's and the cost model's copies)."""
+        return self.devices_per_weight * self.weight_slices
 
     @field_validator("max_in")
     @classmethod

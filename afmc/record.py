@@ -109,7 +109,7 @@ def build_record(
     analog = [layer for layer in layers if layer.placement == "analog"]
     hardware = config.hardware
     on_tiles = [layer for layer in analog if layer.slice_sizes]  # lowered to crossbar ops
-    maps = {name: m.replicated(hardware.devices_per_weight)  # d copies: d-fold tiles
+    maps = {name: m.replicated(hardware.copies)  # d devices x n bit slices: d n-fold tiles
             for name, m in map_all_strategies(on_tiles, hardware.tile_rows,
                                               hardware.tile_cols).items()}
     tile_map = maps[hardware.tile_strategy]

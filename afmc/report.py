@@ -38,6 +38,7 @@ from afmc.report_headlines import results_table
 from afmc.report_html import HTML_FILE, build_page
 from afmc.report_json import default_cost, report_data
 from afmc.report_results import Found, read_eval_results
+from afmc.runtime.bit_slicing import hardware_copies
 from afmc.tables import Column, FittedTable, layer_names
 
 DEFAULT_STRATEGY = "one-per-tile"
@@ -70,7 +71,7 @@ def tile_maps(
         raise ValueError(f"unknown tile strategy {chosen!r} (known: {', '.join(STRATEGIES)})")
     maps = {
         name: map_tiles(record["layers"], hardware["tile_rows"], hardware["tile_cols"], name)
-        .replicated(hardware.get("devices_per_weight", 1))
+        .replicated(hardware_copies(hardware))
         for name in STRATEGIES
         if stored is None or name != stored.strategy
     }

@@ -7,11 +7,13 @@ Rules (per token, i.e. one input vector through every layer; docs/cost.md):
 - Slices: the record's `slice_sizes`. When a slice has more rows than the profile's tile,
   the layer is re-cut as if compiled with ``hardware.max_in`` = tile rows (HARDWARE.md
   step 1: n = ceil(K / rows) nearly equal slices) and named in `resliced`.
-- Tile map: the record's stored map when the profile's tile is the compiled one and no
-  layer is re-cut; otherwise the record's strategy mapped onto the profile's tile
-  (afmc.mapping.map_tiles), with ``hardware.devices_per_weight`` copies.
-- Analog layer [N out, K in], S slices, C = ceil(N / cols) column chunks, d device
-  copies: N*K*d analog MACs; K*C*d DAC conversions (every block drives its slice's rows
+- Tile map: the record's stored map when the profile's tile is the compiled one, no
+  layer is re-cut and its copies are the hardware's (not so after an override of
+  ``afmc.load``); otherwise the record's strategy mapped onto the profile's tile
+  (afmc.mapping.map_tiles), with d copies: ``hardware.devices_per_weight`` x
+  ``hardware.weight_slices`` (each bit slice is a device block with its own ADC reads).
+- Analog layer [N out, K in], S slices, C = ceil(N / cols) column chunks, d copies:
+  N*K*d analog MACs; K*C*d DAC conversions (every block drives its slice's rows
   on its tile); N*S*d ADC conversions (every block converts its columns once).
 - Its split-outliers path: `outlier_weights` digital MACs, each reading its weight
   (digital.weight_bits) and a 16-bit column index from memory.
@@ -42,6 +44,7 @@ from typing import Any
 
 from afmc.cost.profile import HardwareProfile, load_profile
 from afmc.mapping import TileMap, map_tiles
+from afmc.runtime.bit_slicing import hardware_copies
 
 INDEX_BYTES = 2  # one outlier's column index within its slice (<= 65535 rows)
 TERMS = ("adc", "dac", "crossbar", "digital", "memory")
@@ -179,16 +182,17 @@ def _tile_map(record: dict[str, Any], shapes: dict[str, list[int]],
     profile's tile (module rules)."""
     assert profile.tile is not None
     stored = TileMap.from_json(record["tile_map"]) if "tile_map" in record else None
-    if (stored is not None and not resliced and (stored.rows, stored.cols)
-            == (profile.tile.rows, profile.tile.cols)):
-        return stored
     hardware = record["config"]["hardware"]
+    if (stored is not None and not resliced and (stored.rows, stored.cols)
+            == (profile.tile.rows, profile.tile.cols)
+            and stored.devices == hardware_copies(hardware)):
+        return stored
     strategy = stored.strategy if stored else hardware.get("tile_strategy", "one-per-tile")
     layers = [{"name": name, "placement": "analog", "slice_sizes": sizes,
                "in_features": sum(sizes), "out_features": _out_features(record, name)}
               for name, sizes in shapes.items()]
     return map_tiles(layers, profile.tile.rows, profile.tile.cols, strategy).replicated(
-        int(hardware.get("devices_per_weight", 1)))
+        hardware_copies(hardware))
 
 
 def _out_features(record: dict[str, Any], name: str) -> int:

@@ -26,6 +26,10 @@ def run_eval(request: EvalRequest, screen: Screen) -> None:
     if len(modes) > 1:
         raise ValueError(f"{' and '.join(modes)} are separate evaluations: give one")
     if request.task is not None:
+        if {request.profile, request.weight_slices, request.devices_per_weight} != {None}:
+            raise ValueError("--task runs the compiled chips: --profile, --weight-slices and "
+                             "--devices-per-weight go with --text, --inputs, --drift or "
+                             "--sensitivity")
         task.run(request, screen)
         return
     plan = checked_plan(request, screen)
@@ -37,6 +41,10 @@ def run_eval(request: EvalRequest, screen: Screen) -> None:
         inputs.run(plan, screen)
     else:
         seeds.run(plan, screen)
+    if plan.cost_lines:
+        screen.out.print(f"cost of these chips ({plan.noise_label()}), per token:")
+        for line in plan.cost_lines:
+            screen.out.print(f"  {line}", highlight=False)
 
 
 def checked_plan(request: EvalRequest, screen: Screen) -> EvalPlan:
@@ -49,6 +57,26 @@ def checked_plan(request: EvalRequest, screen: Screen) -> EvalPlan:
         check_json_path(request.json_out)
     budget = sensitivity_budget(request.sensitivity, request.seed, request.budget,
                                 request.rules)
-    model = CompiledModel(request.compiled)
+    model = CompiledModel(request.compiled, weight_slices=request.weight_slices,
+                          devices_per_weight=request.devices_per_weight)
     noise = eval_noise(model, noise_model(request.noise), request.gdc, times is not None)
-    return EvalPlan(request, model, noise, jobs, times, budget)
+    cost, lines = chip_cost(model, request.profile)
+    return EvalPlan(request, model, noise, jobs, times, budget, cost, lines)
+
+
+def chip_cost(model: CompiledModel, profile: str | None) -> tuple[dict | None, tuple[str, ...]]:
+    """--profile: the cost of `model`'s chips on it (afmc.cost, with the model's bit slices
+    and devices per weight) and against the default digital baseline, as the result's
+    "cost" and the lines afmc cost prints; (None, ()) without a profile."""
+    if profile is None:
+        return None, ()
+    from afmc.cost.command import DEFAULT_BASELINE
+    from afmc.cost.model import estimate_record
+    from afmc.cost.profile import load_profile
+    from afmc.cost.summary import compare
+    from afmc.cost.table import summary_lines
+
+    report = estimate_record(model.record, load_profile(profile))
+    baseline = estimate_record(model.record, load_profile(DEFAULT_BASELINE))
+    cost = {**report.totals(), "comparison": compare(report, baseline)}
+    return cost, tuple(summary_lines(report, baseline))

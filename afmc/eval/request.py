@@ -37,12 +37,17 @@ class EvalRequest:
     seed: int = 0
     budget: str | None = None
     rules: Path | None = None
+    weight_slices: int | None = None
+    devices_per_weight: int | None = None
+    profile: str | None = None
 
 
 @dataclass(frozen=True)
 class EvalPlan:
     """A checked request: the model, the evaluation's noise model, --jobs within the
-    cores, the --drift times (None: no drift) and the --budget fraction (None: none)."""
+    cores, the --drift times (None: no drift), the --budget fraction (None: none) and,
+    with --profile, the cost of the model's chips on it (afmc.cost: its totals and the
+    ratios against the digital baseline) and the lines that print it."""
 
     request: EvalRequest
     model: CompiledModel
@@ -50,15 +55,29 @@ class EvalPlan:
     jobs: int
     times: list[float] | None
     budget: float | None
+    cost: dict[str, Any] | None = None
+    cost_lines: tuple[str, ...] = ()
 
     def settings(self, **more: Any) -> dict[str, Any]:
         """The settings that key a result file (afmc.eval.results): the data, the noise
         model, the read noise, and `more`."""
         request = self.request
         data = request.text if request.inputs is None else str(request.inputs)
+        # the chips' hardware counts where not 1 (the keys of one-device chips unchanged)
+        counts = {name: value for name, value in self.model.hardware_counts().items()
+                  if value != 1}
         return {"data": data, "noise": self.noise.model_dump(mode="json"),
-                "read_noise": request.read_noise, **more}
+                "read_noise": request.read_noise, **counts, **more}
 
     def noise_label(self) -> str:
-        """The noise model's name, or the target's where chips do not vary by seed."""
-        return self.noise.model if self.model.varies_by_seed else self.model.target
+        """The noise model's name (with the bit slices and device pairs per weight where
+        not 1), or the target's where chips do not vary by seed."""
+        if not self.model.varies_by_seed:
+            return self.model.target
+        slices, devices = self.model.weight_slices, self.model.devices_per_weight
+        return (self.noise.model + (f", {slices} bit slices" if slices > 1 else "")
+                + (f", {devices} devices per weight" if devices > 1 else ""))
+
+    def with_cost(self, result: dict[str, Any]) -> dict[str, Any]:
+        """`result` with the --profile cost under "cost" (unchanged without --profile)."""
+        return result if self.cost is None else {**result, "cost": self.cost}

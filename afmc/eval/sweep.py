@@ -94,10 +94,14 @@ def noise_at(noise: NoiseConfig, time_s: float | None) -> NoiseConfig:
     return noise if time_s is None else noise.model_copy(update={"drift_time_s": float(time_s)})
 
 
-def sweep_key(scorer: Scorer, noise: NoiseConfig, read_noise: float) -> str:
-    """What makes two sweeps' points interchangeable: data, noise model, read noise."""
+def sweep_key(scorer: Scorer, noise: NoiseConfig, read_noise: float,
+              hardware: dict[str, int] | None = None) -> str:
+    """What makes two sweeps' points interchangeable: data, noise model, read noise, and
+    the chips' hardware counts (CompiledModel.hardware_counts: keyed only when given and
+    not 1, so the logs of unsliced single-device chips keep their keys)."""
+    counts = {name: value for name, value in (hardware or {}).items() if value != 1}
     settings = json.dumps({"metric": scorer.metric, "read_noise": read_noise,
-                           "noise": noise.model_dump(exclude={"drift_time_s"})},
+                           "noise": noise.model_dump(exclude={"drift_time_s"}), **counts},
                           sort_keys=True).encode()
     return hashlib.sha256(settings + scorer.fingerprint()).hexdigest()[:16]
 
@@ -140,7 +144,7 @@ def run_sweep(model: CompiledModel, scorer: Scorer, points: Iterable[Point], *,
     Returns the values in the order of `points`."""
     noise = noise or model.noise
     points = list(dict.fromkeys(points))
-    key = sweep_key(scorer, noise, read_noise)
+    key = sweep_key(scorer, noise, read_noise, model.hardware_counts())
     done = logged_points(log, key) if log else {}
     results = {point: done[point] for point in points if point in done}
     for point, value in results.items():
@@ -162,7 +166,8 @@ def run_sweep(model: CompiledModel, scorer: Scorer, points: Iterable[Point], *,
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(max_workers=min(jobs, len(todo)),
                                  mp_context=get_context("spawn"), initializer=_open_worker,
-                                 initargs=(str(model.out_dir), scorer, threads)) as pool:
+                                 initargs=(str(model.out_dir), scorer, threads,
+                                           model.hardware_counts())) as pool:
             futures = {pool.submit(_score_in_worker, point, noise, read_noise): point
                        for point in todo}
             for future in as_completed(futures):
@@ -182,8 +187,9 @@ def _score(model: CompiledModel, scorer: Scorer, point: Point, noise: NoiseConfi
 _WORKER: dict[str, Any] = {}
 
 
-def _open_worker(out_dir: str, scorer: Scorer, threads: int) -> None:
-    _WORKER.update(model=CompiledModel(out_dir), scorer=scorer, threads=threads)
+def _open_worker(out_dir: str, scorer: Scorer, threads: int,
+                 hardware: dict[str, int]) -> None:
+    _WORKER.update(model=CompiledModel(out_dir, **hardware), scorer=scorer, threads=threads)
 
 
 def _score_in_worker(point: Point, noise: NoiseConfig, read_noise: float) -> float:

@@ -76,6 +76,7 @@ from afmc.ops.analog_linear_onnx import (
 )
 from afmc.ops.sparse_outliers_onnx import OP_TYPE as SPARSE_OUTLIERS
 from afmc.runtime import fused as fused_kernels
+from afmc.runtime.bit_slicing import program_sliced, recombined, sliced_graph
 from afmc.runtime.chip import Chip, chip_from_session
 from afmc.runtime.fused import programming
 from afmc.runtime.fused.programming import Prepared
@@ -100,7 +101,11 @@ class AnalogRuntime:
         self.analog = [layer for layer in record["layers"] if layer.get("onnx_weight")]
         self.noise = NoiseConfig.model_validate(record["config"]["noise"])
         # device pairs per weight, averaged (runtime.noise); hardware, kept under any noise=
-        self.devices = int(record["config"]["hardware"].get("devices_per_weight", 1))
+        hardware = record["config"]["hardware"]
+        self.devices = int(hardware.get("devices_per_weight", 1))
+        # bit slices per weight and the bits they hold (runtime.bit_slicing; 1: unsliced)
+        self.slices = int(hardware.get("weight_slices", 1))
+        self.weight_bits = int(hardware.get("weight_bits", 8))
         self.initializers = {init.name: init for init in graph.graph.initializer}
         self.plan = preparation(graph)
         self.kernels = True  # chips use afmc.kernels where they are built (runtime.fused)
@@ -118,10 +123,14 @@ class AnalogRuntime:
         if kept is not None:
             graph = fp_reference(graph, kept, whole_weights=True)
         graph = with_read_noise(graph, read_noise) if read_noise > 0 else graph
+        plan = self.plan
+        if self.slices > 1:
+            graph = self.sliced(graph, kept)
+            plan = preparation(graph)
         seed = None if noise.model == "none" else seed
         kernels = self.kernels and fused_kernels.enabled()
-        fused, values = prepared_graph(graph, self._layers(seed, noise, prepare=True,
-                                                           analog=kept), fused=kernels)
+        fused, values = prepared_graph(graph, self._layers(seed, noise, plan=plan, analog=kept),
+                                       fused=kernels)
         try:
             return self._session(fused, values, threads, seed, kernels=kernels)
         except ValueError as error:
@@ -134,9 +143,14 @@ class AnalogRuntime:
             warnings.warn(f"{self.path}: chips run the stock ONNX bodies, not afmc's fused "
                           f"kernels (the same numbers, slower): {first_line(error)}",
                           KernelWarning, stacklevel=2)
-        graph, values = prepared_graph(graph, self._layers(seed, noise, prepare=True,
-                                                           analog=kept))
+        graph, values = prepared_graph(graph, self._layers(seed, noise, plan=plan, analog=kept))
         return self._session(graph, values, threads, seed)
+
+    def sliced(self, graph: onnx.ModelProto, kept: set[str] | None) -> onnx.ModelProto:
+        """`graph` with the analog layers `kept` (initializer names; None: all) computing
+        their bit-sliced weights (runtime.bit_slicing.sliced_graph)."""
+        sizes = {layer["onnx_weight"]: layer["slice_sizes"] for layer in self.analog}
+        return sliced_graph(graph, sizes if kept is None else kept, sizes, self.slices)
 
     def analog_weights(self, names: Collection[str]) -> set[str]:
         """The weight initializers of the analog layers `names`; a ValueError naming the
@@ -154,19 +168,25 @@ class AnalogRuntime:
         (each transposed in numpy, so onnxruntime has no weight to fold; a split layer's
         outliers put back into its weights, so the view is bit for bit the unsplit one)."""
         graph, values = prepared_graph(fp_reference(self.graph, whole_weights=True),
-                                       self._layers(None, self.noise, prepare=False,
+                                       self._layers(None, self.noise, plan={},
                                                     analog=set()))
         return self._session(graph, values, threads, None)
 
     def programmed(self, seed: int, noise: NoiseConfig) -> Iterator[tuple[str, np.ndarray]]:
-        """(initializer name, programmed weights) of every analog layer of chip `seed`."""
-        return self._layers(seed, noise, prepare=False)
+        """(initializer name, programmed weights [N, K]) of every analog layer of chip
+        `seed` (bit-sliced weights recombined: the weights the chip computes with)."""
+        sizes = {layer["onnx_weight"]: layer["slice_sizes"] for layer in self.analog}
+        for name, weight in self._layers(seed, noise, plan={}):
+            yield name, (recombined(weight, sizes[name], self.slices) if self.slices > 1
+                         else weight)
 
-    def _layers(self, seed: int | None, noise: NoiseConfig, *, prepare: bool,
+    def _layers(self, seed: int | None, noise: NoiseConfig, *,
+                plan: dict[str, tuple[int, dict[str, float]]],
                 analog: set[str] | None = None) -> Iterator[tuple[str, np.ndarray | Prepared]]:
         """(initializer name, weights) of every analog layer in layer order: programmed
-        for chip `seed` (None: as stored) and, with `prepare`, already in their prepared
-        form where the graph takes it (preparation); with `analog` (initializer names),
+        for chip `seed` (None: as stored; bit-sliced with weight_slices > 1) and already
+        in their prepared form where `plan` (preparation of the chip's graph) takes them;
+        with `analog` (initializer names),
         the layers not in it are given as stored, with their outliers (split-outliers)
         put back (the FP view computes them on the whole weights). Layers run on all cores (numpy
         releases the GIL), a few ahead of the consumer; each draws from its own stream,
@@ -177,16 +197,23 @@ class AnalogRuntime:
             name, weight = self._stored(layer)
             if analog is not None and name not in analog:
                 return name, self._whole(layer, weight)
-            plan = self.plan.get(name) if prepare else None  # (slices, attributes)
-            if seed is not None and plan is not None:
-                fast = program_prepared(weight, layer["slice_sizes"], noise,
-                                        layer_rng(seed, index), *plan, self.devices)
+            prepared = plan.get(name)  # (slices, attributes)
+            sizes = layer["slice_sizes"]
+            if self.slices > 1:
+                weight = program_sliced(
+                    weight, sizes, self.slices, self.weight_bits,
+                    None if seed is None else layer_rng(seed, index),
+                    lambda digits, rng: program_weights(digits, sizes, noise, rng,
+                                                        self.devices))
+            elif seed is not None and prepared is not None:
+                fast = program_prepared(weight, sizes, noise, layer_rng(seed, index),
+                                        *prepared, self.devices)
                 if fast is not None:
                     return name, fast
-            if seed is not None:
-                weight = program_weights(weight, layer["slice_sizes"], noise,
-                                         layer_rng(seed, index), self.devices)
-            return name, weight if plan is None else prepared_values(weight, *plan)
+            if seed is not None and self.slices == 1:
+                weight = program_weights(weight, sizes, noise, layer_rng(seed, index),
+                                         self.devices)
+            return name, weight if prepared is None else prepared_values(weight, *prepared)
 
         yield from in_order_on_threads(program, range(len(self.analog)),
                                        ahead=2 * (os.cpu_count() or 1))

@@ -24,6 +24,7 @@ import onnx
 
 from afmc.layout import MODEL_FILE, RECORD_FILE
 from afmc.runtime.analog import AnalogRuntime
+from afmc.runtime.bit_slicing import slicing_problem
 from afmc.runtime.chip import Chip, load_model_file, load_record
 from afmc.runtime.noise import NoiseConfig
 from afmc.runtime.stored import StoredRuntime
@@ -61,9 +62,11 @@ class CompiledModel:
     ``generate(prompt_ids, options, seed=0)`` continues a prompt on that chip.
     """
 
-    def __init__(self, out_dir: str | Path) -> None:
+    def __init__(self, out_dir: str | Path, *, weight_slices: int | None = None,
+                 devices_per_weight: int | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.record = load_record(self.out_dir)
+        self._override_hardware(weight_slices, devices_per_weight)
         kind = self.record.get("runtime")
         if kind not in RUNTIMES:
             raise ValueError(f"{self.out_dir / RECORD_FILE}: field 'runtime' is {kind!r}, "
@@ -72,6 +75,38 @@ class CompiledModel:
         self.graph = load_model_file(self.out_dir / MODEL_FILE, weights=False)
         self.runtime: Runtime = RUNTIMES[kind](self.out_dir, self.record, self.graph)
         self._chips: dict[int | None, Chip] = {}
+
+    def _override_hardware(self, slices: int | None, devices: int | None) -> None:
+        """Chips with `slices` bit slices and `devices` device pairs per weight instead of
+        the compiled hardware.weight_slices and devices_per_weight (None: as compiled), in
+        this object's record only; the file is not touched. ValueError naming the option
+        for a count below 1 or slices that do not fit the ADC."""
+        hardware = self.record["config"]["hardware"]
+        for name, value in (("weight_slices", slices), ("devices_per_weight", devices)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            hardware[name] = value
+        problem = slicing_problem(self.weight_slices, int(hardware.get("weight_bits", 8)),
+                                  float(hardware.get("out_res", 254.0)))
+        if problem:
+            raise ValueError(problem)
+
+    @property
+    def weight_slices(self) -> int:
+        """Bit slices per weight of its chips (runtime.bit_slicing; 1: unsliced)."""
+        return int(self.record["config"]["hardware"].get("weight_slices", 1))
+
+    @property
+    def devices_per_weight(self) -> int:
+        """Device pairs per weight of its chips, averaged (runtime.noise; 1: one pair)."""
+        return int(self.record["config"]["hardware"].get("devices_per_weight", 1))
+
+    def hardware_counts(self) -> dict[str, int]:
+        """The counts that load's overrides set: weight_slices and devices_per_weight."""
+        return {"weight_slices": self.weight_slices,
+                "devices_per_weight": self.devices_per_weight}
 
     @property
     def target(self) -> str:
@@ -164,7 +199,12 @@ class CompiledModel:
         return compiled_tokenizer(self.out_dir, self.record)
 
 
-def load(out_dir: str | Path) -> CompiledModel:
+def load(out_dir: str | Path, *, weight_slices: int | None = None,
+         devices_per_weight: int | None = None) -> CompiledModel:
     """Open a compiled model (OUT of afmc compile): its record and graph, read once, hand
-    out chips (`.chip(seed, read_noise=...)`), the FP view (`.fp_view()`) and `.run(...)`."""
-    return CompiledModel(out_dir)
+    out chips (`.chip(seed, read_noise=...)`), the FP view (`.fp_view()`) and `.run(...)`.
+    `weight_slices` and `devices_per_weight` replace the compiled hardware's for its chips
+    (and its cost: afmc.cost.estimate_record(model.record, ...)); the compile's choices
+    (ranges, smoothing, split) stay those made for the compiled hardware."""
+    return CompiledModel(out_dir, weight_slices=weight_slices,
+                         devices_per_weight=devices_per_weight)

@@ -55,7 +55,8 @@ def run(plan: EvalPlan, screen: Screen) -> None:
     settings["noise"].pop("drift_time_s", None)
     path = write_result(model.out_dir, "drift",
                         [noise.model, "gdc" if noise.drift_compensation else "no_gdc",
-                         f"n{len(seeds)}"], settings, report.to_json(), copy=request.json_out)
+                         f"n{len(seeds)}"], settings, plan.with_cost(report.to_json()),
+                        copy=request.json_out)
     screen.out.print(f"-> {path}", soft_wrap=True)
 
 

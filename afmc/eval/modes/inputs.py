@@ -28,7 +28,8 @@ def run(plan: EvalPlan, screen: Screen) -> None:
     chips = request.seeds if model.varies_by_seed else 1
     labels = None if request.labels is None else str(request.labels)
     path = write_result(model.out_dir, "inputs", [plan.noise_label(), f"n{chips}"],
-                        plan.settings(seeds=chips, labels=labels), report.to_json(),
+                        plan.settings(seeds=chips, labels=labels),
+                        plan.with_cost(report.to_json()),
                         copy=request.json_out)
     screen.out.print(f"-> {path}", soft_wrap=True)
 

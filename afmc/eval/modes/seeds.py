@@ -82,5 +82,5 @@ def _write(plan: EvalPlan, kind: str, result: dict, seq_len: int, screen: Screen
     chips = plan.request.seeds if plan.model.varies_by_seed else 1
     settings = plan.settings(seeds=chips, max_tokens=plan.request.max_tokens, seq_len=seq_len)
     path = write_result(plan.model.out_dir, kind, [plan.noise_label(), f"n{chips}"],
-                        settings, result, copy=plan.request.json_out)
+                        settings, plan.with_cost(result), copy=plan.request.json_out)
     screen.out.print(f"-> {path}", soft_wrap=True)

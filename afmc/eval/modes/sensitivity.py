@@ -43,5 +43,6 @@ def run(plan: EvalPlan, screen: Screen) -> None:
     settings = plan.settings(seed=request.seed, budget=budget, max_tokens=request.max_tokens,
                              seq_len=request.seq_len)
     path = write_result(model.out_dir, "sensitivity", [plan.noise_label(), f"seed{request.seed}"],
-                        settings, report.to_json(), copy=request.json_out)
+                        settings, plan.with_cost(report.to_json()),
+                        copy=request.json_out)
     screen.out.print(f"-> {path}", soft_wrap=True)
