@@ -5,8 +5,9 @@ pcm and additive its std is divided by sqrt(d) (measured on many weights against
 formula), pcm's zeroing of targets |g| < 0.6 stays exact, and for pcm-drift the spread
 around the (not averaged) mean decay halves with d = 4; (2) d = 1 gives bit-identical
 weights and chips to programming without the option, and the kernels' fast path equals
-numpy's for d > 1; (3) the tile map counts every layer's tiles d-fold; (4) on afmc-tiny
-compiled with d = 4 a chip's logits are closer to the noise-free ones than with d = 1.
+numpy's for d > 1; (3) the tile map and the compile plan count every layer's tiles d-fold
+(d x n with n bit slices); (4) on afmc-tiny opened with d = 4 a chip's logits are closer
+to the noise-free ones than with d = 1.
 """
 
 from __future__ import annotations
@@ -157,28 +158,31 @@ def test_tile_map_counts_tiles_per_device(strategy):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
-    """afmc-tiny compiled for aimc with d = 1 and d = 4 (cheap calibration)."""
-    root = tmp_path_factory.mktemp("dpw")
-    outputs = {}
-    for devices in (1, 4):
-        config = load_config(None, ["calibration.method=max", "calibration.max_tokens=1024",
-                                    "calibration.held_back=0",
-                                    f"hardware.devices_per_weight={devices}"])
-        outputs[devices] = afmc.compile("afmc-tiny", "aimc", config,
-                                        output=root / f"d{devices}").output
-    return outputs
+def tiny(compiled_tiny) -> dict[int, object]:
+    """afmc-tiny compiled for aimc with its defaults (d = 1), opened with d = 1 and d = 4
+    (afmc.load's override: the same compile, chips of 4 device pairs per weight)."""
+    return {devices: afmc.load(compiled_tiny.output, devices_per_weight=devices)
+            for devices in (1, 4)}
 
 
 @pytest.mark.slow
-def test_compiled_tiles_are_counted_per_device(tiny):
-    one, four = (json.loads((tiny[d] / "afmc.json").read_text()) for d in (1, 4))
-    assert four["summary"]["tiles"] == 4 * one["summary"]["tiles"]
-    assert {k: 4 * v for k, v in one["summary"]["tiles_by_strategy"].items()} == \
-        four["summary"]["tiles_by_strategy"]
-    assert [4 * layer["tiles"] for layer in one["layers"]] == \
-        [layer["tiles"] for layer in four["layers"]]
-    assert four["tile_map"]["devices"] == 4
+def test_tiles_are_counted_per_device_and_bit_slice(compiled_tiny):
+    """The compile plan (record.py's and compile_plan's rule: d x n copies) counts every
+    layer's tiles d x n-fold; the compiled d = 1 record agrees with its plan."""
+    from afmc.compile_plan import plan_compile
+
+    plans = {copies: plan_compile("afmc-tiny", "aimc", load_config(None, overrides))
+             for copies, overrides in ((1, []), (4, ["hardware.devices_per_weight=4"]),
+                                       (8, ["hardware.devices_per_weight=4",
+                                            "hardware.weight_slices=2"]))}
+    one = plans[1]
+    for copies, plan in plans.items():
+        assert plan.tiles == {k: copies * v for k, v in one.tiles.items()}
+        assert [layer.tiles for layer in plan.layers] == [copies * layer.tiles
+                                                          for layer in one.layers]
+    record = json.loads((compiled_tiny.output / "afmc.json").read_text())
+    assert record["summary"]["tiles_by_strategy"] == one.tiles
+    assert record["tile_map"]["devices"] == 1
 
 
 @pytest.mark.slow
@@ -186,7 +190,7 @@ def test_one_device_chip_is_the_chip_before(tiny):
     """d = 1: the chip's programmed weights are program_weights' without the option,
     and an output recorded before the option (no devices_per_weight key) gives the
     same chip."""
-    model = afmc.load(tiny[1])
+    model = tiny[1]
     runtime = model.runtime
     programmed = dict(runtime.programmed(5, runtime.noise))
     for index, layer in enumerate(runtime.analog):
@@ -207,8 +211,7 @@ def test_more_devices_bring_chips_closer_to_noise_free(tiny):
     text = ("def averaged(values):\n    return sum(values) / len(values)\n" * 8).encode()
     ids = np.frombuffer(text[:256], dtype=np.uint8).astype(np.int64).reshape(2, 128)
     errors = {}
-    for devices, out in tiny.items():
-        model = afmc.load(out)
+    for devices, model in tiny.items():
         clean = model.chip(None).run(ids).astype(np.float64)
         errors[devices] = [np.linalg.norm(model.chip(seed).run(ids) - clean)
                            / np.linalg.norm(clean) for seed in (0, 1)]

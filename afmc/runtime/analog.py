@@ -37,6 +37,12 @@ stored weights (runtime.noise), and the file is never rewritten:
   them the prepared body of standard ops runs. A graph onnxruntime refuses in fused
   form runs the stock bodies, with one KernelWarning naming the cause.
 
+With ``hardware.weight_slices`` n > 1 (runtime.bit_slicing), a chip's analog nodes read
+their bit-sliced weights: each layer's weights are quantized, split into n digit
+matrices, each programmed as a layer of its own (its own stream, range and ADC) and laid
+side by side with X gathered to match; the prepared and fused forms then apply as to any
+node of n S equal slices. The FP view never is sliced.
+
 The FP view is the same graph with every analog node computed in floating point
 (views.fp_reference) on the stored weights; read noise is views.with_read_noise.
 A chip of some analog layers only (`analog_layers`, by layer name; per-layer
