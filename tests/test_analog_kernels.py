@@ -75,8 +75,8 @@ def test_afmc_tiny_chip_is_bit_identical(tiny, monkeypatch):
 @pytest.mark.slow
 def test_smoothing_scale_moves_into_the_dac(tiny):
     runtime = load(tiny).runtime
-    graph, _ = prepared_graph(runtime.graph, runtime._layers(None, runtime.noise, prepare=True),
-                              fused=True)
+    layers = runtime._layers(None, runtime.noise, plan=runtime.plan)
+    graph, _ = prepared_graph(runtime.graph, layers, fused=True)
     fused_nodes = [node for node in graph.graph.node if node.op_type == "FusedAnalogLinear"]
     pre_scaled = [node for node in fused_nodes if node.overload.endswith(PRE_SCALED)]
     muls = sum(node.op_type == "Mul" for node in graph.graph.node)
@@ -210,8 +210,8 @@ def test_sparse_outliers_kernel_adds_its_addend_as_the_add_it_replaces():
 @pytest.mark.slow
 def test_chips_run_the_sparse_path_on_the_kernel(tiny):
     runtime = load(tiny).runtime
-    graph, _ = prepared_graph(runtime.graph, runtime._layers(None, runtime.noise, prepare=True),
-                              fused=True)
+    layers = runtime._layers(None, runtime.noise, plan=runtime.plan)
+    graph, _ = prepared_graph(runtime.graph, layers, fused=True)
     sparse = [node for node in graph.graph.node if node.op_type == "SparseOutliers"]
     assert sparse and all(node.domain == KERNEL_DOMAIN for node in sparse)
     # each joins its layer's analog output itself: one Add per split layer is gone

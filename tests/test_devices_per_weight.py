@@ -13,7 +13,6 @@ to the noise-free ones than with d = 1.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
