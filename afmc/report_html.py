@@ -398,6 +398,22 @@ def section_bodies(out_dir: Path, record: dict[str, Any], facts: RecordFacts,
     }
 
 
+def source_name(source: str | None) -> str | None:
+    """A compile source as a title names it: a path's last part ("hf:/a/b/model.gguf" ->
+    "model.gguf"), a built-in model's name as it is."""
+    if not source:
+        return None
+    return Path(source.removeprefix("hf:")).name or source
+
+
+def shown_path(path: Path) -> str:
+    """`path` relative to the current directory when it lies inside it, else as given."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def build_page(out_dir: Path, record: dict[str, Any], record_path: Path, chosen: str,
                maps: dict[str, TileMap], results: dict[str, list[Found]]) -> str:
     """The page of `out_dir` (module rules); `record` was read from `record_path`, `maps`
@@ -405,7 +421,7 @@ def build_page(out_dir: Path, record: dict[str, Any], record_path: Path, chosen:
     result files of OUT/eval (afmc.report_results)."""
     facts = validated(record_path, record, RecordFacts, "afmc record")
     bodies = section_bodies(out_dir, record, facts, results, chosen, maps)
-    title = f"afmc report: {facts.source or out_dir}"
+    title = f"afmc report: {source_name(facts.source) or out_dir.name}"
     nav = "".join(f'<a href="#{key}">{escape(name)}</a>' for key, name in SECTIONS.items())
     sections = "".join(
         f'<section id="{key}"><h2>{number}. {escape(SECTIONS[key])}</h2>{bodies[key]}</section>'
@@ -416,7 +432,7 @@ def build_page(out_dir: Path, record: dict[str, Any], record_path: Path, chosen:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>{escape(title)}</h1>"
-        f'<p class="muted">Output directory <code>{escape(str(out_dir))}</code>, target '
+        f'<p class="muted">Output directory <code>{escape(shown_path(out_dir))}</code>, target '
         f"{escape(facts.target or NOT_RECORDED)}.</p><nav>{nav}</nav>{sections}"
         "</body></html>\n"
     )

@@ -152,3 +152,17 @@ def test_report_on_a_compiled_model(model_dirs, calibration_text, tmp_path):
     shown = layer_names(names)  # the table leaves out their shared prefix and says so
     assert all(shown.show(name) in text for name in names)
     assert all(note in text for note in shown.notes)
+
+
+def test_page_names_the_model_and_paths_as_a_user_reads_them(tmp_path, monkeypatch):
+    """The title names the model by its last path part, not an absolute path; the output
+    directory is shown relative to the current directory when it lies inside it."""
+    from afmc.report_html import shown_path, source_name
+
+    assert source_name("hf:/opt/models/SmolLM2-135M.Q4_1.gguf") == "SmolLM2-135M.Q4_1.gguf"
+    assert source_name("/data/bert/model.onnx") == "model.onnx"
+    assert source_name("afmc-tiny") == "afmc-tiny"
+    assert source_name(None) is None
+    monkeypatch.chdir(tmp_path)
+    assert shown_path(tmp_path / "out" / "tiny") == "out/tiny"
+    assert shown_path(Path("/elsewhere/out")) == "/elsewhere/out"

@@ -67,6 +67,9 @@ def _table(report: DriftReport) -> Table:
     table = Table(title=f"{metric} over time after programming ({noise.model}, "
                         f"drift compensation {'on' if noise.drift_compensation else 'off'}; "
                         f"{spread_label(len(report.seeds))})",
+                  caption=f"time 0: the chips as programmed, before any drift; their "
+                          f"programming noise is {noise.model}'s own, so it differs from a "
+                          "plain afmc eval of another noise model",
                   show_edge=False)
     for column in ("time", "mean", "sample std",
                    *(f"seed {seed}" for seed in report.seeds[:8])):

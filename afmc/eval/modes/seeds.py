@@ -49,7 +49,8 @@ def run(plan: EvalPlan, screen: Screen) -> None:
                          f"({report.mean / report.fp - 1:+.2%}), {report.tokens} tokens")
         screen.out.print(one_run_note(report.digital))
     else:
-        screen.out.print(f"FP perplexity {report.fp:.4f}; analog over {request.seeds} chip(s): "
+        screen.out.print(f"FP perplexity {report.fp:.4f}; analog ({plan.noise_label()}) over "
+                         f"{request.seeds} chip(s): "
                          f"{report.mean:.4f} +- {std_text(report.std)} "
                          f"({spread_label(len(report.chips))}; {report.tokens} tokens)")
     _write(plan, "seeds", {"tokens": report.tokens, "fp": report.fp,
