@@ -324,6 +324,11 @@ class TrainingConfig(_Section):
         False, description="Keep only each decoder block's input in the forward and "
         "recompute the block in the backward (the same weight noise: the random state is "
         "replayed): activation memory of one block instead of all.")
+    engine: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="How processes under torchrun share the work: ddp replicates the "
+        "student on every process; fsdp (FSDP2, torch.distributed.fsdp.fully_shard) shards "
+        "its weights, gradients and optimizer state by rows over the processes (each decoder "
+        "block and the rest), the input ranges replicated; needs at least 2 processes.")
 
     @model_validator(mode="after")
     def _batch_splits(self) -> TrainingConfig:

@@ -1,4 +1,5 @@
-"""afmc train under torchrun: two CPU processes (gloo, DistributedDataParallel) on afmc-tiny.
+"""afmc train under torchrun: two CPU processes (gloo; DistributedDataParallel, or FSDP2 with
+training.engine=fsdp) on afmc-tiny.
 
 Rules checked:
 - every process holds the same weights, input ranges and range-initialisation counters
@@ -9,7 +10,12 @@ Rules checked:
   with and without gradient accumulation (to float tolerance: reductions differ in order);
 - gradient accumulation equals the whole batch in one pass where the training rules are
   per optimizer step (see test_gradient_accumulation_equals_the_whole_batch for the two
-  that are not).
+  that are not);
+- sharded (fsdp): the processes agree on every range after every step, the student
+  gathered from the shards equals one process's and DDP's (noise off, to float
+  tolerance, with gradient accumulation and clipping too), its checkpoint is the gathered
+  student, and a run stopped after its first step and resumed ends with the weights of
+  the uninterrupted one, bit for bit; fsdp on one process is refused before any output.
 
 record_runs trains once per configuration and records the process's student state after
 every step (it wraps trainer.clip_weights, which every process calls with the unwrapped
@@ -55,6 +61,8 @@ def record_runs(out: Path, runs: dict[str, dict[str, Any]]) -> None:
     """Train afmc-tiny on stdlib:train into out/NAME for each {NAME: training section}, and
     save this process's record to out/NAME-RANK.pt: the student state after the last step
     ("final"), the RECORDED tensors after every step ("ranges") and the losses."""
+    from torch.distributed.tensor import DTensor
+
     from afmc.config import config_from_dict
     from afmc.train import trainer
 
@@ -65,12 +73,18 @@ def record_runs(out: Path, runs: dict[str, dict[str, Any]]) -> None:
 
             def snapshot(model: torch.nn.Module, sigma: float,
                          states: list[dict[str, torch.Tensor]] = states) -> None:
-                clip_weights(model, sigma)
-                states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+                clip_weights(model, sigma)  # a sharded student's tensors gathered whole
+                states.append({k: (v.full_tensor() if isinstance(v, DTensor) else v)
+                               .detach().clone() for k, v in model.state_dict().items()})
 
             trainer.clip_weights = snapshot
-            result = trainer.train("afmc-tiny", "stdlib:train", out / name,
-                                   config_from_dict({"training": training}))
+            training = dict(training)
+            interrupted = training.pop(INTERRUPTED, False)
+            config = config_from_dict({"training": training})
+            if interrupted:  # stop after the first step (its checkpoint), then resume
+                trainer.train("afmc-tiny", "stdlib:train", out / name, config, max_seconds=0.0)
+            result = trainer.train("afmc-tiny", "stdlib:train", out / name, config,
+                                   resume=interrupted)
             assert len(states) == result.steps, "trainer.clip_weights is not called every step"
             rank = dist.get_rank() if dist.is_initialized() else 0
             ranges = [{k: v for k, v in state.items() if k.endswith(RECORDED)}
@@ -84,11 +98,17 @@ def record_runs(out: Path, runs: dict[str, dict[str, Any]]) -> None:
 BASE = {"steps": 3, "seq_len": 32, "batch_size": 4, "checkpoint_every": 3,
         "range_init_batches": 2}
 CLEAN = {**BASE, "weight_noise": 0.0, "read_noise": 0.0}
+INTERRUPTED = "interrupted"  # a run's key (not a training option): stop, then resume
+SHARDED = {**CLEAN, "engine": "fsdp"}
 RUNS_2 = {  # run by 2 processes
     "noisy": BASE,
     "clean": CLEAN,
     "accumulated": {**CLEAN, "grad_accumulation": 2},
     "clipped": {**CLEAN, "range_init_batches": 0},  # ranges stay 1: inputs clipped
+    "fsdp": SHARDED,
+    "fsdp-accumulated": {**SHARDED, "grad_accumulation": 2, "grad_clip": 1e-3},
+    "fsdp-noisy": {**BASE, "engine": "fsdp"},
+    "fsdp-resumed": {**SHARDED, INTERRUPTED: True},
 }
 RUNS_1 = {  # run by 1 process
     "clean": CLEAN,
@@ -96,6 +116,7 @@ RUNS_1 = {  # run by 1 process
     "clipped": {**CLEAN, "range_init_batches": 0},
     "whole": {**CLEAN, "range_init_batches": 0, "range_decay": 0.0},
     "split": {**CLEAN, "range_init_batches": 0, "range_decay": 0.0, "grad_accumulation": 2},
+    "accumulated-clipped": {**CLEAN, "grad_accumulation": 2, "grad_clip": 1e-3},
 }
 TIMEOUT = 400
 
@@ -214,3 +235,32 @@ def test_two_processes_equal_one_with_clipped_inputs(runs: Runs):
     of the inputs unclipped) is decided on the global batch (apply_range_decay)."""
     _assert_states(runs[(2, "clipped")][0]["final"], runs[(1, "clipped")][0]["final"],
                    exact=False)
+
+
+@pytest.mark.parametrize(("sharded", "one"), [("fsdp", "clean"),
+                                              ("fsdp-accumulated", "accumulated-clipped")])
+def test_sharded_equals_one_process_and_ddp_with_noise_off(runs: Runs, sharded: str, one: str):
+    two, single = runs[(2, sharded)][0], runs[(1, one)][0]
+    _assert_states(two["final"], single["final"], exact=False)
+    assert two["losses"] == pytest.approx(single["losses"], rel=1e-5)
+    if sharded == "fsdp":
+        _assert_states(two["final"], runs[(2, "clean")][0]["final"], exact=False)
+
+
+def test_sharded_resume_is_exact(runs: Runs):
+    """Stopped after step 1 (checkpoint with the full optimizer state), resumed to step 3:
+    the uninterrupted sharded run's student, bit for bit, on both processes."""
+    for rank in (0, 1):
+        _assert_states(runs[(2, "fsdp-resumed")][rank]["final"],
+                       runs[(2, "fsdp")][rank]["final"], exact=True)
+    assert runs[(2, "fsdp-resumed")][0]["losses"] == runs[(2, "fsdp")][0]["losses"]
+
+
+def test_sharded_on_one_process_is_refused(tmp_path):
+    from afmc.config import config_from_dict
+    from afmc.train import trainer
+
+    with pytest.raises(ValueError, match="training.engine=fsdp .* at least 2"):
+        trainer.train("afmc-tiny", "stdlib:train", tmp_path / "out",
+                      config_from_dict({"training": SHARDED}))
+    assert not (tmp_path / "out").exists()

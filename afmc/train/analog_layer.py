@@ -438,8 +438,18 @@ def clip_weights(model: nn.Module, sigma: float) -> None:
         if layer.lora_A is not None:
             continue
         scale = layer.input_scale
-        programmed = clipped_rows(layer.weight * scale, layer.sizes, int(layer.outliers), sigma)
-        layer.weight.copy_(programmed / scale)
+        weight = local_rows(layer.weight)  # a sharded weight's rows on this process
+        programmed = clipped_rows(weight * scale, layer.sizes, int(layer.outliers), sigma)
+        weight.copy_(programmed / scale)
+
+
+def local_rows(weight: torch.Tensor) -> torch.Tensor:
+    """The rows of `weight` this process holds: a weight sharded by rows (training.engine
+    fsdp, afmc.train.engine) gives its local shard of whole rows, any other weight itself;
+    in-place writes reach the weight."""
+    from torch.distributed.tensor import DTensor
+
+    return weight.to_local() if isinstance(weight, DTensor) else weight
 
 
 @torch.no_grad()

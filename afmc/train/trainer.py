@@ -22,7 +22,8 @@ Rule of one optimizer step (configuration section ``training``):
   block in the backward (the same noise; no statistics taken twice).
 
 Under torchrun the student is wrapped in DistributedDataParallel (gloo on CPU,
-nccl on CUDA); input-range initialisation statistics are reduced over all
+nccl on CUDA), or with training.engine=fsdp sharded by FSDP2 (afmc.train.engine);
+input-range initialisation statistics are reduced over all
 processes, so every process holds the same weights and ranges. The result in
 OUT is a Hugging Face directory (the trained weights, LoRA merged) plus the
 learned input ranges (afmc_ranges.safetensors, by module name) and the training
@@ -50,7 +51,6 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from afmc.config import AfmcConfig, TrainingConfig, config_from_dict
 from afmc.frontends.onnx_graph import is_onnx_file
@@ -64,6 +64,7 @@ from afmc.train.analog_layer import (
     merge_lora,
 )
 from afmc.train.data import batch_indices, micro_batches
+from afmc.train.engine import Engine, check_engine, make_engine
 from afmc.train.prepare import needs_preparation, prepare_student
 from afmc.train.tasks import (
     CausalLMTask,
@@ -233,6 +234,7 @@ def train(model: str | Path, data: str | Path, output: str | Path,
     config = config or AfmcConfig()
     settings = config.training
     rank, world, device = _distributed(device)
+    check_engine(settings.engine, world)
     output = Path(output)
     task = open_task(model, data, config, device)
     teacher = task.teacher
@@ -240,22 +242,21 @@ def train(model: str | Path, data: str | Path, output: str | Path,
         parameter.requires_grad_(False)
     _check_micro_batches(task, settings, world)
     _prepare_output(output, resume, force, rank, world)
-    torch.manual_seed(settings.seed * 1000 + rank)
+    # every process builds the student alike where it is sharded, not broadcast (fsdp)
+    sharded = settings.engine == "fsdp"
+    torch.manual_seed(settings.seed * 1000 + (0 if sharded else rank))
     student, untied = build_student(teacher, config, task)
+    if sharded and rank:
+        torch.manual_seed(settings.seed * 1000 + rank)
     student = student.to(device)
     if settings.gradient_checkpointing:
         _checkpoint_blocks(student)
     autocast = _autocast(settings.dtype, device)
-    optimizer = build_optimizer(student, settings)
-    schedule = polynomial_schedule(settings)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    step, losses = 0, []
+    step, losses, training_state = 0, [], None
     if resume:
         folder = checkpoint.latest_checkpoint(output)
         training_state, state = checkpoint.restore(folder, student)
         _check_resume_config(state["config"], config, folder)
-        optimizer.load_state_dict(training_state["optimizer"])
-        scheduler.load_state_dict(training_state["scheduler"])
         checkpoint.load_rng(folder, rank)
         step, losses = state["step"], state["losses"]
         _check_resume_threads(state.get("threads"), folder)
@@ -266,7 +267,13 @@ def train(model: str | Path, data: str | Path, output: str | Path,
     resumed_from = step
     if settings.dtype == "bfloat16":  # once the student's start is taken from it in float32
         teacher.to(torch.bfloat16)
-    module = DistributedDataParallel(student) if world > 1 else student
+    engine = make_engine(student, settings.engine, world)  # fsdp replaces the parameters
+    optimizer = build_optimizer(student, settings)
+    schedule = polynomial_schedule(settings)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    if training_state is not None:
+        engine.load_optimizer_state(optimizer, training_state["optimizer"])
+        scheduler.load_state_dict(training_state["scheduler"])
     trainable = [p for p in student.parameters() if p.requires_grad]
     started, units = time.perf_counter(), 0
     while step < settings.steps:
@@ -277,18 +284,17 @@ def train(model: str | Path, data: str | Path, output: str | Path,
             batch = task.batch(part, device)
             with torch.no_grad():
                 teacher_outputs = task.outputs(teacher, batch).float()
-            last = index == len(parts) - 1
-            sync = contextlib.nullcontext() if last or world == 1 else module.no_sync()
-            with sync:
+            with engine.sync(index == len(parts) - 1):
                 with autocast:
-                    outputs = task.outputs(module, batch)
+                    outputs = task.outputs(engine.module, batch)
                 loss = task.loss(outputs.float(), teacher_outputs, batch,
                                  settings) / len(parts)
                 loss.backward()
             step_loss += loss.detach().double().cpu()
+        engine.after_backward()
         apply_range_decay(student, settings.range_decay, settings.range_min_unclipped)
         if settings.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
+            engine.clip_grad_norm(trainable, settings.grad_clip)
         set_range_learning_rates(optimizer, schedule(step))
         optimizer.step()
         scheduler.step()
@@ -304,13 +310,14 @@ def train(model: str | Path, data: str | Path, output: str | Path,
             progress(step, settings.steps, losses[-1], units / (time.perf_counter() - started))
         out_of_time = max_seconds is not None and _elapsed(started, world) > max_seconds
         if step % settings.checkpoint_every == 0 or step == settings.steps or out_of_time:
-            _checkpoint(output, step, student, optimizer, scheduler, losses, config, str(data),
+            _checkpoint(output, step, engine, optimizer, scheduler, losses, config, str(data),
                         rank, world)
         if out_of_time:
             break
     seconds = time.perf_counter() - started
+    host = engine.host()
     if rank == 0:
-        _save_result(student, task, output, config, {
+        _save_result(host, task, output, config, {
             "source": str(model), "data": str(data), "steps": step, "processes": world,
             "planned_steps": settings.steps,
             task.unit: step * settings.batch_size * task.per_sample,
@@ -382,7 +389,7 @@ def _elapsed(started: float, world: int) -> float:
     return float(elapsed)
 
 
-def _checkpoint(output: Path, step: int, student: nn.Module, optimizer, scheduler,
+def _checkpoint(output: Path, step: int, engine: Engine, optimizer, scheduler,
                 losses: list[float], config: AfmcConfig, data: str, rank: int,
                 world: int) -> None:
     folder = checkpoint.checkpoint_root(output) / f".step-{step:07d}.tmp"
@@ -390,10 +397,11 @@ def _checkpoint(output: Path, step: int, student: nn.Module, optimizer, schedule
         folder = checkpoint.staging_folder(output, step)
     _barrier(world)
     checkpoint.save_rng(folder, rank)
+    host, optimizer_state = engine.host(), engine.optimizer_state(optimizer)  # collective
     _barrier(world)
     if rank == 0:
-        checkpoint.publish(output, folder, step, student,
-                           {"optimizer": optimizer.state_dict(),
+        checkpoint.publish(output, folder, step, host,
+                           {"optimizer": optimizer_state,
                             "scheduler": scheduler.state_dict()},
                            {"step": step, "losses": losses, "data": data, "processes": world,
                             "threads": torch.get_num_threads(),
