@@ -180,6 +180,8 @@ def train(
         help="Time budget: stop after the step that ends past it and write the result")] = None,
     estimate: Annotated[bool, typer.Option(
         "--estimate", help="Print the memory one process needs, by term, and exit")] = False,
+    processes: Annotated[int, typer.Option(
+        help="--estimate: processes the run will have (torchrun --nproc-per-node)")] = 1,
 ) -> None:
     """Hardware-aware training by distillation; OUTPUT compiles with `afmc compile OUTPUT`.
 
@@ -196,7 +198,9 @@ def train(
 
             cfg = load_config(config, [*(set_ or []), *([f"training.lora_rank={lora_rank}"]
                                                          if lora_rank is not None else [])])
-            for line in estimate_model_memory(model, cfg).lines():
+            if processes < 1:
+                raise ValueError(f"--processes must be at least 1, got {processes}")
+            for line in estimate_model_memory(model, cfg, processes).lines():
                 screen.out.print(line, highlight=False)
             return
         if data is None or output is None:

@@ -15,9 +15,10 @@ from afmc.train.memory import estimate_memory
 from afmc.train.trainer import build_student
 
 
-def _estimate(**training):
+def _estimate(processes: int = 1, **training):
     path = resolve_model_path("afmc-tiny")
-    return estimate_memory(read_config(path), config_from_dict({"training": training}))
+    return estimate_memory(read_config(path), config_from_dict({"training": training}),
+                           processes)
 
 
 def test_counts_are_those_of_the_real_student():
@@ -59,3 +60,24 @@ def test_estimate_of_a_missing_model_is_one_line(model: str):
     assert result.exit_code == 1
     assert len(result.output.strip().splitlines()) == 1
     assert result.output.startswith("error: model not found")
+
+
+def test_sharding_divides_weights_gradients_and_optimizer_state():
+    """fsdp over 4 processes: student weights, gradients and AdamW state / 4, plus the root's
+    and one block's weights gathered whole and process 0's host copy; each process runs a
+    quarter of the micro-batch (DDP over 4 too)."""
+    one, ddp = _estimate(batch_size=8), _estimate(4, batch_size=8)
+    sharded = _estimate(4, batch_size=8, engine="fsdp")
+    for name in ("student weights", "gradients", "AdamW state"):
+        assert sharded.terms[name] == one.terms[name] / 4 == ddp.terms[name] / 4
+    assert sharded.terms["host copy"] == 4 * one.parameters
+    teacher = load_causal_lm(resolve_model_path("afmc-tiny"))
+    student, _ = build_student(teacher, config_from_dict({}))
+    block = sum(p.numel() for p in student.model.layers[0].parameters())
+    root = one.parameters - block * len(student.model.layers)
+    assert sharded.terms["gathered weights"] == 4 * (root + block)
+    assert ddp.terms["activations"] == sharded.terms["activations"] == one.terms[
+        "activations"] / 4
+    result = CliRunner().invoke(app, ["train", "afmc-tiny", "--estimate", "--processes", "4",
+                                      "--set", "training.engine=fsdp"])
+    assert result.exit_code == 0 and "host copy" in result.output, result.output

@@ -81,7 +81,7 @@ class ShardedEngine(Engine):
 
         super().__init__(student)
         self.world = world
-        self.copy = copy.deepcopy(student) if dist.get_rank() == 0 else None
+        self.copy = _host_copy(student) if dist.get_rank() == 0 else None
         self.ranges = [layer.input_range for _, layer in analog_layers(student)]
         ignored = set(self.ranges)
         blocks = set(getattr(student, "_no_split_modules", None) or ())
@@ -166,6 +166,15 @@ def make_engine(student: nn.Module, engine: str, world: int) -> Engine:
     if engine == "fsdp":
         return ShardedEngine(student, world)
     return DataParallelEngine(student) if world > 1 else Engine(student)
+
+
+def _host_copy(student: nn.Module) -> nn.Module:
+    """An unsharded copy of `student` in host memory (the student moved there for the
+    copy and back, so no second student is ever allocated on the device)."""
+    device = next(student.parameters()).device
+    host = copy.deepcopy(student.to("cpu"))
+    student.to(device)
+    return host
 
 
 def _is_dtensor(tensor: torch.Tensor) -> bool:

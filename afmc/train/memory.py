@@ -21,6 +21,13 @@ in bytes, for one process holding the whole model (DDP; no sharding):
   teacher logits, their log-softmax, the gradient);
 - runtime: ``RUNTIME_BYTES`` for the interpreter, torch and the tokenizer.
 
+With P processes each runs batch_size / (grad_accumulation x P) sequences per
+micro-batch. With ``training.engine=fsdp`` (afmc.train.engine) the student weights,
+gradients and AdamW state are divided by P, plus the weights gathered whole while they
+compute (the root's -- embeddings, LM head, final norm -- and one decoder block's), plus
+on process 0, the one estimated, the unsharded host copy that checkpoints and the
+result are written from (4 per parameter, in host memory).
+
 Peak = the static part (weights, teacher, runtime) + the larger of the backward
 (activations, crossbar copies, logits and the gradients being written) and the
 optimizer step (gradients and AdamW). Factors are measured by
@@ -59,7 +66,7 @@ class MemoryEstimate:
                 f"{'peak (one process)':24} {self.peak / gb:8.2f} GB"]
 
 
-def estimate_model_memory(model: str, config: AfmcConfig) -> MemoryEstimate:
+def estimate_model_memory(model: str, config: AfmcConfig, processes: int = 1) -> MemoryEstimate:
     """The estimate for `model` (afmc-tiny, a Hugging Face directory or a GGUF file; only
     its configuration is read)."""
     from transformers import AutoConfig
@@ -71,12 +78,12 @@ def estimate_model_memory(model: str, config: AfmcConfig) -> MemoryEstimate:
     path = resolve_model_path(model)
     gguf = find_gguf(path) if path.exists() else None
     if gguf is None:
-        return estimate_memory(read_config(path), config)
+        return estimate_memory(read_config(path), config, processes)
     return estimate_memory(AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                      local_files_only=True), config)
+                                                      local_files_only=True), config, processes)
 
 
-def estimate_memory(model_config, config: AfmcConfig) -> MemoryEstimate:
+def estimate_memory(model_config, config: AfmcConfig, processes: int = 1) -> MemoryEstimate:
     """The estimate for a Hugging Face model configuration and afmc's `config`."""
     from transformers import AutoModelForCausalLM
 
@@ -85,12 +92,13 @@ def estimate_memory(model_config, config: AfmcConfig) -> MemoryEstimate:
     with torch.device("meta"):
         teacher = AutoModelForCausalLM.from_config(model_config)
     student, _ = build_student(teacher, config)
-    return estimate_for(teacher, student, model_config, config)
+    return estimate_for(teacher, student, model_config, config, processes)
 
 
 def estimate_for(teacher: nn.Module, student: nn.Module, model_config,
-                 config: AfmcConfig) -> MemoryEstimate:
-    """The terms of the module docstring for a built teacher and student."""
+                 config: AfmcConfig, processes: int = 1) -> MemoryEstimate:
+    """The terms of the module docstring for a built teacher and student, on process 0 of
+    `processes`."""
     from afmc.train.analog_layer import analog_layers
 
     settings = config.training
@@ -100,7 +108,7 @@ def estimate_for(teacher: nn.Module, student: nn.Module, model_config,
     parameters = sum(p.numel() for p in student.parameters())
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
     analog = sum(layer.weight.numel() for _, layer in analog_layers(student))
-    tokens = settings.batch_size // settings.grad_accumulation * settings.seq_len
+    tokens = settings.batch_size // (settings.grad_accumulation * processes) * settings.seq_len
     per_block = tokens * (ACTIVATION_FACTOR_H * text.hidden_size
                           + ACTIVATION_FACTOR_I * text.intermediate_size) * compute
     copies = compute * (2 if settings.dtype == "bfloat16" else 1)
@@ -120,8 +128,25 @@ def estimate_for(teacher: nn.Module, student: nn.Module, model_config,
         "gradients": 4.0 * trainable,
         "AdamW state": 8.0 * trainable,
     }
-    static = terms["student weights"] + terms["teacher"] + terms["runtime"]
+    if settings.engine == "fsdp" and processes > 1:
+        _shard(terms, student, processes, 4.0 * parameters)
+    static = (terms["student weights"] + terms["teacher"] + terms["runtime"]
+              + terms.get("gathered weights", 0.0) + terms.get("host copy", 0.0))
     backward = (terms["activations"] + terms["crossbar copies"] + terms["logits"]
                 + terms["gradients"])
     step = terms["gradients"] + terms["AdamW state"]
     return MemoryEstimate(terms, static + max(backward, step), parameters, trainable)
+
+
+def _shard(terms: dict[str, float], student: nn.Module, processes: int,
+           whole: float) -> None:
+    """The fsdp terms (module docstring): sharded weights, gradients and AdamW state; the
+    root's and the largest block's weights gathered; process 0's host copy."""
+    blocks = set(getattr(student, "_no_split_modules", None) or ())
+    sizes = [sum(p.numel() for p in module.parameters()) for module in student.modules()
+             if type(module).__name__ in blocks]
+    root = sum(p.numel() for p in student.parameters()) - sum(sizes)
+    for name in ("student weights", "gradients", "AdamW state"):
+        terms[name] /= processes
+    terms["gathered weights"] = 4.0 * (root + max(sizes, default=0))
+    terms["host copy"] = whole
