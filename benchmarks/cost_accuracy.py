@@ -79,9 +79,13 @@ def sweep(name: str, out: Path, ids, grid, seeds: int, profile: str) -> list[dic
     return rows
 
 
+CEILING = 10.0  # plotted perplexity / FP: lines wholly above it are named, not drawn
+
+
 def plot(rows: list[dict], path: Path) -> None:
     """Perplexity / FP against energy per token, one panel per model, one line per device
-    and knob (slices, device pairs)."""
+    and knob (slices, device pairs); a line wholly above CEILING x FP is listed in the
+    panel instead, so the usable ones keep their scale."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,6 +95,7 @@ def plot(rows: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
     for axis, name in zip(axes[0], models, strict=True):
         mine = [row for row in rows if row["model"] == name]
+        lost = []
         for noise in dict.fromkeys(row["noise"] for row in mine):
             for knob, label, marker in (("weight_slices", "slices", "o"),
                                         ("devices_per_weight", "devices", "s")):
@@ -102,6 +107,9 @@ def plot(rows: list[dict], path: Path) -> None:
                 xs = [row["energy_uj"] for row in line]
                 ys = [row["mean"] / row["fp"] for row in line]
                 errors = [row["std"] / row["fp"] for row in line]
+                if min(ys) > CEILING:
+                    lost.append(f"{noise} {label}")
+                    continue
                 axis.errorbar(xs, ys, yerr=errors, marker=marker, capsize=3,
                               label=f"{noise}, {label} " + ",".join(str(row[knob])
                                                                     for row in line))
@@ -110,6 +118,8 @@ def plot(rows: list[dict], path: Path) -> None:
         axis.set_xlabel("energy per token on ibm-pcm-64core (uJ)")
         axis.set_ylabel("perplexity on chips / FP")
         axis.set_title(f"{name} (int8 digital: {mine[0]['baseline_energy_uj']:.0f} uJ/token)")
+        for line in dict.fromkeys(lost):
+            axis.plot([], [], " ", label=f"{line}: above {CEILING:g}x FP")
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=7)
     figure.tight_layout()
