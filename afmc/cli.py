@@ -185,7 +185,8 @@ def train(
 ) -> None:
     """Hardware-aware training by distillation; OUTPUT compiles with `afmc compile OUTPUT`.
 
-    Runs under torchrun as it is (DistributedDataParallel; gloo on CPU, nccl on CUDA).
+    Runs under torchrun as it is (DistributedDataParallel, or FSDP2 with --set
+    training.engine=fsdp; gloo on CPU, nccl on CUDA).
     """
     with user_errors():
         import os
