@@ -55,6 +55,8 @@ ROWS: dict[str, tuple[str, list[str], list[str]]] = {
     "aimc-lm-head-digital": ("aimc", ["placement.lm_head=digital"], []),
     "aimc-split2": ("aimc", ["outliers.budget=0.02"], []),
     "aimc-d4": ("aimc", ["hardware.devices_per_weight=4"], []),
+    # compiled for (and run on) chips of 4 bit slices per weight (docs/cost.md)
+    "aimc-s4": ("aimc", ["hardware.weight_slices=4"], []),
     "aimc-clip": ("aimc", ["calibration.clip_weights=true"], []),
     # the ONNX path (an export of the same model): before issue 26 it had neither the chip
     # smoothing nor the outlier split

@@ -14,6 +14,8 @@ sparse path is exact) against the whole layer's output.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from afmc.passes.chip_error import noise_scales
@@ -69,8 +71,7 @@ class LayerScore:
         for rows, w_s, scale in zip(self.samples, torch.split(dense, list(self.sizes), dim=-1),
                                     scales, strict=True):
             reference = rows.x @ w_s.T
-            slice_noise = None if noise is None else ChipNoise(noise.model, noise.devices,
-                                                               scale)
+            slice_noise = None if noise is None else replace(noise, scale=scale)
             model = SliceModel(rows, w_s, *self.hardware, slice_noise)
             top = float(rows.x.abs().max().clamp_min(1e-12))
             error += min(total(model.row_errors(top * f, reference))

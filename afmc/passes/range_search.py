@@ -26,7 +26,7 @@ every row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from afmc.ops.analog_linear import TINY, adc_, dac, row_max_abs
 from afmc.passes.chip_error import noise_error, noise_scales, row_scales, weight_noise
 from afmc.passes.layers import LayerRecord
 from afmc.passes.row_sample import WeightedRows
+from afmc.runtime.bit_slicing import digit_matrices, slice_bits
 from afmc.runtime.noise import NoiseConfig
 
 COARSE_FRACTIONS = tuple(2.0 ** (-step / 2) for step in range(13))  # 1 .. 1/64 of max |x|
@@ -63,52 +64,84 @@ def total(values: torch.Tensor) -> float:
 @dataclass(frozen=True)
 class ChipNoise:
     """The programming noise a slice's search scores: the noise model, the device pairs
-    per weight, and the rows' noise scale (chip_error.noise_scales; None: the slice's own
-    rows', chip_error.row_scales)."""
+    per weight, the rows' noise scale (chip_error.noise_scales; None: the slice's own
+    rows', chip_error.row_scales), and the bit slices per weight and the bits they hold
+    (hardware.weight_slices, weight_bits; runtime.bit_slicing)."""
 
     model: NoiseConfig
     devices: int = 1
     scale: torch.Tensor | None = None  # [N], or [N, 2] for reram-cmo
+    slices: int = 1
+    weight_bits: int = 8
 
     @classmethod
     def of(cls, config: AfmcConfig) -> ChipNoise | None:
-        """The noise a compile's searches score: the configured model and device pairs
-        with calibration.objective chip, None (noise-free scores) otherwise."""
+        """The noise a compile's searches score: the configured model, device pairs and
+        bit slices with calibration.objective chip, None (noise-free scores) otherwise."""
         if config.calibration.objective != "chip":
             return None
-        return cls(config.noise, config.hardware.devices_per_weight)
+        hardware = config.hardware
+        return cls(config.noise, hardware.devices_per_weight, slices=hardware.weight_slices,
+                   weight_bits=hardware.weight_bits)
 
     def rows(self, rows: torch.Tensor | None) -> ChipNoise:
         """The same noise for a subset of the slice's rows."""
         if self.scale is None or rows is None:
             return self
-        return ChipNoise(self.model, self.devices, self.scale[rows])
+        return replace(self, scale=self.scale[rows])
 
 
 class SliceModel:
     """One slice's DAC, crossbar product and ADC (HARDWARE.md steps 2-6) for fixed
     weighted input rows and weights (or a subset of their rows) at any input range, the
     rows' w_max taken once; with `noise`, the product is that of the expected programmed
-    weights and the row errors add the programming noise's expected contribution."""
+    weights and the row errors add the programming noise's expected contribution. With
+    `noise.slices` n > 1 (runtime.bit_slicing), the slice is n blocks: each digit matrix
+    D_j's expected programmed weights (its own rows' scale) times its significance
+    2^(j b), each through its own ADC (w_max of the block), summed; the variance is
+    sum_j 4^(j b) v_j."""
 
     def __init__(self, rows: WeightedRows, weight: torch.Tensor, inp_res: float,
                  out_res: float, out_bound: float, noise: ChipNoise | None = None) -> None:
         self.rows = rows
         self.x = rows.x
         self.inp_res, self.out_res, self.out_bound = inp_res, out_res, out_bound
-        self.w_max = row_max_abs(weight)
-        self.weight, self.variance = weight, None
-        if noise is not None:
+        self.blocks = [(weight, row_max_abs(weight))]  # (expected weights, w_max) per block
+        self.variance = None
+        if noise is not None and noise.slices > 1:
+            self._sliced(weight, noise)
+        elif noise is not None:
             scale = row_scales(weight, noise.model) if noise.scale is None else noise.scale
-            self.weight, self.variance = weight_noise(weight, scale, noise.model, noise.devices)
+            expected, self.variance = weight_noise(weight, scale, noise.model, noise.devices)
+            self.blocks = [(expected, self.blocks[0][1])]
+
+    def _sliced(self, weight: torch.Tensor, noise: ChipNoise) -> None:
+        bits = slice_bits(noise.weight_bits, noise.slices)
+        digits = digit_matrices(weight.detach().numpy(), [weight.shape[1]], noise.slices,
+                                noise.weight_bits, bits)
+        self.blocks, variances = [], []
+        for j, digit in enumerate(digits):
+            d = torch.from_numpy(digit)
+            significance = 2.0 ** (j * bits)
+            expected, variance = weight_noise(d, row_scales(d, noise.model), noise.model,
+                                              noise.devices)
+            self.blocks.append((significance * expected, significance * row_max_abs(d)))
+            if variance is not None:
+                variances.append(significance ** 2 * variance)
+        self.variance = sum(variances) if variances else None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The expected programmed weights the slice computes with (summed blocks)."""
+        return sum(expected for expected, _ in self.blocks)
 
     def output(self, input_range: float, x_q: torch.Tensor | None = None) -> torch.Tensor:
         """The slice's output [R, N] at static input range `input_range` (`x_q`: the
         inputs' DAC levels at that range, if already at hand)."""
         if x_q is None:
             x_q = dac(self.x, input_range, self.inp_res)
-        return adc_(x_q @ self.weight.T, input_range, self.w_max, self.out_res,
-                    self.out_bound)
+        return sum(adc_(x_q @ expected.T, input_range, w_max, self.out_res, self.out_bound)
+                   for expected, w_max in self.blocks)
 
     def row_errors(self, input_range: float, expected: torch.Tensor) -> torch.Tensor:
         """Expected squared error per weight row of the slice's output against
@@ -146,7 +179,7 @@ def search_slice(rows: WeightedRows, weight: torch.Tensor, inp_res: float, out_r
     if clip_weights:
         chosen, clipped = _clip_rows(rows, weight, r, hardware, noise)
         model = SliceModel(rows, chosen if sample is None else chosen[sample], *hardware,
-                           None if noise is None else ChipNoise(noise.model, noise.devices))
+                           None if noise is None else replace(noise, scale=None))
     r = best_range([r * f for f in FINE_FACTORS], model)
     error = total(model.row_errors(r, sampled_reference))
     signal = total(rows.mean(sampled_reference.square()))
@@ -162,7 +195,7 @@ def _clip_rows(rows: WeightedRows, weight: torch.Tensor, input_range: float,
     clipped rows' noise at their own (smaller) max |w|."""
     reference = rows.x @ weight.T
     best = SliceModel(rows, weight, *hardware, noise).row_errors(input_range, reference)
-    clipped_noise = None if noise is None else ChipNoise(noise.model, noise.devices)
+    clipped_noise = None if noise is None else replace(noise, scale=None)
     std = weight.std(dim=1, keepdim=True)
     chosen, clipped = weight.clone(), torch.zeros(weight.shape[0], dtype=torch.bool)
     for ratio in CLIP_RATIOS:
@@ -202,12 +235,15 @@ class LayerChoice:
 def search_layer(samples: list[WeightedRows], weight: torch.Tensor, sizes: list[int],
                  inp_res: float, out_res: float, out_bound: float,
                  clip_weights: bool, outputs: int | None = None,
-                 noise: NoiseConfig | None = None, devices: int = 1) -> LayerChoice:
+                 noise: NoiseConfig | None = None, devices: int = 1,
+                 slices: int = 1, weight_bits: int = 8) -> LayerChoice:
     """search_slice for each input slice of a [N, K] crossbar weight, scored on the chip
-    of the noise model `noise` with `devices` device pairs per weight (None: noise-free)."""
+    of the noise model `noise` with `devices` device pairs and `slices` bit slices of
+    `weight_bits` per weight (None: noise-free)."""
     scales = noise_scales(weight, sizes, noise) if noise is not None else [None] * len(sizes)
     choices = [search_slice(x, w_s, inp_res, out_res, out_bound, clip_weights, outputs,
-                            None if noise is None else ChipNoise(noise, devices, scale))
+                            None if noise is None else ChipNoise(noise, devices, scale,
+                                                                 slices, weight_bits))
                for x, w_s, scale in zip(samples, torch.split(weight, list(sizes), dim=-1),
                                         scales, strict=True)]
     clipped = sum(choice.clipped_rows for choice in choices)

@@ -169,6 +169,7 @@ def _search_ranges(layer: AnalogTrainingLinear, rows: WeightedRows, config: Afmc
     choice = search_layer(slices, weight, layer.sizes, hardware.inp_res, hardware.out_res,
                           hardware.out_bound, clip_weights=False,
                           outputs=calibration.search_outputs, noise=noise,
-                          devices=hardware.devices_per_weight)
+                          devices=hardware.devices_per_weight,
+                          slices=hardware.weight_slices, weight_bits=hardware.weight_bits)
     layer.input_range.data.copy_(torch.tensor(choice.input_ranges))
     layer.range_init_steps.fill_(config.training.range_init_batches)

@@ -110,6 +110,7 @@ class CalibrateInputRanges(PassBase):
         self.config = config.calibration
         self.noise = config.noise if config.calibration.objective == "chip" else None
         self.devices = config.hardware.devices_per_weight
+        self.slicing = (config.hardware.weight_slices, config.hardware.weight_bits)
         self.batches = batches
         self.progress = progress
 
@@ -151,7 +152,8 @@ class CalibrateInputRanges(PassBase):
         weight = gm.get_parameter(weight_target).detach()
         choice = search_layer([slot.sample() for slot in slots], weight, list(sizes),
                               *node.args[4:7], self.config.clip_weights,
-                              self.config.search_outputs, self.noise, self.devices)
+                              self.config.search_outputs, self.noise, self.devices,
+                              *self.slicing)
         if choice.weight is not None:
             replace_parameter(gm, weight_target, choice.weight.to(weight.dtype))
         choice.annotate(node.meta[META_KEY])

@@ -51,6 +51,7 @@ class CalibrateOnnxInputRanges(ir.passes.InPlacePass):
         self.config = config.calibration
         self.noise = config.noise if config.calibration.objective == "chip" else None
         self.devices = config.hardware.devices_per_weight
+        self.slicing = (config.hardware.weight_slices, config.hardware.weight_bits)
         self.batches = batches
         self.progress = progress
 
@@ -92,7 +93,8 @@ class CalibrateOnnxInputRanges(ir.passes.InPlacePass):
                     for key in ("inp_res", "out_res", "out_bound")]
         choice = search_layer([slot.sample() for slot in slots], weight, record.slice_sizes,
                               *hardware, self.config.clip_weights,
-                              self.config.search_outputs, self.noise, self.devices)
+                              self.config.search_outputs, self.noise, self.devices,
+                              *self.slicing)
         if choice.weight is not None:
             weight_value.const_value = ir.tensor(choice.weight.numpy(), name=weight_value.name)
         choice.annotate(record)
