@@ -10,7 +10,8 @@ none) that minimise the expected error on the chip, the rows' weighted mean of
 the error of the slice's whole DAC + crossbar + ADC path (HARDWARE.md steps 2-6)
 against the FP product with the original weights, with the programmed weights'
 expectation and variance v of the noise model compiled for (afmc.passes.chip_error;
-noise model ``none``: the noise-free error). The ADC bound ``out_bound * r * w_max``
+noise model ``none``: the noise-free error; with bit-sliced weights, the sum over the
+digit blocks, each through its own ADC, SliceModel). The ADC bound ``out_bound * r * w_max``
 couples the two: a smaller r or w_max gives finer DAC and ADC steps but clips more
 inputs or weights. Search: r over a log grid below the largest |x|, then the rows'
 clipping at that r (rows are independent given r), then r again on a finer grid around
