@@ -134,15 +134,17 @@ class SliceModel:
     @property
     def weight(self) -> torch.Tensor:
         """The expected programmed weights the slice computes with (summed blocks)."""
-        return sum(expected for expected, _ in self.blocks)
+        first, *rest = (expected for expected, _ in self.blocks)
+        return sum(rest, first)
 
     def output(self, input_range: float, x_q: torch.Tensor | None = None) -> torch.Tensor:
         """The slice's output [R, N] at static input range `input_range` (`x_q`: the
         inputs' DAC levels at that range, if already at hand)."""
         if x_q is None:
             x_q = dac(self.x, input_range, self.inp_res)
-        return sum(adc_(x_q @ expected.T, input_range, w_max, self.out_res, self.out_bound)
-                   for expected, w_max in self.blocks)
+        first, *rest = (adc_(x_q @ expected.T, input_range, w_max, self.out_res,
+                             self.out_bound) for expected, w_max in self.blocks)
+        return sum(rest, first)
 
     def row_errors(self, input_range: float, expected: torch.Tensor) -> torch.Tensor:
         """Expected squared error per weight row of the slice's output against
