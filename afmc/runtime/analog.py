@@ -105,6 +105,7 @@ class AnalogRuntime:
         self.out_dir, self.record, self.graph = out_dir, record, graph
         self.path = out_dir / MODEL_FILE
         self.analog = [layer for layer in record["layers"] if layer.get("onnx_weight")]
+        self.slice_sizes = {layer["onnx_weight"]: layer["slice_sizes"] for layer in self.analog}
         self.noise = NoiseConfig.model_validate(record["config"]["noise"])
         # device pairs per weight, averaged (runtime.noise); hardware, kept under any noise=
         hardware = record["config"]["hardware"]
@@ -155,7 +156,7 @@ class AnalogRuntime:
     def sliced(self, graph: onnx.ModelProto, kept: set[str] | None) -> onnx.ModelProto:
         """`graph` with the analog layers `kept` (initializer names; None: all) computing
         their bit-sliced weights (runtime.bit_slicing.sliced_graph)."""
-        sizes = {layer["onnx_weight"]: layer["slice_sizes"] for layer in self.analog}
+        sizes = self.slice_sizes
         return sliced_graph(graph, sizes if kept is None else kept, sizes, self.slices)
 
     def analog_weights(self, names: Collection[str]) -> set[str]:
@@ -181,10 +182,9 @@ class AnalogRuntime:
     def programmed(self, seed: int, noise: NoiseConfig) -> Iterator[tuple[str, np.ndarray]]:
         """(initializer name, programmed weights [N, K]) of every analog layer of chip
         `seed` (bit-sliced weights recombined: the weights the chip computes with)."""
-        sizes = {layer["onnx_weight"]: layer["slice_sizes"] for layer in self.analog}
         for name, weight in self._layers(seed, noise, plan={}):
-            yield name, (recombined(weight, sizes[name], self.slices) if self.slices > 1
-                         else weight)
+            yield name, (recombined(weight, self.slice_sizes[name], self.slices)
+                         if self.slices > 1 else weight)
 
     def _layers(self, seed: int | None, noise: NoiseConfig, *,
                 plan: dict[str, tuple[int, dict[str, float]]],
@@ -211,12 +211,11 @@ class AnalogRuntime:
                     None if seed is None else layer_rng(seed, index),
                     lambda digits, rng: program_weights(digits, sizes, noise, rng,
                                                         self.devices))
-            elif seed is not None and prepared is not None:
-                fast = program_prepared(weight, sizes, noise, layer_rng(seed, index),
-                                        *prepared, self.devices)
+            elif seed is not None:
+                fast = None if prepared is None else program_prepared(
+                    weight, sizes, noise, layer_rng(seed, index), *prepared, self.devices)
                 if fast is not None:
                     return name, fast
-            if seed is not None and self.slices == 1:
                 weight = program_weights(weight, sizes, noise, layer_rng(seed, index),
                                          self.devices)
             return name, weight if prepared is None else prepared_values(weight, *prepared)
