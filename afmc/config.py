@@ -199,6 +199,10 @@ class PlacementConfig(_Section):
     lm_head: Literal["analog", "digital"] = "analog"
     digital: tuple[str, ...] = ()
     rules: tuple[PlacementRule, ...] = ()
+    grouped_convs: Literal["analog", "digital"] = Field(
+        "digital", description="Grouped and depthwise convolutions on crossbars: digital "
+        "(default), or analog as a block-diagonal weight (each input slice holds whole or "
+        "partial groups, its tiles only the columns of those groups; docs/vision.md).")
 
 
 class DigitalConfig(_Section):

@@ -81,7 +81,7 @@ def outlier_summary(analog: list[LayerRecord]) -> dict[str, Any]:
     weights = sum(layer.outlier_weights for layer in analog)
     slots = sum(layer.outliers_per_slice * len(layer.slice_sizes) * layer.out_features
                 for layer in analog)
-    total = sum(layer.in_features * layer.out_features for layer in analog)
+    total = sum(layer.weights for layer in analog)
     return {"layers": sum(1 for layer in analog if layer.outlier_weights),
             "weights": weights, "share": weights / total if total else 0.0,
             "macs_per_token": weights, "bytes": slots * 12}
@@ -135,7 +135,7 @@ def build_record(
             "tile_strategy": hardware.tile_strategy,
             "tile_utilization": tile_map.utilization,
             "tiles_by_strategy": {name: m.tiles for name, m in maps.items()},
-            "analog_weights": sum(layer.in_features * layer.out_features for layer in analog),
+            "analog_weights": sum(layer.weights for layer in analog),
             "outliers": outlier_summary(analog),
         },
         "layers": [layer.to_json() for layer in layers],

@@ -33,7 +33,7 @@ from afmc.mapping import (
     map_tiles,
 )
 from afmc.ops.analog_linear import slice_sizes
-from afmc.passes.layers import LayerRecord
+from afmc.passes.layers import LayerRecord, tile_count
 
 
 def _layer(
@@ -124,6 +124,32 @@ def test_blocks_of_one_layer_share_a_tile():
     assert packed.tiles == 1 and packed.utilization == 600 * 100 / 512**2
     assert sorted((p.row, p.col) for p in packed.placements) == [(0, 0), (0, 100)]
     _assert_valid(packed, layers)
+
+
+def test_a_block_diagonal_layer_takes_only_its_groups_columns_per_slice():
+    """A depthwise 3x3 conv of 32 channels on the crossbar: 32 x 288, 32 diagonal blocks of
+    1 x 9. max_in 64 cuts 288 into 58, 58, 58, 57, 57; slice 0 (rows 0-57) holds channels
+    0-6 (rows 54-57 are channel 6's first 4), slice 1 (58-115) channels 6-12, ..."""
+    layer = {**_layer("dw", 32, 288, max_in=64), "groups": 32}
+    assert layer["slice_sizes"] == [58, 58, 58, 57, 57]
+    one = map_tiles([layer], rows=64, cols=64)
+    assert [(p.block.rows, p.block.cols) for p in one.placements] == [
+        ((0, 58), (0, 7)), ((58, 116), (6, 13)), ((116, 174), (12, 20)),
+        ((174, 231), (19, 26)), ((231, 288), (25, 32))]
+    assert one.tiles == 5 == tile_count(layer["slice_sizes"], 32, 64, 64, groups=32)
+    assert one.layer_cells() == {"dw": 58 * 7 + 58 * 7 + 58 * 8 + 57 * 7 + 57 * 7}
+    # every weight of the block-diagonal matrix lies in a block: no weight left off a tile
+    covered = np.zeros((288, 32), bool)
+    for p in one.placements:
+        covered[slice(*p.block.rows), slice(*p.block.cols)] = True
+    diagonal = np.kron(np.eye(32, dtype=bool), np.ones((9, 1), bool))
+    assert covered[diagonal].all() and not covered.all()
+    # the dense layer of the same shape spans every column in every slice
+    assert map_tiles([_layer("dense", 32, 288, max_in=64)], rows=64, cols=64).layer_cells() \
+        == {"dense": 288 * 32}
+    # packed sets the five narrow blocks side by side: the block-diagonal packing on 1 tile
+    packed = map_tiles([layer], strategy="packed", rows=64, cols=64)
+    assert packed.tiles == 1 and packed.utilization == one.layer_cells()["dw"] / 64**2
 
 
 def test_digital_layers_are_skipped_and_records_are_accepted():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir
 import onnxruntime as ort
 import pytest
 import torch
@@ -151,6 +152,39 @@ def test_aimc_keeps_grouped_convolutions_digital_with_one_warning(cnn, tmp_path)
                           "project.0": "analog", "head": "analog"}
 
 
+# DAC and ADC so fine that the analog op is the float product: the chip must then equal FP
+EXACT = ["calibration.method=max", "hardware.inp_res=16777216", "hardware.out_res=16777216",
+         "hardware.out_bound=1000"]
+
+
+def test_aimc_maps_grouped_convolutions_block_diagonally_when_asked(cnn, tmp_path):
+    """placement.grouped_convs=analog: the depthwise conv is a 32 x 288 block-diagonal
+    crossbar matrix on its im2col patch, exact in FP (the noise-free chip at near-infinite
+    DAC/ADC resolution equals the exported model), with one tile for its one slice."""
+    model, calib, _ = cnn
+    config = load_config(None, ["placement.grouped_convs=analog", *EXACT])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GroupedConvolutionWarning)
+        result = afmc.api.compile(model, "aimc", config, calibration=calib,
+                                  output=tmp_path / "aimc", skip=["onnx-split-outliers"])
+    layers = {layer.name: layer for layer in result.layers}
+    depthwise = layers["depthwise.0"]
+    assert (depthwise.placement, depthwise.groups, depthwise.in_features) == ("analog", 32, 288)
+    assert depthwise.slice_sizes == [288] and depthwise.tiles == 1
+    compiled = afmc.api.load(tmp_path / "aimc")
+    assert compiled.record["summary"]["analog_weights"] == sum(
+        layer.in_features * layer.out_features // layer.groups for layer in layers.values())
+    stored = onnx.numpy_helper.to_array(
+        compiled.runtime.initializers[depthwise.onnx_weight], str(tmp_path / "aimc"))
+    assert stored.shape == (32, 288)
+    outside = ~np.kron(np.eye(32, dtype=bool), np.ones((1, 9), bool))
+    assert not stored[outside].any() and np.count_nonzero(stored) > 200
+    x = np.load(calib)[:BATCH]  # inside the calibrated (max) ranges: no input clipped
+    fp = _logits(model, x)
+    assert _relative(compiled.chip(None).run(x), fp) < 1e-4
+    assert _relative(compiled.chip(0).run(x), fp) > 1e-3, "chips program it with noise"
+
+
 def test_chips_of_an_exported_cnn_run_on_the_fused_kernels(cnn, tmp_path):
     """The analog outputs of a torch.onnx export are typed, so onnxruntime takes the fused
     bodies (it cannot infer a type through afmc.kernels ops): no fallback, same numbers."""
@@ -204,3 +238,14 @@ def test_onnx_split_outliers_keeps_the_fp_view_and_programs_the_dense_part(cnn, 
     assert sum(node.op_type == "SparseOutliers" for node in graph.node) == len(layers)
     np.testing.assert_allclose(_logits(moved / "model.onnx", x), split.chip(None).run(x),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_training_refuses_grouped_convolutions_on_crossbars(cnn):
+    """afmc train keeps grouped convolutions digital: asked otherwise, it names the layer."""
+    from afmc.config import ConfigError
+    from afmc.train.onnx_torch import OnnxTorchModule
+
+    model, _, _ = cnn
+    config = load_config(None, ["placement.grouped_convs=analog"])
+    with pytest.raises(ConfigError, match="layer depthwise.0: afmc train keeps grouped"):
+        OnnxTorchModule(onnx_ir.load(str(model)), config)

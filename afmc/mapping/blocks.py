@@ -6,7 +6,9 @@ the layer's input slices (its ``slice_sizes``, HARDWARE.md step 1), the N
 columns into chunks of at most ``cols`` outputs from the left (1000 outputs on
 512 columns: 512 + 488). A block is one slice x one column chunk. A slice is
 never split over tiles (its partial sums are one ADC read), so a slice with more
-rows than a tile has is an error naming the layer.
+rows than a tile has is an error naming the layer. A block-diagonal layer (a grouped
+convolution, ``groups`` > 1) gives each slice only the columns of the groups its rows
+belong to: its zero blocks take no tile.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from afmc.passes.layers import slice_columns
 
 
 class TileMappingError(ValueError):
@@ -54,6 +58,7 @@ class LayerShape:
     in_features: int
     out_features: int
     slice_sizes: tuple[int, ...]
+    groups: int = 1
 
 
 def layer_field(layer: Any, key: str) -> Any:
@@ -73,6 +78,7 @@ def analog_layers(layers: Iterable[Any]) -> list[LayerShape]:
             int(layer_field(layer, "in_features")),
             int(layer_field(layer, "out_features")),
             tuple(int(size) for size in layer_field(layer, "slice_sizes")),
+            int(_optional_field(layer, "groups", 1)),
         )
         if not shape.slice_sizes or sum(shape.slice_sizes) != shape.in_features:
             raise TileMappingError(
@@ -99,8 +105,17 @@ def layer_blocks(layer: LayerShape, rows: int, cols: int) -> list[Block]:
     blocks = []
     start = 0
     for index, size in enumerate(layer.slice_sizes):
-        for first in range(0, layer.out_features, cols):
-            last = min(first + cols, layer.out_features)
+        begin, end = slice_columns(start, start + size, layer.in_features, layer.out_features,
+                                   layer.groups)
+        for first in range(begin, end, cols):
+            last = min(first + cols, end)
             blocks.append(Block(layer.name, index, (start, start + size), (first, last)))
         start += size
     return blocks
+
+
+def _optional_field(layer: Any, key: str, default: Any) -> Any:
+    """Field `key` of a record or its JSON dict, `default` where an older afmc.json lacks it."""
+    if isinstance(layer, dict):
+        return layer.get(key, default)
+    return getattr(layer, key, default)

@@ -164,7 +164,8 @@ class TileMap:
         return {layer: sorted(ids) for layer, ids in tiles.items()}
 
     def layer_cells(self) -> dict[str, int]:
-        """Crossbar cells used by each layer (= in_features * out_features)."""
+        """Crossbar cells used by each layer (its blocks' cells: in_features * out_features
+        but for a block-diagonal layer's zero blocks)."""
         cells: dict[str, int] = defaultdict(int)
         for placement in self.placements:
             cells[placement.block.layer] += placement.block.cells

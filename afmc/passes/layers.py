@@ -42,14 +42,40 @@ class LayerRecord:
     outlier_weights: int = 0
     outlier_indices: str = ""
     outlier_values: str = ""
+    # a grouped Conv on crossbars: its [N, K] matrix is block-diagonal, `groups` blocks
+    groups: int = 1
+
+    @property
+    def weights(self) -> int:
+        """Weights of the layer's crossbar matrix outside a block-diagonal layer's zero
+        blocks."""
+        return self.in_features * self.out_features // self.groups
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def tile_count(slice_sizes: list[int], out_features: int, rows: int, cols: int) -> int:
-    """Tiles for one block per tile: each slice spans ceil(size/rows) x ceil(out/cols) tiles."""
-    return sum(math.ceil(size / rows) for size in slice_sizes) * math.ceil(out_features / cols)
+def tile_count(slice_sizes: list[int], out_features: int, rows: int, cols: int,
+               groups: int = 1) -> int:
+    """Tiles for one block per tile: each slice spans ceil(size/rows) x ceil(columns/cols)
+    tiles, its columns being all outputs, or of a block-diagonal layer the outputs of the
+    groups its rows belong to (slice_columns)."""
+    tiles, start = 0, 0
+    for size in slice_sizes:
+        first, last = slice_columns(start, start + size, sum(slice_sizes), out_features, groups)
+        tiles += math.ceil(size / rows) * math.ceil((last - first) / cols)
+        start += size
+    return tiles
+
+
+def slice_columns(start: int, stop: int, in_features: int, out_features: int,
+                  groups: int) -> tuple[int, int]:
+    """[first, last) output columns with weights in input rows [start, stop) of a layer whose
+    [out, in] matrix is `groups` equal diagonal blocks (all columns when groups is 1)."""
+    if groups == 1:
+        return 0, out_features
+    rows, columns = in_features // groups, out_features // groups
+    return start // rows * columns, ((stop - 1) // rows + 1) * columns
 
 
 def layer_records(gm: fx.GraphModule) -> list[LayerRecord]:

@@ -30,7 +30,7 @@ import onnx_ir as ir
 import torch
 from torch import nn
 
-from afmc.config import AfmcConfig
+from afmc.config import AfmcConfig, ConfigError
 from afmc.passes.layers import META_KEY, LayerRecord
 from afmc.passes.onnx.graph_edit import Names, add_initializer
 from afmc.passes.onnx.place_layers import PlaceOnnxLayers
@@ -100,6 +100,9 @@ class OnnxTorchModule(nn.Module):
             record = layer.node.meta.get(META_KEY)
             if record is None or layer.unsupported:
                 continue
+            if layer.groups != 1 and record.placement == "analog":
+                raise ConfigError(f"layer {record.name}: afmc train keeps grouped convolutions "
+                                  "digital (set placement.grouped_convs=digital)")
             mapped = _Layer(layer, record)
             self.static[_node_key(layer.node)] = mapped
             self.layers[module_key(record.name)] = mapped.linear()

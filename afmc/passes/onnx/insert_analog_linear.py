@@ -8,10 +8,13 @@ transposed, a Gemm's times alpha, a Conv's flattened) and input_range a new
 initializer with one entry per slice (ones; onnx-calibrate sets it). The stored
 weight is reused when it already is that matrix and nothing else reads it. The
 bias stays digital: an Add of beta * C (Gemm) or B (Conv) after the analog node.
-A Gemm with transA=1 gets a Transpose on X. A Conv (group 1) becomes im2col +
+A Gemm with transA=1 gets a Transpose on X. A Conv becomes im2col +
 AnalogLinear: a Conv with a one-hot kernel [C*k, C, k...] (same strides, pads,
 dilations) gathers every patch exactly, Transpose moves the patch axis last, and
-a Transpose after the bias add restores [batch, N, spatial...]. The model-local
+a Transpose after the bias add restores [batch, N, spatial...]. A grouped Conv
+placed analog (placement.grouped_convs=analog) reads the whole patch through its
+block-diagonal [N, C*k] matrix, exact in FP; its record keeps `groups` for the
+tile count (a slice's tiles hold only its groups' columns). The model-local
 functions of the afmc ops used are attached, so the model runs on a stock
 onnxruntime.
 """
@@ -84,8 +87,7 @@ class InsertOnnxAnalogLinear(ir.passes.InPlacePass):
         modified = False
         for layer in find_static_layers(graph):
             record = layer.node.meta.get(META_KEY)
-            if (record is None or record.placement != "analog" or layer.unsupported
-                    or layer.crossbar_limit):
+            if record is None or record.placement != "analog" or layer.unsupported:
                 continue
             _rewrite(graph, names, layer, record, self.hardware)
             modified = True
@@ -115,7 +117,7 @@ def _rewrite(
         weight = add_initializer(
             graph, names, f"{layer.name}.analog_weight", crossbar_matrix(layer) * np.float32(alpha)
         )
-    sizes = slice_sizes(layer.in_features, hw.max_in)
+    sizes = slice_sizes(layer.crossbar_features, hw.max_in)
     input_range = add_initializer(
         graph, names, f"{layer.name}.input_range", np.ones(len(sizes), np.float32)
     )
@@ -161,7 +163,9 @@ def _rewrite(
     for value in old_inputs:
         drop_if_unused(graph, value)
     record.slice_sizes = sizes
-    record.tiles = tile_count(sizes, layer.out_features, hw.tile_rows, hw.tile_cols)
+    record.in_features, record.groups = layer.crossbar_features, layer.groups
+    record.tiles = tile_count(sizes, layer.out_features, hw.tile_rows, hw.tile_cols,
+                              layer.groups)
     record.input_range = record.onnx_input_range = input_range.name
     record.onnx_weight = weight.name
     analog.meta[META_KEY] = record
@@ -192,10 +196,11 @@ def _bias(
 def _im2col(
     graph: ir.Graph, names: Names, build: _Builder, layer: OnnxLayer, x: ir.Value
 ) -> ir.Value:
-    """Every input patch of the Conv as the last axis: [batch, spatial..., C * k1 * ...]."""
+    """Every input patch of the Conv as the last axis: [batch, spatial..., C * k1 * ...]
+    (all C input channels, also of a grouped Conv)."""
     node = layer.node
     shape = constant(layer.weight).shape
-    channels, kernel = shape[1], tuple(shape[2:])
+    channels, kernel = shape[1] * layer.groups, tuple(shape[2:])
     size = channels * math.prod(kernel)
     one_hot = np.eye(size, dtype=np.float32).reshape(size, channels, *kernel)
     patches_kernel = add_initializer(graph, names, f"{layer.name}.im2col", one_hot)

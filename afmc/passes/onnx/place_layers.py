@@ -34,7 +34,7 @@ NAMES_SHOWN = 6
 
 
 class GroupedConvolutionWarning(UnsupportedLayerWarning):
-    """Grouped convolutions stay digital in an analog compile: crossbars hold group 1 only."""
+    """Grouped convolutions stay digital in an analog compile (placement.grouped_convs)."""
 
 
 def onnx_layer_records(model: ir.Model) -> list[LayerRecord]:
@@ -46,7 +46,7 @@ def onnx_layer_records(model: ir.Model) -> list[LayerRecord]:
 class PlaceOnnxLayers(ir.passes.InPlacePass):
     """Mark each static-weight ONNX layer analog or digital (first matching rule wins)."""
 
-    crossbars = True  # the accelerator is crossbars: grouped convolutions stay digital
+    crossbars = True  # the accelerator is crossbars: grouped convolutions by their setting
 
     def __init__(self, config: AfmcConfig) -> None:
         super().__init__()
@@ -71,13 +71,15 @@ class PlaceOnnxLayers(ir.passes.InPlacePass):
                 placement = "digital"
             else:
                 rule = rule or DEFAULT_RULE
+            block_diagonal = self.crossbars and placement == "analog" and layer.groups != 1
             layer.node.meta[META_KEY] = LayerRecord(
                 name=name,
-                in_features=layer.in_features,
+                in_features=layer.crossbar_features if block_diagonal else layer.in_features,
                 out_features=layer.out_features,
                 placement=placement,
                 rule=rule,
                 weight=layer.weight.name or "",
+                groups=layer.groups if block_diagonal else 1,
             )
             layer.node.metadata_props[LAYER_PROP] = name
             layer.node.metadata_props[PLACEMENT_PROP] = placement
@@ -85,13 +87,18 @@ class PlaceOnnxLayers(ir.passes.InPlacePass):
         if grouped:
             shown = ", ".join(grouped[:NAMES_SHOWN]) + (", ..." if len(grouped) > NAMES_SHOWN
                                                          else "")
-            warnings.warn(f"{len(grouped)} grouped convolution(s) stay digital (crossbars hold "
-                          f"group 1 only): {shown}", GroupedConvolutionWarning, stacklevel=1)
+            warnings.warn(f"{len(grouped)} grouped convolution(s) stay digital "
+                          f"(placement.grouped_convs=analog maps them block-diagonally): "
+                          f"{shown}", GroupedConvolutionWarning, stacklevel=1)
         return ir.passes.PassResult(model, bool(layers))
 
     def _limit(self, layer: OnnxLayer) -> str:
         """Why `layer` cannot go on this accelerator ('' when it can)."""
-        return layer.unsupported or (layer.crossbar_limit if self.crossbars else "")
+        if layer.unsupported:
+            return layer.unsupported
+        if self.crossbars and self.placement.grouped_convs == "digital":
+            return layer.crossbar_limit and f"{layer.crossbar_limit}, placement.grouped_convs"
+        return ""
 
 
 @register_pass("onnx-place-integer-layers", "onnx")

@@ -63,7 +63,7 @@ class SplitOnnxOutliers(ir.passes.InPlacePass):
             errors[index] = LayerScore(samples[index], weight, sizes, hardware, self.noise,
                                        candidates(self.outliers.max_per_slice, sizes)).errors
             per_count[index] = weight.shape[0] * len(sizes)
-            total += weight.numel()
+            total += node.meta[META_KEY].weights
         weights = importance({index: node.meta[META_KEY].name
                               for index, node in enumerate(analog)})
         chosen = allocate(errors, per_count, int(self.outliers.budget * total), weights)

@@ -8,8 +8,10 @@ Constant node's value):
   alpha and beta are handled where the layer is rewritten);
 - ``Conv(X, W)`` with W [N, C / group, k1, ...]: an im2col product with W as
   [N, C / group * k1 * ...] per group. A grouped convolution (``groups`` > 1, depthwise
-  included) is a layer that an integer accelerator computes but crossbars do not hold
-  (afmc maps group 1 only): the placement pass decides by target.
+  included) is a layer that an integer accelerator computes as it is; a crossbar holds
+  it only as the block-diagonal [N, C * k1 * ...] matrix of the whole im2col patch (zero
+  outside each group's block), so the placement pass decides by target and by
+  ``placement.grouped_convs``.
 
 Layers that stay digital, with the reason in `unsupported` (the placement pass
 records and warns): a constant left MatMul/Gemm operand (W @ X), a MatMul weight
@@ -75,11 +77,15 @@ class OnnxLayer:
 
     @property
     def crossbar_limit(self) -> str:
-        """Why crossbars cannot hold this layer though an integer accelerator can ('' if they
-        can)."""
+        """Why crossbars hold this layer only block-diagonally ('' if they hold it as it is)."""
         if self.groups != 1:
-            return f"grouped Conv (group={self.groups}): crossbars hold group 1 only"
+            return f"grouped Conv (group={self.groups})"
         return ""
+
+    @property
+    def crossbar_features(self) -> int:
+        """K of the crossbar matrix: the whole im2col patch of a grouped Conv."""
+        return self.in_features * self.groups
 
     @property
     def weight_input(self) -> ir.Value:
@@ -96,11 +102,20 @@ def constant(value: ir.Value | None) -> np.ndarray | None:
 
 
 def crossbar_matrix(layer: OnnxLayer) -> np.ndarray:
-    """The layer's weight as the [N, K] float32 matrix a crossbar holds."""
+    """The layer's weight as the [N, K] float32 matrix a crossbar holds (block-diagonal
+    for a grouped Conv: group g's outputs read only group g's channels)."""
     stored = constant(layer.weight)
     if layer.layout == "kn":
         return np.ascontiguousarray(stored.T)
-    return np.ascontiguousarray(stored.reshape(stored.shape[0], -1))
+    if layer.groups == 1:
+        return np.ascontiguousarray(stored.reshape(stored.shape[0], -1))
+    outputs, per_group = stored.shape[0] // layer.groups, layer.in_features
+    matrix = np.zeros((stored.shape[0], layer.crossbar_features), np.float32)
+    for group in range(layer.groups):
+        rows = slice(group * outputs, (group + 1) * outputs)
+        matrix[rows, group * per_group:(group + 1) * per_group] = \
+            stored[rows].reshape(outputs, per_group)
+    return matrix
 
 
 def layer_name(node: ir.Node, weight: ir.Value) -> str:
