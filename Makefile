@@ -15,6 +15,7 @@ install-test:
 demo: install
 	afmc compile afmc-tiny --target aimc -o $(OUT) --force
 	afmc eval $(OUT) --text stdlib:heldout --seeds $(SEEDS)
+	@echo "next: afmc report $(OUT); lm-evaluation-harness tasks: pip install -e '.[lm-eval]', then afmc lm-eval --model afmc --model_args path=$(OUT) (docs/lm-eval.md)"
 
 test: install-test
 	ruff check afmc tests benchmarks scripts

@@ -363,20 +363,9 @@ def lm_eval_command(ctx: typer.Context) -> None:
     """lm-evaluation-harness with the model type "afmc" registered: every argument is
     lm-eval's, e.g. --model afmc --model_args path=OUT,seed=0 --tasks NAME (docs/lm-eval.md)."""
     with user_errors():
-        import sys
-        from importlib.util import find_spec
+        from afmc.eval.lm_eval_run import run_lm_eval
 
-        if find_spec("lm_eval") is None:
-            raise ValueError("afmc lm-eval needs lm-eval 0.4: pip install 'afmc[lm-eval]'")
-        from lm_eval.__main__ import cli_evaluate
-
-        import afmc.eval.lm_eval_model  # noqa: F401  (registers the model type "afmc")
-
-        argv, sys.argv = sys.argv, ["lm-eval", *ctx.args]
-        try:
-            cli_evaluate()
-        finally:
-            sys.argv = argv
+        run_lm_eval(ctx.args)
 
 
 @app.command()

@@ -219,3 +219,24 @@ def test_cli_registers_afmc_and_reports_one_line(tiny: Path, tasks: Path):
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines()[-1].startswith(
         "error: afmc model_args: unknown key(s) colour")
+
+
+def test_a_hub_task_out_of_reach_fails_at_once_pointing_at_local_tasks(tiny: Path,
+                                                                        monkeypatch):
+    """A standard task with the Hub out of reach (HF_ENDPOINT on a closed local port) and
+    no cached data: one line that names the dataset and points at --include_path, without
+    lm-eval's minute of retries (the offline switches are set after one failed connect)."""
+    from afmc.eval.lm_eval_run import hub_reachable
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(name, "")  # not chosen (restored after the test)
+    assert not hub_reachable(timeout=1.0)
+    result = runner.invoke(app, ["lm-eval", "--model", "afmc", "--model_args",
+                                 f"path={tiny}", "--tasks", "lambada_openai", "--limit", "1"])
+    assert result.exit_code == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: a task's data is not here and the Hugging Face Hub "
+                           "cannot be reached") and "lambada_openai" in last
+    assert "--include_path" in last and "Traceback" not in result.stderr
+    assert "Retrying" not in result.stderr
