@@ -382,7 +382,9 @@ def test_insert_analog_linear_matches_the_torch_op():
     assert ops.count("AnalogLinear") == 3 and "MatMul" not in ops and "Gemm" not in ops
     assert ops.count("SliceInput") == 4, "MatMul and Conv inputs split unequally"
     im2col = next(node for node in model.graph if node.op_type == "Conv")
-    assert im2col.inputs[1].const_value.shape == (27, 3, 3, 3)
+    # a one-hot kernel per input channel (group 3): 27 patch values, 27 x 9 kernel entries
+    assert im2col.inputs[1].const_value.shape == (27, 1, 3, 3)
+    assert im2col.attributes.get_int("group") == 3
     assert {f.name for f in model.functions.values()} == {"AnalogLinear", "SliceInput"}
     records = {record.name: record for record in onnx_layer_records(model)}
     assert records["mm"].slice_sizes == [7, 7, 6] and records["conv"].slice_sizes == [7, 7, 7, 6]

@@ -9,8 +9,9 @@ initializer with one entry per slice (ones; onnx-calibrate sets it). The stored
 weight is reused when it already is that matrix and nothing else reads it. The
 bias stays digital: an Add of beta * C (Gemm) or B (Conv) after the analog node.
 A Gemm with transA=1 gets a Transpose on X. A Conv becomes im2col +
-AnalogLinear: a Conv with a one-hot kernel [C*k, C, k...] (same strides, pads,
-dilations) gathers every patch exactly, Transpose moves the patch axis last, and
+AnalogLinear: a depthwise Conv (group C) with a one-hot kernel [C*k, 1, k...] (same
+strides, pads, dilations) gathers every patch exactly, channel by channel, in the
+flattened weight's order (c * k + position), Transpose moves the patch axis last, and
 a Transpose after the bias add restores [batch, N, spatial...]. A grouped Conv
 placed analog (placement.grouped_convs=analog) reads the whole patch through its
 block-diagonal [N, C*k] matrix, exact in FP; its record keeps `groups` for the
@@ -201,12 +202,14 @@ def _im2col(
     node = layer.node
     shape = constant(layer.weight).shape
     channels, kernel = shape[1] * layer.groups, tuple(shape[2:])
-    size = channels * math.prod(kernel)
-    one_hot = np.eye(size, dtype=np.float32).reshape(size, channels, *kernel)
+    positions = math.prod(kernel)
+    # channel c's patch values are outputs c * positions + p: a one-hot kernel per channel
+    one_hot = np.tile(np.eye(positions, dtype=np.float32).reshape(positions, 1, *kernel),
+                      (channels, 1, *[1] * len(kernel)))
     patches_kernel = add_initializer(graph, names, f"{layer.name}.im2col", one_hot)
     attributes = {
         key: node.attributes[key].value for key in _CONV_ATTRIBUTES if key in node.attributes
     }
-    patches = build.op("Conv", [x, patches_kernel], **attributes)
+    patches = build.op("Conv", [x, patches_kernel], group=channels, **attributes)
     spatial = len(kernel)
     return build.op("Transpose", [patches], perm=[0, *range(2, spatial + 2), 1])
