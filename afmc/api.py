@@ -10,8 +10,9 @@ OUT/afmc.json written atomically. load() opens a compiled model as a chip.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from afmc.models import BUILTIN_CALIBRATION, model_paths
 from afmc.output_dir import staged_output
 from afmc.passes.layers import LayerRecord
 from afmc.passes.registry import PassSpec, get_pass, resolve_passes
+from afmc.quiet import libraries_quiet
 from afmc.record import StepTimer, build_record, write_outputs
 from afmc.runtime.compiled import CompiledModel, load  # noqa: F401  (afmc.api.load)
 from afmc.targets import LowerContext, Target, get_target
@@ -74,8 +76,9 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     verify: bool = False,
     save_intermediate: bool = False,
     tokenizer: str | Path | Tokenizer | None = None,
-    progress: Progress | None = None,
+    progress: Progress | bool | None = True,
     recalibrate: bool = False,
+    verbose: bool = False,
 ) -> CompileResult:
     """Compile `model` for `target`; write OUT/model.onnx and OUT/afmc.json if `output`.
 
@@ -106,7 +109,40 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     learned input ranges) compiles for aimc with those ranges and the target's trained
     pass list, and with the trained configuration when `config` is None; `recalibrate`
     calibrates it as any other model.
+
+    `progress`: True (default) shows the current step on stderr (a spinner in a terminal,
+    lines with the elapsed time elsewhere, after the first 5 s), a callable receives each
+    step's name, False or None is silent. The libraries' own messages (transformers'
+    logs, torch.onnx notices, FutureWarnings) are hidden during the call, as on the
+    command line, unless `verbose`.
     """
+    with libraries_quiet(verbose), _announcer(progress) as announce:
+        return _compile(model, target, config, calibration=calibration,
+                        example_inputs=example_inputs, output=output, force=force,
+                        passes=passes, skip=skip, verify=verify,
+                        save_intermediate=save_intermediate, tokenizer=tokenizer,
+                        progress=announce, recalibrate=recalibrate)
+
+
+@contextlib.contextmanager
+def _announcer(progress: Progress | bool | None) -> Iterator[Progress | None]:
+    """The step callback of `compile`'s `progress` argument (see there)."""
+    if callable(progress):
+        yield progress
+    elif progress:
+        from afmc.screen import Screen
+
+        with Screen().status("compiling") as status:
+            yield lambda step: status.update(f"compiling: {step}")
+    else:
+        yield None
+
+
+def _compile(model: Any, target: str, config: AfmcConfig | None, *, calibration: Any,
+             example_inputs: tuple | None, output: Path | None, force: bool,
+             passes: list[PassSpec] | None, skip: list[str] | tuple[str, ...], verify: bool,
+             save_intermediate: bool, tokenizer: str | Path | Tokenizer | None,
+             progress: Progress | None, recalibrate: bool) -> CompileResult:
     config = config or _trained_or_default_config(model)
     chosen = get_target(target)
     timed = StepTimer(progress)

@@ -37,16 +37,29 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _quiet_libraries(
+def _output_options(
     version: Annotated[bool, typer.Option(
         "--version", callback=_print_version, is_eager=True,
         help="Print afmc's version and exit.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress and no notes on stderr (results, warnings and "
+        "errors still print)")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Also show the libraries' own messages (transformers, "
+        "torch, onnxruntime logs and warnings) that afmc hides")] = False,
 ) -> None:
     """Keep library progress bars and deprecation chatter out of afmc's output (every
-    command); --version prints the version instead."""
-    from afmc.quiet import quiet_libraries
+    command) unless --verbose; --quiet keeps progress and notes off stderr; --version
+    prints the version instead."""
+    if quiet and verbose:
+        typer.echo("error: --quiet and --verbose exclude each other", err=True)
+        raise typer.Exit(2)
+    screen.err.quiet = quiet
+    screen.verbose = verbose
+    if not verbose:
+        from afmc.quiet import quiet_libraries
 
-    quiet_libraries()
+        quiet_libraries()
 
 
 @app.command()
@@ -112,19 +125,19 @@ def compile(  # noqa: A001
         if dry_run:
             from afmc.compile_plan import plan_compile, print_plan
 
-            with afmc_warnings(), screen.err.status("planning"):
+            with afmc_warnings(), screen.status("planning"):
                 plan = plan_compile(model, target, cfg, passes=steps, skip=list(skip or []),
                                     tokenizer=tokenizer, recalibrate=recalibrate)
             return print_plan(plan, screen.out)
         from afmc.api import compile as compile_model
 
-        with afmc_warnings(), screen.err.status("compiling") as status:
+        with afmc_warnings(), screen.status("compiling") as status:
             result = compile_model(
                 model, target, cfg, calibration=calib, output=output, force=force,
                 passes=steps, skip=list(skip or []), verify=verify,
                 save_intermediate=save_intermediate,
                 tokenizer=tokenizer, progress=lambda step: status.update(f"compiling: {step}"),
-                recalibrate=recalibrate,
+                recalibrate=recalibrate, verbose=screen.verbose,
             )
         from afmc.compile_summary import print_compile_summary
 

@@ -32,13 +32,15 @@ def run(plan: EvalPlan, screen: Screen) -> None:
         _encoder(plan, ids, seq_len, screen)
         return
     with screen.progress() as bar:
-        bar_task = bar.add_task("fp", total=None)
+        current = [bar.add_task("fp windows", total=None)]  # then the chips' task
 
         def on_result(name: str, value: float) -> None:
             screen.out.print(f"{name:>30}: perplexity {value:.4f}")
+            if name == "fp":
+                current[0] = bar.add_task("chips", total=None)
 
         def progress(done: int, total: int) -> None:
-            bar.update(bar_task, completed=done, total=total)
+            bar.update(current[0], completed=done, total=total)
 
         report = evaluate(model, ids, list(range(request.seeds)), seq_len=seq_len,
                           max_tokens=request.max_tokens, read_noise=request.read_noise,
