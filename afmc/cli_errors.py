@@ -1,6 +1,8 @@
 """How the commands report what a user did wrong: one line on stderr and an exit status.
 
-A user error (afmc.user_errors) prints `error: ...` and exits 1, every InputWarning one
+A user error (afmc.user_errors) prints `error: ...` (its `cli_message` when it has one: the
+Python API's messages name Python arguments, the command line's its flags) and exits 1,
+every InputWarning one
 line `warning: ...`; SIGINT exits 130 and SIGTERM 143 with one line; other errors keep
 their traceback.
 """
@@ -37,7 +39,8 @@ def user_errors() -> Iterator[None]:
     except Exception as error:
         if not is_user_error(error):
             raise
-        typer.echo(f"error: {user_message(error)}", err=True)
+        message = getattr(error, "cli_message", None) or user_message(error)
+        typer.echo(f"error: {message}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)

@@ -97,10 +97,20 @@ def staged_output(output: str | os.PathLike | None, force: bool,
             raise
 
 
+class OutputExistsError(FileExistsError):
+    """The output directory exists and overwriting was not asked for. The message names the
+    Python argument (``force=True``); `cli_message` names the command line's flag."""
+
+    def __init__(self, message: str, remedy: str = "force=True overwrites it",
+                 cli_remedy: str = "use --force to overwrite") -> None:
+        super().__init__(f"{message} ({remedy})")
+        self.cli_message = f"{message} ({cli_remedy})"
+
+
 def stage_directory(target: Path, force: bool) -> Path:
     """A fresh temporary directory beside `target`, to be published with publish_directory."""
     if os.path.lexists(target) and not force:
-        raise FileExistsError(f"{target}: output exists (use --force to overwrite)")
+        raise OutputExistsError(f"{target}: output exists")
     target.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     staged.chmod(0o755)
@@ -114,8 +124,9 @@ def publish_directory(staged: Path, target: Path, force: bool) -> None:
         return
     except FileExistsError:
         if not force:
-            raise FileExistsError(f"{target}: appeared while compiling (another compile?); "
-                                  "nothing overwritten, use --force") from None
+            raise OutputExistsError(f"{target}: appeared while compiling (another compile?); "
+                                    "nothing overwritten", "force=True overwrites it",
+                                    "use --force") from None
     if _renameat2(staged, target, _RENAME_EXCHANGE):
         _remove(staged)  # it holds the previous output now
         return

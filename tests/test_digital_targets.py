@@ -212,7 +212,7 @@ def test_eval_and_run_on_the_cli(tiny):
             "eval", str(out), "--text", "stdlib:heldout", "--seq-len", "128", "--max-tokens", "1024"
         )
         assert "FP perplexity" in text and f"{target}:" in text
-        assert f"{target} target: one run" in text
+        assert f"{target} target (digital): one run" in text
         assert "next-token accuracy" in _cli("run", str(out), "--text", "stdlib:heldout")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +92,64 @@ def test_quickstart_python_snippet_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(1, 11, 256)"
     assert (tmp_path / "out/tiny/model.onnx").is_file()
+
+
+def _docs_commands():
+    spec = importlib.util.spec_from_file_location("docs_commands",
+                                                  ROOT / "benchmarks/docs_commands.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["docs_commands"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+# what a synopsis has and a command does not: a bracketed option, an ellipsis, a name in
+# capitals standing for the user's own file or model
+PLACEHOLDER = re.compile(r"\[--|\.\.\.|\b(FILE|MODEL|TASKS|TEXT|DATA)\b")
+
+
+def test_every_command_block_runs_verbatim_or_says_why_not():
+    """Every command block of README.md and docs/*.md is found, carries only known markers
+    and example files, and, unless marked skip with a reason, holds no placeholder: it is a
+    command as a user types it (benchmarks/docs_commands.py runs them all)."""
+    commands = _docs_commands()
+    blocks = [block for page in commands.pages() for block in commands.blocks(page)]
+    assert len(blocks) >= 50 and {block.mode for block in blocks} == {"suite", "slow", "skip"}
+    for block in blocks:
+        where = f"{block.page}:{block.line}"
+        if block.mode == "skip":
+            assert block.reason, f"{where}: skipped without a reason"
+            continue
+        assert all(name in commands.FIXTURES for name in block.files), where
+        if block.language == "bash":
+            assert not PLACEHOLDER.search(block.code), \
+                f"{where}: a placeholder in a block that runs (mark it skip, or make it real)"
+
+
+def test_a_marker_with_an_unknown_key_names_the_page_and_line(tmp_path, monkeypatch):
+    commands = _docs_commands()
+    monkeypatch.setattr(commands, "ROOT", tmp_path)
+    page = tmp_path / "page.md"
+    page.write_text("text\n\n<!-- docs-test: fast -->\n```bash\nafmc --version\n```\n")
+    with pytest.raises(ValueError, match="page.md:5: unknown docs-test key 'fast'"):
+        commands.blocks(page)
+    page.write_text("```bash\nafmc --version\n")
+    with pytest.raises(ValueError, match="page.md:1: a code fence that is never closed"):
+        commands.blocks(page)
+
+
+@pytest.mark.slow
+def test_the_suite_blocks_run_verbatim():
+    """The blocks marked suite (fast ones) run as written, each page in a fresh folder."""
+    commands = _docs_commands()
+    suite = [block for page in commands.pages() for block in commands.blocks(page)
+             if block.mode == "suite"]
+    assert suite
+    folder = commands.workspace()
+    try:
+        for block in suite:
+            done = commands.run_block(block, folder, timeout=300)
+            assert done.returncode == 0, f"{block.page}:{block.line}: {done.stderr[-2000:]}"
+            assert "Traceback" not in done.stderr
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

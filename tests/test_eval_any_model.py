@@ -132,6 +132,7 @@ def test_eval_cnn_per_chip_errors_and_accuracy(cnn, tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["samples"] == SAMPLES and report["outputs"] == ["output"]
     assert sorted(report["chips"]) == ["0", "1"] and report["digital"] is None
+    assert "analog (pcm) outputs vs the FP view" in " ".join(result.stdout.split())
     inputs = {"x": np.load(cnn["x"])["x"].astype(np.float32)}
     fp = _outputs(cnn["aimc"], inputs, fp=True)
     labels = np.load(cnn["y"])
@@ -219,7 +220,9 @@ def test_digital_target_runs_once(cnn, tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["digital"] == "int8" and list(report["chips"]) == ["0"]
     assert report["chips"]["0"]["outputs"]["output"]["relative_error"] > 0
-    assert "int8 target: one run" in result.stdout
+    assert "int8 target (digital): one run" in result.stdout
+    title = " ".join(result.stdout.split())  # the table title may wrap
+    assert "int8 (digital) outputs vs the FP view" in title and "programming noise" not in title
 
 
 # ------------------------------------------------------------------ bad input

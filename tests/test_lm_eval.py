@@ -224,19 +224,29 @@ def test_cli_registers_afmc_and_reports_one_line(tiny: Path, tasks: Path):
 def test_a_hub_task_out_of_reach_fails_at_once_pointing_at_local_tasks(tiny: Path,
                                                                         monkeypatch):
     """A standard task with the Hub out of reach (HF_ENDPOINT on a closed local port) and
-    no cached data: one line that names the dataset and points at --include_path, without
-    lm-eval's minute of retries (the offline switches are set after one failed connect)."""
+    no cached data, as a user runs it (a fresh process): one line that names the dataset
+    and points at --include_path, without lm-eval's minute of retries (the offline switches
+    are set after one failed connect)."""
+    import os
+    import subprocess
+    import sys
+
     from afmc.eval.lm_eval_run import hub_reachable
 
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        monkeypatch.setenv(name, "")  # not chosen (restored after the test)
-    assert not hub_reachable(timeout=1.0)
-    result = runner.invoke(app, ["lm-eval", "--model", "afmc", "--model_args",
-                                 f"path={tiny}", "--tasks", "lambada_openai", "--limit", "1"])
-    assert result.exit_code == 1
-    last = result.stderr.strip().splitlines()[-1]
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    environment["HF_ENDPOINT"] = "http://127.0.0.1:9"
+    environment["HF_HOME"] = str(tiny.parent / "empty-hf-home")  # nothing cached
+    done = subprocess.run([sys.executable, "-c", "from afmc.cli import app; app()", "lm-eval",
+                           "--model", "afmc",
+                           "--model_args", f"path={tiny}", "--tasks", "lambada_openai",
+                           "--limit", "1"], capture_output=True, text=True, env=environment,
+                          timeout=300)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: a task's data is not here and the Hugging Face Hub "
                            "cannot be reached") and "lambada_openai" in last
-    assert "--include_path" in last and "Traceback" not in result.stderr
-    assert "Retrying" not in result.stderr
+    assert "--include_path" in last and "Traceback" not in done.stderr
+    assert "Retrying" not in done.stderr
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    assert not hub_reachable(timeout=1.0)

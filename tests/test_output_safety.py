@@ -34,6 +34,7 @@ from typer.testing import CliRunner
 import afmc
 from afmc import output_dir
 from afmc.cli import app
+from afmc.output_dir import OutputExistsError
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-c", "from afmc.cli import app; app()"]
@@ -249,8 +250,8 @@ def _compile_while_intruding(out: Path, kind: str, renameat2: bool, monkeypatch,
 def test_output_that_appears_while_compiling_is_not_overwritten(tmp_path, monkeypatch,
                                                                 kind, renameat2):
     out = tmp_path / "out"
-    with pytest.raises(FileExistsError, match=f"{out}: appeared while compiling "
-                       r"\(another compile\?\); nothing overwritten, use --force"):
+    with pytest.raises(OutputExistsError, match=f"{out}: appeared while compiling "
+                       r"\(another compile\?\); nothing overwritten \(force=True "):
         _compile_while_intruding(out, kind, renameat2, monkeypatch, force=False)
     assert _listing(tmp_path) == ["out"]
     if kind == "directory":
@@ -364,3 +365,19 @@ def test_signal_during_compile_removes_the_staging_directory(tmp_path, signum, c
     assert process.returncode == code, stderr
     assert stderr.strip().splitlines()[-1] == message and "Traceback" not in stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_an_existing_output_names_the_python_argument_or_the_flag(tmp_path):
+    """The API's error names force=True (afmc's own type, still a FileExistsError); the
+    command line's names --force; both before any work, the output untouched."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "theirs.txt").write_text("kept")
+    with pytest.raises(OutputExistsError) as error:
+        afmc.compile("afmc-tiny", output=out, progress=False)
+    assert isinstance(error.value, FileExistsError)
+    assert str(error.value) == f"{out}: output exists (force=True overwrites it)"
+    result = CliRunner().invoke(app, ["compile", "afmc-tiny", "-o", str(out)])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: {out}: output exists (use --force to overwrite)"
+    assert _listing(out) == ["theirs.txt"]

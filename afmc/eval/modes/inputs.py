@@ -20,7 +20,7 @@ def run(plan: EvalPlan, screen: Screen) -> None:
         report = evaluate_tensors(model, request.inputs, list(range(request.seeds)),
                                   labels_file=request.labels, read_noise=request.read_noise,
                                   noise=plan.noise, progress=progress)
-    screen.out.print(_table(report))
+    screen.out.print(_table(report, plan.noise_label()))
     if report.fp_accuracy is not None:
         screen.out.print(f"FP accuracy {report.fp_accuracy:.4f}")
     if report.digital:
@@ -34,12 +34,17 @@ def run(plan: EvalPlan, screen: Screen) -> None:
     screen.out.print(f"-> {path}", soft_wrap=True)
 
 
-def _table(report: TensorEvalReport) -> Table:
-    """A row per chip and output, then the mean and sample std over the chips."""
+def _table(report: TensorEvalReport, noise: str) -> Table:
+    """A row per chip and output, then the mean and sample std over the chips; the title
+    names what ran: the digital target, or the analog noise model."""
     accuracy = report.fp_accuracy is not None
-    over = "" if report.digital else f"; {spread_label(len(report.chips))}"
-    table = Table(title=f"outputs vs the FP view on {report.samples} samples (noise-free: "
-                        f"the stored weights, no programming noise{over})", show_edge=False)
+    if report.digital:
+        title = f"{report.digital} (digital) outputs vs the FP view on {report.samples} samples"
+    else:
+        title = (f"analog ({noise}) outputs vs the FP view on {report.samples} samples "
+                 f"(noise-free: the stored weights, no programming noise; "
+                 f"{spread_label(len(report.chips))})")
+    table = Table(title=title, show_edge=False)
     for column in ("chip", "output", "relative error", "SQNR (dB)", "cosine",
                    "top-1 agreement") + (("accuracy",) if accuracy else ()):
         table.add_column(column)

@@ -18,7 +18,7 @@ from afmc.screen import Screen
 
 def one_run_note(target: str) -> str:
     """eval's note for a target whose chips do not vary by seed."""
-    return f"{target} target: one run, no programming noise (--seeds ignored)"
+    return f"{target} target (digital): one run, its chips do not vary (--seeds ignored)"
 
 
 def run(plan: EvalPlan, screen: Screen) -> None:
