@@ -26,6 +26,7 @@ from afmc.config import AfmcConfig, config_from_dict
 from afmc.data.calibration import (
     CalibrationData,
     SyntheticCalibrationWarning,
+    input_ranges,
     load_calibration,
     synthetic_calibration,
 )
@@ -180,6 +181,8 @@ def _compile(model: Any, target: str, config: AfmcConfig | None, *, calibration:
                               max_positions=frontend.signature.max_positions,
                               **frontend.record_fields())
         record.update(context.record)
+        if data is not None and not data.synthetic:
+            record["calibration_inputs"] = input_ranges(data.batches)
         if checks_fidelity:
             record["fidelity"] = timed("fidelity", lambda: frontend.fidelity(
                 chosen, lowered, record, config, data))

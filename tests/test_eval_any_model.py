@@ -213,6 +213,23 @@ def test_eval_onnx_mlp_two_inputs_from_pt_with_casts_and_read_noise(mlp, tmp_pat
 
 
 @pytest.mark.slow
+def test_inputs_far_beyond_the_calibration_data_warn_once_and_run(cnn, tmp_path):
+    """Images on another scale (x 255, as if not normalized): the record holds the max |x|
+    of the calibration data, and eval/run print one named warning and still run."""
+    record = json.loads((cnn["aimc"] / "afmc.json").read_text())
+    calibrated = record["calibration_inputs"]["x"]
+    assert 2.5 < calibrated < 6  # max |x| of 4 x 4 x 36 standard normal draws
+    x = np.load(cnn["x"])["x"]
+    np.savez(tmp_path / "scaled.npz", x=x * 255)
+    result = _cli("run", cnn["aimc"], "--inputs", tmp_path / "scaled.npz")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "input 'x' reaches |x| = " in warnings[0]
+    assert "x the" in warnings[0] and "calibrated on" in warnings[0]
+    plain = _cli("run", cnn["aimc"], "--inputs", cnn["x"])
+    assert plain.returncode == 0 and "warning:" not in plain.stderr
+
+
 def test_digital_target_runs_once(cnn, tmp_path):
     result = _cli("eval", cnn["int8"], "--inputs", cnn["x"], "--labels", cnn["y"],
                   "--seeds", 3, "--json", tmp_path / "r.json")

@@ -23,7 +23,9 @@ name to a numpy array. Rules:
   is cast to the model's), the rank, every static dimension, one batch size across the
   inputs, finite values, and token ids within the vocabulary (0 <= id < vocab_size)
   and sequences within max_positions. A problem is a ValueError naming the source,
-  the batch and the input.
+  the batch and the input. Data for a compiled model whose signature carries the max |x|
+  of its calibration data (`InputSpec.calibrated`, afmc.json's calibration_inputs) that
+  reaches RANGE_FACTOR times it is usable but suspicious: one InputRangeWarning per input.
 - Without data, `synthetic_calibration` draws batches from the signature (seeded):
   standard normal floats, token ids uniform over the vocabulary, masks of ones, zero
   type ids, positions 0..T-1; a dynamic first axis takes calibration.batch_size, a
@@ -33,6 +35,7 @@ name to a numpy array. Rules:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +49,7 @@ from afmc.data.tensors import SUFFIXES as TENSOR_SUFFIXES
 from afmc.data.tensors import load_tensor_batches, name_mismatch, tensor_to_numpy
 from afmc.data.text_source import read_text
 from afmc.data.tokenizer import Tokenizer, token_windows
+from afmc.user_errors import InputWarning
 
 Batch = dict[str, np.ndarray]
 Dim = int | str | None  # static size, or a dynamic axis (its name, or None)
@@ -67,6 +71,7 @@ class InputSpec:
     name: str
     dtype: np.dtype
     shape: tuple[Dim, ...] | None
+    calibrated: float | None = None  # a compiled model's: max |x| of its calibration data
 
     def describe(self) -> str:
         dims = "?" if self.shape is None else ", ".join(
@@ -222,7 +227,39 @@ def validate_batches(batches: list[Batch], signature: ModelSignature, source: st
         if len(set(sizes.values())) > 1:
             raise ValueError(f"{where}: the inputs differ in batch size {sizes}")
         checked.append(arrays)
+    _warn_beyond_calibration(checked, specs.values(), source)
     return checked
+
+
+class InputRangeWarning(InputWarning):
+    """Inputs far beyond the range of the data the model was calibrated on (unnormalized
+    images, another scale): the static DAC ranges will clip them."""
+
+
+RANGE_FACTOR = 4.0  # max |x| beyond this many times the calibration data's: a warning
+
+
+def input_ranges(batches: list[Batch]) -> dict[str, float]:
+    """max |x| of every float input over `batches` (what a compiled model records)."""
+    names = [name for name, array in batches[0].items() if np.asarray(array).dtype.kind == "f"]
+    return {name: float(max(np.abs(np.asarray(batch[name])).max() for batch in batches))
+            for name in names}
+
+
+def _warn_beyond_calibration(batches: list[Batch], specs: Iterable[InputSpec],
+                             source: str) -> None:
+    """One InputRangeWarning per float input whose values reach RANGE_FACTOR times the
+    max |x| of the compiled model's calibration data."""
+    for spec in specs:
+        if not spec.calibrated or spec.dtype.kind != "f":
+            continue
+        reach = max(float(np.abs(batch[spec.name]).max()) for batch in batches)
+        if reach > RANGE_FACTOR * spec.calibrated:
+            warnings.warn(f"{source}: input '{spec.name}' reaches |x| = {reach:.4g}, "
+                          f"{reach / spec.calibrated:.0f}x the {spec.calibrated:.4g} of the "
+                          "data the model was calibrated on (another scale, e.g. images not "
+                          "normalized as in calibration?); the analog input ranges clip it",
+                          InputRangeWarning, stacklevel=2)
 
 
 def _check_array(array: np.ndarray, spec: InputSpec, signature: ModelSignature,

@@ -180,7 +180,8 @@ class CompiledModel:
     def signature(self) -> ModelSignature:
         """The data inputs the model takes, read from its graph (data.onnx_signature): the
         graph inputs that are not initializers or a KV cache's pasts (filled empty when
-        not given), and the vocabulary when an embedding reads input_ids."""
+        not given), and the vocabulary when an embedding reads input_ids; each float input
+        with the max |x| of the calibration data (afmc.json's calibration_inputs)."""
         from dataclasses import replace
 
         import onnx_ir as ir
@@ -189,7 +190,9 @@ class CompiledModel:
         from afmc.data.onnx_signature import onnx_signature
 
         signature = onnx_signature(ir.from_proto(self.graph))
-        inputs = tuple(spec for spec in signature.inputs if not is_cache_name(spec.name))
+        calibrated = self.record.get("calibration_inputs", {})
+        inputs = tuple(replace(spec, calibrated=calibrated.get(spec.name))
+                       for spec in signature.inputs if not is_cache_name(spec.name))
         return replace(signature, inputs=inputs)
 
     def tokenizer(self) -> Tokenizer:
