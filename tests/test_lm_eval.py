@@ -14,6 +14,7 @@ through `afmc lm-eval`.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -221,32 +222,41 @@ def test_cli_registers_afmc_and_reports_one_line(tiny: Path, tasks: Path):
         "error: afmc model_args: unknown key(s) colour")
 
 
-def test_a_hub_task_out_of_reach_fails_at_once_pointing_at_local_tasks(tiny: Path,
-                                                                        monkeypatch):
-    """A standard task with the Hub out of reach (HF_ENDPOINT on a closed local port) and
-    no cached data, as a user runs it (a fresh process): one line that names the dataset
-    and points at --include_path, without lm-eval's minute of retries (the offline switches
-    are set after one failed connect)."""
-    import os
-    import subprocess
-    import sys
+def test_a_hub_task_out_of_reach_fails_at_once_pointing_at_local_tasks(monkeypatch):
+    """With the Hub out of reach (HF_ENDPOINT on a closed local port) and no offline choice
+    made, lm-eval runs with both offline switches set (so an uncached task fails at once
+    instead of retrying for a minute), and the error huggingface_hub raises then (measured
+    with lambada_openai here: OfflineModeIsEnabled, "Couldn't reach ... on the Hub") is one
+    line that names the dataset and points at local tasks."""
+    import lm_eval.__main__
 
-    from afmc.eval.lm_eval_run import hub_reachable
+    from afmc.eval import lm_eval_run
 
-    environment = {key: value for key, value in os.environ.items()
-                   if key not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
-    environment["HF_ENDPOINT"] = "http://127.0.0.1:9"
-    environment["HF_HOME"] = str(tiny.parent / "empty-hf-home")  # nothing cached
-    done = subprocess.run([sys.executable, "-c", "from afmc.cli import app; app()", "lm-eval",
-                           "--model", "afmc",
-                           "--model_args", f"path={tiny}", "--tasks", "lambada_openai",
-                           "--limit", "1"], capture_output=True, text=True, env=environment,
-                          timeout=300)
-    assert done.returncode == 1
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: a task's data is not here and the Hugging Face Hub "
-                           "cannot be reached") and "lambada_openai" in last
-    assert "--include_path" in last and "Traceback" not in done.stderr
-    assert "Retrying" not in done.stderr
+    class OfflineModeIsEnabled(ConnectionError):
+        pass
+
+    seen = {}
+
+    def evaluate() -> None:
+        seen.update({name: os.environ.get(name) for name in lm_eval_run._OFFLINE})
+        raise OfflineModeIsEnabled("Couldn't reach 'EleutherAI/lambada_openai' on the Hub "
+                                   "(OfflineModeIsEnabled)")
+
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    assert not hub_reachable(timeout=1.0)
+    for name in lm_eval_run._OFFLINE:
+        monkeypatch.setenv(name, "")  # not chosen (restored after the test)
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", evaluate)
+    assert not lm_eval_run.hub_reachable(timeout=1.0)
+    result = runner.invoke(app, ["lm-eval", "--model", "afmc", "--tasks", "lambada_openai"])
+    assert seen == {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "error: a task's data is not here and the Hugging Face Hub cannot be reached "
+        "(Couldn't reach 'EleutherAI/lambada_openai' on the Hub (OfflineModeIsEnabled)): "
+        "use a task over local files instead: --include_path DIR with a task YAML reading "
+        "JSON/JSONL (docs/lm-eval.md, 'A task over local files')")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a choice made: no probe, switches kept
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "")
+    seen.clear()
+    runner.invoke(app, ["lm-eval", "--model", "afmc", "--tasks", "lambada_openai"])
+    assert seen == {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": ""}
