@@ -4,8 +4,9 @@ A command block is a fenced ```bash / ```sh / ```python block, or an indented (4
 block whose first line starts with a command (afmc, python, make, pip, torchrun). Every
 block runs verbatim (bash with -e -o pipefail; python in a fresh interpreter), in the
 order of its page, in one fresh working directory per page that links the repository's
-benchmarks/, scripts/, docs/, tests/ and afmc/ (so ``python benchmarks/x.py`` and
-``afmc/models/afmc-tiny`` resolve).
+benchmarks/, scripts/, tests/ and afmc/ (so ``python benchmarks/x.py`` and
+``afmc/models/afmc-tiny`` resolve) and holds a copy of docs/ (benchmarks that draw their
+figures into docs/ leave the repository's as they are).
 
 An HTML comment on the line before a block says how to run it (keys separated by ';'):
 
@@ -40,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LINKED = ("afmc", "benchmarks", "docs", "scripts", "tests")
+LINKED = ("afmc", "benchmarks", "scripts", "tests")
+COPIED = ("docs",)  # benchmarks write figures there: a copy keeps the repository's as they are
 COMMANDS = ("afmc ", "python ", "make ", "pip ", "torchrun ")
 MARKER = re.compile(r"^<!--\s*docs-test:\s*(.*?)\s*-->\s*$")
 FENCE = re.compile(r"^```(\w*)\s*$")
@@ -231,6 +233,8 @@ def workspace() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="afmc-docs-"))
     for name in LINKED:
         (folder / name).symlink_to(ROOT / name, target_is_directory=True)
+    for name in COPIED:
+        shutil.copytree(ROOT / name, folder / name)
     for name in ("Makefile", "pyproject.toml"):
         (folder / name).symlink_to(ROOT / name)
     return folder

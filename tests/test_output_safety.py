@@ -314,7 +314,24 @@ def test_a_signal_while_publishing_waits_until_the_output_is_complete(tmp_path, 
     assert seen == [(signal.SIGTERM, ["out"], ["afmc.json", "model.onnx"])]
 
 
-def test_a_signal_dropped_in_a_finalizer_still_stops_the_compile_before_publishing(tmp_path):
+@pytest.fixture
+def sigint_raises():
+    """SIGINT raising KeyboardInterrupt, as in a terminal, during the test: a suite started
+    in the background by a shell without job control inherits SIGINT ignored (POSIX), and
+    afmc rightly leaves an ignored signal ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def _default_signals() -> None:
+    """In a child before exec: SIGINT and SIGTERM at their defaults (see sigint_raises)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def test_a_signal_dropped_in_a_finalizer_still_stops_the_compile_before_publishing(
+        tmp_path, sigint_raises):
     """SIGINT arriving while a __del__ runs: Python prints its KeyboardInterrupt as
     "Exception ignored" and goes on; afmc raises it again before publishing the output."""
     module, example = _mlp()
@@ -350,7 +367,7 @@ def test_signal_during_compile_removes_the_staging_directory(tmp_path, signum, c
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([*CLI, "compile", "afmc-tiny", "--target", "fp", "-o", "out"],
                                cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
     try:
         deadline = time.monotonic() + 240
         while not any(name.startswith(".out.tmp-") for name in os.listdir(tmp_path)):
