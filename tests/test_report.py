@@ -157,7 +157,7 @@ def test_report_on_a_compiled_model(model_dirs, calibration_text, tmp_path):
 def test_page_names_the_model_and_paths_as_a_user_reads_them(tmp_path, monkeypatch):
     """The title names the model by its last path part, not an absolute path; the output
     directory is shown relative to the current directory when it lies inside it."""
-    from afmc.report_html import shown_path, source_name
+    from afmc.report.html import shown_path, source_name
 
     assert source_name("hf:/opt/models/SmolLM2-135M.Q4_1.gguf") == "SmolLM2-135M.Q4_1.gguf"
     assert source_name("/data/bert/model.onnx") == "model.onnx"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from afmc.eval.spread import std_text
-from afmc.report_results import Found
+from afmc.report.results import Found
 
 
 def headline(found: Found) -> str:

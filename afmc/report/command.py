@@ -7,9 +7,9 @@ The map shown is the requested strategy's, else the stored map's, else the
 configured strategy's, else one-per-tile; a stored map is used as stored, every
 other map is computed from the layers and the configuration. Prints a table of
 the layers, one of the tile totals of every strategy and one of the result files
-of OUT/eval with their headline numbers (afmc.report_headlines), or with --json all of
-it as one JSON object (afmc.report_json), draws the map as SVG
-(default OUT/tile_map.svg) and writes the report page (afmc.report_html; default
+of OUT/eval with their headline numbers (afmc.report.headlines), or with --json all of
+it as one JSON object (afmc.report.data), draws the map as SVG
+(default OUT/tile_map.svg) and writes the report page (afmc.report.html; default
 OUT/report.html) with the evaluation results of OUT/eval.
 
 An afmc.json that is not JSON, lacks "config" or "layers", or whose entries lack
@@ -34,10 +34,10 @@ from afmc.eval.json_out import write_text_atomic
 from afmc.input_files import read_json_object
 from afmc.layout import RECORD_FILE
 from afmc.mapping import STRATEGIES, TileMap, map_tiles, write_tile_map_svg
-from afmc.report_headlines import results_table
-from afmc.report_html import HTML_FILE, build_page
-from afmc.report_json import default_cost, report_data
-from afmc.report_results import Found, read_eval_results
+from afmc.report.data import default_cost, report_data
+from afmc.report.headlines import results_table
+from afmc.report.html import HTML_FILE, build_page
+from afmc.report.results import Found, read_eval_results
 from afmc.runtime.bit_slicing import hardware_copies
 from afmc.tables import Column, FittedTable, layer_names
 
@@ -167,7 +167,7 @@ def report(
     json_out: bool = False,
 ) -> MappingReport:
     """Print the layer and strategy tables of OUT/afmc.json (with `json_out`, their data
-    as JSON: afmc.report_json), draw its tile map as SVG and write the report page (module
+    as JSON: afmc.report.data), draw its tile map as SVG and write the report page (module
     rules)."""
     path = Path(out_dir) / RECORD_FILE
     if not path.is_file():

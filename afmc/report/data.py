@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from afmc.mapping import TileMap
-from afmc.report_headlines import headline
-from afmc.report_results import Found
+from afmc.report.headlines import headline
+from afmc.report.results import Found
 
 
 def default_cost(record: dict[str, Any]) -> tuple[Any, Any] | None:

@@ -8,15 +8,15 @@ Rules:
   numbers over chips), "drift" (eval/drift-*.json), "sensitivity"
   (eval/sensitivity-*.json), "test-time-compute" (eval/test_time_compute-*.json)
   and "passes" (afmc.json "passes").
-- Every result file of OUT/eval is shown (afmc.report_results): in "chips" a row
+- Every result file of OUT/eval is shown (afmc.report.results): in "chips" a row
   each, in the other sections a part each, headed by the file's name and settings.
-- Self-contained: figures are PNG data URIs (afmc.report_plots), the tile map
+- Self-contained: figures are PNG data URIs (afmc.report.plots), the tile map
   is inline SVG, the style sheet is inline; no scripts, no external file,
   font or link (the only links are to the page's own sections).
 - A section without a file says "Not evaluated yet", names the files' pattern and
   gives the command that makes it (with --text for a model with a tokenizer,
   --inputs otherwise). A result file that is present but broken is an error
-  (afmc.report_results) and no page is built.
+  (afmc.report.results) and no page is built.
 - Every string taken from a file is escaped (html.escape).
 - Numbers: metric values, std and deltas with 4 decimals (the std over chips is the
   sample std, ddof=1; "n/a" over one chip), SQNR with 1 (dB),
@@ -33,11 +33,11 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from afmc import report_plots
 from afmc.eval.spread import std_text
 from afmc.layout import EVAL_DIR
 from afmc.mapping import TileMap, tile_map_svg
-from afmc.report_results import (
+from afmc.report import plots
+from afmc.report.results import (
     DriftResult,
     Found,
     PassTime,
@@ -225,15 +225,15 @@ def drift_section(drift: DriftResult) -> str:
     noise = ", ".join(f"{key} {value_text(value)}" for key, value in drift.noise.items())
     fp = _fp_text(drift.fp)
     rows = [
-        (report_plots.time_label(p.time_s), seconds_text(p.time_s), f"{p.mean:.4f}",
+        (plots.time_label(p.time_s), seconds_text(p.time_s), f"{p.mean:.4f}",
          std_text(p.std), p.chips, _vs_fp(p.mean, drift.fp, drift.metric))
         for p in drift.summary
     ]
     return (
-        f"<p>Metric: {escape(report_plots.METRIC_LABEL[drift.metric])}; FP view: {fp}; "
+        f"<p>Metric: {escape(plots.METRIC_LABEL[drift.metric])}; FP view: {fp}; "
         f"read noise {drift.read_noise:g}.</p>"
         + (f'<p class="muted">Noise: {escape(noise)}</p>' if noise else "")
-        + image(report_plots.drift_figure(drift), "metric against drift time")
+        + image(plots.drift_figure(drift), "metric against drift time")
         + table(("time", "seconds", "mean", "sample std", "chips", "mean vs FP"), rows,
                 numeric=(1, 2, 3, 4, 5))
     )
@@ -256,7 +256,7 @@ def sensitivity_section(result: SensitivityResult) -> str:
         suggestion = ("<p><strong>No budget was given, so there is no keep-digital "
                       "suggestion (afmc eval --sensitivity --budget X%).</strong></p>")
     else:
-        allowed = report_plots.budget_line(result)
+        allowed = plots.budget_line(result)
         bound = "" if allowed is None else f" (metric at most {allowed:.4f})"
         analog = len(result.layers) - len(result.keep_digital)
         names = ", ".join(result.keep_digital) or "none"
@@ -264,11 +264,11 @@ def sensitivity_section(result: SensitivityResult) -> str:
                       f"analog, {len(result.keep_digital)} kept digital.</strong></p>"
                       f'<p class="muted">Kept digital: <code>{escape(names)}</code></p>')
     return (
-        f"<p>Metric: {escape(report_plots.METRIC_LABEL[result.metric])}, chip seed "
+        f"<p>Metric: {escape(plots.METRIC_LABEL[result.metric])}, chip seed "
         f"{result.seed}; FP view: {fp}; all layers analog {result.all_analog:.4f}.</p>"
         + suggestion
-        + image(report_plots.sensitivity_bars(result), "delta per layer")
-        + image(report_plots.sensitivity_curve(result), "cumulative curve")
+        + image(plots.sensitivity_bars(result), "delta per layer")
+        + image(plots.sensitivity_curve(result), "cumulative curve")
         + table(("rank", "layer", "SQNR dB", "relative error", "value", "delta",
                  "cumulative value", "suggestion"), rows, numeric=(0, 2, 3, 4, 5, 6))
     )
@@ -285,7 +285,7 @@ def ttc_section(result: TtcResult) -> str:
     return (
         f"<p>Task {escape(result.task)}: {result.problems} problems, {escape(result.vote)} "
         f"vote over n samples at temperature {result.temperature:g}.</p>"
-        + image(report_plots.ttc_figure(result), "accuracy against samples")
+        + image(plots.ttc_figure(result), "accuracy against samples")
         + table(headers, rows, numeric=range(1, len(headers)))
     )
 
@@ -353,7 +353,7 @@ def passes_section(passes: list[PassTime]) -> str:
     return (
         table(("pass", "seconds", "share", "modified the graph"), rows, numeric=(1, 2),
               total=("total", f"{total:.3f}", "100.0%" if total else "-", ""))
-        + image(report_plots.passes_figure(passes), "seconds per pass")
+        + image(plots.passes_figure(passes), "seconds per pass")
     )
 
 
@@ -418,7 +418,7 @@ def build_page(out_dir: Path, record: dict[str, Any], record_path: Path, chosen:
                maps: dict[str, TileMap], results: dict[str, list[Found]]) -> str:
     """The page of `out_dir` (module rules); `record` was read from `record_path`, `maps`
     holds every strategy's tile map, `chosen` names the one drawn and `results` are the
-    result files of OUT/eval (afmc.report_results)."""
+    result files of OUT/eval (afmc.report.results)."""
     facts = validated(record_path, record, RecordFacts, "afmc record")
     bodies = section_bodies(out_dir, record, facts, results, chosen, maps)
     title = f"afmc report: {source_name(facts.source) or out_dir.name}"
