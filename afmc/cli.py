@@ -359,15 +359,21 @@ def generate(
                                             "eos_token_id", None))
         options.check()
         ids = tokenizer.encode(prompt)
-        chip = model.fp_view() if fp else model.chip(seed, read_noise=read_noise)
-        started = time.perf_counter()  # tokens/s of decoding, without the chip's start
-        result = generate_tokens(chip, model.record, ids, options)
-        seconds = time.perf_counter() - started
-        screen.out.print(tokenizer.decode(result.tokens), markup=False, highlight=False)
         which = "FP view" if fp else chip_label(model, seed)
+        screen.err.print(f"prompt ({ids.size} tokens): {prompt!r}", markup=False,
+                         highlight=False, soft_wrap=True)
+        with screen.status(f"{which}: programming and generating"):
+            chip = model.fp_view() if fp else model.chip(seed, read_noise=read_noise)
+            started = time.perf_counter()  # tokens/s of decoding, without the chip's start
+            result = generate_tokens(chip, model.record, ids, options)
+            seconds = time.perf_counter() - started
+        text = tokenizer.decode(result.tokens)
+        screen.out.print(text, markup=False, highlight=False)
+        blank = f"; whitespace only: {text!r}" if result.tokens and not text.strip() else ""
         screen.err.print(f"{which}: {len(result.tokens)} new tokens "
                          f"({'eos' if result.stopped_at_eos else 'max-new-tokens'}), "
-                         f"{len(result.tokens) / seconds:.1f} tokens/s", highlight=False)
+                         f"{len(result.tokens) / seconds:.1f} tokens/s{blank}", highlight=False,
+                         markup=False, soft_wrap=True)
 
 
 @app.command("lm-eval", add_help_option=False,

@@ -140,6 +140,19 @@ def test_cli_generates_the_greedy_text(tiny: Path):
                       GenerationOptions(max_new_tokens=12)).tokens
     assert result.stdout.rstrip("\n") == bytes(tokens).decode("utf-8", errors="replace")
     assert "12 new tokens" in result.stderr
+    assert f"prompt ({len(PROMPT)} tokens): {bytes(PROMPT).decode()!r}" in result.stderr
+
+
+@pytest.mark.slow
+def test_cli_names_a_whitespace_only_continuation(tiny: Path, monkeypatch):
+    """Newlines and spaces print as nothing visible: the summary line shows them quoted."""
+    import afmc.runtime.generation as generation
+
+    monkeypatch.setattr(generation, "generate", lambda *_: generation.Generation(
+        tokens=[10, 10, 32], logits=[], stopped_at_eos=False))
+    result = runner.invoke(app, ["generate", str(tiny), "--prompt", "x"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip().endswith("tokens/s; whitespace only: '\\n\\n '")
 
 
 @pytest.mark.slow

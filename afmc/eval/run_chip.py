@@ -37,8 +37,9 @@ def run_chip(model: CompiledModel, text: str | None, inputs: Path | None, seed: 
     if is_encoder(model.record):
         _run_encoder(model, ids, seed, read_noise, screen)
         return
-    chip = model.chip(seed, read_noise=read_noise)
-    logits = chip.run(ids[None, :])[0].astype(np.float64)
+    with screen.status(f"{chip_label(model, seed)}: programming and running"):
+        chip = model.chip(seed, read_noise=read_noise)
+        logits = chip.run(ids[None, :])[0].astype(np.float64)
     nll = next_token_nll(logits[None], ids[None])[0]
     screen.out.print(f"{chip_label(model, seed)}: {ids.size} tokens, logits "
                      f"{list(logits.shape)}, mean {logits.mean():.4f}, std {logits.std():.4f}")
@@ -57,9 +58,10 @@ def run_chip(model: CompiledModel, text: str | None, inputs: Path | None, seed: 
 def _run_encoder(model: CompiledModel, ids: np.ndarray, seed: int, read_noise: float,
                  screen: Screen) -> None:
     """An encoder: the text's embedding on chip `seed`, and its error to FP."""
-    chip = model.chip(seed, read_noise=read_noise)
-    got = embeddings(chip, ids[None, :])
-    error = embedding_error(got, embeddings(model.fp_view(), ids[None, :]))
+    with screen.status(f"{chip_label(model, seed)}: programming and running"):
+        chip = model.chip(seed, read_noise=read_noise)
+        got = embeddings(chip, ids[None, :])
+        error = embedding_error(got, embeddings(model.fp_view(), ids[None, :]))
     screen.out.print(f"{chip_label(model, seed)}: {ids.size} tokens, embedding "
                      f"{list(got.shape)}, norm {np.linalg.norm(got):.4f}; vs FP: relative "
                      f"error {error.relative_error:.4f}, cosine {error.cosine:.4f}")
@@ -68,7 +70,8 @@ def _run_encoder(model: CompiledModel, ids: np.ndarray, seed: int, read_noise: f
 def _run_tensors(model: CompiledModel, inputs: Path, seed: int, read_noise: float,
                  screen: Screen) -> None:
     """--inputs: every output of chip `seed`, its statistics and error to FP."""
-    report = run_tensors(model, inputs, seed, read_noise=read_noise)
+    with screen.status(f"{chip_label(model, seed)}: programming and running"):
+        report = run_tensors(model, inputs, seed, read_noise=read_noise)
     screen.out.print(f"{chip_label(model, seed)}: {report.samples} samples from {inputs}")
     table = Table(title="outputs vs the FP view", show_edge=False)
     for column in ("output", "shape", "mean", "std", "relative error", "SQNR (dB)", "cosine",
