@@ -10,7 +10,6 @@ and SIGTERM (exit 143) during a compile.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -346,34 +345,13 @@ def generate(
     generated text; the same seeds give the same text."""
     with user_errors():
         check_options(max_new_tokens=max_new_tokens, read_noise=read_noise)
-        from afmc.eval.run_chip import chip_label
+        from afmc.eval.run_chip import generate_text
         from afmc.runtime.compiled import CompiledModel
-        from afmc.runtime.generation import GenerationOptions, check_language_model
-        from afmc.runtime.generation import generate as generate_tokens
+        from afmc.runtime.generation import GenerationOptions
 
-        model = CompiledModel(compiled)
-        check_language_model(model.record)
-        tokenizer = model.tokenizer()
-        options = GenerationOptions(max_new_tokens, temperature, top_k, top_p, sample_seed,
-                                    getattr(getattr(tokenizer, "tokenizer", None),
-                                            "eos_token_id", None))
-        options.check()
-        ids = tokenizer.encode(prompt)
-        which = "FP view" if fp else chip_label(model, seed)
-        screen.err.print(f"prompt ({ids.size} tokens): {prompt!r}", markup=False,
-                         highlight=False, soft_wrap=True)
-        with screen.status(f"{which}: programming and generating"):
-            chip = model.fp_view() if fp else model.chip(seed, read_noise=read_noise)
-            started = time.perf_counter()  # tokens/s of decoding, without the chip's start
-            result = generate_tokens(chip, model.record, ids, options)
-            seconds = time.perf_counter() - started
-        text = tokenizer.decode(result.tokens)
-        screen.out.print(text, markup=False, highlight=False)
-        blank = f"; whitespace only: {text!r}" if result.tokens and not text.strip() else ""
-        screen.err.print(f"{which}: {len(result.tokens)} new tokens "
-                         f"({'eos' if result.stopped_at_eos else 'max-new-tokens'}), "
-                         f"{len(result.tokens) / seconds:.1f} tokens/s{blank}", highlight=False,
-                         markup=False, soft_wrap=True)
+        generate_text(CompiledModel(compiled), prompt,
+                      GenerationOptions(max_new_tokens, temperature, top_k, top_p, sample_seed),
+                      None if fp else seed, read_noise, screen)
 
 
 @app.command("lm-eval", add_help_option=False,

@@ -146,9 +146,10 @@ def test_cli_generates_the_greedy_text(tiny: Path):
 @pytest.mark.slow
 def test_cli_names_a_whitespace_only_continuation(tiny: Path, monkeypatch):
     """Newlines and spaces print as nothing visible: the summary line shows them quoted."""
-    import afmc.runtime.generation as generation
+    import afmc.eval.run_chip
+    from afmc.runtime.generation import Generation
 
-    monkeypatch.setattr(generation, "generate", lambda *_: generation.Generation(
+    monkeypatch.setattr(afmc.eval.run_chip, "generate", lambda *_: Generation(
         tokens=[10, 10, 32], logits=[], stopped_at_eos=False))
     result = runner.invoke(app, ["generate", str(tiny), "--prompt", "x"])
     assert result.exit_code == 0, result.output

@@ -1,8 +1,11 @@
 """afmc run: one chip instance on a text (next-token predictions of a language model,
-the embedding of an encoder) or on tensor inputs (every output against the FP view)."""
+the embedding of an encoder) or on tensor inputs (every output against the FP view);
+afmc generate: one chip (or the FP view) continuing a prompt."""
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from afmc.eval.perplexity import log_softmax, next_token_nll
 from afmc.eval.spread import number_text
 from afmc.eval.tensor_eval import TOP1_SHOWN, run_tensors
 from afmc.runtime.compiled import CompiledModel
+from afmc.runtime.generation import GenerationOptions, check_language_model, generate
 from afmc.screen import Screen
 
 
@@ -88,3 +92,31 @@ def _run_tensors(model: CompiledModel, inputs: Path, seed: int, read_noise: floa
                 f"{output.name}: top-1 class of the first {len(output.top1)} sample(s) "
                 f"{output.top1} (FP {output.fp_top1})"
                 + (f", of {report.samples}" if report.samples > TOP1_SHOWN else ""))
+
+
+def generate_text(model: CompiledModel, prompt: str, options: GenerationOptions,
+                  seed: int | None, read_noise: float, screen: Screen) -> None:
+    """Continue `prompt` on chip `seed` (None: the FP view): the prompt echoed on stderr, the
+    continuation on stdout, then tokens/s and why it stopped (a whitespace-only
+    continuation quoted there, as it prints as nothing visible)."""
+    check_language_model(model.record)
+    tokenizer = model.tokenizer()
+    eos = getattr(getattr(tokenizer, "tokenizer", None), "eos_token_id", None)
+    options = dataclasses.replace(options, eos_token_id=eos)
+    options.check()
+    ids = tokenizer.encode(prompt)
+    which = "FP view" if seed is None else chip_label(model, seed)
+    screen.err.print(f"prompt ({ids.size} tokens): {prompt!r}", markup=False,
+                     highlight=False, soft_wrap=True)
+    with screen.status(f"{which}: programming and generating"):
+        chip = model.fp_view() if seed is None else model.chip(seed, read_noise=read_noise)
+        started = time.perf_counter()  # tokens/s of decoding, without the chip's start
+        result = generate(chip, model.record, ids, options)
+        seconds = time.perf_counter() - started
+    text = tokenizer.decode(result.tokens)
+    screen.out.print(text, markup=False, highlight=False)
+    blank = f"; whitespace only: {text!r}" if result.tokens and not text.strip() else ""
+    screen.err.print(f"{which}: {len(result.tokens)} new tokens "
+                     f"({'eos' if result.stopped_at_eos else 'max-new-tokens'}), "
+                     f"{len(result.tokens) / seconds:.1f} tokens/s{blank}", highlight=False,
+                     markup=False, soft_wrap=True)
