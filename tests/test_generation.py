@@ -144,6 +144,17 @@ def test_cli_generates_the_greedy_text(tiny: Path):
 
 
 @pytest.mark.slow
+def test_cli_generates_with_the_fp_view(tiny: Path):
+    result = runner.invoke(app, ["generate", str(tiny), "--prompt", bytes(PROMPT).decode(),
+                                 "--fp", "--max-new-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    tokens = generate(load(tiny).fp_view(), load_record(tiny), PROMPT,
+                      GenerationOptions(max_new_tokens=8)).tokens
+    assert result.stdout.rstrip("\n") == bytes(tokens).decode("utf-8", errors="replace")
+    assert "FP view: 8 new tokens" in result.stderr
+
+
+@pytest.mark.slow
 def test_cli_names_a_whitespace_only_continuation(tiny: Path, monkeypatch):
     """Newlines and spaces print as nothing visible: the summary line shows them quoted."""
     import afmc.eval.run_chip
