@@ -61,9 +61,15 @@ class LayerShape:
     groups: int = 1
 
 
-def layer_field(layer: Any, key: str) -> Any:
-    """Field `key` of a LayerRecord-like object or of its JSON dict."""
-    return layer[key] if isinstance(layer, dict) else getattr(layer, key)
+_REQUIRED = object()
+
+
+def layer_field(layer: Any, key: str, default: Any = _REQUIRED) -> Any:
+    """Field `key` of a LayerRecord-like object or of its JSON dict (`default` where it is
+    missing, when given: an older afmc.json)."""
+    if default is _REQUIRED:
+        return layer[key] if isinstance(layer, dict) else getattr(layer, key)
+    return layer.get(key, default) if isinstance(layer, dict) else getattr(layer, key, default)
 
 
 def analog_layers(layers: Iterable[Any]) -> list[LayerShape]:
@@ -78,7 +84,7 @@ def analog_layers(layers: Iterable[Any]) -> list[LayerShape]:
             int(layer_field(layer, "in_features")),
             int(layer_field(layer, "out_features")),
             tuple(int(size) for size in layer_field(layer, "slice_sizes")),
-            int(_optional_field(layer, "groups", 1)),
+            int(layer_field(layer, "groups", 1)),
         )
         if not shape.slice_sizes or sum(shape.slice_sizes) != shape.in_features:
             raise TileMappingError(
@@ -112,10 +118,3 @@ def layer_blocks(layer: LayerShape, rows: int, cols: int) -> list[Block]:
             blocks.append(Block(layer.name, index, (start, start + size), (first, last)))
         start += size
     return blocks
-
-
-def _optional_field(layer: Any, key: str, default: Any) -> Any:
-    """Field `key` of a record or its JSON dict, `default` where an older afmc.json lacks it."""
-    if isinstance(layer, dict):
-        return layer.get(key, default)
-    return getattr(layer, key, default)

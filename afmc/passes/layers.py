@@ -60,9 +60,9 @@ def tile_count(slice_sizes: list[int], out_features: int, rows: int, cols: int,
     """Tiles for one block per tile: each slice spans ceil(size/rows) x ceil(columns/cols)
     tiles, its columns being all outputs, or of a block-diagonal layer the outputs of the
     groups its rows belong to (slice_columns)."""
-    tiles, start = 0, 0
+    tiles, start, in_features = 0, 0, sum(slice_sizes)
     for size in slice_sizes:
-        first, last = slice_columns(start, start + size, sum(slice_sizes), out_features, groups)
+        first, last = slice_columns(start, start + size, in_features, out_features, groups)
         tiles += math.ceil(size / rows) * math.ceil((last - first) / cols)
         start += size
     return tiles
