@@ -172,18 +172,25 @@ def _onnx_model(target: Path) -> None:
                       external_data=True, verbose=False)
 
 
-def _inputs(target: Path) -> None:
-    """Inputs of the example ONNX model: x [64, 32], keyed by input name."""
+def _example_x():
+    """The example ONNX model's input x [64, 32] (seeded)."""
     import numpy as np
 
-    np.savez(target, x=np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32))
+    return np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+
+
+def _inputs(target: Path) -> None:
+    """Inputs of the example ONNX model, keyed by input name (.npz)."""
+    import numpy as np
+
+    np.savez(target, x=_example_x())
 
 
 def _tensor(target: Path) -> None:
-    """Inputs of the example ONNX model as one array (.npy): x [64, 32]."""
+    """Inputs of the example ONNX model as one array (.npy)."""
     import numpy as np
 
-    np.save(target, np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32))
+    np.save(target, _example_x())
 
 
 def _labels(target: Path) -> None:
