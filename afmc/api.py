@@ -1,66 +1,38 @@
 """The Python API: afmc.compile() and afmc.load().
 
-compile() is the one compile pipeline: any model (built-in name, Hugging Face
-directory, GGUF or ONNX file, nn.Module) through its front end (afmc.frontends),
-calibration data checked against the model's inputs (afmc.data.calibration), the
-target's passes in order (timing each), lowering to ONNX with afmc ops, the
-target's post-lowering step, and, given an output directory, OUT/model.onnx and
-OUT/afmc.json written atomically. load() opens a compiled model as a chip.
+compile() is the one compile pipeline (afmc.compiler.driver): any model (built-in name,
+Hugging Face directory, GGUF or ONNX file, nn.Module) through its front end, calibration
+data checked against the model's inputs, the target's passes in order (timing each),
+lowering to ONNX with afmc ops, the target's post-lowering step, the fidelity check and,
+given an output directory, OUT/model.onnx and OUT/afmc.json written atomically. load()
+opens a compiled model as a chip.
 """
 
 from __future__ import annotations
 
 import contextlib
-import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import onnx_ir as ir
-from torch import fx
-
-import afmc.passes  # noqa: F401  (registers the passes)
-from afmc import lowering
-from afmc.config import AfmcConfig, config_from_dict
-from afmc.data.calibration import (
-    CalibrationData,
-    SyntheticCalibrationWarning,
-    input_ranges,
-    load_calibration,
-    synthetic_calibration,
+from afmc.compiler.driver import (  # noqa: F401  (the API's names)
+    STEPS,
+    CompileRequest,
+    CompileResult,
+    NoAcceleratedLayersWarning,
+    Progress,
+    pass_steps,
+    resolve_tokenizer,
+    run_compile,
 )
-from afmc.data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
-from afmc.frontends import Frontend, is_onnx_file, open_frontend
-from afmc.models import BUILTIN_CALIBRATION, model_paths
-from afmc.output_dir import staged_output
-from afmc.passes.layers import LayerRecord
-from afmc.passes.registry import PassSpec, get_pass, resolve_passes
-from afmc.quiet import libraries_quiet
-from afmc.record import StepTimer, build_record, write_outputs
+from afmc.compiler.frontends import is_onnx_file
+from afmc.compiler.trained_model import TRAINING_RECORD, trained_config
+from afmc.config import AfmcConfig, config_from_dict
+from afmc.console.quiet import libraries_quiet
+from afmc.data.tokenizer import Tokenizer
+from afmc.passes.registry import PassSpec
 from afmc.runtime.compiled import CompiledModel, load  # noqa: F401  (afmc.api.load)
-from afmc.targets import LowerContext, Target, get_target
-from afmc.train.trained_model import TRAINING_RECORD, trained_config
-
-Progress = Callable[[str], None]
-
-
-class NoAcceleratedLayersWarning(UserWarning):
-    """A compile for an accelerator target put no layer on the accelerator."""
-
-
-@dataclass
-class CompileResult:
-    """What compile() returns: the lowered model, its record and layers, and for the
-    torch front end the program after the passes."""
-
-    model: ir.Model
-    record: dict[str, Any]
-    layers: list[LayerRecord]
-    program: fx.GraphModule | None = None
-    output: Path | None = None
-    tokenizer: Tokenizer | None = field(default=None, repr=False)
-    files: dict[str, ir.Model] = field(default_factory=dict, repr=False)  # written beside it
+from afmc.targets import get_target
 
 
 def compile(  # noqa: A001  (the verb users expect: afmc.compile)
@@ -80,6 +52,7 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     progress: Progress | bool | None = True,
     recalibrate: bool = False,
     verbose: bool = False,
+    to_step: str = "write",
 ) -> CompileResult:
     """Compile `model` for `target`; write OUT/model.onnx and OUT/afmc.json if `output`.
 
@@ -100,8 +73,10 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     name. After every FX pass the graph is checked (passes.verify.check_graph); with
     `verify` (torch front end), the output drift to the FP model is measured per pass
     and a pass that must preserve the output but does not is an error naming it.
-    `save_intermediate` saves the program after each pass as
-    OUT/intermediate/NN-name.pt2 (torch.export.load; import afmc first).
+    `save_intermediate` saves the graph after each pass as OUT/intermediate/NN-name.pt2
+    (torch front end; torch.export.load, import afmc first) or NN-name.onnx (ONNX input).
+    `to_step` (one of STEPS) stops after that step of the driver (afmc.compiler.driver):
+    OUT holds afmc.json and the model as the step left it, in OUT/intermediate/.
 
     `output` may not be, hold or lie inside the model, calibration or tokenizer files it
     reads (output_dir.check_output, before any work).
@@ -117,12 +92,15 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     logs, torch.onnx notices, FutureWarnings) are hidden during the call, as on the
     command line, unless `verbose`.
     """
+    config = config or _trained_or_default_config(model)
+    request = CompileRequest(
+        model, get_target(target), config, calibration=calibration,
+        example_inputs=example_inputs, output=output, force=force, passes=passes, skip=skip,
+        verify=verify,
+        save_intermediate=save_intermediate, tokenizer=tokenizer, recalibrate=recalibrate,
+        to_step=to_step)
     with libraries_quiet(verbose), _announcer(progress) as announce:
-        return _compile(model, target, config, calibration=calibration,
-                        example_inputs=example_inputs, output=output, force=force,
-                        passes=passes, skip=skip, verify=verify,
-                        save_intermediate=save_intermediate, tokenizer=tokenizer,
-                        progress=announce, recalibrate=recalibrate)
+        return run_compile(request, announce)
 
 
 @contextlib.contextmanager
@@ -131,137 +109,12 @@ def _announcer(progress: Progress | bool | None) -> Iterator[Progress | None]:
     if callable(progress):
         yield progress
     elif progress:
-        from afmc.screen import Screen
+        from afmc.console.screen import Screen
 
         with Screen().status("compiling") as status:
             yield lambda step: status.update(f"compiling: {step}")
     else:
         yield None
-
-
-def _compile(model: Any, target: str, config: AfmcConfig | None, *, calibration: Any,
-             example_inputs: tuple | None, output: Path | None, force: bool,
-             passes: list[PassSpec] | None, skip: list[str] | tuple[str, ...], verify: bool,
-             save_intermediate: bool, tokenizer: str | Path | Tokenizer | None,
-             progress: Progress | None, recalibrate: bool) -> CompileResult:
-    config = config or _trained_or_default_config(model)
-    chosen = get_target(target)
-    timed = StepTimer(progress)
-    read = [*model_paths(model), *(Path(path) for path in (calibration, tokenizer)
-                                   if isinstance(path, (str, Path)))]
-    with staged_output(output, force, read) as staged:
-        frontend = timed("load" if is_onnx_file(model) else "capture",
-                         lambda: open_frontend(model, example_inputs,
-                                               tokenizer=resolve_tokenizer(tokenizer),
-                                               recalibrate=recalibrate, verify=verify,
-                                               save_intermediate=save_intermediate))
-        steps = pass_steps(frontend, chosen, passes, skip)
-        data = _calibration(frontend, chosen, config, steps, model, calibration)
-        checks_fidelity = data is not None and not data.synthetic and _checks_fidelity(chosen,
-                                                                                      config)
-        if checks_fidelity:
-            timed("fp-reference", lambda: frontend.hold_reference(data))
-        else:
-            frontend.hold_reference(None)
-        for spec in steps:
-            name = spec if isinstance(spec, str) else type(spec).__name__
-            outcome = timed(name, lambda spec=spec: frontend.run_pass(spec, config, data, staged))
-            timed.timings[-1].update(outcome)
-        lowered = timed("lower", frontend.lower)
-        layers = frontend.layers()
-        _warn_if_nothing_accelerated(frontend, chosen, layers)
-        context = LowerContext(lowered, config, layers, data.batches if data else None)
-        if chosen.post_lower is not None:
-            lowered = timed(f"lower-{chosen.name}", lambda: chosen.post_lower(context))
-        record = build_record(target=chosen.name, runtime=chosen.runtime,
-                              source=frontend.source, layers=layers, config=config,
-                              timings=timed.timings,
-                              calibration_source=data.source if data else None,
-                              tokenizer=frontend.tokenizer(),
-                              max_positions=frontend.signature.max_positions,
-                              **frontend.record_fields())
-        record.update(context.record)
-        if data is not None and not data.synthetic:
-            record["calibration_inputs"] = input_ranges(data.batches)
-        if checks_fidelity:
-            record["fidelity"] = timed("fidelity", lambda: frontend.fidelity(
-                chosen, lowered, record, config, data))
-        lowering.set_metadata(lowered, {k: v for k, v in record.items() if k != "passes"})
-        result = CompileResult(lowered, record, layers, frontend.program, None,
-                               frontend.tokenizer(), context.files)
-        if staged is not None:
-            timed.progress("write")
-            write_outputs(staged, result.model, result.record, result.tokenizer, result.files)
-            result.output = Path(output)
-        return result
-
-
-def resolve_tokenizer(tokenizer: str | Path | Tokenizer | None) -> Tokenizer | None:
-    """The tokenizer `tokenizer` names: a directory, "bytes", or one given as it is."""
-    if tokenizer is None or not isinstance(tokenizer, (str, Path)):
-        return tokenizer
-    return ByteTokenizer() if str(tokenizer) == "bytes" else load_tokenizer(Path(tokenizer))
-
-
-def pass_steps(frontend: Frontend, target: Target, passes: list[PassSpec] | None,
-               skip: list[str] | tuple[str, ...]) -> list[PassSpec]:
-    """The passes a compile runs: the front end's list for the target, or `passes`, less
-    `skip`; a pass listed twice is an error."""
-    steps = resolve_passes(frontend.default_passes(target), passes, skip, level=frontend.level)
-    names = [spec if isinstance(spec, str) else type(spec).__name__ for spec in steps]
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise ValueError(f"pass {twice[0]!r} is listed twice")
-    return steps
-
-
-def _checks_fidelity(target: Target, config: AfmcConfig) -> bool:
-    return target.name != "fp" and config.calibration.held_back > 0
-
-
-def _calibration(frontend: Frontend, target: Target, config: AfmcConfig,
-                 steps: list[PassSpec], model: Any, given: Any) -> CalibrationData | None:
-    """The compile's calibration data: the given data, a built-in model's own text, or
-    (when the target needs data and none is given) synthetic inputs, with a warning."""
-    uses_data = any(isinstance(step, str) and get_pass(step).uses_calibration
-                    for step in steps)
-    needs = target.calibrates(config) and (uses_data or target.post_lower is not None)
-    if given is None and isinstance(model, str) and model in BUILTIN_CALIBRATION:
-        given = BUILTIN_CALIBRATION[model]
-    if given is None:
-        if not needs:
-            return None
-        data = synthetic_calibration(frontend.signature, config.calibration)
-        warnings.warn(f"{frontend.name}: no calibration data; input "
-                      "ranges come from synthetic inputs drawn from the input signature "
-                      "(pass --calib FILE for real ranges)", SyntheticCalibrationWarning,
-                      stacklevel=3)
-        return data
-    if not needs and not _checks_fidelity(target, config):
-        return None
-
-    def text_tokenizer() -> Tokenizer:
-        found = frontend.tokenizer()
-        if found is None:
-            raise ValueError(f"{given}: text calibration needs a tokenizer and "
-                             f"{frontend.name} has none (pass --tokenizer "
-                             "DIR, or tensors: .npy/.npz/.pt)")
-        return found
-
-    held_back = config.calibration.held_back if _checks_fidelity(target, config) else 0
-    return load_calibration(given, frontend.signature, config.calibration, text_tokenizer,
-                            held_back)
-
-
-def _warn_if_nothing_accelerated(frontend: Frontend, target: Target,
-                                 layers: list[LayerRecord]) -> None:
-    if target.name == "fp" or any(layer.placement == "analog" for layer in layers):
-        return
-    found = (f"all {len(layers)} static-weight layers are placed digital" if layers
-             else "it has no MatMul, Gemm or Conv with a constant weight")
-    warnings.warn(f"{frontend.name}: no layer runs on the {target.name} "
-                  f"target: {found}; the output computes as the FP model",
-                  NoAcceleratedLayersWarning, stacklevel=3)
 
 
 def training_folder(model: Any) -> Path | None:

@@ -392,7 +392,7 @@ def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = (),
 
 def _read_config_file(path: Path) -> dict[str, Any]:
     """The mapping of sections in the YAML/JSON file `path` (see the module rules)."""
-    from afmc.input_files import parse_json, read_utf8_text
+    from afmc.io.input_files import parse_json, read_utf8_text
 
     try:
         text = read_utf8_text(path, "configuration file")
@@ -403,7 +403,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError(f"{path}: not valid YAML ({problem}{where})") from None
     except (OSError, ValueError) as error:
-        from afmc.user_errors import user_message
+        from afmc.io.user_errors import user_message
 
         raise ConfigError(user_message(error)) from None
     if loaded is None:

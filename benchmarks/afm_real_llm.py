@@ -78,7 +78,7 @@ def weight_movement(model: Path, trained: Path) -> dict:
     from safetensors.torch import load_file
 
     from afmc.capture.hf import load_causal_lm
-    from afmc.train.trained_model import RANGES_FILE
+    from afmc.compiler.trained_model import RANGES_FILE
 
     names = [k for k in load_file(trained / RANGES_FILE) if k.rpartition(".")[2] not in (
         "input_scale", "outliers_per_slice")]
@@ -105,7 +105,7 @@ def _line(name: str, entry: dict, fp: float) -> str:
 
 
 def main() -> None:
-    from afmc.quiet import quiet_libraries
+    from afmc.console.quiet import quiet_libraries
 
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

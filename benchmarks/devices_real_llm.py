@@ -26,7 +26,7 @@ from real_llm import apache_license  # noqa: E402
 
 
 def main() -> None:
-    from afmc.quiet import quiet_libraries
+    from afmc.console.quiet import quiet_libraries
 
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

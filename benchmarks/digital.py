@@ -59,7 +59,7 @@ from afmc.data.corpus import stdlib_text
 from afmc.data.tokenizer import ByteTokenizer, token_windows
 from afmc.eval.perplexity import perplexity
 from afmc.eval.timing import interleaved_samples
-from afmc.layout import MODEL_FILE
+from afmc.io.layout import MODEL_FILE
 from afmc.models import afmc_tiny_config
 from afmc.runtime.chip import Chip, load_record
 from afmc.runtime.kernels import executed_ops
@@ -214,7 +214,7 @@ def bench_model(
 
 
 def main() -> None:
-    from afmc.quiet import quiet_libraries
+    from afmc.console.quiet import quiet_libraries
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(

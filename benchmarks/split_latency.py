@@ -45,7 +45,7 @@ def compile_pair(root: Path, smollm2: bool) -> tuple[Path, Path]:
 
 
 def main() -> None:
-    from afmc.quiet import quiet_libraries
+    from afmc.console.quiet import quiet_libraries
 
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

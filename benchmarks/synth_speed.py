@@ -59,7 +59,7 @@ def afmc_synth(model: str, folder: Path, sequences: int, batch: int, seq_len: in
 
 
 def main() -> None:
-    from afmc.quiet import quiet_libraries
+    from afmc.console.quiet import quiet_libraries
 
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

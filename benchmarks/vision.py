@@ -38,6 +38,7 @@ import onnxruntime as ort
 
 import afmc.api
 from afmc.config import load_config
+from afmc.metrics import relative_error
 from afmc.runtime.compiled import CompiledModel
 from afmc.targets.ort_quant import (
     CalibrationDataReader,
@@ -130,7 +131,7 @@ def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
 def scores(logits: np.ndarray, fp: np.ndarray) -> tuple[float, float]:
     """Top-1 agreement with the FP logits and the relative L2 error."""
     agreement = float((logits.argmax(1) == fp.argmax(1)).mean())
-    return agreement, float(np.linalg.norm(logits - fp) / np.linalg.norm(fp))
+    return agreement, relative_error(logits, fp)
 
 
 class Batches(CalibrationDataReader):

@@ -20,10 +20,10 @@ import afmc
 from afmc.api import load
 from afmc.config import load_config
 from afmc.data.kv_cache import KVCacheSpec
+from afmc.io.user_errors import KernelWarning
 from afmc.ops.analog_linear_onnx import KERNEL_DOMAIN, PRE_SCALED
 from afmc.runtime import fused
 from afmc.runtime.analog import prepared_graph
-from afmc.user_errors import KernelWarning
 
 pytestmark = pytest.mark.skipif(not fused.enabled(), reason="no C++ compiler for the kernels")
 

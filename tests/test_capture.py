@@ -30,10 +30,10 @@ from afmc.capture import (
     CaptureError,
     capture_causal_lm,
     capture_module,
-    export_onnx,
     load_causal_lm,
-    onnx_export,
 )
+from afmc.compiler import onnx_export
+from afmc.compiler.onnx_export import export_onnx
 
 VOCAB = 300
 TOKENS = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}

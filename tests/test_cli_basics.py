@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from afmc.cli import app
 from afmc.config import AfmcConfig, load_config
+from afmc.console.tables import layer_names
 from afmc.eval.sensitivity import (
     CumulativePoint,
     LayerSensitivity,
@@ -23,7 +24,6 @@ from afmc.eval.sensitivity import (
     ranking_table,
 )
 from afmc.passes import PASSES
-from afmc.tables import layer_names
 from afmc.targets import TARGETS
 
 runner = CliRunner()

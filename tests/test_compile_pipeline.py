@@ -21,8 +21,8 @@ from transformers import AutoModelForCausalLM
 
 from afmc.api import compile as afmc_compile
 from afmc.api import load
+from afmc.compiler.lowering import read_metadata
 from afmc.config import load_config
-from afmc.lowering import read_metadata
 
 pytestmark = pytest.mark.slow  # four tiny models compiled for aimc (module fixture)
 

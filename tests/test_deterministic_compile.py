@@ -23,10 +23,10 @@ import pytest
 import torch
 
 import afmc
+from afmc.compiler.fidelity import sum_of_squares
+from afmc.compiler.lowering import read_metadata
 from afmc.config import load_config
-from afmc.eval.fidelity import sum_of_squares
-from afmc.layout import MODEL_FILE, RECORD_FILE
-from afmc.lowering import read_metadata
+from afmc.io.layout import MODEL_FILE, RECORD_FILE
 from afmc.passes.verify import output_drift
 
 RUN_DEPENDENT = ("passes", "seconds")  # passes[i].seconds: wall time of step i

@@ -168,7 +168,7 @@ def tiny(compiled_tiny) -> dict[int, object]:
 def test_tiles_are_counted_per_device_and_bit_slice(compiled_tiny):
     """The compile plan (record.py's and compile_plan's rule: d x n copies) counts every
     layer's tiles d x n-fold; the compiled d = 1 record agrees with its plan."""
-    from afmc.compile_plan import plan_compile
+    from afmc.cli.compile_plan import plan_compile
 
     plans = {copies: plan_compile("afmc-tiny", "aimc", load_config(None, overrides))
              for copies, overrides in ((1, []), (4, ["hardware.devices_per_weight=4"]),

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import afmc
 from afmc.cli import app
 from afmc.eval.results import result_files, result_kind, result_name, write_result
-from afmc.layout import EVAL_DIR
+from afmc.io.layout import EVAL_DIR
 
 runner = CliRunner()
 

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 import afmc.api
 from afmc.api import load
 from afmc.cli import app
+from afmc.compiler.fidelity import FidelityWarning
 from afmc.config import load_config
 from afmc.data.calibration import split_text
 from afmc.data.tokenizer import ByteTokenizer
-from afmc.eval.fidelity import FidelityWarning
 from afmc.eval.perplexity import perplexity
 
 SETTINGS = ["calibration.seq_len=32", "calibration.max_tokens=256"]
@@ -105,7 +105,7 @@ def test_the_fp_model_is_let_go_before_the_passes(model_dirs, calibration_text, 
     """With or without the fidelity check, no pass runs while the front end holds the FP
     module, which keeps the original of every weight the passes replace (at 1.1B
     parameters, 4.4 GB more peak memory)."""
-    from afmc.frontends.torch_program import TorchFrontend
+    from afmc.compiler.frontends.torch_program import TorchFrontend
 
     holding = []
     run_pass = TorchFrontend.run_pass
@@ -122,7 +122,7 @@ def test_the_fp_model_is_let_go_before_the_passes(model_dirs, calibration_text, 
 
 
 def test_advice_names_only_the_levers_not_already_on():
-    from afmc.eval.fidelity import advice
+    from afmc.compiler.fidelity import advice
 
     defaults = load_config(None).model_dump(mode="json")
     ran = [{"name": name, "modified": True} for name in

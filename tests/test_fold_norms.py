@@ -10,8 +10,8 @@ from conftest import VOCAB, tiny_model
 from torch import fx, nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from afmc import lowering
 from afmc.capture import CapturedModel, capture_causal_lm, capture_module
+from afmc.compiler import lowering
 from afmc.config import AfmcConfig
 from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.passes import get_pass

@@ -29,8 +29,8 @@ from torch import nn
 import afmc
 from afmc.api import NoAcceleratedLayersWarning
 from afmc.capture.hf import CausalLMLogits
+from afmc.compiler.frontends import StaticBatchWarning
 from afmc.data.calibration import SYNTHETIC_SOURCE, SyntheticCalibrationWarning
-from afmc.frontends import StaticBatchWarning
 
 TARGETS = ("aimc", "int8", "int4", "fp")
 ROOT = Path(__file__).resolve().parents[1]

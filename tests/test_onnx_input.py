@@ -27,8 +27,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from afmc.api import compile as afmc_compile
 from afmc.api import load
-from afmc.capture import CaptureError, capture_causal_lm, capture_module, export_onnx
+from afmc.capture import CaptureError, capture_causal_lm, capture_module
 from afmc.capture.onnx_model import load_onnx_model
+from afmc.compiler.lowering import read_metadata
+from afmc.compiler.onnx_export import export_onnx
 from afmc.config import ConfigError, load_config
 from afmc.data.calibration import (
     SYNTHETIC_SOURCE,
@@ -39,7 +41,6 @@ from afmc.data.calibration import (
 )
 from afmc.data.tokenizer import ByteTokenizer
 from afmc.eval.perplexity import perplexity
-from afmc.lowering import read_metadata
 from afmc.ops.analog_linear import analog_linear
 from afmc.passes.onnx.calibrate import CalibrateOnnxInputRanges
 from afmc.passes.onnx.fold_norms import FoldNorms

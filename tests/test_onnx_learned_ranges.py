@@ -24,14 +24,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from afmc.api import compile as afmc_compile
+from afmc.compiler.trained_model import RANGES_FILE, TRAINING_RECORD
 from afmc.config import AfmcConfig, HardwareConfig, load_config
+from afmc.io.user_errors import InputWarning
 from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.ops.sparse_outliers import SPARSE_OUTLIERS
 from afmc.passes.layer_score import split_indices
 from afmc.runtime.compiled import CompiledModel
 from afmc.targets import get_target
-from afmc.train.trained_model import RANGES_FILE, TRAINING_RECORD
-from afmc.user_errors import InputWarning
 
 SIZES = {"stem": [14, 13], "mix": [4], "head": [10, 10]}  # slice_sizes at max_in=16
 RANGES = {"stem": [2.5, 1.75], "mix": [1.5], "head": [0.75, 1.25]}

@@ -1,6 +1,6 @@
 """Never lose data: where afmc writes an output directory, and how it publishes it.
 
-Rules under test (afmc.output_dir, afmc.interrupts):
+Rules under test (afmc.io.output_dir, afmc.io.interrupts):
 - OUT may not be, hold or lie inside the input model (a Hugging Face directory,
   an ONNX file and its external data), nor be or hold the current directory;
   refused before any work with one `error:` line naming both paths, the input
@@ -32,9 +32,9 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 import afmc
-from afmc import output_dir
 from afmc.cli import app
-from afmc.output_dir import OutputExistsError
+from afmc.io import output_dir
+from afmc.io.output_dir import OutputExistsError
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-c", "from afmc.cli import app; app()"]

@@ -1,4 +1,4 @@
-"""Progress where the output is not a terminal (afmc.progress_lines), --quiet/--verbose, and
+"""Progress where the output is not a terminal (afmc.console.progress_lines), --quiet/--verbose, and
 the Python API's progress and quiet libraries (issue 23 item 2)."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from afmc import progress_lines
 from afmc.cli import app, screen
-from afmc.progress_lines import LineProgress, LineStatus, seconds_text
-from afmc.quiet import libraries_quiet
+from afmc.console import progress_lines
+from afmc.console.progress_lines import LineProgress, LineStatus, seconds_text
+from afmc.console.quiet import libraries_quiet
 
 
 class Clock:

@@ -17,10 +17,10 @@ from rich.console import Console
 
 from afmc.api import compile as afmc_compile
 from afmc.config import AfmcConfig
+from afmc.console.tables import layer_names
 from afmc.mapping import TileMap, map_tiles, write_tile_map_svg
 from afmc.passes.layers import LayerRecord
 from afmc.report import SVG_FILE, report
-from afmc.tables import layer_names
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from afmc.cli import app
 from afmc.eval.json_out import write_json
-from afmc.layout import EVAL_DIR, RECORD_FILE
+from afmc.io.layout import EVAL_DIR, RECORD_FILE
 
 pytestmark = pytest.mark.slow  # afmc-tiny compiled (compiled_tiny)
 

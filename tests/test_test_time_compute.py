@@ -30,7 +30,7 @@ from afmc.eval.test_time_compute import (
     sweep_task,
     vote_accuracy,
 )
-from afmc.layout import EVAL_DIR
+from afmc.io.layout import EVAL_DIR
 from afmc.models import BUILTIN_MODELS
 
 TASK = BUILTIN_MODELS["afmc-adder"] / "addition.jsonl"

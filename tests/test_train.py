@@ -19,12 +19,12 @@ from safetensors.torch import load_file
 
 from afmc.api import compile as compile_model
 from afmc.capture.hf import load_causal_lm
+from afmc.compiler.trained_model import RANGES_FILE, TRAINING_RECORD
 from afmc.config import config_from_dict
 from afmc.models import resolve_model_path
 from afmc.train.analog_layer import analog_layers, convert_to_analog
 from afmc.train.data import batch_indices, micro_batches
 from afmc.train.tasks import distillation_loss
-from afmc.train.trained_model import RANGES_FILE, TRAINING_RECORD
 from afmc.train.trainer import polynomial_schedule, train
 
 SMALL = {"seq_len": 32, "batch_size": 4, "range_init_batches": 1}

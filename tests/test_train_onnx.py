@@ -24,12 +24,12 @@ from typer.testing import CliRunner
 from afmc.api import compile as afmc_compile
 from afmc.capture.onnx_model import load_onnx_model
 from afmc.cli import app
+from afmc.compiler.trained_model import RANGES_FILE, TRAINING_RECORD
 from afmc.config import AfmcConfig, load_config
 from afmc.runtime.compiled import CompiledModel
 from afmc.train.analog_layer import AnalogTrainingLinear
 from afmc.train.onnx_torch import OnnxTorchModule, module_key
 from afmc.train.tasks import OnnxTask
-from afmc.train.trained_model import RANGES_FILE, TRAINING_RECORD
 from afmc.train.trainer import train
 
 BATCH = 4

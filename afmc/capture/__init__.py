@@ -3,7 +3,6 @@
 from afmc.capture.encoder import capture_encoder
 from afmc.capture.errors import CaptureError
 from afmc.capture.hf import CausalLMLogits, capture_causal_lm, load_causal_lm
-from afmc.capture.onnx_export import export_onnx
 from afmc.capture.pretrained import capture_pretrained
 from afmc.capture.torch_module import CapturedModel, capture_module
 
@@ -15,6 +14,5 @@ __all__ = [
     "capture_encoder",
     "capture_module",
     "capture_pretrained",
-    "export_onnx",
     "load_causal_lm",
 ]

@@ -26,7 +26,7 @@ from afmc.capture.errors import CaptureError
 from afmc.capture.hf import EXAMPLE_BATCH, attention_implementation, read_config
 from afmc.capture.loading_info import check_loading_info
 from afmc.capture.torch_module import CapturedModel, capture_module
-from afmc.user_errors import first_line
+from afmc.io.user_errors import first_line
 
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT = "embeddings"

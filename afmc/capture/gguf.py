@@ -22,7 +22,7 @@ import transformers
 from transformers import PreTrainedModel
 
 from afmc.capture.errors import CaptureError
-from afmc.user_errors import first_line
+from afmc.io.user_errors import first_line
 
 SUFFIX = ".gguf"
 MAGIC = b"GGUF"

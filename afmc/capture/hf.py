@@ -59,7 +59,7 @@ from afmc.capture.loading_info import check_loading_info
 from afmc.capture.moe import densify_experts
 from afmc.capture.torch_module import CapturedModel, capture_module
 from afmc.capture.upcast import stored_dtype, upcast_in_place
-from afmc.user_errors import first_line
+from afmc.io.user_errors import first_line
 
 EXAMPLE_BATCH = 2
 EXAMPLE_PAST = 5  # >= 2, or torch specialises the past axis

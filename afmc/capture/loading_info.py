@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from afmc.capture.errors import CaptureError
-from afmc.user_errors import InputWarning
+from afmc.io.user_errors import InputWarning
 
 SHOWN = 3
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx_ir as ir
 
 from afmc.capture.errors import CaptureError
-from afmc.user_errors import first_line
+from afmc.io.user_errors import first_line
 
 RUNNABLE_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 

@@ -26,7 +26,7 @@ Findings (torch 2.13) that the rest of afmc relies on:
   calling convention and the input checks; the graph module can then be
   exported again with `torch.export.export(graph_module, example_inputs,
   dynamic_shapes=dynamic_shapes)`, which is how it is lowered to ONNX
-  (see `afmc.capture.onnx_export`).
+  (see `afmc.compiler.onnx_export`).
 - An export failure surfaces as torch's exception from deep inside the tracer;
   `capture_module` turns it into a one-line `CaptureError` that names the
   submodule (from the traceback frames whose `self` is a submodule) and the
@@ -51,7 +51,7 @@ from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 from afmc.capture.errors import CaptureError
 from afmc.capture.linear_form import linearize_transposed_products
 from afmc.data.kv_cache import KVCacheSpec
-from afmc.user_errors import first_line
+from afmc.io.user_errors import first_line
 
 _LIBRARY_DIRS = tuple(
     str(Path(p).resolve()) + os.sep

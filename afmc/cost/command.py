@@ -3,7 +3,7 @@
 A plain Typer-compatible function; cli.py registers it (``app.command()(cost)``). At
 module level it imports only typer and rich, so the CLI can import it at start-up.
 A user error (a missing output, an unknown or invalid profile) is one `error:` line and
-exit status 1 (afmc.cli_errors.user_errors, as every command); anything else keeps its
+exit status 1 (afmc.io.error_lines.user_errors, as every command); anything else keeps its
 traceback.
 """
 
@@ -32,11 +32,11 @@ def cost(
 ) -> None:
     """Energy, latency and area per token of a compiled model on a hardware profile
     (docs/cost.md), with the ratio against a digital baseline."""
-    from afmc.cli_errors import user_errors
     from afmc.cost.model import estimate
     from afmc.cost.profile import load_profile
     from afmc.cost.summary import compare
     from afmc.cost.table import layer_table, summary_lines
+    from afmc.io.error_lines import user_errors
 
     with user_errors():
         chosen, reference = load_profile(profile), load_profile(baseline)

@@ -117,8 +117,8 @@ class CostReport:
 
 def estimate(output_dir: str | Path, profile: HardwareProfile | str) -> CostReport:
     """The cost of the compiled output `output_dir` (its afmc.json) on `profile`."""
-    from afmc.input_files import read_json_object
-    from afmc.layout import RECORD_FILE
+    from afmc.io.input_files import read_json_object
+    from afmc.io.layout import RECORD_FILE
 
     path = Path(output_dir) / RECORD_FILE
     if not path.is_file():

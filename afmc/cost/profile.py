@@ -135,7 +135,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     if path.suffix not in (".yaml", ".yml") and not path.exists():
         raise ConfigError(f"unknown hardware profile {text!r} (built in: "
                           f"{', '.join(builtin_profiles())}; or a YAML file)")
-    from afmc.input_files import read_utf8_text
+    from afmc.io.input_files import read_utf8_text
 
     return parse_profile(read_utf8_text(path, "hardware profile"), str(path))
 

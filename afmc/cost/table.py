@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from rich.markup import escape
 
+from afmc.console.tables import Column, FittedTable, layer_names
 from afmc.cost.model import CostReport
-from afmc.tables import Column, FittedTable, layer_names
 
 COLUMNS = (Column("layer", "name", "left"), Column("placement", justify="left"),
            *(Column(header) for header in (

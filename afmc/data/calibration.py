@@ -49,7 +49,7 @@ from afmc.data.tensors import SUFFIXES as TENSOR_SUFFIXES
 from afmc.data.tensors import load_tensor_batches, name_mismatch, tensor_to_numpy
 from afmc.data.text_source import read_text
 from afmc.data.tokenizer import Tokenizer, token_windows
-from afmc.user_errors import InputWarning
+from afmc.io.user_errors import InputWarning
 
 Batch = dict[str, np.ndarray]
 Dim = int | str | None  # static size, or a dynamic axis (its name, or None)

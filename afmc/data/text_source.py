@@ -1,6 +1,6 @@
 """Text for calibration and evaluation: a file, or a built-in corpus (stdlib:SPLIT).
 
-A text file must be UTF-8 without NUL bytes (afmc.input_files): random or binary
+A text file must be UTF-8 without NUL bytes (afmc.io.input_files): random or binary
 bytes are an error naming the file and the first bad byte, never silently
 replaced. A missing, empty or whitespace-only file, a directory, and an unknown
 ``stdlib:`` name are errors naming it.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from afmc.input_files import read_utf8_text
+from afmc.io.input_files import read_utf8_text
 
 BUILTIN_TEXTS = ("stdlib:train", "stdlib:heldout", "stdlib:calibration")
 

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from afmc.layout import TOKENIZER_DIR
+from afmc.io.layout import TOKENIZER_DIR
 
 _TOKENIZER_FILES = (
     "tokenizer.json",

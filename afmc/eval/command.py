@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from afmc.console.screen import Screen
 from afmc.eval.drift import eval_noise, parse_times
 from afmc.eval.json_out import check_json_path
 from afmc.eval.modes import drift, inputs, seeds, sensitivity, task
@@ -15,7 +16,6 @@ from afmc.eval.options import (
 )
 from afmc.eval.request import EvalPlan, EvalRequest
 from afmc.runtime.compiled import CompiledModel
-from afmc.screen import Screen
 
 
 def run_eval(request: EvalRequest, screen: Screen) -> None:

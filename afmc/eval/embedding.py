@@ -18,6 +18,7 @@ import numpy as np
 from afmc.capture.encoder import OUTPUT
 from afmc.data.tokenizer import text_feeds
 from afmc.eval.spread import sample_std
+from afmc.metrics import relative_error, row_cosines
 from afmc.runtime.chip import Chip
 from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.noise import NoiseConfig
@@ -43,15 +44,9 @@ class EmbeddingError:
     cosine: float
 
 
-def row_cosines(got: np.ndarray, fp: np.ndarray) -> np.ndarray:
-    """The cosine similarity of each embedding (last axis) of `got` to its FP one."""
-    return (got * fp).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(fp, axis=-1))
-
-
 def embedding_error(got: np.ndarray, fp: np.ndarray) -> EmbeddingError:
     """The error of embeddings `got` against the FP embeddings `fp` (rule in the docstring)."""
-    return EmbeddingError(float(np.linalg.norm(got - fp) / np.linalg.norm(fp)),
-                          float(row_cosines(got, fp).mean()))
+    return EmbeddingError(relative_error(got, fp), float(row_cosines(got, fp).mean()))
 
 
 @dataclass

@@ -11,24 +11,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from afmc.metrics import next_token_nll
+
 LogitsFn = Callable[[np.ndarray], np.ndarray]
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Log-probabilities over the last axis (float64, stable: the maximum subtracted)."""
-    shifted = np.asarray(logits, dtype=np.float64)
-    shifted = shifted - shifted.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def next_token_nll(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Next-token negative log-likelihoods ``[b, T-1]`` (float64, stable log-softmax)."""
-    logits = np.asarray(logits, dtype=np.float64)[:, :-1]
-    targets = ids[:, 1:]
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    log_norm = np.log(np.exp(shifted).sum(axis=-1))
-    target_logit = np.take_along_axis(shifted, targets[..., None], axis=-1)[..., 0]
-    return log_norm - target_logit
 
 
 def perplexity(

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from afmc.eval.json_out import write_json
-from afmc.layout import EVAL_DIR
+from afmc.io.layout import EVAL_DIR
 
 KINDS = ("seeds", "embedding", "inputs", "drift", "sensitivity", "test_time_compute")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._]+")

@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
+from afmc.console.screen import Screen
 from afmc.data.text_source import read_text
 from afmc.eval.embedding import embedding_error, embeddings, is_encoder
 from afmc.eval.options import tensor_source, within_context
-from afmc.eval.perplexity import log_softmax, next_token_nll
 from afmc.eval.spread import number_text
 from afmc.eval.tensor_eval import TOP1_SHOWN, run_tensors
+from afmc.metrics import log_softmax, next_token_nll
 from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.generation import GenerationOptions, check_language_model, generate
-from afmc.screen import Screen
 
 
 def chip_label(model: CompiledModel, seed: int) -> str:

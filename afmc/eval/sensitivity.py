@@ -37,13 +37,13 @@ from typing import Any
 import numpy as np
 import yaml
 
+from afmc.console.tables import Column, FittedTable, layer_names
 from afmc.data.model_inputs import ModelInputs
-from afmc.eval.perplexity import next_token_nll
 from afmc.eval.sweep import OutputErrorScorer
+from afmc.metrics import next_token_nll, sqnr_db
 from afmc.runtime.chip import Chip
 from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.noise import NoiseConfig
-from afmc.tables import Column, FittedTable, layer_names
 
 RULES_FILE = "keep-digital.yaml"
 _PERCENT = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?\d+)?)\s*%?\s*")
@@ -58,10 +58,8 @@ class Score:
 
     @property
     def sqnr_db(self) -> float:
-        """-20 log10(relative error); infinite for an exact match."""
-        if self.relative_error <= 0:
-            return math.inf
-        return -20 * math.log10(self.relative_error)
+        """-20 log10(relative error); infinite for an exact match (afmc.metrics)."""
+        return sqnr_db(self.relative_error)
 
 
 class LogitsScorer:

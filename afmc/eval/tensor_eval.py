@@ -37,6 +37,7 @@ from afmc.data.model_inputs import (
 )
 from afmc.eval.embedding import embedding_error
 from afmc.eval.spread import mean_std
+from afmc.metrics import sqnr_db
 from afmc.runtime.chip import Chip
 from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.noise import NoiseConfig
@@ -63,10 +64,10 @@ def output_error(got: np.ndarray, fp: np.ndarray) -> OutputError:
     with np.errstate(divide="ignore", invalid="ignore"):
         error = embedding_error(got.astype(np.float64).reshape(samples, -1),
                                 fp.astype(np.float64).reshape(samples, -1))
-        sqnr = -20 * math.log10(error.relative_error) if error.relative_error > 0 else math.inf
     classes = fp.ndim >= 2 and fp.shape[-1] > 1
     agreement = float(np.mean(top1(got) == top1(fp))) if classes else math.nan
-    return OutputError(error.relative_error, sqnr, error.cosine, agreement)
+    return OutputError(error.relative_error, sqnr_db(error.relative_error), error.cosine,
+                       agreement)
 
 
 def top1(logits: np.ndarray) -> np.ndarray:

@@ -30,16 +30,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from afmc.console.tables import Column, FittedTable, layer_names
 from afmc.eval.json_out import write_text_atomic
-from afmc.input_files import read_json_object
-from afmc.layout import RECORD_FILE
+from afmc.io.input_files import read_json_object
+from afmc.io.layout import RECORD_FILE
 from afmc.mapping import STRATEGIES, TileMap, map_tiles, write_tile_map_svg
 from afmc.report.data import default_cost, report_data
 from afmc.report.headlines import results_table
 from afmc.report.html import HTML_FILE, build_page
 from afmc.report.results import Found, read_eval_results
 from afmc.runtime.bit_slicing import hardware_copies
-from afmc.tables import Column, FittedTable, layer_names
 
 DEFAULT_STRATEGY = "one-per-tile"
 SVG_FILE = "tile_map.svg"

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from afmc.eval.spread import std_text
-from afmc.layout import EVAL_DIR
+from afmc.io.layout import EVAL_DIR
 from afmc.mapping import TileMap, tile_map_svg
 from afmc.report import plots
 from afmc.report.results import (

@@ -1,7 +1,7 @@
 """The files the report page reads, checked against their schemas (docs/tile-mapping.md).
 
 Rules:
-- The evaluation results live in OUT/eval (afmc.layout.EVAL_DIR), one file per
+- The evaluation results live in OUT/eval (afmc.io.layout.EVAL_DIR), one file per
   mode and settings, each written by `afmc eval` and named by afmc.eval.results
   (KIND-LABEL-HASH.json; the older drift.json, sensitivity.json and
   test_time_compute.json are read too). Every file of a kind is read, in the order
@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from afmc.eval.results import result_files
-from afmc.input_files import read_json_object
+from afmc.io.input_files import read_json_object
 
 
 class _Schema(BaseModel):

@@ -67,7 +67,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from afmc import ops
-from afmc.layout import MODEL_FILE
+from afmc.io.layout import MODEL_FILE
+from afmc.io.user_errors import KernelWarning, first_line
 from afmc.ops.analog_linear_onnx import (
     ANALOG_OP_TYPES,
     ATTRIBUTE_DEFAULTS,
@@ -90,7 +91,6 @@ from afmc.runtime.noise import NoiseConfig, layer_rng, program_prepared, program
 from afmc.runtime.sessions import open_session, release_free_memory, session_options
 from afmc.runtime.threads import in_order_on_threads
 from afmc.runtime.views import fp_reference, with_read_noise
-from afmc.user_errors import KernelWarning, first_line
 
 EFFECTIVE = "::w_eff_"  # prepared_graph's names of the prepared weights: WEIGHT::w_eff_I
 PREPACK_LIMIT = 1 << 30  # analog weights (bytes) above which sessions do not prepack

@@ -22,10 +22,10 @@ import onnx
 import onnxruntime as ort
 
 from afmc.data.kv_cache import KVCacheSpec, with_empty_pasts
-from afmc.input_files import read_json_object
-from afmc.layout import MODEL_FILE, RECORD_FILE
+from afmc.io.input_files import read_json_object
+from afmc.io.layout import MODEL_FILE, RECORD_FILE
+from afmc.io.user_errors import first_line
 from afmc.runtime.sessions import run_session, session_kv_cache
-from afmc.user_errors import first_line
 
 RECORD_KEYS = ("target", "inputs", "outputs", "config", "layers")
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import onnx
 
-from afmc.layout import MODEL_FILE, RECORD_FILE
+from afmc.io.layout import MODEL_FILE, RECORD_FILE
 from afmc.runtime.analog import AnalogRuntime
 from afmc.runtime.bit_slicing import slicing_problem
 from afmc.runtime.chip import Chip, load_model_file, load_record

@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 
 from afmc.data.kv_cache import KVCacheSpec, kv_cache_of_inputs
-from afmc.user_errors import first_line
+from afmc.io.user_errors import first_line
 
 PROVIDERS = ["CPUExecutionProvider"]
 INLINE_LIMIT = 3 << 29  # 1.5 GiB: protobuf cannot serialise a model over 2 GiB

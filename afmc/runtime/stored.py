@@ -16,7 +16,7 @@ from typing import Any
 
 import onnx
 
-from afmc.layout import MODEL_FILE
+from afmc.io.layout import MODEL_FILE
 from afmc.runtime.chip import Chip, chip_from_session
 from afmc.runtime.noise import NoiseConfig
 from afmc.runtime.sessions import open_session, session_options

@@ -24,7 +24,7 @@ top-k 50). Rules:
   same bytes as an uninterrupted one. Different options are refused, naming
   the first that differs; ``force=True`` deletes the shards and starts over.
 - DATA may not be, hold or lie inside the teacher model, nor be the current
-  directory (afmc.output_dir.check_output; checked before the model loads).
+  directory (afmc.io.output_dir.check_output; checked before the model loads).
 - Options out of range (afmc.train.synth_options) are refused before the model
   loads, naming the option. A corrupt ``synth.json`` or shard is an error
   naming the file.
@@ -46,7 +46,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
-from afmc.input_files import read_json_object
+from afmc.io.input_files import read_json_object
 from afmc.train.synth_options import check_synth_options
 
 RECORD = "synth.json"
@@ -104,8 +104,8 @@ def synthesize(
     """
     check_synth_options(tokens, seq_len, shard_sequences, batch_size, temperature, top_k,
                         top_p, prompt_tokens)
+    from afmc.io.output_dir import check_output
     from afmc.models import BUILTIN_MODELS, model_paths, resolve_model_path
-    from afmc.output_dir import check_output
 
     name = str(model)
     path = resolve_model_path(name)

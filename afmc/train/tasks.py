@@ -220,7 +220,7 @@ class OnnxTask:
         return count - count % self.micro_size if self.micro_size else count
 
     def save(self, student: nn.Module, folder: Path) -> dict[str, torch.Tensor]:
-        from afmc.capture.onnx_export import EXTERNAL_DATA_THRESHOLD_BYTES, initializer_bytes
+        from afmc.compiler.onnx_export import EXTERNAL_DATA_THRESHOLD_BYTES, initializer_bytes
 
         ranges = {self._ranges_key(name): value for name, value in learned_ranges(student).items()}
         restore_linears(student)

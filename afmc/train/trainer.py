@@ -29,7 +29,7 @@ OUT is a Hugging Face directory (the trained weights, LoRA merged) plus the
 learned input ranges (afmc_ranges.safetensors, by module name) and the training
 record (afmc_training.json); ``afmc compile OUT`` compiles it with those ranges.
 OUT may not be, hold or lie inside the model or the training data, nor be the
-current directory (afmc.output_dir.check_output; checked before any work).
+current directory (afmc.io.output_dir.check_output; checked before any work).
 """
 
 from __future__ import annotations
@@ -52,10 +52,11 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import nn
 
+from afmc.compiler.frontends.onnx_graph import is_onnx_file
+from afmc.compiler.trained_model import RANGES_FILE, TRAINING_RECORD
 from afmc.config import AfmcConfig, TrainingConfig, config_from_dict
-from afmc.frontends.onnx_graph import is_onnx_file
+from afmc.io.output_dir import check_output
 from afmc.models import model_paths
-from afmc.output_dir import check_output
 from afmc.train import checkpoint
 from afmc.train.analog_layer import (
     analog_layers,
@@ -72,7 +73,6 @@ from afmc.train.tasks import (
     TrainingTask,
     convert_causal_lm,
 )
-from afmc.train.trained_model import RANGES_FILE, TRAINING_RECORD
 
 # Options that may change between a run and its resume without changing its result.
 _RESUMABLE_CHANGES = ("training.checkpoint_every",)

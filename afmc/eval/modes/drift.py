@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from afmc.console.screen import Screen
 from afmc.data.model_inputs import load_inputs
 from afmc.eval.drift import DRIFT_LOG, DriftReport, evaluate_drift
 from afmc.eval.evaluate import chip_perplexity
@@ -15,8 +16,7 @@ from afmc.eval.request import EvalPlan
 from afmc.eval.results import write_result
 from afmc.eval.spread import spread_label, std_text
 from afmc.eval.sweep import OutputErrorScorer, PerplexityScorer
-from afmc.layout import EVAL_DIR
-from afmc.screen import Screen
+from afmc.io.layout import EVAL_DIR
 
 
 def time_label(seconds: float) -> str:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from afmc.console.screen import Screen
 from afmc.eval.modes.seeds import one_run_note
 from afmc.eval.request import EvalPlan
 from afmc.eval.results import write_result
 from afmc.eval.spread import number_text, spread_label
 from afmc.eval.tensor_eval import METRICS, TensorEvalReport, evaluate_tensors
-from afmc.screen import Screen
 
 
 def run(plan: EvalPlan, screen: Screen) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from afmc.console.screen import Screen
 from afmc.data.text_source import read_text
 from afmc.data.tokenizer import token_windows
 from afmc.eval.embedding import evaluate_encoder, is_encoder
@@ -13,7 +14,6 @@ from afmc.eval.options import within_context
 from afmc.eval.request import EvalPlan
 from afmc.eval.results import write_result
 from afmc.eval.spread import json_number, spread_label, std_text
-from afmc.screen import Screen
 
 
 def one_run_note(target: str) -> str:

@@ -3,14 +3,14 @@ cumulative curve, a result file and, with --budget, the keep-digital configurati
 
 from __future__ import annotations
 
+from afmc.console.screen import Screen
 from afmc.data.model_inputs import load_inputs
 from afmc.eval import sensitivity as sens
 from afmc.eval.modes.windows import lm_windows
 from afmc.eval.options import tensor_source
 from afmc.eval.request import EvalPlan
 from afmc.eval.results import write_result
-from afmc.layout import EVAL_DIR
-from afmc.screen import Screen
+from afmc.io.layout import EVAL_DIR
 
 
 def run(plan: EvalPlan, screen: Screen) -> None:

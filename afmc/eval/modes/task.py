@@ -4,12 +4,12 @@ file."""
 
 from __future__ import annotations
 
+from afmc.console.screen import Screen
 from afmc.eval.json_out import check_json_path
 from afmc.eval.options import check_options
 from afmc.eval.request import EvalRequest
 from afmc.eval.test_time_compute import accuracy_table, eval_task
 from afmc.runtime.compiled import CompiledModel
-from afmc.screen import Screen
 
 
 def run(request: EvalRequest, screen: Screen) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from afmc.console.screen import Screen
 from afmc.data.text_source import read_text
 from afmc.data.tokenizer import token_windows
 from afmc.eval.embedding import is_encoder
 from afmc.eval.options import within_context
 from afmc.eval.request import EvalPlan
-from afmc.screen import Screen
 
 
 def lm_windows(plan: EvalPlan, option: str, screen: Screen) -> np.ndarray:

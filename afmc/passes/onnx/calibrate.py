@@ -25,8 +25,8 @@ import onnxruntime as ort
 import torch
 from onnx import helper
 
-from afmc import lowering
 from afmc.config import AfmcConfig
+from afmc.ops import onnx_model
 from afmc.passes.fx.calibrate import SliceObserver
 from afmc.passes.layers import META_KEY
 from afmc.passes.range_search import search_layer
@@ -58,7 +58,7 @@ class CalibrateOnnxInputRanges(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if self.batches is None:
             raise ValueError("onnx-calibrate: no calibration data given")
-        analog = [node for node in lowering.analog_nodes(model) if META_KEY in node.meta]
+        analog = [node for node in onnx_model.analog_nodes(model) if META_KEY in node.meta]
         if not analog:
             return ir.passes.PassResult(model, False)
         generator = torch.Generator().manual_seed(0)
@@ -87,7 +87,7 @@ class CalibrateOnnxInputRanges(ir.passes.InPlacePass):
     def _search(self, node: ir.Node, slots: list[SliceObserver]) -> np.ndarray:
         """Search each slice's range and row clipping; write the clipped crossbar weight."""
         record = node.meta[META_KEY]
-        weight_value = lowering.source_initializer(node.inputs[1])
+        weight_value = onnx_model.source_initializer(node.inputs[1])
         weight = torch.from_numpy(weight_value.const_value.numpy().astype(np.float32))
         hardware = [float(node.attributes[key].value)
                     for key in ("inp_res", "out_res", "out_bound")]
@@ -105,7 +105,7 @@ def analog_inputs(model: ir.Model, analog: list[ir.Node], batches: Iterable[Batc
                   step: str) -> Iterator[list[torch.Tensor]]:
     """Per calibration batch, the input of each node of `analog` (before afmc.SliceInput)
     in the FP view; a ValueError naming `step` when there is no batch."""
-    observed = [lowering.source_initializer(node.inputs[0]) for node in analog]
+    observed = [onnx_model.source_initializer(node.inputs[0]) for node in analog]
     graph_inputs = {value.name for value in model.graph.inputs}
     fetch = list(dict.fromkeys(v.name for v in observed if v.name not in graph_inputs))
     count = 0

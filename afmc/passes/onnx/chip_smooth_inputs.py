@@ -20,8 +20,8 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from afmc import lowering
 from afmc.config import AfmcConfig
+from afmc.ops import onnx_model
 from afmc.passes.fx.fold_common import NOTES_KEY
 from afmc.passes.layers import META_KEY
 from afmc.passes.onnx.calibrate import Batch, analog_inputs
@@ -46,14 +46,14 @@ class ChipSmoothOnnxInputs(ir.passes.InPlacePass):
         self.batches = batches
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        analog = [node for node in lowering.analog_nodes(model) if META_KEY in node.meta]
+        analog = [node for node in onnx_model.analog_nodes(model) if META_KEY in node.meta]
         if not analog or not self.alphas:
             return ir.passes.PassResult(model, False)
         if self.batches is None:
             raise ValueError("onnx-chip-smooth-inputs: no calibration data given")
         groups: dict[ir.Value, list[ir.Node]] = {}
         for node in analog:
-            groups.setdefault(lowering.source_initializer(node.inputs[0]), []).append(node)
+            groups.setdefault(onnx_model.source_initializer(node.inputs[0]), []).append(node)
         readers = {x: nodes[0] for x, nodes in groups.items()}
         first = [readers[x] for x in groups]
         maxima: dict[ir.Value, torch.Tensor] = {}
@@ -81,7 +81,7 @@ class ChipSmoothOnnxInputs(ir.passes.InPlacePass):
 
 
 def _weight(node: ir.Node) -> torch.Tensor:
-    value = lowering.source_initializer(node.inputs[1]).const_value
+    value = onnx_model.source_initializer(node.inputs[1]).const_value
     return torch.from_numpy(np.array(value.numpy(), dtype=np.float32))
 
 
@@ -89,7 +89,7 @@ def _smooth(graph: ir.Graph, names: Names, x: ir.Value, nodes: list[ir.Node],
             scale: torch.Tensor) -> None:
     """W diag(s) on every node's crossbar matrix, and Mul(x, 1/s) before the group."""
     for node in nodes:
-        value = lowering.source_initializer(node.inputs[1])
+        value = onnx_model.source_initializer(node.inputs[1])
         scaled = (_weight(node) * scale).numpy()
         value.const_value = ir.tensor(scaled, name=value.name)
     inverse = add_initializer(graph, names, f"{nodes[0].meta[META_KEY].name}.smooth_scale",

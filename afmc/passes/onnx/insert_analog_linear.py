@@ -29,9 +29,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from afmc import lowering
 from afmc.config import AfmcConfig, HardwareConfig
-from afmc.ops import onnx_domain
+from afmc.ops import onnx_domain, onnx_model
 from afmc.ops.analog_linear import slice_sizes
 from afmc.passes.layers import META_KEY, LayerRecord, tile_count
 from afmc.passes.onnx.graph_edit import Names, add_initializer, drop_if_unused
@@ -93,7 +92,7 @@ class InsertOnnxAnalogLinear(ir.passes.InPlacePass):
             _rewrite(graph, names, layer, record, self.hardware)
             modified = True
         if modified:
-            lowering.attach_afmc_functions(model)
+            onnx_model.attach_afmc_functions(model)
         return ir.passes.PassResult(model, modified)
 
 

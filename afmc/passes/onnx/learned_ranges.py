@@ -27,8 +27,8 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from afmc import lowering
 from afmc.config import AfmcConfig
+from afmc.ops import onnx_model
 from afmc.passes.fx.learned_ranges import (
     META_RANGES,
     OUTLIERS_SUFFIX,
@@ -55,7 +55,7 @@ class OnnxLearnedRanges(ir.passes.InPlacePass):
         if ranges is None:
             raise ValueError(f"{PASS}: the model has no learned input ranges "
                              "(afmc_ranges.safetensors of afmc train beside the ONNX file)")
-        analog = [node for node in lowering.analog_nodes(model) if META_KEY in node.meta]
+        analog = [node for node in onnx_model.analog_nodes(model) if META_KEY in node.meta]
         names = Names(model.graph)
         split = False
         for node in analog:
@@ -76,7 +76,7 @@ class OnnxLearnedRanges(ir.passes.InPlacePass):
                 split = True
             record.calibrated = "learned"
         if split:
-            lowering.attach_afmc_functions(model)
+            onnx_model.attach_afmc_functions(model)
         return ir.passes.PassResult(model, bool(analog))
 
 
@@ -87,10 +87,10 @@ def _float32(tensor: torch.Tensor) -> np.ndarray:
 def _scale_input(graph: ir.Graph, names: Names, node: ir.Node, scale: np.ndarray) -> None:
     """X -> Div(X, s) before the analog `node` (before its afmc.SliceInput, if any); its
     crossbar matrix W -> W diag(s)."""
-    weight = lowering.source_initializer(node.inputs[1])
+    weight = onnx_model.source_initializer(node.inputs[1])
     scaled = np.asarray(weight.const_value.numpy(), dtype=np.float32) * scale
     weight.const_value = ir.tensor(scaled, name=weight.name)
-    x = lowering.source_initializer(node.inputs[0])
+    x = onnx_model.source_initializer(node.inputs[0])
     reader = node if node.inputs[0] is x else node.inputs[0].producer()
     divisor = add_initializer(graph, names, f"{node.meta[META_KEY].name}.input_scale", scale)
     div = ir.node("Div", [x, divisor], name=names.fresh(f"{node.name}/InputScale"))

@@ -22,9 +22,8 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from afmc import lowering
 from afmc.config import AfmcConfig
-from afmc.ops import onnx_domain
+from afmc.ops import onnx_domain, onnx_model
 from afmc.ops.sparse_outliers_onnx import OP_TYPE as SPARSE_OUTLIERS
 from afmc.passes.layer_score import LayerScore, dense_part, split_indices
 from afmc.passes.layers import META_KEY
@@ -49,7 +48,7 @@ class SplitOnnxOutliers(ir.passes.InPlacePass):
         self.batches = batches
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        analog = [node for node in lowering.analog_nodes(model) if META_KEY in node.meta]
+        analog = [node for node in onnx_model.analog_nodes(model) if META_KEY in node.meta]
         if not analog or self.outliers.budget == 0:
             return ir.passes.PassResult(model, False)
         if self.batches is None:
@@ -72,7 +71,7 @@ class SplitOnnxOutliers(ir.passes.InPlacePass):
         for node, count in split:
             split_layer(model.graph, names, node, count)
         if split:
-            lowering.attach_afmc_functions(model)
+            onnx_model.attach_afmc_functions(model)
         return ir.passes.PassResult(model, bool(split))
 
     def _samples(self, model: ir.Model, analog: list[ir.Node]) -> list[list[WeightedRows]]:
@@ -87,16 +86,16 @@ class SplitOnnxOutliers(ir.passes.InPlacePass):
 
 def _weight(node: ir.Node) -> torch.Tensor:
     """The crossbar matrix [N, K] of an analog node."""
-    value = lowering.source_initializer(node.inputs[1]).const_value
+    value = onnx_model.source_initializer(node.inputs[1]).const_value
     return torch.from_numpy(np.array(value.numpy(), dtype=np.float32))
 
 
 def split_layer(graph: ir.Graph, names: Names, node: ir.Node, count: int) -> None:
     """Split the analog `node` at `count` outliers per row slice (the module's rule):
     AnalogLinear(W_dense) + SparseOutliers(indices, values). The caller attaches the
-    SparseOutliers functions afterwards (lowering.attach_afmc_functions)."""
+    SparseOutliers functions afterwards (onnx_model.attach_afmc_functions)."""
     record = node.meta[META_KEY]
-    weight_value = lowering.source_initializer(node.inputs[1])
+    weight_value = onnx_model.source_initializer(node.inputs[1])
     weight = _weight(node)
     indices = split_indices(weight, record.slice_sizes, count)
     values = weight.gather(1, indices)
@@ -106,7 +105,7 @@ def split_layer(graph: ir.Graph, names: Names, node: ir.Node, count: int) -> Non
                                   indices.numpy().astype(np.int64))
     values_value = add_initializer(graph, names, f"{record.name}.outlier_values",
                                    values.numpy())
-    x = lowering.source_initializer(node.inputs[0])
+    x = onnx_model.source_initializer(node.inputs[0])
     analog_out = node.outputs[0]
     sparse = ir.node(SPARSE_OUTLIERS, [x, index_value, values_value],
                      domain=onnx_domain.DOMAIN, name=f"{node.name}/SparseOutliers")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from afmc.user_errors import KernelWarning, first_line
+from afmc.io.user_errors import KernelWarning, first_line
 
 DOMAIN = "afmc.kernels"
 SOURCES = (Path(__file__).with_name("analog.cc"), Path(__file__).with_name("programming.cc"))

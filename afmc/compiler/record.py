@@ -19,10 +19,10 @@ from typing import Any
 import onnx_ir as ir
 
 from afmc import __version__
-from afmc.capture.onnx_export import save_model
+from afmc.compiler.onnx_export import save_model
 from afmc.config import AfmcConfig
 from afmc.data.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
-from afmc.layout import MODEL_FILE, RECORD_FILE, TOKENIZER_DIR
+from afmc.io.layout import MODEL_FILE, RECORD_FILE, TOKENIZER_DIR
 from afmc.mapping import map_all_strategies
 from afmc.passes.layers import LayerRecord
 

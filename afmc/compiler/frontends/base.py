@@ -2,9 +2,8 @@
 
 A front end holds one model on its way through a compile: a torch program
 (frontends.torch_program) or an ONNX graph (frontends.onnx_graph). The driver
-(afmc.compiler) runs every front end and every target through the same steps:
-signature -> calibration data -> passes -> lower -> target's post-lowering ->
-record -> fidelity -> output.
+(afmc.compiler.driver) runs every front end and every target through the same steps:
+capture -> data -> passes -> lower -> target-lower -> fidelity -> write.
 """
 
 from __future__ import annotations
@@ -19,10 +18,10 @@ from torch import fx
 from afmc.config import AfmcConfig
 from afmc.data.calibration import CalibrationData, ModelSignature
 from afmc.data.tokenizer import Tokenizer
+from afmc.io.user_errors import InputWarning
 from afmc.passes.layers import LayerRecord
 from afmc.passes.registry import Level, PassSpec
 from afmc.targets import Target
-from afmc.user_errors import InputWarning
 
 
 class Frontend(Protocol):
@@ -46,6 +45,10 @@ class Frontend(Protocol):
     def run_pass(self, spec: PassSpec, config: AfmcConfig,
                  calibration: CalibrationData | None) -> bool:
         """Run one pass (a registered name or a pass object); whether it changed the graph."""
+        ...
+
+    def save(self, stem: Path) -> None:
+        """Save the graph as it stands: STEM.pt2 (a torch program) or STEM.onnx."""
         ...
 
     def lower(self) -> ir.Model:

@@ -1,5 +1,6 @@
 """What `afmc compile` prints when it is done: the fidelity to the FP model (when the
-compile measured it), the time of every step, and the placement in one line."""
+compile measured it), the time of every step, and the placement in one line (or, for a
+compile stopped by --to-step, where its intermediate model is)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ def fidelity_line(fidelity: dict[str, Any]) -> str:
 
 def print_compile_summary(record: dict[str, Any], output: Path, out: Console) -> None:
     """Print the summary of the compile record `record` written to `output`."""
-    summary = record["summary"]
     if "fidelity" in record:
         out.print(fidelity_line(record["fidelity"]))
     table = Table(title=f"afmc compile -> {output}", show_edge=False)
@@ -36,6 +36,11 @@ def print_compile_summary(record: dict[str, Any], output: Path, out: Console) ->
         table.add_row(step["name"], f"{step['seconds']:.2f}",
                       *((f"{drift:.2e}" if drift is not None else "",) if verified else ()))
     out.print(table)
+    if "to_step" in record:
+        out.print(f"stopped after step {record['to_step']}: the model as it left it is in "
+                  f"{output / 'intermediate'}")
+        return
+    summary = record["summary"]
     if "digital" in record:
         counts = ", ".join(f"{n} {kind}" for kind, n in record["digital"]["layers"].items())
         out.print(f"target {record['target']}: layers {counts or 'none'}; FP reference "

@@ -1,6 +1,6 @@
 """The two consoles of a command: results on standard output, progress and notes of
 the work on standard error, and the progress drawn there: rich bars and a spinner in a
-terminal, plain lines with the elapsed time and an estimate elsewhere (afmc.progress_lines);
+terminal, plain lines with the elapsed time and an estimate elsewhere (afmc.console.progress_lines);
 nothing on standard error with --quiet."""
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-from afmc.progress_lines import LineProgress, LineStatus
+from afmc.console.progress_lines import LineProgress, LineStatus
 
 
 @dataclass
 class Screen:
     """Where a command prints: `out` its results, `err` its progress; `verbose`: the
-    libraries' own messages are shown too (afmc.quiet)."""
+    libraries' own messages are shown too (afmc.console.quiet)."""
 
     out: Console = field(default_factory=Console)
     err: Console = field(default_factory=lambda: Console(stderr=True))

@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from afmc.cli_errors import user_errors
-from afmc.tables import Column
+from afmc.console.tables import Column
+from afmc.io.error_lines import user_errors
 
 passes_app = typer.Typer(help="Inspect the registered passes.", no_args_is_help=True)
 config_app = typer.Typer(help="The configuration that --config files set.",
@@ -116,7 +116,7 @@ def config_show(
         help="Only the sections this target reads (aimc, int8, int4 or fp)")] = None,
 ) -> None:
     """Print the default configuration as commented YAML, ready for --config."""
-    from afmc.config_show import config_yaml
+    from afmc.cli.config_show import config_yaml
 
     with user_errors():
         typer.echo(config_yaml(target=target), nl=False)

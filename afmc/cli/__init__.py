@@ -15,12 +15,12 @@ from typing import Annotated
 
 import typer
 
-from afmc.cli_errors import afmc_warnings, user_errors
-from afmc.cli_examples import add_examples
-from afmc.cli_info import config_app, passes_app, targets
+from afmc.cli.examples import add_examples
+from afmc.cli.info import config_app, passes_app, targets
+from afmc.console.screen import Screen
 from afmc.cost.command import cost
 from afmc.eval.options import check_options
-from afmc.screen import Screen
+from afmc.io.error_lines import afmc_warnings, user_errors
 
 app = typer.Typer(no_args_is_help=True,
                   help="afmc: compile neural networks for analog in-memory computing.")
@@ -56,7 +56,7 @@ def _output_options(
     screen.err.quiet = quiet
     screen.verbose = verbose
     if not verbose:
-        from afmc.quiet import quiet_libraries
+        from afmc.console.quiet import quiet_libraries
 
         quiet_libraries()
 
@@ -91,7 +91,11 @@ def compile(  # noqa: A001
         help="Measure the output drift to the FP model after every pass")] = False,
     save_intermediate: Annotated[bool, typer.Option(
         "--save-intermediate",
-        help="Save the program after each pass to OUTPUT/intermediate/*.pt2")] = False,
+        help="Save the graph after each pass to OUTPUT/intermediate/ (.pt2 or .onnx)")] = False,
+    to_step: Annotated[str, typer.Option(
+        "--to-step", help="Stop after this step (capture, data, passes, lower, "
+                          "target-lower, fidelity); OUTPUT/intermediate/ holds the model "
+                          "as it left it")] = "write",
     recalibrate: Annotated[bool, typer.Option(
         "--recalibrate",
         help="A model trained by afmc train: calibrate its input ranges instead of using "
@@ -103,7 +107,7 @@ def compile(  # noqa: A001
     """Compile MODEL for a target: writes OUTPUT/model.onnx and OUTPUT/afmc.json."""
     with user_errors():
         from afmc.config import load_config
-        from afmc.output_dir import check_output
+        from afmc.io.output_dir import check_output
 
         if output is None and not dry_run:
             raise ValueError("missing option --output / -o (only --dry-run goes without)")
@@ -115,14 +119,14 @@ def compile(  # noqa: A001
         if digital_lm_head:
             overrides.append("placement.lm_head=digital")
         from afmc.api import training_folder
-        from afmc.train.trained_model import trained_config
+        from afmc.compiler.trained_model import trained_config
 
         trained = trained_config(training_folder(model)) if config is None else None
         cfg = load_config(config, overrides, base=trained)
         steps = [name.strip() for name in passes.split(",") if name.strip()] \
             if passes is not None else None
         if dry_run:
-            from afmc.compile_plan import plan_compile, print_plan
+            from afmc.cli.compile_plan import plan_compile, print_plan
 
             with afmc_warnings(), screen.status("planning"):
                 plan = plan_compile(model, target, cfg, passes=steps, skip=list(skip or []),
@@ -134,11 +138,11 @@ def compile(  # noqa: A001
             result = compile_model(
                 model, target, cfg, calibration=calib, output=output, force=force,
                 passes=steps, skip=list(skip or []), verify=verify,
-                save_intermediate=save_intermediate,
+                save_intermediate=save_intermediate, to_step=to_step,
                 tokenizer=tokenizer, progress=lambda step: status.update(f"compiling: {step}"),
                 recalibrate=recalibrate, verbose=screen.verbose,
             )
-        from afmc.compile_summary import print_compile_summary
+        from afmc.cli.compile_summary import print_compile_summary
 
         print_compile_summary(result.record, output, screen.out)
 

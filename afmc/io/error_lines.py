@@ -1,6 +1,6 @@
 """How the commands report what a user did wrong: one line on stderr and an exit status.
 
-A user error (afmc.user_errors) prints `error: ...` (its `cli_message` when it has one: the
+A user error (afmc.io.user_errors) prints `error: ...` (its `cli_message` when it has one: the
 Python API's messages name Python arguments, the command line's its flags) and exits 1,
 every InputWarning one
 line `warning: ...`; SIGINT exits 130 and SIGTERM 143 with one line; other errors keep
@@ -19,9 +19,9 @@ import typer
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Print a user error as one line `error: ...` and exit 1, and every InputWarning as
-    one line `warning: ...` (afmc.user_errors); other errors keep their traceback."""
-    from afmc.interrupts import Terminated
-    from afmc.user_errors import InputWarning, is_user_error, user_message
+    one line `warning: ...` (afmc.io.user_errors); other errors keep their traceback."""
+    from afmc.io.interrupts import Terminated
+    from afmc.io.user_errors import InputWarning, is_user_error, user_message
 
     show = warnings.showwarning
 

@@ -23,13 +23,18 @@ import onnx_ir as ir
 import afmc.passes  # noqa: F401  (registers the passes)
 from afmc import ops
 from afmc.capture.errors import CaptureError
-from afmc.capture.onnx_export import EXTERNAL_DATA_THRESHOLD_BYTES, initializer_bytes
 from afmc.capture.onnx_model import load_onnx_model
+from afmc.compiler.frontends.base import warn_nothing_to_recalibrate
+from afmc.compiler.onnx_export import (
+    EXTERNAL_DATA_THRESHOLD_BYTES,
+    initializer_bytes,
+    save_model,
+)
+from afmc.compiler.trained_model import read_learned_ranges
 from afmc.config import AfmcConfig
 from afmc.data.calibration import CalibrationData
 from afmc.data.onnx_signature import onnx_signature
 from afmc.data.tokenizer import Tokenizer, find_tokenizer
-from afmc.frontends.base import warn_nothing_to_recalibrate
 from afmc.ops.sparse_outliers_onnx import OP_TYPE as SPARSE_OUTLIERS_OP
 from afmc.passes.fx.fold_common import NOTES_KEY
 from afmc.passes.fx.learned_ranges import META_RANGES
@@ -37,7 +42,6 @@ from afmc.passes.layers import META_KEY, LayerRecord
 from afmc.passes.onnx.place_layers import onnx_layer_records
 from afmc.passes.registry import PassSpec, get_pass
 from afmc.targets import Target
-from afmc.train.trained_model import read_learned_ranges
 
 
 class OnnxFrontend:
@@ -47,11 +51,9 @@ class OnnxFrontend:
     program = None  # no torch program: the passes rewrite the ONNX graph
 
     def __init__(self, path: Path, tokenizer: Tokenizer | None = None,
-                 verify: bool = False, save_intermediate: bool = False, *,
-                 recalibrate: bool = False) -> None:
-        if verify or save_intermediate:
-            raise ValueError("--verify and --save-intermediate apply to the torch path, "
-                             "not to ONNX input")
+                 verify: bool = False, *, recalibrate: bool = False) -> None:
+        if verify:
+            raise ValueError("--verify applies to the torch path, not to ONNX input")
         self.path = path
         self.model = load_onnx_model(path)
         if any(node.domain == ops.DOMAIN for node in self.model.graph):
@@ -83,8 +85,8 @@ class OnnxFrontend:
             return target.trained_onnx_passes
         return target.onnx_passes
 
-    def run_pass(self, spec: PassSpec, config: AfmcConfig, calibration: CalibrationData | None,
-                 staged: Path | None = None) -> dict[str, Any]:
+    def run_pass(self, spec: PassSpec, config: AfmcConfig,
+                 calibration: CalibrationData | None) -> dict[str, Any]:
         if isinstance(spec, str):
             uses_data = get_pass(spec).uses_calibration
             arguments = {"batches": calibration.batches if calibration is not None
@@ -93,6 +95,10 @@ class OnnxFrontend:
         result = spec(self.model)
         self.model = result.model
         return {"modified": bool(result.modified)}
+
+    def save(self, stem: Path) -> None:
+        """The graph as it stands: STEM.onnx (weights above 1 GiB as external data)."""
+        save_model(self.model, stem.with_suffix(".onnx"))
 
     def lower(self) -> ir.Model:
         return self.model
@@ -111,7 +117,7 @@ class OnnxFrontend:
 
     def fidelity(self, target: Target, lowered: ir.Model, record: dict[str, Any],
                  config: AfmcConfig, calibration: CalibrationData) -> dict[str, Any]:
-        from afmc.eval.fidelity import check_fidelity, onnx_fidelity, onnx_outputs
+        from afmc.compiler.fidelity import check_fidelity, onnx_fidelity, onnx_outputs
 
         held = bool(calibration.held)
         batches = calibration.held if held else calibration.batches[:1]

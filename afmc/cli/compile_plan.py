@@ -22,9 +22,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from afmc.config import AfmcConfig
+from afmc.console.tables import Column, FittedTable, layer_names
 from afmc.passes.layers import LayerRecord
 from afmc.passes.registry import PassSpec, get_pass
-from afmc.tables import Column, FittedTable, layer_names
 
 PLACEMENT_PASSES = ("place-layers", "onnx-place-layers", "onnx-place-integer-layers")
 
@@ -68,8 +68,8 @@ def plan_compile(model: str, target: str, config: AfmcConfig, *,
                  passes: list[PassSpec] | None = None, skip: list[str] | tuple[str, ...] = (),
                  tokenizer: str | None = None, recalibrate: bool = False) -> CompilePlan:
     """The plan of `afmc.compile(model, target, config, ...)` (module rules)."""
-    from afmc.api import pass_steps, resolve_tokenizer
-    from afmc.frontends import open_frontend
+    from afmc.compiler.driver import pass_steps, resolve_tokenizer
+    from afmc.compiler.frontends import open_frontend
     from afmc.mapping import map_all_strategies
     from afmc.ops.analog_linear import slice_sizes
     from afmc.targets import get_target

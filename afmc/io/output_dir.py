@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
-from afmc.interrupts import deferred, signals_raise
+from afmc.io.interrupts import deferred, signals_raise
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1

@@ -33,7 +33,7 @@ import onnx_ir as ir
 import torch
 from torch import fx, nn
 
-from afmc.eval.perplexity import next_token_nll
+from afmc.metrics import next_token_nll
 from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.passes.layers import LayerRecord, layer_records
 from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights

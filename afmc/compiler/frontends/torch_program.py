@@ -1,7 +1,7 @@
 """The torch front end: a captured program (nn.Module, Hugging Face directory, GGUF file).
 
 The model is captured with torch.export (afmc.capture), its FX passes rewrite the
-program, and lowering re-exports it to ONNX with the afmc ops (afmc.lowering). A
+program, and lowering re-exports it to ONNX with the afmc ops (afmc.compiler.lowering). A
 module given with example inputs is captured with a dynamic batch axis (every tensor
 input's first axis, one shared Dim "batch"; an example batch of 1 is repeated to 2 so
 torch does not specialise it); a module whose code fixes its batch size is captured as
@@ -25,21 +25,22 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.infra.pass_base import PassResult
 
-from afmc import lowering
 from afmc.capture import CapturedModel, CaptureError, capture_module, capture_pretrained
 from afmc.capture.kv_cache import empty_pasts
+from afmc.compiler import lowering
+from afmc.compiler.frontends.base import warn_nothing_to_recalibrate
+from afmc.compiler.trained_model import read_learned_ranges
 from afmc.config import AfmcConfig
 from afmc.data.calibration import CalibrationData, InputSpec, ModelSignature
 from afmc.data.kv_cache import is_cache_name
 from afmc.data.tokenizer import Tokenizer, find_tokenizer
-from afmc.frontends.base import warn_nothing_to_recalibrate
 from afmc.mapping import analog_dependencies
+from afmc.ops import onnx_model
 from afmc.passes.fx.learned_ranges import META_RANGES
 from afmc.passes.layers import LayerRecord, layer_records
 from afmc.passes.registry import PassSpec, get_pass
 from afmc.passes.verify import VerificationError, check_graph, output_drift
 from afmc.targets import Target
-from afmc.train.trained_model import read_learned_ranges
 
 PRESERVE_TOLERANCE = 1e-5
 
@@ -55,7 +56,7 @@ class TorchFrontend:
 
     def __init__(self, captured: CapturedModel, model_dir: Path | None = None, *,
                  tokenizer: Tokenizer | None = None, recalibrate: bool = False,
-                 verify: bool = False, save_intermediate: bool = False) -> None:
+                 verify: bool = False) -> None:
         self.captured = captured
         self.program: fx.GraphModule = captured.graph_module
         self.source = captured.source
@@ -67,11 +68,10 @@ class TorchFrontend:
         if recalibrate and learned is None:
             warn_nothing_to_recalibrate(self.name)
         self.learned = None if recalibrate else learned
-        self.verify, self.save_intermediate = verify, save_intermediate
+        self.verify = verify
         self._tokenizer, self._tokenizer_loaded = tokenizer, tokenizer is not None
         self._reference = _reference_output(captured) if verify else None
         self._fp_outputs: list[np.ndarray] = []
-        self._steps = 0
 
     def tokenizer(self) -> Tokenizer | None:
         if not self._tokenizer_loaded and self.model_dir is not None:
@@ -85,9 +85,8 @@ class TorchFrontend:
             return target.trained_fx_passes
         return target.fx_passes
 
-    def run_pass(self, spec: PassSpec, config: AfmcConfig, calibration: CalibrationData | None,
-                 staged: Path | None = None) -> dict[str, Any]:
-        self._steps += 1
+    def run_pass(self, spec: PassSpec, config: AfmcConfig,
+                 calibration: CalibrationData | None) -> dict[str, Any]:
         name = spec if isinstance(spec, str) else type(spec).__name__
         if isinstance(spec, str):
             uses_data = get_pass(spec).uses_calibration
@@ -104,8 +103,6 @@ class TorchFrontend:
             if getattr(spec, "preserves_output", False) and drift > PRESERVE_TOLERANCE:
                 raise VerificationError(f"pass {name} must not change the output but "
                                         f"moved it by {drift:.2e} (relative L2)")
-        if self.save_intermediate and staged is not None:
-            self._save_intermediate(staged / "intermediate", name)
         return result
 
     def lower(self) -> ir.Model:
@@ -143,7 +140,7 @@ class TorchFrontend:
         any pass, and let it go (unless verify still needs it): the passes replace every
         weight they fold, and the FP module would otherwise keep the originals alive
         through the compile (two copies of most weights of a language model)."""
-        from afmc.eval.fidelity import torch_outputs
+        from afmc.compiler.fidelity import torch_outputs
 
         if calibration is not None:
             fp = torch_outputs(self.captured.fp_module)
@@ -153,7 +150,7 @@ class TorchFrontend:
 
     def fidelity(self, target: Target, lowered: ir.Model, record: dict[str, Any],
                  config: AfmcConfig, calibration: CalibrationData) -> dict[str, Any]:
-        from afmc.eval.fidelity import check_fidelity, onnx_outputs, program_checks
+        from afmc.compiler.fidelity import check_fidelity, onnx_outputs, program_checks
 
         batches = self._fidelity_batches(calibration)
         held = bool(calibration.held)
@@ -172,11 +169,11 @@ class TorchFrontend:
         held = bool(calibration.held)
         return self._program_batches(calibration, held)[:None if held else 1]
 
-    def _save_intermediate(self, folder: Path, name: str) -> None:
-        folder.mkdir(exist_ok=True)
+    def save(self, stem: Path) -> None:
+        """The program as it stands, exported again: STEM.pt2 (torch.export.load)."""
         exported = torch.export.export(self.program, self.captured.example_inputs,
                                        dynamic_shapes=self.captured.dynamic_shapes)
-        torch.export.save(exported, folder / f"{self._steps:02d}-{name}.pt2")
+        torch.export.save(exported, stem.with_suffix(".pt2"))
 
 
 def capture_with_batch_axis(module: nn.Module, example_inputs: tuple) -> CapturedModel:
@@ -201,12 +198,11 @@ def capture_with_batch_axis(module: nn.Module, example_inputs: tuple) -> Capture
 
 
 def open_torch(model: Any, example_inputs: tuple | None, *, tokenizer: Tokenizer | None,
-               recalibrate: bool, verify: bool, save_intermediate: bool) -> TorchFrontend:
+               recalibrate: bool, verify: bool) -> TorchFrontend:
     """The torch front end of an nn.Module, a CapturedModel, or a model directory / GGUF."""
     from afmc.models import resolve_model_path
 
-    options = {"tokenizer": tokenizer, "recalibrate": recalibrate, "verify": verify,
-               "save_intermediate": save_intermediate}
+    options = {"tokenizer": tokenizer, "recalibrate": recalibrate, "verify": verify}
     if isinstance(model, CapturedModel):
         return TorchFrontend(model, **options)
     if isinstance(model, nn.Module):
@@ -265,8 +261,8 @@ def _reference_output(captured: CapturedModel) -> torch.Tensor:
 def _onnx_names(program: fx.GraphModule, lowered: ir.Model) -> None:
     """Fill each analog record with the ONNX initializer names of its weight and ranges."""
     by_range = {}
-    for node in lowering.analog_nodes(lowered):
-        weight = lowering.source_initializer(node.inputs[1])
+    for node in onnx_model.analog_nodes(lowered):
+        weight = onnx_model.source_initializer(node.inputs[1])
         by_range[node.inputs[2].name] = weight.name
     for record in layer_records(program):
         if record.placement == "analog" and record.input_range:
