@@ -313,8 +313,8 @@ COMPILE_OPTION_CASES = [
      r"pass 'calibrate' runs on the torch program, not on this input"),
     (["--passes", "bogus"], r"unknown pass 'bogus' \(known: "),
     (["--skip", "calibrate"], r"--skip calibrate: not among the passes of this compile"),
-    (["--save-intermediate"], r"--verify and --save-intermediate apply to the torch path"),
-    (["--verify"], r"--verify and --save-intermediate apply to the torch path"),
+    (["--verify"], r"--verify applies to the torch path, not to ONNX input"),
+    (["--to-step", "bogus"], r"unknown compile step 'bogus'; the steps: capture, data, "),
     (["--calib", "{tmp}/absent.npz"], r"absent.npz: calibration file not found"),
     (["--calib", "{readme}"], r"text calibration feeds a model whose inputs are among "
                               r"input_ids, .* this model takes features float32\[batch, 24\]"),
