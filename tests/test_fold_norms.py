@@ -16,8 +16,8 @@ from afmc.config import AfmcConfig
 from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.passes import get_pass
 from afmc.passes.fx.fold_batchnorm import FoldBatchNorm
-from afmc.passes.fx.fold_common import NOTES_KEY
 from afmc.passes.fx.fold_norms import FoldNorms
+from afmc.passes.layers import NOTES_KEY
 
 aten = torch.ops.aten
 NORM_COUNT = 5  # 2 layers x (attention norm, MLP norm) + the final norm

@@ -9,13 +9,13 @@ from conftest import tiny_model
 
 from afmc.capture import capture_causal_lm
 from afmc.config import load_config
-from afmc.passes.fx.fold_common import NOTES_KEY
 from afmc.passes.fx.smooth_inputs import (
     accelerator_groups,
     channel_maxima,
     smoothing_scale,
     weight_matrix,
 )
+from afmc.passes.layers import NOTES_KEY
 from afmc.passes.registry import get_pass
 
 aten = torch.ops.aten

@@ -12,42 +12,65 @@ reads the layer's input and adds to its output, so it carries no dependency past
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import networkx as nx
+import onnx_ir as ir
 from torch import fx
 
 from afmc.mapping.blocks import TileMappingError, layer_field
 from afmc.mapping.tile_map import TileMap
+from afmc.ops.onnx_domain import DOMAIN
 from afmc.ops.sparse_outliers import SPARSE_OUTLIERS
+from afmc.ops.sparse_outliers_onnx import OP_TYPE as SPARSE_OUTLIERS_OP
 from afmc.passes.layers import META_KEY
 
+Node = TypeVar("Node")
 TILE_PREFIX = "tile:"  # tile nodes are "tile:0", "tile:1", ... (":" is never in a module path)
 
 
-def _analog_name(node: fx.Node) -> str | None:
+def dependency_edges(nodes: Iterable[Node], producers: Callable[[Node], Iterable[Node | None]],
+                     analog_name: Callable[[Node], str | None],
+                     ends_path: Callable[[Node], bool]) -> list[tuple[str, str]]:
+    """(producer, consumer) pairs of analog layers over `nodes` in graph order (the rule in
+    the module docstring), for any graph: `producers` gives the nodes a node reads (None
+    for a graph input or a constant), `analog_name` an analog layer's name (None for any
+    other node), `ends_path` the nodes that carry nothing past them (a sparse path)."""
+    reaching: dict[Node, frozenset[str]] = {}
+    edges: list[tuple[str, str]] = []
+    for node in nodes:
+        sources: set[str] = set()
+        for producer in producers(node):
+            if producer is None:
+                continue
+            produced = analog_name(producer)
+            sources |= {produced} if produced is not None else reaching[producer]
+        name = analog_name(node)
+        if name is not None:
+            edges.extend((source, name) for source in sorted(sources))
+        reaching[node] = frozenset() if ends_path(node) else frozenset(sources)
+    return edges
+
+
+def _analog_name(node: fx.Node | ir.Node) -> str | None:
     record = node.meta.get(META_KEY)
     return record.name if record is not None and record.placement == "analog" else None
 
 
 def analog_dependencies(gm: fx.GraphModule) -> list[tuple[str, str]]:
-    """(producer, consumer) pairs of analog layers of `gm`, consumers in graph order.
+    """The dependencies of the analog layers of a torch program (dependency_edges):
+    the nodes carrying an analog LayerRecord in ``node.meta["afmc"]``."""
+    return dependency_edges(gm.graph.nodes, lambda node: node.all_input_nodes, _analog_name,
+                            lambda node: node.target is SPARSE_OUTLIERS)
 
-    Layers are the nodes carrying an analog LayerRecord in ``node.meta["afmc"]``.
-    """
-    reaching: dict[fx.Node, frozenset[str]] = {}
-    edges: list[tuple[str, str]] = []
-    for node in gm.graph.nodes:
-        sources: set[str] = set()
-        for argument in node.all_input_nodes:
-            produced = _analog_name(argument)
-            sources |= {produced} if produced is not None else reaching[argument]
-        name = _analog_name(node)
-        if name is not None:
-            edges.extend((source, name) for source in sorted(sources))
-        reaching[node] = frozenset() if node.target is SPARSE_OUTLIERS else frozenset(sources)
-    return edges
+
+def onnx_analog_dependencies(model: ir.Model) -> list[tuple[str, str]]:
+    """The dependencies of the analog layers of an ONNX graph (dependency_edges)."""
+    return dependency_edges(
+        model.graph,
+        lambda node: [None if value is None else value.producer() for value in node.inputs],
+        _analog_name, lambda node: node.domain == DOMAIN and node.op_type == SPARSE_OUTLIERS_OP)
 
 
 def layer_graph(

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from torch import fx
 
 META_KEY = "afmc"
+NOTES_KEY = "afmc_fold_notes"  # graph meta key: the fold passes' notes (the record's fold_notes)
 
 
 @dataclass

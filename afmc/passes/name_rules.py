@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 
 from afmc.config import ConfigError, PlacementConfig
 
+DEFAULT_RULE = "default: static-weight linear layers are analog"  # no rule matched
 LM_HEAD = r"(^|\.)lm_head$"
 
 

@@ -35,8 +35,8 @@ from torch import nn
 from afmc.config import AfmcConfig, HardwareConfig, TrainingConfig
 from afmc.ops.analog_linear import ANALOG_LINEAR, slice_sizes
 from afmc.ops.sparse_outliers import SPARSE_OUTLIERS
-from afmc.passes.fx.learned_ranges import OUTLIERS_SUFFIX, SCALE_SUFFIX
 from afmc.passes.layer_score import split_indices
+from afmc.passes.learned_ranges import OUTLIERS_SUFFIX, SCALE_SUFFIX
 from afmc.passes.name_rules import PlacementRules
 
 _TINY = torch.finfo(torch.float32).tiny

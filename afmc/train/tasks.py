@@ -232,7 +232,7 @@ class OnnxTask:
 
     def _ranges_key(self, key: str) -> str:
         """A learned_ranges key (layers.KEY[.suffix]) as compile names it (NAME[.suffix])."""
-        from afmc.passes.fx.learned_ranges import OUTLIERS_SUFFIX, SCALE_SUFFIX
+        from afmc.passes.learned_ranges import OUTLIERS_SUFFIX, SCALE_SUFFIX
 
         for suffix in (SCALE_SUFFIX, OUTLIERS_SUFFIX):
             if key.endswith(suffix):

@@ -35,10 +35,9 @@ from afmc.config import AfmcConfig
 from afmc.data.calibration import CalibrationData
 from afmc.data.onnx_signature import onnx_signature
 from afmc.data.tokenizer import Tokenizer, find_tokenizer
-from afmc.ops.sparse_outliers_onnx import OP_TYPE as SPARSE_OUTLIERS_OP
-from afmc.passes.fx.fold_common import NOTES_KEY
-from afmc.passes.fx.learned_ranges import META_RANGES
-from afmc.passes.layers import META_KEY, LayerRecord
+from afmc.mapping.graph import onnx_analog_dependencies
+from afmc.passes.layers import NOTES_KEY, LayerRecord
+from afmc.passes.learned_ranges import META_RANGES
 from afmc.passes.onnx.place_layers import onnx_layer_records
 from afmc.passes.registry import PassSpec, get_pass
 from afmc.targets import Target
@@ -110,7 +109,7 @@ class OnnxFrontend:
         return {"inputs": self.signature.names,
                 "outputs": [value.name for value in self.model.graph.outputs],
                 "fold_notes": self.model.meta.get(NOTES_KEY, []),
-                "dependencies": analog_dependencies(self.model)}
+                "dependencies": onnx_analog_dependencies(self.model)}
 
     def hold_reference(self, calibration: CalibrationData | None) -> None:
         """Nothing to hold: the FP reference is the input file, which the passes leave alone."""
@@ -132,36 +131,6 @@ class OnnxFrontend:
 def _external(model: ir.Model) -> list[ir.Value]:
     return [value for value in model.graph.initializers.values()
             if isinstance(value.const_value, ir.ExternalTensor)]
-
-
-def analog_dependencies(model: ir.Model) -> list[tuple[str, str]]:
-    """(producer, consumer) pairs of analog layers, consumers in graph order.
-
-    The rule of mapping.analog_dependencies on the ONNX graph: layer B depends on layer A
-    when A's output reaches B's input through digital nodes only; a layer's
-    SparseOutliers path carries nothing past it.
-    """
-    reaching: dict[ir.Value, frozenset[str]] = {}
-    edges: list[tuple[str, str]] = []
-    for node in model.graph:
-        sources: set[str] = set()
-        for value in node.inputs:
-            if value is None:
-                continue
-            produced = _analog_name(value.producer())
-            sources |= {produced} if produced is not None else reaching.get(value, frozenset())
-        name = _analog_name(node)
-        if name is not None:
-            edges.extend((source, name) for source in sorted(sources))
-        carried = frozenset() if node.op_type == SPARSE_OUTLIERS_OP else frozenset(sources)
-        for output in node.outputs:
-            reaching[output] = carried
-    return edges
-
-
-def _analog_name(node: ir.Node | None) -> str | None:
-    record = node.meta.get(META_KEY) if node is not None else None
-    return record.name if record is not None and record.placement == "analog" else None
 
 
 def is_onnx_file(model: object) -> bool:

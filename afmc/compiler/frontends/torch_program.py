@@ -36,8 +36,8 @@ from afmc.data.kv_cache import is_cache_name
 from afmc.data.tokenizer import Tokenizer, find_tokenizer
 from afmc.mapping import analog_dependencies
 from afmc.ops import onnx_model
-from afmc.passes.fx.learned_ranges import META_RANGES
 from afmc.passes.layers import LayerRecord, layer_records
+from afmc.passes.learned_ranges import META_RANGES
 from afmc.passes.registry import PassSpec, get_pass
 from afmc.passes.verify import VerificationError, check_graph, output_drift
 from afmc.targets import Target

@@ -22,62 +22,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-import numpy as np
 import torch
 from torch import fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-from afmc.config import AfmcConfig, CalibrationConfig
+from afmc.config import AfmcConfig
 from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.passes.fx.fold_common import replace_parameter
 from afmc.passes.layers import META_KEY
+from afmc.passes.range_observer import RANGE_FLOOR, SliceObserver
 from afmc.passes.range_search import search_layer
 from afmc.passes.registry import register_pass
-from afmc.passes.row_sample import RowSampler, WeightedRows
-
-_SAMPLE = 1 << 20
-_FLOOR = 1e-6
-
-
-class SliceObserver:
-    """Statistics of one input slice across calibration batches."""
-
-    def __init__(self, config: CalibrationConfig, generator: torch.Generator) -> None:
-        self.config = config
-        self.generator = generator
-        self.maximum = 0.0
-        self.stds: list[float] = []
-        self.samples: list[np.ndarray] = []
-        self.rows = RowSampler(config.search_rows) if config.method == "search" else None
-
-    def update(self, values: torch.Tensor) -> None:
-        flat = values.detach().reshape(-1).abs().float()
-        method = self.config.method
-        if method == "max":
-            self.maximum = max(self.maximum, float(flat.max()))
-        elif method == "kappa-std":
-            self.stds.append(float(values.detach().float().std()))
-        elif method == "search":
-            self.rows.add(values)
-        else:
-            if flat.numel() > _SAMPLE:
-                index = torch.randint(flat.numel(), (_SAMPLE,), generator=self.generator)
-                flat = flat[index]
-            self.samples.append(flat.numpy())
-
-    def input_range(self) -> float:
-        method = self.config.method
-        if method == "max":
-            value = self.maximum
-        elif method == "kappa-std":
-            value = self.config.kappa * float(np.mean(self.stds))
-        else:
-            value = float(np.percentile(np.concatenate(self.samples), self.config.percentile))
-        return max(value, _FLOOR)
-
-    def sample(self) -> WeightedRows:
-        """search: at most search_rows uniform input rows and the extreme ones, weighted."""
-        return self.rows.sample()
 
 
 class AnalogInputInterpreter(fx.Interpreter):
@@ -157,4 +112,4 @@ class CalibrateInputRanges(PassBase):
         if choice.weight is not None:
             replace_parameter(gm, weight_target, choice.weight.to(weight.dtype))
         choice.annotate(node.meta[META_KEY])
-        return torch.tensor([max(r, _FLOOR) for r in choice.input_ranges])
+        return torch.tensor([max(r, RANGE_FLOOR) for r in choice.input_ranges])

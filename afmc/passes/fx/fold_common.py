@@ -17,7 +17,8 @@ import logging
 import torch
 from torch import fx, nn
 
-NOTES_KEY = "afmc_fold_notes"
+from afmc.passes.layers import NOTES_KEY
+
 CASTS = {
     torch.ops.aten.to.dtype,
     torch.ops.aten.to.dtype_layout,

@@ -27,12 +27,15 @@ from afmc.config import AfmcConfig
 from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.passes.fx.fold_common import new_parameter, replace_parameter
 from afmc.passes.fx.split_outliers import SplitOutliers
-from afmc.passes.layers import META_KEY, LayerRecord
+from afmc.passes.layers import META_KEY
+from afmc.passes.learned_ranges import (
+    META_RANGES,
+    OUTLIERS_SUFFIX,
+    SCALE_SUFFIX,
+    layer_ranges,
+)
 from afmc.passes.registry import register_pass
 
-META_RANGES = "afmc_learned_ranges"
-SCALE_SUFFIX = ".input_scale"  # the entry of a layer's digital input scale
-OUTLIERS_SUFFIX = ".outliers_per_slice"  # the entry of a layer's outlier count m
 _WRAPPER_PREFIX = "lm."
 
 
@@ -69,23 +72,6 @@ class LearnedRanges(PassBase):
             graph_module.graph.lint()
             graph_module.recompile()
         return PassResult(graph_module, modified)
-
-
-def layer_ranges(ranges: dict[str, torch.Tensor], name: str, record: LayerRecord,
-                 pass_name: str) -> torch.Tensor:
-    """The learned ranges of analog layer `name` (else of its record's full name), one per
-    input slice of `record`; a ValueError naming the layer when it has none or another
-    slice count (the rule of both learned-ranges passes)."""
-    learned = ranges.get(name, ranges.get(record.name))
-    if learned is None:
-        raise ValueError(f"{pass_name}: analog layer {name} has no learned input "
-                         "ranges (trained with another placement); compile with the "
-                         "trained configuration or --recalibrate")
-    if learned.numel() != len(record.slice_sizes):
-        raise ValueError(f"{pass_name}: {name} has {learned.numel()} learned ranges "
-                         f"but {len(record.slice_sizes)} input slices here "
-                         "(hardware.max_in differs from training)")
-    return learned
 
 
 def _scale_input(gm: fx.GraphModule, node: fx.Node, scale: torch.Tensor) -> None:

@@ -14,10 +14,8 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from afmc.config import AfmcConfig
 from afmc.passes.fx.static_linear import find_static_linears
 from afmc.passes.layers import META_KEY, LayerRecord
-from afmc.passes.name_rules import PlacementRules
+from afmc.passes.name_rules import DEFAULT_RULE, PlacementRules
 from afmc.passes.registry import register_pass
-
-DEFAULT_RULE = "default: static-weight linear layers are analog"
 
 
 @register_pass("place-layers", "fx")

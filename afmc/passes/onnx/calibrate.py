@@ -27,8 +27,8 @@ from onnx import helper
 
 from afmc.config import AfmcConfig
 from afmc.ops import onnx_model
-from afmc.passes.fx.calibrate import SliceObserver
 from afmc.passes.layers import META_KEY
+from afmc.passes.range_observer import SliceObserver
 from afmc.passes.range_search import search_layer
 from afmc.passes.registry import register_pass
 from afmc.runtime.sessions import session_options

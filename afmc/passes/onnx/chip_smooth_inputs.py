@@ -22,8 +22,7 @@ import torch
 
 from afmc.config import AfmcConfig
 from afmc.ops import onnx_model
-from afmc.passes.fx.fold_common import NOTES_KEY
-from afmc.passes.layers import META_KEY
+from afmc.passes.layers import META_KEY, NOTES_KEY
 from afmc.passes.onnx.calibrate import Batch, analog_inputs
 from afmc.passes.onnx.graph_edit import Names, add_initializer
 from afmc.passes.range_search import ChipNoise

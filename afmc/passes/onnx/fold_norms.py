@@ -27,7 +27,7 @@ import numpy as np
 import onnx_ir as ir
 
 from afmc.config import AfmcConfig
-from afmc.passes.fx.fold_common import NOTES_KEY
+from afmc.passes.layers import NOTES_KEY
 from afmc.passes.onnx.graph_edit import Names, add_initializer, drop_if_unused
 from afmc.passes.onnx.static_layers import OnnxLayer, constant, find_static_layers, layer_name
 from afmc.passes.registry import register_pass

@@ -29,13 +29,13 @@ import torch
 
 from afmc.config import AfmcConfig
 from afmc.ops import onnx_model
-from afmc.passes.fx.learned_ranges import (
+from afmc.passes.layers import META_KEY
+from afmc.passes.learned_ranges import (
     META_RANGES,
     OUTLIERS_SUFFIX,
     SCALE_SUFFIX,
     layer_ranges,
 )
-from afmc.passes.layers import META_KEY
 from afmc.passes.onnx.graph_edit import Names, add_initializer
 from afmc.passes.onnx.split_outliers import split_layer
 from afmc.passes.registry import register_pass

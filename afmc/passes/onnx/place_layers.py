@@ -18,9 +18,8 @@ import warnings
 import onnx_ir as ir
 
 from afmc.config import AfmcConfig
-from afmc.passes.fx.place_layers import DEFAULT_RULE
 from afmc.passes.layers import META_KEY, LayerRecord
-from afmc.passes.name_rules import PlacementRules
+from afmc.passes.name_rules import DEFAULT_RULE, PlacementRules
 from afmc.passes.onnx.static_layers import (
     OnnxLayer,
     UnsupportedLayerWarning,
