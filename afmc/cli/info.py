@@ -1,7 +1,7 @@
 """The commands that describe afmc itself: `afmc passes list`, `afmc targets` and
 `afmc config show`, each with --json where it prints a table.
 
-Plain Typer-compatible functions and sub-apps; cli.py registers them. At module level
+Plain Typer-compatible functions and sub-apps; afmc.cli registers them. At module level
 this imports only typer and rich, so the CLI starts fast.
 """
 

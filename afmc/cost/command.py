@@ -1,6 +1,6 @@
 """`afmc cost OUT --profile P`: the cost table of a compiled output on a hardware profile.
 
-A plain Typer-compatible function; cli.py registers it (``app.command()(cost)``). At
+A plain Typer-compatible function; afmc.cli registers it (``app.command()(cost)``). At
 module level it imports only typer and rich, so the CLI can import it at start-up.
 A user error (a missing output, an unknown or invalid profile) is one `error:` line and
 exit status 1 (afmc.io.error_lines.user_errors, as every command); anything else keeps its

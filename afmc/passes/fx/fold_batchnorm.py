@@ -16,7 +16,7 @@ so do its parameters and statistics. Recognised forms: ``aten.batch_norm`` with
 training=False (what torch.export gives for ``nn.BatchNorm1d/2d/3d`` in eval
 mode) and ``aten._native_batch_norm_legit_no_training`` (after
 run_decompositions; read through its first output only). Every BatchNorm gets a
-note (fold_common.NOTES_KEY): folded, or left unchanged and why.
+note (passes.layers.NOTES_KEY): folded, or left unchanged and why.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ axis on intact: dtype casts that are float32 -> float32 identities, views and
 reshapes that keep the size of the last dim, and slices along another dim;
 ``aten._assert_tensor_metadata`` checks are ignored.
 
-A norm is left unchanged, with a note that says why (fold_common.NOTES_KEY),
+A norm is left unchanged, with a note that says why (passes.layers.NOTES_KEY),
 when any reader is something else (a residual add, the graph output, ...), when
 a reader's weight or bias is also read elsewhere or tied to another parameter
 name (an LM head tied to the embedding), when a shift would have to go into an
