@@ -13,11 +13,11 @@ model, and a calibration text of training-distribution problems (16 KB) as
 
 Architecture: Llama, hidden 128, 4 layers, 4 heads (head dim 32), SwiGLU 352,
 vocab 256 (UTF-8 bytes), untied embeddings, 256 positions: 0.87 M parameters,
-weights stored in float16 (1.7 MB). Optimiser: AdamW (betas 0.9/0.95, weight decay
-0.1), linear warmup then cosine decay to 10% of the peak rate, gradient clipping at
-1.0; all seeds fixed. The default step count is chosen so that FP greedy accuracy on
-the held-out problems is well above chance but below 100%, leaving room for
-test-time compute (docs/test-time-compute.md); the script prints it at the end.
+weights stored in float16 (1.7 MB). Training: scripts/builtin_training.py (AdamW,
+warmup then cosine decay, clipping); all seeds fixed. The default step count is chosen
+so that FP greedy accuracy on the held-out problems is well above chance but below
+100%, leaving room for test-time compute (docs/test-time-compute.md); the script prints
+it at the end.
 
 From the repository root (``PYTHONPATH=.`` is not needed once afmc is installed):
 
@@ -29,13 +29,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from builtin_training import save_model, train_model
 from transformers import LlamaForCausalLM
 
 from afmc.models import afmc_tiny_config
@@ -85,14 +83,6 @@ def training_window(rng: np.random.Generator, exclude: set[tuple[int, int]]
     return ids[:WINDOW], labels[:WINDOW]
 
 
-def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
-    """Linear warmup to ``peak``, then cosine decay to ``peak / 10`` at ``steps``."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
 @torch.no_grad()
 def greedy_accuracy(model: LlamaForCausalLM, problems: list[tuple[int, int]]) -> float:
     """Share of problems whose greedy answer (bytes up to the newline) is the sum."""
@@ -107,16 +97,6 @@ def greedy_accuracy(model: LlamaForCausalLM, problems: list[tuple[int, int]]) ->
                for row in ids]
     return float(np.mean([answer == str(a + b)
                           for answer, (a, b) in zip(answers, problems, strict=True)]))
-
-
-def save_model(model: LlamaForCausalLM, out: Path) -> None:
-    """Write ``config.json`` (float32) and float16 ``model.safetensors`` to ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    model.config.dtype = torch.float32
-    model.config.save_pretrained(out)
-    weights = {name: tensor.detach().to("cpu", torch.float16).contiguous()
-               for name, tensor in model.state_dict().items()}
-    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
 
 
 def save_task(out: Path, problems: list[tuple[int, int]]) -> None:
@@ -140,40 +120,17 @@ def train(out: Path, steps: int, batch_size: int, peak_lr: float, log_every: int
     rng = np.random.default_rng(TRAIN_SEED)
     problems = heldout_problems(HELDOUT)
     exclude = set(problems)
-    model = LlamaForCausalLM(adder_config()).float().to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"parameters: {n_params} ({n_params / 1e6:.2f} M)", flush=True)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=peak_lr, betas=(0.9, 0.95))
-    warmup = max(1, steps // 20)
-    model.train()
-    start = time.perf_counter()
-    running = 0.0
-    for step in range(steps):
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
         windows = [training_window(rng, exclude) for _ in range(batch_size)]
-        ids = torch.tensor([w[0] for w in windows], device=device)
-        labels = torch.tensor([w[1] for w in windows], device=device)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, steps, peak_lr, warmup)
-        loss = model(input_ids=ids, labels=labels, use_cache=False).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        running += loss.item()
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            elapsed = time.perf_counter() - start
-            print(f"step {step + 1}/{steps}  loss {running / ((step % log_every) + 1):.4f}  "
-                  f"held-out greedy accuracy {greedy_accuracy(model, problems):.3f}  "
-                  f"elapsed {elapsed / 60:.1f} min", flush=True)
-            running = 0.0
-    print(f"training time: {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+        return (torch.tensor([w[0] for w in windows], device=device),
+                torch.tensor([w[1] for w in windows], device=device))
+
+    model = LlamaForCausalLM(adder_config()).float().to(device)
+    train_model(model, batch, steps, peak_lr, log_every, lambda model: (
+        f"held-out greedy accuracy {greedy_accuracy(model, problems):.3f}"))
     save_model(model, out)
     save_task(out, problems)
-    print(f"saved to {out}", flush=True)
 
 
 def main() -> None:

@@ -3,9 +3,8 @@
 Corpus: ``stdlib_text("train")`` (the Python standard library sources listed in
 ``afmc.data.corpus``), read as UTF-8 bytes. Architecture: Llama with hidden
 size 256, 4 layers, 4 heads (head dim 64), SwiGLU intermediate 704, vocab 256,
-untied embeddings: 3.34 M parameters. Optimiser: AdamW (betas 0.9/0.95,
-weight decay 0.1), linear warmup then cosine decay to 10% of the peak rate,
-gradient clipping at 1.0; random windows of 256 bytes; all seeds fixed.
+untied embeddings: 3.34 M parameters. Training: scripts/builtin_training.py (AdamW,
+warmup then cosine decay, clipping) on random windows of 256 bytes; all seeds fixed.
 
 The default 500 steps of 16 windows (2.0 M tokens, a third of the corpus)
 take about 5 minutes on two idle CPU cores (about 7000 tokens/s) and about 20
@@ -24,13 +23,11 @@ From the repository root (``PYTHONPATH=.`` is not needed once afmc is installed)
 from __future__ import annotations
 
 import argparse
-import math
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from builtin_training import save_model, train_model
 from transformers import LlamaForCausalLM
 
 from afmc.data.corpus import stdlib_text
@@ -44,29 +41,6 @@ EVAL_TOKENS = 65536
 SEED = 0
 
 
-def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
-    """Linear warmup to ``peak``, then cosine decay to ``peak / 10`` at ``steps``."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
-def save_model(model: LlamaForCausalLM, out: Path) -> None:
-    """Write ``config.json`` and float16 ``model.safetensors`` to ``out``.
-
-    The config declares float32, so a plain ``from_pretrained`` upcasts the weights.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    model.config.dtype = torch.float32
-    model.config.save_pretrained(out)
-    weights = {
-        name: tensor.detach().to(torch.float16).contiguous()
-        for name, tensor in model.state_dict().items()
-    }
-    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
-
-
 def heldout_perplexity(model_dir: Path) -> float:
     """FP byte-level perplexity of the saved model on the first held-out bytes."""
     model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -75,52 +49,20 @@ def heldout_perplexity(model_dir: Path) -> float:
 
 
 def train(out: Path, steps: int, batch_size: int, peak_lr: float, log_every: int) -> None:
-    """Train from scratch and save to ``out``."""
+    """Train from scratch on random windows of the corpus and save to ``out``."""
     torch.manual_seed(SEED)
     rng = np.random.default_rng(SEED)
     data = torch.from_numpy(ByteTokenizer().encode(stdlib_text("train")))
     print(f"train corpus: {len(data)} bytes", flush=True)
 
-    model = LlamaForCausalLM(afmc_tiny_config()).float()
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"parameters: {n_params} ({n_params / 1e6:.2f} M)", flush=True)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=peak_lr,
-        betas=(0.9, 0.95),
-    )
-    warmup = max(1, steps // 20)
-    model.train()
-    start = time.perf_counter()
-    running = 0.0
-    for step in range(steps):
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
         offsets = torch.from_numpy(rng.integers(0, len(data) - SEQ_LEN, size=batch_size))
-        batch = data[offsets[:, None] + torch.arange(SEQ_LEN)]
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, steps, peak_lr, warmup)
-        loss = model(input_ids=batch, labels=batch, use_cache=False).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        running += loss.item()
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            n = (step % log_every) + 1
-            elapsed = time.perf_counter() - start
-            tokens_s = (step + 1) * batch_size * SEQ_LEN / elapsed
-            eta = elapsed / (step + 1) * (steps - step - 1)
-            print(
-                f"step {step + 1}/{steps}  loss {running / n:.4f}  "
-                f"lr {optimizer.param_groups[0]['lr']:.2e}  {tokens_s:.0f} tok/s  "
-                f"elapsed {elapsed / 60:.1f} min  eta {eta / 60:.1f} min",
-                flush=True,
-            )
-            running = 0.0
-    print(f"training time: {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+        windows = data[offsets[:, None] + torch.arange(SEQ_LEN)]
+        return windows, windows
+
+    model = LlamaForCausalLM(afmc_tiny_config()).float()
+    train_model(model, batch, steps, peak_lr, log_every)
     save_model(model, out)
-    print(f"saved to {out}", flush=True)
 
 
 def main() -> None:

@@ -22,11 +22,10 @@ from torch import nn
 from torch.export import Dim
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
-from afmc.capture.errors import CaptureError
 from afmc.capture.hf import EXAMPLE_BATCH, attention_implementation, read_config
 from afmc.capture.loading_info import check_loading_info
 from afmc.capture.torch_module import CapturedModel, capture_module
-from afmc.io.user_errors import first_line
+from afmc.io.user_errors import CaptureError, first_line
 
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT = "embeddings"

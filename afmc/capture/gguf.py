@@ -21,8 +21,7 @@ import torch
 import transformers
 from transformers import PreTrainedModel
 
-from afmc.capture.errors import CaptureError
-from afmc.io.user_errors import first_line
+from afmc.io.user_errors import CaptureError, first_line
 
 SUFFIX = ".gguf"
 MAGIC = b"GGUF"

@@ -51,7 +51,6 @@ from torch import nn
 from torch.export import Dim
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from afmc.capture.errors import CaptureError
 from afmc.capture.gguf import SUFFIX as GGUF_SUFFIX
 from afmc.capture.gguf import find_gguf, load_gguf_model
 from afmc.capture.kv_cache import CausalLMWithCache, cache_spec, fill_empty_pasts
@@ -59,7 +58,7 @@ from afmc.capture.loading_info import check_loading_info
 from afmc.capture.moe import densify_experts
 from afmc.capture.torch_module import CapturedModel, capture_module
 from afmc.capture.upcast import stored_dtype, upcast_in_place
-from afmc.io.user_errors import first_line
+from afmc.io.user_errors import CaptureError, first_line
 
 EXAMPLE_BATCH = 2
 EXAMPLE_PAST = 5  # >= 2, or torch specialises the past axis

@@ -20,8 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from afmc.capture.errors import CaptureError
-from afmc.io.user_errors import InputWarning
+from afmc.io.user_errors import CaptureError, InputWarning
 
 SHOWN = 3
 

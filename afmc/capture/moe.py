@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from afmc.capture.errors import CaptureError
+from afmc.io.user_errors import CaptureError
 
 
 def _is_experts(module: nn.Module) -> bool:

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from afmc.capture.errors import CaptureError
-from afmc.io.user_errors import first_line
+from afmc.io.user_errors import CaptureError, first_line
 
 RUNNABLE_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 
@@ -76,13 +75,3 @@ def _check_external_data(path: Path, model: ir.Model) -> None:
                 f"for initializer {value.name!r} ({sizes[data]} < {needed} "
                 "bytes)"
             )
-
-
-def external_data_files(path: str | os.PathLike) -> list[Path]:
-    """The external data files the ONNX file `path` names (none if it cannot be read)."""
-    try:
-        model = ir.load(path)
-    except Exception:  # an unreadable file is reported by load_onnx_model, not here
-        return []
-    return sorted({Path(value.const_value.path) for value in model.graph.initializers.values()
-                   if isinstance(value.const_value, ir.ExternalTensor)})

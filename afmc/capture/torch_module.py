@@ -48,10 +48,9 @@ import torch
 from torch import nn
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
-from afmc.capture.errors import CaptureError
 from afmc.capture.linear_form import linearize_transposed_products
 from afmc.data.kv_cache import KVCacheSpec
-from afmc.io.user_errors import first_line
+from afmc.io.user_errors import CaptureError, first_line
 
 _LIBRARY_DIRS = tuple(
     str(Path(p).resolve()) + os.sep

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from afmc.capture.errors import CaptureError
 from afmc.data.calibration import InputSpec, ModelSignature
+from afmc.io.user_errors import CaptureError
 
 POSITION_TABLES = ("position_embeddings.weight", "wpe.weight")
 

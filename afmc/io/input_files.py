@@ -7,6 +7,7 @@ Rules:
 - Text is UTF-8 (a leading byte-order mark is dropped). Bytes that do not
   decode are an error naming the first bad byte and its offset; a NUL byte
   marks a binary file and is an error too.
+- The external data files of an ONNX file are those its initializers name.
 - A JSON file must parse (the error names line and column) and hold an object
   with the `required` keys (the error names the first one missing).
 """
@@ -14,6 +15,7 @@ Rules:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -63,3 +65,15 @@ def read_json_object(path: Path, what: str = "JSON file",
     if missing:
         raise ValueError(f"{path}: not a valid {what} (no {missing[0]!r} key)")
     return data
+
+
+def external_data_files(path: str | os.PathLike) -> list[Path]:
+    """The external data files the ONNX file `path` names (none if it cannot be read)."""
+    import onnx_ir as ir
+
+    try:
+        model = ir.load(path)
+    except Exception:  # an unreadable file is reported by load_onnx_model, not here
+        return []
+    return sorted({Path(value.const_value.path) for value in model.graph.initializers.values()
+                   if isinstance(value.const_value, ir.ExternalTensor)})

@@ -63,7 +63,7 @@ def check_output(output: str | os.PathLike, inputs: Sequence[str | os.PathLike] 
         if source in out.parents:
             raise ValueError(f"{output}: lies inside the input {given}; {_ADVICE}")
         if out.is_file() and source.suffix.lower() == ".onnx":
-            from afmc.capture.onnx_model import external_data_files
+            from afmc.io.input_files import external_data_files
 
             if out in (data.resolve() for data in external_data_files(source)):
                 raise ValueError(f"{output}: is the external data of the input {given}; "

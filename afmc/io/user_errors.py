@@ -26,10 +26,17 @@ NAME_LIMIT = 160
 # (module, class) of afmc's own user-error types; looked up in sys.modules, so that
 # checking an error imports nothing (an error of a module never imported cannot occur).
 _AFMC_ERRORS = (
-    ("afmc.capture.errors", "CaptureError"),
     ("afmc.config", "ConfigError"),
     ("afmc.passes.verify", "VerificationError"),
 )
+
+
+class CaptureError(Exception):
+    """A model could not be loaded or traced into a graph.
+
+    The message is one line that names what failed: the file, the architecture,
+    or the module and operation that torch.export could not trace.
+    """
 
 
 class InputWarning(UserWarning):
@@ -43,7 +50,7 @@ class KernelWarning(InputWarning):
 
 def is_user_error(error: BaseException) -> bool:
     """Whether `error` is one a user's input causes (see the module rules)."""
-    if isinstance(error, (OSError, ValueError, KeyError)):
+    if isinstance(error, (OSError, ValueError, KeyError, CaptureError)):
         return True
     for module_name, class_name in _AFMC_ERRORS:
         module = sys.modules.get(module_name)

@@ -1,20 +1,28 @@
-"""The input-range statistics of calibration, shared by both graph levels' calibrate passes.
+"""Calibration's rule, shared by both graph levels' calibrate passes (FX and ONNX adapters).
 
 Rule (one SliceObserver per input slice of an analog layer, fed |x| of every calibration
 batch): ``max`` keeps the largest |x|; ``percentile`` that percentile of |x| over a
 uniform random sample of at most 2^20 values per slice and batch (the caller's seeded
 generator); ``kappa-std`` the mean over batches of kappa * std(x); ``search`` keeps a
 weighted row sample (afmc.passes.row_sample) for the range search. A range is never
-below 1e-6.
+below 1e-6. LayerCalibration turns one layer's observers into its ranges: the observed
+statistic, or with ``search`` the range (and clipped weights) of the layer's search
+(afmc.passes.range_search) on the chip of ``noise.model`` (objective ``chip``) or
+noise-free.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from afmc.config import CalibrationConfig
+from afmc.config import AfmcConfig, CalibrationConfig
+from afmc.passes.range_search import LayerChoice, search_layer
 from afmc.passes.row_sample import RowSampler, WeightedRows
+from afmc.runtime.noise import NoiseConfig
 
 _SAMPLE = 1 << 20
 RANGE_FLOOR = 1e-6  # the smallest input range calibration sets
@@ -59,3 +67,37 @@ class SliceObserver:
     def sample(self) -> WeightedRows:
         """search: at most search_rows uniform input rows and the extreme ones, weighted."""
         return self.rows.sample()
+
+
+@dataclass(frozen=True)
+class LayerCalibration:
+    """The settings of a compile's calibration, and its rule for one layer's ranges."""
+
+    calibration: CalibrationConfig
+    noise: NoiseConfig | None  # the chip the search scores (None: noise-free)
+    devices: int
+    slicing: tuple[int, int]  # weight slices, bits per weight
+
+    @classmethod
+    def of(cls, config: AfmcConfig) -> LayerCalibration:
+        chip = config.noise if config.calibration.objective == "chip" else None
+        return cls(config.calibration, chip, config.hardware.devices_per_weight,
+                   (config.hardware.weight_slices, config.hardware.weight_bits))
+
+    def observers(self, slices: int, generator: torch.Generator) -> list[SliceObserver]:
+        """One observer per input slice."""
+        return [SliceObserver(self.calibration, generator) for _ in range(slices)]
+
+    def ranges(self, slots: list[SliceObserver], weight: Callable[[], torch.Tensor],
+               sizes: list[int], hardware: tuple[float, float, float]
+               ) -> tuple[list[float], LayerChoice | None]:
+        """The layer's input ranges from its observers, and with ``search`` the search's
+        choice (clipped weights, notes for the record); `hardware` is (inp_res, out_res,
+        out_bound) and `weight()` the [N, K] crossbar weight (read only by ``search``)."""
+        if self.calibration.method != "search":
+            return [slot.input_range() for slot in slots], None
+        choice = search_layer([slot.sample() for slot in slots], weight(), list(sizes),
+                              *hardware, self.calibration.clip_weights,
+                              self.calibration.search_outputs, self.noise, self.devices,
+                              *self.slicing)
+        return [max(r, RANGE_FLOOR) for r in choice.input_ranges], choice

@@ -22,7 +22,6 @@ import onnx_ir as ir
 
 import afmc.passes  # noqa: F401  (registers the passes)
 from afmc import ops
-from afmc.capture.errors import CaptureError
 from afmc.capture.onnx_model import load_onnx_model
 from afmc.compiler.frontends.base import warn_nothing_to_recalibrate
 from afmc.compiler.onnx_export import (
@@ -35,6 +34,7 @@ from afmc.config import AfmcConfig
 from afmc.data.calibration import CalibrationData
 from afmc.data.onnx_signature import onnx_signature
 from afmc.data.tokenizer import Tokenizer, find_tokenizer
+from afmc.io.user_errors import CaptureError
 from afmc.mapping.graph import onnx_analog_dependencies
 from afmc.passes.layers import NOTES_KEY, LayerRecord
 from afmc.passes.learned_ranges import META_RANGES

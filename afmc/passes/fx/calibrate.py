@@ -30,8 +30,7 @@ from afmc.config import AfmcConfig
 from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.passes.fx.fold_common import replace_parameter
 from afmc.passes.layers import META_KEY
-from afmc.passes.range_observer import RANGE_FLOOR, SliceObserver
-from afmc.passes.range_search import search_layer
+from afmc.passes.range_observer import LayerCalibration, SliceObserver
 from afmc.passes.registry import register_pass
 
 
@@ -62,10 +61,7 @@ class CalibrateInputRanges(PassBase):
     def __init__(self, config: AfmcConfig, batches: Iterable[tuple] | None = None,
                  progress: Callable[[int], None] | None = None) -> None:
         super().__init__()
-        self.config = config.calibration
-        self.noise = config.noise if config.calibration.objective == "chip" else None
-        self.devices = config.hardware.devices_per_weight
-        self.slicing = (config.hardware.weight_slices, config.hardware.weight_bits)
+        self.rule = LayerCalibration.of(config)
         self.batches = batches
         self.progress = progress
 
@@ -76,8 +72,7 @@ class CalibrateInputRanges(PassBase):
         observers: dict[fx.Node, list[SliceObserver]] = {}
 
         def observe(node: fx.Node, x: torch.Tensor, sizes: list[int]) -> None:
-            slots = observers.setdefault(
-                node, [SliceObserver(self.config, generator) for _ in sizes])
+            slots = observers.setdefault(node, self.rule.observers(len(sizes), generator))
             for slot, part in zip(slots, torch.split(x, list(sizes), dim=-1), strict=True):
                 slot.update(part)
 
@@ -92,24 +87,14 @@ class CalibrateInputRanges(PassBase):
         if count == 0:
             raise ValueError("calibrate: the calibration data holds no batch")
         for node, slots in observers.items():
-            if self.config.method == "search":
-                ranges = self._search(graph_module, node, slots)
-            else:
-                ranges = torch.tensor([slot.input_range() for slot in slots])
-            graph_module.get_parameter(node.args[2].target).data.copy_(ranges)
-            node.meta[META_KEY].calibrated = self.config.method
+            weight_target, sizes = node.args[1].target, node.args[3]
+            weight = graph_module.get_parameter(weight_target).detach()
+            ranges, choice = self.rule.ranges(slots, lambda weight=weight: weight, list(sizes),
+                                              tuple(node.args[4:7]))
+            if choice is not None:
+                if choice.weight is not None:
+                    replace_parameter(graph_module, weight_target, choice.weight.to(weight.dtype))
+                choice.annotate(node.meta[META_KEY])
+            graph_module.get_parameter(node.args[2].target).data.copy_(torch.tensor(ranges))
+            node.meta[META_KEY].calibrated = self.rule.calibration.method
         return PassResult(graph_module, bool(observers))
-
-    def _search(self, gm: fx.GraphModule, node: fx.Node,
-                slots: list[SliceObserver]) -> torch.Tensor:
-        """Search each slice's range (and weight clipping); install the clipped weights."""
-        weight_target, sizes = node.args[1].target, node.args[3]
-        weight = gm.get_parameter(weight_target).detach()
-        choice = search_layer([slot.sample() for slot in slots], weight, list(sizes),
-                              *node.args[4:7], self.config.clip_weights,
-                              self.config.search_outputs, self.noise, self.devices,
-                              *self.slicing)
-        if choice.weight is not None:
-            replace_parameter(gm, weight_target, choice.weight.to(weight.dtype))
-        choice.annotate(node.meta[META_KEY])
-        return torch.tensor([max(r, RANGE_FLOOR) for r in choice.input_ranges])

@@ -4,7 +4,7 @@ Rule (the same as the FX pass calibrate): run the model on the calibration
 batches with every afmc analog node computed in floating point (the FP view,
 runtime.views.fp_reference), so each layer sees the activations of the FP
 model; observe the input of every analog node (before afmc.SliceInput) per
-input slice with calibrate.SliceObserver, and set the input_range initializer
+input slice with range_observer.SliceObserver, and set the input_range initializer
 by the configured method (max, percentile, kappa-std or search; search also
 writes the clipped crossbar weights when it clips rows). The FP view runs in
 onnxruntime on a copy written to a temporary directory with its weights as
@@ -28,8 +28,7 @@ from onnx import helper
 from afmc.config import AfmcConfig
 from afmc.ops import onnx_model
 from afmc.passes.layers import META_KEY
-from afmc.passes.range_observer import SliceObserver
-from afmc.passes.range_search import search_layer
+from afmc.passes.range_observer import LayerCalibration
 from afmc.passes.registry import register_pass
 from afmc.runtime.sessions import session_options
 from afmc.runtime.views import fp_reference
@@ -48,10 +47,7 @@ class CalibrateOnnxInputRanges(ir.passes.InPlacePass):
         progress: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__()
-        self.config = config.calibration
-        self.noise = config.noise if config.calibration.objective == "chip" else None
-        self.devices = config.hardware.devices_per_weight
-        self.slicing = (config.hardware.weight_slices, config.hardware.weight_bits)
+        self.rule = LayerCalibration.of(config)
         self.batches = batches
         self.progress = progress
 
@@ -62,10 +58,8 @@ class CalibrateOnnxInputRanges(ir.passes.InPlacePass):
         if not analog:
             return ir.passes.PassResult(model, False)
         generator = torch.Generator().manual_seed(0)
-        observers = [
-            [SliceObserver(self.config, generator) for _ in node.meta[META_KEY].slice_sizes]
-            for node in analog
-        ]
+        observers = [self.rule.observers(len(node.meta[META_KEY].slice_sizes), generator)
+                     for node in analog]
         batches = analog_inputs(model, analog, self.batches, "onnx-calibrate")
         for count, inputs in enumerate(batches, start=1):
             for node, x, slots in zip(analog, inputs, observers, strict=True):
@@ -75,30 +69,21 @@ class CalibrateOnnxInputRanges(ir.passes.InPlacePass):
             if self.progress:
                 self.progress(count)
         for node, slots in zip(analog, observers, strict=True):
+            record = node.meta[META_KEY]
+            weight_value = onnx_model.source_initializer(node.inputs[1])
+            hardware = tuple(float(node.attributes[key].value)
+                             for key in ("inp_res", "out_res", "out_bound"))
+            ranges, choice = self.rule.ranges(slots, lambda value=weight_value: torch.from_numpy(
+                value.const_value.numpy().astype(np.float32)), record.slice_sizes, hardware)
+            if choice is not None:
+                if choice.weight is not None:
+                    weight_value.const_value = ir.tensor(choice.weight.numpy(),
+                                                         name=weight_value.name)
+                choice.annotate(record)
             value = node.inputs[2]
-            if self.config.method == "search":
-                ranges = self._search(node, slots)
-            else:
-                ranges = np.array([slot.input_range() for slot in slots], dtype=np.float32)
-            value.const_value = ir.tensor(ranges, name=value.name)
-            node.meta[META_KEY].calibrated = self.config.method
+            value.const_value = ir.tensor(np.array(ranges, dtype=np.float32), name=value.name)
+            record.calibrated = self.rule.calibration.method
         return ir.passes.PassResult(model, True)
-
-    def _search(self, node: ir.Node, slots: list[SliceObserver]) -> np.ndarray:
-        """Search each slice's range and row clipping; write the clipped crossbar weight."""
-        record = node.meta[META_KEY]
-        weight_value = onnx_model.source_initializer(node.inputs[1])
-        weight = torch.from_numpy(weight_value.const_value.numpy().astype(np.float32))
-        hardware = [float(node.attributes[key].value)
-                    for key in ("inp_res", "out_res", "out_bound")]
-        choice = search_layer([slot.sample() for slot in slots], weight, record.slice_sizes,
-                              *hardware, self.config.clip_weights,
-                              self.config.search_outputs, self.noise, self.devices,
-                              *self.slicing)
-        if choice.weight is not None:
-            weight_value.const_value = ir.tensor(choice.weight.numpy(), name=weight_value.name)
-        choice.annotate(record)
-        return np.array([max(r, 1e-6) for r in choice.input_ranges], dtype=np.float32)
 
 
 def analog_inputs(model: ir.Model, analog: list[ir.Node], batches: Iterable[Batch],
