@@ -146,3 +146,38 @@ def test_advice_names_only_the_levers_not_already_on():
                                            "passes": onnx_ran})
     text = advice({"runtime": "analog", "config": defaults, "passes": onnx_ran[:1]})
     assert "the onnx-chip-smooth-inputs pass" in text and "the onnx-split-outliers pass" in text
+
+
+class _MLP(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.up, self.down = torch.nn.Linear(16, 32), torch.nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.relu(self.up(x)))
+
+
+@pytest.mark.slow
+def test_onnx_input_ranks_its_worst_layers_as_the_torch_program_does(tmp_path):
+    """The same MLP as an ONNX export (the default way) and as a module, calibrated on the
+    same data: the same noise-free and chip-0 errors, and the same worst layers (the ONNX
+    ranking fetches each layer's input and output from ONNX Runtime; the torch one runs
+    an fx.Interpreter)."""
+    module = _MLP().eval()
+    path = tmp_path / "mlp.onnx"
+    torch.onnx.export(module, (torch.randn(2, 16),), path, dynamo=True, input_names=["x"],
+                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((64, 16), dtype=np.float32))
+    onnx_check = afmc.api.compile(path, "aimc", calibration=calib,
+                                  progress=False).record["fidelity"]
+    torch_check = afmc.api.compile(module, "aimc", example_inputs=(torch.randn(2, 16),),
+                                   calibration=calib, progress=False).record["fidelity"]
+    for key in ("noise_free", "chip_0"):
+        assert onnx_check[key]["relative_error"] == pytest.approx(
+            torch_check[key]["relative_error"], rel=1e-5)
+    assert [layer["name"] for layer in onnx_check["worst_layers"]] == ["down", "up"] == [
+        layer["name"] for layer in torch_check["worst_layers"]]
+    for got, want in zip(onnx_check["worst_layers"], torch_check["worst_layers"], strict=True):
+        assert got["relative_error"] == pytest.approx(want["relative_error"], rel=1e-5)

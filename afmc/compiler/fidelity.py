@@ -6,8 +6,11 @@ their first outputs: relative L2 error, and for a language model (first input
 int64 token ids [b, T], output [b, T, V]) the perplexity of both. An analog
 target is scored twice, without programming noise and as chip 0 (the
 programming noise that ``afmc run --seed 0`` samples); a digital target (int8,
-int4) once, through ONNX Runtime on the lowered file. Per accelerator layer,
-the relative error of its own output on the same data ranks the layers.
+int4) once, through ONNX Runtime on the lowered file. Per analog layer, the
+relative error of its own output against x W^T (x: the input it sees in the
+noise-free run of the first batch) ranks the layers: through an fx.Interpreter on
+a torch program (layer_errors), through ONNX Runtime with each layer's input and
+output fetched on an ONNX input (onnx_layer_errors); both give the same ranking.
 
 Above the thresholds (perplexity over PERPLEXITY_RATIO x FP, or a relative
 error over RELATIVE_ERROR without programming noise) a FidelityWarning names
@@ -34,6 +37,7 @@ import torch
 from torch import fx, nn
 
 from afmc.metrics import next_token_nll
+from afmc.ops import onnx_model
 from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.passes.layers import LayerRecord, layer_records
 from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
@@ -325,10 +329,52 @@ def onnx_chip_outputs(chip: Chip, input_names: Sequence[str]) -> Outputs:
     return run
 
 
+def onnx_layer_errors(model: ir.Model, batch: tuple | Mapping,
+                      input_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Analog layers of an ONNX model by relative output error on `batch`, worst first: the
+    rule of layer_errors (|y - x W^T| against |x W^T|, x the input each layer sees in the
+    noise-free run), with x and y fetched from ONNX Runtime as extra graph outputs."""
+    from afmc.runtime.sessions import model_session, session_options
+
+    layers = []
+    for node in onnx_model.analog_nodes(model):
+        record = node.meta.get("afmc")
+        if record is not None and record.placement == "analog":
+            weight = onnx_model.source_initializer(node.inputs[1]).const_value.numpy()
+            layers.append((record.name, onnx_model.source_initializer(node.inputs[0]).name,
+                           node.outputs[0].name, weight.astype(np.float32)))
+    if not layers:
+        return []
+    proto = ir.serde.serialize_model(model)
+    present = {output.name for output in proto.graph.output}
+    fetch = list(dict.fromkeys(name for _, x, y, _ in layers for name in (x, y)))
+    proto.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
+                                                                 None)
+                              for name in fetch if name not in present)
+    session = model_session(proto, session_options(None))
+    pairs = batch.items() if isinstance(batch, Mapping) else zip(input_names, batch,
+                                                                  strict=True)
+    feeds = {name: np.asarray(value) for name, value in pairs}
+    inputs = {value.name for value in session.get_inputs()}
+    fetched = [name for name in fetch if name not in feeds]
+    values = {**feeds, **dict(zip(fetched, session.run(
+        fetched, {name: feeds[name] for name in inputs if name in feeds}), strict=True))}
+    sums: dict[str, list[float]] = {}
+    for name, x, y, weight in layers:
+        exact = torch.from_numpy(np.asarray(values[x], dtype=np.float32) @ weight.T)
+        totals = sums.setdefault(name, [0.0, 0.0])
+        totals[0] += sum_of_squares(torch.from_numpy(np.asarray(values[y])) - exact)
+        totals[1] += sum_of_squares(exact)
+    ranked = [{"name": name, "relative_error": float(np.sqrt(err / max(sig, 1e-30)))}
+              for name, (err, sig) in sums.items()]
+    return sorted(ranked, key=lambda item: -item["relative_error"])
+
+
 def onnx_fidelity(model: ir.Model, record: dict[str, Any], noise: NoiseConfig,
                   batches: list, held_back: bool = False) -> dict[str, Any]:
     """check_fidelity for an analog ONNX model (ONNX input): the file's FP view, the file,
-    and chip 0 (the programmed weights of afmc run --seed 0), all through ONNX Runtime."""
+    chip 0 (the programmed weights of afmc run --seed 0), and the worst layers on the
+    first batch (onnx_layer_errors), all through ONNX Runtime."""
     from afmc.runtime.analog import AnalogRuntime
     from afmc.runtime.views import fp_reference
 
@@ -339,5 +385,6 @@ def onnx_fidelity(model: ir.Model, record: dict[str, Any], noise: NoiseConfig,
         runtime = AnalogRuntime(Path.cwd(), record, proto)
         chip = onnx_chip_outputs(runtime.chip(0, noise=noise), names)
     fp = onnx_outputs(fp_reference(proto), names)
+    worst = onnx_layer_errors(model, batches[0], names)[:WORST_LAYERS] or None
     return check_fidelity([fp(batch) for batch in batches], onnx_outputs(proto, names),
-                          batches, held_back, chip=chip, record=record)
+                          batches, held_back, chip=chip, worst_layers=worst, record=record)
