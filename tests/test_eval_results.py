@@ -38,17 +38,34 @@ def test_a_name_carries_the_kind_the_label_and_a_hash_of_every_setting():
     assert result_kind(Path("mine.json")) is None
 
 
+def _drift(fp: float) -> dict:
+    """A drift result of one chip at one time (the fields its schema asks for)."""
+    return {"metric": "perplexity", "noise": {"model": "pcm"}, "read_noise": 0.0,
+            "times_s": [0.0], "fp": fp, "chips": [{"seed": 0, "time_s": 0.0, "value": 3.0}],
+            "summary": [{"time_s": 0.0, "mean": 3.0, "std": None, "chips": 1}]}
+
+
 def test_results_are_written_whole_with_their_settings_and_found_by_kind(tmp_path):
-    first = write_result(tmp_path, "drift", ["pcm-drift", "gdc"], {"times_s": [0]}, {"a": 1},
+    first = write_result(tmp_path, "drift", ["pcm-drift", "gdc"], {"times_s": [0]}, _drift(1),
                          copy=tmp_path / "copy.json")
-    second = write_result(tmp_path, "drift", ["pcm-drift", "gdc"], {"times_s": [1]}, {"a": 2})
+    second = write_result(tmp_path, "drift", ["pcm-drift", "gdc"], {"times_s": [1]},
+                          _drift(2))
     (tmp_path / EVAL_DIR / "notes.json").write_text("{}")
     assert first != second
-    assert json.loads(first.read_text()) == {"kind": "drift", "a": 1,
+    assert json.loads(first.read_text()) == {"kind": "drift", **_drift(1),
                                              "settings": {"times_s": [0]}}
     assert json.loads((tmp_path / "copy.json").read_text()) == json.loads(first.read_text())
     assert result_files(tmp_path)["drift"] == sorted([first, second])
     assert not any(path.name.startswith(".") for path in (tmp_path / EVAL_DIR).iterdir())
+
+
+def test_a_result_the_report_could_not_read_is_not_written(tmp_path):
+    """The writer checks a result against the schema the report reads it with."""
+    broken = {**_drift(1), "chips": [{"seed": 0, "time_s": 0.0}]}
+    with pytest.raises(ValueError, match=r"not a valid drift result \(chips\.0\.value: "
+                                         r"Field required\)"):
+        write_result(tmp_path, "drift", ["pcm"], {}, broken)
+    assert not list((tmp_path / EVAL_DIR).iterdir())
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ Rules (docs/evaluation.md, "Where the results go"):
   changes the result (JSON, keys sorted), which the file holds as "settings". Runs
   with different settings sit side by side; a rerun with the same settings
   replaces its own file.
+- A result is checked against its kind's schema (afmc.eval.result_models, the one
+  `afmc report` reads it with) before it is written.
 - `--json PATH` gets a copy of the same JSON.
 - The file is written atomically (afmc.eval.json_out): a reader never sees half a
   file, and the folder is made when missing.
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from afmc.eval.json_out import write_json
+from afmc.eval.result_models import SCHEMAS, validated
 from afmc.io.layout import EVAL_DIR
 
 KINDS = ("seeds", "embedding", "inputs", "drift", "sensitivity", "test_time_compute")
@@ -46,6 +49,8 @@ def write_result(out_dir: Path, kind: str, label: Sequence[str], settings: dict[
     folder.mkdir(exist_ok=True)
     path = folder / result_name(kind, label, settings)
     data = {"kind": kind, **result, "settings": settings}
+    schema, what = SCHEMAS[kind]
+    validated(path, json.loads(json.dumps(data)), schema, what)  # as a reader will see it
     write_json(path, data)
     if copy is not None:
         write_json(copy, data)

@@ -33,19 +33,12 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from afmc.eval.result_models import DriftResult, SensitivityResult, TtcResult, validated
 from afmc.eval.spread import std_text
 from afmc.io.layout import EVAL_DIR
 from afmc.mapping import TileMap, tile_map_svg
 from afmc.report import plots
-from afmc.report.results import (
-    DriftResult,
-    Found,
-    PassTime,
-    RecordFacts,
-    SensitivityResult,
-    TtcResult,
-    validated,
-)
+from afmc.report.results import Found, PassTime, RecordFacts
 
 HTML_FILE = "report.html"
 SECTIONS = {

@@ -32,7 +32,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from afmc.report.results import DriftResult, PassTime, SensitivityResult, TtcResult
+from afmc.eval.result_models import DriftResult, SensitivityResult, TtcResult
+from afmc.report.results import PassTime
 
 WIDTH = 9.0  # inches at 100 dpi: 900 px, the page's figure width
 FP_COLOUR, ANALOG_COLOUR, DIGITAL_COLOUR = "#444444", "#1f77b4", "#d62728"
