@@ -14,9 +14,9 @@ import pytest
 from afmc.eval.drift import DriftReport
 from afmc.eval.embedding import EmbeddingError, EmbeddingReport
 from afmc.eval.evaluate import EvalReport
+from afmc.eval.result_models import DriftPoint
 from afmc.eval.spread import json_number, mean_std, sample_std, spread_label, std_text
 from afmc.eval.tensor_eval import ChipScores, OutputError, TensorEvalReport
-from afmc.report.results import DriftPoint
 from afmc.runtime.noise import NoiseConfig
 
 VALUES = [41.45, 39.15, 43.33, 42.19, 40.02]
