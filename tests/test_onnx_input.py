@@ -804,3 +804,38 @@ def test_onnx_chip_smoothing_chooses_as_the_torch_path_and_keeps_fp(llama, tmp_p
     inputs = np.random.default_rng(9).integers(0, 256, (3, 21))
     np.testing.assert_allclose(load(tmp_path / "onnx").fp_view().run(inputs),
                                load(onnx_out).fp_view().run(inputs), rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_smooth_inputs_scales_as_the_torch_path_and_keeps_fp(llama, tmp_path):
+    """onnx-smooth-inputs (a fixed alpha) on the exported Llama: the channel scales of every
+    group are those of the FX pass smooth-inputs on the same data (one scale rule), a Mul by
+    1/s before each group, FP outputs unchanged to rounding."""
+    torch_out, onnx_out = llama
+    root = torch_out.parent
+    ids = [np.random.default_rng(i).integers(0, 256, (2, 24)) for i in range(2)]
+    config = load_config(None, ["hardware.max_in=40", "calibration.method=max",
+                                "smoothing.alpha=0.5"])
+    afmc_compile(capture_causal_lm(tiny_model("llama")), "aimc", config,
+                 calibration=[(torch.from_numpy(i),) for i in ids], output=tmp_path / "torch",
+                 passes=["fold-norms", "place-layers", "smooth-inputs", "insert-analog-linear",
+                         "calibrate"])
+    result = _compile_onnx(root / "llama.onnx", "aimc", config,
+                           [{"input_ids": i} for i in ids], tmp_path / "onnx",
+                           tokenizer=ByteTokenizer(),
+                           passes=["onnx-upgrade-opset", "onnx-fold-norms", "onnx-place-layers",
+                                   "onnx-insert-analog-linear", "onnx-smooth-inputs",
+                                   "onnx-calibrate"])
+
+    def scales(record: dict) -> dict[str, str]:
+        return {note["norm"]: re.search(r"channel scales [^)]+", note["reason"])[0]
+                for note in record["fold_notes"] if "alpha 0.5" in note["reason"]}
+
+    chosen = scales(result.record)
+    assert len(chosen) >= 4 and chosen == scales(load_record(tmp_path / "torch"))
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph
+    muls = [node for node in graph.node
+            if node.op_type == "Mul" and any(i.endswith(".smooth_scale") for i in node.input)]
+    assert len(muls) == len(chosen)
+    inputs = np.random.default_rng(9).integers(0, 256, (3, 21))
+    np.testing.assert_allclose(load(tmp_path / "onnx").fp_view().run(inputs),
+                               load(onnx_out).fp_view().run(inputs), rtol=1e-4, atol=1e-4)

@@ -16,18 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import numpy as np
 import onnx_ir as ir
-import torch
 
 from afmc.config import AfmcConfig
-from afmc.ops import onnx_model
 from afmc.passes.layers import META_KEY, NOTES_KEY
-from afmc.passes.onnx.calibrate import Batch, analog_inputs
-from afmc.passes.onnx.graph_edit import Names, add_initializer
+from afmc.passes.onnx.calibrate import Batch
+from afmc.passes.onnx.graph_edit import Names
+from afmc.passes.onnx.smoothing import analog_groups, crossbar_weight, observe_groups, smooth_group
 from afmc.passes.range_search import ChipNoise
 from afmc.passes.registry import register_pass
-from afmc.passes.row_sample import RowSampler
 from afmc.passes.smoothing_choice import choose_smoothing
 
 
@@ -45,62 +42,24 @@ class ChipSmoothOnnxInputs(ir.passes.InPlacePass):
         self.batches = batches
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        analog = [node for node in onnx_model.analog_nodes(model) if META_KEY in node.meta]
-        if not analog or not self.alphas:
+        groups = analog_groups(model)
+        if not groups or not self.alphas:
             return ir.passes.PassResult(model, False)
         if self.batches is None:
             raise ValueError("onnx-chip-smooth-inputs: no calibration data given")
-        groups: dict[ir.Value, list[ir.Node]] = {}
-        for node in analog:
-            groups.setdefault(onnx_model.source_initializer(node.inputs[0]), []).append(node)
-        readers = {x: nodes[0] for x, nodes in groups.items()}
-        first = [readers[x] for x in groups]
-        maxima: dict[ir.Value, torch.Tensor] = {}
-        samplers = {x: RowSampler(self.rows) for x in groups}
-        for inputs in analog_inputs(model, first, self.batches, "onnx-chip-smooth-inputs"):
-            for x, value in zip(groups, inputs, strict=True):
-                flat = value.reshape(-1, value.shape[-1]).float()
-                amax = flat.abs().amax(0)
-                maxima[x] = torch.maximum(maxima[x], amax) if x in maxima else amax
-                samplers[x].add(flat)
+        maxima, samplers = observe_groups(model, groups, self.batches,
+                                          "onnx-chip-smooth-inputs", self.rows)
         notes = model.meta.setdefault(NOTES_KEY, [])
         names = Names(model.graph)
         modified = False
         for x, nodes in groups.items():
             layer_names = ", ".join(node.meta[META_KEY].name for node in nodes)
             choice = choose_smoothing(maxima[x], samplers[x].sample(),
-                                      [_weight(node) for node in nodes], self.alphas,
+                                      [crossbar_weight(node) for node in nodes], self.alphas,
                                       self.hardware, self.noise, self.budget)
             notes.append({"norm": layer_names, "folded": choice.alpha is not None,
                           "reason": choice.note()})
             if choice.alpha is not None:
-                _smooth(model.graph, names, x, nodes, choice.scale)
+                smooth_group(model.graph, names, x, nodes, choice.scale)
                 modified = True
         return ir.passes.PassResult(model, modified)
-
-
-def _weight(node: ir.Node) -> torch.Tensor:
-    value = onnx_model.source_initializer(node.inputs[1]).const_value
-    return torch.from_numpy(np.array(value.numpy(), dtype=np.float32))
-
-
-def _smooth(graph: ir.Graph, names: Names, x: ir.Value, nodes: list[ir.Node],
-            scale: torch.Tensor) -> None:
-    """W diag(s) on every node's crossbar matrix, and Mul(x, 1/s) before the group."""
-    for node in nodes:
-        value = onnx_model.source_initializer(node.inputs[1])
-        scaled = (_weight(node) * scale).numpy()
-        value.const_value = ir.tensor(scaled, name=value.name)
-    inverse = add_initializer(graph, names, f"{nodes[0].meta[META_KEY].name}.smooth_scale",
-                              (1.0 / scale).numpy().astype(np.float32))
-    mul = ir.node("Mul", [x, inverse], name=names.fresh(f"{nodes[0].name}/Smooth"))
-    smoothed = mul.outputs[0]
-    smoothed.name = names.fresh(f"{x.name}_smoothed")
-    smoothed.type, smoothed.shape = x.type, x.shape
-    readers = [node if node.inputs[0] is x else node.inputs[0].producer() for node in nodes]
-    order = {node: index for index, node in enumerate(graph)}
-    graph.insert_before(min(readers, key=order.__getitem__), mul)
-    for reader in readers:  # the analog node, or the SliceInput before it
-        for index, value in enumerate(reader.inputs):
-            if value is x:
-                reader.replace_input_with(index, smoothed)
