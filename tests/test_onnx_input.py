@@ -806,6 +806,7 @@ def test_onnx_chip_smoothing_chooses_as_the_torch_path_and_keeps_fp(llama, tmp_p
                                load(onnx_out).fp_view().run(inputs), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_onnx_smooth_inputs_scales_as_the_torch_path_and_keeps_fp(llama, tmp_path):
     """onnx-smooth-inputs (a fixed alpha) on the exported Llama: the channel scales of every
     group are those of the FX pass smooth-inputs on the same data (one scale rule), a Mul by
