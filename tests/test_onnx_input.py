@@ -41,6 +41,7 @@ from afmc.data.calibration import (
 )
 from afmc.data.tokenizer import ByteTokenizer
 from afmc.eval.perplexity import perplexity
+from afmc.ops import onnx_model
 from afmc.ops.analog_linear import analog_linear
 from afmc.passes.onnx.calibrate import CalibrateOnnxInputRanges
 from afmc.passes.onnx.fold_norms import FoldNorms
@@ -48,6 +49,7 @@ from afmc.passes.onnx.insert_analog_linear import InsertOnnxAnalogLinear
 from afmc.passes.onnx.place_layers import PlaceOnnxLayers, onnx_layer_records
 from afmc.passes.onnx.static_layers import UnsupportedLayerWarning
 from afmc.passes.onnx.upgrade_opset import UpgradeOpset, default_opset
+from afmc.passes.verify import VerificationError
 from afmc.runtime.chip import load_record
 from afmc.runtime.views import fp_reference
 from afmc.targets import get_target
@@ -734,6 +736,32 @@ def test_pass_selection_and_custom_passes(tmp_path):
     ]
     assert all(not layer.calibrated for layer in result.layers)
 
+
+
+class _DropOneRange(ir.passes.InPlacePass):
+    """A broken pass: the first analog node's input ranges lose one slice."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        node = onnx_model.analog_nodes(model)[0]
+        value = node.inputs[2]
+        value.const_value = ir.tensor(value.const_value.numpy()[:-1], name=value.name)
+        value.shape = ir.Shape([value.const_value.shape[0]])
+        return ir.passes.PassResult(model, True)
+
+
+def test_a_pass_that_breaks_an_analog_node_names_itself(tmp_path):
+    """After every ONNX pass the graph is checked (passes.verify.check_onnx_graph), as after
+    every FX pass: a pass that leaves an analog node's ranges short of its slices is an
+    error naming the pass and the node, and nothing is written."""
+    batch = _conv_net(tmp_path / "conv.onnx")
+    config = load_config(None, ["hardware.max_in=16"])
+    passes = ["onnx-place-layers", "onnx-insert-analog-linear", _DropOneRange()]
+    with pytest.raises(VerificationError, match=r"after pass _DropOneRange: analog node "
+                                                r"\S+: input ranges of shape \[\d+\] for \d+ "
+                                                r"slices"):
+        _compile_onnx(tmp_path / "conv.onnx", "aimc", config, [batch],
+                      output=tmp_path / "out", passes=passes)
+    assert not (tmp_path / "out").exists()
 
 def test_calibration_from_files_and_text(tmp_path):
     config = load_config(None, ["calibration.batch_size=4", "calibration.seq_len=8"]).calibration

@@ -40,6 +40,7 @@ from afmc.passes.layers import NOTES_KEY, LayerRecord
 from afmc.passes.learned_ranges import META_RANGES
 from afmc.passes.onnx.place_layers import onnx_layer_records
 from afmc.passes.registry import PassSpec, get_pass
+from afmc.passes.verify import check_onnx_graph
 from afmc.targets import Target
 
 
@@ -86,6 +87,7 @@ class OnnxFrontend:
 
     def run_pass(self, spec: PassSpec, config: AfmcConfig,
                  calibration: CalibrationData | None) -> dict[str, Any]:
+        name = spec if isinstance(spec, str) else type(spec).__name__
         if isinstance(spec, str):
             uses_data = get_pass(spec).uses_calibration
             arguments = {"batches": calibration.batches if calibration is not None
@@ -93,6 +95,7 @@ class OnnxFrontend:
             spec = get_pass(spec).factory(config, **arguments)
         result = spec(self.model)
         self.model = result.model
+        check_onnx_graph(self.model, name)
         return {"modified": bool(result.modified)}
 
     def save(self, stem: Path) -> None:
