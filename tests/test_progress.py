@@ -89,6 +89,21 @@ def test_a_status_prints_a_long_phase_without_updates():
                                "compiling: lower (16 s elapsed)", "compiling: done, 16 s"]
 
 
+def test_a_status_whose_count_moves_on_is_one_phase():
+    """A description that differs only in its numbers (calibrate's batches) is the same
+    phase: one line at once, then one per 30 s, not one per batch."""
+    clock, console = Clock(), _console()
+    with LineStatus(console, "compiling", clock, tick=60) as status:
+        clock.now += 6
+        for batch in range(1, 9):
+            status.update(f"compiling: calibrate: batch {batch}/8")
+            clock.now += 5
+        status.update("compiling: lower")
+    assert _lines(console) == ["compiling: calibrate: batch 1/8 (6 s elapsed)",
+                               "compiling: calibrate: batch 7/8 (36 s elapsed)",
+                               "compiling: lower (46 s elapsed)", "compiling: done, 46 s"]
+
+
 def test_libraries_quiet_gives_the_callers_settings_back():
     os.environ.pop("TRANSFORMERS_VERBOSITY", None)
     exporter = logging.getLogger("torch.onnx._internal.exporter._registration")
@@ -140,7 +155,8 @@ def test_eval_in_a_log_prints_progress_lines_and_quiet_prints_none(compiled_tiny
 @pytest.mark.slow
 def test_the_api_shows_the_steps_unless_told_not_to(tmp_path, monkeypatch, capsys):
     """afmc.compile(progress=True) (the default) writes the steps to stderr as lines when it
-    is not a terminal; progress=False writes nothing there; a callable gets every step."""
+    is not a terminal; progress=False writes nothing there; a callable gets every step, and
+    calibrate's batches as it takes them."""
     import torch
 
     import afmc
@@ -158,3 +174,7 @@ def test_the_api_shows_the_steps_unless_told_not_to(tmp_path, monkeypatch, capsy
                  progress=False)
     assert "compiling" not in capsys.readouterr().err
     assert steps[0] == "capture" and "calibrate" in steps and steps[-1] == "write"
+    counts = [step for step in steps if step.startswith("calibrate: batch ")]
+    total = counts[-1].rsplit("/", 1)[1]
+    assert counts == [f"calibrate: batch {n}/{total}" for n in range(1, int(total) + 1)]
+    assert steps.index("calibrate") < steps.index(counts[0])

@@ -8,7 +8,8 @@ compiler.frontends.base.Frontend and targets.Target say:
                 directory, GGUF, nn.Module) or an ONNX graph (*.onnx); the pass list
   data          calibration data read against the model's input signature, and the FP
                 outputs the fidelity check compares with, taken before any pass
-  passes        the pass list in order, each timed under its name
+  passes        the pass list in order, each timed under its name (a pass that
+                reports progress, calibrate, shows its batches: "calibrate: batch 3/8")
   lower         the graph as ONNX with the afmc ops (the layer records read from it)
   target-lower  the target's post-lowering step (int8/int4 quantization), and the record
   fidelity      the lowered model against FP on held-back calibration data
@@ -165,10 +166,15 @@ def data(state: CompileState) -> None:
 def passes(state: CompileState) -> None:
     """The passes in order, each timed under its name (its outcome in its timing)."""
     frontend, config = state.frontend, state.request.config
+    batches = len(state.data.batches) if state.data is not None else 0
     for number, spec in enumerate(state.pass_list, start=1):
         name = spec if isinstance(spec, str) else type(spec).__name__
-        outcome = state.timed(name, lambda spec=spec: frontend.run_pass(spec, config,
-                                                                        state.data))
+
+        def progress(done: int, name: str = name) -> None:
+            state.timed.progress(f"{name}: batch {done}/{batches}")
+
+        outcome = state.timed(name, lambda spec=spec, progress=progress: frontend.run_pass(
+            spec, config, state.data, progress))
         state.timed.timings[-1].update(outcome)
         if state.request.save_intermediate and state.staged is not None:
             frontend.save(_intermediate_folder(state) / f"{number:02d}-{name}")

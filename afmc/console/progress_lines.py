@@ -8,9 +8,11 @@ Rules (what a log reader sees of work that takes a while):
   count and the elapsed time only), and one last line when a task that ran FIRST_LINE_AFTER
   or longer ends (its count reaches the total, or the progress stops):
   ``description: done/total, 42 s``.
-- A status (a named phase without a count, e.g. the compile's current pass) prints its
-  description with the elapsed time whenever the description changes after the first
-  FIRST_LINE_AFTER seconds, and then at most every LINE_EVERY seconds.
+- A status (a named phase, e.g. the compile's current pass) prints its description with
+  the elapsed time whenever the phase changes after the first FIRST_LINE_AFTER seconds,
+  and then at most every LINE_EVERY seconds. Descriptions that differ only in their
+  numbers are one phase ("calibrate: batch 3/8" and "calibrate: batch 4/8"): a count
+  moving on prints at the pace of LINE_EVERY, not once per batch.
 
 `LineProgress` answers the part of rich.progress.Progress that afmc's commands use
 (add_task, update, advance, start, stop, the context manager, live.is_started), so a
@@ -19,6 +21,7 @@ command draws a bar in a terminal and writes lines elsewhere with the same code.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +32,7 @@ from typing import Any
 from rich.console import Console
 
 FIRST_LINE_AFTER = 5.0
+_NUMBERS = re.compile(r"\d+")  # a status's counts: not a new phase
 LINE_EVERY = 30.0
 
 
@@ -176,9 +180,10 @@ class LineStatus:
             now, description = self.clock(), self.description
             if now - self.started < FIRST_LINE_AFTER:
                 return
-            if self.printed is not None and self.printed[0] == description \
+            phase = _NUMBERS.sub("#", description)
+            if self.printed is not None and self.printed[0] == phase \
                     and now - self.printed[1] < LINE_EVERY:
                 return
-            self.printed = (description, now)
+            self.printed = (phase, now)
             self.console.print(f"{description} ({seconds_text(now - self.started)} elapsed)",
                                highlight=False, markup=False)

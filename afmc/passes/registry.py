@@ -14,6 +14,7 @@ class PassInfo:
     """A registered pass: its name, the graph level it runs on, one line of what it does.
 
     uses_calibration: the factory takes the calibration batches (`batches=`).
+    reports_progress: the factory takes `progress=`, called with the count of batches done.
     """
 
     name: str
@@ -21,20 +22,22 @@ class PassInfo:
     summary: str
     factory: Callable[..., object]
     uses_calibration: bool = False
+    reports_progress: bool = False
 
 
 PASSES: dict[str, PassInfo] = {}
 
 
-def register_pass(name: str, level: Level,
-                  uses_calibration: bool = False) -> Callable[[type], type]:
+def register_pass(name: str, level: Level, uses_calibration: bool = False,
+                  reports_progress: bool = False) -> Callable[[type], type]:
     """Class decorator: register a pass under `name`; its summary is its docstring's first line."""
 
     def decorate(cls: type) -> type:
         if name in PASSES:
             raise ValueError(f"pass {name!r} is registered twice")
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        PASSES[name] = PassInfo(name, level, summary, cls, uses_calibration)
+        PASSES[name] = PassInfo(name, level, summary, cls, uses_calibration,
+                                reports_progress)
         return cls
 
     return decorate

@@ -9,6 +9,7 @@ capture -> data -> passes -> lower -> target-lower -> fidelity -> write.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,8 +44,11 @@ class Frontend(Protocol):
         ...
 
     def run_pass(self, spec: PassSpec, config: AfmcConfig,
-                 calibration: CalibrationData | None) -> bool:
-        """Run one pass (a registered name or a pass object); whether it changed the graph."""
+                 calibration: CalibrationData | None,
+                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Run one pass (a registered name or a pass object); its outcome for the record
+        ("modified", and with --verify "output_drift"). A pass that reports progress gets
+        `progress`, called with the count of calibration batches done."""
         ...
 
     def save(self, stem: Path) -> None:

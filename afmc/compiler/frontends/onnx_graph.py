@@ -15,6 +15,7 @@ else the one in the file's folder, if any.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +87,16 @@ class OnnxFrontend:
         return target.onnx_passes
 
     def run_pass(self, spec: PassSpec, config: AfmcConfig,
-                 calibration: CalibrationData | None) -> dict[str, Any]:
+                 calibration: CalibrationData | None,
+                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
         name = spec if isinstance(spec, str) else type(spec).__name__
         if isinstance(spec, str):
-            uses_data = get_pass(spec).uses_calibration
+            info = get_pass(spec)
             arguments = {"batches": calibration.batches if calibration is not None
-                         else None} if uses_data else {}
-            spec = get_pass(spec).factory(config, **arguments)
+                         else None} if info.uses_calibration else {}
+            if info.reports_progress and progress is not None:
+                arguments["progress"] = progress
+            spec = info.factory(config, **arguments)
         result = spec(self.model)
         self.model = result.model
         check_onnx_graph(self.model, name)

@@ -15,6 +15,7 @@ name the data only (input_ids, logits), and the record's "kv_cache" the cache.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -86,13 +87,16 @@ class TorchFrontend:
         return target.fx_passes
 
     def run_pass(self, spec: PassSpec, config: AfmcConfig,
-                 calibration: CalibrationData | None) -> dict[str, Any]:
+                 calibration: CalibrationData | None,
+                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
         name = spec if isinstance(spec, str) else type(spec).__name__
         if isinstance(spec, str):
-            uses_data = get_pass(spec).uses_calibration
+            info = get_pass(spec)
             arguments = {"batches": self._program_batches(calibration)
-                         if calibration is not None else None} if uses_data else {}
-            spec = get_pass(spec).factory(config, **arguments)
+                         if calibration is not None else None} if info.uses_calibration else {}
+            if info.reports_progress and progress is not None:
+                arguments["progress"] = progress
+            spec = info.factory(config, **arguments)
         outcome = spec(self.program)
         self.program = outcome.graph_module if isinstance(outcome, PassResult) else outcome
         check_graph(self.program, name)

@@ -54,7 +54,7 @@ class AnalogInputInterpreter(fx.Interpreter):
         return super().run_node(node)
 
 
-@register_pass("calibrate", "fx", uses_calibration=True)
+@register_pass("calibrate", "fx", uses_calibration=True, reports_progress=True)
 class CalibrateInputRanges(PassBase):
     """Set static input ranges of analog layers from sample data (max / percentile / kappa-std)."""
 

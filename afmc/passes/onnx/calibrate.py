@@ -36,7 +36,7 @@ from afmc.runtime.views import fp_reference
 Batch = Mapping[str, np.ndarray]
 
 
-@register_pass("onnx-calibrate", "onnx", uses_calibration=True)
+@register_pass("onnx-calibrate", "onnx", uses_calibration=True, reports_progress=True)
 class CalibrateOnnxInputRanges(ir.passes.InPlacePass):
     """Set static input ranges of analog ONNX nodes from sample data (onnxruntime, FP view)."""
 
