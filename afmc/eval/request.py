@@ -41,6 +41,12 @@ class EvalRequest:
     devices_per_weight: int | None = None
     profile: str | None = None
 
+    def chip_seeds(self) -> list[int]:
+        """The chips every mode evaluates: seeds 0 .. --seeds - 1, the same chips in every
+        mode, so that a chip's numbers compare across modes (a digital target runs its
+        stored model once instead; the evaluation that meets it says so)."""
+        return list(range(self.seeds))
+
 
 @dataclass(frozen=True)
 class EvalPlan:

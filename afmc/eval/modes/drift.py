@@ -41,7 +41,7 @@ def run(plan: EvalPlan, screen: Screen) -> None:
         screen.out.print(f"FP perplexity {fp:.4f} ({windows.size} tokens)")
     folder = model.out_dir / EVAL_DIR
     folder.mkdir(exist_ok=True)
-    seeds = list(range(request.seeds))
+    seeds = request.chip_seeds()
     with screen.progress() as bar:
         task = bar.add_task(f"{len(seeds)} chips x {len(times)} times",
                             total=len(seeds) * len(times))

@@ -17,7 +17,7 @@ def run(plan: EvalPlan, screen: Screen) -> None:
     """Score every chip on --inputs (module docstring); print, and write the result."""
     request, model = plan.request, plan.model
     with screen.bar_from_first_report("chips") as progress:
-        report = evaluate_tensors(model, request.inputs, list(range(request.seeds)),
+        report = evaluate_tensors(model, request.inputs, request.chip_seeds(),
                                   labels_file=request.labels, read_noise=request.read_noise,
                                   noise=plan.noise, progress=progress)
     screen.out.print(_table(report, plan.noise_label()))

@@ -42,7 +42,7 @@ def run(plan: EvalPlan, screen: Screen) -> None:
         def progress(done: int, total: int) -> None:
             bar.update(current[0], completed=done, total=total)
 
-        report = evaluate(model, ids, list(range(request.seeds)), seq_len=seq_len,
+        report = evaluate(model, ids, request.chip_seeds(), seq_len=seq_len,
                           max_tokens=request.max_tokens, read_noise=request.read_noise,
                           noise=plan.noise, jobs=plan.jobs, on_result=on_result,
                           progress=progress)
@@ -65,7 +65,7 @@ def _encoder(plan: EvalPlan, ids: np.ndarray, seq_len: int, screen: Screen) -> N
     """An encoder: relative error of the mean-pooled embeddings to the FP view."""
     request = plan.request
     windows = token_windows(ids, min(seq_len, len(ids)), request.max_tokens)
-    report = evaluate_encoder(plan.model, windows, list(range(request.seeds)),
+    report = evaluate_encoder(plan.model, windows, request.chip_seeds(),
                               read_noise=request.read_noise, noise=plan.noise)
     for seed, error in report.chips.items():
         screen.out.print(f"{report.digital or f'seed {seed}':>10}: embedding relative error "
