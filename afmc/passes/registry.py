@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Level = Literal["fx", "onnx"]
 
@@ -74,3 +74,17 @@ def resolve_passes(default: tuple[str, ...], passes: list[PassSpec] | None,
             raise ValueError(f"--skip {name}: not among the passes of this compile "
                              f"({', '.join(sorted(names))})")
     return [spec for spec in chosen if not (isinstance(spec, str) and spec in skip)]
+
+
+def build_pass(spec: PassSpec, config: Any, batches: Callable[[], Any],
+               progress: Callable[[int], None] | None = None) -> Any:
+    """The pass `spec` names, built for one compile: with `batches()` (the calibration
+    batches at the pass's graph level) when it uses them and `progress` when it reports
+    it; a pass object is returned as it is."""
+    if not isinstance(spec, str):
+        return spec
+    info = get_pass(spec)
+    arguments: dict[str, Any] = {"batches": batches()} if info.uses_calibration else {}
+    if info.reports_progress and progress is not None:
+        arguments["progress"] = progress
+    return info.factory(config, **arguments)

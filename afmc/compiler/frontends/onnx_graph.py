@@ -40,7 +40,7 @@ from afmc.mapping.graph import onnx_analog_dependencies
 from afmc.passes.layers import NOTES_KEY, LayerRecord
 from afmc.passes.learned_ranges import META_RANGES
 from afmc.passes.onnx.place_layers import onnx_layer_records
-from afmc.passes.registry import PassSpec, get_pass
+from afmc.passes.registry import PassSpec, build_pass
 from afmc.passes.verify import check_onnx_graph
 from afmc.targets import Target
 
@@ -90,13 +90,8 @@ class OnnxFrontend:
                  calibration: CalibrationData | None,
                  progress: Callable[[int], None] | None = None) -> dict[str, Any]:
         name = spec if isinstance(spec, str) else type(spec).__name__
-        if isinstance(spec, str):
-            info = get_pass(spec)
-            arguments = {"batches": calibration.batches if calibration is not None
-                         else None} if info.uses_calibration else {}
-            if info.reports_progress and progress is not None:
-                arguments["progress"] = progress
-            spec = info.factory(config, **arguments)
+        spec = build_pass(spec, config, lambda: calibration.batches
+                          if calibration is not None else None, progress)
         result = spec(self.model)
         self.model = result.model
         check_onnx_graph(self.model, name)

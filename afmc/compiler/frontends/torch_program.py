@@ -39,7 +39,7 @@ from afmc.mapping import analog_dependencies
 from afmc.ops import onnx_model
 from afmc.passes.layers import LayerRecord, layer_records
 from afmc.passes.learned_ranges import META_RANGES
-from afmc.passes.registry import PassSpec, get_pass
+from afmc.passes.registry import PassSpec, build_pass
 from afmc.passes.verify import VerificationError, check_graph, output_drift
 from afmc.targets import Target
 
@@ -90,13 +90,8 @@ class TorchFrontend:
                  calibration: CalibrationData | None,
                  progress: Callable[[int], None] | None = None) -> dict[str, Any]:
         name = spec if isinstance(spec, str) else type(spec).__name__
-        if isinstance(spec, str):
-            info = get_pass(spec)
-            arguments = {"batches": self._program_batches(calibration)
-                         if calibration is not None else None} if info.uses_calibration else {}
-            if info.reports_progress and progress is not None:
-                arguments["progress"] = progress
-            spec = info.factory(config, **arguments)
+        spec = build_pass(spec, config, lambda: self._program_batches(calibration)
+                          if calibration is not None else None, progress)
         outcome = spec(self.program)
         self.program = outcome.graph_module if isinstance(outcome, PassResult) else outcome
         check_graph(self.program, name)
