@@ -801,6 +801,18 @@ def test_calibration_from_files_and_text(tmp_path):
         load_calibration(short, fixed, config, ByteTokenizer)
 
 
+
+def _assert_smoothed_with_fp_kept(smoothed_out: Path, unsmoothed_out: Path, groups: int) -> None:
+    """One Mul by 1/s per smoothed group in the file, and its FP view that of the unsmoothed
+    compile to rounding."""
+    graph = onnx.load(str(smoothed_out / "model.onnx")).graph
+    muls = [node for node in graph.node
+            if node.op_type == "Mul" and any(i.endswith(".smooth_scale") for i in node.input)]
+    assert len(muls) == groups
+    inputs = np.random.default_rng(9).integers(0, 256, (3, 21))
+    np.testing.assert_allclose(load(smoothed_out).fp_view().run(inputs),
+                               load(unsmoothed_out).fp_view().run(inputs), rtol=1e-4, atol=1e-4)
+
 @pytest.mark.slow
 def test_onnx_chip_smoothing_chooses_as_the_torch_path_and_keeps_fp(llama, tmp_path):
     """onnx-chip-smooth-inputs on the exported Llama: the same alpha per group as the FX
@@ -825,13 +837,7 @@ def test_onnx_chip_smoothing_chooses_as_the_torch_path_and_keeps_fp(llama, tmp_p
     assert chosen and chosen == alphas(load_record(tmp_path / "torch"))
     smoothed = [group for group, alpha in chosen.items() if alpha.startswith("alpha")]
     assert smoothed, "the test needs a smoothed group"
-    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph
-    scales = [node for node in graph.node
-              if node.op_type == "Mul" and any(i.endswith(".smooth_scale") for i in node.input)]
-    assert len(scales) == len(smoothed)
-    inputs = np.random.default_rng(9).integers(0, 256, (3, 21))
-    np.testing.assert_allclose(load(tmp_path / "onnx").fp_view().run(inputs),
-                               load(onnx_out).fp_view().run(inputs), rtol=1e-4, atol=1e-4)
+    _assert_smoothed_with_fp_kept(tmp_path / "onnx", onnx_out, len(smoothed))
 
 
 @pytest.mark.slow
@@ -861,10 +867,4 @@ def test_onnx_smooth_inputs_scales_as_the_torch_path_and_keeps_fp(llama, tmp_pat
 
     chosen = scales(result.record)
     assert len(chosen) >= 4 and chosen == scales(load_record(tmp_path / "torch"))
-    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph
-    muls = [node for node in graph.node
-            if node.op_type == "Mul" and any(i.endswith(".smooth_scale") for i in node.input)]
-    assert len(muls) == len(chosen)
-    inputs = np.random.default_rng(9).integers(0, 256, (3, 21))
-    np.testing.assert_allclose(load(tmp_path / "onnx").fp_view().run(inputs),
-                               load(onnx_out).fp_view().run(inputs), rtol=1e-4, atol=1e-4)
+    _assert_smoothed_with_fp_kept(tmp_path / "onnx", onnx_out, len(chosen))
