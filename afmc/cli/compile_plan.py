@@ -24,7 +24,7 @@ from rich.markup import escape
 from afmc.config import AfmcConfig
 from afmc.console.tables import Column, FittedTable, layer_names
 from afmc.passes.layers import LayerRecord
-from afmc.passes.registry import PassSpec, get_pass
+from afmc.passes.registry import PassSpec, get_pass, pass_name
 
 PLACEMENT_PASSES = ("place-layers", "onnx-place-layers", "onnx-place-integer-layers")
 
@@ -93,8 +93,7 @@ def plan_compile(model: str, target: str, config: AfmcConfig, *,
     for layer in layers:
         layer.tiles = per_layer.get(layer.name, 0)
     return CompilePlan(frontend.name, chosen.name,
-                       [step if isinstance(step, str) else type(step).__name__
-                        for step in steps], ran, layers, hardware.tile_strategy,
+                       [pass_name(step) for step in steps], ran, layers, hardware.tile_strategy,
                        {name: tile_map.tiles for name, tile_map in maps.items()})
 
 

@@ -23,7 +23,6 @@ times, "to_step") and the model as that step left it in OUT/intermediate/STEP.pt
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ import afmc.passes  # noqa: F401  (registers the passes)
 from afmc.compiler import lowering
 from afmc.compiler.frontends import Frontend, is_onnx_file, open_frontend
 from afmc.compiler.onnx_export import save_model
-from afmc.compiler.record import StepTimer, build_record, write_outputs
+from afmc.compiler.record import StepTimer, build_record, write_outputs, write_record
 from afmc.config import AfmcConfig
 from afmc.data.calibration import (
     CalibrationData,
@@ -47,11 +46,10 @@ from afmc.data.calibration import (
     synthetic_calibration,
 )
 from afmc.data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
-from afmc.io.layout import RECORD_FILE
 from afmc.io.output_dir import staged_output
 from afmc.models import BUILTIN_CALIBRATION, model_paths
 from afmc.passes.layers import LayerRecord
-from afmc.passes.registry import PassSpec, get_pass, resolve_passes
+from afmc.passes.registry import PassSpec, get_pass, pass_name, resolve_passes
 from afmc.targets import LowerContext, Target
 
 STEPS = ("capture", "data", "passes", "lower", "target-lower", "fidelity", "write")
@@ -168,7 +166,7 @@ def passes(state: CompileState) -> None:
     frontend, config = state.frontend, state.request.config
     batches = len(state.data.batches) if state.data is not None else 0
     for number, spec in enumerate(state.pass_list, start=1):
-        name = spec if isinstance(spec, str) else type(spec).__name__
+        name = pass_name(spec)
 
         def progress(done: int, name: str = name) -> None:
             state.timed.progress(f"{name}: batch {done}/{batches}")
@@ -250,8 +248,7 @@ def _stopped(state: CompileState) -> CompileResult:
             save_model(state.lowered, stem.with_suffix(".onnx"))
         else:
             state.frontend.save(stem)
-        (state.staged / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str),
-                                                encoding="utf-8")
+        write_record(state.staged, record)
         result.output = Path(state.request.output)
     return result
 
@@ -274,7 +271,7 @@ def pass_steps(frontend: Frontend, target: Target, passes: list[PassSpec] | None
     """The passes a compile runs: the front end's list for the target, or `passes`, less
     `skip`; a pass listed twice is an error."""
     steps = resolve_passes(frontend.default_passes(target), passes, skip, level=frontend.level)
-    names = [spec if isinstance(spec, str) else type(spec).__name__ for spec in steps]
+    names = [pass_name(spec) for spec in steps]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise ValueError(f"pass {twice[0]!r} is listed twice")

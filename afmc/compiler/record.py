@@ -149,13 +149,18 @@ def build_record(
     return record
 
 
+def write_record(staged: Path, record: dict[str, Any]) -> None:
+    """Write the record as `staged`/afmc.json."""
+    (staged / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
 def write_outputs(staged: Path, model: ir.Model, record: dict[str, Any],
                   tokenizer: Tokenizer | None, files: dict[str, ir.Model] | None = None) -> None:
     """Write model.onnx, any extra ONNX files, afmc.json and the tokenizer into `staged`."""
     save_model(model, staged / MODEL_FILE)
     for name, extra in (files or {}).items():
         save_model(extra, staged / name)
-    (staged / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    write_record(staged, record)
     if isinstance(tokenizer, HFTokenizer):
         tokenizer.tokenizer.save_pretrained(staged / TOKENIZER_DIR)
 

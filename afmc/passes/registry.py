@@ -76,6 +76,11 @@ def resolve_passes(default: tuple[str, ...], passes: list[PassSpec] | None,
     return [spec for spec in chosen if not (isinstance(spec, str) and spec in skip)]
 
 
+def pass_name(spec: PassSpec) -> str:
+    """How timings, checks and errors name a pass: its registered name, or its class's."""
+    return spec if isinstance(spec, str) else type(spec).__name__
+
+
 def build_pass(spec: PassSpec, config: Any, batches: Callable[[], Any],
                progress: Callable[[int], None] | None = None) -> Any:
     """The pass `spec` names, built for one compile: with `batches()` (the calibration

@@ -40,7 +40,7 @@ from afmc.mapping.graph import onnx_analog_dependencies
 from afmc.passes.layers import NOTES_KEY, LayerRecord
 from afmc.passes.learned_ranges import META_RANGES
 from afmc.passes.onnx.place_layers import onnx_layer_records
-from afmc.passes.registry import PassSpec, build_pass
+from afmc.passes.registry import PassSpec, build_pass, pass_name
 from afmc.passes.verify import check_onnx_graph
 from afmc.targets import Target
 
@@ -89,7 +89,7 @@ class OnnxFrontend:
     def run_pass(self, spec: PassSpec, config: AfmcConfig,
                  calibration: CalibrationData | None,
                  progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-        name = spec if isinstance(spec, str) else type(spec).__name__
+        name = pass_name(spec)
         spec = build_pass(spec, config, lambda: calibration.batches
                           if calibration is not None else None, progress)
         result = spec(self.model)

@@ -39,7 +39,7 @@ from afmc.mapping import analog_dependencies
 from afmc.ops import onnx_model
 from afmc.passes.layers import LayerRecord, layer_records
 from afmc.passes.learned_ranges import META_RANGES
-from afmc.passes.registry import PassSpec, build_pass
+from afmc.passes.registry import PassSpec, build_pass, pass_name
 from afmc.passes.verify import VerificationError, check_graph, output_drift
 from afmc.targets import Target
 
@@ -89,7 +89,7 @@ class TorchFrontend:
     def run_pass(self, spec: PassSpec, config: AfmcConfig,
                  calibration: CalibrationData | None,
                  progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-        name = spec if isinstance(spec, str) else type(spec).__name__
+        name = pass_name(spec)
         spec = build_pass(spec, config, lambda: self._program_batches(calibration)
                           if calibration is not None else None, progress)
         outcome = spec(self.program)
