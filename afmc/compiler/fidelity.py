@@ -39,7 +39,7 @@ from torch import fx, nn
 from afmc.metrics import next_token_nll
 from afmc.ops import onnx_model
 from afmc.ops.analog_linear import ANALOG_LINEAR
-from afmc.passes.layers import LayerRecord, layer_records
+from afmc.passes.layers import META_KEY, LayerRecord, layer_records
 from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
 from afmc.runtime.threads import in_order_on_threads
 
@@ -81,7 +81,6 @@ def onnx_outputs(model: ir.Model | onnx.ModelProto, input_names: Sequence[str]) 
     """First output of an ONNX model through ONNX Runtime; batches are tuples in the order
     of `input_names`, or mappings from input name (a KV cache's pasts, if not given,
     empty)."""
-    from afmc.data.kv_cache import with_empty_pasts
     from afmc.runtime.sessions import model_session, session_kv_cache, session_options
 
     proto = ir.serde.serialize_model(model) if isinstance(model, ir.Model) else model
@@ -89,12 +88,19 @@ def onnx_outputs(model: ir.Model | onnx.ModelProto, input_names: Sequence[str]) 
     cache = session_kv_cache(session)
 
     def run(batch: tuple | Mapping) -> np.ndarray:
-        pairs = batch.items() if isinstance(batch, Mapping) else zip(input_names, batch,
-                                                                      strict=True)
-        feeds = {name: np.asarray(value) for name, value in pairs}
-        return session.run(None, with_empty_pasts(feeds, cache))[0]
+        return session.run(None, _feeds(batch, input_names, cache))[0]
 
     return run
+
+
+def _feeds(batch: tuple | Mapping, input_names: Sequence[str],
+           cache: Any) -> dict[str, np.ndarray]:
+    """A batch (a tuple in the order of `input_names`, or a mapping by name) as a session's
+    feeds, with a KV cache's empty pasts when the model has one and the batch none."""
+    from afmc.data.kv_cache import with_empty_pasts
+
+    pairs = batch.items() if isinstance(batch, Mapping) else zip(input_names, batch, strict=True)
+    return with_empty_pasts({name: np.asarray(value) for name, value in pairs}, cache)
 
 
 def _token_ids(batch: tuple | Mapping) -> np.ndarray:
@@ -329,36 +335,37 @@ def onnx_chip_outputs(chip: Chip, input_names: Sequence[str]) -> Outputs:
     return run
 
 
-def onnx_layer_errors(model: ir.Model, batch: tuple | Mapping,
+def onnx_layer_errors(model: ir.Model, proto: onnx.ModelProto, batch: tuple | Mapping,
                       input_names: Sequence[str]) -> list[dict[str, Any]]:
     """Analog layers of an ONNX model by relative output error on `batch`, worst first: the
     rule of layer_errors (|y - x W^T| against |x W^T|, x the input each layer sees in the
-    noise-free run), with x and y fetched from ONNX Runtime as extra graph outputs."""
-    from afmc.runtime.sessions import model_session, session_options
+    noise-free run), with x and y fetched from ONNX Runtime as extra graph outputs of
+    `proto`, the model serialized (given back as it was once the session is made)."""
+    from afmc.runtime.sessions import model_session, session_kv_cache, session_options
 
     layers = []
     for node in onnx_model.analog_nodes(model):
-        record = node.meta.get("afmc")
+        record = node.meta.get(META_KEY)
         if record is not None and record.placement == "analog":
             weight = onnx_model.source_initializer(node.inputs[1]).const_value.numpy()
             layers.append((record.name, onnx_model.source_initializer(node.inputs[0]).name,
                            node.outputs[0].name, weight.astype(np.float32)))
     if not layers:
         return []
-    proto = ir.serde.serialize_model(model)
+    graph_inputs = {value.name for value in proto.graph.input}
     present = {output.name for output in proto.graph.output}
-    fetch = list(dict.fromkeys(name for _, x, y, _ in layers for name in (x, y)))
+    fetch = list(dict.fromkeys(name for _, x, y, _ in layers for name in (x, y)
+                               if name not in graph_inputs))
+    kept = len(proto.graph.output)
     proto.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
                                                                  None)
                               for name in fetch if name not in present)
-    session = model_session(proto, session_options(None))
-    pairs = batch.items() if isinstance(batch, Mapping) else zip(input_names, batch,
-                                                                  strict=True)
-    feeds = {name: np.asarray(value) for name, value in pairs}
-    inputs = {value.name for value in session.get_inputs()}
-    fetched = [name for name in fetch if name not in feeds]
-    values = {**feeds, **dict(zip(fetched, session.run(
-        fetched, {name: feeds[name] for name in inputs if name in feeds}), strict=True))}
+    try:
+        session = model_session(proto, session_options(None))
+    finally:
+        del proto.graph.output[kept:]
+    feeds = _feeds(batch, input_names, session_kv_cache(session))
+    values = {**feeds, **dict(zip(fetch, session.run(fetch, feeds), strict=True))}
     sums: dict[str, list[float]] = {}
     for name, x, y, weight in layers:
         exact = torch.from_numpy(np.asarray(values[x], dtype=np.float32) @ weight.T)
@@ -385,6 +392,6 @@ def onnx_fidelity(model: ir.Model, record: dict[str, Any], noise: NoiseConfig,
         runtime = AnalogRuntime(Path.cwd(), record, proto)
         chip = onnx_chip_outputs(runtime.chip(0, noise=noise), names)
     fp = onnx_outputs(fp_reference(proto), names)
-    worst = onnx_layer_errors(model, batches[0], names)[:WORST_LAYERS] or None
+    worst = onnx_layer_errors(model, proto, batches[0], names)[:WORST_LAYERS] or None
     return check_fidelity([fp(batch) for batch in batches], onnx_outputs(proto, names),
                           batches, held_back, chip=chip, worst_layers=worst, record=record)
