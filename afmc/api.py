@@ -21,8 +21,6 @@ from afmc.compiler.driver import (  # noqa: F401  (the API's names)
     CompileResult,
     NoAcceleratedLayersWarning,
     Progress,
-    pass_steps,
-    resolve_tokenizer,
     run_compile,
 )
 from afmc.compiler.frontends import is_onnx_file
@@ -96,9 +94,8 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     request = CompileRequest(
         model, get_target(target), config, calibration=calibration,
         example_inputs=example_inputs, output=output, force=force, passes=passes, skip=skip,
-        verify=verify,
-        save_intermediate=save_intermediate, tokenizer=tokenizer, recalibrate=recalibrate,
-        to_step=to_step)
+        verify=verify, save_intermediate=save_intermediate, tokenizer=tokenizer,
+        recalibrate=recalibrate, to_step=to_step)
     with libraries_quiet(verbose), _announcer(progress) as announce:
         return run_compile(request, announce)
 
