@@ -54,12 +54,12 @@ class ChipSmoothOnnxInputs(ir.passes.InPlacePass):
         modified = False
         for x, nodes in groups.items():
             layer_names = ", ".join(node.meta[META_KEY].name for node in nodes)
-            choice = choose_smoothing(maxima[x], samplers[x].sample(),
-                                      [crossbar_weight(node) for node in nodes], self.alphas,
+            weights = [crossbar_weight(node) for node in nodes]
+            choice = choose_smoothing(maxima[x], samplers[x].sample(), weights, self.alphas,
                                       self.hardware, self.noise, self.budget)
             notes.append({"norm": layer_names, "folded": choice.alpha is not None,
                           "reason": choice.note()})
             if choice.alpha is not None:
-                smooth_group(model.graph, names, x, nodes, choice.scale)
+                smooth_group(model.graph, names, x, nodes, weights, choice.scale)
                 modified = True
         return ir.passes.PassResult(model, modified)

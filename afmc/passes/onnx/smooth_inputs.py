@@ -47,9 +47,10 @@ class SmoothOnnxInputs(ir.passes.InPlacePass):
         notes = model.meta.setdefault(NOTES_KEY, [])
         names = Names(model.graph)
         for x, nodes in groups.items():
-            w_max = torch.stack([crossbar_weight(node).abs().amax(0) for node in nodes]).amax(0)
+            weights = [crossbar_weight(node) for node in nodes]
+            w_max = torch.stack([weight.abs().amax(0) for weight in weights]).amax(0)
             scale = smoothing_scale(maxima[x], w_max, self.alpha)
-            smooth_group(model.graph, names, x, nodes, scale)
+            smooth_group(model.graph, names, x, nodes, weights, scale)
             notes.append({"norm": ", ".join(node.meta[META_KEY].name for node in nodes),
                           "folded": True,
                           "reason": f"smoothed (alpha {self.alpha:g}, channel scales "

@@ -56,12 +56,12 @@ def crossbar_weight(node: ir.Node) -> torch.Tensor:
 
 
 def smooth_group(graph: ir.Graph, names: Names, x: ir.Value, nodes: list[ir.Node],
-                 scale: torch.Tensor) -> None:
-    """W diag(s) on every node's crossbar matrix, and Mul(x, 1/s) before the group."""
-    for node in nodes:
+                 weights: list[torch.Tensor], scale: torch.Tensor) -> None:
+    """W diag(s) on every node's crossbar matrix (`weights`: crossbar_weight of each node),
+    and Mul(x, 1/s) before the group."""
+    for node, weight in zip(nodes, weights, strict=True):
         value = onnx_model.source_initializer(node.inputs[1])
-        scaled = (crossbar_weight(node) * scale).numpy()
-        value.const_value = ir.tensor(scaled, name=value.name)
+        value.const_value = ir.tensor((weight * scale).numpy(), name=value.name)
     inverse = add_initializer(graph, names, f"{nodes[0].meta[META_KEY].name}.smooth_scale",
                               (1.0 / scale).numpy().astype(np.float32))
     mul = ir.node("Mul", [x, inverse], name=names.fresh(f"{nodes[0].name}/Smooth"))
