@@ -152,7 +152,7 @@ class _LayerErrors(fx.Interpreter):
         out = super().call_function(target, args, kwargs)
         if target is ANALOG_LINEAR:
             exact = torch.nn.functional.linear(args[0], args[1])
-            name = self.current.meta["afmc"].name
+            name = self.current.meta[META_KEY].name
             sums = self.sums.setdefault(name, [0.0, 0.0])
             sums[0] += sum_of_squares(out - exact)
             sums[1] += sum_of_squares(exact)
