@@ -89,6 +89,16 @@ def test_a_status_prints_a_long_phase_without_updates():
                                "compiling: lower (16 s elapsed)", "compiling: done, 16 s"]
 
 
+def test_a_status_that_fails_is_not_done():
+    """A phase that ends in an error prints no "done" line after what it printed."""
+    clock, console = Clock(), _console()
+    with pytest.raises(ValueError), LineStatus(console, "compiling", clock, tick=60) as status:
+        clock.now += 6
+        status.update("compiling: capture")
+        raise ValueError("bad input")
+    assert _lines(console) == ["compiling: capture (6 s elapsed)"]
+
+
 def test_a_status_whose_count_moves_on_is_one_phase():
     """A description that differs only in its numbers (calibrate's batches) is the same
     phase: one line at once, then one per 30 s, not one per batch."""

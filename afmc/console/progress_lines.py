@@ -162,7 +162,7 @@ class LineStatus:
     def __exit__(self, *exc: object) -> None:
         self._stopped.set()
         self._ticker.join()
-        if self.printed is not None:
+        if self.printed is not None and exc[0] is None:  # a phase that failed is not done
             self.console.print(f"{self.name}: done, "
                                f"{seconds_text(self.clock() - self.started)}",
                                highlight=False, markup=False)
