@@ -22,6 +22,11 @@ def _invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
 
+def _quiet(*args: str):
+    """afmc -q: no progress lines, which a slow machine prints after 5 s, beside the error."""
+    return _invoke("-q", *args)
+
+
 def _assert_user_error(result, needle: str, out: Path) -> None:
     assert result.exit_code == 1, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -51,14 +56,14 @@ def test_compile_run_eval_round_trip(model_dirs, calibration_text, tmp_path):
 
 def test_missing_model_directory(tmp_path):
     out = tmp_path / "out"
-    _assert_user_error(_invoke("compile", tmp_path / "nope", "-o", out), "not found", out)
+    _assert_user_error(_quiet("compile", tmp_path / "nope", "-o", out), "not found", out)
 
 
 def test_corrupt_config_file(model_dirs, calibration_text, tmp_path):
     out = tmp_path / "out"
     bad = tmp_path / "bad.yaml"
     bad.write_text("hardware: [unclosed\n")
-    _assert_user_error(_invoke("compile", model_dirs["llama"], "-o", out, "--config", bad,
+    _assert_user_error(_quiet("compile", model_dirs["llama"], "-o", out, "--config", bad,
                                "--calib", calibration_text), "bad.yaml", out)
 
 
@@ -73,19 +78,19 @@ def test_invalid_config_value_names_the_field(content, field, model_dirs, tmp_pa
     out = tmp_path / "out"
     config = tmp_path / "config.yaml"
     config.write_text(content)
-    _assert_user_error(_invoke("compile", model_dirs["llama"], "-o", out, "--config", config),
+    _assert_user_error(_quiet("compile", model_dirs["llama"], "-o", out, "--config", config),
                        field, out)
 
 
 def test_bad_override_names_the_field(model_dirs, tmp_path):
     out = tmp_path / "out"
-    _assert_user_error(_invoke("compile", model_dirs["llama"], "-o", out,
+    _assert_user_error(_quiet("compile", model_dirs["llama"], "-o", out,
                                "--set", "hardware.out_res=-2"), "hardware.out_res", out)
 
 
 def test_unknown_target(model_dirs, tmp_path):
     out = tmp_path / "out"
-    _assert_user_error(_invoke("compile", model_dirs["llama"], "-o", out, "--target", "tpu"),
+    _assert_user_error(_quiet("compile", model_dirs["llama"], "-o", out, "--target", "tpu"),
                        "unknown target 'tpu'", out)
 
 
@@ -93,13 +98,13 @@ def test_empty_calibration_file(model_dirs, tmp_path):
     out = tmp_path / "out"
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    _assert_user_error(_invoke("compile", model_dirs["llama"], "-o", out, "--calib", empty),
+    _assert_user_error(_quiet("compile", model_dirs["llama"], "-o", out, "--calib", empty),
                        "empty", out)
 
 
 def test_digital_pattern_matching_nothing(model_dirs, calibration_text, tmp_path):
     out = tmp_path / "out"
-    _assert_user_error(_invoke("compile", model_dirs["llama"], "-o", out, "--calib",
+    _assert_user_error(_quiet("compile", model_dirs["llama"], "-o", out, "--calib",
                                calibration_text, "--digital", "no_such_layer"),
                        "no_such_layer", out)
 
@@ -139,7 +144,7 @@ def test_report_prints_tiles_and_writes_svg(model_dirs, calibration_text, tmp_pa
 
 def test_max_in_larger_than_tile_rows_is_rejected(model_dirs, tmp_path):
     out = tmp_path / "out"
-    _assert_user_error(_invoke("compile", model_dirs["llama"], "-o", out,
+    _assert_user_error(_quiet("compile", model_dirs["llama"], "-o", out,
                                "--set", "hardware.max_in=1024"), "tile_rows", out)
 
 
