@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -13,11 +14,13 @@ from typer.testing import CliRunner
 import afmc.api
 from afmc.api import load
 from afmc.cli import app
-from afmc.compiler.fidelity import FidelityWarning
+from afmc.compiler.fidelity import FidelityWarning, NoiseFreeRun
 from afmc.config import load_config
 from afmc.data.calibration import split_text
 from afmc.data.tokenizer import ByteTokenizer
 from afmc.eval.perplexity import perplexity
+from afmc.ops.analog_linear import ANALOG_LINEAR
+from afmc.passes.layers import META_KEY
 
 SETTINGS = ["calibration.seq_len=32", "calibration.max_tokens=256"]
 
@@ -158,12 +161,31 @@ class _MLP(torch.nn.Module):
         return self.down(torch.relu(self.up(x)))
 
 
+class _TorchLayerErrors(torch.fx.Interpreter):
+    """The peer of the runtime's ranking: each afmc analog_linear of a torch program, run
+    by torch, against x W^T."""
+
+    def __init__(self, program: torch.fx.GraphModule) -> None:
+        super().__init__(program)
+        self.errors: dict[str, float] = {}
+
+    def run_node(self, node: torch.fx.Node):
+        out = super().run_node(node)
+        if node.op == "call_function" and node.target is ANALOG_LINEAR:
+            x, weight = (self.env[arg] for arg in node.args[:2])
+            exact = torch.nn.functional.linear(x, weight)
+            self.errors[node.meta[META_KEY].name] = float(
+                torch.linalg.norm(out - exact) / torch.linalg.norm(exact))
+        return out
+
+
 @pytest.mark.slow
-def test_onnx_input_ranks_its_worst_layers_as_the_torch_program_does(tmp_path):
+def test_both_front_ends_rank_their_worst_layers_as_torch_does(tmp_path):
     """The same MLP as an ONNX export (the default way) and as a module, calibrated on the
-    same data: the same noise-free and chip-0 errors, and the same worst layers (the ONNX
-    ranking fetches each layer's input and output from ONNX Runtime; the torch one runs
-    an fx.Interpreter)."""
+    same data: one check on the lowered file through ONNX Runtime gives both the same
+    noise-free and chip-0 errors and the same worst layers, and each layer's error (its
+    input and output fetched from ONNX Runtime) equals the torch program's own, layer by
+    layer (an fx.Interpreter running the afmc op in torch)."""
     module = _MLP().eval()
     path = tmp_path / "mlp.onnx"
     torch.onnx.export(module, (torch.randn(2, 16),), path, dynamo=True, input_names=["x"],
@@ -172,8 +194,9 @@ def test_onnx_input_ranks_its_worst_layers_as_the_torch_program_does(tmp_path):
     np.savez(calib, x=np.random.default_rng(0).standard_normal((64, 16), dtype=np.float32))
     onnx_check = afmc.api.compile(path, "aimc", calibration=calib,
                                   progress=False).record["fidelity"]
-    torch_check = afmc.api.compile(module, "aimc", example_inputs=(torch.randn(2, 16),),
-                                   calibration=calib, progress=False).record["fidelity"]
+    compiled = afmc.api.compile(module, "aimc", example_inputs=(torch.randn(2, 16),),
+                                calibration=calib, progress=False)
+    torch_check = compiled.record["fidelity"]
     for key in ("noise_free", "chip_0"):
         assert onnx_check[key]["relative_error"] == pytest.approx(
             torch_check[key]["relative_error"], rel=1e-5)
@@ -181,3 +204,13 @@ def test_onnx_input_ranks_its_worst_layers_as_the_torch_program_does(tmp_path):
         layer["name"] for layer in torch_check["worst_layers"]]
     for got, want in zip(onnx_check["worst_layers"], torch_check["worst_layers"], strict=True):
         assert got["relative_error"] == pytest.approx(want["relative_error"], rel=1e-5)
+
+    batch = np.random.default_rng(1).standard_normal((8, 16), dtype=np.float32)
+    ranked = NoiseFreeRun(compiled.model, ir.serde.serialize_model(compiled.model), ["x"],
+                          compiled.record["layers"]).layer_errors((batch,))
+    reference = _TorchLayerErrors(compiled.program)
+    with torch.no_grad():
+        reference.run(torch.from_numpy(batch))
+    assert {layer["name"]: pytest.approx(layer["relative_error"], rel=1e-4)
+            for layer in ranked} == reference.errors
+    assert min(reference.errors.values()) > 1e-4  # the DAC and ADC do change each output

@@ -34,6 +34,7 @@ from torch import fx
 
 import afmc.passes  # noqa: F401  (registers the passes)
 from afmc.compiler import lowering
+from afmc.compiler.fidelity import fidelity_batches, lowered_fidelity
 from afmc.compiler.frontends import Frontend, is_onnx_file, open_frontend
 from afmc.compiler.onnx_export import save_model
 from afmc.compiler.record import StepTimer, build_record, write_outputs, write_record
@@ -156,7 +157,8 @@ def data(state: CompileState) -> None:
     state.checks_fidelity = (state.data is not None and not state.data.synthetic
                              and _checks_fidelity(request.target, request.config))
     if state.checks_fidelity:
-        state.timed("fp-reference", lambda: frontend.hold_reference(state.data))
+        batches, _ = fidelity_batches(state.data)
+        state.timed("fp-reference", lambda: frontend.hold_reference(batches))
     else:
         frontend.hold_reference(None)
 
@@ -209,9 +211,10 @@ def target_lower(state: CompileState) -> None:
 def fidelity(state: CompileState) -> None:
     """The lowered model against FP on held-back data (when the compile checks it)."""
     if state.checks_fidelity:
-        request = state.request
-        state.record["fidelity"] = state.timed("fidelity", lambda: state.frontend.fidelity(
-            request.target, state.lowered, state.record, request.config, state.data))
+        batches, held = fidelity_batches(state.data)
+        state.record["fidelity"] = state.timed("fidelity", lambda: lowered_fidelity(
+            state.lowered, state.record, state.request.config.noise, batches,
+            state.frontend.fp_outputs, held))
 
 
 def write(state: CompileState) -> None:

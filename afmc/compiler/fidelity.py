@@ -3,15 +3,15 @@
 Rule: on held-back calibration batches (data the calibration did not see where
 there was enough of it), run the FP model and the compiled model and compare
 their first outputs: relative L2 error, and for a language model (first input
-int64 token ids [b, T], output [b, T, V]) the perplexity of both. An analog
-target is scored twice, without programming noise and as chip 0 (the
-programming noise that ``afmc run --seed 0`` samples); a digital target (int8,
-int4) once, through ONNX Runtime on the lowered file. Per analog layer, the
-relative error of its own output against x W^T (x: the input it sees in the
-noise-free run of the first batch) ranks the layers: through an fx.Interpreter on
-a torch program (layer_errors), through ONNX Runtime with each layer's input and
-output fetched on an ONNX input (onnx_layer_errors); both give the same ranking.
-
+int64 token ids [b, T], output [b, T, V]) the perplexity of both. The FP outputs are
+taken by the front end before any pass (the torch module, or the input ONNX file);
+the compiled model is always the lowered file, run through ONNX Runtime, whatever the
+front end (one implementation: `lowered_fidelity`). An analog target is scored twice,
+without programming noise and as chip 0 (the programming noise, device pairs and bit
+slices that ``afmc run --seed 0`` samples); a digital target (int8, int4) once. Per
+analog layer, the relative error of its own output against x W^T (x: the input it sees
+in the noise-free run of the first batch, both fetched from ONNX Runtime as extra graph
+outputs) ranks the layers.
 Above the thresholds (perplexity over PERPLEXITY_RATIO x FP, or a relative
 error over RELATIVE_ERROR without programming noise) a FidelityWarning names
 the worst layers and the next steps; the result is stored in afmc.json under
@@ -38,12 +38,10 @@ from torch import fx, nn
 
 from afmc.metrics import next_token_nll
 from afmc.ops import onnx_model
-from afmc.ops.analog_linear import ANALOG_LINEAR
-from afmc.passes.layers import META_KEY, LayerRecord, layer_records
-from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
-from afmc.runtime.threads import in_order_on_threads
+from afmc.runtime.noise import NoiseConfig
 
 if TYPE_CHECKING:
+    from afmc.data.calibration import CalibrationData
     from afmc.runtime.chip import Chip
 
 PERPLEXITY_RATIO = 1.5
@@ -141,114 +139,6 @@ def sum_of_squares(tensor: torch.Tensor) -> float:
     return float(np.square(values).sum())
 
 
-class _LayerErrors(fx.Interpreter):
-    """Runs an analog program and sums, per analog layer, |analog - x W^T|^2 and |x W^T|^2."""
-
-    def __init__(self, program: fx.GraphModule) -> None:
-        super().__init__(program)
-        self.sums: dict[str, list[float]] = {}
-
-    def call_function(self, target, args, kwargs):
-        out = super().call_function(target, args, kwargs)
-        if target is ANALOG_LINEAR:
-            exact = torch.nn.functional.linear(args[0], args[1])
-            name = self.current.meta[META_KEY].name
-            sums = self.sums.setdefault(name, [0.0, 0.0])
-            sums[0] += sum_of_squares(out - exact)
-            sums[1] += sum_of_squares(exact)
-        return out
-
-    def run_node(self, node: fx.Node):
-        self.current = node
-        return super().run_node(node)
-
-
-def layer_errors(program: fx.GraphModule,
-                 batch: tuple) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """(analog layers by relative output error on `batch`, worst first; the program's
-    first output on `batch`, which that run computes anyway)."""
-    interpreter = _LayerErrors(program)
-    with torch.no_grad():
-        output = _first(interpreter.run(*batch)).float().numpy()
-    ranked = [{"name": name, "relative_error": float(np.sqrt(err / max(sig, 1e-30)))}
-              for name, (err, sig) in interpreter.sums.items()]
-    return sorted(ranked, key=lambda item: -item["relative_error"]), output
-
-
-def _analog(records: list[LayerRecord]) -> list[LayerRecord]:
-    return [r for r in records if r.placement == "analog" and r.input_range]
-
-
-class _ProgrammedChip(fx.Interpreter):
-    """Runs an analog program with the programmed weights of chip `seed` in place of the
-    stored ones: each analog weight is programmed for the graph's read of it (get_attr)
-    and freed after its last use. The reads come in graph order, so the next LOOKAHEAD
-    layers are programmed on worker threads meanwhile (each on its own random stream,
-    so the numbers do not depend on the threads): at most 1 + LOOKAHEAD programmed
-    copies are alive."""
-
-    LOOKAHEAD = 2
-
-    def __init__(self, program: fx.GraphModule, noise: NoiseConfig, seed: int,
-                 devices: int = 1) -> None:
-        super().__init__(program)
-        self.noise, self.seed, self.devices = noise, seed, devices
-        self.layers = {record.weight: (index, record)
-                       for index, record in enumerate(_analog(layer_records(program)))}
-        reads = [node.target for node in program.graph.nodes
-                 if node.op == "get_attr" and node.users and node.target in self.layers]
-        self.programmed = in_order_on_threads(self._program, reads, ahead=self.LOOKAHEAD)
-
-    def run_node(self, node: fx.Node):
-        if node.op == "get_attr" and not node.users:
-            return None  # read by nobody: not programmed (the interpreter would hold it)
-        return super().run_node(node)
-
-    def get_attr(self, target, args, kwargs):
-        if target not in self.layers:
-            return super().get_attr(target, args, kwargs)
-        return next(self.programmed)
-
-    def _program(self, target: str) -> torch.Tensor:
-        stored = self.fetch_attr(target)
-        index, record = self.layers[target]
-        programmed = program_weights(stored.detach().float().numpy(), record.slice_sizes,
-                                     self.noise, layer_rng(self.seed, index), self.devices)
-        return torch.from_numpy(programmed).to(stored.dtype)
-
-
-def chip_outputs(program: fx.GraphModule, noise: NoiseConfig, seed: int,
-                 devices: int = 1) -> Outputs:
-    """Outputs of `program` with the programming noise of chip `seed` (same draws as afmc
-    run), programmed layer by layer during each run (_ProgrammedChip), with `devices`
-    device pairs per weight."""
-
-    def run(batch: tuple) -> np.ndarray:
-        with torch.no_grad():
-            chip = _ProgrammedChip(program, noise, seed, devices)
-            return _first(chip.run(*batch)).float().numpy()
-
-    return run
-
-
-def program_checks(program: fx.GraphModule, noise: NoiseConfig, batches: list[tuple],
-                   devices: int = 1
-                   ) -> tuple[Outputs, Outputs | None, list[dict[str, Any]] | None]:
-    """(outputs without programming noise, chip 0, worst layers) of an analog torch
-    program; (outputs, None, None) without analog layers. The layers are ranked in the
-    noise-free run of the first batch, whose output is kept: one run, not two."""
-    compiled = torch_outputs(program)
-    if not _analog(layer_records(program)):
-        return compiled, None, None
-    worst, first = layer_errors(program, batches[0])
-
-    def noise_free(batch: tuple) -> np.ndarray:
-        return first if batch is batches[0] else compiled(batch)
-
-    chip = chip_outputs(program, noise, 0, devices) if noise.model != "none" else None
-    return noise_free, chip, worst[:WORST_LAYERS]
-
-
 def check_fidelity(reference: list[np.ndarray], compiled: Outputs, batches: list,
                    held_back: bool, *,
                    chip: Outputs | None = None,
@@ -335,63 +225,91 @@ def onnx_chip_outputs(chip: Chip, input_names: Sequence[str]) -> Outputs:
     return run
 
 
-def onnx_layer_errors(model: ir.Model, proto: onnx.ModelProto, batch: tuple | Mapping,
-                      input_names: Sequence[str]) -> list[dict[str, Any]]:
-    """Analog layers of an ONNX model by relative output error on `batch`, worst first: the
-    rule of layer_errors (|y - x W^T| against |x W^T|, x the input each layer sees in the
-    noise-free run), with x and y fetched from ONNX Runtime as extra graph outputs of
-    `proto`, the model serialized (given back as it was once the session is made)."""
-    from afmc.runtime.sessions import model_session, session_kv_cache, session_options
+class NoiseFreeRun:
+    """The lowered model on ONNX Runtime without programming noise, in one session that
+    also gives each analog layer's input x and output y (extra graph outputs of `proto`,
+    the model serialized, given back as it was once the session is made). A layer is
+    named by the record of its weight initializer (`records`, the record's "layers");
+    batches as for onnx_outputs."""
 
-    layers = []
-    for node in onnx_model.analog_nodes(model):
-        record = node.meta.get(META_KEY)
-        if record is not None and record.placement == "analog":
-            weight = onnx_model.source_initializer(node.inputs[1]).const_value.numpy()
-            layers.append((record.name, onnx_model.source_initializer(node.inputs[0]).name,
-                           node.outputs[0].name, weight.astype(np.float32)))
-    if not layers:
-        return []
-    graph_inputs = {value.name for value in proto.graph.input}
-    present = {output.name for output in proto.graph.output}
-    fetch = list(dict.fromkeys(name for _, x, y, _ in layers for name in (x, y)
-                               if name not in graph_inputs))
-    kept = len(proto.graph.output)
-    proto.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
-                                                                 None)
-                              for name in fetch if name not in present)
-    try:
-        session = model_session(proto, session_options(None))
-    finally:
-        del proto.graph.output[kept:]
-    feeds = _feeds(batch, input_names, session_kv_cache(session))
-    values = {**feeds, **dict(zip(fetch, session.run(fetch, feeds), strict=True))}
-    sums: dict[str, list[float]] = {}
-    for name, x, y, weight in layers:
-        exact = torch.from_numpy(np.asarray(values[x], dtype=np.float32) @ weight.T)
-        totals = sums.setdefault(name, [0.0, 0.0])
-        totals[0] += sum_of_squares(torch.from_numpy(np.asarray(values[y])) - exact)
-        totals[1] += sum_of_squares(exact)
-    ranked = [{"name": name, "relative_error": float(np.sqrt(err / max(sig, 1e-30)))}
-              for name, (err, sig) in sums.items()]
-    return sorted(ranked, key=lambda item: -item["relative_error"])
+    def __init__(self, model: ir.Model, proto: onnx.ModelProto, input_names: Sequence[str],
+                 records: Sequence[dict[str, Any]]) -> None:
+        from afmc.runtime.sessions import model_session, session_kv_cache, session_options
+
+        by_weight = {layer["onnx_weight"]: layer["name"] for layer in records
+                     if layer.get("onnx_weight")}
+        self.layers = []
+        for node in onnx_model.analog_nodes(model):
+            weight = onnx_model.source_initializer(node.inputs[1])
+            if weight.name in by_weight:
+                self.layers.append((by_weight[weight.name],
+                                    onnx_model.source_initializer(node.inputs[0]).name,
+                                    node.outputs[0].name,
+                                    weight.const_value.numpy().astype(np.float32)))
+        graph_inputs = {value.name for value in proto.graph.input}
+        present = {output.name for output in proto.graph.output}
+        self.output = proto.graph.output[0].name
+        self.fetch = list(dict.fromkeys(name for _, x, y, _ in self.layers for name in (x, y)
+                                        if name not in graph_inputs))
+        kept = len(proto.graph.output)
+        proto.graph.output.extend(
+            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            for name in self.fetch if name not in present)
+        try:
+            self.session = model_session(proto, session_options(None))
+        finally:
+            del proto.graph.output[kept:]
+        self.input_names, self.cache = input_names, session_kv_cache(self.session)
+
+    def __call__(self, batch: tuple | Mapping) -> np.ndarray:
+        """The model's first output on `batch`."""
+        return self.session.run([self.output], _feeds(batch, self.input_names, self.cache))[0]
+
+    def layer_errors(self, batch: tuple | Mapping) -> list[dict[str, Any]]:
+        """The analog layers by relative output error on `batch`, worst first:
+        |y - x W^T| against |x W^T|."""
+        if not self.layers:
+            return []
+        feeds = _feeds(batch, self.input_names, self.cache)
+        values = {**feeds, **dict(zip(self.fetch, self.session.run(self.fetch, feeds),
+                                      strict=True))}
+        sums: dict[str, list[float]] = {}
+        for name, x, y, weight in self.layers:
+            exact = torch.from_numpy(np.asarray(values[x], dtype=np.float32) @ weight.T)
+            totals = sums.setdefault(name, [0.0, 0.0])
+            totals[0] += sum_of_squares(torch.from_numpy(np.asarray(values[y])) - exact)
+            totals[1] += sum_of_squares(exact)
+        ranked = [{"name": name, "relative_error": float(np.sqrt(err / max(sig, 1e-30)))}
+                  for name, (err, sig) in sums.items()]
+        return sorted(ranked, key=lambda item: -item["relative_error"])
 
 
-def onnx_fidelity(model: ir.Model, record: dict[str, Any], noise: NoiseConfig,
-                  batches: list, held_back: bool = False) -> dict[str, Any]:
-    """check_fidelity for an analog ONNX model (ONNX input): the file's FP view, the file,
-    chip 0 (the programmed weights of afmc run --seed 0), and the worst layers on the
-    first batch (onnx_layer_errors), all through ONNX Runtime."""
+def lowered_fidelity(model: ir.Model, record: dict[str, Any], noise: NoiseConfig,
+                     batches: list, reference: list[np.ndarray],
+                     held_back: bool = False) -> dict[str, Any]:
+    """check_fidelity of the lowered model of any front end and target, all through ONNX
+    Runtime: the file without programming noise against `reference` (the FP model's
+    outputs on `batches`, held before the passes); for an analog model also chip 0 (the
+    programmed weights of afmc run --seed 0, with the record's hardware: device pairs,
+    bit slices) and the worst layers on the first batch (NoiseFreeRun.layer_errors)."""
     from afmc.runtime.analog import AnalogRuntime
-    from afmc.runtime.views import fp_reference
 
     proto = ir.serde.serialize_model(model)
     names = record["inputs"]
-    chip = None
-    if noise.model != "none" and any(layer.get("onnx_weight") for layer in record["layers"]):
-        runtime = AnalogRuntime(Path.cwd(), record, proto)
-        chip = onnx_chip_outputs(runtime.chip(0, noise=noise), names)
-    fp = onnx_outputs(fp_reference(proto), names)
-    worst = onnx_layer_errors(model, proto, batches[0], names)[:WORST_LAYERS] or None
-    return check_fidelity([fp(batch) for batch in batches], onnx_outputs(proto, names),
-                          batches, held_back, chip=chip, worst_layers=worst, record=record)
+    analog = record.get("runtime") == "analog"
+    noise_free = NoiseFreeRun(model, proto, names, record["layers"] if analog else [])
+    chip, worst = None, None
+    if analog:
+        if noise.model != "none" and any(layer.get("onnx_weight") for layer in record["layers"]):
+            runtime = AnalogRuntime(Path.cwd(), record, proto)
+            chip = onnx_chip_outputs(runtime.chip(0, noise=noise), names)
+        worst = noise_free.layer_errors(batches[0])[:WORST_LAYERS] or None
+    return check_fidelity(reference, noise_free, batches, held_back, chip=chip,
+                          worst_layers=worst, record=record)
+
+
+def fidelity_batches(calibration: CalibrationData) -> tuple[list, bool]:
+    """(the batches the fidelity check runs on, whether they are held back): the held-back
+    batches, or the first calibration batch when there was too little data to hold any."""
+    held = bool(calibration.held)
+    return (calibration.held if held else calibration.batches[:1]), held

@@ -36,7 +36,7 @@ name to a numpy array. Rules:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,11 +100,6 @@ class CalibrationData:
     source: str
     held: list[Batch] = field(default_factory=list)
     synthetic: bool = False
-
-    def tuples(self, names: Sequence[str], held: bool = False) -> list[tuple[torch.Tensor, ...]]:
-        """The batches (or the held-back ones) as tensor tuples in the order of `names`."""
-        return [tuple(torch.from_numpy(batch[name]) for name in names)
-                for batch in (self.held if held else self.batches)]
 
 
 def load_calibration(

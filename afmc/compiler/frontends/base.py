@@ -3,7 +3,9 @@
 A front end holds one model on its way through a compile: a torch program
 (frontends.torch_program) or an ONNX graph (frontends.onnx_graph). The driver
 (afmc.compiler.driver) runs every front end and every target through the same steps:
-capture -> data -> passes -> lower -> target-lower -> fidelity -> write.
+capture -> data -> passes -> lower -> target-lower -> fidelity -> write. The fidelity
+check is the driver's, on the lowered model (compiler.fidelity.lowered_fidelity); a
+front end only holds the FP outputs it compares with.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import onnx_ir as ir
 from torch import fx
 
 from afmc.config import AfmcConfig
-from afmc.data.calibration import CalibrationData, ModelSignature
+from afmc.data.calibration import Batch, CalibrationData, ModelSignature
 from afmc.data.tokenizer import Tokenizer
 from afmc.io.user_errors import InputWarning
 from afmc.passes.layers import LayerRecord
@@ -34,6 +37,7 @@ class Frontend(Protocol):
     inputs: list[Path]  # the files it was read from (an output may not touch them)
     signature: ModelSignature
     program: fx.GraphModule | None  # the torch program after the passes (torch front end)
+    fp_outputs: list[np.ndarray]  # the FP model's outputs on the fidelity batches
 
     def tokenizer(self) -> Tokenizer | None:
         """The model's tokenizer, if it has one (loaded once, on first use)."""
@@ -67,14 +71,10 @@ class Frontend(Protocol):
         """The record's inputs, outputs, fold_notes and dependencies."""
         ...
 
-    def hold_reference(self, calibration: CalibrationData | None) -> None:
-        """Compute the FP outputs the fidelity check compares with (None: no check), before
-        the passes, and release what only they needed."""
-        ...
-
-    def fidelity(self, target: Target, lowered: ir.Model, record: dict[str, Any],
-                 config: AfmcConfig, calibration: CalibrationData) -> dict[str, Any]:
-        """The compile's fidelity check of `lowered` against the FP model."""
+    def hold_reference(self, batches: list[Batch] | None) -> None:
+        """Keep the FP model's first output on each of `batches` in `fp_outputs` (the
+        fidelity check's reference; None: no check), before the passes, and release
+        what only they needed."""
         ...
 
 

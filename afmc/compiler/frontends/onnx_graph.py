@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 import afmc.passes  # noqa: F401  (registers the passes)
@@ -32,7 +33,7 @@ from afmc.compiler.onnx_export import (
 )
 from afmc.compiler.trained_model import read_learned_ranges
 from afmc.config import AfmcConfig
-from afmc.data.calibration import CalibrationData
+from afmc.data.calibration import Batch, CalibrationData
 from afmc.data.onnx_signature import onnx_signature
 from afmc.data.tokenizer import Tokenizer, find_tokenizer
 from afmc.io.user_errors import CaptureError
@@ -71,6 +72,7 @@ class OnnxFrontend:
             warn_nothing_to_recalibrate(self.name)
         self.learned = None if recalibrate else learned
         self._tokenizer, self._tokenizer_loaded = tokenizer, tokenizer is not None
+        self.fp_outputs: list[np.ndarray] = []
 
     def tokenizer(self) -> Tokenizer | None:
         if not self._tokenizer_loaded:
@@ -113,21 +115,14 @@ class OnnxFrontend:
                 "fold_notes": self.model.meta.get(NOTES_KEY, []),
                 "dependencies": onnx_analog_dependencies(self.model)}
 
-    def hold_reference(self, calibration: CalibrationData | None) -> None:
-        """Nothing to hold: the FP reference is the input file, which the passes leave alone."""
+    def hold_reference(self, batches: list[Batch] | None) -> None:
+        """Run the input model on the fidelity check's `batches` now (None: no check), before
+        any pass rewrites it."""
+        from afmc.compiler.fidelity import onnx_outputs
 
-    def fidelity(self, target: Target, lowered: ir.Model, record: dict[str, Any],
-                 config: AfmcConfig, calibration: CalibrationData) -> dict[str, Any]:
-        from afmc.compiler.fidelity import check_fidelity, onnx_fidelity, onnx_outputs
-
-        held = bool(calibration.held)
-        batches = calibration.held if held else calibration.batches[:1]
-        if target.post_lower is None:
-            return onnx_fidelity(lowered, record, config.noise, batches, held)
-        names = self.signature.names
-        fp = onnx_outputs(self.model, names)
-        return check_fidelity([fp(batch) for batch in batches], onnx_outputs(lowered, names),
-                              batches, held, record=record)
+        if batches is not None:
+            fp = onnx_outputs(self.model, self.signature.names)
+            self.fp_outputs = [fp(batch) for batch in batches]
 
 
 def _external(model: ir.Model) -> list[ir.Value]:

@@ -32,7 +32,7 @@ from afmc.compiler import lowering
 from afmc.compiler.frontends.base import warn_nothing_to_recalibrate
 from afmc.compiler.trained_model import read_learned_ranges
 from afmc.config import AfmcConfig
-from afmc.data.calibration import CalibrationData, InputSpec, ModelSignature
+from afmc.data.calibration import Batch, CalibrationData, InputSpec, ModelSignature
 from afmc.data.kv_cache import is_cache_name
 from afmc.data.tokenizer import Tokenizer, find_tokenizer
 from afmc.mapping import analog_dependencies
@@ -72,7 +72,7 @@ class TorchFrontend:
         self.verify = verify
         self._tokenizer, self._tokenizer_loaded = tokenizer, tokenizer is not None
         self._reference = _reference_output(captured) if verify else None
-        self._fp_outputs: list[np.ndarray] = []
+        self.fp_outputs: list[np.ndarray] = []
 
     def tokenizer(self) -> Tokenizer | None:
         if not self._tokenizer_loaded and self.model_dir is not None:
@@ -125,48 +125,28 @@ class TorchFrontend:
             fields["kv_cache"] = captured.kv_cache.to_json()
         return fields
 
-    def _program_batches(self, calibration: CalibrationData,
-                         held: bool = False) -> list[tuple[torch.Tensor, ...]]:
-        """The batches as the program's input tuples: the data inputs, then empty pasts."""
-        batches = calibration.tuples(self.signature.names, held=held)
-        spec = self.captured.kv_cache
-        if spec is None:
-            return batches
-        return [(*batch, *empty_pasts(spec, batch[0].shape[0])) for batch in batches]
+    def _program_batches(self, calibration: CalibrationData) -> list[tuple[torch.Tensor, ...]]:
+        """The calibration batches as the program's input tuples (_program_inputs)."""
+        return [self._program_inputs(batch) for batch in calibration.batches]
 
-    def hold_reference(self, calibration: CalibrationData | None) -> None:
-        """Run the FP model on the fidelity batches now (None: no fidelity check), before
+    def _program_inputs(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """One batch as the program's input tuple: the data inputs, then empty pasts."""
+        inputs = tuple(torch.from_numpy(batch[name]) for name in self.signature.names)
+        spec = self.captured.kv_cache
+        return inputs if spec is None else (*inputs, *empty_pasts(spec, inputs[0].shape[0]))
+
+    def hold_reference(self, batches: list[Batch] | None) -> None:
+        """Run the FP module on the fidelity check's `batches` now (None: no check), before
         any pass, and let it go (unless verify still needs it): the passes replace every
         weight they fold, and the FP module would otherwise keep the originals alive
         through the compile (two copies of most weights of a language model)."""
         from afmc.compiler.fidelity import torch_outputs
 
-        if calibration is not None:
+        if batches is not None:
             fp = torch_outputs(self.captured.fp_module)
-            self._fp_outputs = [fp(batch) for batch in self._fidelity_batches(calibration)]
+            self.fp_outputs = [fp(self._program_inputs(batch)) for batch in batches]
         if not self.verify:
             self.captured = replace(self.captured, fp_module=None)
-
-    def fidelity(self, target: Target, lowered: ir.Model, record: dict[str, Any],
-                 config: AfmcConfig, calibration: CalibrationData) -> dict[str, Any]:
-        from afmc.compiler.fidelity import check_fidelity, onnx_outputs, program_checks
-
-        batches = self._fidelity_batches(calibration)
-        held = bool(calibration.held)
-        fp = self._fp_outputs
-        if target.post_lower is None:  # the analog torch program computes what the file does
-            compiled, chip, worst = program_checks(self.program, config.noise, batches,
-                                                   config.hardware.devices_per_weight)
-            return check_fidelity(fp, compiled, batches, held, chip=chip, worst_layers=worst,
-                                  record=record)
-        return check_fidelity(fp, onnx_outputs(lowered, self.captured.input_names), batches,
-                              held, record=record)
-
-    def _fidelity_batches(self, calibration: CalibrationData) -> list[tuple]:
-        """The held-back batches, or the first calibration batch when none is held back, as
-        the program's input tuples."""
-        held = bool(calibration.held)
-        return self._program_batches(calibration, held)[:None if held else 1]
 
     def save(self, stem: Path) -> None:
         """The program as it stands, exported again: STEM.pt2 (torch.export.load)."""
