@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 import torch
@@ -292,6 +293,34 @@ def test_rewritten_graph_lowers_with_custom_translation(tmp_path):
     session = _session(path)
     (got,) = session.run(None, {session.get_inputs()[0].name: images.numpy()})
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("translated", [False, True], ids=["aten", "custom-op"])
+def test_lowering_gives_what_torch_onnx_export_gives(translated):
+    """The lowering calls torch.onnx's exporter with a registry built once per process;
+    the model is byte for byte what torch.onnx.export(dynamo=True) makes, with and
+    without custom translations, and again on a second call (the cached registry)."""
+    captured = _capture_conv_mlp()
+    gm = captured.graph_module
+    table = None
+    if translated:
+        for node in gm.graph.find_nodes(op="call_function",
+                                        target=torch.ops.aten.linear.default):
+            node.target = torch.ops.afmc_test.scaled_linear.default
+            node.args = (*node.args, 0.5)
+        gm.recompile()
+        table = {torch.ops.afmc_test.scaled_linear.default: _scaled_linear_onnx}
+    names = captured.input_names, captured.output_names
+    ours = [onnx_export.to_onnx_model(gm, captured.example_inputs, captured.dynamic_shapes,
+                                      *names, table, optimize=False) for _ in range(2)]
+    program = torch.export.export(gm, captured.example_inputs,
+                                  dynamic_shapes=captured.dynamic_shapes)
+    theirs = torch.onnx.export(program, dynamo=True, custom_translation_table=table,
+                               input_names=names[0], output_names=names[1], optimize=False,
+                               verbose=False)
+    theirs.rename_axes(onnx_export._axis_names(theirs.model, captured.dynamic_shapes))
+    want = ir.serde.serialize_model(theirs.model).SerializeToString()
+    assert [ir.serde.serialize_model(model).SerializeToString() for model in ours] == [want] * 2
 
 
 def test_large_weights_go_to_external_data(tmp_path, monkeypatch):

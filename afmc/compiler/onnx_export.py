@@ -8,6 +8,10 @@ works both for the graph as captured and after passes rewrote it in place (for
 example `aten.linear` replaced by a `torch.library.custom_op`, which lowers
 through `custom_translation_table`). Passing the graph module directly to
 `torch.onnx.export(..., dynamic_shapes=...)` does the same export internally.
+The conversion calls the exporter torch.onnx.export calls, with the op registry it
+would build, built once per process (`_registry`: torch.onnx.export rebuilds it on
+every call); torch is pinned, and tests/test_compile_steps.py compares the result with
+torch.onnx.export's.
 
 Points the rest of afmc must know:
 
@@ -28,6 +32,7 @@ Points the rest of afmc must know:
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Callable
@@ -36,6 +41,10 @@ from typing import Any
 
 import onnx_ir as ir
 import torch
+from torch.onnx._constants import ONNX_DEFAULT_OPSET as OPSET
+from torch.onnx._internal.exporter import _core as _onnx_exporter
+from torch.onnx._internal.exporter._constants import TORCHLIB_OPSET
+from torch.onnx._internal.exporter._registration import ONNXRegistry
 
 from afmc.capture.torch_module import CapturedModel
 
@@ -87,13 +96,13 @@ def to_onnx_model(
     value; afmc's analog lowering needs every layer's weights and ranges kept apart.
     """
     program = torch.export.export(graph_module, example_inputs, dynamic_shapes=dynamic_shapes)
-    onnx_program = torch.onnx.export(
+    onnx_program = _onnx_exporter.export(
         program,
-        dynamo=True,
-        custom_translation_table=custom_translation_table,
+        registry=_registry(tuple((custom_translation_table or {}).items())),
         input_names=input_names,
         output_names=output_names,
         optimize=optimize,
+        opset_version=OPSET,
         verbose=False,
     )
     onnx_program.rename_axes(_axis_names(onnx_program.model, dynamic_shapes))
@@ -118,6 +127,21 @@ def _axis_names(
             if named and symbol.value:
                 mapping.setdefault(symbol.value, dim.__name__)
     return mapping
+
+
+@functools.cache
+def _registry(translations: tuple[tuple[Callable, Callable], ...]) -> ONNXRegistry:
+    """The exporter's op registry with `translations` registered, built once per process.
+
+    torch.onnx.export(dynamo=True) builds it again on every call from onnxscript's
+    torchlib, re-reading the source of ~500 functions: 1.6 s, most of the lowering of a
+    small model. This is the registry it builds (torchlib at the exporter's opset, then
+    the custom translations), given to the exporter torch.onnx.export itself calls;
+    the exporter only reads it."""
+    registry = ONNXRegistry.from_torchlib(opset_version=max(OPSET, TORCHLIB_OPSET))
+    for torch_op, onnx_op in translations:
+        registry.register_op(torch_op, onnx_op, is_complex=False)
+    return registry
 
 
 def initializer_bytes(model: ir.Model) -> int:
