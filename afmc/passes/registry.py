@@ -76,6 +76,12 @@ def resolve_passes(default: tuple[str, ...], passes: list[PassSpec] | None,
     return [spec for spec in chosen if not (isinstance(spec, str) and spec in skip)]
 
 
+def registered_name(pass_object: object) -> str:
+    """The name `pass_object`'s class is registered under; its class name if it is not."""
+    cls = type(pass_object)
+    return next((info.name for info in PASSES.values() if info.factory is cls), cls.__name__)
+
+
 def pass_name(spec: PassSpec) -> str:
     """How timings, checks and errors name a pass: its registered name, or its class's."""
     return spec if isinstance(spec, str) else type(spec).__name__

@@ -40,7 +40,7 @@ from afmc.io.user_errors import CaptureError
 from afmc.mapping.graph import onnx_analog_dependencies
 from afmc.passes.layers import NOTES_KEY, LayerRecord
 from afmc.passes.learned_ranges import META_RANGES
-from afmc.passes.onnx.place_layers import onnx_layer_records
+from afmc.passes.onnx.static_layers import onnx_layer_records
 from afmc.passes.registry import PassSpec, build_pass, pass_name
 from afmc.passes.verify import check_onnx_graph
 from afmc.targets import Target

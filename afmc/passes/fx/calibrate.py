@@ -24,14 +24,16 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import fx
-from torch.fx.passes.infra.pass_base import PassBase, PassResult
+from torch.fx.passes.infra.pass_base import PassResult
 
 from afmc.config import AfmcConfig
 from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.passes.fx.fold_common import replace_parameter
+from afmc.passes.fx.ordering import OrderedPass
 from afmc.passes.layers import META_KEY
 from afmc.passes.range_observer import LayerCalibration, SliceObserver
 from afmc.passes.registry import register_pass
+from afmc.passes.stages import Needs
 
 
 class AnalogInputInterpreter(fx.Interpreter):
@@ -55,8 +57,10 @@ class AnalogInputInterpreter(fx.Interpreter):
 
 
 @register_pass("calibrate", "fx", uses_calibration=True, reports_progress=True)
-class CalibrateInputRanges(PassBase):
+class CalibrateInputRanges(OrderedPass):
     """Set static input ranges of analog layers from sample data (max / percentile / kappa-std)."""
+
+    needs = Needs(analog_ops=True)
 
     def __init__(self, config: AfmcConfig, batches: Iterable[tuple] | None = None,
                  progress: Callable[[int], None] | None = None) -> None:

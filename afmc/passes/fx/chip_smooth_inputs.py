@@ -31,6 +31,7 @@ from afmc.passes.range_search import ChipNoise
 from afmc.passes.registry import register_pass
 from afmc.passes.row_sample import RowSampler, WeightedRows
 from afmc.passes.smoothing_choice import choose_smoothing
+from afmc.passes.stages import Needs
 
 
 def channel_statistics(gm: fx.GraphModule, nodes: Iterable[fx.Node], batches: Iterable[tuple],
@@ -62,6 +63,8 @@ def channel_statistics(gm: fx.GraphModule, nodes: Iterable[fx.Node], batches: It
 @register_pass("chip-smooth-inputs", "fx", uses_calibration=True)
 class ChipSmoothInputs(SmoothInputs):
     """Smooth each crossbar layer group at the alpha (or none) that its chip error favours."""
+
+    needs = Needs(placed=True, analog_ops=False)
 
     def __init__(self, config: AfmcConfig, batches: Iterable[tuple] | None = None) -> None:
         super().__init__(config, batches)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import fx
-from torch.fx.passes.infra.pass_base import PassBase, PassResult
+from torch.fx.passes.infra.pass_base import PassResult
 
 from afmc.config import AfmcConfig
 from afmc.passes.fx.fold_common import (
@@ -42,7 +42,9 @@ from afmc.passes.fx.fold_common import (
     set_bias,
     sharing,
 )
+from afmc.passes.fx.ordering import OrderedPass
 from afmc.passes.registry import register_pass
+from afmc.passes.stages import Needs
 
 aten = torch.ops.aten
 
@@ -160,8 +162,10 @@ def _fold(gm: fx.GraphModule, bn: _BatchNorm) -> None:
 
 
 @register_pass("fold-batchnorm", "fx")
-class FoldBatchNorm(PassBase):
+class FoldBatchNorm(OrderedPass):
     """Fold eval-mode BatchNorm into the preceding convolution or linear layer."""
+
+    needs = Needs(analog_ops=False)
 
     preserves_output = True
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 from torch import fx
-from torch.fx.passes.infra.pass_base import PassBase, PassResult
+from torch.fx.passes.infra.pass_base import PassResult
 
 from afmc.config import AfmcConfig
 from afmc.passes.fx.fold_common import (
@@ -42,8 +42,10 @@ from afmc.passes.fx.fold_common import (
     sharing,
 )
 from afmc.passes.fx.fold_norm_sites import NormSite, find_norm_sites, strip_affine
+from afmc.passes.fx.ordering import OrderedPass
 from afmc.passes.fx.static_linear import StaticLinear, find_static_linears
 from afmc.passes.registry import register_pass
+from afmc.passes.stages import Needs
 
 aten = torch.ops.aten
 
@@ -166,8 +168,10 @@ def _fold_site(gm: fx.GraphModule, site: NormSite, linears: dict[fx.Node, Static
 
 
 @register_pass("fold-norms", "fx")
-class FoldNorms(PassBase):
+class FoldNorms(OrderedPass):
     """Fold LayerNorm/RMSNorm scale and shift into the linear layers that read the norm."""
+
+    needs = Needs(analog_ops=False)
 
     preserves_output = True
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.infra.pass_base import PassBase, PassResult
+from torch.fx.passes.infra.pass_base import PassResult
 
 from afmc.config import AfmcConfig
 from afmc.ops.analog_linear import ANALOG_LINEAR, slice_sizes
+from afmc.passes.fx.ordering import OrderedPass
 from afmc.passes.fx.static_linear import StaticLinear, find_static_linears
 from afmc.passes.layers import META_KEY, LayerRecord, tile_count
 from afmc.passes.registry import register_pass
+from afmc.passes.stages import Needs
 
 
 def _owner(gm: fx.GraphModule, target: str) -> tuple[nn.Module, str]:
@@ -38,8 +40,10 @@ def _new_parameter(gm: fx.GraphModule, owner_path: str, name: str, value: torch.
 
 
 @register_pass("insert-analog-linear", "fx")
-class InsertAnalogLinear(PassBase):
+class InsertAnalogLinear(OrderedPass):
     """Replace analog-placed linear layers by afmc.analog_linear plus a digital bias add."""
+
+    needs = Needs(placed=True)
 
     def __init__(self, config: AfmcConfig) -> None:
         super().__init__()

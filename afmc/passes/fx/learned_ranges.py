@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import torch
 from torch import fx
-from torch.fx.passes.infra.pass_base import PassBase, PassResult
+from torch.fx.passes.infra.pass_base import PassResult
 
 from afmc.config import AfmcConfig
 from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.passes.fx.fold_common import new_parameter, replace_parameter
+from afmc.passes.fx.ordering import OrderedPass
 from afmc.passes.fx.split_outliers import SplitOutliers
 from afmc.passes.layers import META_KEY
 from afmc.passes.learned_ranges import (
@@ -35,13 +36,16 @@ from afmc.passes.learned_ranges import (
     layer_ranges,
 )
 from afmc.passes.registry import register_pass
+from afmc.passes.stages import Needs
 
 _WRAPPER_PREFIX = "lm."
 
 
 @register_pass("learned-ranges", "fx")
-class LearnedRanges(PassBase):
+class LearnedRanges(OrderedPass):
     """Set analog input ranges from a trained model's learned ranges (no calibration)."""
+
+    needs = Needs(analog_ops=True)
 
     def __init__(self, config: AfmcConfig) -> None:
         super().__init__()

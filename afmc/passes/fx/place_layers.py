@@ -9,18 +9,22 @@ recorded). A pattern that matches no layer is an error naming the pattern.
 from __future__ import annotations
 
 from torch import fx
-from torch.fx.passes.infra.pass_base import PassBase, PassResult
+from torch.fx.passes.infra.pass_base import PassResult
 
 from afmc.config import AfmcConfig
+from afmc.passes.fx.ordering import OrderedPass
 from afmc.passes.fx.static_linear import find_static_linears
 from afmc.passes.layers import META_KEY, LayerRecord
 from afmc.passes.name_rules import DEFAULT_RULE, PlacementRules
 from afmc.passes.registry import register_pass
+from afmc.passes.stages import Needs
 
 
 @register_pass("place-layers", "fx")
-class PlaceLayers(PassBase):
+class PlaceLayers(OrderedPass):
     """Mark each static-weight linear layer analog or digital (first matching rule wins)."""
+
+    needs = Needs(analog_ops=False)
 
     preserves_output = True
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import fx
-from torch.fx.passes.infra.pass_base import PassBase, PassResult
+from torch.fx.passes.infra.pass_base import PassResult
 
 from afmc.config import AfmcConfig
 from afmc.passes.fx.fold_common import (
@@ -38,10 +38,12 @@ from afmc.passes.fx.fold_common import (
     replace_parameter,
     sharing,
 )
+from afmc.passes.fx.ordering import OrderedPass
 from afmc.passes.fx.static_linear import StaticLinear, find_static_linears
 from afmc.passes.layers import META_KEY
 from afmc.passes.registry import register_pass
 from afmc.passes.smoothing_choice import smoothing_scale
+from afmc.passes.stages import Needs
 
 aten = torch.ops.aten
 
@@ -99,8 +101,10 @@ def _up_projection(gm: fx.GraphModule, x: fx.Node,
 
 
 @register_pass("smooth-inputs", "fx", uses_calibration=True)
-class SmoothInputs(PassBase):
+class SmoothInputs(OrderedPass):
     """Scale input channels of accelerator layers by x_max^a / w_max^(1-a) (exact in FP)."""
+
+    needs = Needs(analog_ops=False)
 
     preserves_output = True
 

@@ -35,24 +35,28 @@ from collections.abc import Iterable
 
 import torch
 from torch import fx
-from torch.fx.passes.infra.pass_base import PassBase, PassResult
+from torch.fx.passes.infra.pass_base import PassResult
 
 from afmc.config import AfmcConfig
 from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.ops.sparse_outliers import SPARSE_OUTLIERS
 from afmc.passes.fx.calibrate import AnalogInputInterpreter
 from afmc.passes.fx.fold_common import replace_parameter
+from afmc.passes.fx.ordering import OrderedPass
 from afmc.passes.layer_score import LayerScore, dense_part, split_indices
 from afmc.passes.layers import META_KEY
 from afmc.passes.outlier_allocation import allocate, candidates, importance
 from afmc.passes.range_search import ChipNoise
 from afmc.passes.registry import register_pass
 from afmc.passes.row_sample import RowSampler, WeightedRows
+from afmc.passes.stages import Needs
 
 
 @register_pass("split-outliers", "fx", uses_calibration=True)
-class SplitOutliers(PassBase):
+class SplitOutliers(OrderedPass):
     """Move each analog row slice's largest weights to an exact digital sparse path."""
+
+    needs = Needs(analog_ops=True, uncalibrated=True)
 
     def __init__(self, config: AfmcConfig, batches: Iterable[tuple] | None = None) -> None:
         super().__init__()

@@ -28,8 +28,10 @@ from onnx import helper
 from afmc.config import AfmcConfig
 from afmc.ops import onnx_model
 from afmc.passes.layers import META_KEY
+from afmc.passes.onnx.ordering import OrderedOnnxPass
 from afmc.passes.range_observer import LayerCalibration
 from afmc.passes.registry import register_pass
+from afmc.passes.stages import Needs
 from afmc.runtime.sessions import session_options
 from afmc.runtime.views import fp_reference
 
@@ -37,8 +39,10 @@ Batch = Mapping[str, np.ndarray]
 
 
 @register_pass("onnx-calibrate", "onnx", uses_calibration=True, reports_progress=True)
-class CalibrateOnnxInputRanges(ir.passes.InPlacePass):
+class CalibrateOnnxInputRanges(OrderedOnnxPass):
     """Set static input ranges of analog ONNX nodes from sample data (onnxruntime, FP view)."""
+
+    needs = Needs(analog_ops=True)
 
     def __init__(
         self,

@@ -22,15 +22,19 @@ from afmc.config import AfmcConfig
 from afmc.passes.layers import META_KEY, NOTES_KEY
 from afmc.passes.onnx.calibrate import Batch
 from afmc.passes.onnx.graph_edit import Names
+from afmc.passes.onnx.ordering import OrderedOnnxPass
 from afmc.passes.onnx.smoothing import analog_groups, crossbar_weight, observe_groups, smooth_group
 from afmc.passes.range_search import ChipNoise
 from afmc.passes.registry import register_pass
 from afmc.passes.smoothing_choice import choose_smoothing
+from afmc.passes.stages import Needs
 
 
 @register_pass("onnx-chip-smooth-inputs", "onnx", uses_calibration=True)
-class ChipSmoothOnnxInputs(ir.passes.InPlacePass):
+class ChipSmoothOnnxInputs(OrderedOnnxPass):
     """Smooth each analog group at the alpha (or none) that its chip error favours."""
+
+    needs = Needs(analog_ops=True, uncalibrated=True)
 
     def __init__(self, config: AfmcConfig, batches: Iterable[Batch] | None = None) -> None:
         super().__init__()

@@ -29,8 +29,10 @@ import onnx_ir as ir
 from afmc.config import AfmcConfig
 from afmc.passes.layers import NOTES_KEY
 from afmc.passes.onnx.graph_edit import Names, add_initializer, drop_if_unused
+from afmc.passes.onnx.ordering import OrderedOnnxPass
 from afmc.passes.onnx.static_layers import OnnxLayer, constant, find_static_layers, layer_name
 from afmc.passes.registry import register_pass
+from afmc.passes.stages import Needs
 
 logger = logging.getLogger("afmc.passes.fold")
 _NORM_OPS = {"LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"}
@@ -48,8 +50,10 @@ class _Norm:
 
 
 @register_pass("onnx-fold-norms", "onnx")
-class FoldNorms(ir.passes.InPlacePass):
+class FoldNorms(OrderedOnnxPass):
     """Fold norm scale/bias (LayerNorm, RMSNorm) into the MatMul/Gemm weights that read it."""
+
+    needs = Needs(analog_ops=False)
 
     def __init__(self, config: AfmcConfig | None = None) -> None:
         super().__init__()  # takes the config like every registered pass; needs none

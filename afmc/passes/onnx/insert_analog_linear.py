@@ -34,6 +34,7 @@ from afmc.ops import onnx_domain, onnx_model
 from afmc.ops.analog_linear import slice_sizes
 from afmc.passes.layers import META_KEY, LayerRecord, tile_count
 from afmc.passes.onnx.graph_edit import Names, add_initializer, drop_if_unused
+from afmc.passes.onnx.ordering import OrderedOnnxPass
 from afmc.passes.onnx.static_layers import (
     OnnxLayer,
     constant,
@@ -42,6 +43,7 @@ from afmc.passes.onnx.static_layers import (
 )
 from afmc.passes.onnx.upgrade_opset import default_opset
 from afmc.passes.registry import register_pass
+from afmc.passes.stages import Needs
 
 _CONV_ATTRIBUTES = ("auto_pad", "dilations", "kernel_shape", "pads", "strides")
 
@@ -68,8 +70,10 @@ class _Builder:
 
 
 @register_pass("onnx-insert-analog-linear", "onnx")
-class InsertOnnxAnalogLinear(ir.passes.InPlacePass):
+class InsertOnnxAnalogLinear(OrderedOnnxPass):
     """Replace analog-placed MatMul/Gemm/Conv layers by afmc.AnalogLinear plus a digital bias."""
+
+    needs = Needs(placed=True)
 
     def __init__(self, config: AfmcConfig) -> None:
         super().__init__()

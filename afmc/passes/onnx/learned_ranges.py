@@ -37,15 +37,19 @@ from afmc.passes.learned_ranges import (
     layer_ranges,
 )
 from afmc.passes.onnx.graph_edit import Names, add_initializer
+from afmc.passes.onnx.ordering import OrderedOnnxPass
 from afmc.passes.onnx.split_outliers import split_layer
 from afmc.passes.registry import register_pass
+from afmc.passes.stages import Needs
 
 PASS = "onnx-learned-ranges"
 
 
 @register_pass(PASS, "onnx")
-class OnnxLearnedRanges(ir.passes.InPlacePass):
+class OnnxLearnedRanges(OrderedOnnxPass):
     """Set analog input ranges from a trained model's learned ranges (no calibration)."""
+
+    needs = Needs(analog_ops=True)
 
     def __init__(self, config: AfmcConfig) -> None:
         super().__init__()

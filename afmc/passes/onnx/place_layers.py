@@ -20,12 +20,15 @@ import onnx_ir as ir
 from afmc.config import AfmcConfig
 from afmc.passes.layers import META_KEY, LayerRecord
 from afmc.passes.name_rules import DEFAULT_RULE, PlacementRules
+from afmc.passes.onnx.ordering import OrderedOnnxPass
 from afmc.passes.onnx.static_layers import (
     OnnxLayer,
     UnsupportedLayerWarning,
     find_static_layers,
 )
+from afmc.passes.onnx.static_layers import onnx_layer_records as onnx_layer_records
 from afmc.passes.registry import register_pass
+from afmc.passes.stages import Needs
 
 PLACEMENT_PROP = "afmc.placement"
 LAYER_PROP = "afmc.layer"
@@ -36,14 +39,11 @@ class GroupedConvolutionWarning(UnsupportedLayerWarning):
     """Grouped convolutions stay digital in an analog compile (placement.grouped_convs)."""
 
 
-def onnx_layer_records(model: ir.Model) -> list[LayerRecord]:
-    """The records of every static-weight layer of `model`'s graph, in graph order."""
-    return [node.meta[META_KEY] for node in model.graph if META_KEY in node.meta]
-
-
 @register_pass("onnx-place-layers", "onnx")
-class PlaceOnnxLayers(ir.passes.InPlacePass):
+class PlaceOnnxLayers(OrderedOnnxPass):
     """Mark each static-weight ONNX layer analog or digital (first matching rule wins)."""
+
+    needs = Needs(analog_ops=False)
 
     crossbars = True  # the accelerator is crossbars: grouped convolutions by their setting
 

@@ -23,14 +23,18 @@ from afmc.config import AfmcConfig
 from afmc.passes.layers import META_KEY, NOTES_KEY
 from afmc.passes.onnx.calibrate import Batch
 from afmc.passes.onnx.graph_edit import Names
+from afmc.passes.onnx.ordering import OrderedOnnxPass
 from afmc.passes.onnx.smoothing import analog_groups, crossbar_weight, observe_groups, smooth_group
 from afmc.passes.registry import register_pass
 from afmc.passes.smoothing_choice import smoothing_scale
+from afmc.passes.stages import Needs
 
 
 @register_pass("onnx-smooth-inputs", "onnx", uses_calibration=True)
-class SmoothOnnxInputs(ir.passes.InPlacePass):
+class SmoothOnnxInputs(OrderedOnnxPass):
     """Scale input channels of analog nodes by x_max^a / w_max^(1-a) (exact in FP)."""
+
+    needs = Needs(analog_ops=True, uncalibrated=True)
 
     def __init__(self, config: AfmcConfig, batches: Iterable[Batch] | None = None) -> None:
         super().__init__()

@@ -29,17 +29,21 @@ from afmc.passes.layer_score import LayerScore, dense_part, split_indices
 from afmc.passes.layers import META_KEY
 from afmc.passes.onnx.calibrate import Batch, analog_inputs
 from afmc.passes.onnx.graph_edit import Names, add_initializer
+from afmc.passes.onnx.ordering import OrderedOnnxPass
 from afmc.passes.outlier_allocation import allocate, candidates, importance
 from afmc.passes.range_search import ChipNoise
 from afmc.passes.registry import register_pass
 from afmc.passes.row_sample import RowSampler, WeightedRows
+from afmc.passes.stages import Needs
 
 HARDWARE = ("inp_res", "out_res", "out_bound")
 
 
 @register_pass("onnx-split-outliers", "onnx", uses_calibration=True)
-class SplitOnnxOutliers(ir.passes.InPlacePass):
+class SplitOnnxOutliers(OrderedOnnxPass):
     """Move each analog row slice's largest weights to an exact digital sparse path."""
+
+    needs = Needs(analog_ops=True, uncalibrated=True)
 
     def __init__(self, config: AfmcConfig, batches: Iterable[Batch] | None = None) -> None:
         super().__init__()

@@ -39,6 +39,8 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
+from afmc.passes.layers import META_KEY, LayerRecord
+
 Layout = Literal["kn", "nk", "conv"]
 """How the stored weight maps onto the crossbar's [N, K]: transpose, as is, or flatten."""
 
@@ -280,3 +282,8 @@ def _unmapped(node: ir.Node) -> OnnxLayer | None:
                 f"{node.domain + '.' if node.domain else ''}{node.op_type} has no afmc analog form",
             )
     return None
+
+
+def onnx_layer_records(model: ir.Model) -> list[LayerRecord]:
+    """The records of every static-weight layer of `model`'s graph, in graph order."""
+    return [node.meta[META_KEY] for node in model.graph if META_KEY in node.meta]
