@@ -57,9 +57,9 @@ def main() -> None:
     from afmc.config import load_config
     from afmc.data.tokenizer import token_windows
     from afmc.eval.drift import eval_noise, evaluate_drift, parse_times
-    from afmc.eval.evaluate import chip_perplexity, evaluate
+    from afmc.eval.evaluate import evaluate
+    from afmc.eval.perplexity import PerplexityScorer
     from afmc.eval.spread import json_number, spread_label, std_text
-    from afmc.eval.sweep import PerplexityScorer
 
     times = parse_times(args.times)
     seeds = list(range(args.seeds))
@@ -76,8 +76,8 @@ def main() -> None:
         model = afmc.load(out)
         ids = model.tokenizer().encode(apache_license())[:args.tokens]
         windows = token_windows(ids, min(256, len(ids)), args.tokens)
-        scorer = PerplexityScorer(windows)
-        fp = chip_perplexity(model.fp_view(), windows, scorer.batch_size)
+        scorer = PerplexityScorer.against_fp(model, windows)
+        fp = scorer.fp
         pcm = evaluate(model, ids, seeds, max_tokens=args.tokens)
         print(f"FP perplexity {fp:.2f}; compiled pcm model: {pcm.mean:.2f} +- "
               f"{std_text(pcm.std, 2)} ({spread_label(len(seeds))}; {len(ids)} tokens)",
@@ -87,7 +87,7 @@ def main() -> None:
         for scaling, gdc in variants:
             noise = eval_noise(model, "pcm-drift", gdc, drifting=True).model_copy(
                 update={"drift_scaling": scaling})
-            report = evaluate_drift(model, scorer, fp, seeds, times, noise, jobs=args.jobs)
+            report = evaluate_drift(model, scorer, seeds, times, noise, jobs=args.jobs)
             label = f"pcm-drift by {scaling}, gdc " + ("on" if gdc else "off")
             results["drift"][label] = report.summary()
             for row in report.summary():

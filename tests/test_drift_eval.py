@@ -27,8 +27,11 @@ from afmc.cli import app
 from afmc.data.model_inputs import load_inputs
 from afmc.data.tokenizer import token_windows
 from afmc.eval.drift import eval_noise, parse_times
-from afmc.eval.perplexity import perplexity
-from afmc.eval.sweep import OutputErrorScorer, PerplexityScorer, logged_points, run_sweep
+from afmc.eval.perplexity import PerplexityScorer, perplexity
+from afmc.eval.scoring import Score
+from afmc.eval.sweep import Point, logged_points, run_sweep, sweep_key
+from afmc.eval.tensor_eval import OutputErrorScorer
+from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.noise import NoiseConfig
 
 runner = CliRunner()
@@ -80,16 +83,17 @@ def test_eval_noise_chooses_the_model_at_evaluation(tiny):
 @pytest.mark.slow
 def test_sweep_values_equal_chips_opened_directly_and_processes_agree(tiny, windows):
     model = load(tiny)
-    points = [(0, 0.0), (0, 31536000.0), (1, 31536000.0)]
+    points = [Point(0, 0.0), Point(0, 31536000.0), Point(1, 31536000.0)]
     one = run_sweep(model, PerplexityScorer(windows), points, noise=DRIFT)
     two = run_sweep(model, PerplexityScorer(windows), points, noise=DRIFT, jobs=2)
     assert list(one) == points
     assert one == two  # same chips in worker processes: bit-identical numbers
-    for (seed, time_s), value in one.items():
-        assert value == pytest.approx(_direct(tiny, windows, seed, time_s), rel=1e-6)
+    for (seed, time_s, _), score in one.items():
+        assert score.value == pytest.approx(_direct(tiny, windows, seed, time_s), rel=1e-6)
     # drift hurts a chip over a year even with compensation, and more without it
-    assert one[(0, 31536000.0)] > one[(0, 0.0)]
-    assert _direct(tiny, windows, 0, 31536000.0, drift_compensation=False) > one[(0, 31536000.0)]
+    year = one[Point(0, 31536000.0)].value
+    assert year > one[Point(0, 0.0)].value
+    assert _direct(tiny, windows, 0, 31536000.0, drift_compensation=False) > year
 
 
 @pytest.mark.slow
@@ -97,24 +101,57 @@ def test_an_interrupted_sweep_resumes_from_its_log(tiny, windows, tmp_path):
     model = load(tiny)
     log = tmp_path / "drift.jsonl"
     scorer = PerplexityScorer(windows)
-    first = run_sweep(model, scorer, [(0, 3600.0)], noise=DRIFT, log=log)
+    first = run_sweep(model, scorer, [Point(0, 3600.0)], noise=DRIFT, log=log)
     with log.open("a") as file:
         file.write('{"key": "torn')  # a writer killed mid-line
     seen: list[tuple] = []
-    points = [(0, 3600.0), (1, 3600.0)]
+    points = [Point(0, 3600.0), Point(1, 3600.0)]
     full = run_sweep(model, scorer, points, noise=DRIFT, log=log,
-                     on_point=lambda point, value, logged: seen.append((point, logged)))
-    assert full[(0, 3600.0)] == first[(0, 3600.0)]
-    assert sorted(seen) == [((0, 3600.0), True), ((1, 3600.0), False)]
+                     on_point=lambda point, score, logged: seen.append((point, logged)))
+    assert full[Point(0, 3600.0)] == first[Point(0, 3600.0)]
+    assert sorted(seen) == [(Point(0, 3600.0), True), (Point(1, 3600.0), False)]
     lines = log.read_text().splitlines()
     assert log.read_text().endswith("}\n") and "" not in lines
     assert len(lines) == 3 and json.loads(lines[-1])["seed"] == 1  # after the torn line
     # another read noise is another sweep: nothing of this log is reused
     assert logged_points(log, "another key") == {}
     reran: list[bool] = []
-    run_sweep(model, scorer, [(0, 3600.0)], noise=DRIFT, read_noise=0.01, log=log,
-              on_point=lambda point, value, logged: reran.append(logged))
+    run_sweep(model, scorer, [Point(0, 3600.0)], noise=DRIFT, read_noise=0.01, log=log,
+              on_point=lambda point, score, logged: reran.append(logged))
     assert reran == [False]
+
+
+def test_a_seed_and_time_sweep_keeps_the_key_its_old_logs_were_written_with():
+    """The key of a sweep without layer subsets is the one afmc computed before Scores and
+    layer subsets (the values below are the old code's), so old logs resume; the FP value
+    a scorer holds is not keyed, a scorer that also measures the logits' error is another
+    sweep. (A new field of NoiseConfig changes these keys: old logs then start afresh.)"""
+    windows = np.arange(12, dtype=np.int64).reshape(2, 6)
+    hardware = {"weight_slices": 1, "devices_per_weight": 1}
+    assert sweep_key(PerplexityScorer(windows), DRIFT, 0.0, hardware) == "fc9b48c8f0e393ce"
+    assert sweep_key(PerplexityScorer(windows), DRIFT, 0.02,
+                     {**hardware, "weight_slices": 2}) == "1b8d225d6345ba05"
+    assert sweep_key(PerplexityScorer(windows, fp=3.5), DRIFT, 0.0, hardware) == \
+        "fc9b48c8f0e393ce"
+    with_logits = PerplexityScorer(windows, reference=(np.zeros((2, 6, 4), np.float32),))
+    assert sweep_key(with_logits, DRIFT, 0.0, hardware) != "fc9b48c8f0e393ce"
+
+
+@pytest.mark.slow
+def test_a_log_of_the_old_four_keys_resumes_without_opening_a_chip(tiny, windows, tmp_path,
+                                                                   monkeypatch):
+    model = load(tiny)
+    scorer = PerplexityScorer(windows)
+    key = sweep_key(scorer, DRIFT, 0.0, model.hardware_counts())
+    log = tmp_path / "drift.jsonl"
+    log.write_text("".join(json.dumps({"key": key, "seed": seed, "time_s": 3600.0,
+                                       "value": value}) + "\n"
+                           for seed, value in ((0, 7.25), (1, math.inf))))  # "Infinity"
+    opened: list[object] = []
+    monkeypatch.setattr(CompiledModel, "chip", lambda *args, **kwargs: opened.append(args))
+    scores = run_sweep(model, scorer, [(0, 3600.0), Point(1, 3600.0)], noise=DRIFT, log=log)
+    assert opened == []
+    assert scores == {Point(0, 3600.0): Score(7.25), Point(1, 3600.0): Score(math.inf)}
 
 
 @pytest.mark.slow
@@ -158,10 +195,11 @@ def test_drift_of_a_model_that_is_not_a_language_model(tmp_path):
                                     np.random.default_rng(3).standard_normal((8, 16))})
     scorer = OutputErrorScorer.against_fp(model, load_inputs(tmp_path / "x.npz",
                                                              model.signature()))
-    values = run_sweep(model, scorer, [(0, 0.0), (0, 1e6)], noise=DRIFT)
+    scores = run_sweep(model, scorer, [Point(0, 0.0), Point(0, 1e6)], noise=DRIFT)
+    values = {point: score.value for point, score in scores.items()}
     x = np.random.default_rng(3).standard_normal((8, 16)).astype(np.float32)
     fp = model.fp_view().run(x).astype(np.float64)
-    for (seed, time_s), value in values.items():
+    for (seed, time_s, _), value in values.items():
         chip = model.chip(seed, noise=DRIFT.model_copy(update={"drift_time_s": time_s}))
         got = chip.run(x).astype(np.float64)
         assert value == pytest.approx(np.linalg.norm(got - fp) / np.linalg.norm(fp), rel=1e-6)

@@ -28,6 +28,10 @@ from typer.testing import CliRunner
 import afmc
 from afmc.api import load
 from afmc.cli import app
+from afmc.data.model_inputs import load_inputs, load_labels
+from afmc.eval.sweep import Point, run_sweep
+from afmc.eval.tensor_eval import ChipScores, OutputErrorScorer
+from afmc.runtime.compiled import CompiledModel
 
 ROOT = Path(afmc.__file__).resolve().parent.parent
 BATCH = 4  # the ONNX export fixes it; a module is compiled with a dynamic batch axis
@@ -228,6 +232,29 @@ def test_inputs_far_beyond_the_calibration_data_warn_once_and_run(cnn, tmp_path)
     assert "x the" in warnings[0] and "calibrated on" in warnings[0]
     plain = _cli("run", cnn["aimc"], "--inputs", cnn["x"])
     assert plain.returncode == 0 and "warning:" not in plain.stderr
+
+
+@pytest.mark.slow
+def test_output_scores_come_back_whole_from_a_sweep_log(cnn, tmp_path, monkeypatch):
+    """The chips of eval --inputs are sweep points: each Score holds every output's error
+    and the accuracy, equal to the scorer on the chip opened directly, and a log gives
+    them back whole without opening a chip."""
+    model = load(cnn["aimc"])
+    inputs = load_inputs(cnn["x"], model.signature())
+    scorer = OutputErrorScorer.against_fp(model, inputs, load_labels(cnn["y"], SAMPLES))
+    points = [Point(None), Point(0)]
+    first = run_sweep(model, scorer, points, log=tmp_path / "log.jsonl")
+    assert first[Point(0)] == scorer(model.chip(0))
+    scores = ChipScores.from_details(first[Point(0)].details)
+    assert scores.accuracy is not None and scores.errors["output"].agreement > 0
+    assert first[Point(0)].value == scores.errors["output"].relative_error  # one output
+    opened: list[object] = []
+    chip = CompiledModel.chip
+    monkeypatch.setattr(CompiledModel, "chip",
+                        lambda self, *args, **kwargs: opened.append(args) or chip(self, *args,
+                                                                                  **kwargs))
+    again = run_sweep(model, scorer, points, log=tmp_path / "log.jsonl")
+    assert opened == [] and again == first
 
 
 def test_digital_target_runs_once(cnn, tmp_path):

@@ -35,10 +35,12 @@ from afmc.config import load_config
 from afmc.data.kv_cache import with_empty_pasts
 from afmc.data.tokenizer import token_windows
 from afmc.eval import sensitivity as sens
-from afmc.eval.perplexity import perplexity
+from afmc.eval.perplexity import PerplexityScorer, perplexity
+from afmc.eval.sweep import Point, run_sweep
 from afmc.eval.tensor_eval import output_error
 from afmc.runtime import analog
 from afmc.runtime.chip import load_model_file
+from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.sessions import session_kv_cache, session_options
 from afmc.runtime.views import fp_reference
 
@@ -186,6 +188,48 @@ def test_report_equals_chips_opened_directly(small, windows, cli_report):
     assert report["all_analog"] == pytest.approx(full, rel=1e-9)
     second = model.chip(0, analog_layers=[layer["name"] for layer in layers[:2]])
     assert cumulative[1]["value"] == pytest.approx(perplexity(second.run, windows), rel=1e-9)
+
+
+@pytest.mark.slow
+def test_a_layer_subset_point_is_the_scorer_on_that_chip(small, windows):
+    model = load(small)
+    scorer = PerplexityScorer.against_fp(model, windows, logits=True)
+    assert scorer.fp == perplexity(model.fp_view().run, windows)
+    layers = (HEAD, analog_names(small)[0])
+    (score,) = run_sweep(model, scorer, [Point(0, layers=layers)]).values()
+    chip = model.chip(0, analog_layers=layers)
+    assert score == scorer(chip)
+    error = output_error(chip.run(windows), model.fp_view().run(windows)).relative_error
+    assert score.relative_error == pytest.approx(error, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_sensitivity_resumes_from_its_log_without_opening_a_chip(small, windows, tmp_path,
+                                                                 monkeypatch):
+    """Sensitivity's chips are sweep points (seed, layers): 2n - 1 chips (the first
+    cumulative point is the best layer alone), each logged with its layers; a rerun on
+    the log opens none and gives the same report."""
+    model = load(small)
+    names = analog_names(small)
+    scorer = PerplexityScorer.against_fp(model, windows, logits=True)
+    opened: list[tuple[str, ...]] = []
+    chip = CompiledModel.chip
+    monkeypatch.setattr(CompiledModel, "chip", lambda self, seed, **kwargs: opened.append(
+        kwargs["analog_layers"]) or chip(self, seed, **kwargs))
+    log = tmp_path / sens.SENSITIVITY_LOG
+    progress: list[tuple[int, int]] = []
+    first = sens.measure_sensitivity(model, scorer, 0, log=log,
+                                     progress=lambda *done: progress.append(done))
+    ranked = tuple(layer.name for layer in first.layers)
+    expected = [(name,) for name in names] + [ranked[:k] for k in range(2, len(names) + 1)]
+    assert opened == expected
+    assert progress == [(done, 2 * len(names) - 1) for done in range(1, 2 * len(names))]
+    assert [tuple(json.loads(line)["layers"]) for line in log.read_text().splitlines()] == \
+        expected
+    assert first.cumulative[0].value == first.layers[0].value
+    opened.clear()
+    again = sens.measure_sensitivity(model, scorer, 0, log=log)
+    assert opened == [] and again.to_json() == first.to_json()
 
 
 @pytest.mark.slow

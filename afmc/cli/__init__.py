@@ -315,7 +315,8 @@ def eval_(
     for --text, for --inputs the error of every output (and accuracy with --labels), or
     for --task the accuracy of a majority vote over n = 1, 2, 4, ... samples. With --drift,
     every chip at every time (resumable: finished chips are kept in OUTPUT/eval/drift.jsonl).
-    With --sensitivity, every analog layer alone, ranked. Every mode writes its result to
+    With --sensitivity, every analog layer alone, ranked (resumable, from
+    OUTPUT/eval/sensitivity.jsonl). Every mode writes its result to
     OUTPUT/eval/KIND-SETTINGS-HASH.json, beside the results of other settings."""
     with user_errors():
         from afmc.eval.command import run_eval

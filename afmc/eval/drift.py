@@ -20,12 +20,14 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from afmc.eval.scoring import Score, Scorer
 from afmc.eval.spread import json_number, sample_std
-from afmc.eval.sweep import Point, Scorer, run_sweep
+from afmc.eval.sweep import Point, run_sweep
 from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.noise import AIHWKIT_MODELS, NoiseConfig, NoiseModel
 
@@ -80,7 +82,7 @@ class DriftReport:
     times: list[float]
     seeds: list[int]
     fp: float | None
-    values: dict[Point, float]
+    values: dict[tuple[int, float], float]
 
     def at(self, time_s: float) -> list[float]:
         return [self.values[(seed, time_s)] for seed in self.seeds]
@@ -99,15 +101,17 @@ class DriftReport:
                 "summary": self.summary()}
 
 
-def evaluate_drift(model: CompiledModel, scorer: Scorer, fp: float | None, seeds: list[int],
-                   times: list[float], noise: NoiseConfig, *, read_noise: float = 0.0,
-                   jobs: int = 1, log=None,
-                   on_point: Callable[[Point, float, bool], None] | None = None
+def evaluate_drift(model: CompiledModel, scorer: Scorer, seeds: list[int], times: list[float],
+                   noise: NoiseConfig, *, read_noise: float = 0.0, jobs: int = 1,
+                   log: Path | None = None,
+                   on_point: Callable[[Point, Score, bool], None] | None = None
                    ) -> DriftReport:
     """Every chip seed at every time (module rules); `log` is the resume file."""
     if not model.varies_by_seed:
         raise ValueError(f"--drift: the {model.target} target has no analog chips to drift")
-    points = [(seed, time_s) for seed in seeds for time_s in times]
-    values = run_sweep(model, scorer, points, noise=noise, read_noise=read_noise, jobs=jobs,
+    points = [Point(seed, time_s) for seed in seeds for time_s in times]
+    scores = run_sweep(model, scorer, points, noise=noise, read_noise=read_noise, jobs=jobs,
                        log=log, on_point=on_point)
-    return DriftReport(scorer.metric, noise, read_noise, times, seeds, fp, values)
+    return DriftReport(scorer.metric, noise, read_noise, times, seeds, scorer.fp,
+                       {(seed, time_s): score.value
+                        for (seed, time_s, _), score in scores.items()})

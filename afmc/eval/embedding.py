@@ -3,21 +3,24 @@
 An encoder compiled by afmc outputs the mean-pooled embedding of each window
 ([batch, hidden]). Its error on a text is the relative L2 error
 ||E_chip - E_fp|| / ||E_fp|| over all windows' embeddings, next to the mean
-cosine similarity of each window's embedding to the FP one. Seeds are chip
-instances as for language models (mean and sample std over them, afmc.eval.spread); a
-digital target is scored once.
+cosine similarity of each window's embedding to the FP one: EmbeddingScorer's Score
+(eval.scoring), the relative error its value, the cosine its one detail. Seeds are
+chip instances as for language models, the points of an eval.sweep (mean and sample
+std over them, afmc.eval.spread); a digital target is scored once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from afmc.capture.encoder import OUTPUT
 from afmc.data.tokenizer import text_feeds
+from afmc.eval.scoring import Score
 from afmc.eval.spread import sample_std
+from afmc.eval.sweep import Point, run_sweep
 from afmc.metrics import relative_error, row_cosines
 from afmc.runtime.chip import Chip
 from afmc.runtime.compiled import CompiledModel
@@ -49,6 +52,31 @@ def embedding_error(got: np.ndarray, fp: np.ndarray) -> EmbeddingError:
     return EmbeddingError(relative_error(got, fp), float(row_cosines(got, fp).mean()))
 
 
+@dataclass(frozen=True, eq=False)
+class EmbeddingScorer:
+    """The embedding error of a chip on token `windows` against `reference`, the FP view's
+    embeddings (module docstring)."""
+
+    windows: np.ndarray
+    reference: np.ndarray
+    metric: ClassVar[str] = "relative_error"
+    fp: ClassVar[None] = None
+
+    @classmethod
+    def against_fp(cls, model: CompiledModel, windows: np.ndarray) -> EmbeddingScorer:
+        """The scorer whose reference is `model`'s FP view on `windows`."""
+        return cls(windows, embeddings(model.fp_view(), windows))
+
+    def __call__(self, chip: Chip) -> Score:
+        error = embedding_error(embeddings(chip, self.windows), self.reference)
+        return Score(error.relative_error, error.relative_error, {"cosine": error.cosine})
+
+    def fingerprint(self) -> bytes:
+        """The windows and the FP embeddings."""
+        return (self.windows.tobytes() + str(self.windows.shape).encode()
+                + self.reference.tobytes())
+
+
 @dataclass
 class EmbeddingReport:
     """The error per chip seed (or once, for a digital target) on `windows` windows."""
@@ -71,11 +99,12 @@ def evaluate_encoder(model: CompiledModel, windows: np.ndarray, seeds: list[int]
                      read_noise: float = 0.0, noise: NoiseConfig | None = None
                      ) -> EmbeddingReport:
     """The embedding error of each chip `seed` against the FP view on token `windows`."""
-    fp = embeddings(model.fp_view(), windows)
+    scorer = EmbeddingScorer.against_fp(model, windows)
     report = EmbeddingReport(len(windows))
     if not model.varies_by_seed:
         report.digital, seeds = model.target, [0]
-    for seed in seeds:  # one chip alive at a time
-        report.chips[seed] = embedding_error(
-            embeddings(model.chip(seed, read_noise=read_noise, noise=noise), windows), fp)
+    scores = run_sweep(model, scorer, [Point(seed) for seed in seeds], noise=noise,
+                       read_noise=read_noise)  # one chip alive at a time
+    report.chips = {point.seed: EmbeddingError(score.relative_error, score.details["cosine"])
+                    for point, score in scores.items()}
     return report

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from afmc.data.tokenizer import token_windows
-from afmc.eval.perplexity import perplexity
+from afmc.eval.perplexity import PerplexityScorer
+from afmc.eval.scoring import Score
 from afmc.eval.spread import sample_std
-from afmc.eval.sweep import PerplexityScorer, Point, run_sweep
-from afmc.runtime.chip import Chip
+from afmc.eval.sweep import Point, run_sweep
 from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.noise import NoiseConfig
 
@@ -45,11 +45,6 @@ class EvalReport:
         return sample_std(self.chips.values())
 
 
-def chip_perplexity(chip: Chip, windows: np.ndarray, batch_size: int,
-                    progress: Callable[[int, int], None] | None = None) -> float:
-    return perplexity(chip.run, windows, batch_size=batch_size, progress=progress)
-
-
 def evaluate(model: CompiledModel, ids: np.ndarray, seeds: list[int], *, seq_len: int = 256,
              max_tokens: int | None = 16384, batch_size: int = 8, read_noise: float = 0.0,
              noise: NoiseConfig | None = None, jobs: int = 1,
@@ -60,7 +55,8 @@ def evaluate(model: CompiledModel, ids: np.ndarray, seeds: list[int], *, seq_len
     that many processes (eval.sweep). `progress(done, total)` follows the FP view's
     windows, then the chips."""
     windows = token_windows(ids, min(seq_len, len(ids)), max_tokens)
-    fp = chip_perplexity(model.fp_view(), windows, batch_size, progress)
+    scorer = PerplexityScorer.against_fp(model, windows, batch_size, progress=progress)
+    fp = scorer.fp
     if on_result:
         on_result("fp", fp)
     report = EvalReport(int(windows.size), fp)
@@ -72,9 +68,9 @@ def evaluate(model: CompiledModel, ids: np.ndarray, seeds: list[int], *, seq_len
         points = [None, *points]
     scored = 0
 
-    def on_point(point: Point, value: float, _: bool) -> None:
+    def on_point(point: Point, score: Score, _: bool) -> None:
         nonlocal scored
-        seed = point[0]
+        seed, value = point.seed, score.value
         if seed is None:
             report.noise_free = value
         else:
@@ -86,7 +82,7 @@ def evaluate(model: CompiledModel, ids: np.ndarray, seeds: list[int], *, seq_len
         if progress:
             progress(scored, len(points))
 
-    run_sweep(model, PerplexityScorer(windows, batch_size), [(seed, None) for seed in points],
-              noise=noise, read_noise=read_noise, jobs=jobs, on_point=on_point)
+    run_sweep(model, scorer, [Point(seed) for seed in points], noise=noise,
+              read_noise=read_noise, jobs=jobs, on_point=on_point)
     report.chips = {seed: report.chips[seed] for seed in points if seed is not None}
     return report

@@ -5,16 +5,20 @@ Rules:
 - A layer's chip is chip `seed` with only that layer analog (CompiledModel.chip's
   analog_layers): its programmed weights, DAC and ADC, every other analog layer
   computed in floating point on its stored weights. A layer's programmed weights
-  are the ones it has on the full chip `seed`.
+  are the ones it has on the full chip `seed`. Every chip is a point (seed, layers)
+  of an eval.sweep: with `jobs` they run in parallel, with a `log` a rerun takes
+  the points it holds.
 - Scores against the FP view on the same data: for a language model, the perplexity
   of the token windows and, over all windows' logits, the relative L2 error
-  ||y - y_fp|| / ||y_fp|| and SQNR = -20 log10(relative error) dB; for any other
-  model (tensor inputs), the relative error of all outputs flattened together
-  (sweep.OutputErrorScorer), which is then also the metric.
+  ||y - y_fp|| / ||y_fp|| and SQNR = -20 log10(relative error) dB
+  (perplexity.PerplexityScorer with the FP logits); for any other model (tensor
+  inputs), the relative error of all outputs flattened together
+  (tensor_eval.OutputErrorScorer), which is then also the metric.
 - Harm: delta = perplexity - FP perplexity, or the relative error itself; layers
   are ranked by increasing delta (ties keep the record's layer order).
-- Cumulative curve: the first k layers of the ranking analog, k = 1..n; the last
-  point is the all-analog chip, reported as all_analog.
+- Cumulative curve: the first k layers of the ranking analog, k = 1..n; the first
+  point is the chip of the first layer alone (not run again), the last the
+  all-analog chip, reported as all_analog.
 - Budget b (a fraction; --budget 1% is 0.01): a point is within it when
   perplexity / FP - 1 <= b, or relative error <= b. The suggestion is the largest k
   whose cumulative point is within the budget (0 when none is): the first k layers
@@ -31,76 +35,21 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from afmc.console.tables import Column, FittedTable, layer_names
-from afmc.data.model_inputs import ModelInputs
-from afmc.eval.sweep import OutputErrorScorer
-from afmc.metrics import next_token_nll, sqnr_db
-from afmc.runtime.chip import Chip
+from afmc.eval.scoring import Score, Scorer
+from afmc.eval.sweep import Point, run_sweep
 from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.noise import NoiseConfig
 
 RULES_FILE = "keep-digital.yaml"
+SENSITIVITY_LOG = "sensitivity.jsonl"
 _PERCENT = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?\d+)?)\s*%?\s*")
-
-
-@dataclass(frozen=True)
-class Score:
-    """One chip against the FP view: the metric's value and the outputs' error."""
-
-    value: float
-    relative_error: float
-
-    @property
-    def sqnr_db(self) -> float:
-        """-20 log10(relative error); infinite for an exact match (afmc.metrics)."""
-        return sqnr_db(self.relative_error)
-
-
-class LogitsScorer:
-    """Perplexity of token windows and the relative error of their logits against the
-    FP view's, which are computed once and kept (tokens x vocabulary floats)."""
-
-    metric = "perplexity"
-
-    def __init__(self, fp_view: Chip, windows: np.ndarray, batch_size: int = 8) -> None:
-        self.batches = [windows[start:start + batch_size]
-                        for start in range(0, len(windows), batch_size)]
-        self.reference = [fp_view.run(batch) for batch in self.batches]
-        self.fp = self._score(self.reference).value
-
-    def __call__(self, chip: Chip) -> Score:
-        return self._score([chip.run(batch) for batch in self.batches])
-
-    def _score(self, logits: Sequence[np.ndarray]) -> Score:
-        nll = np.concatenate([next_token_nll(part, batch).ravel()
-                              for part, batch in zip(logits, self.batches, strict=True)])
-        error = sum(float(np.sum((part.astype(np.float64) - fp) ** 2))
-                    for part, fp in zip(logits, self.reference, strict=True))
-        norm = sum(float(np.sum(fp.astype(np.float64) ** 2)) for fp in self.reference)
-        return Score(float(np.exp(nll.mean())), math.sqrt(error / norm))
-
-
-class OutputsScorer:
-    """The relative error of all outputs on tensor inputs, which is also the metric."""
-
-    metric = "relative_error"
-    fp = None
-
-    def __init__(self, model: CompiledModel, inputs: ModelInputs) -> None:
-        self.scorer = OutputErrorScorer.against_fp(model, inputs)
-
-    def __call__(self, chip: Chip) -> Score:
-        error = self.scorer(chip)
-        return Score(error, error)
-
-
-Scorer = LogitsScorer | OutputsScorer
 
 
 @dataclass
@@ -176,30 +125,34 @@ def harm(score: Score, fp: float | None) -> float:
 
 def measure_sensitivity(model: CompiledModel, scorer: Scorer, seed: int, *,
                         noise: NoiseConfig | None = None, read_noise: float = 0.0,
+                        jobs: int = 1, log: Path | None = None,
                         progress: Callable[[int, int], None] | None = None
                         ) -> SensitivityReport:
     """Every layer alone, then the cumulative curve (module rules); one chip alive at a
-    time. `progress(done, total)` after each of the 2n chips."""
+    time unless `jobs` > 1. `progress(done, total)` after each of the 2n - 1 chips."""
     names = check_sensitivity(model)
-    total = 2 * len(names)
+    total = 2 * len(names) - 1
+    done = 0
 
-    def score(layers: list[str], done: int) -> Score:
-        result = scorer(model.chip(seed, noise=noise, read_noise=read_noise,
-                                   analog_layers=layers))
+    def on_point(*_: object) -> None:
+        nonlocal done
+        done += 1
         if progress:
             progress(done, total)
-        return result
 
-    layers = []
-    for done, name in enumerate(names, start=1):
-        alone = score([name], done)
-        layers.append(LayerSensitivity(name, alone.sqnr_db, alone.relative_error,
-                                       alone.value, harm(alone, scorer.fp)))
+    sweep = partial(run_sweep, model, scorer, noise=noise, read_noise=read_noise, jobs=jobs,
+                    log=log, on_point=on_point)
+    alone = sweep([Point(seed, layers=(name,)) for name in names])
+    layers = [LayerSensitivity(point.layers[0], score.sqnr_db, score.relative_error,
+                               score.value, harm(score, scorer.fp))
+              for point, score in alone.items()]
     layers.sort(key=lambda layer: layer.delta)
-    ranked = [layer.name for layer in layers]
-    cumulative = [CumulativePoint(k, ranked[k - 1],
-                                  score(ranked[:k], len(names) + k).value)
-                  for k in range(1, len(ranked) + 1)]
+    ranked = tuple(layer.name for layer in layers)
+    more = sweep([Point(seed, layers=ranked[:k]) for k in range(2, len(ranked) + 1)])
+    values = [alone[Point(seed, layers=ranked[:1])].value,
+              *(score.value for score in more.values())]
+    cumulative = [CumulativePoint(k, name, value)
+                  for k, (name, value) in enumerate(zip(ranked, values, strict=True), start=1)]
     return SensitivityReport(scorer.metric, seed, scorer.fp, layers, cumulative)
 
 

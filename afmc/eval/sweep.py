@@ -1,92 +1,53 @@
-"""Chip instances x drift times of one compiled model, scored, in parallel and resumable.
+"""Chips of one compiled model, scored: the one loop over chips of every evaluation,
+in parallel and resumable.
 
 Rules:
-- A point is (seed, time): chip `seed` (None: the stored weights, no programming
+- A point is (seed, time, layers): chip `seed` (None: the stored weights, no programming
   noise) programmed with the evaluation's noise model, read `time` seconds after
-  programming (``NoiseConfig.drift_time_s``; None: the model's own setting). The same
-  seed at every time is the same chip: its programming and drift draws come from the
-  same streams, so its accuracy over time is one device's trajectory.
-- A scorer maps a chip to one number: the perplexity of token windows (language
-  models) or the relative error of every output against the FP view's outputs on the
-  given inputs (any model; all outputs flattened together).
+  programming (``NoiseConfig.drift_time_s``; None: the model's own setting), with only
+  the analog layers `layers` analog (a tuple of layer names, CompiledModel.chip's
+  analog_layers; None: all of them). The same seed at every time is the same chip: its
+  programming and drift draws come from the same streams, so its accuracy over time is
+  one device's trajectory; a layer keeps its programmed weights in every subset.
+- A scorer (eval.scoring.Scorer) maps a chip to a Score; a value that is not finite is
+  scored as infinite.
 - With ``jobs`` > 1 the points run in that many worker processes (spawned: onnxruntime
   is not fork-safe), each opening the output once and giving every chip cores / jobs
   threads; results come back in completion order.
 - With a ``log`` (JSON lines), every finished point is appended at once as
-  {"key", "seed", "time_s", "value"}; a later sweep with the same key (the scorer's
-  data, the noise model, the read noise) skips the points the log holds, so an
-  interrupted sweep resumes where it stopped. Lines of other keys are left as they
-  are, and a torn last line (a killed writer) is ignored.
+  {"key", "seed", "time_s", "value"}, with "layers" for a layer subset and the Score's
+  "relative_error" and "details" where it has them; a later sweep with the same key
+  (the scorer's metric and data, the noise model, the read noise, the hardware counts)
+  skips the points the log holds, so an interrupted sweep resumes where it stopped.
+  Lines of other keys are left as they are, and a torn last line (a killed writer) is
+  ignored. Lines written before layer subsets and Scores (the four keys only) read as
+  points of all layers with a bare value.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import numpy as np
-
-from afmc.data.model_inputs import ModelInputs
-from afmc.eval.perplexity import perplexity
-from afmc.eval.tensor_eval import model_outputs, output_error
-from afmc.runtime.chip import Chip
+from afmc.eval.scoring import Score, Scorer
 from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.noise import NoiseConfig
 
-Point = tuple[int | None, float | None]  # (seed, drift time in s)
 
+class Point(NamedTuple):
+    """One chip of a sweep (module rules)."""
 
-@dataclass(frozen=True)
-class PerplexityScorer:
-    """Perplexity of `windows` ([n, T] token ids) on a chip."""
-
-    windows: np.ndarray
-    batch_size: int = 8
-    metric = "perplexity"
-
-    def __call__(self, chip: Chip) -> float:
-        return perplexity(chip.run, self.windows, batch_size=self.batch_size)
-
-    def fingerprint(self) -> bytes:
-        return self.windows.tobytes() + str(self.windows.shape).encode()
-
-
-@dataclass(frozen=True)
-class OutputErrorScorer:
-    """Relative L2 error of all outputs of a chip on `inputs` against `reference`, the FP
-    view's outputs (tensor_eval.output_error over the flattened outputs)."""
-
-    inputs: ModelInputs
-    reference: tuple[np.ndarray, ...]
-    metric = "relative_error"
-
-    def __call__(self, chip: Chip) -> float:
-        got = _flat(model_outputs(chip, self.inputs).values())
-        return output_error(got, _flat(self.reference)).relative_error
-
-    def fingerprint(self) -> bytes:
-        return b"".join(array.tobytes() for array in self.reference)
-
-    @classmethod
-    def against_fp(cls, model: CompiledModel, inputs: ModelInputs) -> OutputErrorScorer:
-        """The scorer whose reference is `model`'s FP view on `inputs`."""
-        return cls(inputs, tuple(model_outputs(model.fp_view(), inputs).values()))
-
-
-def _flat(outputs: Iterable[np.ndarray]) -> np.ndarray:
-    """All outputs as one vector, each flattened, in output order."""
-    return np.concatenate([output.ravel() for output in outputs])
-
-
-Scorer = PerplexityScorer | OutputErrorScorer
+    seed: int | None
+    time_s: float | None = None
+    layers: tuple[str, ...] | None = None
 
 
 def noise_at(noise: NoiseConfig, time_s: float | None) -> NoiseConfig:
@@ -106,9 +67,9 @@ def sweep_key(scorer: Scorer, noise: NoiseConfig, read_noise: float,
     return hashlib.sha256(settings + scorer.fingerprint()).hexdigest()[:16]
 
 
-def logged_points(log: Path, key: str) -> dict[Point, float]:
+def logged_points(log: Path, key: str) -> dict[Point, Score]:
     """The points of sweep `key` that `log` already holds (module rules)."""
-    done: dict[Point, float] = {}
+    done: dict[Point, Score] = {}
     if not log.exists():
         return done
     for line in log.read_text().splitlines():
@@ -117,13 +78,30 @@ def logged_points(log: Path, key: str) -> dict[Point, float]:
         except json.JSONDecodeError:
             continue  # a torn line from an interrupted write
         if isinstance(entry, dict) and entry.get("key") == key:
-            done[(entry["seed"], entry["time_s"])] = float(entry["value"])
+            layers = entry.get("layers")
+            point = Point(entry["seed"], entry["time_s"], None if layers is None
+                          else tuple(layers))
+            done[point] = Score(float(entry["value"]), entry.get("relative_error"),
+                                entry.get("details", {}))
     return done
 
 
-def _append(log: Path, key: str, point: Point, value: float) -> None:
+def _line(key: str, point: Point, score: Score) -> dict[str, Any]:
+    """A point's log entry (module rules)."""
+    entry: dict[str, Any] = {"key": key, "seed": point.seed, "time_s": point.time_s}
+    if point.layers is not None:
+        entry["layers"] = list(point.layers)
+    entry["value"] = score.value
+    if score.relative_error is not None:
+        entry["relative_error"] = score.relative_error
+    if score.details:
+        entry["details"] = score.details
+    return entry
+
+
+def _append(log: Path, key: str, point: Point, score: Score) -> None:
     """One point as a line of its own, after a torn last line if there is one."""
-    line = json.dumps({"key": key, "seed": point[0], "time_s": point[1], "value": value})
+    line = json.dumps(_line(key, point, score))
     with log.open("a+b") as file:
         torn = False
         if file.tell() > 0:
@@ -137,27 +115,27 @@ def _append(log: Path, key: str, point: Point, value: float) -> None:
 def run_sweep(model: CompiledModel, scorer: Scorer, points: Iterable[Point], *,
               noise: NoiseConfig | None = None, read_noise: float = 0.0, jobs: int = 1,
               log: Path | None = None,
-              on_point: Callable[[Point, float, bool], None] | None = None
-              ) -> dict[Point, float]:
-    """Score every point (module rules); `on_point(point, value, from_log)` as each ends.
+              on_point: Callable[[Point, Score, bool], None] | None = None
+              ) -> dict[Point, Score]:
+    """Score every point (module rules); `on_point(point, score, from_log)` as each ends.
 
-    Returns the values in the order of `points`."""
+    Returns the scores in the order of `points` (each point once)."""
     noise = noise or model.noise
-    points = list(dict.fromkeys(points))
+    points = list(dict.fromkeys(Point(*point) for point in points))
     key = sweep_key(scorer, noise, read_noise, model.hardware_counts())
     done = logged_points(log, key) if log else {}
     results = {point: done[point] for point in points if point in done}
-    for point, value in results.items():
+    for point, score in results.items():
         if on_point:
-            on_point(point, value, True)
+            on_point(point, score, True)
     todo = [point for point in points if point not in results]
 
-    def finished(point: Point, value: float) -> None:
-        results[point] = value
+    def finished(point: Point, score: Score) -> None:
+        results[point] = score
         if log:
-            _append(log, key, point, value)
+            _append(log, key, point, score)
         if on_point:
-            on_point(point, value, False)
+            on_point(point, score, False)
 
     if jobs <= 1 or len(todo) <= 1:
         for point in todo:
@@ -176,12 +154,11 @@ def run_sweep(model: CompiledModel, scorer: Scorer, points: Iterable[Point], *,
 
 
 def _score(model: CompiledModel, scorer: Scorer, point: Point, noise: NoiseConfig,
-           read_noise: float, threads: int | None) -> float:
-    seed, time_s = point
-    chip = model.chip(seed, read_noise=read_noise, noise=noise_at(noise, time_s),
-                      threads=threads)
-    value = scorer(chip)
-    return value if math.isfinite(value) else math.inf
+           read_noise: float, threads: int | None) -> Score:
+    chip = model.chip(point.seed, read_noise=read_noise, noise=noise_at(noise, point.time_s),
+                      threads=threads, analog_layers=point.layers)
+    score = scorer(chip)
+    return score if math.isfinite(score.value) else dataclasses.replace(score, value=math.inf)
 
 
 _WORKER: dict[str, Any] = {}
@@ -192,6 +169,6 @@ def _open_worker(out_dir: str, scorer: Scorer, threads: int,
     _WORKER.update(model=CompiledModel(out_dir, **hardware), scorer=scorer, threads=threads)
 
 
-def _score_in_worker(point: Point, noise: NoiseConfig, read_noise: float) -> float:
+def _score_in_worker(point: Point, noise: NoiseConfig, read_noise: float) -> Score:
     return _score(_WORKER["model"], _WORKER["scorer"], point, noise, read_noise,
                   _WORKER["threads"])

@@ -15,16 +15,20 @@ Rules:
   programming noise (when it has analog layers) and each chip seed; a digital
   target (int8, int4) has no noise and runs once, as chip 0 (seeds ignored);
 - over the chips: the mean and the sample std (ddof=1; null for one chip) of each
-  score (afmc.eval.spread).
+  score (afmc.eval.spread);
+- OutputErrorScorer (eval.scoring): a chip's Score is the relative error of all its
+  outputs flattened together against the FP view's (the metric of --drift and
+  --sensitivity on tensor inputs), with each output's error and the accuracy (None
+  without labels) as its details; the chips of eval are the points of an eval.sweep.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -36,8 +40,10 @@ from afmc.data.model_inputs import (
     load_labels,
 )
 from afmc.eval.embedding import embedding_error
+from afmc.eval.scoring import Score
 from afmc.eval.spread import mean_std
-from afmc.metrics import sqnr_db
+from afmc.eval.sweep import Point, run_sweep
+from afmc.metrics import relative_error, sqnr_db
 from afmc.runtime.chip import Chip
 from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.noise import NoiseConfig
@@ -133,6 +139,17 @@ class ChipScores:
     errors: dict[str, OutputError]
     accuracy: float | None = None
 
+    def details(self) -> dict[str, Any]:
+        """As a Score's details (OutputErrorScorer)."""
+        return {"outputs": {name: vars(error) for name, error in self.errors.items()},
+                "accuracy": self.accuracy}
+
+    @classmethod
+    def from_details(cls, details: dict[str, Any]) -> ChipScores:
+        """The scores that `details` holds (the inverse of `details`)."""
+        return cls({name: OutputError(**error) for name, error in details["outputs"].items()},
+                   details["accuracy"])
+
 
 def _spread(values: list) -> tuple[float, float]:
     """Mean and sample std (ddof=1, NaN for one chip); equal values (an infinite SQNR on
@@ -195,6 +212,39 @@ def _scores(got: dict[str, np.ndarray], fp: dict[str, np.ndarray],
                       None if labels is None else float(np.mean(top1(first) == labels)))
 
 
+def _flat(outputs: Iterable[np.ndarray]) -> np.ndarray:
+    """All outputs as one float64 vector, each flattened, in output order."""
+    return np.concatenate([output.ravel() for output in outputs]).astype(np.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class OutputErrorScorer:
+    """The error of a chip's outputs on `inputs` against `reference`, the FP view's outputs
+    by name, and with `labels` its accuracy (module rules)."""
+
+    inputs: ModelInputs
+    reference: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    metric: ClassVar[str] = "relative_error"
+    fp: ClassVar[None] = None
+
+    @classmethod
+    def against_fp(cls, model: CompiledModel, inputs: ModelInputs,
+                   labels: np.ndarray | None = None) -> OutputErrorScorer:
+        """The scorer whose reference is `model`'s FP view on `inputs`."""
+        return cls(inputs, model_outputs(model.fp_view(), inputs), labels)
+
+    def __call__(self, chip: Chip) -> Score:
+        got = model_outputs(chip, self.inputs)
+        error = relative_error(_flat(got.values()), _flat(self.reference.values()))
+        return Score(error, error, _scores(got, self.reference, self.labels).details())
+
+    def fingerprint(self) -> bytes:
+        """The FP outputs, and the labels where given."""
+        labels = b"" if self.labels is None else self.labels.tobytes()
+        return b"".join(array.tobytes() for array in self.reference.values()) + labels
+
+
 def evaluate_tensors(model: CompiledModel, inputs_file: Path, seeds: list[int], *,
                      labels_file: Path | None = None, read_noise: float = 0.0,
                      noise: NoiseConfig | None = None,
@@ -212,7 +262,8 @@ def evaluate_tensors(model: CompiledModel, inputs_file: Path, seeds: list[int], 
         chips = [None, *seeds]
     else:
         chips = list(seeds)
-    fp = model_outputs(model.fp_view(), inputs)
+    scorer = OutputErrorScorer.against_fp(model, inputs, labels)
+    fp = scorer.reference
     first, logits = next(iter(fp.items()))
     if labels is not None:
         check_label_classes(labels_file, labels, first, logits)
@@ -221,15 +272,19 @@ def evaluate_tensors(model: CompiledModel, inputs_file: Path, seeds: list[int], 
     report.fp_accuracy = _scores(fp, fp, labels).accuracy
     if progress:
         progress(0, len(chips))
-    for done, seed in enumerate(chips, start=1):
-        # one chip alive at a time
-        scores = _scores(model_outputs(model.chip(seed, read_noise=read_noise, noise=noise),
-                                       inputs), fp,
-                         labels)
-        if seed is None:
-            report.noise_free = scores
-        else:
-            report.chips[seed] = scores
+    done = 0
+
+    def on_point(*_: object) -> None:
+        nonlocal done
+        done += 1
         if progress:
             progress(done, len(chips))
+
+    scores = run_sweep(model, scorer, [Point(seed) for seed in chips], noise=noise,
+                       read_noise=read_noise, on_point=on_point)  # one chip alive at a time
+    for point, score in scores.items():
+        if point.seed is None:
+            report.noise_free = ChipScores.from_details(score.details)
+        else:
+            report.chips[point.seed] = ChipScores.from_details(score.details)
     return report

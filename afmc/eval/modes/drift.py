@@ -9,13 +9,14 @@ from rich.table import Table
 from afmc.console.screen import Screen
 from afmc.data.model_inputs import load_inputs
 from afmc.eval.drift import DRIFT_LOG, DriftReport, evaluate_drift
-from afmc.eval.evaluate import chip_perplexity
 from afmc.eval.modes.windows import lm_windows
 from afmc.eval.options import tensor_source
+from afmc.eval.perplexity import PerplexityScorer
 from afmc.eval.request import EvalPlan
 from afmc.eval.results import write_result
+from afmc.eval.scoring import Scorer
 from afmc.eval.spread import spread_label, std_text
-from afmc.eval.sweep import OutputErrorScorer, PerplexityScorer
+from afmc.eval.tensor_eval import OutputErrorScorer
 from afmc.io.layout import EVAL_DIR
 
 
@@ -30,22 +31,21 @@ def time_label(seconds: float) -> str:
 def run(plan: EvalPlan, screen: Screen) -> None:
     """Read every chip at every --drift time (module docstring); print, write the result."""
     request, model, times = plan.request, plan.model, plan.times or []
+    scorer: Scorer
     if tensor_source(model, request.text, request.inputs) is not None:
         scorer = OutputErrorScorer.against_fp(model, load_inputs(request.inputs,
                                                                  model.signature()))
-        fp = None
     else:
         windows = lm_windows(plan, "--drift", screen)
-        scorer = PerplexityScorer(windows)
-        fp = chip_perplexity(model.fp_view(), windows, scorer.batch_size)
-        screen.out.print(f"FP perplexity {fp:.4f} ({windows.size} tokens)")
+        scorer = PerplexityScorer.against_fp(model, windows)
+        screen.out.print(f"FP perplexity {scorer.fp:.4f} ({windows.size} tokens)")
     folder = model.out_dir / EVAL_DIR
     folder.mkdir(exist_ok=True)
     seeds = request.chip_seeds()
     with screen.progress() as bar:
         task = bar.add_task(f"{len(seeds)} chips x {len(times)} times",
                             total=len(seeds) * len(times))
-        report = evaluate_drift(model, scorer, fp, seeds, times, plan.noise,
+        report = evaluate_drift(model, scorer, seeds, times, plan.noise,
                                 read_noise=request.read_noise, jobs=plan.jobs,
                                 log=folder / DRIFT_LOG, on_point=lambda *_: bar.advance(task))
     screen.out.print(_table(report))

@@ -1,5 +1,6 @@
 """afmc eval --sensitivity: every analog layer alone on chip --seed, ranked, the
-cumulative curve, a result file and, with --budget, the keep-digital configuration."""
+cumulative curve, a result file and, with --budget, the keep-digital configuration
+(the chips kept in OUT/eval/sensitivity.jsonl as they finish, afmc.eval.sensitivity)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from afmc.data.model_inputs import load_inputs
 from afmc.eval import sensitivity as sens
 from afmc.eval.modes.windows import lm_windows
 from afmc.eval.options import tensor_source
+from afmc.eval.perplexity import PerplexityScorer
 from afmc.eval.request import EvalPlan
 from afmc.eval.results import write_result
+from afmc.eval.scoring import Scorer
+from afmc.eval.tensor_eval import OutputErrorScorer
 from afmc.io.layout import EVAL_DIR
 
 
@@ -17,16 +21,21 @@ def run(plan: EvalPlan, screen: Screen) -> None:
     """Rank the layers of chip --seed (module docstring); print, and write the results."""
     request, model, budget = plan.request, plan.model, plan.budget
     sens.check_sensitivity(model)
+    scorer: Scorer
     if tensor_source(model, request.text, request.inputs) is not None:
-        scorer: sens.Scorer = sens.OutputsScorer(model, load_inputs(request.inputs,
-                                                                    model.signature()))
+        scorer = OutputErrorScorer.against_fp(model, load_inputs(request.inputs,
+                                                                 model.signature()))
     else:
         windows = lm_windows(plan, "--sensitivity", screen)
-        scorer = sens.LogitsScorer(model.fp_view(), windows)
+        scorer = PerplexityScorer.against_fp(model, windows, logits=True)
         screen.out.print(f"FP perplexity {scorer.fp:.4f} ({windows.size} tokens)")
+    folder = model.out_dir / EVAL_DIR
+    folder.mkdir(exist_ok=True)
     with screen.bar_from_first_report("layer chips") as progress:
         report = sens.measure_sensitivity(model, scorer, request.seed, noise=plan.noise,
-                                          read_noise=request.read_noise, progress=progress)
+                                          read_noise=request.read_noise, jobs=plan.jobs,
+                                          log=folder / sens.SENSITIVITY_LOG,
+                                          progress=progress)
     if budget is not None:
         sens.suggest(report, budget)
     screen.out.print(sens.ranking_table(report))
@@ -35,7 +44,7 @@ def run(plan: EvalPlan, screen: Screen) -> None:
                      + (f" (FP {report.fp:.4f}, {report.all_analog / report.fp - 1:+.2%})"
                         if lm else ""))
     if budget is not None:
-        path = request.rules or model.out_dir / EVAL_DIR / sens.RULES_FILE
+        path = request.rules or folder / sens.RULES_FILE
         path.parent.mkdir(exist_ok=True)
         sens.write_rules(path, model.record, report.keep_digital)
         screen.out.print(f"budget {budget:.2%}: {len(report.layers) - len(report.keep_digital)} "
