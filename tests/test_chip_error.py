@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from afmc.passes.chip_error import noise_error, noise_scales, weight_noise
-from afmc.passes.range_search import search_layer
+from afmc.passes.range_search import ChipNoise, search_layer
 from afmc.passes.row_sample import WeightedRows
 from afmc.runtime.noise import NoiseConfig, layer_rng, program_weights
 
@@ -116,7 +116,7 @@ def test_range_search_scores_the_reram_chips():
     clean = search_layer(samples, weight, SIZES, *hardware, True)
     for model in ("reram-wan2022", "reram-cmo"):
         chip = search_layer(samples, weight, SIZES, *hardware, True,
-                            noise=NoiseConfig(model=model))
+                            chip=ChipNoise(NoiseConfig(model=model)))
         assert chip.sqnr_db < clean.sqnr_db
 
 
@@ -135,10 +135,10 @@ def test_range_search_scores_the_chip():
     samples = WeightedRows.uniform(x).split(SIZES)
     hardware = (254.0, 254.0, 14.0)
     clean = search_layer(samples, weight, SIZES, *hardware, False)
-    chip = search_layer(samples, weight, SIZES, *hardware, False, noise=NoiseConfig())
+    chip = search_layer(samples, weight, SIZES, *hardware, False, chip=ChipNoise(NoiseConfig()))
     assert chip.sqnr_db < clean.sqnr_db - 1
     none = search_layer(samples, weight, SIZES, *hardware, False,
-                        noise=NoiseConfig(model="none"))
+                        chip=ChipNoise(NoiseConfig(model="none")))
     assert none.input_ranges == clean.input_ranges and none.sqnr_db == clean.sqnr_db
 
 
@@ -194,7 +194,7 @@ def test_range_search_scores_sliced_chips():
     weight, x = _layer()
     samples = WeightedRows.uniform(x).split(SIZES)
     hardware = (254.0, 254.0, 14.0)
-    one = search_layer(samples, weight, SIZES, *hardware, False, noise=NoiseConfig())
-    four = search_layer(samples, weight, SIZES, *hardware, False, noise=NoiseConfig(),
-                        slices=4)
+    one = search_layer(samples, weight, SIZES, *hardware, False, chip=ChipNoise(NoiseConfig()))
+    four = search_layer(samples, weight, SIZES, *hardware, False,
+                        chip=ChipNoise(NoiseConfig(), slices=4))
     assert four.sqnr_db > one.sqnr_db + 1

@@ -20,9 +20,8 @@ import numpy as np
 import torch
 
 from afmc.config import AfmcConfig, CalibrationConfig
-from afmc.passes.range_search import LayerChoice, search_layer
+from afmc.passes.range_search import ChipNoise, LayerChoice, search_layer
 from afmc.passes.row_sample import RowSampler, WeightedRows
-from afmc.runtime.noise import NoiseConfig
 
 _SAMPLE = 1 << 20
 RANGE_FLOOR = 1e-6  # the smallest input range calibration sets
@@ -74,15 +73,11 @@ class LayerCalibration:
     """The settings of a compile's calibration, and its rule for one layer's ranges."""
 
     calibration: CalibrationConfig
-    noise: NoiseConfig | None  # the chip the search scores (None: noise-free)
-    devices: int
-    slicing: tuple[int, int]  # weight slices, bits per weight
+    chip: ChipNoise | None  # the chip the search scores (None: noise-free)
 
     @classmethod
     def of(cls, config: AfmcConfig) -> LayerCalibration:
-        chip = config.noise if config.calibration.objective == "chip" else None
-        return cls(config.calibration, chip, config.hardware.devices_per_weight,
-                   (config.hardware.weight_slices, config.hardware.weight_bits))
+        return cls(config.calibration, ChipNoise.of(config))
 
     def observers(self, slices: int, generator: torch.Generator) -> list[SliceObserver]:
         """One observer per input slice."""
@@ -98,6 +93,5 @@ class LayerCalibration:
             return [slot.input_range() for slot in slots], None
         choice = search_layer([slot.sample() for slot in slots], weight(), list(sizes),
                               *hardware, self.calibration.clip_weights,
-                              self.calibration.search_outputs, self.noise, self.devices,
-                              *self.slicing)
+                              self.calibration.search_outputs, self.chip)
         return [max(r, RANGE_FLOOR) for r in choice.input_ranges], choice

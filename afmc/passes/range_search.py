@@ -238,15 +238,13 @@ class LayerChoice:
 def search_layer(samples: list[WeightedRows], weight: torch.Tensor, sizes: list[int],
                  inp_res: float, out_res: float, out_bound: float,
                  clip_weights: bool, outputs: int | None = None,
-                 noise: NoiseConfig | None = None, devices: int = 1,
-                 slices: int = 1, weight_bits: int = 8) -> LayerChoice:
-    """search_slice for each input slice of a [N, K] crossbar weight, scored on the chip
-    of the noise model `noise` with `devices` device pairs and `slices` bit slices of
-    `weight_bits` per weight (None: noise-free)."""
-    scales = noise_scales(weight, sizes, noise) if noise is not None else [None] * len(sizes)
+                 chip: ChipNoise | None = None) -> LayerChoice:
+    """search_slice for each input slice of a [N, K] crossbar weight, scored on `chip`
+    (ChipNoise.of: the noise model, device pairs and bit slices; None: noise-free), each
+    slice with its rows' noise scales."""
+    scales = noise_scales(weight, sizes, chip.model) if chip is not None else [None] * len(sizes)
     choices = [search_slice(x, w_s, inp_res, out_res, out_bound, clip_weights, outputs,
-                            None if noise is None else ChipNoise(noise, devices, scale,
-                                                                 slices, weight_bits))
+                            None if chip is None else replace(chip, scale=scale))
                for x, w_s, scale in zip(samples, torch.split(weight, list(sizes), dim=-1),
                                         scales, strict=True)]
     clipped = sum(choice.clipped_rows for choice in choices)

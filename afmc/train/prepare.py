@@ -165,11 +165,8 @@ def _search_ranges(layer: AnalogTrainingLinear, rows: WeightedRows, config: Afmc
     slices, weight = _crossbar_view(layer, rows)
     if int(layer.outliers):
         weight = dense_part(weight, split_indices(weight, layer.sizes, int(layer.outliers)))
-    noise = config.noise if calibration.objective == "chip" else None
     choice = search_layer(slices, weight, layer.sizes, hardware.inp_res, hardware.out_res,
                           hardware.out_bound, clip_weights=False,
-                          outputs=calibration.search_outputs, noise=noise,
-                          devices=hardware.devices_per_weight,
-                          slices=hardware.weight_slices, weight_bits=hardware.weight_bits)
+                          outputs=calibration.search_outputs, chip=ChipNoise.of(config))
     layer.input_range.data.copy_(torch.tensor(choice.input_ranges))
     layer.range_init_steps.fill_(config.training.range_init_batches)
