@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_calibration import TwoInputMLP, _data
+from analog_models import TwoInputMLP, two_input_data
 
 import afmc.api
 from afmc.config import load_config
@@ -82,7 +82,7 @@ def test_clipping_is_kept_only_where_it_lowers_the_row_error():
 
 
 def test_calibrate_search_installs_ranges_and_clipped_weights():
-    x, extra = _data()
+    x, extra = two_input_data()
     batches = [(x[i:i + 16], extra[i:i + 16]) for i in range(0, 64, 16)]
     torch.manual_seed(0)
     module = TwoInputMLP().eval()

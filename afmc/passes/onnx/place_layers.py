@@ -26,7 +26,6 @@ from afmc.passes.onnx.static_layers import (
     UnsupportedLayerWarning,
     find_static_layers,
 )
-from afmc.passes.onnx.static_layers import onnx_layer_records as onnx_layer_records
 from afmc.passes.registry import register_pass
 from afmc.passes.stages import Needs
 

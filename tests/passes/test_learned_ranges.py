@@ -1,4 +1,8 @@
-"""An ONNX file trained by `afmc train` compiles for aimc with its learned input ranges.
+"""learned-ranges (FX) and onnx-learned-ranges (ONNX): each analog layer takes the input
+ranges (and digital input scale, and outlier count) that hardware-aware training learned;
+the graph before and after and the FP function kept, at both levels. Then end to end: an
+ONNX file trained by `afmc train` compiles for aimc with its learned input ranges.
+(A torch model trained and compiled: tests/test_train.py.)
 
 A small CNN (Conv 3x3 + ReLU + Conv 1x1 + global pool + Linear) is exported with
 torch.onnx.export(dynamo=True); beside it, as `afmc train` leaves them, its learned ranges
@@ -17,21 +21,37 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 import torch
 import torch.nn.functional as F
+from analog_models import LayerNormMLP, mlp_batches, onnx_graph, random_weights, run_onnx
+from onnx import helper
 from safetensors.torch import save_file
 from torch import nn
 
 from afmc.api import compile as afmc_compile
+from afmc.capture import capture_module
 from afmc.compiler.trained_model import RANGES_FILE, TRAINING_RECORD
 from afmc.config import AfmcConfig, HardwareConfig, load_config
 from afmc.io.user_errors import InputWarning
 from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.ops.sparse_outliers import SPARSE_OUTLIERS
+from afmc.passes.fx.calibrate import AnalogInputInterpreter
+from afmc.passes.fx.insert_analog_linear import InsertAnalogLinear
+from afmc.passes.fx.learned_ranges import LearnedRanges
+from afmc.passes.fx.place_layers import PlaceLayers
 from afmc.passes.layer_score import split_indices
+from afmc.passes.layers import META_KEY
+from afmc.passes.learned_ranges import META_RANGES
+from afmc.passes.onnx.insert_analog_linear import InsertOnnxAnalogLinear
+from afmc.passes.onnx.learned_ranges import OnnxLearnedRanges
+from afmc.passes.onnx.place_layers import PlaceOnnxLayers
+from afmc.passes.onnx.static_layers import onnx_layer_records
 from afmc.runtime.compiled import CompiledModel
+from afmc.runtime.views import fp_reference
 from afmc.targets import get_target
+from passes.conftest import assert_equivalent
 
 SIZES = {"stem": [14, 13], "mix": [4], "head": [10, 10]}  # slice_sizes at max_in=16
 RANGES = {"stem": [2.5, 1.75], "mix": [1.5], "head": [0.75, 1.25]}
@@ -53,6 +73,105 @@ class SmallCNN(nn.Module):
 
 def _config() -> AfmcConfig:
     return load_config(None, ["hardware.max_in=16"])
+
+
+# ------------------------------------------------------------------ the passes, one by one
+
+LEARNED = {  # what afmc train leaves for LayerNormMLP at max_in=16 (fc1: 2 slices, fc2: 3)
+    "fc1": torch.tensor([2.5, 1.5]),
+    "fc1.input_scale": torch.linspace(0.5, 2.0, 20),
+    "fc2": torch.tensor([1.0, 1.25, 0.75]),
+    "fc2.outliers_per_slice": torch.tensor([1]),
+}
+
+
+def _fx_analog():
+    torch.manual_seed(0)
+    module = LayerNormMLP().eval()
+    x = mlp_batches(1)[0]
+    program = capture_module(module, (x,)).graph_module
+    for step in (PlaceLayers(_config()), InsertAnalogLinear(_config())):
+        step(program)
+    return module, x, program
+
+
+def test_learned_ranges_sets_ranges_scales_and_outliers_with_fp_kept():
+    module, x, program = _fx_analog()
+    weight = program.get_parameter("fc1.weight").detach().clone()
+    assert not program.graph.find_nodes(op="call_function", target=torch.ops.aten.div.Tensor)
+    assert not program.graph.find_nodes(op="call_function", target=SPARSE_OUTLIERS)
+    program.meta[META_RANGES] = LEARNED
+
+    assert LearnedRanges(_config())(program).modified
+
+    analog = program.graph.find_nodes(op="call_function", target=ANALOG_LINEAR)
+    for node in analog:
+        name = node.meta[META_KEY].name
+        assert torch.equal(program.get_parameter(node.args[2].target), LEARNED[name])
+        assert node.meta[META_KEY].calibrated == "learned"
+    fc1, fc2 = analog
+    (divide,) = program.graph.find_nodes(op="call_function", target=torch.ops.aten.div.Tensor)
+    assert fc1.args[0] is divide and divide.args[1].target == "fc1.input_scale"
+    torch.testing.assert_close(program.get_parameter(fc1.args[1].target),
+                               weight * LEARNED["fc1.input_scale"])
+    (sparse,) = program.graph.find_nodes(op="call_function", target=SPARSE_OUTLIERS)
+    assert sparse.args[0] is fc2.args[0] and fc2.meta[META_KEY].outliers_per_slice == 1
+    with torch.no_grad():
+        assert_equivalent(AnalogInputInterpreter(program, lambda *_: None).run(x), module(x))
+
+
+def test_learned_ranges_without_a_layer_or_any_ranges_is_an_error():
+    _, _, program = _fx_analog()
+    with pytest.raises(ValueError, match="learned-ranges: the model has no learned input"):
+        LearnedRanges(_config())(program)
+    program.meta[META_RANGES] = {"fc1": LEARNED["fc1"]}
+    with pytest.raises(ValueError, match="analog layer fc2 has no learned input ranges"):
+        LearnedRanges(_config())(program)
+
+
+def test_onnx_learned_ranges_sets_ranges_scales_and_outliers_with_fp_kept():
+    rng = np.random.default_rng(1)
+    model = onnx_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+            helper.make_node("Relu", ["h"], ["a"]),
+            helper.make_node("MatMul", ["a", "w2"], ["y"], name="fc2"),
+        ],
+        {"x": ["batch", 20]},
+        ["y"],
+        {"w1": random_weights(rng, 20, 36), "w2": random_weights(rng, 36, 10)},
+    )
+    PlaceOnnxLayers(_config())(model)
+    InsertOnnxAnalogLinear(_config())(model)
+    feed = {"x": rng.standard_normal((4, 20)).astype(np.float32)}
+    fp = run_onnx(fp_reference(ir.to_proto(model)), feed)[0]
+    nodes = {node.meta[META_KEY].name: node for node in model.graph
+             if node.op_type == "AnalogLinear"}
+    weight = nodes["fc1"].inputs[1].const_value.numpy().copy()
+    with pytest.raises(ValueError, match="onnx-learned-ranges: the model has no learned"):
+        OnnxLearnedRanges(_config())(model)
+    assert not {"Div", "SparseOutliers"} & {node.op_type for node in model.graph}
+    model.meta[META_RANGES] = LEARNED
+
+    assert OnnxLearnedRanges(_config())(model).modified
+
+    initializers = model.graph.initializers
+    for record in onnx_layer_records(model):
+        np.testing.assert_array_equal(initializers[record.onnx_input_range].const_value.numpy(),
+                                      LEARNED[record.name].numpy())
+        assert record.calibrated == "learned"
+    (divide,) = [node for node in model.graph if node.op_type == "Div"]
+    assert divide.inputs[0].name == "x" and divide.inputs[1].name == "fc1.input_scale"
+    assert nodes["fc1"].inputs[0] is divide.outputs[0]
+    np.testing.assert_allclose(nodes["fc1"].inputs[1].const_value.numpy(),
+                               weight * LEARNED["fc1.input_scale"].numpy(), rtol=1e-6)
+    (sparse,) = [node for node in model.graph if node.op_type == "SparseOutliers"]
+    assert sparse.inputs[0] is nodes["fc2"].inputs[0]
+    got = run_onnx(fp_reference(ir.to_proto(model)), feed)[0]
+    np.testing.assert_allclose(got, fp, rtol=1e-5, atol=1e-5 * np.abs(fp).max())
+
+
+# ------------------------------------------------------------------ a trained ONNX file compiled
 
 
 @pytest.fixture(scope="module")

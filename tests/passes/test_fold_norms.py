@@ -1,23 +1,39 @@
-"""fold-norms and fold-batchnorm: graphs before and after, numerical equivalence, refusals."""
+"""fold-norms (FX) and onnx-fold-norms (ONNX): graphs before and after, numerical
+equivalence, refusals. (fold-batchnorm: test_fold_batchnorm.py.)"""
 
 from __future__ import annotations
 
+import numpy as np
+import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 import torch
+from analog_models import (
+    LayerNormMLP,
+    compile_onnx,
+    mlp_batches,
+    onnx_graph,
+    op_types,
+    random_weights,
+    run_onnx,
+)
 from conftest import VOCAB, tiny_model
+from onnx import helper
 from torch import fx, nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from afmc.api import load
 from afmc.capture import CapturedModel, capture_causal_lm, capture_module
 from afmc.compiler import lowering
-from afmc.config import AfmcConfig
+from afmc.compiler.onnx_export import export_onnx
+from afmc.config import AfmcConfig, load_config
 from afmc.ops.analog_linear import ANALOG_LINEAR
 from afmc.passes import get_pass
-from afmc.passes.fx.fold_batchnorm import FoldBatchNorm
 from afmc.passes.fx.fold_norms import FoldNorms
 from afmc.passes.layers import NOTES_KEY
+from afmc.passes.onnx.fold_norms import FoldNorms as OnnxFoldNorms
+from passes.conftest import assert_equivalent
 
 aten = torch.ops.aten
 NORM_COUNT = 5  # 2 layers x (attention norm, MLP norm) + the final norm
@@ -36,17 +52,10 @@ def _randomise_norms(model: nn.Module) -> nn.Module:
     return model
 
 
-def _assert_equivalent(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Equal within 1e-5 relative to the largest magnitude."""
-    actual, expected = actual.detach(), expected.detach()
-    error = float((actual - expected).abs().max())
-    assert error <= 1e-5 * float(expected.abs().max()), error
-
-
 def _check_logits(captured: CapturedModel, program: fx.GraphModule) -> None:
     input_ids = torch.randint(VOCAB, (3, 11), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        _assert_equivalent(program(input_ids), captured.fp_module(input_ids))
+        assert_equivalent(program(input_ids), captured.fp_module(input_ids))
 
 
 def _notes(program: fx.GraphModule) -> dict[str, dict]:
@@ -55,6 +64,9 @@ def _notes(program: fx.GraphModule) -> dict[str, dict]:
 
 def _targets(program: fx.GraphModule) -> set[str]:
     return {node.target for node in program.graph.find_nodes(op="get_attr")}
+
+
+# ------------------------------------------------------------------ FX: fold-norms
 
 
 @pytest.mark.parametrize("architecture", ["llama", "qwen2", "phi3"])
@@ -173,7 +185,7 @@ def test_aten_norms_fold_and_a_linear_without_bias_gains_one(norm: nn.Module) ->
     (linear,) = program.graph.find_nodes(op="call_function", target=aten.linear.default)
     assert (len(linear.args) > 2) == isinstance(norm, nn.LayerNorm)  # the shift made a bias
     assert "norm.weight" not in _targets(program)
-    _assert_equivalent(program(x), module(x))
+    assert_equivalent(program(x), module(x))
 
 
 def test_a_norm_read_by_a_residual_add_is_left_unchanged() -> None:
@@ -188,97 +200,7 @@ def test_a_norm_read_by_a_residual_add_is_left_unchanged() -> None:
     (note,) = program.meta[NOTES_KEY]
     assert note["norm"] == "norm" and not note["folded"]
     assert "aten.add.Tensor" in note["reason"] and "reads its output" in note["reason"]
-    _assert_equivalent(program(x), module(x))
-
-
-class _ConvBN(nn.Module):
-    """conv + BatchNorm2d + relu, linear + BatchNorm1d, conv1d + BatchNorm1d without affine."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv, self.bn = nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8)
-        self.lin, self.bn1 = nn.Linear(5, 6), nn.BatchNorm1d(6)
-        self.conv1, self.bn2 = nn.Conv1d(3, 4, 3), nn.BatchNorm1d(4, affine=False)
-        with torch.no_grad():
-            for bn in (self.bn, self.bn1, self.bn2):
-                bn.running_mean.normal_()
-                bn.running_var.uniform_(0.5, 2.0)
-                if bn.affine:
-                    bn.weight.uniform_(0.5, 1.5)
-                    bn.bias.normal_()
-
-    def forward(self, x, y, z):
-        return torch.relu(self.bn(self.conv(x))), self.bn1(self.lin(y)), self.bn2(self.conv1(z))
-
-
-def _bn_inputs() -> tuple[torch.Tensor, ...]:
-    generator = torch.Generator().manual_seed(3)
-    return tuple(
-        torch.randn(shape, generator=generator) for shape in ((2, 3, 8, 8), (4, 5), (2, 3, 9))
-    )
-
-
-def _check_outputs(program: fx.GraphModule, module: nn.Module, inputs: tuple) -> None:
-    with torch.no_grad():
-        for actual, expected in zip(program(*inputs), module(*inputs), strict=True):
-            _assert_equivalent(actual, expected)
-
-
-def test_batchnorm_folds_into_conv_and_linear() -> None:
-    torch.manual_seed(0)
-    module, inputs = _ConvBN().eval(), _bn_inputs()
-    program = capture_module(module, inputs).graph_module
-    nodes = len(program.graph.nodes)
-
-    assert FoldBatchNorm()(program).modified
-
-    assert not program.graph.find_nodes(op="call_function", target=aten.batch_norm.default)
-    # 3 BN nodes and their statistics (2 x 4 + 1 x 2 get_attr) go, conv gains a bias get_attr
-    assert len(program.graph.nodes) == nodes - 3 - 10 + 1
-    (conv,) = program.graph.find_nodes(op="call_function", target=aten.conv2d.default)
-    assert conv.args[2].target == "conv.bias"
-    assert [note["folded"] for note in program.meta[NOTES_KEY]] == [True] * 3
-    assert module.conv.bias is None  # the FP module keeps its own parameters
-    _check_outputs(program, module, inputs)
-
-
-@pytest.mark.slow
-def test_batchnorm_after_decompositions() -> None:
-    torch.manual_seed(0)
-    module, inputs = _ConvBN().eval(), _bn_inputs()
-    program = torch.export.export(module, inputs).run_decompositions().module()
-
-    assert FoldBatchNorm()(program).modified
-
-    legit = aten._native_batch_norm_legit_no_training.default
-    assert len(program.graph.find_nodes(op="call_function", target=legit)) == 1
-    notes = {note["norm"]: note for note in program.meta[NOTES_KEY]}
-    assert notes["bn"]["folded"] and notes["bn2"]["folded"]
-    assert "addmm" in notes["bn1"]["reason"]  # linear decomposes to permute + addmm
-    _check_outputs(program, module, inputs)
-
-
-class _SharedConv(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv, self.bn = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)
-
-    def forward(self, x):
-        y = self.conv(x)
-        return self.bn(y) + y
-
-
-@pytest.mark.parametrize("train", [False, True], ids=["shared-output", "training"])
-def test_batchnorm_refusals(train: bool) -> None:
-    module = _SharedConv().train(train)
-    x = torch.randn(2, 3, 4, 4)
-    program = capture_module(module, (x,)).graph_module
-
-    assert not FoldBatchNorm()(program).modified
-
-    (note,) = program.meta[NOTES_KEY]
-    expected = "batch statistics" if train else "is also read by add"
-    assert not note["folded"] and expected in note["reason"]
+    assert_equivalent(program(x), module(x))
 
 
 @pytest.mark.slow
@@ -298,7 +220,7 @@ def test_analog_layers_hold_the_folded_weights(architecture: str) -> None:
         session = ort.InferenceSession(ir.serde.serialize_model(model).SerializeToString())
         ids = captured.example_inputs[0]
         (logits,) = session.run(None, {"input_ids": ids.numpy()})
-        _assert_equivalent(torch.from_numpy(logits), captured.fp_module(ids).detach())
+        assert_equivalent(torch.from_numpy(logits), captured.fp_module(ids).detach())
     folded = {
         name: p.detach().clone() for name, p in program.named_parameters(remove_duplicate=False)
     }
@@ -323,3 +245,150 @@ def test_analog_layers_hold_the_folded_weights(architecture: str) -> None:
             source = source.T
         assert torch.equal(program.get_parameter(node.args[1].target), source), name
     assert torch.isfinite(program(captured.example_inputs[0])).all()
+
+
+# ------------------------------------------------------------------ ONNX: onnx-fold-norms
+
+
+def test_fold_layer_norm_into_matmul_and_gemm():
+    rng = np.random.default_rng(1)
+    model = onnx_graph(
+        [
+            helper.make_node("LayerNormalization", ["x", "g", "b"], ["n"], epsilon=1e-5),
+            helper.make_node("MatMul", ["n", "w1"], ["y1"], name="mm"),
+            helper.make_node(
+                "Gemm", ["n", "w2", "c"], ["y2"], name="gemm", transB=1, alpha=0.5, beta=2.0
+            ),
+        ],
+        {"x": [3, 8]},
+        ["y1", "y2"],
+        {
+            "g": rng.uniform(0.5, 2, 8),
+            "b": rng.standard_normal(8),
+            "w1": random_weights(rng, 8, 5),
+            "w2": random_weights(rng, 6, 8),
+            "c": rng.standard_normal(6),
+        },
+    )
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    expected = run_onnx(model, {"x": x})
+    assert OnnxFoldNorms()(model).modified
+    norm = model.graph.node(0)
+    assert len(norm.inputs) == 2 and np.all(norm.inputs[1].const_value.numpy() == 1)
+    assert op_types(model) == ["LayerNormalization", "MatMul", "Add", "Gemm"]
+    assert model.graph.node("gemm").attributes.get_float("beta") == 1.0
+    assert not {"g", "b"} & set(model.graph.initializers)
+    for got, want in zip(run_onnx(model, {"x": x}), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fold_decomposed_rms_norm_copies_a_shared_weight():
+    rng = np.random.default_rng(2)
+    model = onnx_graph(
+        [
+            helper.make_node("Pow", ["x", "two"], ["sq"]),
+            helper.make_node("ReduceMean", ["sq", "axes"], ["ms"], keepdims=1),
+            helper.make_node("Add", ["ms", "eps"], ["ms_eps"]),
+            helper.make_node("Sqrt", ["ms_eps"], ["rms"]),
+            helper.make_node("Reciprocal", ["rms"], ["inv"]),
+            helper.make_node("Mul", ["x", "inv"], ["n"]),
+            helper.make_node("Mul", ["g", "n"], ["scaled"], name="gain"),
+            helper.make_node("MatMul", ["scaled", "w"], ["y1"]),
+            helper.make_node("MatMul", ["x", "w"], ["y2"]),
+        ],
+        {"x": [2, 3, 8]},
+        ["y1", "y2"],
+        {
+            "two": np.float32(2),
+            "axes": np.array([-1]),
+            "eps": np.float32(1e-6),
+            "g": rng.uniform(0.5, 2, 8),
+            "w": random_weights(rng, 8, 4),
+        },
+    )
+    x = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    expected = run_onnx(model, {"x": x})
+    assert OnnxFoldNorms()(model).modified
+    assert "gain" not in [node.name for node in model.graph]
+    assert "g" not in model.graph.initializers
+    readers = [node.inputs[1].name for node in model.graph if node.op_type == "MatMul"]
+    assert readers == ["w.folded", "w"]
+    for got, want in zip(run_onnx(model, {"x": x}), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op_type", ["RMSNormalization", "SimplifiedLayerNormalization"])
+def test_fold_rms_norm_ops(op_type):
+    rng = np.random.default_rng(3)
+    model = onnx_graph(
+        [
+            helper.make_node(op_type, ["x", "g"], ["n"], axis=-1),
+            helper.make_node("MatMul", ["n", "w"], ["y"]),
+        ],
+        {"x": [4, 8]},
+        ["y"],
+        {"g": rng.uniform(0.5, 2, 8), "w": random_weights(rng, 8, 3)},
+        opset=23,
+    )
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    expected = run_onnx(model, {"x": x})[0]
+    assert OnnxFoldNorms()(model).modified
+    assert np.all(model.graph.node(0).inputs[1].const_value.numpy() == 1)
+    np.testing.assert_allclose(run_onnx(model, {"x": x})[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fold_norms_leaves_a_norm_with_other_readers():
+    rng = np.random.default_rng(4)
+    model = onnx_graph(
+        [
+            helper.make_node("LayerNormalization", ["x", "g"], ["n"]),
+            helper.make_node("MatMul", ["n", "w"], ["y"]),
+            helper.make_node("Add", ["n", "x"], ["residual"]),
+        ],
+        {"x": [2, 8]},
+        ["y", "residual"],
+        {"g": rng.uniform(0.5, 2, 8), "w": random_weights(rng, 8, 8)},
+    )
+    before = onnx.printer.to_text(ir.to_proto(model))
+    assert not OnnxFoldNorms()(model).modified
+    assert onnx.printer.to_text(ir.to_proto(model)) == before
+
+
+def test_fold_norms_on_the_exported_llama(llama_onnx):
+    """The torch exporter's decomposed RMSNorm (one gain shared by all five norms) folds."""
+    model = ir.load(llama_onnx)
+    gain = model.graph.initializers["lm.model.layers.0.input_layernorm.weight"]
+    gain.const_value = ir.tensor(np.linspace(0.5, 2.0, 64, dtype=np.float32), name=gain.name)
+    ids = {"input_ids": np.random.default_rng(13).integers(0, 256, (2, 9))}
+    expected = run_onnx(model, ids)[0]
+    assert OnnxFoldNorms()(model).modified
+    assert gain.name not in model.graph.initializers, "all five norms folded"
+    np.testing.assert_allclose(run_onnx(model, ids)[0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_layer_norm_affine_is_folded_with_fp_outputs_kept(tmp_path):
+    torch.manual_seed(1)
+    module = LayerNormMLP().eval()
+    with torch.no_grad():
+        module.norm.weight.uniform_(0.5, 2.0)
+        module.norm.bias.normal_()
+    batches = mlp_batches()
+    export_onnx(capture_module(module, (batches[0],)), tmp_path / "mlp.onnx")
+    result = compile_onnx(
+        tmp_path / "mlp.onnx",
+        "aimc",
+        load_config(None, []),
+        [{"x": b.numpy()} for b in batches],
+        tmp_path / "out",
+    )
+    assert next(p for p in result.record["passes"] if p["name"] == "onnx-fold-norms")["modified"]
+    norms = [note for note in result.record["fold_notes"] if "chip error" not in note["reason"]]
+    assert norms == [{"norm": "norm", "folded": True, "reason": "folded into fc2"}]
+    norm = next(node for node in result.model.graph if node.op_type == "LayerNormalization")
+    assert len(norm.inputs) == 2 and np.all(norm.inputs[1].const_value.numpy() == 1)
+    inputs = batches[1].numpy()
+    with torch.no_grad():
+        expected = module(torch.from_numpy(inputs)).numpy()
+    np.testing.assert_allclose(
+        load(tmp_path / "out").fp_view().run(inputs), expected, rtol=1e-5, atol=1e-5
+    )

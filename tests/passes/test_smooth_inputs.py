@@ -1,22 +1,44 @@
-"""smooth-inputs: exact in FP, balanced channel maxima, folds into the up projection,
-a tied weight copied; and it helps int8 on a model with an outlier channel."""
+"""smooth-inputs (FX) and onnx-smooth-inputs (ONNX), SmoothQuant at a fixed alpha: exact
+in FP, balanced channel maxima, folds into the up projection (FX), a Mul by 1/s before
+each group (ONNX), a tied weight copied; the same scales at both levels; and it helps int8
+on a model with an outlier channel."""
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
+import onnx_ir as ir
 import pytest
 import torch
+from analog_models import compile_onnx, run_onnx
 from conftest import tiny_model
 
+from afmc.api import compile as afmc_compile
 from afmc.capture import capture_causal_lm
 from afmc.config import load_config
+from afmc.data.tokenizer import ByteTokenizer
 from afmc.passes.fx.smooth_inputs import (
     accelerator_groups,
     channel_maxima,
     smoothing_scale,
     weight_matrix,
 )
-from afmc.passes.layers import NOTES_KEY
+from afmc.passes.layers import META_KEY, NOTES_KEY
+from afmc.passes.onnx.insert_analog_linear import InsertOnnxAnalogLinear
+from afmc.passes.onnx.place_layers import PlaceOnnxLayers
+from afmc.passes.onnx.smooth_inputs import SmoothOnnxInputs
+from afmc.passes.onnx.smoothing import crossbar_weight
 from afmc.passes.registry import get_pass
+from afmc.runtime.chip import load_record
+from afmc.runtime.views import fp_reference
+from passes.conftest import (
+    TwoGroups,
+    assert_smoothed_with_fp_kept,
+    smoothing_muls,
+    two_groups_batches,
+    two_groups_onnx,
+)
 
 aten = torch.ops.aten
 
@@ -44,6 +66,9 @@ def _smoothed(alpha: float = 0.5):
         gm = get_pass(name).factory(config)(gm).graph_module
     gm = get_pass("smooth-inputs").factory(config, batches=_batches())(gm).graph_module
     return captured, gm
+
+
+# ------------------------------------------------------------------ FX: smooth-inputs
 
 
 def test_smoothing_scale_formula():
@@ -125,3 +150,76 @@ def test_smoothing_lowers_the_int8_error_of_an_outlier_channel():
                                   calibration=_batches(), skip=skip)
         errors[bool(skip)] = result.record["fidelity"]["noise_free"]["relative_error"]
     assert errors[False] < 0.8 * errors[True]
+
+
+# ------------------------------------------------------------------ ONNX: onnx-smooth-inputs
+
+
+def test_onnx_smooth_inputs_puts_a_mul_before_each_group_with_fp_kept():
+    """A Mul by 1/s before each group of analog nodes reading one activation, W diag(s) on
+    their crossbars with s = a^alpha / w^(1 - alpha): at alpha 0.5 every channel's
+    max |x / s| / max |W diag(s)| is the same; the FP view is unchanged."""
+    torch.manual_seed(0)
+    module, batches = TwoGroups().eval(), two_groups_batches()
+    config = load_config(None, ["hardware.max_in=16", "smoothing.alpha=0.5"])
+    model = two_groups_onnx(module)
+    PlaceOnnxLayers(config)(model)
+    InsertOnnxAnalogLinear(config)(model)
+    feeds = [{"x": batch.numpy()} for batch in batches]
+    fp = [run_onnx(fp_reference(ir.to_proto(model)), feed)[0] for feed in feeds]
+    analog = {node.meta[META_KEY].name: node for node in model.graph
+              if node.op_type == "AnalogLinear"}
+    weights = {name: crossbar_weight(node).numpy() for name, node in analog.items()}
+    assert not smoothing_muls(model)
+
+    assert SmoothOnnxInputs(config, feeds)(model).modified
+
+    muls = smoothing_muls(model)
+    assert list(muls) == ["x", "a"]
+    (mul,) = [node for node in model.graph if node.op_type == "Mul" and node.inputs[0].name == "x"]
+    assert {user.name for user, _ in mul.outputs[0].uses()} == {analog["q"].name,
+                                                                 analog["k"].name}
+    notes = {note["norm"]: note for note in model.meta[NOTES_KEY]}
+    assert list(notes) == ["q, k", "o"] and all("alpha 0.5" in n["reason"] for n in notes.values())
+    for group, names in (("x", ("q", "k")), ("a", ("o",))):
+        for name in names:
+            np.testing.assert_allclose(crossbar_weight(analog[name]).numpy(),
+                                       weights[name] / muls[group], rtol=1e-5)
+    x_max = torch.cat(batches).abs().amax(0).numpy()
+    w_max = np.maximum(np.abs(weights["q"]).max(0), np.abs(weights["k"]).max(0))
+    ratio = (x_max * muls["x"]) / (w_max / muls["x"])
+    np.testing.assert_allclose(ratio, np.full_like(ratio, ratio.mean()), rtol=1e-4)
+    for feed, expected in zip(feeds, fp, strict=True):
+        got = run_onnx(fp_reference(ir.to_proto(model)), feed)[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.slow
+def test_onnx_smooth_inputs_scales_as_the_torch_path_and_keeps_fp(llama, tmp_path):
+    """onnx-smooth-inputs (a fixed alpha) on the exported Llama: the channel scales of every
+    group are those of the FX pass smooth-inputs on the same data (one scale rule), a Mul by
+    1/s before each group, FP outputs unchanged to rounding."""
+    torch_out, onnx_out = llama
+    root = torch_out.parent
+    ids = [np.random.default_rng(i).integers(0, 256, (2, 24)) for i in range(2)]
+    config = load_config(None, ["hardware.max_in=40", "calibration.method=max",
+                                "smoothing.alpha=0.5"])
+    afmc_compile(capture_causal_lm(tiny_model("llama")), "aimc", config,
+                 calibration=[(torch.from_numpy(i),) for i in ids], output=tmp_path / "torch",
+                 passes=["fold-norms", "place-layers", "smooth-inputs", "insert-analog-linear",
+                         "calibrate"])
+    result = compile_onnx(root / "llama.onnx", "aimc", config,
+                           [{"input_ids": i} for i in ids], tmp_path / "onnx",
+                           tokenizer=ByteTokenizer(),
+                           passes=["onnx-upgrade-opset", "onnx-fold-norms", "onnx-place-layers",
+                                   "onnx-insert-analog-linear", "onnx-smooth-inputs",
+                                   "onnx-calibrate"])
+
+    def scales(record: dict) -> dict[str, str]:
+        return {note["norm"]: re.search(r"channel scales [^)]+", note["reason"])[0]
+                for note in record["fold_notes"] if "alpha 0.5" in note["reason"]}
+
+    chosen = scales(result.record)
+    assert len(chosen) >= 4 and chosen == scales(load_record(tmp_path / "torch"))
+    assert_smoothed_with_fp_kept(tmp_path / "onnx", onnx_out, len(chosen))
+

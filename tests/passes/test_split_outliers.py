@@ -1,6 +1,8 @@
-"""split-outliers: the graph before and after, exact in FP, the torch and ONNX forms of
-afmc.SparseOutliers equal, the file's FP view bit for bit the unsplit one, chips that
-program only the dense part, and a file a plain onnxruntime runs from another folder."""
+"""split-outliers (FX) and onnx-split-outliers (ONNX): the graph before and after, exact in
+FP, the torch and ONNX forms of afmc.SparseOutliers equal, the file's FP view bit for bit
+the unsplit one, chips that program only the dense part, and a file a plain onnxruntime
+runs from another folder. (The split of a torch.onnx export in a whole compile:
+tests/test_vision_targets.py.)"""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ import shutil
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 import torch
+from analog_models import onnx_graph, op_types, random_weights, run_onnx
 from conftest import tiny_model
 from onnx import TensorProto, helper, numpy_helper
 
@@ -23,8 +27,13 @@ from afmc.ops.sparse_outliers import SPARSE_OUTLIERS
 from afmc.ops.sparse_outliers_onnx import slot_overload, sparse_outliers_function
 from afmc.passes.fx.calibrate import AnalogInputInterpreter
 from afmc.passes.layers import META_KEY
+from afmc.passes.onnx.insert_analog_linear import InsertOnnxAnalogLinear
+from afmc.passes.onnx.place_layers import PlaceOnnxLayers
+from afmc.passes.onnx.split_outliers import SplitOnnxOutliers
+from afmc.passes.onnx.static_layers import onnx_layer_records
 from afmc.passes.outlier_allocation import allocate, importance
 from afmc.passes.registry import get_pass
+from afmc.runtime.views import fp_reference
 
 SETTINGS = ["calibration.seq_len=32", "calibration.max_tokens=256"]
 
@@ -54,6 +63,9 @@ def _analog_program(budget: float):
 
 def _fp_outputs(gm, batch):
     return AnalogInputInterpreter(gm, lambda *_: None).run(*batch)
+
+
+# ------------------------------------------------------------------ FX: split-outliers
 
 
 def test_split_rewrites_each_chosen_layer_into_dense_plus_sparse():
@@ -224,3 +236,82 @@ def test_the_lm_head_is_found_and_counts_as_all_others_together():
     per_count = {"head": 10, "mlp": 10}
     assert allocate(scores, per_count, 10) == {"head": 0, "mlp": 1}
     assert allocate(scores, per_count, 10, {"head": 14.0}) == {"head": 1, "mlp": 0}
+
+
+# ------------------------------------------------------------------ ONNX: onnx-split-outliers
+
+
+def _onnx_analog(budget: float) -> tuple[ir.Model, list[dict[str, np.ndarray]], object]:
+    """fc1 (32 -> 16, one heavy input row) -> Relu -> fc2 (16 -> 4) after placement and
+    insertion (max_in 16), its calibration feeds, and the config at `budget`."""
+    rng = np.random.default_rng(0)
+    w1, w2 = random_weights(rng, 32, 16), random_weights(rng, 16, 4)
+    w1[3] *= 25.0  # heavy-tailed rows, as a real LLM's
+    model = onnx_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+            helper.make_node("Relu", ["h"], ["a"]),
+            helper.make_node("MatMul", ["a", "w2"], ["y"], name="fc2"),
+        ],
+        {"x": ["batch", 32]},
+        ["y"],
+        {"w1": w1, "w2": w2},
+    )
+    config = load_config(None, ["hardware.max_in=16", f"outliers.budget={budget}"])
+    PlaceOnnxLayers(config)(model)
+    InsertOnnxAnalogLinear(config)(model)
+    feeds = [{"x": rng.standard_normal((8, 32)).astype(np.float32)} for _ in range(2)]
+    return model, feeds, config
+
+
+def test_onnx_split_rewrites_each_chosen_node_into_dense_plus_sparse():
+    """Each split node: Add(AnalogLinear(X, W_dense), SparseOutliers(X, indices, values))
+    with W_dense + values at indices = W bit for bit, the m largest |w| of every row slice
+    moved, the graph output kept by name, the FP view unchanged to rounding."""
+    model, feeds, config = _onnx_analog(0.05)
+    fp = [run_onnx(fp_reference(ir.to_proto(model)), feed)[0] for feed in feeds]
+    before = {node.meta[META_KEY].name: node.inputs[1].const_value.numpy().copy()
+              for node in model.graph if node.op_type == "AnalogLinear"}
+    assert op_types(model) == ["AnalogLinear", "Relu", "AnalogLinear"]
+
+    assert SplitOnnxOutliers(config, feeds)(model).modified
+
+    records = [record for record in onnx_layer_records(model) if record.outliers_per_slice]
+    sparse = [node for node in model.graph if node.op_type == "SparseOutliers"]
+    assert 0 < len(sparse) == len(records)
+    assert op_types(model).count("Add") == len(records)
+    assert [value.name for value in model.graph.outputs] == ["y"]
+    nodes = {node.meta[META_KEY].name: node for node in model.graph
+             if node.op_type == "AnalogLinear"}
+    initializers = model.graph.initializers
+    for record in records:
+        node = nodes[record.name]
+        (add,) = [user for user, _ in node.outputs[0].uses()]
+        assert add.op_type == "Add" and add.inputs[1].producer().op_type == "SparseOutliers"
+        partner = add.inputs[1].producer()
+        assert partner.inputs[0] is node.inputs[0], "both read X"
+        dense = initializers[record.onnx_weight].const_value.numpy()
+        indices = initializers[record.outlier_indices].const_value.numpy()
+        values = initializers[record.outlier_values].const_value.numpy()
+        original = before[record.name]
+        assert indices.shape[1] == record.outliers_per_slice * len(record.slice_sizes)
+        assert np.all(np.take_along_axis(dense, indices, 1) == 0)
+        np.testing.assert_array_equal(values, np.take_along_axis(original, indices, 1))
+        restored = dense.copy()
+        np.put_along_axis(restored, indices, values, 1)
+        np.testing.assert_array_equal(restored, original)
+        count, start = record.outliers_per_slice, 0
+        for index, size in enumerate(record.slice_sizes):  # each row slice's largest moved
+            moved = np.abs(values[:, index * count:(index + 1) * count]).min(axis=1)
+            assert np.all(moved >= np.abs(dense[:, start:start + size]).max(axis=1))
+            start += size
+    for feed, expected in zip(feeds, fp, strict=True):
+        got = run_onnx(fp_reference(ir.to_proto(model)), feed)[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_onnx_budget_zero_changes_nothing():
+    model, feeds, config = _onnx_analog(0.0)
+    before = [(node.name, node.op_type) for node in model.graph]
+    assert not SplitOnnxOutliers(config, feeds)(model).modified
+    assert [(node.name, node.op_type) for node in model.graph] == before
