@@ -51,6 +51,7 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     recalibrate: bool = False,
     verbose: bool = False,
     to_step: str = "write",
+    from_step: str | None = None,
 ) -> CompileResult:
     """Compile `model` for `target`; write OUT/model.onnx and OUT/afmc.json if `output`.
 
@@ -75,6 +76,9 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
     (torch front end; torch.export.load, import afmc first) or NN-name.onnx (ONNX input).
     `to_step` (one of STEPS) stops after that step of the driver (afmc.compiler.driver):
     OUT holds afmc.json and the model as the step left it, in OUT/intermediate/.
+    `from_step` "lower" finishes, in the same `output`, a compile that `to_step`
+    "passes" stopped (same model, target and configuration), without running its passes
+    again.
 
     `output` may not be, hold or lie inside the model, calibration or tokenizer files it
     reads (output_dir.check_output, before any work).
@@ -95,7 +99,7 @@ def compile(  # noqa: A001  (the verb users expect: afmc.compile)
         model, get_target(target), config, calibration=calibration,
         example_inputs=example_inputs, output=output, force=force, passes=passes, skip=skip,
         verify=verify, save_intermediate=save_intermediate, tokenizer=tokenizer,
-        recalibrate=recalibrate, to_step=to_step)
+        recalibrate=recalibrate, to_step=to_step, from_step=from_step)
     with libraries_quiet(verbose), _announcer(progress) as announce:
         return run_compile(request, announce)
 

@@ -15,6 +15,7 @@ from torch import nn
 
 import afmc
 from afmc.compiler.driver import STEPS, check_step
+from afmc.config import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -66,10 +67,12 @@ def test_onnx_input_saves_every_pass_and_stops_after_passes(onnx_mlp, tmp_path):
     record = json.loads((out / "afmc.json").read_text())
     ran = [step["name"] for step in record["passes"]]
     assert record["to_step"] == "passes" and ran[0] == "load" and "lower" not in ran
-    saved = sorted(p.name for p in (out / "intermediate").iterdir())
+    saved = sorted(p.name for p in (out / "intermediate").glob("*.onnx"))
     passes = [name for name in ran if name not in ("load", "fp-reference")]
     assert saved == sorted([f"{n:02d}-{name}.onnx" for n, name in enumerate(passes, 1)]
                            + ["passes.onnx"])
+    assert sorted(p.name for p in (out / "intermediate").glob("*.json")) == [
+        name.replace(".onnx", ".json") for name in saved]  # each graph's layer records
     assert not (out / "model.onnx").exists() and result.model is None
     last = onnx.load(str(out / "intermediate" / saved[-2]))
     assert _graph_bytes(last) == _graph_bytes(onnx.load(str(out / "intermediate/passes.onnx")))
@@ -117,3 +120,59 @@ def test_the_command_line_stops_after_a_step_and_says_where_the_model_is(onnx_ml
     said = f"stopped after step lower: the model as it left it is in {out / 'intermediate'}"
     assert "".join(said.split()) in "".join(result.stdout.split())  # rich wraps the path
     assert (out / "intermediate/lower.onnx").is_file()
+
+
+def _layers(record: dict) -> list[dict]:
+    """The layer records less the ONNX initializer names lowering gives (node names)."""
+    return [{key: value for key, value in layer.items() if key != "onnx_weight"}
+            for layer in record["layers"]]
+
+
+def _outputs(out) -> np.ndarray:
+    x = np.random.default_rng(3).standard_normal((4, 16), dtype=np.float32)
+    return ort.InferenceSession(str(out / "model.onnx")).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("front_end", ["torch", "onnx"])
+def test_a_compile_stopped_after_its_passes_resumes_at_lower(onnx_mlp, tmp_path, front_end):
+    """--to-step passes, then --from-step lower in the same OUT: the passes are not run
+    again (their graph and records are read back), and the output is the uninterrupted
+    compile's: the same layer records, fidelity, outputs on ONNX Runtime, pass list."""
+    path, calib = onnx_mlp
+    model = path if front_end == "onnx" else MLP().eval()
+    options = {"calibration": calib, "progress": False}
+    if front_end == "torch":
+        options["example_inputs"] = (torch.randn(2, 16),)
+    full = afmc.compile(model, "aimc", output=tmp_path / "full", **options).record
+    out = tmp_path / "resumed"
+    afmc.compile(model, "aimc", output=out, to_step="passes", **options)
+    assert (out / "intermediate" / "passes.json").is_file()
+    resumed = afmc.compile(model, "aimc", output=out, from_step="lower", **options).record
+    assert "to_step" not in resumed and not (out / "intermediate").exists()
+    assert _layers(resumed) == _layers(full)
+    assert resumed["fidelity"] == full["fidelity"]
+    names = [step["name"] for step in resumed["passes"]]
+    assert [name for name in names if name != "read-back"] == [
+        step["name"] for step in full["passes"]]
+    np.testing.assert_array_equal(_outputs(out), _outputs(tmp_path / "full"))
+
+
+def test_resuming_is_refused_where_it_cannot_continue(onnx_mlp, tmp_path):
+    path, calib = onnx_mlp
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="--from-step fidelity: a compile resumes at lower"):
+        afmc.compile(path, "aimc", calibration=calib, output=out, from_step="fidelity",
+                     progress=False)
+    with pytest.raises(ValueError, match="is not the record of a compile stopped by "
+                                         "--to-step passes"):
+        afmc.compile(path, "aimc", calibration=calib, output=out, from_step="lower",
+                     progress=False)
+    afmc.compile(path, "aimc", calibration=calib, output=out, to_step="passes",
+                 progress=False)
+    with pytest.raises(ValueError, match="another configuration"):
+        afmc.compile(path, "aimc", load_config(None, ["hardware.out_res=16"]),
+                     calibration=calib, output=out, from_step="lower", progress=False)
+    with pytest.raises(ValueError, match="was stopped compiling onnx:.*, not torch:MLP"):
+        afmc.compile(MLP().eval(), "aimc", calibration=calib, output=out, from_step="lower",
+                     example_inputs=(torch.randn(2, 16),), progress=False)
+    assert json.loads((out / "afmc.json").read_text())["to_step"] == "passes"  # left as is

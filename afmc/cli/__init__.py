@@ -96,6 +96,9 @@ def compile(  # noqa: A001
         "--to-step", help="Stop after this step (capture, data, passes, lower, "
                           "target-lower, fidelity); OUTPUT/intermediate/ holds the model "
                           "as it left it")] = "write",
+    from_step: Annotated[str | None, typer.Option(
+        "--from-step", help="lower: finish the compile that --to-step passes stopped in "
+                            "OUTPUT, without running its passes again")] = None,
     recalibrate: Annotated[bool, typer.Option(
         "--recalibrate",
         help="A model trained by afmc train: calibrate its input ranges instead of using "
@@ -138,7 +141,7 @@ def compile(  # noqa: A001
             result = compile_model(
                 model, target, cfg, calibration=calib, output=output, force=force,
                 passes=steps, skip=list(skip or []), verify=verify,
-                save_intermediate=save_intermediate, to_step=to_step,
+                save_intermediate=save_intermediate, to_step=to_step, from_step=from_step,
                 tokenizer=tokenizer, progress=lambda step: status.update(f"compiling: {step}"),
                 recalibrate=recalibrate, verbose=screen.verbose,
             )

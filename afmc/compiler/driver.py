@@ -16,13 +16,24 @@ compiler.frontends.base.Frontend and targets.Target say:
   write         OUT/model.onnx, OUT/afmc.json and the tokenizer, published atomically
 
 `to_step` stops after the named step: OUT then holds OUT/afmc.json (the steps run, their
-times, "to_step") and the model as that step left it in OUT/intermediate/STEP.pt2
-(torch.export.load; a torch program before lowering) or STEP.onnx; with
-`save_intermediate` the graph after every pass is saved beside it as NN-PASS.pt2/.onnx.
+times, "to_step", the target and configuration) and the model as that step left it in
+OUT/intermediate/STEP.pt2 (torch.export.load; a torch program before lowering) or
+STEP.onnx; with `save_intermediate` the graph after every pass is saved beside it as
+NN-PASS.pt2/.onnx. A graph saved before lowering has its layer records beside it
+(STEP.json, compiler.checkpoint).
+
+`from_step` "lower" resumes the compile that `to_step` "passes" stopped in OUT: capture
+and data run again (seconds: they hold nothing a later step needs but the front end
+and the FP outputs), the passes are not run but their graph is read back from
+OUT/intermediate/passes.* with its records, and the steps from lower on run as in an
+uninterrupted compile, whose OUT replaces the stopped one. The stopped compile must be
+of the same model, target and configuration. A compile resumes only there: the passes
+are the steps that take long (minutes on a real LLM), the ones after them seconds.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +58,7 @@ from afmc.data.calibration import (
     synthetic_calibration,
 )
 from afmc.data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
+from afmc.io.layout import RECORD_FILE
 from afmc.io.output_dir import staged_output
 from afmc.models import BUILTIN_CALIBRATION, model_paths
 from afmc.passes.layers import LayerRecord
@@ -54,7 +66,9 @@ from afmc.passes.registry import PassSpec, get_pass, pass_name, resolve_passes
 from afmc.targets import LowerContext, Target
 
 STEPS = ("capture", "data", "passes", "lower", "target-lower", "fidelity", "write")
+RESUMES_AT = "lower"  # the one step a compile resumes at (module docstring)
 INTERMEDIATE_DIR = "intermediate"
+RERUN_ON_RESUME = ("capture", "load", "fp-reference")  # timings of the re-run steps
 
 Progress = Callable[[str], None]
 
@@ -95,6 +109,7 @@ class CompileRequest:
     tokenizer: str | Path | Tokenizer | None = None
     recalibrate: bool = False
     to_step: str = "write"
+    from_step: str | None = None
 
 
 @dataclass
@@ -113,6 +128,7 @@ class CompileState:
     context: LowerContext | None = None
     record: dict[str, Any] = field(default_factory=dict)
     result: CompileResult | None = None
+    stopped: dict[str, Any] | None = None  # the record of the compile resumed (from_step)
 
 
 def check_step(step: str) -> str:
@@ -125,11 +141,12 @@ def check_step(step: str) -> str:
 def run_compile(request: CompileRequest, progress: Progress | None) -> CompileResult:
     """Run the steps of `request` up to its `to_step` (module docstring)."""
     check_step(request.to_step)
+    stopped = _stopped_record(request) if request.from_step is not None else None
     timed = StepTimer(progress)
     read = [*model_paths(request.model), *(Path(path) for path in (
         request.calibration, request.tokenizer) if isinstance(path, (str, Path)))]
-    with staged_output(request.output, request.force, read) as staged:
-        state = CompileState(request, timed, staged)
+    with staged_output(request.output, request.force or stopped is not None, read) as staged:
+        state = CompileState(request, timed, staged, stopped=stopped)
         for step in STEPS[:STEPS.index(request.to_step) + 1]:
             STEP_FUNCTIONS[step](state)
         if request.to_step != "write":
@@ -164,8 +181,12 @@ def data(state: CompileState) -> None:
 
 
 def passes(state: CompileState) -> None:
-    """The passes in order, each timed under its name (its outcome in its timing)."""
+    """The passes in order, each timed under its name (its outcome in its timing); on a
+    resumed compile, the graph they left, read back (module docstring)."""
     frontend, config = state.frontend, state.request.config
+    if state.stopped is not None:
+        _read_back_passes(state)
+        return
     batches = len(state.data.batches) if state.data is not None else 0
     for number, spec in enumerate(state.pass_list, start=1):
         name = pass_name(spec)
@@ -239,10 +260,12 @@ STEP_FUNCTIONS: dict[str, Callable[[CompileState], None]] = {
 def _stopped(state: CompileState) -> CompileResult:
     """The result of a compile stopped after `to_step`: OUT/afmc.json and the model as
     that step left it in OUT/intermediate/ (module docstring)."""
-    step = state.request.to_step
+    request = state.request
+    step = request.to_step
     record = {**state.record, "to_step": step, "passes": state.timed.timings}
     if not state.record:
-        record["source"] = state.frontend.source
+        record.update(source=state.frontend.source, target=request.target.name,
+                      config=request.config.model_dump(mode="json"))
     result = CompileResult(state.lowered, record, state.layers, state.frontend.program,
                            None, state.frontend.tokenizer())
     if state.staged is not None:
@@ -254,6 +277,48 @@ def _stopped(state: CompileState) -> CompileResult:
         write_record(state.staged, record)
         result.output = Path(state.request.output)
     return result
+
+
+def _stopped_record(request: CompileRequest) -> dict[str, Any]:
+    """The record of the compile `request.from_step` resumes, read before any work; a
+    ValueError unless OUT holds a compile stopped after its passes."""
+    step = check_step(request.from_step)
+    if step != RESUMES_AT:
+        raise ValueError(f"--from-step {step}: a compile resumes at {RESUMES_AT}, from what "
+                         f"--to-step passes leaves in OUT/{INTERMEDIATE_DIR}/ (the passes "
+                         "take long; the steps after them take seconds)")
+    if STEPS.index(request.to_step) < STEPS.index(step):
+        raise ValueError(f"--to-step {request.to_step} comes before --from-step {step}")
+    if request.output is None:
+        raise ValueError(f"--from-step {step} needs the output (-o OUT) of a compile stopped "
+                         "by --to-step passes")
+    path = Path(request.output) / RECORD_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        record = {}
+    if record.get("to_step") != "passes":
+        raise ValueError(f"--from-step {step}: {path} is not the record of a compile stopped "
+                         "by --to-step passes")
+    if record.get("target") != request.target.name or \
+            record.get("config") != request.config.model_dump(mode="json"):
+        raise ValueError(f"--from-step {step}: {request.output} was stopped compiling for "
+                         f"target {record.get('target')} with another configuration; give "
+                         "the same target, --config and --set")
+    return record
+
+
+def _read_back_passes(state: CompileState) -> None:
+    """The graph a stopped compile's passes left, in place of the captured one, and their
+    timings (module docstring)."""
+    frontend, stopped = state.frontend, state.stopped
+    if stopped["source"] != frontend.source:
+        raise ValueError(f"--from-step {RESUMES_AT}: {state.request.output} was stopped "
+                         f"compiling {stopped['source']}, not {frontend.source}")
+    state.timed.timings.extend(timing for timing in stopped["passes"]
+                               if timing["name"] not in RERUN_ON_RESUME)
+    stem = Path(state.request.output) / INTERMEDIATE_DIR / "passes"
+    state.timed("read-back", lambda: frontend.restore(stem))
 
 
 def _intermediate_folder(state: CompileState) -> Path:

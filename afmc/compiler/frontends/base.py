@@ -56,7 +56,12 @@ class Frontend(Protocol):
         ...
 
     def save(self, stem: Path) -> None:
-        """Save the graph as it stands: STEM.pt2 (a torch program) or STEM.onnx."""
+        """Save the graph as it stands: STEM.pt2 (a torch program) or STEM.onnx, and its
+        layer records in STEM.json (compiler.checkpoint)."""
+        ...
+
+    def restore(self, stem: Path) -> None:
+        """Replace the graph by the one `save` left at STEM, its records attached."""
         ...
 
     def lower(self) -> ir.Model:

@@ -25,6 +25,7 @@ import onnx_ir as ir
 import afmc.passes  # noqa: F401  (registers the passes)
 from afmc import ops
 from afmc.capture.onnx_model import load_onnx_model
+from afmc.compiler import checkpoint
 from afmc.compiler.frontends.base import warn_nothing_to_recalibrate
 from afmc.compiler.onnx_export import (
     EXTERNAL_DATA_THRESHOLD_BYTES,
@@ -38,9 +39,10 @@ from afmc.data.onnx_signature import onnx_signature
 from afmc.data.tokenizer import Tokenizer, find_tokenizer
 from afmc.io.user_errors import CaptureError
 from afmc.mapping.graph import onnx_analog_dependencies
+from afmc.ops import onnx_model
 from afmc.passes.layers import NOTES_KEY, LayerRecord
 from afmc.passes.learned_ranges import META_RANGES
-from afmc.passes.onnx.static_layers import onnx_layer_records
+from afmc.passes.onnx.static_layers import find_static_layers, onnx_layer_records
 from afmc.passes.registry import PassSpec, build_pass, pass_name
 from afmc.passes.verify import check_onnx_graph
 from afmc.targets import Target
@@ -100,8 +102,28 @@ class OnnxFrontend:
         return {"modified": bool(result.modified)}
 
     def save(self, stem: Path) -> None:
-        """The graph as it stands: STEM.onnx (weights above 1 GiB as external data)."""
+        """The graph as it stands: STEM.onnx (weights above 1 GiB as external data), and
+        its layer records and fold notes in STEM.json (compiler.checkpoint)."""
         save_model(self.model, stem.with_suffix(".onnx"))
+        checkpoint.write_state(stem, onnx_layer_records(self.model),
+                               self.model.meta.get(NOTES_KEY, []))
+
+    def restore(self, stem: Path) -> None:
+        """The graph saved as STEM (save), in place of the input's, its records attached
+        by weight name: an analog node's weight, or a digital layer's (checkpoint)."""
+        path = stem.with_suffix(".onnx")
+        model = load_onnx_model(path)
+        if initializer_bytes(model) <= EXTERNAL_DATA_THRESHOLD_BYTES:
+            ir.external_data.load_to_model(model)
+        records, notes = checkpoint.read_state(
+            stem, lambda record: record.onnx_weight or record.weight)
+        analog = [(onnx_model.source_initializer(node.inputs[1]).name, node.meta)
+                  for node in onnx_model.analog_nodes(model)]
+        plain = [(layer.weight.name, layer.node.meta)
+                 for layer in find_static_layers(model.graph)]
+        checkpoint.attach_records(records, [*analog, *plain], path)
+        model.meta[NOTES_KEY] = notes
+        self.model = model
 
     def lower(self) -> ir.Model:
         return self.model

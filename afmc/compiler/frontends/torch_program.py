@@ -28,7 +28,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 from afmc.capture import CapturedModel, CaptureError, capture_module, capture_pretrained
 from afmc.capture.kv_cache import empty_pasts
-from afmc.compiler import lowering
+from afmc.compiler import checkpoint, lowering
 from afmc.compiler.frontends.base import warn_nothing_to_recalibrate
 from afmc.compiler.trained_model import read_learned_ranges
 from afmc.config import AfmcConfig
@@ -37,7 +37,9 @@ from afmc.data.kv_cache import is_cache_name
 from afmc.data.tokenizer import Tokenizer, find_tokenizer
 from afmc.mapping import analog_dependencies
 from afmc.ops import onnx_model
-from afmc.passes.layers import LayerRecord, layer_records
+from afmc.ops.analog_linear import ANALOG_LINEAR
+from afmc.passes.fx.static_linear import find_static_linears
+from afmc.passes.layers import NOTES_KEY, LayerRecord, layer_records
 from afmc.passes.learned_ranges import META_RANGES
 from afmc.passes.registry import PassSpec, build_pass, pass_name
 from afmc.passes.verify import VerificationError, check_graph, output_drift
@@ -119,7 +121,7 @@ class TorchFrontend:
         captured = self.captured
         fields = {"inputs": list(captured.input_names[:captured.data_inputs]),
                   "outputs": [name for name in captured.output_names if not is_cache_name(name)],
-                  "fold_notes": self.program.meta.get("afmc_fold_notes", []),
+                  "fold_notes": self.program.meta.get(NOTES_KEY, []),
                   "dependencies": analog_dependencies(self.program)}
         if captured.kv_cache is not None:
             fields["kv_cache"] = captured.kv_cache.to_json()
@@ -149,10 +151,27 @@ class TorchFrontend:
             self.captured = replace(self.captured, fp_module=None)
 
     def save(self, stem: Path) -> None:
-        """The program as it stands, exported again: STEM.pt2 (torch.export.load)."""
+        """The program as it stands, exported again: STEM.pt2 (torch.export.load), and
+        its layer records and fold notes in STEM.json (compiler.checkpoint)."""
         exported = torch.export.export(self.program, self.captured.example_inputs,
                                        dynamic_shapes=self.captured.dynamic_shapes)
         torch.export.save(exported, stem.with_suffix(".pt2"))
+        checkpoint.write_state(stem, layer_records(self.program),
+                               self.program.meta.get(NOTES_KEY, []))
+
+    def restore(self, stem: Path) -> None:
+        """The program saved as STEM (save), in place of the captured one, its records
+        attached by weight name (compiler.checkpoint)."""
+        path = stem.with_suffix(".pt2")
+        program = torch.export.load(path).module()
+        records, notes = checkpoint.read_state(stem, lambda record: record.weight)
+        analog = [(node.args[1].target, node.meta) for node in program.graph.nodes
+                  if node.op == "call_function" and node.target is ANALOG_LINEAR]
+        plain = [(layer.weight.target, layer.node.meta)
+                 for layer in find_static_linears(program)]
+        checkpoint.attach_records(records, [*analog, *plain], path)
+        program.meta[NOTES_KEY] = notes
+        self.program = program
 
 
 def capture_with_batch_axis(module: nn.Module, example_inputs: tuple) -> CapturedModel:
