@@ -39,6 +39,7 @@ from torch import fx, nn
 from afmc.metrics import next_token_nll
 from afmc.ops import onnx_model
 from afmc.runtime.noise import NoiseConfig
+from afmc.runtime.sessions import session_kv_cache
 
 if TYPE_CHECKING:
     from afmc.data.calibration import CalibrationData
@@ -225,17 +226,13 @@ def onnx_chip_outputs(chip: Chip, input_names: Sequence[str]) -> Outputs:
     return run
 
 
-class NoiseFreeRun:
-    """The lowered model on ONNX Runtime without programming noise, in one session that
-    also gives each analog layer's input x and output y (extra graph outputs of `proto`,
-    the model serialized, given back as it was once the session is made). A layer is
-    named by the record of its weight initializer (`records`, the record's "layers");
-    batches as for onnx_outputs."""
+class LayerProbe:
+    """Each analog layer's input x and output y in a session of the lowered model, fetched
+    as extra graph outputs, ranked by |y - x W^T| against |x W^T| (W the stored crossbar
+    weight). A layer is named by the record of its weight initializer (`records`, the
+    record's "layers"); `add_outputs` adds the values to fetch to a serialized model."""
 
-    def __init__(self, model: ir.Model, proto: onnx.ModelProto, input_names: Sequence[str],
-                 records: Sequence[dict[str, Any]]) -> None:
-        from afmc.runtime.sessions import model_session, session_kv_cache, session_options
-
+    def __init__(self, model: ir.Model, records: Sequence[dict[str, Any]]) -> None:
         by_weight = {layer["onnx_weight"]: layer["name"] for layer in records
                      if layer.get("onnx_weight")}
         self.layers = []
@@ -246,32 +243,25 @@ class NoiseFreeRun:
                                     onnx_model.source_initializer(node.inputs[0]).name,
                                     node.outputs[0].name,
                                     weight.const_value.numpy().astype(np.float32)))
+        self.fetch: list[str] = []
+
+    def add_outputs(self, proto: onnx.ModelProto) -> None:
+        """Make every layer's x and y an output of `proto` (graph inputs are fed anyway)."""
         graph_inputs = {value.name for value in proto.graph.input}
         present = {output.name for output in proto.graph.output}
-        self.output = proto.graph.output[0].name
         self.fetch = list(dict.fromkeys(name for _, x, y, _ in self.layers for name in (x, y)
                                         if name not in graph_inputs))
-        kept = len(proto.graph.output)
         proto.graph.output.extend(
             onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
             for name in self.fetch if name not in present)
-        try:
-            self.session = model_session(proto, session_options(None))
-        finally:
-            del proto.graph.output[kept:]
-        self.input_names, self.cache = input_names, session_kv_cache(self.session)
 
-    def __call__(self, batch: tuple | Mapping) -> np.ndarray:
-        """The model's first output on `batch`."""
-        return self.session.run([self.output], _feeds(batch, self.input_names, self.cache))[0]
-
-    def layer_errors(self, batch: tuple | Mapping) -> list[dict[str, Any]]:
-        """The analog layers by relative output error on `batch`, worst first:
-        |y - x W^T| against |x W^T|."""
+    def ranked(self, session: Any, batch: tuple | Mapping,
+               input_names: Sequence[str]) -> list[dict[str, Any]]:
+        """The analog layers by relative output error on `batch`, worst first."""
         if not self.layers:
             return []
-        feeds = _feeds(batch, self.input_names, self.cache)
-        values = {**feeds, **dict(zip(self.fetch, self.session.run(self.fetch, feeds),
+        feeds = _feeds(batch, input_names, session_kv_cache(session))
+        values = {**feeds, **dict(zip(self.fetch, session.run(self.fetch, feeds),
                                       strict=True))}
         sums: dict[str, list[float]] = {}
         for name, x, y, weight in self.layers:
@@ -288,24 +278,29 @@ def lowered_fidelity(model: ir.Model, record: dict[str, Any], noise: NoiseConfig
                      batches: list, reference: list[np.ndarray],
                      held_back: bool = False) -> dict[str, Any]:
     """check_fidelity of the lowered model of any front end and target, all through ONNX
-    Runtime: the file without programming noise against `reference` (the FP model's
-    outputs on `batches`, held before the passes); for an analog model also chip 0 (the
-    programmed weights of afmc run --seed 0, with the record's hardware: device pairs,
-    bit slices) and the worst layers on the first batch (NoiseFreeRun.layer_errors)."""
+    Runtime, against `reference` (the FP model's outputs on `batches`, held before the
+    passes). A digital model runs as the file; an analog one as the chips afmc run and
+    afmc eval make of it (runtime.analog.AnalogRuntime, fused kernels where built): the
+    stored weights (noise-free), chip 0 (the programmed weights of --seed 0, with the
+    record's device pairs and bit slices), and the worst layers on the first batch,
+    fetched from the noise-free chip's session (LayerProbe)."""
     from afmc.runtime.analog import AnalogRuntime
 
     proto = ir.serde.serialize_model(model)
     names = record["inputs"]
-    analog = record.get("runtime") == "analog"
-    noise_free = NoiseFreeRun(model, proto, names, record["layers"] if analog else [])
-    chip, worst = None, None
-    if analog:
-        if noise.model != "none" and any(layer.get("onnx_weight") for layer in record["layers"]):
-            runtime = AnalogRuntime(Path.cwd(), record, proto)
-            chip = onnx_chip_outputs(runtime.chip(0, noise=noise), names)
-        worst = noise_free.layer_errors(batches[0])[:WORST_LAYERS] or None
-    return check_fidelity(reference, noise_free, batches, held_back, chip=chip,
-                          worst_layers=worst, record=record)
+    if record.get("runtime") != "analog":
+        return check_fidelity(reference, onnx_outputs(proto, names), batches, held_back,
+                              record=record)
+    probe = LayerProbe(model, record["layers"])
+    probe.add_outputs(proto)
+    runtime = AnalogRuntime(Path.cwd(), record, proto)
+    noise_free = runtime.chip(None)
+    chip = None
+    if noise.model != "none" and probe.layers:
+        chip = onnx_chip_outputs(runtime.chip(0, noise=noise), names)
+    worst = probe.ranked(noise_free.session, batches[0], names)[:WORST_LAYERS] or None
+    return check_fidelity(reference, onnx_chip_outputs(noise_free, names), batches,
+                          held_back, chip=chip, worst_layers=worst, record=record)
 
 
 def fidelity_batches(calibration: CalibrationData) -> tuple[list, bool]:
