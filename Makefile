@@ -19,12 +19,12 @@ demo: install
 
 test: install-test
 	ruff check afmc tests benchmarks scripts
-	python -m pytest -q -n 2
+	python -m pytest -q -n 2 --dist loadgroup
 
 # The fast tier for every change: the tests not marked slow (no afmc-tiny compile).
 test-fast: install-test
 	ruff check afmc tests benchmarks scripts
-	python -m pytest -q -n 2 -m "not slow"
+	python -m pytest -q -n 2 --dist loadgroup -m "not slow"
 
 bench: install-test
 	python benchmarks/sim_overhead.py

@@ -25,7 +25,11 @@ from afmc.ops.analog_linear_onnx import KERNEL_DOMAIN, PRE_SCALED
 from afmc.runtime import fused
 from afmc.runtime.analog import prepared_graph
 
-pytestmark = pytest.mark.skipif(not fused.enabled(), reason="no C++ compiler for the kernels")
+# the module fixtures are built once, on one worker (make test: --dist loadgroup)
+pytestmark = [
+    pytest.mark.skipif(not fused.enabled(), reason="no C++ compiler for the kernels"),
+    pytest.mark.xdist_group(__name__),
+]
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,12 @@ from afmc.api import load
 from afmc.compiler.lowering import read_metadata
 from afmc.config import load_config
 
-pytestmark = pytest.mark.slow  # four tiny models compiled for aimc (module fixture)
+# four tiny models compiled for aimc (module fixture), built once on one worker
+# (make test: --dist loadgroup)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group(__name__),
+]
 
 ARCHITECTURES = ["llama", "phi3", "qwen2", "gpt2"]
 

@@ -38,6 +38,9 @@ from afmc.eval.perplexity import perplexity
 from afmc.runtime.kernels import executed_ops
 from afmc.targets.digital import precision_for
 
+# the module fixtures are built once, on one worker (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group(__name__)
+
 LOGITS_BOUND = {"int8": 0.05, "int4": 0.06}
 INT8_PERPLEXITY_BOUND = 0.05
 KEPT_DIGITAL = "layers.1.mlp.down_proj"

@@ -32,6 +32,9 @@ from afmc.capture.hf import CausalLMLogits
 from afmc.compiler.frontends import StaticBatchWarning
 from afmc.data.calibration import SYNTHETIC_SOURCE, SyntheticCalibrationWarning
 
+# the module fixtures are built once, on one worker (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group(__name__)
+
 TARGETS = ("aimc", "int8", "int4", "fp")
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -51,6 +51,9 @@ from afmc.passes.verify import VerificationError
 from afmc.runtime.chip import load_record
 from afmc.targets import get_target
 
+# the module fixtures are built once, on one worker (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group(__name__)
+
 # ------------------------------------------------------------------ helpers
 
 

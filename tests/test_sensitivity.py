@@ -44,6 +44,9 @@ from afmc.runtime.compiled import CompiledModel
 from afmc.runtime.sessions import session_kv_cache, session_options
 from afmc.runtime.views import fp_reference
 
+# the module fixtures are built once, on one worker (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group(__name__)
+
 runner = CliRunner()
 TEXT = ("Each analog layer alone, then one by one in order of harm. " * 8).encode()
 SETTINGS = ['placement.digital=["layers\\\\.[123]\\\\."]', "hardware.max_in=96",

@@ -33,6 +33,9 @@ from afmc.eval.test_time_compute import (
 from afmc.io.layout import EVAL_DIR
 from afmc.models import BUILTIN_MODELS
 
+# the module fixtures are built once, on one worker (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group(__name__)
+
 TASK = BUILTIN_MODELS["afmc-adder"] / "addition.jsonl"
 runner = CliRunner()
 

@@ -39,7 +39,11 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.slow  # torchrun processes (module fixture)
+# torchrun processes (module fixture); built once, on one worker (make test: --dist loadgroup)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group(__name__),
+]
 
 # Run by each process of torchrun: record_runs of this file.
 DRIVER = """

@@ -35,6 +35,9 @@ from afmc.passes.outlier_allocation import allocate, importance
 from afmc.passes.registry import get_pass
 from afmc.runtime.views import fp_reference
 
+# the module fixtures are built once, on one worker (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group(__name__)
+
 SETTINGS = ["calibration.seq_len=32", "calibration.max_tokens=256"]
 
 
