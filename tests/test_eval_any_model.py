@@ -33,6 +33,9 @@ from afmc.eval.sweep import Point, run_sweep
 from afmc.eval.tensor_eval import ChipScores, OutputErrorScorer
 from afmc.runtime.compiled import CompiledModel
 
+# the module fixtures are built once, on one worker (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group(__name__)
+
 ROOT = Path(afmc.__file__).resolve().parent.parent
 BATCH = 4  # the ONNX export fixes it; a module is compiled with a dynamic batch axis
 SAMPLES = 8

@@ -27,6 +27,9 @@ from afmc.models import BUILTIN_MODELS
 from afmc.runtime.chip import load_record
 from afmc.runtime.generation import GenerationOptions, generate, next_token
 
+# the module fixtures are built once, on one worker (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group(__name__)
+
 PROMPT = list(b"The analog chip ")
 runner = CliRunner()
 

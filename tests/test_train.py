@@ -27,6 +27,9 @@ from afmc.train.data import batch_indices, micro_batches
 from afmc.train.tasks import distillation_loss
 from afmc.train.trainer import polynomial_schedule, train
 
+# the module fixtures are built once, on one worker (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group(__name__)
+
 SMALL = {"seq_len": 32, "batch_size": 4, "range_init_batches": 1}
 
 

@@ -32,6 +32,9 @@ from afmc.train.onnx_torch import OnnxTorchModule, module_key
 from afmc.train.tasks import OnnxTask
 from afmc.train.trainer import train
 
+# the module fixtures are built once, on one worker (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group(__name__)
+
 BATCH = 4
 TRAINING = ["hardware.max_in=32", "training.steps=2", "training.batch_size=4",
             "training.range_init=search", "training.split_outliers=true",

@@ -32,7 +32,9 @@ from afmc.targets.ort_quant import (
 )
 
 BATCH = 4
-pytestmark = pytest.mark.slow  # a torch.onnx export and compiles of a small CNN
+# a torch.onnx export and compiles of a small CNN (module fixture), built once on one
+# worker (make test: --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(__name__)]
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, groups: int = 1, act: bool = True) -> nn.Module:
