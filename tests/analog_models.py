@@ -118,6 +118,21 @@ def op_types(model: ir.Model) -> list[str]:
     return [node.op_type for node in model.graph]
 
 
+def relu_mlp_graph(w1: np.ndarray, w2: np.ndarray, batch: int | str = "batch"
+                   ) -> ir.Model:
+    """x [batch, K] -> MatMul w1 (fc1) -> Relu -> MatMul w2 (fc2) -> y."""
+    return onnx_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+            helper.make_node("Relu", ["h"], ["a"]),
+            helper.make_node("MatMul", ["a", "w2"], ["y"], name="fc2"),
+        ],
+        {"x": [batch, w1.shape[0]]},
+        ["y"],
+        {"w1": w1, "w2": w2},
+    )
+
+
 def random_weights(rng: np.random.Generator, *shape: int) -> np.ndarray:
     """A float32 weight of `shape`, standard normal over sqrt(shape[0])."""
     return (rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32)
@@ -132,6 +147,18 @@ def adc_steps(weight: np.ndarray, ranges: np.ndarray, sizes: list[int]) -> np.nd
 
 
 # ------------------------------------------------------------------ torch modules
+
+
+class UpDownMLP(nn.Module):
+    """16 -> 32 -> ReLU -> 4, seeded: two analog layers named up and down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.up, self.down = nn.Linear(16, 32), nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.relu(self.up(x)))
 
 
 class LayerNormMLP(nn.Module):

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
+from analog_models import UpDownMLP
 
 import afmc
 from afmc.compiler.driver import STEPS, check_step
@@ -20,14 +20,6 @@ from afmc.config import load_config
 pytestmark = pytest.mark.slow
 
 
-class MLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.up, self.down = nn.Linear(16, 32), nn.Linear(32, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(torch.relu(self.up(x)))
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +27,7 @@ def onnx_mlp(tmp_path_factory) -> tuple:
     """An MLP exported the default way (dynamo, external data), and calibration beside it."""
     root = tmp_path_factory.mktemp("mlp")
     path = root / "model.onnx"
-    torch.onnx.export(MLP().eval(), (torch.randn(2, 16),), path, dynamo=True,
+    torch.onnx.export(UpDownMLP().eval(), (torch.randn(2, 16),), path, dynamo=True,
                       input_names=["x"], dynamic_shapes=({0: torch.export.Dim("batch")},))
     calib = root / "calib.npz"
     np.savez(calib, x=np.random.default_rng(0).standard_normal((8, 16), dtype=np.float32))
@@ -96,13 +88,13 @@ def test_stopping_after_target_lower_leaves_the_model_the_full_compile_writes(
 
 
 def test_torch_program_stopped_after_capture_is_the_module(tmp_path):
-    module = MLP().eval()
+    module = UpDownMLP().eval()
     x = torch.randn(3, 16)
     out = tmp_path / "out"
     afmc.compile(module, "aimc", example_inputs=(x,), output=out, to_step="capture",
                  progress=False)
     record = json.loads((out / "afmc.json").read_text())
-    assert record["to_step"] == "capture" and record["source"] == "torch:MLP"
+    assert record["to_step"] == "capture" and record["source"] == "torch:UpDownMLP"
     program = torch.export.load(out / "intermediate/capture.pt2").module()
     torch.testing.assert_close(program(x), module(x), rtol=0, atol=0)
 
@@ -139,7 +131,7 @@ def test_a_compile_stopped_after_its_passes_resumes_at_lower(onnx_mlp, tmp_path,
     again (their graph and records are read back), and the output is the uninterrupted
     compile's: the same layer records, fidelity, outputs on ONNX Runtime, pass list."""
     path, calib = onnx_mlp
-    model = path if front_end == "onnx" else MLP().eval()
+    model = path if front_end == "onnx" else UpDownMLP().eval()
     options = {"calibration": calib, "progress": False}
     if front_end == "torch":
         options["example_inputs"] = (torch.randn(2, 16),)
@@ -172,7 +164,7 @@ def test_resuming_is_refused_where_it_cannot_continue(onnx_mlp, tmp_path):
     with pytest.raises(ValueError, match="another configuration"):
         afmc.compile(path, "aimc", load_config(None, ["hardware.out_res=16"]),
                      calibration=calib, output=out, from_step="lower", progress=False)
-    with pytest.raises(ValueError, match="was stopped compiling onnx:.*, not torch:MLP"):
-        afmc.compile(MLP().eval(), "aimc", calibration=calib, output=out, from_step="lower",
+    with pytest.raises(ValueError, match="was stopped compiling onnx:.*, not torch:UpDownMLP"):
+        afmc.compile(UpDownMLP().eval(), "aimc", calibration=calib, output=out, from_step="lower",
                      example_inputs=(torch.randn(2, 16),), progress=False)
     assert json.loads((out / "afmc.json").read_text())["to_step"] == "passes"  # left as is

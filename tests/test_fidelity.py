@@ -10,6 +10,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 import torch
+from analog_models import UpDownMLP
 from typer.testing import CliRunner
 
 import afmc.api
@@ -147,14 +148,6 @@ def test_advice_names_only_the_levers_not_already_on():
     assert "the onnx-chip-smooth-inputs pass" in text and "the onnx-split-outliers pass" in text
 
 
-class _MLP(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.up, self.down = torch.nn.Linear(16, 32), torch.nn.Linear(32, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(torch.relu(self.up(x)))
 
 
 class _TorchLayerErrors(torch.fx.Interpreter):
@@ -182,7 +175,7 @@ def test_both_front_ends_rank_their_worst_layers_as_torch_does(tmp_path):
     noise-free and chip-0 errors and the same worst layers, and each layer's error (its
     input and output fetched from ONNX Runtime) equals the torch program's own, layer by
     layer (an fx.Interpreter running the afmc op in torch)."""
-    module = _MLP().eval()
+    module = UpDownMLP().eval()
     path = tmp_path / "mlp.onnx"
     torch.onnx.export(module, (torch.randn(2, 16),), path, dynamo=True, input_names=["x"],
                       dynamic_shapes=({0: torch.export.Dim("batch")},))

@@ -14,6 +14,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from analog_models import UpDownMLP
 from typer.testing import CliRunner
 
 import afmc.api
@@ -23,14 +24,6 @@ from afmc.passes.stages import PassOrderError
 EXAMPLE = (torch.randn(2, 16),)
 
 
-class _MLP(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.up, self.down = torch.nn.Linear(16, 32), torch.nn.Linear(32, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(torch.relu(self.up(x)))
 
 
 def _compile(model, passes: list[str], **options):
@@ -56,11 +49,11 @@ def _compile(model, passes: list[str], **options):
         "fold-after-insert", "split-after-calibrate"])
 def test_torch_passes_out_of_order_are_refused(passes, message):
     with pytest.raises(PassOrderError, match=re.escape(message)):
-        _compile(_MLP().eval(), passes, example_inputs=EXAMPLE)
+        _compile(UpDownMLP().eval(), passes, example_inputs=EXAMPLE)
 
 
 def test_torch_passes_in_order_compile_and_calibrate_every_layer():
-    result = _compile(_MLP().eval(), ["place-layers", "insert-analog-linear",
+    result = _compile(UpDownMLP().eval(), ["place-layers", "insert-analog-linear",
                                       "split-outliers", "calibrate"], example_inputs=EXAMPLE)
     assert [(layer.name, layer.placement, bool(layer.calibrated)) for layer in result.layers] \
         == [("up", "analog", True), ("down", "analog", True)]
@@ -77,7 +70,7 @@ def test_a_model_without_layers_to_act_on_is_not_refused():
 def onnx_mlp(tmp_path_factory):
     folder = tmp_path_factory.mktemp("order")
     path = folder / "mlp.onnx"
-    torch.onnx.export(_MLP().eval(), EXAMPLE, path, dynamo=True, input_names=["x"],
+    torch.onnx.export(UpDownMLP().eval(), EXAMPLE, path, dynamo=True, input_names=["x"],
                       dynamic_shapes=({0: torch.export.Dim("batch")},))
     calib = folder / "calib.npz"
     np.savez(calib, x=np.random.default_rng(0).standard_normal((32, 16), dtype=np.float32))

@@ -13,12 +13,11 @@ from analog_models import (
     LayerNormMLP,
     TwoInputMLP,
     mlp_batches,
-    onnx_graph,
     random_weights,
+    relu_mlp_graph,
     run_onnx,
     two_input_data,
 )
-from onnx import helper
 
 import afmc.api
 from afmc.capture import capture_module
@@ -156,16 +155,7 @@ def test_multi_input_chip(tmp_path):
 def test_calibrate_sets_ranges_from_fp_activations():
     rng = np.random.default_rng(7)
     w1, w2 = random_weights(rng, 12, 6), random_weights(rng, 6, 3)
-    model = onnx_graph(
-        [
-            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-            helper.make_node("Relu", ["h"], ["a"]),
-            helper.make_node("MatMul", ["a", "w2"], ["y"], name="fc2"),
-        ],
-        {"x": [4, 12]},
-        ["y"],
-        {"w1": w1, "w2": w2},
-    )
+    model = relu_mlp_graph(w1, w2, 4)
     config = load_config(None, ["hardware.max_in=8", "calibration.method=max"])
     PlaceOnnxLayers(config)(model)
     InsertOnnxAnalogLinear(config)(model)
@@ -194,16 +184,7 @@ def test_onnx_calibrate_sets_the_range_values_only():
     """The nodes and initializers are those after insertion and the FP view is unchanged;
     the analog outputs come closer to FP."""
     rng = np.random.default_rng(3)
-    model = onnx_graph(
-        [
-            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-            helper.make_node("Relu", ["h"], ["a"]),
-            helper.make_node("MatMul", ["a", "w2"], ["y"], name="fc2"),
-        ],
-        {"x": [4, 12]},
-        ["y"],
-        {"w1": random_weights(rng, 12, 6), "w2": random_weights(rng, 6, 3)},
-    )
+    model = relu_mlp_graph(random_weights(rng, 12, 6), random_weights(rng, 6, 3), 4)
     config = load_config(None, ["hardware.max_in=8", "calibration.method=max"])
     PlaceOnnxLayers(config)(model)
     InsertOnnxAnalogLinear(config)(model)

@@ -25,8 +25,13 @@ import onnx_ir as ir
 import pytest
 import torch
 import torch.nn.functional as F
-from analog_models import LayerNormMLP, mlp_batches, onnx_graph, random_weights, run_onnx
-from onnx import helper
+from analog_models import (
+    LayerNormMLP,
+    mlp_batches,
+    random_weights,
+    relu_mlp_graph,
+    run_onnx,
+)
 from safetensors.torch import save_file
 from torch import nn
 
@@ -131,16 +136,7 @@ def test_learned_ranges_without_a_layer_or_any_ranges_is_an_error():
 
 def test_onnx_learned_ranges_sets_ranges_scales_and_outliers_with_fp_kept():
     rng = np.random.default_rng(1)
-    model = onnx_graph(
-        [
-            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-            helper.make_node("Relu", ["h"], ["a"]),
-            helper.make_node("MatMul", ["a", "w2"], ["y"], name="fc2"),
-        ],
-        {"x": ["batch", 20]},
-        ["y"],
-        {"w1": random_weights(rng, 20, 36), "w2": random_weights(rng, 36, 10)},
-    )
+    model = relu_mlp_graph(random_weights(rng, 20, 36), random_weights(rng, 36, 10))
     PlaceOnnxLayers(_config())(model)
     InsertOnnxAnalogLinear(_config())(model)
     feed = {"x": rng.standard_normal((4, 20)).astype(np.float32)}

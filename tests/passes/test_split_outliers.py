@@ -15,7 +15,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 import torch
-from analog_models import onnx_graph, op_types, random_weights, run_onnx
+from analog_models import op_types, random_weights, relu_mlp_graph, run_onnx
 from conftest import tiny_model
 from onnx import TensorProto, helper, numpy_helper
 
@@ -250,16 +250,7 @@ def _onnx_analog(budget: float) -> tuple[ir.Model, list[dict[str, np.ndarray]], 
     rng = np.random.default_rng(0)
     w1, w2 = random_weights(rng, 32, 16), random_weights(rng, 16, 4)
     w1[3] *= 25.0  # heavy-tailed rows, as a real LLM's
-    model = onnx_graph(
-        [
-            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-            helper.make_node("Relu", ["h"], ["a"]),
-            helper.make_node("MatMul", ["a", "w2"], ["y"], name="fc2"),
-        ],
-        {"x": ["batch", 32]},
-        ["y"],
-        {"w1": w1, "w2": w2},
-    )
+    model = relu_mlp_graph(w1, w2)
     config = load_config(None, ["hardware.max_in=16", f"outliers.budget={budget}"])
     PlaceOnnxLayers(config)(model)
     InsertOnnxAnalogLinear(config)(model)
