@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -114,8 +115,12 @@ class PerplexityScorer:
         errors: list[float] = []
         value = perplexity(_squared_errors(chip.run, self.reference, errors), self.windows,
                            self.batch_size)
-        norm = sum(float(np.sum(fp.astype(np.float64) ** 2)) for fp in self.reference)
-        return Score(value, math.sqrt(sum(errors) / norm))
+        return Score(value, math.sqrt(sum(errors) / self._reference_norm))
+
+    @cached_property
+    def _reference_norm(self) -> float:
+        """||y_fp||^2 over every batch of the reference (float64), once per scorer."""
+        return sum(float(np.sum(fp.astype(np.float64) ** 2)) for fp in self.reference)
 
     def fingerprint(self) -> bytes:
         """The windows; a scorer with a reference scores more (the logits' error), so its
