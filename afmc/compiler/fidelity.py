@@ -292,12 +292,12 @@ def lowered_fidelity(model: ir.Model, record: dict[str, Any], noise: NoiseConfig
         return check_fidelity(reference, onnx_outputs(proto, names), batches, held_back,
                               record=record)
     probe = LayerProbe(model, record["layers"])
-    probe.add_outputs(proto)
     runtime = AnalogRuntime(Path.cwd(), record, proto)
-    noise_free = runtime.chip(None)
     chip = None
-    if noise.model != "none" and probe.layers:
+    if noise.model != "none" and probe.layers:  # built before the probe's outputs exist
         chip = onnx_chip_outputs(runtime.chip(0, noise=noise), names)
+    probe.add_outputs(proto)  # a chip copies the graph when it is built
+    noise_free = runtime.chip(None)
     worst = probe.ranked(noise_free.session, batches[0], names)[:WORST_LAYERS] or None
     return check_fidelity(reference, onnx_chip_outputs(noise_free, names), batches,
                           held_back, chip=chip, worst_layers=worst, record=record)
